@@ -1,0 +1,691 @@
+"""The data path: one client connection spliced to one daemon connection.
+
+Rules:
+- Bytes pass through untouched in both directions. Heads are parsed only to
+  frame bodies (``http1``) and to decide whether a request is one the proxy
+  must look at; what is forwarded is always the original bytes.
+- Each client connection gets its own upstream connection, opened on its
+  first request and kept for its life, so there is no pool to starve: 110
+  event streams hold 110 daemon connections and the 111th request still goes
+  straight through. A client that goes away takes its upstream with it.
+- One exchange at a time per connection. Bytes of a pipelined next request
+  are held until the current response is complete; that keeps the daemon's
+  answers in order and lets an intercepted request be replayed safely.
+- Flow control is end to end: a side whose outgoing buffer is full pauses
+  reading on the other side, so memory stays flat however large a body is.
+- A 101 answer, or a response with no length that runs until close (dockerd's
+  200 raw-stream hijack), turns the connection into a raw splice. From then on
+  each half-close is passed on with ``write_eof`` and the connection ends
+  when both directions have.
+
+Theory of operation:
+``Connection`` is the asyncio protocol of the client side; ``Upstream`` is a
+thin protocol for the daemon side that calls back into it. A request head
+either starts a *plain* exchange (head and body written upstream as they
+arrive, the response written back as it arrives) or, when the ``Hub``'s
+interceptor claims it, a *local* exchange run by a coroutine through an
+``Exchange`` handle: it may read the (bounded) body, make round trips to the
+daemon whose answers are captured instead of forwarded, and write its own
+answer. The plain path is plain callbacks without tasks or futures, because
+that is what keeps a keep-alive ``GET /_ping`` within a few microseconds of
+the daemon's own time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
+
+from . import errors
+from .http1 import (
+    MAX_HEAD,
+    Body,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    UntilCloseBody,
+    find_head_end,
+    parse_request_head,
+    parse_response_head,
+    request_body,
+    response_body,
+)
+
+log = logging.getLogger(__name__)
+
+HOLD_LIMIT = 1 << 18
+"""Client bytes held while an exchange is in progress before reading pauses."""
+
+CAPTURE_LIMIT = 1 << 22
+"""A captured daemon answer larger than this is streamed to the client instead."""
+
+Handler = Callable[["Exchange"], Awaitable[None]]
+
+
+class Interceptor(Protocol):
+    def claim(self, head: RequestHead) -> Handler | None:
+        """The coroutine that takes this request over, or None to forward it."""
+
+
+class Observer(Protocol):
+    """Where the data path reports what it saw; the metrics module implements it."""
+
+    def exchange(self, method: str, path: str, status: int, seconds: float) -> None: ...
+    def upstream_error(self, kind: str) -> None: ...
+    def hijacked(self, delta: int) -> None: ...
+
+
+class Hub:
+    """What every connection of one listener shares."""
+
+    def __init__(
+        self,
+        upstream_path: str,
+        interceptor: Interceptor | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.upstream_path = upstream_path
+        self.interceptor = interceptor
+        self.observer = observer
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.idle.clear()
+
+    def unregister(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self.idle.set()
+
+    def shut_down(self) -> None:
+        """Stop new exchanges: idle and hijacked connections close now, busy ones after."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class Upstream(asyncio.Protocol):
+    """The daemon side of one client connection; every event goes to its owner."""
+
+    __slots__ = ("conn", "transport")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is duck-typed
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.upstream_data(data, self)
+
+    def eof_received(self) -> bool:
+        return self.conn.upstream_eof(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_client("upstream-full")
+
+    def resume_writing(self) -> None:
+        self.conn.resume_client("upstream-full")
+
+
+# Where request body bytes go.
+_UPSTREAM, _COLLECT, _DISCARD = range(3)
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self.up: Upstream | None = None
+        self.connecting = False
+        self.pending_up: list[bytes] = []
+        self.inbuf = bytearray()
+        self.paused: set[str] = set()
+        self.client_eof = False
+        self.closed = False
+        # The current exchange.
+        self.active = False
+        self.close_after = False
+        self.head: RequestHead | None = None
+        self.started = 0.0
+        self.req_body: Body | None = None
+        self.sink = _UPSTREAM
+        self.collected = bytearray()
+        self.body_waiter: asyncio.Future[bytes | None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        # The response in progress.
+        self.awaiting = False
+        self.status = 0
+        self.resp_buf = bytearray()
+        self.resp_body: Body | None = None
+        self.capture: bytearray | None = None
+        self.capture_head: ResponseHead | None = None
+        self.capture_waiter: asyncio.Future[tuple[ResponseHead, bytes] | None] | None = None
+        # After a 101 or a raw stream.
+        self.spliced = False
+        self.up_eof = False
+
+    # -- client side -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is duck-typed
+        self.hub.register(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.spliced:
+            self._to_upstream(data)
+            return
+        self.inbuf += data
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.spliced:
+            self._up_write_eof()
+            return self._splice_maybe_done()
+        # Keep the socket open to deliver an answer in progress; close otherwise.
+        if self.active:
+            self.close_after = True
+            return True
+        self._close_upstream()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.spliced:
+            self.spliced = False
+            self._observe_hijacked(-1)
+        if self.task is not None:
+            self.task.cancel()
+        for waiter in (self.body_waiter, self.capture_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+        self._close_upstream()
+        self.hub.unregister(self)
+
+    def pause_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+
+    def pause_client(self, reason: str) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused.add(reason)
+
+    def resume_client(self, reason: str) -> None:
+        self.paused.discard(reason)
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close_when_idle(self) -> None:
+        if self.spliced or not self.active:
+            self.abort() if self.spliced else self._close()
+        else:
+            self.close_after = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._close_upstream()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._close_upstream()
+
+    # -- requests ----------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Consume buffered client bytes: the current body, then the next head."""
+        buf = self.inbuf
+        while buf and not self.closed:
+            body = self.req_body
+            if body is not None:
+                n = body.feed(buf)
+                if n:
+                    self._body_bytes(bytes(buf[:n]))
+                    del buf[:n]
+                if not body.done:
+                    break
+                self._body_done()
+                continue
+            if self.active or self.spliced:
+                break
+            end = find_head_end(buf)
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    self._reject(431, "request header fields too large")
+                break
+            raw = bytes(buf[:end])
+            del buf[:end]
+            try:
+                head = parse_request_head(raw)
+            except ProtocolError as exc:
+                self._reject(400, f"bad request: {exc}")
+                return
+            self._start(head)
+        if len(buf) > HOLD_LIMIT:
+            self.pause_client("hold")
+        elif "hold" in self.paused:
+            self.resume_client("hold")
+
+    def _reject(self, status: int, message: str) -> None:
+        if self.transport is not None:
+            self.transport.write(errors.error(status, message, close=True))
+        self.inbuf.clear()
+        self._close()
+
+    def _start(self, head: RequestHead) -> None:
+        self.active = True
+        self.head = head
+        self.started = time.perf_counter()
+        self.close_after = self.close_after or head.close or self.hub.closing
+        self.status = 0
+        body = request_body(head)
+        self.req_body = None if body.done else body
+        handler = self.hub.interceptor.claim(head) if self.hub.interceptor else None
+        if handler is None:
+            self.sink = _UPSTREAM
+            self._send_request(head.raw)
+            return
+        self.sink = _COLLECT
+        self.collected.clear()
+        self.task = asyncio.get_running_loop().create_task(self._run_local(handler))
+
+    def _body_bytes(self, data: bytes) -> None:
+        if self.sink == _UPSTREAM:
+            self._to_upstream(data)
+        elif self.sink == _COLLECT:
+            self.collected += data
+            if len(self.collected) > Exchange.BODY_LIMIT:
+                self._overflow()
+
+    def _body_done(self) -> None:
+        self.req_body = None
+        if self.sink == _COLLECT:
+            if self.body_waiter is not None and not self.body_waiter.done():
+                self.body_waiter.set_result(bytes(self.collected))
+        elif not self.awaiting and self.task is None:
+            self._finish()
+
+    def _overflow(self) -> None:
+        """A claimed request's body outgrew the limit: forward it after all."""
+        assert self.head is not None
+        self.sink = _UPSTREAM
+        self._send_request(self.head.raw + bytes(self.collected))
+        self.collected.clear()
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
+
+    def _send_request(self, raw: bytes) -> None:
+        """Write a request upstream and expect its answer on the client."""
+        self.awaiting = True
+        self.resp_buf.clear()
+        self.resp_body = None
+        self._to_upstream(raw)
+
+    # -- upstream ----------------------------------------------------------
+
+    def _to_upstream(self, data: bytes) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+            return
+        self.pending_up.append(data)
+        if not self.connecting:
+            self.connecting = True
+            asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.hub.upstream_path
+        try:
+            _, up = await loop.create_unix_connection(lambda: Upstream(self), path)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self._upstream_failed(f"cannot reach the Docker daemon at {path}: {reason}")
+            return
+        finally:
+            self.connecting = False
+        if self.closed:
+            assert up.transport is not None
+            up.transport.close()
+            return
+        self.up = up
+        pending, self.pending_up = self.pending_up, []
+        assert up.transport is not None
+        up.transport.writelines(pending)
+        if self.client_eof and self.spliced:
+            self._up_write_eof()
+
+    def _upstream_failed(self, message: str) -> None:
+        self.pending_up.clear()
+        self._observe_upstream_error("connect")
+        log.warning("%s", message)
+        if self.capture_waiter is not None and not self.capture_waiter.done():
+            self.capture_waiter.set_exception(ConnectionError(message))
+            return
+        if not self.awaiting:
+            return
+        self.sink = _DISCARD
+        self._respond_error(502, message)
+
+    def _respond_error(self, status: int, message: str) -> None:
+        """Answer the current exchange from the proxy itself, if nothing was sent yet."""
+        head_only = self.head is not None and self.head.method == "HEAD"
+        if self.transport is not None and not self.closed:
+            self.transport.write(errors.error(status, message, head_only=head_only))
+        self.status = status
+        self._response_done()
+
+    def upstream_data(self, data: bytes, up: Upstream) -> None:
+        if self.spliced:
+            self._to_client(data)
+            return
+        if not self.awaiting:
+            log.debug("dropping %d unsolicited bytes from the daemon", len(data))
+            return
+        body = self.resp_body
+        if body is None:
+            self.resp_buf += data
+            self._response_head()
+            return
+        n = body.feed(data)
+        self._to_client(data[:n] if n < len(data) else data)
+        if body.done:
+            self._response_done()
+
+    def _response_head(self) -> None:
+        buf = self.resp_buf
+        while True:
+            end = find_head_end(buf)
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    self._upstream_garbage("response head too large")
+                return
+            try:
+                head = parse_response_head(bytes(buf[:end]))
+            except ProtocolError as exc:
+                self._upstream_garbage(str(exc))
+                return
+            if head.status == 101:
+                self._to_client(bytes(buf))
+                buf.clear()
+                self.status = 101
+                self._enter_splice()
+                return
+            if head.status < 200:  # 100 Continue and friends: the final answer follows
+                self._to_client(bytes(buf[:end]))
+                del buf[:end]
+                continue
+            break
+        assert self.head is not None
+        self.status = head.status
+        self._observe_exchange()
+        if self.capture is not None:
+            self.capture_head = head
+        if head.close:
+            self.close_after = True
+        body = response_body(head, self.head.method)
+        if isinstance(body, UntilCloseBody) and self.capture is None:
+            self._to_client(bytes(buf))
+            buf.clear()
+            self._enter_splice()
+            return
+        n = body.feed(buf, end)
+        self._to_client(bytes(buf[: end + n]))
+        buf.clear()
+        if body.done:
+            self._response_done()
+        else:
+            self.resp_body = body
+
+    def _upstream_garbage(self, reason: str) -> None:
+        self._observe_upstream_error("protocol")
+        log.warning("the daemon sent an unreadable response: %s", reason)
+        self._close()
+
+    def _to_client(self, data: bytes) -> None:
+        capture = self.capture
+        if capture is None:
+            if self.transport is not None:
+                self.transport.write(data)
+            return
+        capture += data
+        if len(capture) > CAPTURE_LIMIT:
+            self._stop_capture(None)
+
+    def _stop_capture(self, result: tuple[ResponseHead, bytes] | None) -> None:
+        capture, self.capture = self.capture, None
+        if result is None and capture and self.transport is not None:
+            self.transport.write(bytes(capture))
+        if self.capture_waiter is not None and not self.capture_waiter.done():
+            self.capture_waiter.set_result(result)
+
+    def _response_done(self) -> None:
+        self.awaiting = False
+        self.resp_body = None
+        if self.capture is not None:
+            assert self.capture_head is not None
+            self._stop_capture((self.capture_head, bytes(self.capture)))
+            return
+        if self.req_body is None and self.task is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        """The exchange is over in both directions: on to the next request."""
+        self.active = False
+        self.head = None
+        if self.close_after or self.closed:
+            self._close()
+            return
+        if self.client_eof and not self.inbuf:
+            self._close()
+            return
+        if self.inbuf:
+            self._pump()
+
+    def upstream_eof(self, up: Upstream) -> bool:
+        if up is not self.up:
+            return False
+        if self.spliced:
+            self.up_eof = True
+            if self.transport is not None and self.transport.can_write_eof():
+                self.transport.write_eof()
+            return self._splice_maybe_done()
+        self._upstream_gone()
+        return False
+
+    def upstream_lost(self, up: Upstream) -> None:
+        if up is not self.up:
+            return
+        if self.spliced:
+            self.up = None
+            self._close()
+        else:
+            self._upstream_gone()
+
+    def _upstream_gone(self) -> None:
+        """The daemon closed or reset our connection outside a splice."""
+        self.up = None
+        if not self.awaiting:
+            return  # an idle keep-alive connection; the next request reconnects
+        self._observe_upstream_error("closed")
+        message = "the Docker daemon closed the connection before answering"
+        if self.capture_waiter is not None and not self.capture_waiter.done():
+            self.capture_waiter.set_exception(ConnectionError(message))
+        elif self.resp_body is None and not self.resp_buf:
+            self._respond_error(502, message)
+        else:
+            self._close()
+
+    def _close_upstream(self) -> None:
+        up, self.up = self.up, None
+        if up is not None and up.transport is not None:
+            up.transport.close()
+
+    # -- splice ------------------------------------------------------------
+
+    def _enter_splice(self) -> None:
+        self.spliced = True
+        self.awaiting = False
+        self.req_body = None
+        self._observe_hijacked(1)
+        if self.inbuf:
+            held = bytes(self.inbuf)
+            self.inbuf.clear()
+            self._to_upstream(held)
+        self.resume_client("hold")
+        if self.client_eof:
+            self._up_write_eof()
+
+    def _up_write_eof(self) -> None:
+        up = self.up
+        if up is not None and up.transport is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
+
+    def _splice_maybe_done(self) -> bool:
+        if self.client_eof and self.up_eof:
+            self._close()
+            return False
+        return True
+
+    # -- local exchanges ---------------------------------------------------
+
+    async def _run_local(self, handler: Handler) -> None:
+        assert self.head is not None
+        exchange = Exchange(self, self.head)
+        try:
+            await handler(exchange)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("error handling %s %s", self.head.method, self.head.path)
+            if not exchange.answered:
+                exchange.respond(
+                    errors.error(500, "docker-heal-proxy: internal error, see its log")
+                )
+            else:
+                self._close()
+        finally:
+            self.task = None
+        if self.closed:
+            return
+        if self.awaiting:
+            # The handler forwarded the request; the answer streams on its own.
+            return
+        if self.req_body is None:
+            self._finish()
+        else:
+            self.sink = _DISCARD
+
+    def _observe_exchange(self) -> None:
+        obs = self.hub.observer
+        if obs is not None and self.head is not None:
+            obs.exchange(
+                self.head.method, self.head.path, self.status, time.perf_counter() - self.started
+            )
+
+    def _observe_upstream_error(self, kind: str) -> None:
+        if self.hub.observer is not None:
+            self.hub.observer.upstream_error(kind)
+
+    def _observe_hijacked(self, delta: int) -> None:
+        if self.hub.observer is not None:
+            self.hub.observer.hijacked(delta)
+
+
+class Exchange:
+    """One request a handler took over, and what the handler may do with it."""
+
+    BODY_LIMIT = 1 << 20
+
+    def __init__(self, conn: Connection, head: RequestHead) -> None:
+        self._conn = conn
+        self.head = head
+        self.answered = False
+
+    async def body(self) -> bytes | None:
+        """The raw request body, or None when it exceeded ``BODY_LIMIT``.
+
+        After None the request has already been forwarded as it came and its
+        answer streams to the client: the handler has nothing left to do.
+        """
+        conn = self._conn
+        if conn.sink == _UPSTREAM:
+            return None
+        if conn.req_body is None:
+            return bytes(conn.collected)
+        conn.body_waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await conn.body_waiter
+        finally:
+            conn.body_waiter = None
+
+    async def roundtrip(self, raw: bytes) -> tuple[ResponseHead, bytes] | None:
+        """Send a request to the daemon and capture its whole answer.
+
+        None means the answer was too large to hold and went to the client
+        as it came; the exchange is then answered.
+        """
+        conn = self._conn
+        conn.capture = bytearray()
+        conn.capture_head = None
+        conn.capture_waiter = asyncio.get_running_loop().create_future()
+        conn._send_request(raw)
+        try:
+            result = await conn.capture_waiter
+        finally:
+            conn.capture_waiter = None
+            conn.capture = None
+        if result is None:
+            self.answered = True
+        return result
+
+    def forward(self, raw: bytes) -> None:
+        """Send a request and let the daemon's answer stream to the client.
+
+        The handler may return at once: the connection finishes the exchange
+        when the answer is complete.
+        """
+        self.answered = True
+        self._conn._send_request(raw)
+
+    def respond(self, raw: bytes) -> None:
+        """Write a complete answer of the proxy's own."""
+        self.answered = True
+        conn = self._conn
+        if conn.transport is not None and not conn.closed:
+            conn.transport.write(raw)
+        conn.status = int(raw[9:12])
+        conn._observe_exchange()
+
+    def write(self, data: bytes) -> None:
+        """Write part of a streamed answer (the head first)."""
+        self.answered = True
+        conn = self._conn
+        if conn.transport is not None and not conn.closed:
+            conn.transport.write(data)
+
+    @property
+    def client_gone(self) -> bool:
+        return self._conn.closed
