@@ -1,0 +1,89 @@
+"""Fixtures: a private dockerd per session, the proxy in front of it.
+
+Daemon tests need root and ``dockerd``. Outside CI a machine without them
+skips those tests; in CI (``CI=true``) that is a failure, because a green run
+that never touched a daemon proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import BUSYBOX, Dockerd, Proxy, build_busybox, start_proxy
+
+LAST = "test_zz_"
+"""Tests whose name starts so run after all others (long-lived stream checks)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.name.startswith(LAST))
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    if shutil.which("dockerd") is None:
+        missing.append("dockerd on PATH")
+    if missing:
+        reason = "daemon tests need " + " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI must run them)")
+        pytest.skip(reason)
+    # Short: containerd's sockets live under the exec root, and paths are limited.
+    root = Path(tempfile.mkdtemp(prefix="dhp-", dir="/tmp"))
+    daemon = Dockerd.start(root)
+    try:
+        build_busybox(daemon.env)
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox(dockerd: Dockerd) -> str:
+    return BUSYBOX
+
+
+def short_dir() -> Path:
+    """A fresh folder with a short path: a Unix socket path must fit in 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix="p-", dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def proxy(dockerd: Dockerd) -> Iterator[Proxy]:
+    """One shared pass-through proxy (no recipes) for tests that only read."""
+    workdir = short_dir()
+    p = start_proxy(workdir, dockerd.socket)
+    yield p
+    p.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def make_proxy(dockerd: Dockerd) -> Iterator[Callable[..., Proxy]]:
+    """Start proxies of a test's own (a config, extra flags); stopped afterwards.
+
+    ``make(config=None, **kwargs)`` passes ``kwargs`` to ``support.start_proxy``;
+    the config text is written next to the socket, so relative paths in it
+    resolve against that folder.
+    """
+    started: list[tuple[Proxy, Path]] = []
+
+    def make(config: str | None = None, **kwargs: object) -> Proxy:
+        workdir = short_dir()
+        p = start_proxy(workdir, dockerd.socket, config=config, **kwargs)  # type: ignore[arg-type]
+        started.append((p, workdir))
+        return p
+
+    yield make
+    for p, workdir in started:
+        p.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,245 @@
+"""What the daemon tests share: a private dockerd, the proxy process, clients.
+
+Rules:
+- Every daemon test talks to a real dockerd started here with its own data
+  root, exec root, pidfile and socket, and no network set-up, so it never
+  touches the machine's own Docker (if any) and needs no registry.
+- The proxy under test is the real program, started as a subprocess the way
+  a user starts it; tests point the real docker CLI at it.
+- Waits are for conditions (a socket answering, a line appearing), bounded
+  by a deadline; never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUSYBOX = "127.0.0.1:1/dhp/busybox:1"
+"""The base test image. Names under 127.0.0.1:1 fail to pull at once here."""
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket: a plain, independent client for raw checks."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def ping(path: str) -> bool:
+    try:
+        conn = UnixHTTPConnection(path, timeout=2)
+        conn.request("GET", "/_ping")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def raw_request(path: str, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, read until the server closes or stops talking."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass
+class Dockerd:
+    root: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def socket(self) -> str:
+        return str(self.root / "docker.sock")
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.url}
+
+    @classmethod
+    def start(cls, root: Path) -> Dockerd:
+        log_path = root / "dockerd.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            [
+                "dockerd",
+                "--debug",
+                f"--data-root={root / 'data'}",
+                f"--exec-root={root / 'x'}",
+                f"--pidfile={root / 'dockerd.pid'}",
+                f"--host=unix://{root / 'docker.sock'}",
+                "--bridge=none",
+                "--iptables=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        daemon = cls(root, proc, log_path)
+        wait_for(lambda: proc.poll() is not None or ping(daemon.socket), 60, "dockerd")
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited: {log_path.read_text()[-2000:]}")
+        return daemon
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def build_busybox(env: Mapping[str, str], tag: str = BUSYBOX) -> str:
+    with tempfile.TemporaryDirectory() as ctx:
+        shutil.copy("/bin/busybox", Path(ctx) / "busybox")
+        (Path(ctx) / "Dockerfile").write_text(
+            "FROM scratch\n"
+            "COPY busybox /bin/busybox\n"
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+        )
+        docker(["build", "-q", "-t", tag, ctx], env=env)
+    return tag
+
+
+def docker(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    input: bytes | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[bytes]:
+    """The real docker CLI, as the unmodified client a host would run."""
+    result = subprocess.run(
+        ["docker", *args],
+        env=dict(env),
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"docker {' '.join(args)} exited {result.returncode}: {result.stderr.decode()}"
+        )
+    return result
+
+
+@dataclass
+class Proxy:
+    socket: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.url}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_proxy(
+    workdir: Path,
+    upstream: str,
+    *,
+    config: str | None = None,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    wait: bool = True,
+    **popen: object,
+) -> Proxy:
+    """Run ``python -m proxy serve`` as a user would, and wait until it answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = str(workdir / "proxy.sock")
+    argv = [sys.executable, "-m", "proxy", "serve", f"--listen=unix://{sock}"]
+    argv += [f"--upstream=unix://{upstream}", "--metrics-listen=", "--log-level=debug"]
+    if config is not None:
+        path = workdir / "config.toml"
+        path.write_text(config)
+        argv.append(f"--config={path}")
+    argv += list(args)
+    log_path = workdir / "proxy.log"
+    proc = subprocess.Popen(
+        argv,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env if env is not None else os.environ),
+        **popen,  # type: ignore[arg-type]
+    )
+    proxy = Proxy(sock, proc, log_path, argv)
+    if wait:
+        wait_for(
+            lambda: proc.poll() is not None or (os.path.exists(sock) and ping(sock)),
+            20,
+            "the proxy to answer",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited {proc.returncode}: {proxy.log()}")
+    return proxy
+
+
+def events_lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, object]]:
+    while line := resp.readline():
+        if line.strip():
+            yield json.loads(line)
