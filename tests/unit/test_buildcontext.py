@@ -14,12 +14,12 @@ import pytest
 from proxy.buildcontext import ContextError, stream_context
 
 
-async def _collect(context: Path, **kwargs: int) -> list[bytes]:
-    return [chunk async for chunk in stream_context(context, **kwargs)]
+async def _collect(context: Path, chunk_size: int = 1 << 20) -> list[bytes]:
+    return [chunk async for chunk in stream_context(context, chunk_size=chunk_size)]
 
 
-def tar_of(context: Path, **kwargs: int) -> tarfile.TarFile:
-    data = b"".join(asyncio.run(_collect(context, **kwargs)))
+def tar_of(context: Path) -> tarfile.TarFile:
+    data = b"".join(asyncio.run(_collect(context)))
     return tarfile.open(fileobj=io.BytesIO(data))
 
 
