@@ -1,4 +1,4 @@
-"""The command line: ``serve`` (the default), ``check``, ``heal``, ``status``.
+"""The command line: ``serve`` (the default), ``check``, ``heal`` and ``status``.
 
 Rules:
 - Errors a user can fix (a bad flag, a bad config, a busy socket) print one
@@ -17,8 +17,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
+
 from . import __version__, logs
+from .app import App
+from .check import describe, read_dockerfile_from_disk
 from .config import Config, ConfigError, load_config
+from .engine import Engine
+from .healer import Healer, HealFailed
+from .listener import ListenerError
+from .patterns import Pattern, find_recipe
+from .server import open_listener
+from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
 COMMANDS = ("serve", "check", "heal", "status")
@@ -60,28 +70,91 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="unix:///path of the proxy's socket")
     serve.add_argument("--upstream", help="unix:///path of the Docker daemon's socket")
     serve.add_argument("--metrics-listen", help='HOST:PORT for /metrics and /healthz; "" disables')
+
+    check = add("check", "validate the config; with IMAGE, show how it would be healed")
+    check.add_argument("image", nargs="?", metavar="IMAGE")
+
+    heal = add("heal", "heal an image now, through the same path as the proxy")
+    heal.add_argument("image", nargs="?", metavar="IMAGE")
+    heal.add_argument("--all", action="store_true", help="every non-pattern recipe that is missing")
+    heal.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    heal.add_argument("--upstream", help="unix:///path of the Docker daemon's socket")
+
+    status = add("status", "show recipes, running heals and last results of a running proxy")
+    status.add_argument(
+        "--listen", help="unix:///path of the proxy's socket (default: DOCKER_HOST, then config)"
+    )
+    status.add_argument("--watch", action="store_true", help="redraw running heals every second")
     return top
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    import uvloop
+    settings = _settings(args, config)
+    listener = open_listener(settings)
+    return uvloop.run(App(settings, config, args.config, listener).run())
 
-    from .server import open_listener
-    from .settings import resolve
 
-    settings = resolve(
+def _settings(args: argparse.Namespace, config: Config) -> Settings:
+    return resolve(
         config,
-        listen=args.listen,
-        upstream=args.upstream,
-        metrics_listen=args.metrics_listen,
+        listen=getattr(args, "listen", None),
+        upstream=getattr(args, "upstream", None),
+        metrics_listen=getattr(args, "metrics_listen", None),
         env=os.environ,
         is_root=os.geteuid() == 0,
         group_exists=_group_exists,
     )
-    listener = open_listener(settings)
-    from .app import App
 
-    return uvloop.run(App(settings, config, args.config, listener).run())
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    print(describe(config, args.image, read_dockerfile_from_disk))
+    return 0
+
+
+async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
+    engine = Engine(settings.upstream)
+    healer = Healer(config, engine, settings.upstream, settings.state_dir)
+    failed = 0
+    try:
+        for image in images:
+            try:
+                outcome = await healer.ensure(image, force=force)
+            except HealFailed as failure:
+                print(failure, file=sys.stderr)
+                failed += 1
+            else:
+                print(f"{image}: {outcome}")
+    finally:
+        await engine.close()
+    return 1 if failed else 0
+
+
+def _heal(args: argparse.Namespace, config: Config) -> int:
+    if args.all == bool(args.image):
+        print("docker-heal-proxy: heal takes an IMAGE or --all", file=sys.stderr)
+        return 2
+    if args.all:
+        images = [r.match for r in config.recipes if not Pattern.compile(r.match).is_template]
+    else:
+        if find_recipe(config.recipes, args.image) is None:
+            print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
+            return 1
+        images = [args.image]
+    return uvloop.run(_heal_now(_settings(args, config), config, images, args.force))
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    from . import status
+
+    path = status.socket_path(args.listen, os.environ, config.listen, os.geteuid() == 0)
+    if args.watch:
+        status.watch(path, sys.stdout)
+    try:
+        print(status.render(status.fetch(path)), end="")
+    except status.StatusError as exc:
+        print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,11 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    from .listener import ListenerError
-    from .settings import SettingsError
-
+    command = {"serve": _serve, "check": _check, "heal": _heal, "status": _status}[args.command]
     try:
-        return _serve(args, config)
+        return command(args, config)
     except (ListenerError, SettingsError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1

@@ -440,9 +440,10 @@ class Connection(asyncio.Protocol):
             break
         assert self.head is not None
         self.status = head.status
-        self._observe_exchange()
-        if self.capture is not None:
-            self.capture_head = head
+        if self.capture is None:
+            self._observe_exchange()
+        else:
+            self.capture_head = head  # the handler's answer is what gets counted
         if head.close:
             self.close_after = True
         body = response_body(head, self.head.method)
@@ -644,8 +645,9 @@ class Exchange:
     async def roundtrip(self, raw: bytes) -> tuple[ResponseHead, bytes] | None:
         """Send a request to the daemon and capture its whole answer.
 
-        None means the answer was too large to hold and went to the client
-        as it came; the exchange is then answered.
+        None means the exchange is already answered: the daemon's answer was
+        too large to hold and went to the client as it came, or the daemon
+        could not be reached and the client got a 502.
         """
         conn = self._conn
         conn.capture = bytearray()
@@ -654,6 +656,10 @@ class Exchange:
         conn._send_request(raw)
         try:
             result = await conn.capture_waiter
+        except ConnectionError as exc:
+            conn.awaiting = False
+            self.respond(errors.error(502, str(exc)))
+            return None
         finally:
             conn.capture_waiter = None
             conn.capture = None

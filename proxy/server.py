@@ -4,6 +4,7 @@ Rules:
 - Start-up either fully succeeds or exits non-zero with a one-line reason;
   a half-started proxy that accepts connections it cannot serve is worse
   than none.
+- SIGHUP re-reads the config (``reload``); connections are untouched.
 - SIGTERM: stop accepting, let plain requests in flight finish for up to
   ``shutdown_timeout``, close hijacked streams, remove only the socket file
   this process created, exit 0.
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from . import systemd
 from .connection import Connection, Hub
@@ -48,12 +50,15 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def serve(settings: Settings, listener: Listener, hub: Hub) -> int:
+async def serve(
+    settings: Settings, listener: Listener, hub: Hub, reload: Callable[[], None]
+) -> int:
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: Connection(hub), sock=listener.sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     interval = systemd.watchdog_interval()
     watchdog = loop.create_task(_watchdog(interval)) if interval else None
     log.info(
