@@ -243,3 +243,66 @@ def events_lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, object]]:
     while line := resp.readline():
         if line.strip():
             yield json.loads(line)
+
+
+# -- helpers for the heal end-to-end tests -------------------------------------
+
+
+def toml_string(value: object) -> str:
+    """A TOML basic string (JSON's escaping is a subset TOML accepts) for a path or name."""
+    return json.dumps(str(value))
+
+
+def write_script(path: Path, body: str) -> Path:
+    """An executable ``/bin/sh`` script, for ``command`` recipes that tests control."""
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def line_count(path: Path) -> int:
+    """Lines in a marker file a recipe appends to; 0 when it was never written."""
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def log_size(path: Path) -> int:
+    """Where a log ends now, so a test can look only at what comes after."""
+    return path.stat().st_size
+
+
+def build_calls(daemon: Dockerd, tag: str, since: int = 0) -> list[str]:
+    """dockerd's debug lines for ``POST /build`` (any API version) with ``t=tag``.
+
+    The query is parsed rather than searched, since the docker CLI encodes
+    ``:`` and ``/`` in a tag and other clients may not.
+    """
+    import re
+    import urllib.parse
+
+    with daemon.log_path.open("rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace")
+    found = []
+    for line in text.splitlines():
+        call = re.search(r'msg="Calling POST (/[^ "]*)"', line)
+        if call is None:
+            continue
+        url = urllib.parse.urlsplit(call.group(1))
+        path = re.sub(r"^/v[0-9.]+", "", url.path)
+        if path == "/build" and tag in urllib.parse.parse_qs(url.query).get("t", []):
+            found.append(line)
+    return found
+
+
+def image_exists(env: Mapping[str, str], image: str) -> bool:
+    return docker(["image", "inspect", image], env=env, check=False).returncode == 0
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
