@@ -1,0 +1,322 @@
+"""Healing through the proxy, with the real docker CLI as the unmodified client.
+
+Every test here removes an image a recipe makes and then asks for it the way
+a host does (``docker run``, ``docker pull``), because that is the promise:
+an unmodified client sees a create that worked, or an error that says why.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import (
+    Dockerd,
+    Proxy,
+    build_busybox,
+    build_calls,
+    docker,
+    image_exists,
+    line_count,
+    log_size,
+    toml_string,
+    wait_for,
+    write_script,
+)
+
+pytestmark = pytest.mark.daemon
+
+MakeProxy = Callable[..., Proxy]
+
+
+def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:
+    """``docker run --rm`` as a host would; no network, since the daemon has no bridge."""
+    return docker(
+        ["run", "--rm", "--network=none", image, *(cmd or ("echo", "ok"))], env=env, check=False
+    )
+
+
+def remove(env: dict[str, str], *images: str) -> None:
+    for image in images:
+        docker(["rmi", "-f", image], env=env, check=False)
+        assert not image_exists(env, image)
+
+
+def tagging_script(path: Path, marker: Path, source: str, image: str, extra: str = "") -> Path:
+    """A recipe that counts its runs in ``marker`` and makes ``image`` from ``source``."""
+    return write_script(path, f'echo run >> "{marker}"\n{extra}docker tag {source} {image}\n')
+
+
+def test_seed_heals_base_then_group_once_for_20_concurrent_runs(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The headline case: a prune took a base and the image FROM it; a burst of
+    runs must all start, with each recipe run once and the base first.
+
+    The base is built FROM scratch so the prune can take everything; the
+    session busybox image is rebuilt afterwards for the other tests.
+    """
+    base = "127.0.0.1:1/dhp/seedbase:latest"
+    group = "127.0.0.1:1/dhp/seedagent:g1"
+    done = "dhp-seed-base-done"
+    marker = tmp_path / "base.marker"
+    basectx = tmp_path / "basectx"
+    basectx.mkdir()
+    shutil.copy("/bin/busybox", basectx / "busybox")
+    (basectx / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+    )
+    # The volume listing after the build is a line of its own in dockerd's
+    # log: the group build must come after it, i.e. after the base was done.
+    script = write_script(
+        tmp_path / "build-base.sh",
+        f'set -e\necho run >> "{marker}"\ndocker build -q -t {base} "{basectx}"\n'
+        f"docker volume ls -q --filter label={done}\n",
+    )
+    agentctx = tmp_path / "agentctx"
+    agentctx.mkdir()
+    (agentctx / "Dockerfile.g1").write_text(f"FROM {base}\nARG GROUP\nLABEL group=$GROUP\n")
+    proxy = make_proxy(
+        f"""
+state_dir = {toml_string(tmp_path / "state")}
+[heal]
+max_parallel = 2
+[[images]]
+match = {toml_string(base)}
+command = [{toml_string(script)}]
+[[images]]
+match = "127.0.0.1:1/dhp/seedagent:{{group}}"
+[images.build]
+context = {toml_string(agentctx)}
+dockerfile = "Dockerfile.{{group}}"
+args = {{ GROUP = "{{group}}" }}
+"""
+    )
+    try:
+        # Made once directly, then lost the way a host loses it.
+        docker(["build", "-q", "-t", base, str(basectx)], env=dockerd.env)
+        docker(
+            ["build", "-q", "-t", group, "-f", str(agentctx / "Dockerfile.g1"), str(agentctx)],
+            env=dockerd.env,
+        )
+        remove(dockerd.env, group, base)
+        docker(["image", "prune", "-a", "-f"], env=dockerd.env)
+        since = log_size(dockerd.log_path)
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda _: run(group, proxy.env), range(20)))
+
+        for result in results:
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stdout.decode().strip() == "ok"
+        assert line_count(marker) == 1, "the base recipe ran more than once"
+        assert len(build_calls(dockerd, group, since)) == 1, "the group was built more than once"
+        log = dockerd.log_path.read_bytes()[since:].decode(errors="replace")
+        base_done = log.find(done)
+        group_build = log.find(build_calls(dockerd, group, since)[0])
+        assert 0 <= base_done < group_build, "the group build started before the base was done"
+        labels = docker(
+            ["image", "inspect", "-f", "{{json .Config.Labels}}", group], env=dockerd.env
+        )
+        assert b'"group":"g1"' in labels.stdout, "the build arg from the capture was not used"
+    finally:
+        build_busybox(dockerd.env)
+
+
+def command_config(tmp_path: Path, image: str, script: Path, **heal: str) -> str:
+    """A config whose one recipe runs ``script`` to make ``image``."""
+    settings = "".join(f"{key} = {toml_string(value)}\n" for key, value in heal.items())
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+[heal]
+{settings}
+[[images]]
+match = {toml_string(image)}
+command = [{toml_string(script)}]
+"""
+
+
+def test_broken_recipe_reports_its_reason_cools_down_then_heals_once_fixed(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A broken build must say why (not "Unable to find image"), must not rerun
+    for every spawn while it is known broken, and must heal once it is fixed."""
+    image = "127.0.0.1:1/dhp/broken:1"
+    marker = tmp_path / "marker"
+    script = write_script(tmp_path / "recipe.sh", f'echo run >> "{marker}"\necho boom\nexit 3\n')
+    # Long enough that the second run lands inside it even on a slow machine.
+    proxy = make_proxy(command_config(tmp_path, image, script, failure_cooldown="3s"))
+    remove(dockerd.env, image)
+
+    first = run(image, proxy.env)
+    stderr = first.stderr.decode()
+    assert first.returncode == 125, stderr
+    assert "boom" in stderr
+    assert "exited with status 3" in stderr
+    assert "Unable to find image" not in stderr
+    assert line_count(marker) == 1
+
+    second = run(image, proxy.env)
+    stderr = second.stderr.decode()
+    assert second.returncode == 125, stderr
+    assert "boom" in stderr
+    assert re.search(r"next try is allowed in \d+s", stderr), stderr
+    assert line_count(marker) == 1, "the broken recipe ran again inside its cooldown"
+
+    tagging_script(script, marker, busybox, image)
+
+    def healed() -> bool:
+        attempt = run(image, proxy.env)
+        if attempt.returncode != 0:
+            assert "next try is allowed" in attempt.stderr.decode(), attempt.stderr.decode()
+            return False
+        assert attempt.stdout.decode().strip() == "ok"
+        return True
+
+    wait_for(healed, 20, "the fixed recipe to heal after the cooldown")
+    assert line_count(marker) == 2, "the fixed recipe should have run exactly once more"
+
+
+def test_client_that_gives_up_does_not_stop_the_heal(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """Killing the waiting client must not abandon the rebuild: the next spawn
+    wants the image anyway and must find it without a second build."""
+    image = "127.0.0.1:1/dhp/abandoned:1"
+    marker = tmp_path / "marker"
+    release = tmp_path / "release"
+    script = tagging_script(
+        tmp_path / "recipe.sh",
+        marker,
+        busybox,
+        image,
+        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
+    )
+    proxy = make_proxy(command_config(tmp_path, image, script))
+    remove(dockerd.env, image)
+
+    client = subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        env=proxy.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: line_count(marker) == 1, 20, "the recipe to start")
+        assert client.poll() is None, "the client should still be waiting for the heal"
+        client.send_signal(signal.SIGKILL)
+        client.communicate(timeout=10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    release.touch()
+
+    wait_for(lambda: image_exists(dockerd.env, image), 30, "the abandoned heal to finish")
+    again = run(image, proxy.env)
+    assert again.returncode == 0, again.stderr.decode()
+    assert again.stdout.decode().strip() == "ok"
+    assert line_count(marker) == 1, "the image was rebuilt although the first heal finished"
+
+
+def test_image_without_recipe_fails_exactly_as_without_the_proxy(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The proxy must be invisible for images it does not manage, even with
+    recipes configured (the create is claimed, then forwarded untouched)."""
+    ghost = "127.0.0.1:1/ghost:1"
+    script = write_script(tmp_path / "never.sh", f'touch "{tmp_path / "ran"}"\nexit 1\n')
+    proxy = make_proxy(command_config(tmp_path, "127.0.0.1:1/dhp/other:1", script))
+    remove(dockerd.env, ghost)
+
+    direct = run(ghost, dockerd.env)
+    proxied = run(ghost, proxy.env)
+
+    assert direct.returncode == 125
+    assert proxied.returncode == direct.returncode
+    first_line = direct.stderr.decode().splitlines()[0]
+    assert first_line == "Unable to find image '127.0.0.1:1/ghost:1' locally"
+    assert proxied.stderr.decode().splitlines()[0] == first_line
+    assert not (tmp_path / "ran").exists()
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (it can no longer run)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return bool(re.search(r"^State:\s+Z", status, re.MULTILINE))
+
+
+def test_recipe_timeout_kills_the_whole_process_group(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A hung build must end at its timeout, children included: a leftover
+    child would hold resources (and the output pipe) for ever."""
+    image = "127.0.0.1:1/dhp/hung:1"
+    pidfile = tmp_path / "child.pid"
+    script = write_script(
+        tmp_path / "recipe.sh", f'sleep 1000 &\necho $! > "{pidfile}"\necho started\nsleep 1000\n'
+    )
+    config = command_config(tmp_path, image, script).replace(
+        "command = ", 'timeout = "2s"\ncommand = '
+    )
+    proxy = make_proxy(config)
+    remove(dockerd.env, image)
+
+    started = time.monotonic()
+    result = run(image, proxy.env)
+    elapsed = time.monotonic() - started
+
+    stderr = result.stderr.decode()
+    assert result.returncode == 125, stderr
+    assert "timed out after 2s" in stderr
+    assert "started" in stderr
+    assert elapsed < 30
+    child = int(pidfile.read_text())
+    try:
+        wait_for(lambda: process_gone(child), 15, f"the recipe's child {child} to be killed")
+    finally:
+        if not process_gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_pull_of_managed_tag_heals_or_says_why(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """``docker pull`` of a tag only a recipe can make must heal it, not ask a
+    registry, and a failing recipe must fail the pull with its reason."""
+    image = "127.0.0.1:1/dhp/pulled:1"
+    marker = tmp_path / "marker"
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, image)
+    proxy = make_proxy(command_config(tmp_path, image, script, failure_cooldown="60s"))
+    remove(dockerd.env, image)
+
+    pulled = docker(["pull", image], env=proxy.env, check=False)
+    output = pulled.stdout.decode()
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    assert "docker-heal-proxy" in output
+    assert "Healed" in output
+    assert image_exists(dockerd.env, image)
+    assert line_count(marker) == 1
+
+    again = docker(["pull", image], env=proxy.env)
+    assert "up to date" in again.stdout.decode()
+    assert line_count(marker) == 1, "a pull of a present image must not rebuild it"
+
+    write_script(script, f'echo run >> "{marker}"\necho boom\nexit 1\n')
+    remove(dockerd.env, image)
+    failed = docker(["pull", image], env=proxy.env, check=False)
+    assert failed.returncode != 0
+    assert "boom" in failed.stderr.decode()
+    assert line_count(marker) == 2
