@@ -1,0 +1,390 @@
+"""The config file: what it may say, and what it means once read.
+
+Everything that turns TOML into settings lives here, and nothing else may
+refuse a config. That way every mistake shows when the proxy starts (or under
+``docker-heal-proxy check``), as one line naming the file and the key, and
+never surfaces halfway through a heal.
+
+Rules:
+
+- Every key is optional; without a file the proxy runs on ``Config()``.
+- An unknown key is an error at every level: a misspelt key that was silently
+  ignored would leave a default in place that the user thinks they changed.
+- A duration is a string of number-unit pairs (``h``, ``m``, ``s``, ``ms``:
+  ``"90s"``, ``"1h30m"``, ``"500ms"``) or whole seconds as an integer.
+- ``socket_mode`` is an octal string, as chmod takes it (``"0660"``). A TOML
+  integer is refused: ``660`` and ``0o660`` are easy to confuse and far apart.
+- ``metrics.listen = ""`` turns the metrics endpoint off.
+- Relative paths are relative to the config file's folder, since under systemd
+  the working directory is ``/``. ``build.dockerfile`` is the exception: like
+  ``docker build -f`` it is relative to the build context.
+- An ``[[images]]`` entry has a ``match`` and exactly one of ``command``,
+  ``build``, ``pull`` and ``load``. Every placeholder its fields use must be
+  captured by its ``match``. ``pull = true`` pulls the image that was asked
+  for; ``pull = false`` is refused, as it would leave an entry that can heal
+  nothing.
+- A placeholder-free ``depends_on`` must name an image some entry matches
+  (otherwise nothing could heal it), and such entries must not form a cycle.
+
+Theory of operation: ``parse_config`` walks the data with small readers that
+each know the dotted key path they are reading, so any of them can fail with
+the precise location. Each entry is checked on its own first; the checks that
+need all entries (``depends_on`` targets, cycles) run once all exist. Paths are
+made absolute here, with the config folder escaped so that braces in it are
+never taken for placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .graph import DependencyCycle, check_cycles
+from .patterns import Pattern, escape, find_recipe, placeholders_in
+from .recipe import Kind, Recipe
+from .reference import normalize
+
+
+class ConfigError(ValueError):
+    """A config the proxy refuses; the message is one line meant for a person."""
+
+
+@dataclass(frozen=True)
+class HealSettings:
+    """The ``[heal]`` table: limits that apply to every heal."""
+
+    timeout: float = 1800.0
+    """Default for an entry's ``timeout``."""
+    failure_cooldown: float = 60.0
+    """How long a failed heal is remembered, so a crash-looping client does not
+    start a rebuild on every create."""
+    max_parallel: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    """The config file, validated; ``Config()`` is the proxy with no file."""
+
+    path: Path | None = None
+    listen: str | None = None
+    upstream: str | None = None
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    state_dir: Path | None = None
+    shutdown_timeout: float = 10.0
+    heal: HealSettings = field(default_factory=HealSettings)
+    metrics_listen: str | None = "127.0.0.1:9478"
+    recipes: tuple[Recipe, ...] = ()
+
+
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)", re.ASCII)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_SOCKET_MODE_RE = re.compile(r"[0-7]{3,4}")
+_TOML_POSITION_RE = re.compile(r"(.*) \(at line (\d+), column (\d+)\)")
+
+_TOP_KEYS = (
+    "listen",
+    "upstream",
+    "socket_mode",
+    "socket_group",
+    "state_dir",
+    "shutdown_timeout",
+    "heal",
+    "metrics",
+    "images",
+)
+_HEAL_KEYS = ("timeout", "failure_cooldown", "max_parallel")
+_METRICS_KEYS = ("listen",)
+_KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
+_ENTRY_KEYS = ("match", *_KINDS, "workdir", "env", "depends_on", "timeout")
+_BUILD_KEYS = ("context", "dockerfile", "args", "target")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a duration; raises ValueError with a hint at the syntax."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and _DURATION_RE.fullmatch(value):
+        return sum(
+            float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART_RE.findall(value)
+        )
+    raise ValueError(f'bad duration {value!r} (use e.g. "90s", "30m", "1h30m" or seconds)')
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration string that reads back as ``seconds`` (to the ms)."""
+    hours, rest = divmod(round(seconds * 1000), 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, millis = divmod(rest, 1000)
+    parts = zip((hours, minutes, whole, millis), ("h", "m", "s", "ms"), strict=True)
+    return "".join(f"{amount}{unit}" for amount, unit in parts if amount) or "0s"
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text: {error.reason}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        position = _TOML_POSITION_RE.fullmatch(message)
+        if position:
+            what, line, column = position.groups()
+            message = f"line {line}, column {column}: {what}"
+        raise ConfigError(f"{path}: {message}") from None
+    config = parse_config(data, base_dir=path.absolute().parent, source=str(path))
+    return replace(config, path=path.absolute())
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: str = "config") -> Config:
+    """Validate TOML data whose relative paths are relative to ``base_dir``."""
+    return _Reader(source, base_dir.absolute()).config(data)
+
+
+def _at(where: str, key: str) -> str:
+    """The dotted path of ``key`` in the table at ``where`` ("" is the top level)."""
+    return f"{where}.{key}" if where else key
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Validation state: what to call the file, and where relative paths start."""
+
+    source: str
+    base_dir: Path
+
+    def fail(self, where: str, message: str) -> NoReturn:
+        location = f"{self.source}: {where}" if where else self.source
+        raise ConfigError(f"{location}: {message}")
+
+    def config(self, data: Mapping[str, Any]) -> Config:
+        self.known(data, _TOP_KEYS, "")
+        defaults = Config()
+        heal = self.heal(self.table(data, "heal"))
+        metrics = self.table(data, "metrics")
+        self.known(metrics, _METRICS_KEYS, "metrics")
+        metrics_listen = defaults.metrics_listen
+        if "listen" in metrics:
+            metrics_listen = self.string(metrics["listen"], "metrics.listen", empty=True) or None
+        images = data.get("images", [])
+        if not isinstance(images, list):
+            self.fail("images", "expected [[images]] entries")
+        recipes = tuple(self.recipe(index, entry, heal) for index, entry in enumerate(images))
+        self.check_dependencies(recipes)
+        return Config(
+            listen=self.optional_string(data, "listen"),
+            upstream=self.optional_string(data, "upstream"),
+            socket_mode=(
+                self.socket_mode(data["socket_mode"])
+                if "socket_mode" in data
+                else defaults.socket_mode
+            ),
+            socket_group=self.optional_string(data, "socket_group"),
+            state_dir=(
+                self.base_dir / self.string(data["state_dir"], "state_dir")
+                if "state_dir" in data
+                else None
+            ),
+            shutdown_timeout=self.optional_duration(
+                data, "shutdown_timeout", "", defaults.shutdown_timeout
+            ),
+            heal=heal,
+            metrics_listen=metrics_listen,
+            recipes=recipes,
+        )
+
+    def heal(self, table: Mapping[str, Any]) -> HealSettings:
+        self.known(table, _HEAL_KEYS, "heal")
+        defaults = HealSettings()
+        max_parallel = table.get("max_parallel", defaults.max_parallel)
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            self.fail(
+                "heal.max_parallel", f"expected a whole number of at least 1, not {max_parallel!r}"
+            )
+        return HealSettings(
+            timeout=self.optional_duration(table, "timeout", "heal", defaults.timeout),
+            failure_cooldown=self.optional_duration(
+                table, "failure_cooldown", "heal", defaults.failure_cooldown
+            ),
+            max_parallel=max_parallel,
+        )
+
+    def recipe(self, index: int, raw: object, heal: HealSettings) -> Recipe:
+        where = f"images[{index}]"
+        if not isinstance(raw, Mapping):
+            self.fail(where, "expected a table")
+        self.known(raw, _ENTRY_KEYS, where)
+        if "match" not in raw:
+            self.fail(f"{where}.match", "required")
+        match = self.string(raw["match"], f"{where}.match")
+        pattern = self.pattern(match, f"{where}.match")
+        kinds = [kind for kind in _KINDS if kind in raw]
+        if len(kinds) != 1:
+            self.fail(where, self.kinds_problem(kinds))
+        # Every field that may hold placeholders, under the name errors give it.
+        templates: dict[str, str] = {}
+
+        command = self.string_list(raw.get("command", []), f"{where}.command")
+        if "command" in raw and not command:
+            self.fail(f"{where}.command", "must not be empty")
+        templates.update((f"command[{i}]", arg) for i, arg in enumerate(command))
+        build = self.build(raw["build"], f"{where}.build", templates) if "build" in raw else None
+        pull = self.pull(raw["pull"], match, f"{where}.pull") if "pull" in raw else None
+        if pull is not None:
+            templates["pull"] = pull
+        load = None
+        if "load" in raw:
+            templates["load"] = self.string(raw["load"], f"{where}.load")
+            load = self.path_template(templates["load"])
+        workdir = escape(str(self.base_dir))
+        if "workdir" in raw:
+            templates["workdir"] = self.string(raw["workdir"], f"{where}.workdir")
+            workdir = self.path_template(templates["workdir"])
+        env = self.string_table(raw.get("env", {}), f"{where}.env")
+        templates.update((f"env.{key}", value) for key, value in env.items())
+        depends_on = self.string_list(raw.get("depends_on", []), f"{where}.depends_on")
+        for i, dependency in enumerate(depends_on):
+            self.pattern(dependency, f"{where}.depends_on[{i}]")
+            templates[f"depends_on[{i}]"] = dependency
+
+        for label, text in templates.items():
+            try:
+                missing = placeholders_in(text) - pattern.placeholders
+            except ValueError as error:
+                self.fail(f"{where}.{label}", str(error))
+            if missing:
+                name = min(missing)
+                self.fail(where, f"placeholder {{{name}}} in {label} is not captured by match")
+        return Recipe(
+            index=index,
+            match=match,
+            kind=kinds[0],
+            command=tuple(command),
+            workdir=workdir,
+            env=env,
+            build=build,
+            pull=pull,
+            load=load,
+            depends_on=tuple(depends_on),
+            timeout=self.optional_duration(raw, "timeout", where, heal.timeout),
+        )
+
+    @staticmethod
+    def kinds_problem(kinds: list[Kind]) -> str:
+        choice = "exactly one of " + ", ".join(_KINDS)
+        if not kinds:
+            return f"needs {choice}"
+        listed = ", ".join(repr(kind) for kind in kinds[:-1]) + f" and {kinds[-1]!r}"
+        both = "both " if len(kinds) == 2 else ""
+        return f"has {both}{listed}; give {choice}"
+
+    def build(self, raw: object, where: str, templates: dict[str, str]) -> Mapping[str, object]:
+        """The ``build`` table, stored raw for ``patterns`` with its context made absolute."""
+        if not isinstance(raw, Mapping):
+            self.fail(where, "expected a table")
+        self.known(raw, _BUILD_KEYS, where)
+        if "context" not in raw:
+            self.fail(f"{where}.context", "required")
+        table: dict[str, object] = {}
+        for key in ("context", "dockerfile", "target"):
+            if key in raw:
+                templates[f"build.{key}"] = self.string(raw[key], f"{where}.{key}")
+                table[key] = templates[f"build.{key}"]
+        table["context"] = self.path_template(templates["build.context"])
+        args = self.string_table(raw.get("args", {}), f"{where}.args")
+        templates.update((f"build.args.{key}", value) for key, value in args.items())
+        table["args"] = args
+        return table
+
+    def pull(self, raw: object, match: str, where: str) -> str:
+        if raw is True:
+            return match
+        if raw is False:
+            self.fail(where, "false is not allowed; give true or an image reference")
+        reference = self.string(raw, where)
+        self.pattern(reference, where)
+        return reference
+
+    def pattern(self, text: str, where: str) -> Pattern:
+        """``text`` as a reference template; ``match``, ``pull`` and ``depends_on`` are."""
+        try:
+            return Pattern.compile(text)
+        except ValueError as error:
+            self.fail(where, str(error))
+
+    def check_dependencies(self, recipes: tuple[Recipe, ...]) -> None:
+        for recipe in recipes:
+            for i, dependency in enumerate(recipe.depends_on):
+                if not Pattern.compile(dependency).is_template and not find_recipe(
+                    recipes, dependency
+                ):
+                    self.fail(
+                        f"images[{recipe.index}].depends_on[{i}]",
+                        f"no [[images]] entry matches {normalize(dependency)!r}",
+                    )
+        try:
+            check_cycles(recipes)
+        except DependencyCycle as error:
+            self.fail("", str(error))
+
+    def path_template(self, text: str) -> str:
+        """``text`` made absolute against the config folder; may hold placeholders."""
+        return str(Path(escape(str(self.base_dir))) / text)
+
+    def known(self, table: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+        for key in table:
+            if key not in keys:
+                self.fail(where, f"unknown key {key!r}")
+
+    def table(self, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, Mapping):
+            self.fail(key, "expected a table")
+        return value
+
+    def string(self, value: object, where: str, *, empty: bool = False) -> str:
+        if not isinstance(value, str):
+            self.fail(where, f"expected a string, not {value!r}")
+        if not value and not empty:
+            self.fail(where, "must not be empty")
+        return value
+
+    def optional_string(self, data: Mapping[str, Any], key: str) -> str | None:
+        return self.string(data[key], key) if key in data else None
+
+    def string_list(self, value: object, where: str) -> list[str]:
+        if not isinstance(value, list):
+            self.fail(where, "expected a list of strings")
+        return [self.string(item, f"{where}[{i}]", empty=True) for i, item in enumerate(value)]
+
+    def string_table(self, value: object, where: str) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            self.fail(where, "expected a table of strings")
+        return {
+            str(key): self.string(item, f"{where}.{key}", empty=True) for key, item in value.items()
+        }
+
+    def optional_duration(
+        self, table: Mapping[str, Any], key: str, where: str, default: float
+    ) -> float:
+        if key not in table:
+            return default
+        try:
+            return parse_duration(table[key])
+        except ValueError as error:
+            self.fail(_at(where, key), str(error))
+
+    def socket_mode(self, value: object) -> int:
+        if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):
+            self.fail("socket_mode", f'expected an octal string like "0660", not {value!r}')
+        return int(value, 8)
