@@ -57,13 +57,16 @@ _IMAGE_ID_RE = re.compile(r"[a-f0-9]{64}")
 
 
 class InvalidReference(ValueError):
-    """The text is not something dockerd would accept as an image name."""
+    """The text is not something dockerd would accept as an image name.
+
+    ``reason`` is kept apart from the text so that ``patterns`` can report it
+    against the template the user wrote rather than the text it tested.
+    """
 
     def __init__(self, text: str, reason: str) -> None:
         super().__init__(f"invalid image reference {text!r}: {reason}")
         self.text = text
         self.reason = reason
-        """Why, without the text: ``patterns`` reports it against the template."""
 
 
 @dataclass(frozen=True)
