@@ -24,6 +24,7 @@ from .app import App
 from .check import describe, read_dockerfile_from_disk
 from .config import Config, ConfigError, load_config
 from .engine import Engine
+from .graph import DependencyCycle, heal_plan
 from .healer import Healer, HealFailed
 from .listener import ListenerError
 from .patterns import Pattern, find_recipe
@@ -107,8 +108,15 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
+    """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
     print(describe(config, args.image, read_dockerfile_from_disk))
-    return 0
+    if args.image is None:
+        return 0
+    try:
+        plan = heal_plan(args.image, config.recipes, read_dockerfile_from_disk)
+    except DependencyCycle:
+        return 1
+    return 0 if plan else 1
 
 
 async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
