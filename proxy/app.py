@@ -56,6 +56,7 @@ class App:
         self.config_path = config_path
         self.listener = listener
         self.healer: Healer | None = None
+        self.metrics: Metrics | None = None
 
     def reload(self) -> None:
         if self.config_path is None:
@@ -72,12 +73,15 @@ class App:
         self.config = config
         if self.healer is not None:
             self.healer.reconfigure(config)
+        if self.metrics is not None:
+            self.metrics.recipes_configured(r.match for r in config.recipes)
         log.info("reloaded %s: %d recipes", self.config_path, len(config.recipes))
 
     async def run(self) -> int:
         settings = self.settings
         engine = Engine(settings.upstream)
-        metrics = Metrics(lambda: self.healer)
+        metrics = self.metrics = Metrics(lambda: self.healer)
+        metrics.recipes_configured(r.match for r in self.config.recipes)
         self.healer = Healer(self.config, engine, settings.upstream, settings.state_dir, metrics)
         interceptor = Interceptor(lambda: self.config, self.healer, metrics.image_checked)
         hub = Hub(settings.upstream, interceptor, metrics)

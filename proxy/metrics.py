@@ -12,11 +12,15 @@ Rules:
   children are cached.
 - Metrics are never served on the Docker socket's URL space, only on the TCP
   listener given by ``[metrics] listen``.
+- Series an alert is written against exist from start-up at zero (every
+  ``heals_total`` result of every recipe, both image check results, every
+  upstream error kind). ``increase()`` and ``rate()`` see nothing on a series
+  whose first sample is already 1, so a first failure would never alert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import (
@@ -40,6 +44,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 HEAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf"))
+UPSTREAM_ERROR_KINDS = ("connect", "protocol", "closed")
+"""The kinds ``connection`` reports; listed so each series starts at zero."""
 
 
 class _HealerState(Collector):
@@ -121,6 +127,10 @@ class Metrics:
             __version__
         ).set(1)
         r.register(_HealerState(healer))
+        for kind in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(kind)
+        for result in ("present", "missing"):
+            self.image_checks.labels(result)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     # -- connection.Observer ---------------------------------------------------
@@ -147,6 +157,16 @@ class Metrics:
         self.hijacked_connections.inc(delta)
 
     # -- healer and interceptor --------------------------------------------------
+
+    def recipes_configured(self, matches: Iterable[str]) -> None:
+        """Start each recipe's heal series at zero (see the module rules); on start and reload.
+
+        Series of recipes a reload removed stay: their counts are history.
+        """
+        for match in matches:
+            for result in ("success", "failure"):
+                self.heals.labels(match, result)
+            self.heal_duration.labels(match)
 
     def heal_finished(self, match: str, success: bool, seconds: float) -> None:
         self.heals.labels(match, "success" if success else "failure").inc()

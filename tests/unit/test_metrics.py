@@ -169,3 +169,19 @@ def test_the_healer_state_is_not_on_the_metrics_listener() -> None:
         return (await client.get("/_heal/status")).status
 
     assert with_client(healthy, use) == 404
+
+
+def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
+    """``increase()`` ignores a series' first sample: a counter that appears at
+    1 on the first failure would never fire the heal-failure alert."""
+    metrics = Metrics()
+    metrics.recipes_configured(["app:*", "tool:1"])
+    got = samples(metrics)
+    for image in ("app:*", "tool:1"):
+        for result in ("success", "failure"):
+            assert got[(PREFIX + "heals_total", (("image", image), ("result", result)))] == 0
+        assert got[(PREFIX + "heal_duration_seconds_count", (("image", image),))] == 0
+    for kind in ("connect", "protocol", "closed"):
+        assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
+    for result in ("present", "missing"):
+        assert got[(PREFIX + "image_checks_total", (("result", result),))] == 0
