@@ -28,6 +28,7 @@ from .graph import DependencyCycle, heal_plan
 from .healer import Healer, HealFailed
 from .listener import ListenerError
 from .patterns import Pattern, find_recipe
+from .reference import InvalidReference
 from .server import open_listener
 from .settings import Settings, SettingsError, resolve
 
@@ -114,7 +115,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
         return 0
     try:
         plan = heal_plan(args.image, config.recipes, read_dockerfile_from_disk)
-    except DependencyCycle:
+    except (DependencyCycle, InvalidReference):
         return 1
     return 0 if plan else 1
 
