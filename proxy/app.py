@@ -59,11 +59,14 @@ class App:
         self.metrics: Metrics | None = None
 
     def reload(self) -> None:
-        if self.config_path is None:
+        # The file read at start-up: the one --config named, or the default one
+        # the command line found by itself (then only ``config.path`` knows it).
+        path = self.config_path or self.config.path
+        if path is None:
             log.info("reload: no config file given; nothing to re-read")
             return
         try:
-            config = load_config(Path(self.config_path))
+            config = load_config(Path(path))
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
@@ -75,7 +78,7 @@ class App:
             self.healer.reconfigure(config)
         if self.metrics is not None:
             self.metrics.recipes_configured(r.match for r in config.recipes)
-        log.info("reloaded %s: %d recipes", self.config_path, len(config.recipes))
+        log.info("reloaded %s: %d recipes", path, len(config.recipes))
 
     async def run(self) -> int:
         settings = self.settings
