@@ -1,0 +1,324 @@
+"""``docker-heal-proxy check`` and ``heal``, run as a person or a cron job runs them.
+
+``check`` is how someone editing the config finds a wrong match or order
+before a 3 a.m. create does; ``heal`` is how a host re-seeds images after a
+prune without waiting for a spawn. ``heal`` must share the proxy's per-tag
+lock, or a cron job and a burst of spawns would build the same tag twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import (
+    Dockerd,
+    Proxy,
+    docker,
+    image_exists,
+    line_count,
+    toml_string,
+    wait_for,
+    write_script,
+)
+
+pytestmark = pytest.mark.daemon
+
+MakeProxy = Callable[..., Proxy]
+REPO = Path(__file__).resolve().parents[2]
+BASE = "127.0.0.1:1/dhp/clibase:latest"
+PYTHON_M_PROXY = (sys.executable, "-m", "proxy")
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PYTHON_M_PROXY, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def remove(env: dict[str, str], *images: str) -> None:
+    for image in images:
+        docker(["rmi", "-f", image], env=env, check=False)
+        assert not image_exists(env, image)
+
+
+def tagging_script(path: Path, marker: Path, source: str, image: str, extra: str = "") -> Path:
+    """A recipe that counts its runs in ``marker`` and makes ``image`` from ``source``."""
+    return write_script(path, f'echo run >> "{marker}"\n{extra}docker tag {source} {image}\n')
+
+
+def chain_config(tmp_path: Path, busybox: str) -> Path:
+    """A base made by a script, a template build FROM it, a fixed build FROM it,
+    and a script that only says ``depends_on``."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile.g1").write_text(f"FROM {BASE}\nARG GROUP\nLABEL group=$GROUP\n")
+    (ctx / "Dockerfile").write_text(f"FROM {BASE}\nLABEL fixed=1\n")
+    script = tagging_script(tmp_path / "base.sh", tmp_path / "base.marker", busybox, BASE)
+    tool = tagging_script(
+        tmp_path / "tool.sh", tmp_path / "tool.marker", busybox, "127.0.0.1:1/dhp/clitool:1"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+state_dir = {toml_string(tmp_path / "state")}
+[[images]]
+match = {toml_string(BASE)}
+command = [{toml_string(script)}]
+[[images]]
+match = "127.0.0.1:1/dhp/cliagent:{{group}}"
+build = {{ context = "ctx", dockerfile = "Dockerfile.{{group}}", args = {{ GROUP = "{{group}}" }} }}
+[[images]]
+match = "127.0.0.1:1/dhp/clifixed:1"
+build = {{ context = "ctx" }}
+[[images]]
+match = "127.0.0.1:1/dhp/clitool:1"
+command = [{toml_string(tool)}]
+depends_on = [{toml_string(BASE)}]
+"""
+    )
+    return config
+
+
+def entry(report: str, index: int) -> str:
+    """The block ``check`` prints for ``images[index]``."""
+    blocks = report.split("\n\n")
+    found = [block for block in blocks if block.startswith(f"images[{index}]")]
+    assert len(found) == 1, report
+    return found[0]
+
+
+def test_check_lists_each_recipe_with_its_dependencies(busybox: str, tmp_path: Path) -> None:
+    config = chain_config(tmp_path, busybox)
+
+    result = cli("check", f"--config={config}")
+
+    assert result.returncode == 0, result.stderr
+    report = result.stdout
+    assert f"config {config}" in report
+    assert "4 [[images]] entries" in report
+    assert BASE in entry(report, 0)
+    assert "command" in entry(report, 0)
+    template = entry(report, 1)
+    assert "127.0.0.1:1/dhp/cliagent:{group}" in template
+    assert "Dockerfile.{group}" in template
+    fixed = entry(report, 2)
+    assert any(line.split() == ["bases", BASE] for line in fixed.splitlines()), fixed
+    tool = entry(report, 3)
+    assert any(line.split() == ["depends", "on", BASE] for line in tool.splitlines()), tool
+
+
+def test_check_image_shows_the_heal_chain_bases_first(busybox: str, tmp_path: Path) -> None:
+    config = chain_config(tmp_path, busybox)
+
+    result = cli("check", f"--config={config}", "127.0.0.1:1/dhp/cliagent:g1")
+
+    assert result.returncode == 0, result.stderr
+    report = result.stdout
+    assert "matched by images[1]" in report
+    assert "group=g1" in report
+    assert "Dockerfile.g1" in report
+    assert "GROUP=g1" in report
+    steps = [line.split() for line in report.splitlines() if line.strip()[:3] in ("1. ", "2. ")]
+    assert [step[:2] for step in steps] == [["1.", BASE], ["2.", "127.0.0.1:1/dhp/cliagent:g1"]]
+
+    unmatched = cli("check", f"--config={config}", "127.0.0.1:1/ghost:1")
+    assert unmatched.returncode == 1, "scripts ask check IMAGE whether anything heals IMAGE"
+    assert "no recipe matches 127.0.0.1:1/ghost:1" in unmatched.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[[images]]\nmatch = "a:1"\ncommand = ["true"]\nbogus = 1\n', "images[0]: unknown key"),
+        ('[[images]]\nmatch = "a:1"\n', "images[0]: needs exactly one of"),
+        ('[heal]\ntimeout = "soon"\n', "heal.timeout: bad duration"),
+        (
+            '[[images]]\nmatch = "a:1"\ncommand = ["true"]\ndepends_on = ["b:1"]\n',
+            "images[0].depends_on[0]: no [[images]] entry matches",
+        ),
+        ('[[images]]\nmatch = "a:1"\ncommand = ["{x}"]\n', "placeholder {x} in command[0]"),
+        ('state_dir = "s"\nheal = = 1\n', "line 2, column"),
+    ],
+)
+def test_check_refuses_a_bad_config_naming_the_key(tmp_path: Path, text: str, where: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+
+    result = cli("check", f"--config={config}")
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0]
+    assert where in lines[0]
+
+
+def heal_config(tmp_path: Path, entries: dict[str, Path]) -> Path:
+    config = tmp_path / "heal.toml"
+    body = "".join(
+        f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(script)}]\n"
+        for image, script in entries.items()
+    )
+    config.write_text(f"state_dir = {toml_string(tmp_path / 'state')}\n{body}")
+    return config
+
+
+def test_heal_command_heals_one_image_and_fails_with_the_reason(
+    dockerd: Dockerd, busybox: str, tmp_path: Path
+) -> None:
+    good, bad = "127.0.0.1:1/dhp/cligood:1", "127.0.0.1:1/dhp/clibad:1"
+    marker = tmp_path / "good.marker"
+    config = heal_config(
+        tmp_path,
+        {
+            good: tagging_script(tmp_path / "good.sh", marker, busybox, good),
+            bad: write_script(tmp_path / "bad.sh", "echo boom\nexit 1\n"),
+        },
+    )
+    remove(dockerd.env, good, bad)
+    upstream = f"--upstream={dockerd.url}"
+
+    healed = cli("heal", good, f"--config={config}", upstream)
+    assert healed.returncode == 0, healed.stderr
+    assert image_exists(dockerd.env, good)
+    assert line_count(marker) == 1
+
+    present = cli("heal", good, f"--config={config}", upstream)
+    assert present.returncode == 0, present.stderr
+    assert "up to date" in present.stdout
+    assert line_count(marker) == 1, "heal rebuilt an image that was there"
+
+    failed = cli("heal", bad, f"--config={config}", upstream)
+    assert failed.returncode == 1
+    assert f"cannot heal {bad}" in failed.stderr
+    assert "boom" in failed.stderr
+    assert not image_exists(dockerd.env, bad)
+
+    unknown = cli("heal", "127.0.0.1:1/ghost:1", f"--config={config}", upstream)
+    assert unknown.returncode == 1
+    assert "no recipe matches" in unknown.stderr
+
+
+def test_heal_all_heals_every_missing_concrete_recipe(
+    dockerd: Dockerd, busybox: str, tmp_path: Path
+) -> None:
+    """``--all`` is the re-seed after a prune: every fixed tag that is missing,
+    none that is present, and no template (it names no image)."""
+    missing = ["127.0.0.1:1/dhp/cliall:1", "127.0.0.1:1/dhp/cliall:2"]
+    present = "127.0.0.1:1/dhp/clipresent:1"
+    markers = {name: tmp_path / f"{name}.marker" for name in ("one", "two", "present", "tpl")}
+    scripts = {
+        missing[0]: tagging_script(tmp_path / "one.sh", markers["one"], busybox, missing[0]),
+        missing[1]: tagging_script(tmp_path / "two.sh", markers["two"], busybox, missing[1]),
+        present: tagging_script(tmp_path / "p.sh", markers["present"], busybox, present),
+        "127.0.0.1:1/dhp/clitpl:{v}": write_script(
+            tmp_path / "tpl.sh", f'echo run >> "{markers["tpl"]}"\nexit 1\n'
+        ),
+    }
+    config = heal_config(tmp_path, scripts)
+    remove(dockerd.env, *missing)
+    docker(["tag", busybox, present], env=dockerd.env)
+
+    result = cli("heal", "--all", f"--config={config}", f"--upstream={dockerd.url}")
+
+    assert result.returncode == 0, result.stderr
+    for image in missing:
+        assert image_exists(dockerd.env, image)
+    counts = {name: line_count(path) for name, path in markers.items()}
+    assert counts == {"one": 1, "two": 1, "present": 0, "tpl": 0}
+
+
+def holds_open(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` has a file under ``folder`` open (a lock file)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{folder}/"):
+            return True
+    return False
+
+
+def test_cli_heal_waits_for_the_proxys_heal_of_the_same_tag(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A cron ``heal`` during a spawn-driven heal must wait on the shared lock
+    and then find the image, not run the recipe a second time."""
+    image = "127.0.0.1:1/dhp/clilocked:1"
+    marker = tmp_path / "marker"
+    release = tmp_path / "release"
+    script = tagging_script(
+        tmp_path / "recipe.sh",
+        marker,
+        busybox,
+        image,
+        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
+    )
+    state = tmp_path / "state"
+    proxy = make_proxy(
+        f"""
+state_dir = {toml_string(state)}
+[[images]]
+match = {toml_string(image)}
+command = [{toml_string(script)}]
+"""
+    )
+    config = Path(proxy.socket).parent / "config.toml"
+    remove(dockerd.env, image)
+
+    spawn = subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        env=proxy.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    heal = None
+    try:
+        wait_for(lambda: line_count(marker) == 1, 20, "the proxy's heal to start")
+        heal = subprocess.Popen(
+            [*PYTHON_M_PROXY, "heal", image, f"--config={config}", f"--upstream={dockerd.url}"],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pid = heal.pid
+        wait_for(
+            lambda: heal.poll() is not None or holds_open(pid, state / "locks"),
+            20,
+            "the CLI heal to wait on the lock",
+        )
+        assert heal.poll() is None, heal.communicate()
+        release.touch()
+        _, err = heal.communicate(timeout=60)
+        spawned_out, spawned_err = spawn.communicate(timeout=60)
+    finally:
+        release.touch()
+        for proc in (spawn, heal):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    assert spawn.returncode == 0, spawned_err.decode()
+    assert spawned_out.decode().strip() == "ok"
+    assert heal.returncode == 0, err
+    assert "built meanwhile by another process" in err
+    assert line_count(marker) == 1, "the CLI reran a recipe the proxy was running"
