@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
@@ -694,4 +695,19 @@ class Exchange:
 
     @property
     def client_gone(self) -> bool:
-        return self._conn.closed
+        """Whether the client can no longer read an answer.
+
+        EOF alone does not say so: a client may half-close and still read.
+        A peer that closed its socket (or died) shows as POLLHUP on it.
+        """
+        conn = self._conn
+        if conn.closed:
+            return True
+        if not conn.client_eof or conn.transport is None:
+            return False
+        sock = conn.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), 0)
+        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))

@@ -143,6 +143,10 @@ class Interceptor:
         except HealFailed as failure:
             exchange.respond(errors.error(500, str(failure)))
             return
+        if exchange.client_gone:
+            # Replaying would create a container nobody starts, holding its name.
+            log.info("client gave up waiting for %s; its create is not replayed", image)
+            return
         exchange.forward(raw)
 
     async def pull(self, exchange: Exchange, reference: str) -> None:
