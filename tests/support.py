@@ -273,10 +273,20 @@ def log_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def build_calls(daemon: Dockerd, tag: str, since: int = 0) -> list[str]:
-    """dockerd's debug lines for ``POST /build`` (any API version) with ``t=tag``.
+@dataclass(frozen=True)
+class ApiCall:
+    """One request dockerd's debug log says it handled."""
 
-    The query is parsed rather than searched, since the docker CLI encodes
+    method: str
+    path: str
+    """Without the ``/vX.Y`` prefix."""
+    query: dict[str, list[str]]
+
+
+def api_calls(daemon: Dockerd, since: int = 0) -> list[ApiCall]:
+    """The requests dockerd handled after byte ``since`` of its log, in order.
+
+    Queries are parsed rather than searched, since the docker CLI encodes
     ``:`` and ``/`` in a tag and other clients may not.
     """
     import re
@@ -287,14 +297,22 @@ def build_calls(daemon: Dockerd, tag: str, since: int = 0) -> list[str]:
         text = log.read().decode(errors="replace")
     found = []
     for line in text.splitlines():
-        call = re.search(r'msg="Calling POST (/[^ "]*)"', line)
+        call = re.search(r'msg="Calling ([A-Z]+) (/[^ "]*)"', line)
         if call is None:
             continue
-        url = urllib.parse.urlsplit(call.group(1))
+        url = urllib.parse.urlsplit(call.group(2))
         path = re.sub(r"^/v[0-9.]+", "", url.path)
-        if path == "/build" and tag in urllib.parse.parse_qs(url.query).get("t", []):
-            found.append(line)
+        found.append(ApiCall(call.group(1), path, urllib.parse.parse_qs(url.query)))
     return found
+
+
+def is_build_of(call: ApiCall, tag: str) -> bool:
+    return call.method == "POST" and call.path == "/build" and tag in call.query.get("t", [])
+
+
+def build_calls(daemon: Dockerd, tag: str, since: int = 0) -> list[ApiCall]:
+    """The image builds (``POST /build``) dockerd was asked for with ``t=tag``."""
+    return [call for call in api_calls(daemon, since) if is_build_of(call, tag)]
 
 
 def image_exists(env: Mapping[str, str], image: str) -> bool:
@@ -306,3 +324,10 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def log_problems(text: str) -> list[str]:
+    """Lines of a proxy log that mean a bug rather than a failed heal: tracebacks
+    and asyncio's reports of exceptions or tasks nobody waited for."""
+    signs = ("Traceback", "exception was never retrieved", "Task was destroyed", "Unhandled")
+    return [line for line in text.splitlines() if any(sign in line for sign in signs)]

@@ -8,24 +8,29 @@ an unmodified client sees a create that worked, or an error that says why.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
     Proxy,
+    api_calls,
     build_busybox,
     build_calls,
     docker,
     image_exists,
+    is_build_of,
     line_count,
+    log_problems,
     log_size,
     toml_string,
     wait_for,
@@ -35,6 +40,22 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 MakeProxy = Callable[..., Proxy]
+
+
+@pytest.fixture
+def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
+    """The shared factory, plus a check that no proxy logged a bug along the way:
+    a heal that fails must fail cleanly, not through an unhandled exception."""
+    made: list[Proxy] = []
+
+    def make(*args: object, **kwargs: object) -> Proxy:
+        made.append(make_proxy(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.stop()
+        assert log_problems(proxy.log()) == [], proxy.log()
 
 
 def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:
@@ -119,10 +140,13 @@ args = {{ GROUP = "{{group}}" }}
             assert result.stdout.decode().strip() == "ok"
         assert line_count(marker) == 1, "the base recipe ran more than once"
         assert len(build_calls(dockerd, group, since)) == 1, "the group was built more than once"
-        log = dockerd.log_path.read_bytes()[since:].decode(errors="replace")
-        base_done = log.find(done)
-        group_build = log.find(build_calls(dockerd, group, since)[0])
-        assert 0 <= base_done < group_build, "the group build started before the base was done"
+        calls = api_calls(dockerd, since)
+        base_done = [
+            i for i, call in enumerate(calls) if done in call.query.get("filters", [""])[0]
+        ]
+        group_build = [i for i, call in enumerate(calls) if is_build_of(call, group)]
+        assert len(base_done) == 1, "the base recipe did not finish once"
+        assert base_done[0] < group_build[0], "the group build started before the base was done"
         labels = docker(
             ["image", "inspect", "-f", "{{json .Config.Labels}}", group], env=dockerd.env
         )
@@ -185,12 +209,24 @@ def test_broken_recipe_reports_its_reason_cools_down_then_heals_once_fixed(
     assert line_count(marker) == 2, "the fixed recipe should have run exactly once more"
 
 
+def creates_named(dockerd: Dockerd, name: str, since: int) -> int:
+    """How many container creates with ``name`` dockerd handled since ``since``."""
+    return sum(
+        1
+        for call in api_calls(dockerd, since)
+        if call.path == "/containers/create" and call.query.get("name") == [name]
+    )
+
+
 def test_client_that_gives_up_does_not_stop_the_heal(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
-    """Killing the waiting client must not abandon the rebuild: the next spawn
-    wants the image anyway and must find it without a second build."""
+    """Killing the waiting client must not abandon the rebuild (the next spawn
+    wants the image anyway and must find it without a second build), nor
+    replay the dead client's create: that container would never start, and
+    would hold its name against the client's retry."""
     image = "127.0.0.1:1/dhp/abandoned:1"
+    name = "dhp-abandoned"
     marker = tmp_path / "marker"
     release = tmp_path / "release"
     script = tagging_script(
@@ -202,9 +238,12 @@ def test_client_that_gives_up_does_not_stop_the_heal(
     )
     proxy = make_proxy(command_config(tmp_path, image, script))
     remove(dockerd.env, image)
+    docker(["rm", "-f", name], env=dockerd.env, check=False)
+    since = log_size(dockerd.log_path)
+    argv = ["docker", "run", "--rm", "--network=none", f"--name={name}", image, "echo", "ok"]
 
     client = subprocess.Popen(
-        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        argv,
         env=proxy.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -222,10 +261,57 @@ def test_client_that_gives_up_does_not_stop_the_heal(
     release.touch()
 
     wait_for(lambda: image_exists(dockerd.env, image), 30, "the abandoned heal to finish")
-    again = run(image, proxy.env)
+    again = subprocess.run(argv, env=proxy.env, capture_output=True, timeout=60)
     assert again.returncode == 0, again.stderr.decode()
     assert again.stdout.decode().strip() == "ok"
     assert line_count(marker) == 1, "the image was rebuilt although the first heal finished"
+    # The killed client's create (answered 404) and the retry's; no replay.
+    assert creates_named(dockerd, name, since) == 2, "the dead client's create was replayed"
+    left = docker(["ps", "-aq", "--filter", f"name=^{name}$"], env=dockerd.env)
+    assert left.stdout.strip() == b""
+
+
+def test_client_that_half_closes_still_gets_its_container(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """Telling a dead client from one that only shut its sending side matters:
+    the latter still reads, so its create must be healed and replayed."""
+    image = "127.0.0.1:1/dhp/halfclose:1"
+    name = "dhp-halfclose"
+    release = tmp_path / "release"
+    script = tagging_script(
+        tmp_path / "recipe.sh",
+        tmp_path / "marker",
+        busybox,
+        image,
+        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
+    )
+    proxy = make_proxy(command_config(tmp_path, image, script))
+    remove(dockerd.env, image)
+    docker(["rm", "-f", name], env=dockerd.env, check=False)
+    body = json.dumps({"Image": image, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}})
+    request = (
+        f"POST /v1.41/containers/create?name={name} HTTP/1.1\r\nHost: docker\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(60)
+            sock.connect(proxy.socket)
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            wait_for(lambda: (tmp_path / "marker").exists(), 20, "the recipe to start")
+            release.touch()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 201 "), answer
+        state = docker(["inspect", "-f", "{{.State.Status}}", name], env=dockerd.env)
+        assert state.stdout.strip() == b"created"
+    finally:
+        release.touch()
+        docker(["rm", "-f", name], env=dockerd.env, check=False)
 
 
 def test_image_without_recipe_fails_exactly_as_without_the_proxy(
