@@ -26,11 +26,11 @@ from support import (
     api_calls,
     build_busybox,
     build_calls,
+    checked_proxies,
     docker,
     image_exists,
     is_build_of,
     line_count,
-    log_problems,
     log_size,
     toml_string,
     wait_for,
@@ -44,18 +44,9 @@ MakeProxy = Callable[..., Proxy]
 
 @pytest.fixture
 def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
-    """The shared factory, plus a check that no proxy logged a bug along the way:
-    a heal that fails must fail cleanly, not through an unhandled exception."""
-    made: list[Proxy] = []
-
-    def make(*args: object, **kwargs: object) -> Proxy:
-        made.append(make_proxy(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for proxy in made:
-        proxy.stop()
-        assert log_problems(proxy.log()) == [], proxy.log()
+    """The shared factory, checked afterwards for bugs the proxy logged: a heal
+    that fails must fail cleanly, not through an unhandled exception."""
+    yield from checked_proxies(make_proxy)
 
 
 def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
     Proxy,
+    checked_proxies,
     docker,
     image_exists,
     line_count,
@@ -29,6 +30,15 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 MakeProxy = Callable[..., Proxy]
+
+
+@pytest.fixture
+def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
+    """The shared factory, checked afterwards for bugs the proxy logged: a heal
+    that fails must fail cleanly, not through an unhandled exception."""
+    yield from checked_proxies(make_proxy)
+
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = "127.0.0.1:1/dhp/clibase:latest"
 PYTHON_M_PROXY = (sys.executable, "-m", "proxy")
