@@ -397,3 +397,48 @@ def test_pull_of_managed_tag_heals_or_says_why(
     assert failed.returncode != 0
     assert "boom" in failed.stderr.decode()
     assert line_count(marker) == 2
+
+
+def test_chain_deeper_than_max_parallel_heals_with_explicit_depends_on(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A three-deep chain under ``max_parallel = 1``, asked for at two levels at
+    once: a heal waiting on its bases must not hold the only slot, or this
+    deadlocks. Each step fails if its base is missing (a tag of, or a build
+    FROM, an image under 127.0.0.1:1 cannot pull), so success means order."""
+    first, middle, top = (f"127.0.0.1:1/dhp/chain{n}:1" for n in (1, 2, 3))
+    markers = {image: tmp_path / f"{n}.marker" for n, image in enumerate((first, top))}
+    first_script = tagging_script(tmp_path / "first.sh", markers[first], busybox, first)
+    top_script = tagging_script(tmp_path / "top.sh", markers[top], middle, top)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {first}\nLABEL step=middle\n")
+    proxy = make_proxy(
+        f"""
+state_dir = {toml_string(tmp_path / "state")}
+[heal]
+max_parallel = 1
+[[images]]
+match = {toml_string(top)}
+command = [{toml_string(top_script)}]
+depends_on = [{toml_string(middle)}]
+[[images]]
+match = {toml_string(middle)}
+build = {{ context = {toml_string(ctx)} }}
+[[images]]
+match = {toml_string(first)}
+command = [{toml_string(first_script)}]
+"""
+    )
+    remove(dockerd.env, top, middle, first)
+    since = log_size(dockerd.log_path)
+
+    wanted = [top, middle] * 4
+    with concurrent.futures.ThreadPoolExecutor(len(wanted)) as pool:
+        results = list(pool.map(lambda image: run(image, proxy.env), wanted))
+
+    for result in results:
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().strip() == "ok"
+    assert {image: line_count(marker) for image, marker in markers.items()} == {first: 1, top: 1}
+    assert len(build_calls(dockerd, middle, since)) == 1
