@@ -148,6 +148,19 @@ class Upstream(asyncio.Protocol):
 _UPSTREAM, _COLLECT, _DISCARD = range(3)
 
 
+def _hung_up(transport: asyncio.Transport | None) -> bool:
+    """Whether the peer closed its socket, as opposed to half-closing it.
+
+    A Unix socket shows POLLHUP only once both directions are shut.
+    """
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), 0)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -201,6 +214,12 @@ class Connection(asyncio.Protocol):
             return self._splice_maybe_done()
         # Keep the socket open to deliver an answer in progress; close otherwise.
         if self.active:
+            if self.task is None and _hung_up(self.transport):
+                # Closed, not half-closed: nobody will read the answer. Free the
+                # daemon connection now, or an endless stream (events, logs -f)
+                # would hold it for as long as the daemon stays quiet.
+                self.abort()
+                return False
             self.close_after = True
             return True
         self._close_upstream()
