@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 from support import BUSYBOX, Dockerd, Proxy, build_busybox, start_proxy
 
+FIRST = "test_aa_"
+"""Tests whose name starts so run before all others (they open long-lived streams)."""
 LAST = "test_zz_"
 """Tests whose name starts so run after all others (long-lived stream checks)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.name.startswith(LAST))
+    items.sort(key=lambda item: (not item.name.startswith(FIRST), item.name.startswith(LAST)))
 
 
 @pytest.fixture(scope="session")

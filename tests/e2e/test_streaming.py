@@ -1,0 +1,482 @@
+"""Streaming: bodies flow as they are produced, in both directions, for as long as they last.
+
+A proxy that buffers a response until it ends breaks ``docker logs -f``,
+``docker events`` and build progress; one that buffers a request body
+breaks ``docker load`` of a big image (or eats the host's memory); one with
+an idle timeout silently kills the event stream compose and monitoring tools
+keep open for days. So each test here makes the daemon produce something
+*after* the client has seen the first part, under the test's control, and
+checks it arrives while the stream is still open; big transfers are checked
+byte for byte with the proxy's memory sampled throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support import BUSYBOX, Dockerd, Proxy, UnixHTTPConnection, docker, wait_for
+
+pytestmark = pytest.mark.daemon
+
+MakeProxy = Callable[..., Proxy]
+MiB = 1024 * 1024
+RSS_LIMIT = 100 * MiB
+LONG_STREAM_SECONDS = 310
+"""Longer than any idle or total timeout worth having (5 minutes), plus a margin."""
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+class Live:
+    """A docker CLI process whose output is watched as it is produced."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            ["docker", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.out = b""
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while data := os.read(fd, 65536):
+            with self.changed:
+                self.out += data
+                self.changed.notify_all()
+
+    def wait_for(self, condition: Callable[[bytes], object], timeout: float, what: str) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: condition(self.out), timeout):
+                raise TimeoutError(f"no {what} after {timeout}s; output so far: {self.out!r}")
+
+    def wait_text(self, text: bytes, timeout: float = 30) -> None:
+        self.wait_for(lambda out: text in out, timeout, repr(text))
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def finish(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # docker stats does not end on SIGTERM
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def live() -> Iterator[Callable[[list[str], dict[str, str]], Live]]:
+    started: list[Live] = []
+
+    def start(args: list[str], env: dict[str, str]) -> Live:
+        started.append(Live(args, env))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def calling(daemon: Dockerd, marker: str) -> bool:
+    """Has dockerd logged a request whose target contains ``marker``?"""
+    text = daemon.log_path.read_text(errors="replace")
+    return any(marker in line for line in re.findall(r'msg="Calling ([^"]*)"', text))
+
+
+def vm_kib(pid: int, field_name: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field_name} for {pid}")
+
+
+class RssSampler:
+    """The largest VmRSS of a process seen while a block runs, sampled every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, vm_kib(self.pid, "VmRSS") * 1024)
+            self.samples += 1
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def write_random(path: Path, size: int, chunk: int = 4 * MiB) -> str:
+    """Write ``size`` random bytes to ``path``; return their sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for _ in range(size // chunk):
+            data = os.urandom(chunk)
+            digest.update(data)
+            out.write(data)
+    return digest.hexdigest()
+
+
+def stream_sha256(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[str, int]:
+    """sha256 and length of a docker CLI command's stdout, hashed as it streams."""
+    proc = subprocess.Popen(
+        ["docker", *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    digest = hashlib.sha256()
+    size = 0
+    while data := proc.stdout.read(MiB):
+        digest.update(data)
+        size += len(data)
+    assert proc.wait(timeout) == 0, f"docker {args} failed"
+    return digest.hexdigest(), size
+
+
+def open_events(path: str, query: str = "") -> socket.socket:
+    """A raw ``GET /events`` through ``path``, past its response head."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
+    sock.sendall(f"GET /v1.41/events{query} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(4096)
+        assert data, f"events stream closed in its head: {head!r}"
+        head += data
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    return sock
+
+
+def label_filter(label: str) -> str:
+    return "?filters=" + urllib.parse.quote(json.dumps({"label": [label]}), safe="")
+
+
+def upstream_sockets(pid: int, daemon_socket: str) -> int:
+    """How many of the proxy's sockets are connected to the daemon's socket.
+
+    A client-side Unix socket has no name; its peer, the daemon's accepted
+    socket, carries the daemon's path. ``ss -x`` gives each socket's inode,
+    name and peer inode, and /proc/<pid>/fd says which inodes the proxy holds.
+    """
+    ours = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[8:-1])
+    table = subprocess.run(["ss", "-xaH"], capture_output=True, check=True, text=True).stdout
+    name: dict[str, str] = {}
+    peer: dict[str, str] = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) >= 8:
+            name[parts[5]] = parts[4]
+            peer[parts[5]] = parts[7]
+    return sum(1 for inode in ours if name.get(peer.get(inode, ""), "") == daemon_socket)
+
+
+# -- no idle or total timeout: a stream opened first, checked last --------------
+
+
+@dataclass
+class LongStream:
+    sock: socket.socket
+    opened: float
+    label: str
+    received: bytes = field(default=b"")
+
+
+@pytest.fixture(scope="session")
+def long_events(proxy: Proxy) -> Iterator[LongStream]:
+    """One events stream through the shared proxy, open for the whole session.
+
+    It filters on a label nothing else uses, so it stays silent: the longest
+    possible idle period, ended only by the event the last test causes.
+    """
+    label = f"dhp-long={uuid.uuid4().hex}"
+    sock = open_events(proxy.socket, label_filter(label))
+    stream = LongStream(sock, time.monotonic(), label)
+    yield stream
+    sock.close()
+
+
+def test_aa_open_long_events_stream(long_events: LongStream) -> None:
+    """Sorted first (see conftest) so the whole session runs while the stream is open."""
+    assert long_events.sock.fileno() >= 0
+
+
+def test_zz_events_stream_still_alive_after_310s(
+    long_events: LongStream, dockerd: Dockerd, busybox: str
+) -> None:
+    """Sorted last: after 310 s of silence the same stream still delivers a new event."""
+    sock = long_events.sock
+    while (left := LONG_STREAM_SECONDS - (time.monotonic() - long_events.opened)) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        assert data, "the proxy closed an idle events stream"
+        long_events.received += data
+    name = f"dhp-long-{uuid.uuid4().hex[:8]}"
+    docker(
+        ["create", "--label", long_events.label, "--name", name, BUSYBOX, "true"], env=dockerd.env
+    )
+    try:
+        sock.settimeout(30)
+        while name.encode() not in long_events.received:
+            data = sock.recv(65536)
+            assert data, "the events stream ended instead of delivering the event"
+            long_events.received += data
+    finally:
+        docker(["rm", name], env=dockerd.env)
+
+
+# -- responses stream live ------------------------------------------------------
+
+
+def test_docker_events_arrive_live(
+    proxy: Proxy, dockerd: Dockerd, busybox: str, live: Callable[..., Live]
+) -> None:
+    marker = uuid.uuid4().hex
+    events = live(
+        ["events", "--filter", f"label=dhp-ev={marker}", "--format", "{{.Action}} {{.Actor.ID}}"],
+        proxy.env,
+    )
+    wait_for(lambda: calling(dockerd, marker), 20, "the events request to reach dockerd")
+    cid = docker(["create", "--label", f"dhp-ev={marker}", BUSYBOX, "true"], env=dockerd.env)
+    container = cid.stdout.decode().strip()
+    events.wait_text(f"create {container}".encode())
+    docker(["rm", container], env=dockerd.env)
+    events.wait_text(f"destroy {container}".encode())
+    assert events.running(), "docker events is a stream; it must not have ended"
+
+
+def test_docker_logs_follow_arrives_live(
+    proxy: Proxy, busybox: str, live: Callable[..., Live]
+) -> None:
+    """ "one" must reach the client while the container is still waiting to print "two"."""
+    name = f"dhp-logs-{uuid.uuid4().hex[:8]}"
+    script = "echo one; while [ ! -e /go ]; do sleep 0.05; done; echo two"
+    docker(["run", "-d", "--name", name, BUSYBOX, "sh", "-c", script], env=proxy.env)
+    try:
+        logs = live(["logs", "-f", name], proxy.env)
+        logs.wait_text(b"one\n")
+        assert b"two" not in logs.out and logs.running()
+        docker(["exec", name, "touch", "/go"], env=proxy.env)
+        logs.wait_text(b"two\n")
+        assert logs.finish() == 0
+        assert logs.out == b"one\ntwo\n"
+    finally:
+        docker(["rm", "-f", name], env=proxy.env)
+
+
+def test_docker_stats_stream_delivers_samples_live(
+    proxy: Proxy, busybox: str, live: Callable[..., Live]
+) -> None:
+    """The CLI keeps redrawing, and the API stream brings new samples one by one."""
+    name = f"dhp-stats-{uuid.uuid4().hex[:8]}"
+    docker(["run", "-d", "--name", name, BUSYBOX, "sleep", "120"], env=proxy.env)
+    try:
+        stats = live(["stats", "--format", "sample {{.Name}} {{.MemUsage}}", name], proxy.env)
+        sample = f"sample {name} ".encode()
+        stats.wait_for(lambda out: out.count(sample) >= 2, 30, "two stats samples")
+        assert stats.running()
+        conn = UnixHTTPConnection(proxy.socket)
+        conn.request("GET", f"/v1.41/containers/{name}/stats?stream=1")
+        response = conn.getresponse()
+        assert response.status == 200
+        first = json.loads(response.readline())
+        second = json.loads(response.readline())
+        assert first["read"] != second["read"], "two distinct samples, produced a second apart"
+        assert not response.isclosed()
+        conn.close()
+    finally:
+        docker(["rm", "-f", name], env=proxy.env)
+
+
+def test_build_progress_arrives_live(
+    proxy: Proxy, busybox: str, tmp_path: Path, live: Callable[..., Live]
+) -> None:
+    """A RUN step's first line is shown while the step still runs."""
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {BUSYBOX}\nRUN echo one; while [ ! -e /go ]; do sleep 0.05; done; echo two\n"
+    )
+    tag = f"dhp-progress:{uuid.uuid4().hex[:8]}"
+    build = live(["build", "--no-cache", "-t", tag, str(tmp_path)], proxy.env)
+    build.wait_for(lambda out: b"Running in " in out and b"\none\n" in out, 60, "one")
+    match = re.search(rb"Running in (\w+)", build.out)
+    assert match is not None
+    assert b"\ntwo\n" not in build.out and build.running()
+    docker(["exec", match.group(1).decode(), "touch", "/go"], env=proxy.env)
+    build.wait_text(b"two\n")
+    assert build.finish() == 0, build.out
+    assert b"Successfully tagged " + tag.encode() in build.out
+    docker(["rmi", tag], env=proxy.env)
+
+
+# -- big bodies, both ways ----------------------------------------------------------
+
+
+def test_build_with_a_256mb_context(make_proxy: MakeProxy, busybox: str, tmp_path: Path) -> None:
+    """The whole context is streamed to dockerd and arrives intact."""
+    proxy = make_proxy()
+    digest = write_random(tmp_path / "big.bin", 256 * MiB)
+    (tmp_path / "Dockerfile").write_text(f"FROM {BUSYBOX}\nCOPY big.bin /big.bin\n")
+    tag = f"dhp-bigctx:{uuid.uuid4().hex[:8]}"
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            docker(["build", "-q", "-t", tag, str(tmp_path)], env=proxy.env, timeout=300)
+        (tmp_path / "big.bin").unlink()
+        out = docker(["run", "--rm", tag, "sha256sum", "/big.bin"], env=proxy.env).stdout
+        assert out.split()[0].decode() == digest
+        assert rss.samples > 0 and rss.peak < RSS_LIMIT, f"peak RSS {rss.peak / MiB:.0f} MiB"
+    finally:
+        docker(["rmi", "-f", tag], env=proxy.env, check=False)
+
+
+def image_archive(path: Path, tag: str, layer_size: int) -> None:
+    """Write a ``docker save``-format archive with one random layer, streaming.
+
+    The layer is a tar of one file, written inside the outer tar as it is
+    generated, so neither copy has to exist on its own or in memory.
+    """
+    chunk = 4 * MiB
+    assert layer_size % chunk == 0
+    inner = tarfile.TarInfo("big.bin")
+    inner.size = layer_size
+    inner.mode = 0o644
+    inner_head = inner.tobuf(format=tarfile.USTAR_FORMAT)
+    layer_len = len(inner_head) + layer_size + 1024  # two zero blocks end the inner tar
+    diff = hashlib.sha256()
+    with path.open("wb") as out:
+        outer = tarfile.TarInfo("layer/layer.tar")
+        outer.size = layer_len
+        out.write(outer.tobuf(format=tarfile.USTAR_FORMAT))
+        diff.update(inner_head)
+        out.write(inner_head)
+        for _ in range(layer_size // chunk):
+            data = os.urandom(chunk)
+            diff.update(data)
+            out.write(data)
+        diff.update(b"\0" * 1024)
+        out.write(b"\0" * 1024)
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Cmd": ["/big.bin"]},
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:" + diff.hexdigest()]},
+                "history": [{"created_by": "docker-heal-proxy tests"}],
+            }
+        ).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        manifest = json.dumps(
+            [{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]
+        ).encode()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in ((config_name, config), ("manifest.json", manifest)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_load_and_save_of_a_512mb_image(
+    make_proxy: MakeProxy, dockerd: Dockerd, tmp_path: Path
+) -> None:
+    """``docker load`` streams in with flat proxy memory; ``docker save`` comes back identical."""
+    tag = f"dhp-big:{uuid.uuid4().hex[:8]}"
+    archive = tmp_path / "image.tar"
+    image_archive(archive, tag, 512 * MiB)
+    proxy = make_proxy()
+    try:
+        with RssSampler(proxy.proc.pid) as load_rss, archive.open("rb") as stdin:
+            loaded = subprocess.run(
+                ["docker", "load"], env=proxy.env, stdin=stdin, capture_output=True, timeout=300
+            )
+        archive.unlink()
+        assert loaded.returncode == 0, loaded.stderr
+        assert f"Loaded image: {tag}".encode() in loaded.stdout
+        assert load_rss.samples > 0 and load_rss.peak < RSS_LIMIT, load_rss.peak / MiB
+        with RssSampler(proxy.proc.pid) as save_rss:
+            through_proxy = stream_sha256(["save", tag], proxy.env)
+        direct = stream_sha256(["save", tag], dockerd.env)
+        assert through_proxy == direct
+        assert direct[1] > 512 * MiB
+        assert save_rss.peak < RSS_LIMIT, save_rss.peak / MiB
+        assert vm_kib(proxy.proc.pid, "VmHWM") * 1024 < RSS_LIMIT
+    finally:
+        docker(["rmi", "-f", tag], env=dockerd.env, check=False)
+
+
+# -- many streams, and what a disconnect frees --------------------------------------------
+
+
+def test_110_event_streams_and_a_command_still_goes_through(
+    make_proxy: MakeProxy, dockerd: Dockerd, busybox: str
+) -> None:
+    """No shared pool to starve: the 111th connection is served like the first."""
+    proxy = make_proxy()
+    streams = [open_events(proxy.socket) for _ in range(110)]
+    try:
+        assert upstream_sockets(proxy.proc.pid, dockerd.socket) >= 110
+        version = docker(["version", "--format", "{{.Server.APIVersion}}"], env=proxy.env)
+        assert version.stdout.strip() == b"1.41"
+    finally:
+        for sock in streams:
+            sock.close()
+
+
+def test_closed_streams_free_their_upstream_connections(
+    make_proxy: MakeProxy, dockerd: Dockerd
+) -> None:
+    """A client that goes away takes its daemon connection with it, promptly."""
+    proxy = make_proxy()
+    pid = proxy.proc.pid
+
+    def count() -> int:
+        return upstream_sockets(pid, dockerd.socket)
+
+    before = count()
+    streams = [open_events(proxy.socket) for _ in range(20)]
+    wait_for(lambda: count() == before + 20, 10, "20 upstream connections")
+    for sock in streams[:10]:
+        sock.close()
+    wait_for(lambda: count() == before + 10, 5, "10 upstream connections to close")
+    for sock in streams[10:]:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    wait_for(lambda: count() == before, 5, "all upstream connections to close")
