@@ -381,6 +381,9 @@ class Connection(asyncio.Protocol):
         try:
             _, up = await loop.create_unix_connection(lambda: Upstream(self), path)
         except OSError as exc:
+            # Before answering: the 502 may let a pipelined request start, and
+            # that one must open a connection of its own, not wait for this one.
+            self.connecting = False
             reason = exc.strerror or str(exc)
             self._upstream_failed(f"cannot reach the Docker daemon at {path}: {reason}")
             return
