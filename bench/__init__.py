@@ -1,0 +1,1 @@
+"""Rerunnable benchmark for docker-heal-proxy; see ``bench/run.py`` and docs/benchmarks.md."""
