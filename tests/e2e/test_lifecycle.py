@@ -51,7 +51,7 @@ class NotifySocket:
 
     def wait_for(self, message: bytes, timeout: float = 20) -> list[bytes]:
         """Messages up to and including ``message``."""
-        seen = []
+        seen: list[bytes] = []
         while not seen or seen[-1] != message:
             seen.append(self.next(timeout))
         return seen

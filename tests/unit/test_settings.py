@@ -34,7 +34,7 @@ def settings(
         env=env or {},
         is_root=is_root,
         group_exists=lambda name: name in groups,
-        **flags,  # type: ignore[arg-type]
+        **flags,
     )
 
 
