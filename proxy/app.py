@@ -3,6 +3,10 @@
 Rules:
 - Parts do not construct each other; this module builds the hub, the
   healer, the interceptor and the metrics from the settings and the config.
+- Per-request log lines exist only at debug level: the wrapper that writes
+  them is installed only then, so the data path pays nothing otherwise. They
+  name method, path (never the query, which can carry build args), status
+  and time; never headers.
 - A reload (SIGHUP) swaps the config in place. Listen and upstream addresses
   are bound at start-up; a reload that changes them is refused with a log
   line, because moving sockets under live connections would drop them.
@@ -47,6 +51,23 @@ async def daemon_problem(path: str) -> str | None:
     return None
 
 
+class RequestLog:
+    """An ``Observer`` that writes one debug line per exchange, then passes it on."""
+
+    def __init__(self, inner: Metrics) -> None:
+        self.inner = inner
+
+    def exchange(self, method: str, path: str, status: int, seconds: float) -> None:
+        log.debug("%s %s -> %d in %.3fs", method, path, status, seconds)
+        self.inner.exchange(method, path, status, seconds)
+
+    def upstream_error(self, kind: str) -> None:
+        self.inner.upstream_error(kind)
+
+    def hijacked(self, delta: int) -> None:
+        self.inner.hijacked(delta)
+
+
 class App:
     def __init__(
         self, settings: Settings, config: Config, config_path: str | None, listener: Listener
@@ -87,7 +108,8 @@ class App:
         metrics.recipes_configured(r.match for r in self.config.recipes)
         self.healer = Healer(self.config, engine, settings.upstream, settings.state_dir, metrics)
         interceptor = Interceptor(lambda: self.config, self.healer, metrics.image_checked)
-        hub = Hub(settings.upstream, interceptor, metrics)
+        observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
+        hub = Hub(settings.upstream, interceptor, observer)
         runner: web.AppRunner | None = None
         if settings.metrics is not None:
             runner = web.AppRunner(

@@ -551,21 +551,28 @@ def test_logs_name_heals_and_never_secrets(make_proxy: MakeProxy, tmp_path: Path
         assert secret not in log
 
 
-def test_info_level_has_no_per_request_lines(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy(args=["--log-level=info"])
-    before = proxy.log()
-    for _ in range(5):
-        assert raw_request(
-            proxy.socket, b"GET /v1.41/info HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"
-        ).startswith(b"HTTP/1.1 200")
-    assert raw_request(
-        proxy.socket,
-        b"GET /v1.41/containers/nope/json HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    ).startswith(b"HTTP/1.1 404")
+def requests_logged(level: str, make_proxy: MakeProxy) -> str:
+    """What a proxy at ``level`` logs for a few requests, after its start-up lines."""
+    proxy = make_proxy(args=[f"--log-level={level}"])
+    before = len(proxy.log())
+    close = b"Host: d\r\nConnection: close\r\n\r\n"
+    for _ in range(3):
+        answer = raw_request(proxy.socket, b"GET /v1.41/info?secret=q1 HTTP/1.1\r\n" + close)
+        assert answer.startswith(b"HTTP/1.1 200")
+    answer = raw_request(proxy.socket, b"GET /v1.41/containers/nope/json HTTP/1.1\r\n" + close)
+    assert answer.startswith(b"HTTP/1.1 404")
     proxy.stop()
-    added = proxy.log()[len(before) :]
-    assert "/info" not in added and "nope" not in added
-    assert added.splitlines() and all("proxy.server" in line for line in added.splitlines()), added
+    return proxy.log()[before:]
+
+
+def test_per_request_lines_only_at_debug(make_proxy: MakeProxy) -> None:
+    info = requests_logged("info", make_proxy)
+    assert "/info" not in info and "nope" not in info
+    assert info.splitlines() and all("proxy.server" in line for line in info.splitlines()), info
+    debug = requests_logged("debug", make_proxy)
+    assert len(re.findall(r"GET /v1\.41/info -> 200 in \d+\.\d{3}s", debug)) == 3, debug
+    assert "GET /v1.41/containers/nope/json -> 404 in " in debug
+    assert "secret=q1" not in debug  # query strings can carry build args: never logged
 
 
 def test_json_logs_and_journal_text(make_proxy: MakeProxy) -> None:
