@@ -416,7 +416,9 @@ class Connection(asyncio.Protocol):
         """Answer the current exchange from the proxy itself, if nothing was sent yet."""
         head_only = self.head is not None and self.head.method == "HEAD"
         if self.transport is not None and not self.closed:
-            self.transport.write(errors.error(status, message, head_only=head_only))
+            self.transport.write(
+                errors.error(status, message, head_only=head_only, close=self.close_after)
+            )
         self.status = status
         self._response_done()
 
@@ -484,9 +486,17 @@ class Connection(asyncio.Protocol):
             self.resp_body = body
 
     def _upstream_garbage(self, reason: str) -> None:
+        """Nothing of the answer reached the client yet, so it gets a 502 instead."""
         self._observe_upstream_error("protocol")
-        log.warning("the daemon sent an unreadable response: %s", reason)
-        self._close()
+        message = f"the Docker daemon sent an unreadable response: {reason}"
+        log.warning("%s", message)
+        self._close_upstream()
+        if self.capture_waiter is not None and not self.capture_waiter.done():
+            self.capture_waiter.set_exception(ConnectionError(message))
+            return
+        self.close_after = True
+        self.sink = _DISCARD
+        self._respond_error(502, message)
 
     def _to_client(self, data: bytes) -> None:
         capture = self.capture

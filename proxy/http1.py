@@ -69,11 +69,10 @@ def _tokens(values: list[bytes]) -> set[bytes]:
 def _content_length(values: list[bytes]) -> int | None:
     if not values:
         return None
-    lengths = {v for value in values for v in value.split(b",")}
+    lengths = {v.strip(b" \t") for value in values for v in value.split(b",")}
     if len(lengths) != 1:
         raise ProtocolError("conflicting Content-Length headers")
     (text,) = lengths
-    text = text.strip(b" \t")
     if not text.isdigit():
         raise ProtocolError(f"bad Content-Length {text!r}")
     return int(text)

@@ -54,7 +54,9 @@ async def serve(
     settings: Settings, listener: Listener, hub: Hub, reload: Callable[[], None]
 ) -> int:
     loop = asyncio.get_running_loop()
-    server = await loop.create_unix_server(lambda: Connection(hub), sock=listener.sock)
+    server = await loop.create_unix_server(
+        lambda: Connection(hub), sock=listener.sock, backlog=1024
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

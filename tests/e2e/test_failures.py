@@ -230,10 +230,15 @@ def test_daemon_down_answers_a_dockerd_shaped_502(
 # -- the daemon misbehaves --------------------------------------------------------
 
 
-def test_garbage_answer_closes_the_client(fake: tuple[FakeUpstream, Proxy]) -> None:
-    """Bytes that are not HTTP are never passed on as if they were."""
+def test_garbage_answer_becomes_a_502_and_a_close(fake: tuple[FakeUpstream, Proxy]) -> None:
+    """Bytes that are not HTTP are never passed on as if they were; the client hears why."""
     _, proxy = fake
-    assert exchange(proxy.socket, get("/garbage", close=False)) == b""
+    answer = exchange(proxy.socket, get("/garbage", close=False))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 ")
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n"
+    assert b"\r\nConnection: close" in head
+    assert "unreadable response" in json.loads(body)["message"]
     assert ping(proxy.socket)
 
 
