@@ -118,7 +118,8 @@ def test_escaped_text_substitutes_to_itself(text: str) -> None:
     assert substitute(escape(text), {}) == text
 
 
-_value = st.from_regex(r"\A[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
+# Bounded: a repository name over 255 characters is no reference at all (see below).
+_value = st.from_regex(r"\A[a-z0-9]+(?:[._-][a-z0-9]+)*\Z").filter(lambda v: len(v) <= 64)
 _tag = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,30}\Z")
 
 
@@ -129,6 +130,10 @@ def test_captures_fill_back_into_the_reference(name: str, tag: str) -> None:
     captures = pattern.match(reference)
     assert captures == {"name": name, "tag": tag}
     assert substitute(pattern.normalized, captures) == normalize(reference)
+
+
+def test_a_name_too_long_for_docker_matches_nothing() -> None:
+    assert Pattern.compile("team/{name}:{tag}").match(f"team/{'0' * 243}:0") is None
 
 
 @given(st.text(max_size=60))
