@@ -175,6 +175,7 @@ class Connection(asyncio.Protocol):
         # The current exchange.
         self.active = False
         self.close_after = False
+        self.used = False
         self.head: RequestHead | None = None
         self.started = 0.0
         self.req_body: Body | None = None
@@ -257,10 +258,20 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close_when_idle(self) -> None:
-        if self.spliced or not self.active:
-            self.abort() if self.spliced else self._close()
-        else:
+        """Shutdown: hijacks end now, busy or brand-new connections after one exchange.
+
+        A connection accepted but not yet read from has a client about to send
+        its first request, and clients do not retry a request on a fresh
+        connection that closes unanswered; it gets its answer, bounded by the
+        shutdown timeout. An idle kept-alive connection is closed at once,
+        which clients do expect and retry.
+        """
+        if self.spliced:
+            self.abort()
+        elif self.active or not self.used:
             self.close_after = True
+        else:
+            self._close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -316,6 +327,7 @@ class Connection(asyncio.Protocol):
 
     def _start(self, head: RequestHead) -> None:
         self.active = True
+        self.used = True
         self.head = head
         self.started = time.perf_counter()
         self.close_after = self.close_after or head.close or self.hub.closing
