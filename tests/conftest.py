@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, Proxy, build_busybox, start_proxy
+from support import BUSYBOX, Dockerd, Proxy, build_busybox, log_problems, start_proxy
 
 FIRST = "test_aa_"
 """Tests whose name starts so run before all others (they open long-lived streams)."""
@@ -66,6 +66,7 @@ def proxy(dockerd: Dockerd) -> Iterator[Proxy]:
     p = start_proxy(workdir, dockerd.socket)
     yield p
     p.stop()
+    assert log_problems(p.log()) == [], p.log()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -86,6 +87,12 @@ def make_proxy(dockerd: Dockerd) -> Iterator[Callable[..., Proxy]]:
         return p
 
     yield make
-    for p, workdir in started:
+    for p, _ in started:
         p.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        for p, _ in started:
+            # Whatever a test did to it, the proxy must not have failed by a bug.
+            assert log_problems(p.log()) == [], p.log()
+    finally:
+        for _, workdir in started:
+            shutil.rmtree(workdir, ignore_errors=True)

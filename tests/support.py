@@ -331,19 +331,3 @@ def log_problems(text: str) -> list[str]:
     and asyncio's reports of exceptions or tasks nobody waited for."""
     signs = ("Traceback", "exception was never retrieved", "Task was destroyed", "Unhandled")
     return [line for line in text.splitlines() if any(sign in line for sign in signs)]
-
-
-def checked_proxies(make_proxy: Callable[..., Proxy]) -> Iterator[Callable[..., Proxy]]:
-    """Wrap the ``make_proxy`` factory: afterwards, stop every proxy it made and
-    assert none logged a bug (see ``log_problems``). For a module's own
-    ``make_proxy`` fixture: ``yield from checked_proxies(make_proxy)``."""
-    made: list[Proxy] = []
-
-    def make(*args: object, **kwargs: object) -> Proxy:
-        made.append(make_proxy(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for proxy in made:
-        proxy.stop()
-        assert log_problems(proxy.log()) == [], proxy.log()

@@ -12,14 +12,13 @@ none``; with that compose creates no network of its own.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
     Proxy,
-    checked_proxies,
     docker,
     image_exists,
     line_count,
@@ -30,13 +29,6 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 MakeProxy = Callable[..., Proxy]
-
-
-@pytest.fixture
-def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
-    """The shared factory, checked afterwards for bugs the proxy logged: a heal
-    that fails must fail cleanly, not through an unhandled exception."""
-    yield from checked_proxies(make_proxy)
 
 
 COMPOSE = "/usr/bin/docker-compose"

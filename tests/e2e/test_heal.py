@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ from support import (
     api_calls,
     build_busybox,
     build_calls,
-    checked_proxies,
     docker,
     image_exists,
     is_build_of,
@@ -40,13 +39,6 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 MakeProxy = Callable[..., Proxy]
-
-
-@pytest.fixture
-def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
-    """The shared factory, checked afterwards for bugs the proxy logged: a heal
-    that fails must fail cleanly, not through an unhandled exception."""
-    yield from checked_proxies(make_proxy)
 
 
 def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
     Proxy,
-    checked_proxies,
     docker,
     image_exists,
     line_count,
@@ -30,13 +29,6 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 MakeProxy = Callable[..., Proxy]
-
-
-@pytest.fixture
-def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
-    """The shared factory, checked afterwards for bugs the proxy logged: a heal
-    that fails must fail cleanly, not through an unhandled exception."""
-    yield from checked_proxies(make_proxy)
 
 
 REPO = Path(__file__).resolve().parents[2]

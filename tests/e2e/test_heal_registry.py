@@ -24,7 +24,6 @@ import pytest
 from support import (
     Dockerd,
     Proxy,
-    checked_proxies,
     docker,
     free_port,
     image_exists,
@@ -35,13 +34,6 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 MakeProxy = Callable[..., Proxy]
-
-
-@pytest.fixture
-def make_proxy(make_proxy: MakeProxy) -> Iterator[MakeProxy]:
-    """The shared factory, checked afterwards for bugs the proxy logged: a heal
-    that fails must fail cleanly, not through an unhandled exception."""
-    yield from checked_proxies(make_proxy)
 
 
 USER, PASSWORD = "healer", "s3cret-pw"
