@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,13 @@ def test_semantic_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text("lisen = 1\n")
     with pytest.raises(ConfigError, match=rf"^{path}: unknown key 'lisen'$"):
         load_config(path)
+
+
+def test_the_readme_example_is_a_valid_config() -> None:
+    """The example users copy from must be one the proxy accepts, as documented."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- config-example -->\n```toml\n", 1)[1].split("\n```", 1)[0]
+    config = parse_config(tomllib.loads(block), base_dir=Path("/etc/docker-heal-proxy"))
+    assert [r.kind for r in config.recipes] == ["command", "build", "pull", "load"]
+    assert config.heal.max_parallel == 2
+    assert config.metrics_listen == "127.0.0.1:9478"
