@@ -135,9 +135,18 @@ def wait_ping(proc: Proc, sock: Path, timeout: float) -> None:
 
 
 def start_dockerd(tmp: Path) -> tuple[Proc, Path]:
+    """Start the private daemon with a config file of its own.
+
+    ``--config-file`` keeps the machine's /etc/docker/daemon.json out of the run and
+    gives ``set_dockerd_debug`` a file to rewrite: ``debug`` is one of the settings
+    dockerd reloads on SIGHUP, so request logging can be on for a counting window
+    only and never slow the timed rows.
+    """
     sock = tmp / "docker.sock"
+    (tmp / "daemon.json").write_text("{}\n")
     argv = [
         "dockerd",
+        "--config-file", str(tmp / "daemon.json"),
         "--data-root", str(tmp / "data"),
         "--exec-root", str(tmp / "exec"),
         "--pidfile", str(tmp / "pid"),
@@ -149,6 +158,44 @@ def start_dockerd(tmp: Path) -> tuple[Proc, Path]:
     p.stop_timeout = 30.0
     wait_ping(p, sock, 60)
     return p, sock
+
+
+def set_dockerd_debug(proc: Proc, tmp: Path, sock: Path, on: bool, timeout: float = 10.0) -> None:
+    """Switch dockerd's debug log (one ``Calling METHOD PATH`` line per request) live.
+
+    Rewrites the daemon's own config file and sends SIGHUP. dockerd logs
+    "Reloaded configuration" before the new log level is in force (a count started
+    on that line once missed the first request), so switching on returns only once
+    a probe ``GET /_ping`` has been logged: a count that starts afterwards sees
+    every request.
+    """
+    (tmp / "daemon.json").write_text('{"debug": %s}\n' % ("true" if on else "false"))
+    offset = log_size(proc)
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "Reloaded configuration" in log_since(proc, offset):
+            if not on:
+                return
+            request_once(str(sock))
+            if 'msg="Calling GET /_ping"' in log_since(proc, offset):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"dockerd did not reload its config in {timeout}s:\n{proc.log_tail()}")
+
+
+def log_size(proc: Proc) -> int:
+    """Where the process's log ends now; pass to ``log_since`` to read what follows."""
+    try:
+        return proc.log.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(proc: Proc, offset: int) -> str:
+    with proc.log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def start_proxy(tmp: Path, upstream: Path, config: Path | None) -> tuple[Proc, Path]:

@@ -21,11 +21,13 @@ API calls (``b.api(target, "POST", "/containers/create", {...})``) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +53,15 @@ ALL_TARGETS = ("direct", "proxy", "haproxy", "socat")
 BAR_RPS_RATIO_16 = 0.3
 BAR_ADDED_P50_US = 250.0
 BAR_SAVE_RATIO = 1.25
+BAR_CREATE_ADDED_P50_US = 1000.0
+BAR_HEAL_RATIO = 1.10
+"""(heal-then-run - the run alone) / the recipe alone: aim 1.0, 10% for noise."""
+
+APP_REPO = "127.0.0.1:1/bench/app"
+"""Every tag of this repo is recipe-managed in ``heal_config``; the tag is the
+recipe's cache-busting build arg, so a new tag is a build nothing can reuse."""
+APP_PRESENT = f"{APP_REPO}:present"
+BUSYBOX = Path("/bin/busybox")
 
 
 @dataclass
@@ -540,13 +551,437 @@ def measure_proxy_profile(b: Bench) -> None:
     b.tables.append(t)
 
 
+# ------------------------------------------- container create and heal timing
+
+
+def app_context(b: Bench) -> Path:
+    """The build context of ``APP_REPO``: ``FROM scratch`` + busybox + a slow ``RUN``.
+
+    The ``RUN`` writes a ``--heal-mb`` file so the build's own time is large
+    against the CLI's start-up, and it comes after ``ARG BUST``: the legacy builder
+    keys a ``RUN``'s cache on the build args, so a new ``BUST`` always reruns it
+    while ``COPY`` and ``ARG`` are reused, on both sides of the heal comparison.
+    """
+    ctx = b.tmp / "app-ctx"
+    if not ctx.is_dir():
+        ctx.mkdir()
+        shutil.copy(BUSYBOX, ctx / "busybox")  # keeps the exec bit
+        run = (
+            "/bin/busybox --install -s /bin && "
+            f"dd if=/dev/zero of=/blob bs=1M count={b.args.heal_mb} 2>/dev/null && "
+            "echo $BUST > /bust"
+        )
+        (ctx / "Dockerfile").write_text(
+            "FROM scratch\n"
+            "COPY busybox /bin/busybox\n"
+            "ARG BUST=0\n"
+            f"RUN {json.dumps(['/bin/busybox', 'sh', '-c', run])}\n"
+        )
+    return ctx
+
+
+def legacy_build(b: Bench, tag: str) -> tuple[float, str]:
+    """``docker build`` of ``app_context`` as ``APP_REPO:tag``, directly: (seconds, output).
+
+    ``DOCKER_BUILDKIT=0`` because the proxy's ``build`` recipe posts to ``/build``
+    without BuildKit, i.e. the same legacy builder; the tag is the ``BUST`` arg just
+    as the recipe passes it.
+    """
+    env = b.docker_env("direct")
+    env["DOCKER_BUILDKIT"] = "0"
+    argv = [DOCKER_CLI, "build", "--build-arg", f"BUST={tag}", "-t", f"{APP_REPO}:{tag}"]
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [*argv, str(app_context(b))], env=env, capture_output=True, text=True, check=False
+    )
+    took = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"docker build {tag} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return took, out.stdout
+
+
+def ensure_app_image(b: Bench) -> None:
+    """Build ``APP_PRESENT`` once, directly; it also keeps the COPY/ARG steps cached."""
+    if not b.raw.get("app_present_build_s"):
+        b.raw["app_present_build_s"] = legacy_build(b, APP_PRESENT.rsplit(":", 1)[1])[0]
+
+
+def heal_config(b: Bench) -> Path:
+    """A proxy config whose one ``build`` recipe manages every tag of ``APP_REPO``.
+
+    ``state_dir`` lives in the run's tmp dir: the heal logs land there (we read
+    them to check the heal's build did the same work as the direct one) and the
+    machine's /var/lib is never touched.
+    """
+    cfg = b.tmp / "heal.toml"
+    ctx = app_context(b)
+    cfg.write_text(
+        f"state_dir = {json.dumps(str(b.tmp / 'proxy-state'))}\n\n"
+        "[[images]]\n"
+        f"match = {json.dumps(APP_REPO + ':{tag}')}\n"
+        f'build = {{ context = {json.dumps(str(ctx))}, args = {{ BUST = "{{tag}}" }} }}\n'
+    )
+    return cfg
+
+
+@contextlib.contextmanager
+def proxy_config(b: Bench, config: Path) -> Iterator[None]:
+    """Run the proxy with ``config`` inside the block, and with the run's own after it."""
+    previous = b.args.config
+    b.restart_proxy(config)
+    try:
+        if "proxy" not in b.sockets:
+            raise RuntimeError(f"proxy did not start with {config}: {b.unavailable.get('proxy')}")
+        yield
+    finally:
+        b.restart_proxy(previous)
+
+
+def create_remove(conn: loadgen.ApiConn, body: bytes) -> tuple[int, int]:
+    """One create and one remove: (create ns, create+remove ns)."""
+    t0 = time.perf_counter_ns()
+    status, answer = conn.call("POST", "/v1.41/containers/create", body)
+    t1 = time.perf_counter_ns()
+    if status != 201:
+        raise RuntimeError(f"create answered {status}: {answer[:300]!r}")
+    cid = json.loads(answer)["Id"]
+    status, answer = conn.call("DELETE", f"/v1.41/containers/{cid}")
+    t2 = time.perf_counter_ns()
+    if status != 204:
+        raise RuntimeError(f"remove answered {status}: {answer[:300]!r}")
+    return t1 - t0, t2 - t0
+
+
+_CALLING = re.compile(r'msg="Calling (\S+) (\S+)"')
+_ID = re.compile(r"/[0-9a-f]{64}(?=/|$)")
+
+
+def count_daemon_calls(b: Bench, conn: loadgen.ApiConn, body: bytes, n: int) -> dict[str, float]:
+    """Requests dockerd logged per create+remove sent to ``target``, by route.
+
+    dockerd's debug log has one ``Calling METHOD PATH`` line per request it
+    serves, whoever sent it: through the proxy, any check or extra call the proxy
+    made would show up here as a route the direct client never called.
+    """
+    dockerd = b.running["direct"]
+    offset = procs.log_size(dockerd)
+    for _ in range(n):
+        create_remove(conn, body)
+    counts: dict[str, float] = {}
+    for method, path in _CALLING.findall(procs.log_since(dockerd, offset)):
+        route = f"{method} " + _ID.sub("/{id}", re.sub(r"^/v[0-9.]+", "", path))
+        counts[route] = counts.get(route, 0) + 1 / n
+    return counts
+
+
+def quantile_ms(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] / 1e6
+
+
+def measure_create(b: Bench) -> None:
+    """POST /containers/create (+ DELETE) of a recipe-managed image that is present.
+
+    This is the proxy's everyday cost: with a recipe that matches, every create is
+    buffered and its answer inspected for "No such image", where an unmanaged create
+    is just streamed. One keep-alive connection per target, one create and one
+    remove in flight at a time; blocks of ``--create-block`` pairs alternate between
+    targets (ABBA) so drift and neighbours hit both alike. dockerd's and the proxy's
+    CPU are sampled per block, the figures least moved by neighbours. The daemon
+    calls behind each create are then counted from dockerd's debug log, switched on
+    only for that untimed count.
+    """
+    a = b.args
+    if "proxy" not in b.targets:
+        return
+    ensure_app_image(b)
+    targets = ["direct", "proxy"]
+    body = json.dumps(
+        {"Image": APP_PRESENT, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}}
+    ).encode()
+    with proxy_config(b, heal_config(b)):
+        conns = {t: loadgen.ApiConn(str(b.sockets[t])) for t in targets}
+        create: dict[str, list[int]] = {t: [] for t in targets}
+        pair: dict[str, list[int]] = {t: [] for t in targets}
+        dockerd_cpu = dict.fromkeys(targets, 0.0)
+        try:
+            for t in targets:
+                for _ in range(a.create_warmup):
+                    create_remove(conns[t], body)
+            # The proxy idles through the direct blocks, so one window over them all
+            # gives its CPU with 1/n of a tick's rounding instead of 1/block.
+            m0 = procs.tree_cpu(b.running["proxy"].pid)
+            for block in range(max(1, a.create_n // a.create_block)):
+                order = targets if block % 2 == 0 else targets[::-1]
+                for t in order:
+                    d0 = procs.tree_cpu(b.running["direct"].pid)
+                    for _ in range(a.create_block):
+                        c, cr = create_remove(conns[t], body)
+                        create[t].append(c)
+                        pair[t].append(cr)
+                    dockerd_cpu[t] += procs.cpu_delta(d0, procs.tree_cpu(b.running["direct"].pid))
+            proxy_cpu = procs.cpu_delta(m0, procs.tree_cpu(b.running["proxy"].pid))
+            procs.set_dockerd_debug(b.running["direct"], b.tmp, b.sockets["direct"], True)
+            try:
+                calls = {t: count_daemon_calls(b, conns[t], body, a.create_count) for t in targets}
+            finally:
+                procs.set_dockerd_debug(b.running["direct"], b.tmp, b.sockets["direct"], False)
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    n = len(create["direct"])
+    stats = {
+        t: {
+            "create_p50_ms": quantile_ms(create[t], 0.5),
+            "create_p99_ms": quantile_ms(create[t], 0.99),
+            "pair_p50_ms": quantile_ms(pair[t], 0.5),
+            "pair_p99_ms": quantile_ms(pair[t], 0.99),
+            "dockerd_cpu_ms_per_pair": dockerd_cpu[t] / n * 1e3,
+        }
+        for t in targets
+    }
+    stats["proxy"]["proxy_cpu_us_per_pair"] = proxy_cpu / n * 1e6
+    d, p = stats["direct"], stats["proxy"]
+    added_us = (p["create_p50_ms"] - d["create_p50_ms"]) * 1e3
+    added_pair_us = (p["pair_p50_ms"] - d["pair_p50_ms"]) * 1e3
+
+    def calls_text(t: str) -> str:
+        return ", ".join(f"{k} x{v:.2f}" for k, v in sorted(calls[t].items()))
+
+    table = Table(
+        "POST /containers/create + DELETE, image present and recipe-managed",
+        [
+            "target", "create p50 ms", "create p99 ms", "added p50 µs",
+            "create+remove p50 ms", "create+remove p99 ms", "added p50 µs (pair)",
+            "dockerd CPU ms/pair", "proxy CPU µs/pair", "dockerd calls per pair",
+        ],
+    )  # fmt: skip
+    for t in targets:
+        s = stats[t]
+        table.rows.append(
+            [
+                t,
+                f"{s['create_p50_ms']:.2f}",
+                f"{s['create_p99_ms']:.2f}",
+                "-" if t == "direct" else f"{added_us:+.0f}",
+                f"{s['pair_p50_ms']:.2f}",
+                f"{s['pair_p99_ms']:.2f}",
+                "-" if t == "direct" else f"{added_pair_us:+.0f}",
+                f"{s['dockerd_cpu_ms_per_pair']:.2f}",
+                f"{s['proxy_cpu_us_per_pair']:.0f}" if t == "proxy" else "-",
+                calls_text(t),
+            ]
+        )
+    same_calls = calls["direct"] == calls["proxy"]
+    table.notes += [
+        f"Raw-socket client (`bench/loadgen.py` `ApiConn`), one keep-alive connection per "
+        f"target: `POST /v1.41/containers/create` with `{body.decode()}`, then "
+        "`DELETE /v1.41/containers/{id}`. "
+        f"{n} pairs per target after {a.create_warmup} untimed ones, in blocks of "
+        f"{a.create_block} alternating direct/proxy (ABBA); percentiles over all pairs.",
+        f"The proxy ran with a config whose `build` recipe matches `{APP_REPO}:{{tag}}`, so "
+        f"every create here takes its managed path (buffered, answer checked for 'No such "
+        f"image'); `{APP_PRESENT}` exists, so no heal ran.",
+        f"Upstream calls counted from dockerd's own `--debug` log ('Calling METHOD PATH', "
+        f"debug switched on by SIGHUP for an untimed count of {a.create_count} pairs per "
+        "target, off for the timing): "
+        + (
+            "identical direct and through the proxy — the proxy adds no round trip."
+            if same_calls
+            else "DIFFERENT direct and through the proxy (see the last column)."
+        ),
+        f"CPU columns: CPU time of the process tree (/proc, {procs.CLK_TCK} ticks/s) divided "
+        "by pairs; dockerd's is summed over its target's blocks and includes containerd "
+        "(which creates the rw layer), the proxy's is one window over the whole timed "
+        "part (it idles through the direct blocks).",
+    ]
+    b.tables.append(table)
+    b.raw["create"] = {
+        "stats": stats,
+        "added_create_p50_us": added_us,
+        "added_pair_p50_us": added_pair_us,
+        "daemon_calls_per_pair": calls,
+        "create_ns": create,
+        "pair_ns": pair,
+    }
+    b.bars.append(
+        Bar(
+            "added p50 of POST /containers/create (recipe-managed, image present)",
+            f"{added_us:.0f} µs",
+            f"≤ {BAR_CREATE_ADDED_P50_US:.0f} µs",
+            added_us <= BAR_CREATE_ADDED_P50_US,
+        )
+    )
+    b.bars.append(
+        Bar(
+            "dockerd calls per create+remove through the proxy (no added round trip)",
+            f"{sum(calls['proxy'].values()):.2f} (direct {sum(calls['direct'].values()):.2f})",
+            "same routes and counts as direct",
+            same_calls,
+        )
+    )
+
+
+def run_true(b: Bench, target: str, image: str) -> float:
+    """Seconds for ``docker run --rm IMAGE true`` through ``target``."""
+    t0 = time.perf_counter()
+    out = b.docker(target, "run", "--rm", image, "true", check=False)
+    took = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"docker run {image} via {target} failed: {out.stderr.decode()[-2000:]}")
+    return took
+
+
+def rmi(b: Bench, image: str) -> None:
+    b.docker("direct", "rmi", "-f", image, check=False)
+
+
+def cached_steps(output: str) -> int:
+    """Build steps the legacy builder took from its cache, from its output."""
+    return output.count("Using cache")
+
+
+def measure_heal(b: Bench) -> None:
+    """``docker run`` of a pruned image through the proxy vs the recipe run alone.
+
+    A (the recipe alone): ``docker build`` of the recipe's own context, directly.
+    B (the heal): ``docker rmi`` the image, then ``docker run --rm IMAGE true``
+    through the proxy — create, 404, heal by the same build, replayed create,
+    start, wait, remove. Both sides of a round build the same tag with the same
+    ``BUST`` arg; ``rmi`` between them deletes the tagged image and so the ``RUN``
+    layer (its only holder), leaving both with the same cache state (COPY and ARG
+    kept by ``APP_PRESENT``). The cached-step counts of both builds are compared
+    every round to prove it. C: the same ``docker run`` with the image present,
+    through the proxy and directly, is the run's own share of B. Sides alternate
+    order each round.
+    """
+    a = b.args
+    if "proxy" not in b.targets:
+        return
+    ensure_app_image(b)
+    logs = b.tmp / "proxy-state" / "logs"
+    times: dict[str, list[float]] = {"build": [], "heal": [], "run_proxy": [], "run_direct": []}
+    cached: dict[str, list[int]] = {"build": [], "heal": []}
+    proxy_cpu: list[float] = []
+
+    def side_a(tag: str) -> None:
+        took, out = legacy_build(b, tag)
+        times["build"].append(took)
+        cached["build"].append(cached_steps(out))
+        rmi(b, f"{APP_REPO}:{tag}")
+
+    def side_b(tag: str) -> None:
+        image = f"{APP_REPO}:{tag}"
+        rmi(b, image)
+        before = set(logs.glob("*.log")) if logs.is_dir() else set()
+        m0 = procs.tree_cpu(b.running["proxy"].pid)
+        times["heal"].append(run_true(b, "proxy", image))
+        proxy_cpu.append(procs.cpu_delta(m0, procs.tree_cpu(b.running["proxy"].pid)))
+        new = sorted(set(logs.glob("*.log")) - before)
+        if not new:
+            raise RuntimeError(f"docker run of {image} did not heal (no new heal log)")
+        cached["heal"].append(cached_steps("".join(f.read_text() for f in new)))
+        for t in ("proxy", "direct") if len(times["heal"]) % 2 else ("direct", "proxy"):
+            times[f"run_{t}"].append(run_true(b, t, image))
+        rmi(b, image)
+
+    with proxy_config(b, heal_config(b)):
+        run_true(b, "proxy", APP_PRESENT)  # warm the CLI and the proxy's first create
+        for rnd in range(a.heal_rounds):
+            tag = f"r{rnd + 1}"
+            for run_side in (side_a, side_b) if rnd % 2 == 0 else (side_b, side_a):
+                run_side(tag)
+            print(
+                f"   round {rnd + 1}: build {times['build'][-1]:.2f}s, "
+                f"heal+run {times['heal'][-1]:.2f}s, run present proxy "
+                f"{times['run_proxy'][-1]:.2f}s direct {times['run_direct'][-1]:.2f}s",
+                flush=True,
+            )
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    build, heal, run_p = med["build"], med["heal"], med["run_proxy"]
+    # A, B and C of one round run back to back, so a round's own ratio cancels the
+    # drift (neighbours come and go over seconds) that a ratio of medians mixes in.
+    rounds = zip(times["build"], times["heal"], times["run_proxy"], strict=True)
+    paired = [(h - r) / bl for bl, h, r in rounds]
+    net = statistics.median(paired)
+    overhead_ms = [
+        (h - bl - r) * 1e3
+        for bl, h, r in zip(times["build"], times["heal"], times["run_proxy"], strict=True)
+    ]
+    table = Table(
+        f"docker run of a pruned image: heal through the proxy vs the recipe alone "
+        f"({a.heal_mb} MiB RUN step)",
+        ["side", "what is timed", "target", "median s", "runs (s)", "vs A"],
+    )
+    rows = [
+        ("A", "recipe alone: `docker build` (legacy builder, `RUN` rebuilt)", "direct", "build"),
+        ("B", "`docker rmi`, then `docker run --rm IMAGE true` (heal + run)", "proxy", "heal"),
+        ("C", "`docker run --rm IMAGE true`, image present", "proxy", "run_proxy"),
+        ("C", "`docker run --rm IMAGE true`, image present", "direct", "run_direct"),
+    ]
+    for side, what, target, key in rows:
+        table.rows.append(
+            [
+                side,
+                what,
+                target,
+                f"{med[key]:.3f}",
+                ", ".join(f"{x:.2f}" for x in times[key]),
+                f"{med[key] / build:.2f}x",
+            ]
+        )
+    same_work = cached["build"] == cached["heal"]
+    table.notes += [
+        f"Medians: B/A = {heal / build:.2f}x, (B - C proxy)/A = {(heal - run_p) / build:.2f}x. "
+        f"Per round (A, B and C back to back): (B - C)/A median {net:.2f}x (aim 1.0; the "
+        f"bar), runs {', '.join(f'{x:.2f}' for x in paired)}; heal overhead beyond the build "
+        f"and the run, B - A - C, median {statistics.median(overhead_ms):+.0f} ms, runs "
+        f"{', '.join(f'{x:+.0f}' for x in overhead_ms)} ms.",
+        f"Proxy CPU per B (the heal: build context tar, progress stream, replayed create): "
+        f"median {statistics.median(proxy_cpu) * 1e3:.0f} ms ({procs.CLK_TCK} ticks/s).",
+        f"Image: `FROM scratch`, `COPY` busybox ({BUSYBOX.stat().st_size / 1e6:.1f} MB), "
+        f"`ARG BUST`, `RUN` busybox `--install` and `dd` of a {a.heal_mb} MiB file. Recipe: "
+        f'`build = {{ context = …, args = {{ BUST = "{{tag}}" }} }}` for '
+        f"`{APP_REPO}:{{tag}}`; A runs `DOCKER_BUILDKIT=0 docker build --build-arg BUST=TAG` "
+        "on the same context. Both are the daemon's legacy builder.",
+        f"{a.heal_rounds} rounds, one new tag each, A and B alternating which goes first; "
+        "`docker rmi` after each build removes the image and its `RUN` layer, so neither "
+        "side can reuse the other's. Steps served from cache per round, A "
+        f"{cached['build']} vs B {cached['heal']}: "
+        + ("equal (`COPY` and `ARG`), `RUN` rebuilt on both sides." if same_work else "DIFFER."),
+    ]
+    b.tables.append(table)
+    b.raw["heal"] = {
+        "times": times,
+        "median": med,
+        "cached_steps": cached,
+        "paired_ratio": paired,
+        "overhead_ms": overhead_ms,
+        "proxy_cpu_s": proxy_cpu,
+    }
+    b.bars.append(
+        Bar(
+            "docker run of a pruned image, less the run itself, vs the recipe alone "
+            "(median of per-round ratios)",
+            f"{net:.2f}x",
+            f"≤ {BAR_HEAL_RATIO:.2f}x",
+            net <= BAR_HEAL_RATIO and same_work,
+        )
+    )
+
+
 MEASUREMENTS: list[Callable[[Bench], None]] = [
     measure_ping,
     measure_save,
     measure_proxy_memory,
     measure_proxy_profile,
+    measure_create,
+    measure_heal,
 ]
-"""Run in order; append new rows here (e.g. containers/create latency, time to heal)."""
+"""Run in order; append new rows here. The last two restart the proxy with a recipe
+config (and back), so they come after the rows that read the proxy's memory and profile."""
 
 
 # --------------------------------------------------------------------- plumbing
@@ -637,7 +1072,8 @@ def render(b: Bench, facts: dict[str, str], started: dt.datetime, took: float) -
         "## Setup and how to rerun",
         "",
         "```sh",
-        "sudo python bench/run.py            # ~2.5 minutes, rewrites docs/benchmarks.md",
+        "sudo python bench/run.py            # ~3 minutes, rewrites docs/benchmarks.md",
+        "sudo python bench/run.py --only measure_create,measure_heal --out /tmp/heal.md",
         "sudo python bench/run.py --seconds 1 --rounds 1 --save-mb 64 --out /tmp/quick.md",
         "sudo python bench/run.py --config my-recipes.toml   # proxy with a config",
         "```",
@@ -646,8 +1082,8 @@ def render(b: Bench, facts: dict[str, str], started: dt.datetime, took: float) -
         "report is then printed but not written).",
         "",
         "One run starts a private `dockerd --bridge=none --iptables=false` (data and exec",
-        "roots in a tmp dir under /tmp, thrown away afterwards) and puts each target in",
-        "front of its socket:",
+        "roots and its own `--config-file` in a tmp dir under /tmp, thrown away afterwards)",
+        "and puts each target in front of its socket:",
         "",
         "- **proxy**: `python -m proxy serve --listen unix://… --upstream unix://…"
         " --metrics-listen '' --log-level warning` (`--config FILE` is passed through).",
@@ -667,6 +1103,12 @@ def render(b: Bench, facts: dict[str, str], started: dt.datetime, took: float) -
         "nice applies, for the autogroup of every process it starts. Other sessions'",
         "work still fills idle time ('other CPU'); ping rows are the median of",
         "`--rounds` interleaved rounds and save times the median of `--save-reps`.",
+        "",
+        "The create and heal rows restart the proxy with a config of one `build` recipe",
+        "for `127.0.0.1:1/bench/app:{tag}` (`state_dir` in the tmp dir), then restart it",
+        "with the run's own config. The create row's client is `loadgen.ApiConn`, one",
+        "keep-alive connection, one request in flight. dockerd's debug log is switched on",
+        "(rewritten `--config-file` + SIGHUP) only while daemon calls are counted.",
         "",
         "Adding a row: write `measure_x(b: Bench)` in `bench/run.py` that appends a",
         "`Table` (and `Bar`s) and list it in `MEASUREMENTS`; `Bench` has the sockets,",
@@ -708,6 +1150,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="profile the proxy with py-spy (if on PATH) under the highest-conns load",
     )
     p.add_argument("--profile-top", type=int, default=8, help="frames listed in the profile")
+    p.add_argument("--create-n", type=int, default=300, help="timed create+remove pairs")
+    p.add_argument("--create-warmup", type=int, default=20, help="untimed pairs per target")
+    p.add_argument("--create-block", type=int, default=15, help="pairs per interleaved block")
+    p.add_argument(
+        "--create-count", type=int, default=20, help="pairs per target in the daemon-call count"
+    )
+    p.add_argument("--heal-rounds", type=int, default=9, help="heal vs build rounds")
+    p.add_argument("--heal-mb", type=int, default=50, help="size of the file the RUN step writes")
+    p.add_argument(
+        "--only",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=None,
+        help="comma list of measurements to run (e.g. measure_create,measure_heal)",
+    )
     p.add_argument("--config", type=Path, default=None, help="proxy config file")
     p.add_argument("--out", type=Path, default=procs.REPO / "docs" / "benchmarks.md")
     p.add_argument("--keep", action="store_true", help="keep the tmp dir for debugging")
@@ -741,6 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
         if bg > 0.2:
             print(f"!! the machine is busy before we start ({bg:.2f} cores)", file=sys.stderr)
         for m in MEASUREMENTS:
+            if args.only is not None and m.__name__ not in args.only:
+                continue
             print(f"== {m.__name__}", flush=True)
             try:
                 m(b)
