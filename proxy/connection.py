@@ -340,13 +340,12 @@ class Connection(asyncio.Protocol):
             # The head and as much of the body as has arrived go in one write:
             # each write wakes the daemon, and a create's body comes with its head.
             data = head.raw
-            body = self.req_body
-            if body is not None and self.inbuf:
+            if self.req_body is not None and self.inbuf:
                 n = body.feed(self.inbuf)
                 data += bytes(self.inbuf[:n])
                 del self.inbuf[:n]
             self._send_request(data)
-            if body is not None and body.done:
+            if self.req_body is not None and body.done:
                 self._body_done()
             return
         self.sink = _COLLECT
