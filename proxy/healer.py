@@ -124,7 +124,7 @@ class Healer:
         self.upstream = upstream
         self.state_dir = state_dir
         self.observer = observer
-        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.inflight: dict[str, asyncio.Task[bool]] = {}
         self.running: dict[str, Progress] = {}
         self.results: dict[str, Result] = {}
         self.waiters = 0
@@ -149,8 +149,9 @@ class Healer:
         image = normalize(image)
         if not force and await self.engine.image_exists(image):
             return "Image is up to date"
-        await self._join(image, (), force)
-        return "Healed by docker-heal-proxy"
+        if await self._join(image, (), force):
+            return "Healed by docker-heal-proxy"
+        return "Image is up to date (built meanwhile by another process)"
 
     def cooldown_counts(self) -> dict[str, int]:
         """Tags in cooldown per recipe ``match``, for the metrics gauge."""
@@ -173,7 +174,8 @@ class Healer:
 
     # -- single flight ---------------------------------------------------------
 
-    async def _join(self, image: str, chain: tuple[str, ...], force: bool) -> None:
+    async def _join(self, image: str, chain: tuple[str, ...], force: bool) -> bool:
+        """Wait for the one heal of ``image``; True if its recipe ran."""
         task = self.inflight.get(image)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._heal(image, chain, force))
@@ -181,17 +183,17 @@ class Healer:
             task.add_done_callback(lambda t: self._settled(image, t))
         self.waiters += 1
         try:
-            await asyncio.shield(task)
+            return await asyncio.shield(task)
         finally:
             self.waiters -= 1
 
-    def _settled(self, image: str, task: asyncio.Task[None]) -> None:
+    def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
         if self.inflight.get(image) is task:
             del self.inflight[image]
         if not task.cancelled():
             task.exception()  # retrieved here, raised to every waiter by shield
 
-    async def _heal(self, image: str, chain: tuple[str, ...], force: bool) -> None:
+    async def _heal(self, image: str, chain: tuple[str, ...], force: bool) -> bool:
         previous = self.results.get(image)
         now = time.monotonic()
         if previous is not None and not previous.success and previous.retry_at > now:
@@ -211,8 +213,9 @@ class Healer:
             async with self._slots, self._lock(image):
                 if not force and await self.engine.image_exists(image):
                     log.info("heal of %s: built meanwhile by another process", image)
-                    return
+                    return False
                 await self._run(concrete, progress)
+                return True
         finally:
             del self.running[image]
 

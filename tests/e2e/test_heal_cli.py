@@ -310,7 +310,7 @@ command = [{toml_string(script)}]
         )
         assert heal.poll() is None, heal.communicate()
         release.touch()
-        _, err = heal.communicate(timeout=60)
+        out, err = heal.communicate(timeout=60)
         spawned_out, spawned_err = spawn.communicate(timeout=60)
     finally:
         release.touch()
@@ -323,4 +323,5 @@ command = [{toml_string(script)}]
     assert spawned_out.decode().strip() == "ok"
     assert heal.returncode == 0, err
     assert "built meanwhile by another process" in err
+    assert f"{image}: Image is up to date (built meanwhile by another process)" in out
     assert line_count(marker) == 1, "the CLI reran a recipe the proxy was running"
