@@ -231,6 +231,10 @@ class _Reader:
         kinds = [kind for kind in _KINDS if kind in raw]
         if len(kinds) != 1:
             self.fail(where, self.kinds_problem(kinds))
+        if "@" in pattern.normalized and kinds[0] != "pull":
+            # Only a registry can give back content with a given digest; a
+            # rebuild would produce a different one.
+            self.fail(where, f"a digest reference heals only through pull, not {kinds[0]}")
         # Every field that may hold placeholders, under the name errors give it.
         templates: dict[str, str] = {}
 

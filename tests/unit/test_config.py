@@ -341,3 +341,19 @@ def test_the_readme_example_is_a_valid_config() -> None:
     assert [r.kind for r in config.recipes] == ["command", "build", "pull", "load"]
     assert config.heal.max_parallel == 2
     assert config.metrics_listen == "127.0.0.1:9478"
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ({"match": "app@{digest}", "command": ["true"]}, "command"),
+        ({"match": "app@sha256:" + "0" * 64, "load": "x.tar"}, "load"),
+        ({"match": "app:1@{digest}", "build": {"context": "."}}, "build"),
+    ],
+)
+def test_digests_heal_only_through_pull(entry: dict[str, Any], kind: str) -> None:
+    fails(
+        {"images": [entry]},
+        f"config.toml: images[0]: a digest reference heals only through pull, not {kind}",
+    )
+    assert parse({"images": [{"match": entry["match"], "pull": True}]}).recipes[0].kind == "pull"
