@@ -470,13 +470,19 @@ def test_closed_streams_free_their_upstream_connections(
     def count() -> int:
         return upstream_sockets(pid, dockerd.socket)
 
-    before = count()
+    # start_proxy's readiness ping went through a daemon connection of its
+    # own; wait for the proxy to close it, so the counts below are exact.
+    wait_for(lambda: count() == 0, 30, "the readiness ping's upstream connection to close")
     streams = [open_events(proxy.socket) for _ in range(20)]
-    wait_for(lambda: count() == before + 20, 10, "20 upstream connections")
-    for sock in streams[:10]:
-        sock.close()
-    wait_for(lambda: count() == before + 10, 5, "10 upstream connections to close")
-    for sock in streams[10:]:
-        sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-    wait_for(lambda: count() == before, 5, "all upstream connections to close")
+    try:
+        wait_for(lambda: count() == 20, 30, "20 upstream connections")
+        for sock in streams[:10]:
+            sock.close()
+        wait_for(lambda: count() == 10, 30, "10 upstream connections to close")
+        for sock in streams[10:]:
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        wait_for(lambda: count() == 0, 30, "all upstream connections to close")
+    finally:
+        for sock in streams:
+            sock.close()
