@@ -151,18 +151,8 @@ command = [{toml_string(script)}]
 """
 
 
-def test_broken_recipe_reports_its_reason_cools_down_then_heals_once_fixed(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
-) -> None:
-    """A broken build must say why (not "Unable to find image"), must not rerun
-    for every spawn while it is known broken, and must heal once it is fixed."""
-    image = "127.0.0.1:1/dhp/broken:1"
-    marker = tmp_path / "marker"
-    script = write_script(tmp_path / "recipe.sh", f'echo run >> "{marker}"\necho boom\nexit 3\n')
-    # Long enough that the second run lands inside it even on a slow machine.
-    proxy = make_proxy(command_config(tmp_path, image, script, failure_cooldown="3s"))
-    remove(dockerd.env, image)
-
+def fail_once(proxy: Proxy, image: str, marker: Path) -> None:
+    """The first create of ``image`` runs the broken recipe and says why it failed."""
     first = run(image, proxy.env)
     stderr = first.stderr.decode()
     assert first.returncode == 125, stderr
@@ -171,24 +161,55 @@ def test_broken_recipe_reports_its_reason_cools_down_then_heals_once_fixed(
     assert "Unable to find image" not in stderr
     assert line_count(marker) == 1
 
+
+def test_broken_recipe_reports_its_reason_and_cools_down(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A broken build must say why (not "Unable to find image"), and must not
+    rerun for every spawn while it is known broken."""
+    image = "127.0.0.1:1/dhp/broken:1"
+    marker = tmp_path / "marker"
+    script = write_script(tmp_path / "recipe.sh", f'echo run >> "{marker}"\necho boom\nexit 3\n')
+    # Far longer than the two runs take, however slow the machine.
+    proxy = make_proxy(command_config(tmp_path, image, script, failure_cooldown="60s"))
+    remove(dockerd.env, image)
+
+    fail_once(proxy, image, marker)
+
     second = run(image, proxy.env)
     stderr = second.stderr.decode()
     assert second.returncode == 125, stderr
-    assert "boom" in stderr
-    assert re.search(r"next try is allowed in \d+s", stderr), stderr
+    assert "boom" in stderr, "the cooldown answer must repeat the last failure's reason"
+    wait = re.search(r"next try is allowed in (\d+)s", stderr)
+    assert wait is not None, stderr
+    assert 0 < int(wait.group(1)) <= 60, stderr
+    assert "Unable to find image" not in stderr
     assert line_count(marker) == 1, "the broken recipe ran again inside its cooldown"
 
+
+def test_fixed_recipe_heals_once_the_cooldown_is_over(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A recipe fixed after a failure heals on a create after its cooldown, running once."""
+    image = "127.0.0.1:1/dhp/fixed:1"
+    marker = tmp_path / "marker"
+    script = write_script(tmp_path / "recipe.sh", f'echo run >> "{marker}"\necho boom\nexit 3\n')
+    proxy = make_proxy(command_config(tmp_path, image, script, failure_cooldown="2s"))
+    remove(dockerd.env, image)
+
+    fail_once(proxy, image, marker)
     tagging_script(script, marker, busybox, image)
 
     def healed() -> bool:
         attempt = run(image, proxy.env)
         if attempt.returncode != 0:
+            # Only the cooldown may refuse it: the fixed recipe must not fail.
             assert "next try is allowed" in attempt.stderr.decode(), attempt.stderr.decode()
             return False
         assert attempt.stdout.decode().strip() == "ok"
         return True
 
-    wait_for(healed, 20, "the fixed recipe to heal after the cooldown")
+    wait_for(healed, 30, "the fixed recipe to heal after the cooldown")
     assert line_count(marker) == 2, "the fixed recipe should have run exactly once more"
 
 
