@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import Dockerd, wait_for
+from support import Dockerd, ping, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -67,7 +68,7 @@ def test_units_say_what_the_issue_asks() -> None:
     assert svc["Service.Type"] == ["notify"]
     assert svc["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert svc["Service.Restart"] == ["on-failure"]
-    assert svc["Service.WatchdogSec"]
+    assert svc["Service.WatchdogSec"] == ["30s"]
     assert svc["Unit.Wants"] == ["docker.service"]
     assert "docker.service" in svc["Unit.After"]
     assert all("docker.service" not in v for v in svc.get("Unit.Requires", []))
@@ -222,11 +223,13 @@ class Pinger:
 
 
 @pytest.mark.daemon
-def test_socket_activation_restart_refuses_nothing(dockerd: Dockerd, tmp_path: Path) -> None:
+def test_socket_activation_restart_refuses_nothing(
+    dockerd: Dockerd, tmp_path: Path, short: Path
+) -> None:
     """Stop and start the proxy under a socket the 'service manager' (the test)
     keeps; clients that connect while no proxy runs wait in the backlog and
     are answered by the next one."""
-    path = str(Path(tempfile_dir()) / "a.sock")
+    path = str(short / "a.sock")
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listening.bind(path)
     listening.listen(128)
@@ -278,16 +281,17 @@ def test_socket_activation_restart_refuses_nothing(dockerd: Dockerd, tmp_path: P
     assert os.path.exists(path)
 
 
-def tempfile_dir() -> str:
-    """A short folder: Unix socket paths are limited to 108 bytes."""
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="sd-", dir="/tmp")
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A short folder, removed afterwards: Unix socket paths are limited to 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def notify_socket() -> Iterator[tuple[str, socket.socket]]:
-    folder = tempfile_dir()
+    folder = tempfile.mkdtemp(prefix="sd-", dir="/tmp")
     path = str(Path(folder) / "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -310,51 +314,69 @@ def messages_until(sock: socket.socket, done: object, timeout: float) -> list[tu
     return got
 
 
+WATCHDOG_USEC = 1_000_000
+"""What the 'service manager' allows between keep-alives: long enough that a
+busy test machine cannot make a healthy proxy miss it."""
+
+
+def texts_of(messages: list[tuple[float, str]]) -> list[str]:
+    return [text for _, text in messages]
+
+
 @pytest.mark.daemon
-def test_ready_watchdog_and_stopping_notifications(dockerd: Dockerd, tmp_path: Path) -> None:
-    listen = str(Path(tempfile_dir()) / "w.sock")
+def test_ready_watchdog_and_stopping_notifications(
+    dockerd: Dockerd, tmp_path: Path, short: Path
+) -> None:
+    """READY=1 first and once, WATCHDOG=1 from the running loop always within
+    WATCHDOG_USEC, STOPPING=1 on SIGTERM, and its own socket file removed."""
+    listen = str(short / "w.sock")
+    log = tmp_path / "w.log"
     with notify_socket() as (address, sock):
-        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
-        proc = launch(
-            None,
-            listen,
-            dockerd.socket,
-            tmp_path / "w.log",
-            env,
-            'export WATCHDOG_PID=$$; exec "$@"',
-        )
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+        proc = launch(None, listen, dockerd.socket, log, env, 'export WATCHDOG_PID=$$; exec "$@"')
         try:
             got = messages_until(
-                sock, lambda m: sum(text == "WATCHDOG=1" for _, text in m) >= 5, 20
+                sock, lambda m: sum(text == "WATCHDOG=1" for _, text in m) >= 6, 60
             )
-            texts = [text for _, text in got]
-            assert "READY=1" in texts, (texts, (tmp_path / "w.log").read_text())
-            pings = [t for t, text in got if text == "WATCHDOG=1"]
-            assert len(pings) >= 5, texts
-            # Half of WATCHDOG_USEC apart, per sd_watchdog_enabled(3). The median, not
-            # the max: a busy test machine may delay one tick of the loop.
-            gaps = sorted(b - a for a, b in itertools.pairwise(pings))
-            assert 0.05 < gaps[len(gaps) // 2] < 0.15, gaps
-            assert stop(proc) == 0
-            after = messages_until(sock, lambda m: any(t == "STOPPING=1" for _, t in m), 10)
-            assert "STOPPING=1" in [text for _, text in after]
+            texts = texts_of(got)
+            assert texts[:1] == ["READY=1"], (texts, log.read_text())
+            assert texts[1:] == ["WATCHDOG=1"] * (len(texts) - 1), texts
+            assert len(texts) == 7, (texts, log.read_text())
+            # From READY on, no gap may reach what the manager allows.
+            limit = WATCHDOG_USEC / 1e6
+            gaps = [b - a for (a, _), (b, _) in itertools.pairwise(got)]
+            assert all(gap < limit for gap in gaps), gaps
+            proc.send_signal(signal.SIGTERM)
+            after = messages_until(sock, lambda m: "STOPPING=1" in texts_of(m), 20)
+            stopping = texts_of(after)
+            assert "STOPPING=1" in stopping, (stopping, log.read_text())
+            before_stop = stopping[: stopping.index("STOPPING=1")]
+            assert set(before_stop) <= {"WATCHDOG=1"}, stopping
+            assert proc.wait(30) == 0, log.read_text()
+            assert not os.path.exists(listen), "its own socket file is removed at exit"
         finally:
             stop(proc)
 
 
 @pytest.mark.daemon
-def test_watchdog_meant_for_another_process_is_ignored(dockerd: Dockerd, tmp_path: Path) -> None:
+def test_watchdog_meant_for_another_process_is_ignored(
+    dockerd: Dockerd, tmp_path: Path, short: Path
+) -> None:
     """``WATCHDOG_PID`` names someone else (a parent's watchdog leaked into our
     environment): the proxy says READY but sends no keep-alives of its own."""
-    listen = str(Path(tempfile_dir()) / "o.sock")
+    listen = str(short / "o.sock")
+    log = tmp_path / "o.log"
     with notify_socket() as (address, sock):
-        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}
-        proc = launch(None, listen, dockerd.socket, tmp_path / "o.log", env, 'exec "$@"')
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": str(WATCHDOG_USEC), "WATCHDOG_PID": "1"}
+        proc = launch(None, listen, dockerd.socket, log, env, 'exec "$@"')
         try:
-            got = messages_until(sock, lambda m: any(t == "READY=1" for _, t in m), 20)
-            assert "READY=1" in [text for _, text in got]
-            # Four watchdog periods' worth of listening: nothing but silence.
-            later = messages_until(sock, lambda m: False, 0.8)
-            assert [text for _, text in later if text == "WATCHDOG=1"] == []
+            got = messages_until(sock, lambda m: "READY=1" in texts_of(m), 30)
+            assert texts_of(got) == ["READY=1"], (texts_of(got), log.read_text())
+            # Serving, not merely started: its loop is running.
+            assert ping(listen), log.read_text()
+            # Five keep-alive intervals (half of WATCHDOG_USEC each) of silence.
+            later = messages_until(sock, lambda m: False, 2.5 * WATCHDOG_USEC / 1e6)
+            assert texts_of(later) == []
+            assert proc.poll() is None, log.read_text()
         finally:
             stop(proc)
