@@ -31,6 +31,23 @@ BUSYBOX = "127.0.0.1:1/dhp/busybox:1"
 """The base test image. Names under 127.0.0.1:1 fail to pull at once here."""
 
 
+def require(tool: str) -> str:
+    """The path of ``tool`` (a name on PATH, or an absolute path), for a test that needs it.
+
+    Missing, the test is skipped on a developer's machine but fails in CI
+    (``CI=true``): a green run that never ran the test proves nothing.
+    """
+    import pytest
+
+    path = tool if os.path.isabs(tool) else shutil.which(tool)
+    if path is not None and os.access(path, os.X_OK):
+        return path
+    reason = f"{tool} is not installed"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + " (CI must run this test)")
+    pytest.skip(reason)
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -196,6 +213,22 @@ class Proxy:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+MakeProxy = Callable[..., Proxy]
+"""The ``make_proxy`` fixture: ``make(config=None, **kwargs)`` -> a started proxy."""
+
+
+def accepting(proxy: Proxy) -> bool:
+    """Does the proxy take connections? (A bound socket file alone is not enough:
+    the proxy binds before it listens.) Fails at once if the proxy exited."""
+    assert proxy.proc.poll() is None, proxy.log()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(proxy.socket)
+        except OSError:
+            return False
+    return True
 
 
 def start_proxy(

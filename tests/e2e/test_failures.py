@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Dockerd, Proxy, docker, ping, wait_for
+from support import Dockerd, Proxy, accepting, docker, ping, wait_for
 
 pytestmark = pytest.mark.daemon
 
@@ -129,17 +129,7 @@ class Relay:
 def proxy_to(make_proxy: MakeProxy, upstream: str) -> Proxy:
     """A proxy in front of ``upstream``, which need not answer (or exist) yet."""
     proxy = make_proxy(args=[f"--upstream=unix://{upstream}"], wait=False)
-
-    def accepting() -> bool:
-        assert proxy.proc.poll() is None, proxy.log()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            try:
-                sock.connect(proxy.socket)
-            except OSError:
-                return False
-        return True
-
-    wait_for(accepting, 20, "the proxy to accept")
+    wait_for(lambda: accepting(proxy), 20, "the proxy to accept")
     return proxy
 
 

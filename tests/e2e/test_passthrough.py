@@ -28,6 +28,7 @@ from support import (
     Dockerd,
     Proxy,
     UnixHTTPConnection,
+    accepting,
     docker,
     raw_request,
     wait_for,
@@ -129,7 +130,7 @@ def echo(make_proxy: MakeProxy, tmp_path: Path) -> Iterator[tuple[EchoUpstream, 
     upstream = EchoUpstream(path)
     # The fake does not answer /_ping by itself, so do not wait for one.
     proxy = make_proxy(args=[f"--upstream=unix://{path}"], wait=False)
-    wait_for(lambda: Path(proxy.socket).exists(), 20, "the proxy socket")
+    wait_for(lambda: accepting(proxy), 20, "the proxy to accept")
     yield upstream, proxy
     upstream.close()
 
