@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Dockerd, docker
+from support import Dockerd, docker, wait_for
 
 from proxy import runners
 from proxy.engine import Engine, EngineError
@@ -134,10 +137,17 @@ def test_timeout_kills_the_whole_process_group(
         "command", "127.0.0.1:1/dhp/slow:1", command=sh(script), workdir=tmp_path, timeout=1.5
     )
     lines: list[str] = []
-    with pytest.raises(RecipeFailed) as caught:
-        heal(dockerd, concrete, tmp_path / "heal.log", lines)
-    assert caught.value.reason == "timed out after 1.5s"
-    assert _gone(int(lines[0]))
+    try:
+        with pytest.raises(RecipeFailed) as caught:
+            heal(dockerd, concrete, tmp_path / "heal.log", lines)
+        assert caught.value.reason == "timed out after 1.5s"
+        child = int(lines[0])
+        wait_for(lambda: _gone(child), 15, f"the recipe's child {child} to be killed")
+    finally:
+        # Never leak the child, whatever failed above.
+        if lines and lines[0].isdigit() and not _gone(int(lines[0])):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(lines[0]), signal.SIGKILL)
 
 
 @pytest.fixture
