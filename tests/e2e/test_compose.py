@@ -22,6 +22,7 @@ from support import (
     docker,
     image_exists,
     line_count,
+    require,
     toml_string,
     write_script,
 )
@@ -47,11 +48,11 @@ def compose(
     )
 
 
-@pytest.mark.skipif(not Path(COMPOSE).exists(), reason="docker-compose 1.29 not installed")
 def test_compose_up_heals_a_pruned_service_image(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     """``docker-compose up`` of a service whose image was pruned must run it."""
+    require(COMPOSE)
     image = "127.0.0.1:1/dhp/composed:1"
     marker = tmp_path / "marker"
     script = write_script(

@@ -41,6 +41,7 @@ from support import (
     UnixHTTPConnection,
     docker,
     raw_request,
+    require,
     start_proxy,
     wait_for,
 )
@@ -204,9 +205,7 @@ class Watched:
 
 @pytest.fixture(scope="module")
 def watched(dockerd: Dockerd, busybox: str) -> Iterator[Watched]:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus is not installed")
+    prometheus = require("prometheus")
     work = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
     ctx = context(work / "ctx", "svc")
     gate = work / "gate"
@@ -316,7 +315,7 @@ def test_live_exposition_passes_promtool(watched: Watched) -> None:
     )
     assert "nope" not in text
     result = subprocess.run(
-        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
+        [require("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b"" and result.stderr.strip() == b"", result
@@ -341,7 +340,10 @@ def test_dashboard_expressions_name_exported_metrics_and_run(watched: Watched) -
 def test_alert_rules_check_load_and_are_documented(watched: Watched) -> None:
     rules = REPO / "contrib" / "alerts.yml"
     result = subprocess.run(
-        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=30
+        [require("promtool"), "check", "rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     _, body = http_get(watched.prometheus + "/api/v1/rules")
@@ -371,7 +373,7 @@ def test_readme_scrape_config_is_valid(tmp_path: Path) -> None:
     )
     (tmp_path / "prometheus.yml").write_text(text)
     result = subprocess.run(
-        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+        [require("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
         capture_output=True,
         text=True,
         timeout=30,

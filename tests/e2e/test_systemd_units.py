@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import Dockerd, ping, wait_for
+from support import Dockerd, ping, require, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -49,14 +49,12 @@ def unit_entries(path: Path) -> dict[str, list[str]]:
 
 
 def installed_script() -> str:
-    """The ``docker-heal-proxy`` console script of the environment running the tests."""
-    for candidate in (
-        Path(sys.executable).parent / "docker-heal-proxy",
-        shutil.which("docker-heal-proxy"),
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.skip("docker-heal-proxy is not installed (pip install -e .)")
+    """The ``docker-heal-proxy`` console script of the environment running the tests
+    (``pip install -e .``): the one next to this Python, else the one on PATH."""
+    beside = Path(sys.executable).parent / "docker-heal-proxy"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    return require("docker-heal-proxy")
 
 
 def test_units_say_what_the_issue_asks() -> None:
@@ -83,7 +81,7 @@ def test_units_say_what_the_issue_asks() -> None:
 
 def analyze(*units: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["systemd-analyze", "verify", *map(str, units)],
+        [require("systemd-analyze"), "verify", *map(str, units)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -98,8 +96,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     check that ``SocketGroup=`` exists (checked here instead: the docker.io
     package creates the group).
     """
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    require("systemd-analyze")
     script = installed_script()
     for name in ("docker-heal-proxy.socket", "docker-heal-proxy.service"):
         text = (UNITS / name).read_text()
