@@ -18,6 +18,7 @@ import re
 import socket
 import tarfile
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from support import (
     UnixHTTPConnection,
     accepting,
     docker,
+    image_exists,
     raw_request,
     wait_for,
 )
@@ -89,7 +91,6 @@ class EchoUpstream:
         self.sock.bind(path)
         self.sock.listen(16)
         self.expect = 0
-        self.answer_head_only = False
         self.sent: list[bytes] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -111,11 +112,12 @@ class EchoUpstream:
                         return
                     buf += data
                 got, buf = buf[: self.expect], buf[self.expect :]
+                # A HEAD answer announces the length a GET's body would have, and has none.
                 answer = (
                     b"HTTP/1.1 200 OK\r\n"
                     + self.HEAD_EXTRA
                     + b"Content-Length: %d\r\n\r\n" % len(got)
-                    + (b"" if self.answer_head_only else got)
+                    + (b"" if got.startswith(b"HEAD ") else got)
                 )
                 self.sent.append(answer)
                 conn.sendall(answer)
@@ -190,12 +192,30 @@ def test_request_and_response_pass_byte_identical(
 
 
 def test_head_answer_passes_without_a_body(echo: tuple[EchoUpstream, Proxy]) -> None:
-    """A HEAD answer announces a length but carries no body; the proxy must not wait for one."""
+    """A HEAD answer announces a length but carries no body: the proxy must not
+    wait for one, nor take the next answer's bytes for it."""
     upstream, proxy = echo
-    upstream.answer_head_only = True
-    request = b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
-    assert through(proxy, upstream, request) == upstream.sent[-1]
-    assert b"Content-Length: %d" % len(request) in upstream.sent[-1]
+    head = b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
+    follow = b"GET /_pings HTTP/1.1\r\nHost: docker\r\n\r\n"
+    assert len(head) == len(follow)
+    upstream.expect = len(head)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(proxy.socket)
+        sock.sendall(head + follow)
+        got = b""
+        while not got.endswith(follow):
+            data = sock.recv(1 << 16)
+            assert data, f"the proxy closed early after {got!r}"
+            got += data
+    lines, after = split_response(got)
+    # The client is told the announced length, and the next answer follows at once.
+    assert b"Content-Length: %d" % len(head) in lines
+    next_lines, next_body = split_response(after)
+    assert next_lines[0] == b"HTTP/1.1 200 OK"
+    assert b"Content-Length: %d" % len(follow) in next_lines
+    assert next_body == follow
+    assert got == upstream.sent[0] + upstream.sent[1]
 
 
 def test_keep_alive_requests_stay_in_order(echo: tuple[EchoUpstream, Proxy]) -> None:
@@ -291,23 +311,28 @@ def test_256kb_registry_config_header(proxy: Proxy, dockerd: Dockerd, busybox: s
     header = base64.urlsafe_b64encode(json.dumps(auths).encode()).decode()
     assert 256 * 1024 <= len(header) < 270 * 1024
     context = tar_of({"Dockerfile": f"FROM {BUSYBOX}\nLABEL dhp.big-header=1\n".encode()})
+    # Under 127.0.0.1:1, so that no later use of the tag can reach a real registry.
+    tags = {name: f"127.0.0.1:1/dhp/big-header:{name}" for name in ("direct", "proxy")}
     results = {}
-    for name, path in (("direct", dockerd.socket), ("proxy", proxy.socket)):
-        conn = UnixHTTPConnection(path, timeout=60)
-        conn.request("GET", "/_ping", headers={"X-Registry-Config": header})
-        ping = conn.getresponse()
-        assert (ping.status, ping.read()) == (200, b"OK"), name
-        conn.request(
-            "POST",
-            "/v1.41/build?t=dhp-big-header:" + name,
-            body=context,
-            headers={"X-Registry-Config": header, "Content-Type": "application/x-tar"},
-        )
-        build = conn.getresponse()
-        results[name] = (build.status, b"Successfully built" in build.read())
-        conn.close()
-    assert results["proxy"] == results["direct"] == (200, True)
-    docker(["rmi", "dhp-big-header:direct", "dhp-big-header:proxy"], env=dockerd.env)
+    try:
+        for name, path in (("direct", dockerd.socket), ("proxy", proxy.socket)):
+            conn = UnixHTTPConnection(path, timeout=60)
+            conn.request("GET", "/_ping", headers={"X-Registry-Config": header})
+            ping = conn.getresponse()
+            assert (ping.status, ping.read()) == (200, b"OK"), name
+            conn.request(
+                "POST",
+                "/v1.41/build?t=" + urllib.parse.quote(tags[name], safe=""),
+                body=context,
+                headers={"X-Registry-Config": header, "Content-Type": "application/x-tar"},
+            )
+            build = conn.getresponse()
+            results[name] = (build.status, b"Successfully built" in build.read())
+            conn.close()
+        assert results["proxy"] == results["direct"] == (200, True)
+        assert all(image_exists(dockerd.env, tag) for tag in tags.values())
+    finally:
+        docker(["rmi", "-f", *tags.values()], env=dockerd.env, check=False)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -317,29 +342,31 @@ def test_request_bodies_in_both_framings(
     """``PUT /archive`` with a Content-Length and with chunks: the file lands intact."""
     name = f"dhp-body-{uuid.uuid4().hex[:8]}"
     docker(["create", "--name", name, BUSYBOX, "true"], env=proxy.env)
-    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
-    archive = tar_of({"payload.bin": payload})
-    conn = UnixHTTPConnection(proxy.socket)
-    if chunked:
-        pieces = iter([archive[i : i + 70_000] for i in range(0, len(archive), 70_000)])
-        conn.request(
-            "PUT",
-            f"/v1.41/containers/{name}/archive?path=%2F",
-            body=pieces,
-            headers={"Content-Type": "application/x-tar"},
-            encode_chunked=True,
-        )
-    else:
-        conn.request("PUT", f"/v1.41/containers/{name}/archive?path=%2F", body=archive)
-    response = conn.getresponse()
-    assert response.status == 200, response.read()
-    response.read()
-    conn.close()
-    copied = docker(["cp", f"{name}:/payload.bin", "-"], env=proxy.env).stdout
-    with tarfile.open(fileobj=io.BytesIO(copied)) as tar:
-        member = tar.extractfile("payload.bin")
-        assert member is not None and member.read() == payload
-    docker(["rm", name], env=proxy.env)
+    try:
+        payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        archive = tar_of({"payload.bin": payload})
+        conn = UnixHTTPConnection(proxy.socket)
+        if chunked:
+            pieces = iter([archive[i : i + 70_000] for i in range(0, len(archive), 70_000)])
+            conn.request(
+                "PUT",
+                f"/v1.41/containers/{name}/archive?path=%2F",
+                body=pieces,
+                headers={"Content-Type": "application/x-tar"},
+                encode_chunked=True,
+            )
+        else:
+            conn.request("PUT", f"/v1.41/containers/{name}/archive?path=%2F", body=archive)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+        conn.close()
+        copied = docker(["cp", f"{name}:/payload.bin", "-"], env=proxy.env).stdout
+        with tarfile.open(fileobj=io.BytesIO(copied)) as tar:
+            member = tar.extractfile("payload.bin")
+            assert member is not None and member.read() == payload
+    finally:
+        docker(["rm", "-f", name], env=proxy.env, check=False)
 
 
 def test_everyday_cli_commands_through_the_proxy(
@@ -348,24 +375,31 @@ def test_everyday_cli_commands_through_the_proxy(
     """GET, HEAD, POST, PUT and DELETE as the CLI sends them, for the usual commands."""
     env = proxy.env
     name = f"dhp-cli-{uuid.uuid4().hex[:8]}"
-    tag = f"dhp-cli-tag:{name}"
-    docker(["tag", BUSYBOX, tag], env=env)
-    cid = docker(["create", "--name", name, "--label", "dhp=cli", tag, "sleep", "30"], env=env)
-    cid_text = cid.stdout.decode().strip()
-    docker(["start", name], env=env)
-    assert docker(["inspect", "-f", "{{.State.Running}}", name], env=env).stdout.strip() == b"true"
-    (tmp_path / "in.txt").write_text("copied in\n")
-    docker(["cp", str(tmp_path / "in.txt"), f"{name}:/in.txt"], env=env)  # HEAD + PUT archive
-    out = docker(["exec", name, "cat", "/in.txt"], env=env).stdout
-    assert out == b"copied in\n"
-    docker(["cp", f"{name}:/in.txt", str(tmp_path / "out.txt")], env=env)  # GET archive
-    assert (tmp_path / "out.txt").read_text() == "copied in\n"
-    listed = docker(["ps", "-q", "--no-trunc", "--filter", "label=dhp=cli"], env=env).stdout
-    assert cid_text.encode() in listed
-    docker(["rename", name, name + "-2"], env=env)
-    docker(["volume", "create", name], env=env)
-    assert name.encode() in docker(["volume", "ls", "-q"], env=env).stdout
-    docker(["volume", "rm", name], env=env)
-    docker(["rm", "-f", name + "-2"], env=env)  # DELETE
-    docker(["rmi", tag], env=env)
-    assert docker(["inspect", name + "-2"], env=env, check=False).returncode != 0
+    tag = f"127.0.0.1:1/dhp/cli-tag:{name}"
+    try:
+        docker(["tag", BUSYBOX, tag], env=env)
+        cid = docker(["create", "--name", name, "--label", "dhp=cli", tag, "sleep", "30"], env=env)
+        cid_text = cid.stdout.decode().strip()
+        docker(["start", name], env=env)
+        running = docker(["inspect", "-f", "{{.State.Running}}", name], env=env).stdout
+        assert running.strip() == b"true"
+        (tmp_path / "in.txt").write_text("copied in\n")
+        docker(["cp", str(tmp_path / "in.txt"), f"{name}:/in.txt"], env=env)  # HEAD + PUT archive
+        out = docker(["exec", name, "cat", "/in.txt"], env=env).stdout
+        assert out == b"copied in\n"
+        docker(["cp", f"{name}:/in.txt", str(tmp_path / "out.txt")], env=env)  # GET archive
+        assert (tmp_path / "out.txt").read_text() == "copied in\n"
+        listed = docker(["ps", "-q", "--no-trunc", "--filter", "label=dhp=cli"], env=env).stdout
+        assert cid_text.encode() in listed
+        docker(["rename", name, name + "-2"], env=env)
+        docker(["volume", "create", name], env=env)
+        assert name.encode() in docker(["volume", "ls", "-q"], env=env).stdout
+        docker(["volume", "rm", name], env=env)
+        docker(["rm", "-f", name + "-2"], env=env)  # DELETE
+        docker(["rmi", tag], env=env)
+        assert docker(["inspect", name + "-2"], env=env, check=False).returncode != 0
+        assert not image_exists(env, tag)
+    finally:
+        docker(["rm", "-f", name, name + "-2"], env=env, check=False)
+        docker(["volume", "rm", "-f", name], env=env, check=False)
+        docker(["rmi", "-f", tag], env=env, check=False)
