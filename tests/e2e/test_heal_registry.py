@@ -154,6 +154,17 @@ def run(image: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     return docker(["run", "--rm", "--network=none", image, "echo", "ok"], env=env, check=False)
 
 
+@pytest.fixture
+def made(dockerd: Dockerd) -> Iterator[list[str]]:
+    """Images a test makes in the session's daemon; removed however the test ends."""
+    images: list[str] = []
+    try:
+        yield images
+    finally:
+        for image in images:
+            docker(["rmi", "-f", image], env=dockerd.env, check=False)
+
+
 def assert_healed(result: subprocess.CompletedProcess[bytes]) -> None:
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr
@@ -162,10 +173,16 @@ def assert_healed(result: subprocess.CompletedProcess[bytes]) -> None:
 
 
 def test_pull_recipe_heals_from_an_open_registry(
-    dockerd: Dockerd, busybox: str, open_registry: Registry, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd,
+    busybox: str,
+    open_registry: Registry,
+    make_proxy: MakeProxy,
+    tmp_path: Path,
+    made: list[str],
 ) -> None:
     """``pull = true``: the tag that was asked for comes back from its registry."""
     image = f"{open_registry.host}/team/worker:1"
+    made.append(image)
     publish(dockerd, busybox, image)
     proxy = make_proxy(pull_config(tmp_path, f"{open_registry.host}/team/worker:{{tag}}"))
 
@@ -174,12 +191,18 @@ def test_pull_recipe_heals_from_an_open_registry(
 
 
 def test_pull_recipe_with_another_reference_pulls_and_retags(
-    dockerd: Dockerd, busybox: str, open_registry: Registry, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd,
+    busybox: str,
+    open_registry: Registry,
+    make_proxy: MakeProxy,
+    tmp_path: Path,
+    made: list[str],
 ) -> None:
     """``pull = "other/ref:{tag}"``: the image is pulled under its registry name
     and tagged as the name the client asked for."""
     source = f"{open_registry.host}/team/source:7"
     image = "127.0.0.1:1/dhp/retagged:7"
+    made.extend([source, image])
     publish(dockerd, busybox, source)
     docker(["rmi", "-f", image], env=dockerd.env, check=False)
     pull = toml_string(f"{open_registry.host}/team/source:{{tag}}")
@@ -191,11 +214,17 @@ def test_pull_recipe_with_another_reference_pulls_and_retags(
 
 
 def test_pull_recipe_uses_the_proxy_users_registry_credentials(
-    dockerd: Dockerd, busybox: str, auth_registry: Registry, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd,
+    busybox: str,
+    auth_registry: Registry,
+    make_proxy: MakeProxy,
+    tmp_path: Path,
+    made: list[str],
 ) -> None:
     """The proxy pulls with what ``docker login`` stored for its own user."""
     credentials = docker_config(tmp_path / "proxy-user", auth_registry)
     image = f"{auth_registry.host}/team/private:1"
+    made.append(image)
     publish(dockerd, busybox, image, credentials)
     proxy = make_proxy(
         pull_config(tmp_path, f"{auth_registry.host}/team/private:{{tag}}"),
@@ -207,10 +236,16 @@ def test_pull_recipe_uses_the_proxy_users_registry_credentials(
 
 
 def test_pull_recipe_without_credentials_says_the_registry_refused(
-    dockerd: Dockerd, busybox: str, auth_registry: Registry, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd,
+    busybox: str,
+    auth_registry: Registry,
+    make_proxy: MakeProxy,
+    tmp_path: Path,
+    made: list[str],
 ) -> None:
     """No credentials: the create fails with dockerd's own reason, not a 404."""
     image = f"{auth_registry.host}/team/locked:1"
+    made.append(image)
     publish(dockerd, busybox, image, docker_config(tmp_path / "pusher", auth_registry))
     proxy = make_proxy(
         pull_config(tmp_path, f"{auth_registry.host}/team/locked:{{tag}}"),
@@ -228,10 +263,11 @@ def test_pull_recipe_without_credentials_says_the_registry_refused(
 
 
 def test_load_recipe_heals_from_a_saved_archive(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path, made: list[str]
 ) -> None:
     """``load``: an image kept as a ``docker save`` archive comes back from it."""
     image = "127.0.0.1:1/dhp/tool:1.2"
+    made.append(image)
     archive = tmp_path / "tool.tar"
     docker(["tag", busybox, image], env=dockerd.env)
     docker(["save", "-o", str(archive), image], env=dockerd.env)
