@@ -167,10 +167,12 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.up: Upstream | None = None
         self.connecting = False
+        self.connect_task: asyncio.Task[None] | None = None
         self.pending_up: list[bytes] = []
         self.inbuf = bytearray()
         self.paused: set[str] = set()
         self.client_eof = False
+        self.closing = False
         self.closed = False
         # The current exchange.
         self.active = False
@@ -221,8 +223,7 @@ class Connection(asyncio.Protocol):
                 # would hold it for as long as the daemon stays quiet.
                 self.abort()
                 return False
-            self.close_after = True
-            return True
+            return True  # _finish closes once the held requests are answered
         self._close_upstream()
         return False
 
@@ -279,6 +280,7 @@ class Connection(asyncio.Protocol):
         self._close_upstream()
 
     def _close(self) -> None:
+        self.closing = True
         if self.transport is not None:
             self.transport.close()
         self._close_upstream()
@@ -287,8 +289,17 @@ class Connection(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Consume buffered client bytes: the current body, then the next head."""
+        try:
+            self._consume()
+        except ProtocolError as exc:  # a body whose framing makes no sense
+            if self.status:
+                self.abort()  # an answer is under way; a 400 would corrupt it
+            else:
+                self._reject(400, f"bad request: {exc}")
+
+    def _consume(self) -> None:
         buf = self.inbuf
-        while buf and not self.closed:
+        while buf and not self.closed and not self.closing:
             body = self.req_body
             if body is not None:
                 n = body.feed(buf)
@@ -320,7 +331,7 @@ class Connection(asyncio.Protocol):
             self.resume_client("hold")
 
     def _reject(self, status: int, message: str) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.closed:
             self.transport.write(errors.error(status, message, close=True))
         self.inbuf.clear()
         self._close()
@@ -394,7 +405,8 @@ class Connection(asyncio.Protocol):
         self.pending_up.append(data)
         if not self.connecting:
             self.connecting = True
-            asyncio.get_running_loop().create_task(self._connect())
+            # Held, or the loop could collect the task mid-connect.
+            self.connect_task = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -408,8 +420,7 @@ class Connection(asyncio.Protocol):
             reason = exc.strerror or str(exc)
             self._upstream_failed(f"cannot reach the Docker daemon at {path}: {reason}")
             return
-        finally:
-            self.connecting = False
+        self.connecting = False
         if self.closed:
             assert up.transport is not None
             up.transport.close()
@@ -441,6 +452,7 @@ class Connection(asyncio.Protocol):
                 errors.error(status, message, head_only=head_only, close=self.close_after)
             )
         self.status = status
+        self._observe_exchange()
         self._response_done()
 
     def upstream_data(self, data: bytes, up: Upstream) -> None:
@@ -455,7 +467,11 @@ class Connection(asyncio.Protocol):
             self.resp_buf += data
             self._response_head()
             return
-        n = body.feed(data)
+        try:
+            n = body.feed(data)
+        except ProtocolError as exc:
+            self._upstream_broken(str(exc))
+            return
         self._to_client(data[:n] if n < len(data) else data)
         if body.done:
             self._response_done()
@@ -477,6 +493,7 @@ class Connection(asyncio.Protocol):
                 self._to_client(bytes(buf))
                 buf.clear()
                 self.status = 101
+                self._observe_exchange()
                 self._enter_splice()
                 return
             if head.status < 200:  # 100 Continue and friends: the final answer follows
@@ -485,6 +502,13 @@ class Connection(asyncio.Protocol):
                 continue
             break
         assert self.head is not None
+        body = response_body(head, self.head.method)
+        raw_stream = isinstance(body, UntilCloseBody) and self.capture is None
+        try:
+            n = 0 if raw_stream else body.feed(buf, end)
+        except ProtocolError as exc:
+            self._upstream_garbage(str(exc))
+            return
         self.status = head.status
         if self.capture is None:
             self._observe_exchange()
@@ -492,19 +516,27 @@ class Connection(asyncio.Protocol):
             self.capture_head = head  # the handler's answer is what gets counted
         if head.close:
             self.close_after = True
-        body = response_body(head, self.head.method)
-        if isinstance(body, UntilCloseBody) and self.capture is None:
+        if raw_stream:
             self._to_client(bytes(buf))
             buf.clear()
             self._enter_splice()
             return
-        n = body.feed(buf, end)
         self._to_client(bytes(buf[: end + n]))
         buf.clear()
         if body.done:
             self._response_done()
         else:
             self.resp_body = body
+
+    def _upstream_broken(self, reason: str) -> None:
+        """The daemon's answer went bad after its head was passed on: cut both sides."""
+        self._observe_upstream_error("protocol")
+        log.warning("the daemon sent an unreadable response body: %s", reason)
+        if self.capture_waiter is not None and not self.capture_waiter.done():
+            self._close_upstream()
+            self.capture_waiter.set_exception(ConnectionError(reason))
+            return
+        self.abort()
 
     def _upstream_garbage(self, reason: str) -> None:
         """Nothing of the answer reached the client yet, so it gets a 502 instead."""
@@ -582,6 +614,19 @@ class Connection(asyncio.Protocol):
     def _upstream_gone(self) -> None:
         """The daemon closed or reset our connection outside a splice."""
         self.up = None
+        self.resume_client("upstream-full")
+        if self.req_body is not None and self.sink == _UPSTREAM:
+            # The rest of this body must not reach a new daemon connection,
+            # where it would be read as a request of its own.
+            self.sink = _DISCARD
+            self.close_after = True
+            if not self.awaiting and self.transport is not None:
+                # Answered already. Say so with EOF, as Go's server does, and
+                # drain the rest: a close with unread bytes would reset the
+                # socket and could cost the client the answer.
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                return
         if not self.awaiting:
             return  # an idle keep-alive connection; the next request reconnects
         self._observe_upstream_error("closed")
@@ -597,6 +642,7 @@ class Connection(asyncio.Protocol):
         up, self.up = self.up, None
         if up is not None and up.transport is not None:
             up.transport.close()
+        self.resume_client("upstream-full")
 
     # -- splice ------------------------------------------------------------
 
@@ -741,8 +787,11 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """Write part of a streamed answer (the head first)."""
-        self.answered = True
         conn = self._conn
+        if not self.answered:
+            self.answered = True
+            conn.status = int(data[9:12])
+            conn._observe_exchange()
         if conn.transport is not None and not conn.closed:
             conn.transport.write(data)
 
@@ -754,13 +803,4 @@ class Exchange:
         A peer that closed its socket (or died) shows as POLLHUP on it.
         """
         conn = self._conn
-        if conn.closed:
-            return True
-        if not conn.client_eof or conn.transport is None:
-            return False
-        sock = conn.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        poller = select.poll()
-        poller.register(sock.fileno(), 0)
-        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+        return conn.closed or (conn.client_eof and _hung_up(conn.transport))

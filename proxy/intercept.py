@@ -33,7 +33,7 @@ from .connection import Exchange, Handler
 from .healer import Healer, HealFailed
 from .http1 import RequestHead, ResponseHead, dechunk
 from .patterns import find_recipe
-from .reference import InvalidReference, normalize
+from .reference import normalize
 from .routes import pulled_reference, strip_version
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,9 @@ class Interceptor:
         exchange.forward(raw)
 
     async def pull(self, exchange: Exchange, reference: str) -> None:
-        await exchange.body()
-        try:
-            image = normalize(reference)
-        except InvalidReference:
-            exchange.forward(exchange.head.raw)
-            return
+        if await exchange.body() is None:
+            return  # a pull with a body over the limit: already forwarded as it came
+        image = normalize(reference)  # valid: claim matched it against a recipe
         exchange.write(PROGRESS_HEAD)
         exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))
         try:
@@ -168,6 +165,7 @@ class Interceptor:
         exchange.write(b"0\r\n\r\n")
 
     async def status(self, exchange: Exchange) -> None:
-        await exchange.body()
+        if await exchange.body() is None:
+            return
         snapshot = self._healer.snapshot()
         exchange.respond(errors.response(200, json.dumps(snapshot, indent=1).encode() + b"\n"))
