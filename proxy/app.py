@@ -14,41 +14,23 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from pathlib import Path
+import os
+from collections.abc import Callable
 
 from aiohttp import web
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
 from .connection import Hub
 from .engine import Engine
 from .healer import Healer
 from .intercept import Interceptor
-from .listener import Listener
+from .listener import Listener, ListenerError
 from .metrics import Metrics, application
 from .server import serve
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-async def daemon_problem(path: str) -> str | None:
-    """None when the daemon answers ``/_ping``, else why not."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
-    except (OSError, TimeoutError) as exc:
-        return f"cannot reach the Docker daemon at {path}: {exc}"
-    try:
-        writer.write(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        status = await asyncio.wait_for(reader.readline(), 5)
-    except (OSError, TimeoutError) as exc:
-        return f"the Docker daemon at {path} did not answer /_ping: {exc}"
-    finally:
-        writer.close()
-    if status.split(b" ")[1:2] != [b"200"]:
-        return f"the Docker daemon at {path} answered /_ping with {status.strip()!r}"
-    return None
 
 
 class RequestLog:
@@ -68,30 +50,42 @@ class RequestLog:
         self.inner.hijacked(delta)
 
 
+RESTART_ONLY = (
+    "listen",
+    "upstream",
+    "socket_mode",
+    "socket_group",
+    "state_dir",
+    "shutdown_timeout",
+    "metrics_listen",
+)
+"""Settings bound at start-up: sockets, paths and the shutdown budget."""
+
+
 class App:
     def __init__(
-        self, settings: Settings, config: Config, config_path: str | None, listener: Listener
+        self,
+        settings: Settings,
+        config: Config,
+        load: Callable[[], Config],
+        listener: Listener,
     ) -> None:
+        """``load`` reads the config the way start-up did, so a reload finds the
+        same file, or the default file if it has appeared since."""
         self.settings = settings
         self.config = config
-        self.config_path = config_path
+        self.load = load
         self.listener = listener
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
 
     def reload(self) -> None:
-        # The file read at start-up: the one --config named, or the default one
-        # the command line found by itself (then only ``config.path`` knows it).
-        path = self.config_path or self.config.path
-        if path is None:
-            log.info("reload: no config file given; nothing to re-read")
-            return
         try:
-            config = load_config(Path(path))
+            config = self.load()
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
-        for key in ("listen", "upstream"):
+        for key in RESTART_ONLY:
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: %s changed; it takes effect only on restart", key)
         self.config = config
@@ -99,7 +93,7 @@ class App:
             self.healer.reconfigure(config)
         if self.metrics is not None:
             self.metrics.recipes_configured(r.match for r in config.recipes)
-        log.info("reloaded %s: %d recipes", path, len(config.recipes))
+        log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
         settings = self.settings
@@ -111,18 +105,27 @@ class App:
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
         hub = Hub(settings.upstream, interceptor, observer)
         runner: web.AppRunner | None = None
-        if settings.metrics is not None:
-            runner = web.AppRunner(
-                application(metrics, lambda: daemon_problem(settings.upstream)),
-                access_log=None,
-            )
-            await runner.setup()
-            host, port = settings.metrics
-            await web.TCPSite(runner, host, port).start()
-            log.info("metrics on http://%s:%d/metrics", host, port)
         try:
+            if settings.metrics is not None:
+                runner = web.AppRunner(application(metrics, engine.ping), access_log=None)
+                await runner.setup()
+                await self._listen_metrics(runner, *settings.metrics)
             return await serve(settings, self.listener, hub, self.reload)
         finally:
+            await self.healer.cancel()  # before the engine they talk through goes
             if runner is not None:
                 await runner.cleanup()
             await engine.close()
+
+    async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
+        """Start-up fails whole: a busy port also gives the Docker socket back."""
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            self.listener.sock.close()
+            self.listener.remove()
+            raise ListenerError(
+                f"cannot listen for metrics on {host}:{port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", host, port)

@@ -93,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
     listener = open_listener(settings)
-    return uvloop.run(App(settings, config, args.config, listener).run())
+    return uvloop.run(App(settings, config, lambda: load(args.config), listener).run())
 
 
 def _settings(args: argparse.Namespace, config: Config) -> Settings:

@@ -151,7 +151,24 @@ class Engine:
             if exc.status == 404:
                 return False
             raise EngineError(exc.message, exc.status) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = f"cannot reach the Docker daemon at {self.socket_path}: {exc}"
+            raise EngineError(reason) from None
         return True
+
+    async def ping(self) -> str | None:
+        """None when the daemon answers ``/_ping``, else why not (for ``/healthz``)."""
+        try:
+            async with self._session.get(
+                "http://docker/_ping", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                if response.status == 200:
+                    return None
+                return f"the Docker daemon answered /_ping with {response.status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return (
+                f"cannot reach the Docker daemon at {self.socket_path}: {exc or type(exc).__name__}"
+            )
 
     async def tag(self, source: str, target: str) -> None:
         ref = split(target)

@@ -7,12 +7,17 @@ Rules:
   on: others may be waiting, and the next spawn wants the image anyway.
 - Dependencies first, each under its own single flight: the explicit
   ``depends_on`` and the ``FROM`` images of a build recipe that another
-  recipe makes. Only missing ones are healed. A heal waiting for its bases
-  holds no ``max_parallel`` slot, so a chain deeper than the limit cannot
-  deadlock.
+  recipe makes. Only missing ones are healed. The whole chain is checked for
+  cycles before anything waits, since two heals whose Dockerfiles name each
+  other would wait for each other forever.
 - One builder per tag across processes: a lock file in ``state_dir`` is held
   while a recipe runs, shared with ``docker-heal-proxy heal``. After taking it
   the image is looked up again, since the other holder may have built it.
+- A ``max_parallel`` slot is taken last, after the bases and the lock: a heal
+  waiting for either holds none, so a chain deeper than the limit cannot
+  deadlock and a tag another process is building blocks no other tag.
+- Every way a heal can fail ends in ``HealFailed`` with a sentence for the
+  client; nothing else escapes to the data path.
 - A recipe that fails puts its tag in cooldown: for ``failure_cooldown`` the
   same failure is returned at once, naming when the next try is allowed,
   rather than rerunning a broken build for every spawn.
@@ -42,11 +47,11 @@ from typing import Any, Protocol
 
 from .check import read_dockerfile_from_disk
 from .config import Config
-from .engine import Engine
-from .graph import dependencies
+from .engine import Engine, EngineError
+from .graph import DependencyCycle, dependencies, heal_plan
 from .patterns import find_recipe, instantiate
 from .recipe import ConcreteRecipe
-from .reference import normalize
+from .reference import InvalidReference, normalize
 from .runners import RecipeFailed, run_recipe
 
 log = logging.getLogger(__name__)
@@ -142,14 +147,14 @@ class Healer:
 
     async def heal(self, image: str, *, force: bool = False) -> None:
         """Heal an image the daemon just said is missing."""
-        await self._join(normalize(image), (), force)
+        await self._join(normalize(image), force, waiter=True)
 
     async def ensure(self, image: str, *, force: bool = False) -> str:
         """Make sure an image exists; say whether it had to be healed."""
         image = normalize(image)
-        if not force and await self.engine.image_exists(image):
+        if not force and await self._exists(image):
             return "Image is up to date"
-        if await self._join(image, (), force):
+        if await self._join(image, force, waiter=True):
             return "Healed by docker-heal-proxy"
         return "Image is up to date (built meanwhile by another process)"
 
@@ -174,18 +179,35 @@ class Healer:
 
     # -- single flight ---------------------------------------------------------
 
-    async def _join(self, image: str, chain: tuple[str, ...], force: bool) -> bool:
-        """Wait for the one heal of ``image``; True if its recipe ran."""
+    async def _join(self, image: str, force: bool, *, waiter: bool) -> bool:
+        """Wait for the one heal of ``image``; True if its recipe ran.
+
+        ``waiter`` counts a client's request in the ``heal_waiters`` gauge; a
+        heal waiting for its base is not a request.
+        """
         task = self.inflight.get(image)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._heal(image, chain, force))
+            task = asyncio.get_running_loop().create_task(self._heal(image, force))
             self.inflight[image] = task
             task.add_done_callback(lambda t: self._settled(image, t))
-        self.waiters += 1
+        self.waiters += waiter
         try:
             return await asyncio.shield(task)
         finally:
-            self.waiters -= 1
+            self.waiters -= waiter
+
+    async def _exists(self, image: str) -> bool:
+        try:
+            return await self.engine.image_exists(image)
+        except EngineError as exc:
+            raise HealFailed(f"docker-heal-proxy: cannot look up {image}: {exc}") from None
+
+    async def cancel(self) -> None:
+        """Stop every heal (shutdown): their recipes' process groups are killed."""
+        tasks = list(self.inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
         if self.inflight.get(image) is task:
@@ -193,7 +215,7 @@ class Healer:
         if not task.cancelled():
             task.exception()  # retrieved here, raised to every waiter by shield
 
-    async def _heal(self, image: str, chain: tuple[str, ...], force: bool) -> bool:
+    async def _heal(self, image: str, force: bool) -> bool:
         previous = self.results.get(image)
         now = time.monotonic()
         if previous is not None and not previous.success and previous.retry_at > now:
@@ -204,33 +226,41 @@ class Healer:
         found = find_recipe(self.config.recipes, image)
         if found is None:
             raise HealFailed(f"docker-heal-proxy: no recipe builds {image}")
-        concrete = instantiate(found[0], image, found[1])
+        try:
+            concrete = instantiate(found[0], image, found[1])
+            # Checked whole before any waiting: two heals whose Dockerfiles name
+            # each other in FROM would otherwise each wait for the other forever.
+            await asyncio.to_thread(
+                heal_plan, image, self.config.recipes, read_dockerfile_from_disk
+            )
+        except (DependencyCycle, InvalidReference) as exc:
+            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
         self.running[image] = progress
         try:
-            await self._bases(concrete, (*chain, image))
+            await self._bases(concrete)
             progress.phase = "queued"
-            async with self._slots, self._lock(image):
-                if not force and await self.engine.image_exists(image):
+            # The lock first: a heal waiting on another process holds no slot.
+            async with self._lock(image), self._slots:
+                if not force and await self._exists(image):
                     log.info("heal of %s: built meanwhile by another process", image)
                     return False
                 await self._run(concrete, progress)
                 return True
+        except OSError as exc:  # the state directory: logs and lock files
+            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
             del self.running[image]
 
-    async def _bases(self, concrete: ConcreteRecipe, chain: tuple[str, ...]) -> None:
+    async def _bases(self, concrete: ConcreteRecipe) -> None:
         text = None
         if concrete.build is not None:
             text = await asyncio.to_thread(read_dockerfile_from_disk, concrete)
         for base in dependencies(concrete, self.config.recipes, text):
-            if base in chain:
-                cycle = " -> ".join((*chain, base))
-                raise HealFailed(f"docker-heal-proxy: cannot heal {chain[-1]}: cycle {cycle}")
-            if await self.engine.image_exists(base):
+            if await self._exists(base):
                 continue
             try:
-                await self._join(base, chain, False)
+                await self._join(base, False, waiter=False)
             except HealFailed as failure:
                 raise HealFailed(
                     f"docker-heal-proxy: cannot heal {concrete.image}: its base {base} "
