@@ -12,13 +12,12 @@ none``; with that compose creates no network of its own.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
-    Proxy,
+    MakeProxy,
     docker,
     image_exists,
     line_count,
@@ -28,8 +27,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 COMPOSE = "/usr/bin/docker-compose"

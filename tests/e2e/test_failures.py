@@ -13,15 +13,14 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Dockerd, Proxy, accepting, docker, ping, wait_for
+from support import Dockerd, MakeProxy, Proxy, accepting, docker, ping, wait_for
 
 pytestmark = pytest.mark.daemon
 
-MakeProxy = Callable[..., Proxy]
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 PING_OK = b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK"

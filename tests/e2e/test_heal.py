@@ -16,12 +16,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
+    MakeProxy,
     Proxy,
     api_calls,
     build_busybox,
@@ -37,8 +37,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
-    Proxy,
+    MakeProxy,
     docker,
     image_exists,
     line_count,
@@ -27,8 +26,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,13 +16,14 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
+    MakeProxy,
     Proxy,
     docker,
     free_port,
@@ -32,8 +33,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 USER, PASSWORD = "healer", "s3cret-pw"

@@ -18,15 +18,13 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, Proxy, UnixHTTPConnection, docker, ping, wait_for
+from support import BUSYBOX, Dockerd, MakeProxy, Proxy, UnixHTTPConnection, docker, ping, wait_for
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 @pytest.fixture

@@ -20,13 +20,14 @@ import tarfile
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import (
     BUSYBOX,
     Dockerd,
+    MakeProxy,
     Proxy,
     UnixHTTPConnection,
     accepting,
@@ -37,8 +38,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 def split_response(raw: bytes) -> tuple[list[bytes], bytes]:

@@ -28,7 +28,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import pytest
 from support import (
     BUSYBOX,
     Dockerd,
+    MakeProxy,
     Proxy,
     UnixHTTPConnection,
     docker,
@@ -49,7 +50,6 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 REPO = Path(__file__).resolve().parents[2]
-MakeProxy = Callable[..., Proxy]
 
 
 # -- helpers -------------------------------------------------------------------------------
