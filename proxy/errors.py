@@ -20,14 +20,13 @@ def response(
     status: int,
     body: bytes,
     *,
-    content_type: str = "application/json",
     head_only: bool = False,
     close: bool = False,
 ) -> bytes:
     reason = HTTPStatus(status).phrase
     lines = [
         f"HTTP/1.1 {status} {reason}",
-        f"Content-Type: {content_type}",
+        "Content-Type: application/json",
         f"Content-Length: {len(body)}",
     ]
     if close:

@@ -86,8 +86,6 @@ class RequestHead:
     raw: bytes
     content_length: int | None
     chunked: bool
-    upgrade: bool
-    """The client asked to switch protocols (``Connection: Upgrade``)."""
     close: bool
     """The client asked to close after this exchange."""
 
@@ -132,7 +130,6 @@ def parse_request_head(raw: bytes) -> RequestHead:
         raw=raw,
         content_length=length,
         chunked=bool(te),
-        upgrade=b"upgrade" in connection,
         close=b"close" in connection
         or (version == b"HTTP/1.0" and b"keep-alive" not in connection),
     )

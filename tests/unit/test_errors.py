@@ -56,11 +56,3 @@ def test_close_announces_connection_close() -> None:
     assert b"Connection: close" in lines
     assert parse_response_head(raw[: find_head_end(raw)]).close
     assert b"Connection: close" not in errors.error(400, "bad request")
-
-
-def test_response_with_other_content_type() -> None:
-    raw = errors.response(200, b"OK", content_type="text/plain; charset=utf-8")
-    lines, body = split(raw)
-    assert lines[0] == b"HTTP/1.1 200 OK"
-    assert b"Content-Type: text/plain; charset=utf-8" in lines
-    assert body == b"OK"
