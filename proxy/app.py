@@ -63,6 +63,8 @@ RESTART_ONLY = (
 
 
 class App:
+    """Owns what lives as long as the process: config, healer, metrics."""
+
     def __init__(
         self,
         settings: Settings,

@@ -162,6 +162,12 @@ def _hung_up(transport: asyncio.Transport | None) -> bool:
 
 
 class Connection(asyncio.Protocol):
+    """The client side of one connection, and the owner of its daemon side.
+
+    All state of the exchange in progress lives here, so that the plain
+    path runs as callbacks without a task per request.
+    """
+
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.transport: asyncio.Transport | None = None

@@ -71,6 +71,8 @@ class HealObserver(Protocol):
 
 @dataclass
 class Progress:
+    """A heal under way, as the status view shows it."""
+
     image: str
     recipe: str
     match: str
@@ -92,6 +94,8 @@ class Progress:
 
 @dataclass
 class Result:
+    """How the last heal of a tag ended; a failure also carries its cooldown."""
+
     success: bool
     match: str
     message: str
@@ -116,6 +120,8 @@ def _file_name(image: str) -> str:
 
 
 class Healer:
+    """The one place heals start, so that one tag never has two at once."""
+
     def __init__(
         self,
         config: Config,

@@ -28,6 +28,8 @@ class ListenerError(Exception):
 
 @dataclass
 class Listener:
+    """The listening socket and whether its file is ours to remove."""
+
     sock: socket.socket
     path: str
     inode: int | None

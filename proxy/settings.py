@@ -28,6 +28,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything bound at start-up, resolved once; a reload changes none of it."""
+
     listen: str
     """Path of the proxy's own Unix socket."""
     upstream: str
