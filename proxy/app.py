@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import fields
 
 from aiohttp import web
 
@@ -50,16 +51,9 @@ class RequestLog:
         self.inner.hijacked(delta)
 
 
-RESTART_ONLY = (
-    "listen",
-    "upstream",
-    "socket_mode",
-    "socket_group",
-    "state_dir",
-    "shutdown_timeout",
-    "metrics_listen",
-)
-"""Settings bound at start-up: sockets, paths and the shutdown budget."""
+RELOADABLE = frozenset({"path", "heal", "recipes"})
+RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
+"""Settings bound at start-up: sockets, paths, the shutdown budget, metrics."""
 
 
 class App:
