@@ -352,6 +352,18 @@ def image_exists(env: Mapping[str, str], image: str) -> bool:
     return docker(["image", "inspect", image], env=env, check=False).returncode == 0
 
 
+def remove(env: Mapping[str, str], *images: str) -> None:
+    """Remove ``images`` from the daemon ``env`` points at, and check they are gone."""
+    for image in images:
+        docker(["rmi", "-f", image], env=env, check=False)
+        assert not image_exists(env, image)
+
+
+def tagging_script(path: Path, marker: Path, source: str, image: str, extra: str = "") -> Path:
+    """A recipe that counts its runs in ``marker`` and makes ``image`` from ``source``."""
+    return write_script(path, f'echo run >> "{marker}"\n{extra}docker tag {source} {image}\n')
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

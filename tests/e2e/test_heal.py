@@ -31,6 +31,8 @@ from support import (
     is_build_of,
     line_count,
     log_size,
+    remove,
+    tagging_script,
     toml_string,
     wait_for,
     write_script,
@@ -44,17 +46,6 @@ def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProce
     return docker(
         ["run", "--rm", "--network=none", image, *(cmd or ("echo", "ok"))], env=env, check=False
     )
-
-
-def remove(env: dict[str, str], *images: str) -> None:
-    for image in images:
-        docker(["rmi", "-f", image], env=env, check=False)
-        assert not image_exists(env, image)
-
-
-def tagging_script(path: Path, marker: Path, source: str, image: str, extra: str = "") -> Path:
-    """A recipe that counts its runs in ``marker`` and makes ``image`` from ``source``."""
-    return write_script(path, f'echo run >> "{marker}"\n{extra}docker tag {source} {image}\n')
 
 
 def test_seed_heals_base_then_group_once_for_20_concurrent_runs(

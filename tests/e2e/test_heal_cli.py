@@ -20,6 +20,8 @@ from support import (
     docker,
     image_exists,
     line_count,
+    remove,
+    tagging_script,
     toml_string,
     wait_for,
     write_script,
@@ -42,17 +44,6 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         stdin=subprocess.DEVNULL,
         timeout=timeout,
     )
-
-
-def remove(env: dict[str, str], *images: str) -> None:
-    for image in images:
-        docker(["rmi", "-f", image], env=env, check=False)
-        assert not image_exists(env, image)
-
-
-def tagging_script(path: Path, marker: Path, source: str, image: str, extra: str = "") -> Path:
-    """A recipe that counts its runs in ``marker`` and makes ``image`` from ``source``."""
-    return write_script(path, f'echo run >> "{marker}"\n{extra}docker tag {source} {image}\n')
 
 
 def chain_config(tmp_path: Path, busybox: str) -> Path:

@@ -41,7 +41,9 @@ from support import (
     Proxy,
     UnixHTTPConnection,
     docker,
+    free_port,
     raw_request,
+    remove,
     require,
     start_proxy,
     wait_for,
@@ -53,12 +55,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
@@ -116,11 +112,6 @@ def recipe(image: str, command: list[str], env: dict[str, str] | None = None) ->
 
 def run(image: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     return docker(["run", "--rm", "--network=none", image, "true"], env=env, check=False)
-
-
-def remove(env: dict[str, str], image: str) -> None:
-    docker(["rmi", "-f", image], env=env, check=False)
-    assert docker(["image", "inspect", image], env=env, check=False).returncode != 0
 
 
 def heal_status(proxy: Proxy) -> dict[str, Any]:
