@@ -165,6 +165,11 @@ def stream_sha256(args: list[str], env: dict[str, str], timeout: float = 300) ->
 
 def open_events(path: str, query: str = "") -> socket.socket:
     """A raw ``GET /events`` through ``path``, past its response head."""
+    return open_events_with_head(path, query)[0]
+
+
+def open_events_with_head(path: str, query: str = "") -> tuple[socket.socket, list[bytes], bytes]:
+    """``open_events``, also returning the head's lines and any bytes after it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(30)
     sock.connect(path)
@@ -175,7 +180,8 @@ def open_events(path: str, query: str = "") -> socket.socket:
         assert data, f"events stream closed in its head: {head!r}"
         head += data
     assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
-    return sock
+    head, _, rest = head.partition(b"\r\n\r\n")
+    return sock, head.split(b"\r\n"), rest
 
 
 def label_filter(label: str) -> str:
@@ -216,6 +222,7 @@ class LongStream:
     sock: socket.socket
     opened: float
     label: str
+    head: list[bytes]
     received: bytes = field(default=b"")
 
 
@@ -227,15 +234,28 @@ def long_events(proxy: Proxy) -> Iterator[LongStream]:
     possible idle period, ended only by the event the last test causes.
     """
     label = f"dhp-long={uuid.uuid4().hex}"
-    sock = open_events(proxy.socket, label_filter(label))
-    stream = LongStream(sock, time.monotonic(), label)
+    sock, head, rest = open_events_with_head(proxy.socket, label_filter(label))
+    stream = LongStream(sock, time.monotonic(), label, head, rest)
     yield stream
     sock.close()
 
 
 def test_aa_open_long_events_stream(long_events: LongStream) -> None:
-    """Sorted first (see conftest) so the whole session runs while the stream is open."""
-    assert long_events.sock.fileno() >= 0
+    """Sorted first (see conftest) so the whole session runs while the stream is open.
+
+    The stream is a live events stream: a 200, chunked (no length, so no end
+    the proxy could wait for) and JSON, with nothing sent yet for its label.
+    """
+    status, *headers = long_events.head
+    assert status == b"HTTP/1.1 200 OK"
+    fields = {}
+    for line in headers:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    assert fields.get(b"transfer-encoding") == b"chunked", long_events.head
+    assert fields.get(b"content-type") == b"application/json", long_events.head
+    assert b"content-length" not in fields, long_events.head
+    assert long_events.received == b"", "no event can match the stream's label yet"
 
 
 def test_zz_events_stream_still_alive_after_310s(
@@ -262,7 +282,7 @@ def test_zz_events_stream_still_alive_after_310s(
             assert data, "the events stream ended instead of delivering the event"
             long_events.received += data
     finally:
-        docker(["rm", name], env=dockerd.env)
+        docker(["rm", "-f", name], env=dockerd.env, check=False)
 
 
 # -- responses stream live ------------------------------------------------------
@@ -279,10 +299,13 @@ def test_docker_events_arrive_live(
     wait_for(lambda: calling(dockerd, marker), 20, "the events request to reach dockerd")
     cid = docker(["create", "--label", f"dhp-ev={marker}", BUSYBOX, "true"], env=dockerd.env)
     container = cid.stdout.decode().strip()
-    events.wait_text(f"create {container}".encode())
-    docker(["rm", container], env=dockerd.env)
-    events.wait_text(f"destroy {container}".encode())
-    assert events.running(), "docker events is a stream; it must not have ended"
+    try:
+        events.wait_text(f"create {container}".encode())
+        docker(["rm", container], env=dockerd.env)
+        events.wait_text(f"destroy {container}".encode())
+        assert events.running(), "docker events is a stream; it must not have ended"
+    finally:
+        docker(["rm", "-f", container], env=dockerd.env, check=False)
 
 
 def test_docker_logs_follow_arrives_live(
@@ -335,17 +358,24 @@ def test_build_progress_arrives_live(
     (tmp_path / "Dockerfile").write_text(
         f"FROM {BUSYBOX}\nRUN echo one; while [ ! -e /go ]; do sleep 0.05; done; echo two\n"
     )
-    tag = f"dhp-progress:{uuid.uuid4().hex[:8]}"
+    tag = f"127.0.0.1:1/dhp/progress:{uuid.uuid4().hex[:8]}"
     build = live(["build", "--no-cache", "-t", tag, str(tmp_path)], proxy.env)
-    build.wait_for(lambda out: b"Running in " in out and b"\none\n" in out, 60, "one")
-    match = re.search(rb"Running in (\w+)", build.out)
-    assert match is not None
-    assert b"\ntwo\n" not in build.out and build.running()
-    docker(["exec", match.group(1).decode(), "touch", "/go"], env=proxy.env)
-    build.wait_text(b"two\n")
-    assert build.finish() == 0, build.out
-    assert b"Successfully tagged " + tag.encode() in build.out
-    docker(["rmi", tag], env=proxy.env)
+    step: str | None = None
+    try:
+        build.wait_for(lambda out: b"Running in " in out and b"\none\n" in out, 60, "one")
+        match = re.search(rb"Running in (\w+)", build.out)
+        assert match is not None
+        step = match.group(1).decode()
+        assert b"\ntwo\n" not in build.out and build.running()
+        docker(["exec", step, "touch", "/go"], env=proxy.env)
+        build.wait_text(b"two\n")
+        assert build.finish() == 0, build.out
+        assert b"Successfully tagged " + tag.encode() in build.out
+    finally:
+        build.stop()
+        if step is not None:  # the build removes it, unless it was cut short
+            docker(["rm", "-f", step], env=proxy.env, check=False)
+        docker(["rmi", "-f", tag], env=proxy.env, check=False)
 
 
 # -- big bodies, both ways ----------------------------------------------------------
@@ -356,7 +386,7 @@ def test_build_with_a_256mb_context(make_proxy: MakeProxy, busybox: str, tmp_pat
     proxy = make_proxy()
     digest = write_random(tmp_path / "big.bin", 256 * MiB)
     (tmp_path / "Dockerfile").write_text(f"FROM {BUSYBOX}\nCOPY big.bin /big.bin\n")
-    tag = f"dhp-bigctx:{uuid.uuid4().hex[:8]}"
+    tag = f"127.0.0.1:1/dhp/bigctx:{uuid.uuid4().hex[:8]}"
     try:
         with RssSampler(proxy.proc.pid) as rss:
             docker(["build", "-q", "-t", tag, str(tmp_path)], env=proxy.env, timeout=300)
@@ -418,7 +448,7 @@ def test_load_and_save_of_a_512mb_image(
     make_proxy: MakeProxy, dockerd: Dockerd, tmp_path: Path
 ) -> None:
     """``docker load`` streams in with flat proxy memory; ``docker save`` comes back identical."""
-    tag = f"dhp-big:{uuid.uuid4().hex[:8]}"
+    tag = f"127.0.0.1:1/dhp/big:{uuid.uuid4().hex[:8]}"
     archive = tmp_path / "image.tar"
     image_archive(archive, tag, 512 * MiB)
     proxy = make_proxy()
