@@ -15,12 +15,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
+    MakeProxy,
     Proxy,
     raw_request,
     start_proxy,
@@ -29,8 +30,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-MakeProxy = Callable[..., Proxy]
 
 
 def test_malformed_chunked_body_gets_a_400_not_a_dropped_connection(proxy: Proxy) -> None:

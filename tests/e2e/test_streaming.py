@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, Proxy, UnixHTTPConnection, docker, wait_for
+from support import BUSYBOX, Dockerd, MakeProxy, Proxy, UnixHTTPConnection, docker, wait_for
 
 pytestmark = pytest.mark.daemon
 
-MakeProxy = Callable[..., Proxy]
 MiB = 1024 * 1024
 RSS_LIMIT = 100 * MiB
 LONG_STREAM_SECONDS = 310
