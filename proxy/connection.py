@@ -470,8 +470,11 @@ class Connection(asyncio.Protocol):
             return
         body = self.resp_body
         if body is None:
-            self.resp_buf += data
-            self._response_head()
+            if self.resp_buf:
+                self.resp_buf += data
+                self._response_head(self.resp_buf)
+            else:
+                self._response_head(data)  # the usual case: no copy
             return
         try:
             n = body.feed(data)
@@ -482,29 +485,38 @@ class Connection(asyncio.Protocol):
         if body.done:
             self._response_done()
 
-    def _response_head(self) -> None:
-        buf = self.resp_buf
+    def _response_head(self, buf: bytes | bytearray) -> None:
+        """Parse the answer's head from ``buf``: ``resp_buf``, or a fresh chunk.
+
+        A fresh chunk that holds a whole head (nearly every answer) is parsed
+        and passed on without being copied into ``resp_buf`` first.
+        """
+        start = 0
         while True:
-            end = find_head_end(buf)
+            end = find_head_end(buf, start)
             if end < 0:
-                if len(buf) > MAX_HEAD:
+                if len(buf) - start > MAX_HEAD:
                     self._upstream_garbage("response head too large")
+                elif buf is self.resp_buf:
+                    del self.resp_buf[:start]
+                else:
+                    self.resp_buf += buf[start:]
                 return
             try:
-                head = parse_response_head(bytes(buf[:end]))
+                head = parse_response_head(bytes(buf[start:end]))
             except ProtocolError as exc:
                 self._upstream_garbage(str(exc))
                 return
             if head.status == 101:
-                self._to_client(bytes(buf))
-                buf.clear()
+                self._to_client(bytes(buf[start:]))
+                self.resp_buf.clear()
                 self.status = 101
                 self._observe_exchange()
                 self._enter_splice()
                 return
             if head.status < 200:  # 100 Continue and friends: the final answer follows
-                self._to_client(bytes(buf[:end]))
-                del buf[:end]
+                self._to_client(bytes(buf[start:end]))
+                start = end
                 continue
             break
         assert self.head is not None
@@ -522,13 +534,12 @@ class Connection(asyncio.Protocol):
             self.capture_head = head  # the handler's answer is what gets counted
         if head.close:
             self.close_after = True
+        out = bytes(buf[start:] if raw_stream else buf[start : end + n])
+        self.resp_buf.clear()  # after the slice: ``buf`` may be this very buffer
+        self._to_client(out)
         if raw_stream:
-            self._to_client(bytes(buf))
-            buf.clear()
             self._enter_splice()
             return
-        self._to_client(bytes(buf[: end + n]))
-        buf.clear()
         if body.done:
             self._response_done()
         else:
