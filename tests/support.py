@@ -376,3 +376,29 @@ def log_problems(text: str) -> list[str]:
     and asyncio's reports of exceptions or tasks nobody waited for."""
     signs = ("Traceback", "exception was never retrieved", "Task was destroyed", "Unhandled")
     return [line for line in text.splitlines() if any(sign in line for sign in signs)]
+
+
+def docker_run(image: str, env: Mapping[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:
+    """``docker run --rm`` as a host would; no network, since the daemon has no bridge."""
+    return docker(
+        ["run", "--rm", "--network=none", image, *(cmd or ("echo", "ok"))], env=env, check=False
+    )
+
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON_M_PROXY = (sys.executable, "-m", "proxy")
+
+
+def proxy_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``docker-heal-proxy ARGS`` as a person runs it (``check``, ``heal``, ``status``)."""
+    return subprocess.run(
+        [*PYTHON_M_PROXY, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env=dict(env if env is not None else os.environ),
+    )

@@ -27,6 +27,7 @@ from support import (
     build_busybox,
     build_calls,
     docker,
+    docker_run,
     image_exists,
     is_build_of,
     line_count,
@@ -39,13 +40,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-
-def run(image: str, env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[bytes]:
-    """``docker run --rm`` as a host would; no network, since the daemon has no bridge."""
-    return docker(
-        ["run", "--rm", "--network=none", image, *(cmd or ("echo", "ok"))], env=env, check=False
-    )
 
 
 def test_seed_heals_base_then_group_once_for_20_concurrent_runs(
@@ -105,7 +99,7 @@ args = {{ GROUP = "{{group}}" }}
         since = log_size(dockerd.log_path)
 
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
-            results = list(pool.map(lambda _: run(group, proxy.env), range(20)))
+            results = list(pool.map(lambda _: docker_run(group, proxy.env), range(20)))
 
         for result in results:
             assert result.returncode == 0, result.stderr.decode()
@@ -142,7 +136,7 @@ command = [{toml_string(script)}]
 
 def fail_once(proxy: Proxy, image: str, marker: Path) -> None:
     """The first create of ``image`` runs the broken recipe and says why it failed."""
-    first = run(image, proxy.env)
+    first = docker_run(image, proxy.env)
     stderr = first.stderr.decode()
     assert first.returncode == 125, stderr
     assert "boom" in stderr
@@ -165,7 +159,7 @@ def test_broken_recipe_reports_its_reason_and_cools_down(
 
     fail_once(proxy, image, marker)
 
-    second = run(image, proxy.env)
+    second = docker_run(image, proxy.env)
     stderr = second.stderr.decode()
     assert second.returncode == 125, stderr
     assert "boom" in stderr, "the cooldown answer must repeat the last failure's reason"
@@ -190,7 +184,7 @@ def test_fixed_recipe_heals_once_the_cooldown_is_over(
     tagging_script(script, marker, busybox, image)
 
     def healed() -> bool:
-        attempt = run(image, proxy.env)
+        attempt = docker_run(image, proxy.env)
         if attempt.returncode != 0:
             # Only the cooldown may refuse it: the fixed recipe must not fail.
             assert "next try is allowed" in attempt.stderr.decode(), attempt.stderr.decode()
@@ -317,8 +311,8 @@ def test_image_without_recipe_fails_exactly_as_without_the_proxy(
     proxy = make_proxy(command_config(tmp_path, "127.0.0.1:1/dhp/other:1", script))
     remove(dockerd.env, ghost)
 
-    direct = run(ghost, dockerd.env)
-    proxied = run(ghost, proxy.env)
+    direct = docker_run(ghost, dockerd.env)
+    proxied = docker_run(ghost, proxy.env)
 
     assert direct.returncode == 125
     assert proxied.returncode == direct.returncode
@@ -354,7 +348,7 @@ def test_recipe_timeout_kills_the_whole_process_group(
     remove(dockerd.env, image)
 
     started = time.monotonic()
-    result = run(image, proxy.env)
+    result = docker_run(image, proxy.env)
     elapsed = time.monotonic() - started
 
     stderr = result.stderr.decode()
@@ -437,7 +431,7 @@ command = [{toml_string(first_script)}]
 
     wanted = [top, middle] * 4
     with concurrent.futures.ThreadPoolExecutor(len(wanted)) as pool:
-        results = list(pool.map(lambda image: run(image, proxy.env), wanted))
+        results = list(pool.map(lambda image: docker_run(image, proxy.env), wanted))
 
     for result in results:
         assert result.returncode == 0, result.stderr.decode()

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support import (
+    PYTHON_M_PROXY,
+    REPO,
     Dockerd,
     MakeProxy,
     docker,
     image_exists,
     line_count,
+    proxy_cli,
     remove,
     tagging_script,
     toml_string,
@@ -30,20 +32,7 @@ from support import (
 pytestmark = pytest.mark.daemon
 
 
-REPO = Path(__file__).resolve().parents[2]
 BASE = "127.0.0.1:1/dhp/clibase:latest"
-PYTHON_M_PROXY = (sys.executable, "-m", "proxy")
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PYTHON_M_PROXY, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
 
 
 def chain_config(tmp_path: Path, busybox: str) -> Path:
@@ -90,7 +79,7 @@ def entry(report: str, index: int) -> str:
 def test_check_lists_each_recipe_with_its_dependencies(busybox: str, tmp_path: Path) -> None:
     config = chain_config(tmp_path, busybox)
 
-    result = cli("check", f"--config={config}")
+    result = proxy_cli("check", f"--config={config}")
 
     assert result.returncode == 0, result.stderr
     report = result.stdout
@@ -110,7 +99,7 @@ def test_check_lists_each_recipe_with_its_dependencies(busybox: str, tmp_path: P
 def test_check_image_shows_the_heal_chain_bases_first(busybox: str, tmp_path: Path) -> None:
     config = chain_config(tmp_path, busybox)
 
-    result = cli("check", f"--config={config}", "127.0.0.1:1/dhp/cliagent:g1")
+    result = proxy_cli("check", f"--config={config}", "127.0.0.1:1/dhp/cliagent:g1")
 
     assert result.returncode == 0, result.stderr
     report = result.stdout
@@ -121,7 +110,7 @@ def test_check_image_shows_the_heal_chain_bases_first(busybox: str, tmp_path: Pa
     steps = [line.split() for line in report.splitlines() if line.strip()[:3] in ("1. ", "2. ")]
     assert [step[:2] for step in steps] == [["1.", BASE], ["2.", "127.0.0.1:1/dhp/cliagent:g1"]]
 
-    unmatched = cli("check", f"--config={config}", "127.0.0.1:1/ghost:1")
+    unmatched = proxy_cli("check", f"--config={config}", "127.0.0.1:1/ghost:1")
     assert unmatched.returncode == 1, "scripts ask check IMAGE whether anything heals IMAGE"
     assert "no recipe matches 127.0.0.1:1/ghost:1" in unmatched.stdout
 
@@ -144,7 +133,7 @@ def test_check_refuses_a_bad_config_naming_the_key(tmp_path: Path, text: str, wh
     config = tmp_path / "bad.toml"
     config.write_text(text)
 
-    result = cli("check", f"--config={config}")
+    result = proxy_cli("check", f"--config={config}")
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -179,23 +168,23 @@ def test_heal_command_heals_one_image_and_fails_with_the_reason(
     remove(dockerd.env, good, bad)
     upstream = f"--upstream={dockerd.url}"
 
-    healed = cli("heal", good, f"--config={config}", upstream)
+    healed = proxy_cli("heal", good, f"--config={config}", upstream)
     assert healed.returncode == 0, healed.stderr
     assert image_exists(dockerd.env, good)
     assert line_count(marker) == 1
 
-    present = cli("heal", good, f"--config={config}", upstream)
+    present = proxy_cli("heal", good, f"--config={config}", upstream)
     assert present.returncode == 0, present.stderr
     assert "up to date" in present.stdout
     assert line_count(marker) == 1, "heal rebuilt an image that was there"
 
-    failed = cli("heal", bad, f"--config={config}", upstream)
+    failed = proxy_cli("heal", bad, f"--config={config}", upstream)
     assert failed.returncode == 1
     assert f"cannot heal {bad}" in failed.stderr
     assert "boom" in failed.stderr
     assert not image_exists(dockerd.env, bad)
 
-    unknown = cli("heal", "127.0.0.1:1/ghost:1", f"--config={config}", upstream)
+    unknown = proxy_cli("heal", "127.0.0.1:1/ghost:1", f"--config={config}", upstream)
     assert unknown.returncode == 1
     assert "no recipe matches" in unknown.stderr
 
@@ -220,7 +209,7 @@ def test_heal_all_heals_every_missing_concrete_recipe(
     remove(dockerd.env, *missing)
     docker(["tag", busybox, present], env=dockerd.env)
 
-    result = cli("heal", "--all", f"--config={config}", f"--upstream={dockerd.url}")
+    result = proxy_cli("heal", "--all", f"--config={config}", f"--upstream={dockerd.url}")
 
     assert result.returncode == 0, result.stderr
     for image in missing:

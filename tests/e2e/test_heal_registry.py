@@ -26,6 +26,7 @@ from support import (
     MakeProxy,
     Proxy,
     docker,
+    docker_run,
     free_port,
     image_exists,
     toml_string,
@@ -149,10 +150,6 @@ def client_env(proxy: Proxy, tmp_path: Path) -> dict[str, str]:
     return {**proxy.env, "DOCKER_CONFIG": str(docker_config(tmp_path / "client", None))}
 
 
-def run(image: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    return docker(["run", "--rm", "--network=none", image, "echo", "ok"], env=env, check=False)
-
-
 @pytest.fixture
 def made(dockerd: Dockerd) -> Iterator[list[str]]:
     """Images a test makes in the session's daemon; removed however the test ends."""
@@ -185,7 +182,7 @@ def test_pull_recipe_heals_from_an_open_registry(
     publish(dockerd, busybox, image)
     proxy = make_proxy(pull_config(tmp_path, f"{open_registry.host}/team/worker:{{tag}}"))
 
-    assert_healed(run(image, client_env(proxy, tmp_path)))
+    assert_healed(docker_run(image, client_env(proxy, tmp_path)))
     assert image_exists(dockerd.env, image)
 
 
@@ -207,7 +204,7 @@ def test_pull_recipe_with_another_reference_pulls_and_retags(
     pull = toml_string(f"{open_registry.host}/team/source:{{tag}}")
     proxy = make_proxy(pull_config(tmp_path, "127.0.0.1:1/dhp/retagged:{tag}", pull))
 
-    assert_healed(run(image, client_env(proxy, tmp_path)))
+    assert_healed(docker_run(image, client_env(proxy, tmp_path)))
     assert image_exists(dockerd.env, image)
     assert image_exists(dockerd.env, source)
 
@@ -230,7 +227,7 @@ def test_pull_recipe_uses_the_proxy_users_registry_credentials(
         env={**dockerd.env, "DOCKER_CONFIG": str(credentials)},
     )
 
-    assert_healed(run(image, client_env(proxy, tmp_path)))
+    assert_healed(docker_run(image, client_env(proxy, tmp_path)))
     assert image_exists(dockerd.env, image)
 
 
@@ -251,7 +248,7 @@ def test_pull_recipe_without_credentials_says_the_registry_refused(
         env={**dockerd.env, "DOCKER_CONFIG": str(docker_config(tmp_path / "nobody", None))},
     )
 
-    result = run(image, client_env(proxy, tmp_path))
+    result = docker_run(image, client_env(proxy, tmp_path))
     stderr = result.stderr.decode()
     assert result.returncode == 125, stderr
     assert f"cannot heal {image}" in stderr
@@ -281,5 +278,5 @@ load = {toml_string(archive)}
 """
     )
 
-    assert_healed(run(image, proxy.env))
+    assert_healed(docker_run(image, proxy.env))
     assert image_exists(dockerd.env, image)

@@ -36,12 +36,15 @@ from typing import Any
 import pytest
 from support import (
     BUSYBOX,
+    REPO,
     Dockerd,
     MakeProxy,
     Proxy,
     UnixHTTPConnection,
     docker,
+    docker_run,
     free_port,
+    proxy_cli,
     raw_request,
     remove,
     require,
@@ -50,8 +53,6 @@ from support import (
 )
 
 pytestmark = pytest.mark.daemon
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -110,10 +111,6 @@ def recipe(image: str, command: list[str], env: dict[str, str] | None = None) ->
     return text
 
 
-def run(image: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    return docker(["run", "--rm", "--network=none", image, "true"], env=env, check=False)
-
-
 def heal_status(proxy: Proxy) -> dict[str, Any]:
     conn = UnixHTTPConnection(proxy.socket, timeout=10)
     try:
@@ -134,17 +131,6 @@ def running_phase(proxy: Proxy, image: str) -> str | None:
 
 def log_has(proxy: Proxy, text: str) -> bool:
     return text in proxy.log()
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env or dict(os.environ),
-        cwd=REPO,
-    )
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -263,8 +249,8 @@ def watched(dockerd: Dockerd, busybox: str) -> Iterator[Watched]:
 def test_a_heal_reaches_prometheus_and_a_failure_fires_the_alert(watched: Watched) -> None:
     env = watched.proxy.env
     remove(env, OK_IMAGE)
-    assert run(OK_IMAGE, env).returncode == 0
-    failed = run(FAIL_IMAGE, env)
+    assert docker_run(OK_IMAGE, env, "true").returncode == 0
+    failed = docker_run(FAIL_IMAGE, env, "true")
     assert failed.returncode != 0
     assert b"exited with status 3" in failed.stderr
 
@@ -425,7 +411,7 @@ def test_status_command_and_watch_show_a_running_heal(watched: Watched) -> None:
         # The state holds recipe output: it is on the proxy's socket only.
         assert http_get(watched.metrics + "/_heal/status")[0] == 404
 
-        shown = cli("status", f"--listen={proxy.url}", env={**os.environ, "DOCKER_HOST": ""})
+        shown = proxy_cli("status", f"--listen={proxy.url}", env={**os.environ, "DOCKER_HOST": ""})
         assert shown.returncode == 0, shown.stderr
         assert f"images[2]  command  {GATED_IMAGE}" in shown.stdout
         assert re.search(
@@ -433,7 +419,7 @@ def test_status_command_and_watch_show_a_running_heal(watched: Watched) -> None:
         )
         assert "    | waiting for the gate" in shown.stdout
         # Found through DOCKER_HOST, as a host pointed at the proxy has it.
-        via_env = cli("status", env=env)
+        via_env = proxy_cli("status", env=env)
         assert via_env.returncode == 0, via_env.stderr
         assert f"  {GATED_IMAGE}  running  " in via_env.stdout
 
@@ -470,7 +456,7 @@ def test_status_command_and_watch_show_a_running_heal(watched: Watched) -> None:
 
         watched.gate.touch()
         assert client.wait(60) == 0, client.stderr.read() if client.stderr else ""
-        after = cli("status", f"--listen={proxy.url}")
+        after = proxy_cli("status", f"--listen={proxy.url}")
         assert "Heals in progress: none" in after.stdout
         assert re.search(
             rf"  {re.escape(GATED_IMAGE)}  success  \S+  \d+\.\ds  healed by", after.stdout
@@ -484,7 +470,7 @@ def test_status_command_and_watch_show_a_running_heal(watched: Watched) -> None:
 
 
 def test_status_of_a_socket_that_is_not_the_proxy(dockerd: Dockerd) -> None:
-    shown = cli("status", f"--listen=unix://{dockerd.socket}")
+    shown = proxy_cli("status", f"--listen=unix://{dockerd.socket}")
     assert shown.returncode == 1
     assert "Docker daemon's socket rather than the proxy's" in shown.stderr
 
@@ -558,7 +544,7 @@ def test_logs_name_heals_and_never_secrets(make_proxy: MakeProxy, tmp_path: Path
     assert created.startswith(b"HTTP/1.1 201 "), created
     container = json.loads(created.split(b"\r\n\r\n", 1)[1])["Id"]
     docker(["rm", "-f", container], env=env)
-    assert run(bad, env).returncode != 0
+    assert docker_run(bad, env, "true").returncode != 0
     wait_for(lambda: log_has(proxy, f"heal of {bad} failed"), 30, "the failure line")
 
     log = proxy.log()
@@ -698,7 +684,7 @@ def test_reload_valid_and_invalid(make_proxy: MakeProxy, tmp_path: Path) -> None
                 client.kill()
                 client.wait()
         assert marker.read_text().split() == ["old"]  # the heal in flight kept its recipe
-        assert run(b, env).returncode == 0  # the recipe the reload added heals
+        assert docker_run(b, env, "true").returncode == 0  # the recipe the reload added heals
         wait_for(lambda: events.saw(b), 30, f"an event about {b} on the open stream")
 
         config_file.write_text(config_file.read_text() + "\nmax_paralel = 3\n")
@@ -711,7 +697,8 @@ def test_reload_valid_and_invalid(make_proxy: MakeProxy, tmp_path: Path) -> None
         refusal = next(line for line in proxy.log().splitlines() if "reload refused" in line)
         assert "max_paralel" in refusal
         remove(env, a)
-        assert run(a, env).returncode == 0  # the recipes of the last good config still heal
+        # The recipes of the last good config still heal.
+        assert docker_run(a, env, "true").returncode == 0
         assert marker.read_text().split() == ["old", "new"]
         wait_for(lambda: events.saw(a) and a in json.dumps(events.seen[refused_at:]), 30, "events")
         assert not events.ended.is_set(), "the events stream was dropped"

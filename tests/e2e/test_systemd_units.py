@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import Dockerd, ping, require, wait_for
+from support import REPO, Dockerd, ping, require, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 
 
