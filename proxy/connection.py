@@ -178,6 +178,7 @@ class Connection(asyncio.Protocol):
         self.inbuf = bytearray()
         self.paused: set[str] = set()
         self.client_eof = False
+        self.eof_forwarded = False
         self.closing = False
         self.closed = False
         # The current exchange.
@@ -229,6 +230,14 @@ class Connection(asyncio.Protocol):
                 # would hold it for as long as the daemon stays quiet.
                 self.abort()
                 return False
+            if self.task is None and not self.inbuf:
+                # Pass the half-close on, as a direct client's would reach
+                # dockerd: it ends a stream this client will never close fully
+                # in a way we could see, having stopped reading it. Not with
+                # requests held (the daemon must still read them), nor during
+                # a local exchange (a heal's replay must still reach it).
+                self.eof_forwarded = True
+                self._up_write_eof()
             return True  # _finish closes once the held requests are answered
         self._close_upstream()
         return False
@@ -435,7 +444,7 @@ class Connection(asyncio.Protocol):
         pending, self.pending_up = self.pending_up, []
         assert up.transport is not None
         up.transport.writelines(pending)
-        if self.client_eof and self.spliced:
+        if self.client_eof and (self.spliced or self.eof_forwarded):
             self._up_write_eof()
 
     def _upstream_failed(self, message: str) -> None:

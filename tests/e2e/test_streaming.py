@@ -515,3 +515,26 @@ def test_closed_streams_free_their_upstream_connections(
     finally:
         for sock in streams:
             sock.close()
+
+
+def test_a_half_closed_stream_client_ends_its_daemon_stream(
+    make_proxy: MakeProxy, dockerd: Dockerd
+) -> None:
+    """A client that half-closes an endless stream reads it no more: the EOF goes on
+    to dockerd, as it would directly, and the daemon connection is freed."""
+    proxy = make_proxy()
+
+    def count() -> int:
+        return upstream_sockets(proxy.proc.pid, dockerd.socket)
+
+    wait_for(lambda: count() == 0, 30, "the readiness ping's upstream connection to close")
+    sock = open_events(proxy.socket)
+    try:
+        wait_for(lambda: count() == 1, 30, "the stream's upstream connection")
+        sock.shutdown(socket.SHUT_WR)
+        wait_for(lambda: count() == 0, 30, "dockerd to end the stream and the proxy to let go")
+        sock.settimeout(10)
+        while sock.recv(65536):
+            pass  # what dockerd sent before it ended, then EOF: the stream is over
+    finally:
+        sock.close()
