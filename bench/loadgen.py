@@ -107,14 +107,15 @@ class Conn:
             self.buf = buf[need:]
             return status, close
         if _TE_CHUNKED in head:
-            self.buf = self._skip_chunked(buf[body_start:])
+            self.buf = self._read_chunked(buf[body_start:])
             return status, close
         if status in (204, 304) or 100 <= status < 200:
             self.buf = buf[body_start:]
             return status, close
         raise ProtocolError("response without Content-Length or chunked framing")
 
-    def _skip_chunked(self, buf: bytes) -> bytes:
+    def _read_chunked(self, buf: bytes, body: bytearray | None = None) -> bytes:
+        """Consume a chunked body (into ``body`` if given); return the bytes after it."""
         recv = self.sock.recv
         while True:
             while (eol := buf.find(b"\r\n")) < 0:
@@ -129,6 +130,8 @@ class Conn:
                 if not chunk:
                     raise ProtocolError("connection closed inside chunk")
                 buf += chunk
+            if body is not None:
+                body += buf[eol + 2 : eol + 2 + size]
             buf = buf[need:]
             if size == 0:
                 # No trailers expected from Docker; the final CRLF was consumed above.
@@ -182,24 +185,8 @@ class ApiConn(Conn):
             return status, rest[:length], close
         if _TE_CHUNKED in head:
             body = bytearray()
-            while True:
-                while (eol := rest.find(b"\r\n")) < 0:
-                    chunk = recv(65536)
-                    if not chunk:
-                        raise ProtocolError("connection closed inside chunked body")
-                    rest += chunk
-                size = int(rest[:eol].split(b";", 1)[0], 16)
-                need = eol + 2 + size + 2
-                while len(rest) < need:
-                    chunk = recv(65536)
-                    if not chunk:
-                        raise ProtocolError("connection closed inside chunk")
-                    rest += chunk
-                body += rest[eol + 2 : eol + 2 + size]
-                rest = rest[need:]
-                if size == 0:
-                    self.buf = rest
-                    return status, bytes(body), close
+            self.buf = self._read_chunked(rest, body)
+            return status, bytes(body), close
         self.buf = rest
         return status, b"", close
 
