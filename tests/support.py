@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -402,3 +403,32 @@ def proxy_cli(
         timeout=timeout,
         env=dict(env if env is not None else os.environ),
     )
+
+
+class FakeDaemon:
+    """A socket server in dockerd's place, for faults the real one cannot show.
+
+    It accepts on a thread and hands each connection to ``serve`` on a thread
+    of its own. Subclasses set their own state before calling ``__init__``,
+    since connections may arrive as soon as it returns.
+    """
+
+    def __init__(self, path: str, backlog: int = 64) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(backlog)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()

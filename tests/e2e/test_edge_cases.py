@@ -14,13 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import (
     Dockerd,
+    FakeDaemon,
     MakeProxy,
     Proxy,
     raw_request,
@@ -81,38 +81,27 @@ def test_heal_status_with_an_oversized_body_is_answered_once(dockerd: Dockerd) -
         p.stop()
 
 
-class EarlyCloser:
+class EarlyCloser(FakeDaemon):
     """An upstream that answers 413 with ``Connection: close`` before reading the body."""
 
     def __init__(self, path: str) -> None:
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
-        self.server.listen(16)
         self.connections = 0
         self.extra: list[bytes] = []
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__(path)
 
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            first = conn.recv(65536)
+            if not first:
+                return  # the proxy's start-up check of who serves this socket
+            self.connections += 1
+            if not first.startswith(b"POST"):
+                self.extra.append(first)
                 return
-            with conn:
-                first = conn.recv(65536)
-                if not first:
-                    continue  # the proxy's start-up check of who serves this socket
-                self.connections += 1
-                if not first.startswith(b"POST"):
-                    self.extra.append(first)
-                    continue
-                conn.sendall(
-                    b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\n"
-                    b"Connection: close\r\n\r\n"
-                )
-
-    def close(self) -> None:
-        self.server.close()
+            conn.sendall(
+                b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n"
+            )
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Dockerd, MakeProxy, Proxy, accepting, docker, ping, wait_for
+from support import Dockerd, FakeDaemon, MakeProxy, Proxy, accepting, docker, ping, wait_for
 
 pytestmark = pytest.mark.daemon
 
@@ -36,7 +36,7 @@ def read_head(sock: socket.socket) -> bytes:
     return buf
 
 
-class FakeUpstream:
+class FakeUpstream(FakeDaemon):
     """A daemon that misbehaves on request, chosen by the request path.
 
     ``/_ping`` answers like dockerd; ``/garbage`` answers something that is
@@ -46,23 +46,12 @@ class FakeUpstream:
     """
 
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(64)
         self.hanging = 0
         self.released = 0
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(path)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             while head := read_head(conn):
                 target = head.split(b" ")[1]
@@ -89,30 +78,19 @@ class FakeUpstream:
                         self.released += 1
                     return
 
-    def close(self) -> None:
-        self.sock.close()
 
-
-class Relay:
+class Relay(FakeDaemon):
     """The daemon coming back: a byte relay to the real dockerd at a new path."""
 
     def __init__(self, path: str, target: str) -> None:
         self.target = target
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(64)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(path)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            daemon.connect(self.target)
-            for a, b in ((client, daemon), (daemon, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+    def serve(self, conn: socket.socket) -> None:
+        daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        daemon.connect(self.target)
+        for a, b in ((conn, daemon), (daemon, conn)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -120,9 +98,6 @@ class Relay:
             while data := src.recv(65536):
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def proxy_to(make_proxy: MakeProxy, upstream: str) -> Proxy:

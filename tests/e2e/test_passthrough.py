@@ -17,7 +17,6 @@ import json
 import re
 import socket
 import tarfile
-import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import pytest
 from support import (
     BUSYBOX,
     Dockerd,
+    FakeDaemon,
     MakeProxy,
     Proxy,
     UnixHTTPConnection,
@@ -75,7 +75,7 @@ def tar_of(files: dict[str, bytes]) -> bytes:
 # -- a fake upstream that echoes the raw bytes it got ---------------------------
 
 
-class EchoUpstream:
+class EchoUpstream(FakeDaemon):
     """Answers each request with a body that is exactly the bytes it received.
 
     The test says how many bytes the next request has (``expect``), so the
@@ -86,22 +86,11 @@ class EchoUpstream:
     HEAD_EXTRA = b"X-Odd-Case:  Value With  Spaces \r\nServer: fake/1.0\r\nX-Dup: 1\r\nX-Dup: 2\r\n"
 
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(16)
         self.expect = 0
         self.sent: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(path)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             buf = b""
             while True:
@@ -120,9 +109,6 @@ class EchoUpstream:
                 )
                 self.sent.append(answer)
                 conn.sendall(answer)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
