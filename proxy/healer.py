@@ -140,14 +140,12 @@ class Healer:
         self.results: dict[str, Result] = {}
         self.waiters = 0
         self._slots = asyncio.Semaphore(config.heal.max_parallel)
-        self._slots_size = config.heal.max_parallel
 
     def reconfigure(self, config: Config) -> None:
-        self.config = config
-        if config.heal.max_parallel != self._slots_size:
+        if config.heal.max_parallel != self.config.heal.max_parallel:
             # Heals holding the old semaphore finish under it; new ones queue here.
             self._slots = asyncio.Semaphore(config.heal.max_parallel)
-            self._slots_size = config.heal.max_parallel
+        self.config = config
 
     # -- entry points --------------------------------------------------------
 
