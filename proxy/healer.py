@@ -52,11 +52,10 @@ from .graph import DependencyCycle, dependencies, heal_plan
 from .patterns import find_recipe, instantiate
 from .recipe import ConcreteRecipe
 from .reference import InvalidReference, normalize
-from .runners import RecipeFailed, run_recipe
+from .runners import TAIL_LINES, RecipeFailed, run_recipe
 
 log = logging.getLogger(__name__)
 
-TAIL_LINES = 20
 LOCK_POLL = 0.2
 """How often to retry a lock file another process holds; flock has no wake-up."""
 
