@@ -62,9 +62,14 @@ def default_listen(env: Mapping[str, str], is_root: bool) -> str:
     return f"unix://{runtime}/docker-heal-proxy.sock"
 
 
-def default_upstream(env: Mapping[str, str]) -> str:
+def unix_docker_host(env: Mapping[str, str]) -> str | None:
+    """``DOCKER_HOST`` when it names a Unix socket; a TCP one is not ours to use."""
     host = env.get("DOCKER_HOST", "")
-    return host if host.startswith("unix://") else DEFAULT_UPSTREAM
+    return host if host.startswith("unix://") else None
+
+
+def default_upstream(env: Mapping[str, str]) -> str:
+    return unix_docker_host(env) or DEFAULT_UPSTREAM
 
 
 def default_state_dir(env: Mapping[str, str], is_root: bool) -> Path:

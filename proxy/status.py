@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from .intercept import STATUS_PATH
-from .settings import default_listen, unix_path
+from .settings import default_listen, unix_docker_host, unix_path
 
 CLEAR = "\x1b[H\x1b[2J"
 """Cursor home, then erase the screen: a full redraw without flicker-prone scrolling."""
@@ -59,13 +59,7 @@ def socket_path(
     listen: str | None, env: Mapping[str, str], config_listen: str | None, is_root: bool
 ) -> str:
     """The proxy's socket path, by the precedence in the module rules."""
-    docker_host = env.get("DOCKER_HOST", "")
-    if listen:
-        url = listen
-    elif docker_host.startswith("unix://"):
-        url = docker_host
-    else:
-        url = config_listen or default_listen(env, is_root)
+    url = listen or unix_docker_host(env) or config_listen or default_listen(env, is_root)
     return unix_path(url, "listen")
 
 
