@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from support import Dockerd, docker, wait_for
 
-from proxy import runners
-from proxy.engine import Engine, EngineError
-from proxy.recipe import BuildSpec, ConcreteRecipe, Kind, Recipe
-from proxy.runners import RecipeFailed, run_recipe
+from proxy.healing import runners
+from proxy.healing.engine import Engine, EngineError
+from proxy.healing.runners import RecipeFailed, run_recipe
+from proxy.recipes.recipe import BuildSpec, ConcreteRecipe, Kind, Recipe
 
 pytestmark = pytest.mark.daemon
 

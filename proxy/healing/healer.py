@@ -1,0 +1,345 @@
+"""Healing: rebuild a missing image once, bases first, however many ask.
+
+Rules:
+- Single flight per normalised tag. The first caller starts the heal as a
+  task of its own; every caller, the first included, waits on it through
+  ``asyncio.shield``. A client that disconnects stops waiting, the heal goes
+  on: others may be waiting, and the next spawn wants the image anyway.
+- Dependencies first, each under its own single flight: the explicit
+  ``depends_on`` and the ``FROM`` images of a build recipe that another
+  recipe makes. Only missing ones are healed. The whole chain is checked for
+  cycles before anything waits, since two heals whose Dockerfiles name each
+  other would wait for each other forever.
+- One builder per tag across processes: a lock file in ``state_dir`` is held
+  while a recipe runs, shared with ``docker-heal-proxy heal``. After taking it
+  the image is looked up again, since the other holder may have built it.
+- A ``max_parallel`` slot is taken last, after the bases and the lock: a heal
+  waiting for either holds none, so a chain deeper than the limit cannot
+  deadlock and a tag another process is building blocks no other tag.
+- Every way a heal can fail ends in ``HealFailed`` with a sentence for the
+  client; nothing else escapes to the data path.
+- A recipe that fails puts its tag in cooldown: for ``failure_cooldown`` the
+  same failure is returned at once, naming when the next try is allowed,
+  rather than rerunning a broken build for every spawn.
+- Each heal keeps its output in a log file and its last lines in memory, for
+  the error message and the status view.
+
+A reload swaps ``config``; heals already running keep the concrete recipe
+they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..recipes.config import Config
+from ..recipes.graph import DependencyCycle, dependencies, heal_plan
+from ..recipes.patterns import find_recipe, instantiate
+from ..recipes.recipe import ConcreteRecipe
+from ..recipes.reference import InvalidReference, normalize
+from .buildcontext import read_dockerfile_from_disk
+from .engine import Engine, EngineError
+from .runners import TAIL_LINES, RecipeFailed, run_recipe
+
+log = logging.getLogger(__name__)
+
+LOCK_POLL = 0.2
+"""How often to retry a lock file another process holds; flock has no wake-up."""
+
+
+class HealFailed(Exception):
+    """A heal did not produce its image; the text is what the client sees."""
+
+
+class HealObserver(Protocol):
+    def heal_finished(self, match: str, success: bool, seconds: float) -> None: ...
+
+
+@dataclass
+class Progress:
+    """A heal under way, as the status view shows it."""
+
+    image: str
+    recipe: str
+    match: str
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "dependencies"
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    log_path: Path | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "recipe": self.recipe,
+            "phase": self.phase,
+            "elapsed_seconds": round(time.monotonic() - self.started, 1),
+            "last_lines": list(self.lines),
+            "log": str(self.log_path) if self.log_path else None,
+        }
+
+
+@dataclass
+class Result:
+    """How the last heal of a tag ended; a failure also carries its cooldown."""
+
+    success: bool
+    match: str
+    message: str
+    finished: float
+    """Wall-clock time, for people."""
+    duration: float
+    retry_at: float = 0.0
+    """Monotonic time before which a failure is returned without retrying."""
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "result": "success" if self.success else "failure",
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.finished)),
+            "duration_seconds": round(self.duration, 1),
+            "message": self.message,
+        }
+
+
+def _file_name(image: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
+    return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
+
+
+class Healer:
+    """The one place heals start, so that one tag never has two at once."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        upstream: str,
+        state_dir: Path,
+        observer: HealObserver | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.upstream = upstream
+        self.state_dir = state_dir
+        self.observer = observer
+        self.inflight: dict[str, asyncio.Task[bool]] = {}
+        self.running: dict[str, Progress] = {}
+        self.results: dict[str, Result] = {}
+        self.waiters = 0
+        self._slots = asyncio.Semaphore(config.heal.max_parallel)
+
+    def reconfigure(self, config: Config) -> None:
+        if config.heal.max_parallel != self.config.heal.max_parallel:
+            # Heals holding the old semaphore finish under it; new ones queue here.
+            self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        self.config = config
+
+    # -- entry points --------------------------------------------------------
+
+    async def heal(self, image: str, *, force: bool = False) -> None:
+        """Heal an image the daemon just said is missing."""
+        await self._join(normalize(image), force, waiter=True)
+
+    async def ensure(self, image: str, *, force: bool = False) -> str:
+        """Make sure an image exists; say whether it had to be healed."""
+        image = normalize(image)
+        if not force and await self._exists(image):
+            return "Image is up to date"
+        if await self._join(image, force, waiter=True):
+            return "Healed by docker-heal-proxy"
+        return "Image is up to date (built meanwhile by another process)"
+
+    def cooldown_counts(self) -> dict[str, int]:
+        """Tags in cooldown per recipe ``match``, for the metrics gauge."""
+        now = time.monotonic()
+        counts = {recipe.match: 0 for recipe in self.config.recipes}
+        for result in self.results.values():
+            if not result.success and result.retry_at > now:
+                counts[result.match] = counts.get(result.match, 0) + 1
+        return counts
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "recipes": [
+                {"index": r.index, "match": r.match, "kind": r.kind} for r in self.config.recipes
+            ],
+            "in_progress": [p.view() for p in self.running.values()],
+            "waiters": self.waiters,
+            "last_results": {image: r.view() for image, r in self.results.items()},
+        }
+
+    # -- single flight ---------------------------------------------------------
+
+    async def _join(self, image: str, force: bool, *, waiter: bool) -> bool:
+        """Wait for the one heal of ``image``; True if its recipe ran.
+
+        ``waiter`` counts a client's request in the ``heal_waiters`` gauge; a
+        heal waiting for its base is not a request.
+        """
+        task = self.inflight.get(image)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._heal(image, force))
+            self.inflight[image] = task
+            task.add_done_callback(lambda t: self._settled(image, t))
+        self.waiters += waiter
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self.waiters -= waiter
+
+    async def _exists(self, image: str) -> bool:
+        try:
+            return await self.engine.image_exists(image)
+        except EngineError as exc:
+            raise HealFailed(f"docker-heal-proxy: cannot look up {image}: {exc}") from None
+
+    async def cancel(self) -> None:
+        """Stop every heal (shutdown): their recipes' process groups are killed."""
+        tasks = list(self.inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
+        if self.inflight.get(image) is task:
+            del self.inflight[image]
+        if not task.cancelled():
+            task.exception()  # retrieved here, raised to every waiter by shield
+
+    async def _heal(self, image: str, force: bool) -> bool:
+        previous = self.results.get(image)
+        now = time.monotonic()
+        if previous is not None and not previous.success and previous.retry_at > now:
+            raise HealFailed(
+                f"{previous.message}\n(in cooldown: the next try is allowed in "
+                f"{previous.retry_at - now:.0f}s)"
+            )
+        found = find_recipe(self.config.recipes, image)
+        if found is None:
+            raise HealFailed(f"docker-heal-proxy: no recipe builds {image}")
+        try:
+            concrete = instantiate(found[0], image, found[1])
+            # Checked whole before any waiting: two heals whose Dockerfiles name
+            # each other in FROM would otherwise each wait for the other forever.
+            await asyncio.to_thread(
+                heal_plan, image, self.config.recipes, read_dockerfile_from_disk
+            )
+        except (DependencyCycle, InvalidReference) as exc:
+            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
+        progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
+        self.running[image] = progress
+        try:
+            await self._bases(concrete)
+            progress.phase = "queued"
+            # The lock first: a heal waiting on another process holds no slot.
+            async with self._lock(image), self._slots:
+                if not force and await self._exists(image):
+                    log.info("heal of %s: built meanwhile by another process", image)
+                    return False
+                await self._run(concrete, progress)
+                return True
+        except OSError as exc:  # the state directory: logs and lock files
+            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
+        finally:
+            del self.running[image]
+
+    async def _bases(self, concrete: ConcreteRecipe) -> None:
+        text = None
+        if concrete.build is not None:
+            text = await asyncio.to_thread(read_dockerfile_from_disk, concrete)
+        for base in dependencies(concrete, self.config.recipes, text):
+            if await self._exists(base):
+                continue
+            try:
+                await self._join(base, False, waiter=False)
+            except HealFailed as failure:
+                raise HealFailed(
+                    f"docker-heal-proxy: cannot heal {concrete.image}: its base {base} "
+                    f"could not be healed:\n{failure}"
+                ) from None
+
+    async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
+        recipe = concrete.recipe
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
+        progress.phase = "running"
+        log.info("heal of %s started: %s (%s)", concrete.image, recipe.name, concrete.kind)
+        started = time.monotonic()
+        try:
+            await run_recipe(
+                concrete,
+                upstream=self.upstream,
+                log_path=progress.log_path,
+                engine=self.engine,
+                on_line=progress.lines.append,
+            )
+        except RecipeFailed as failure:
+            duration = time.monotonic() - started
+            message = self._failure_message(concrete, failure, progress.log_path)
+            self.results[concrete.image] = Result(
+                False,
+                recipe.match,
+                message,
+                time.time(),
+                duration,
+                retry_at=time.monotonic() + self.config.heal.failure_cooldown,
+            )
+            self._finished(recipe.match, False, duration)
+            log.warning(
+                "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
+            )
+            raise HealFailed(message) from None
+        duration = time.monotonic() - started
+        self.results[concrete.image] = Result(
+            True, recipe.match, f"healed by {recipe.name}", time.time(), duration
+        )
+        self._finished(recipe.match, True, duration)
+        log.info("heal of %s succeeded in %.1fs", concrete.image, duration)
+
+    def _finished(self, match: str, success: bool, seconds: float) -> None:
+        if self.observer is not None:
+            self.observer.heal_finished(match, success, seconds)
+
+    @staticmethod
+    def _failure_message(concrete: ConcreteRecipe, failure: RecipeFailed, log_path: Path) -> str:
+        lines = [
+            f"docker-heal-proxy: cannot heal {concrete.image}: "
+            f"{concrete.recipe.name} ({concrete.kind}) {failure.reason}"
+        ]
+        if failure.tail:
+            lines.append(f"last lines of its output (full log: {log_path}):")
+            lines += [f"  {line}" for line in failure.tail]
+        return "\n".join(lines)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, image: str) -> AsyncIterator[None]:
+        """The cross-process lock for one tag, shared with ``docker-heal-proxy heal``."""
+        locks = self.state_dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{_file_name(image)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        raise
+                await asyncio.sleep(LOCK_POLL)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock

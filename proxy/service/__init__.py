@@ -1,0 +1,14 @@
+"""The service: the process a person or systemd starts, and what it reports.
+
+``cli`` parses the command line, ``settings`` merges it with the config and
+the environment, ``app`` wires the wire, the healer and the metrics
+together and ``server`` runs them with signals, socket activation and a
+clean shutdown (``systemd`` speaks the service protocol). ``metrics`` serves
+Prometheus text and ``/healthz``; ``status``, ``check`` and ``logs`` are what
+people read.
+
+Pure: ``check`` (text from a config), ``settings`` (resolution rules);
+the rest are the program's edges.
+
+May import: every other part. Nothing imports it, except ``proxy.__main__``.
+"""

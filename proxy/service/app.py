@@ -1,0 +1,127 @@
+"""The composition root: the one place that wires the parts together.
+
+Rules:
+- Parts do not construct each other; this module builds the hub, the
+  healer, the interceptor and the metrics from the settings and the config.
+- Per-request log lines exist only at debug level: the wrapper that writes
+  them is installed only then, so the data path pays nothing otherwise. They
+  name method, path (never the query, which can carry build args), status
+  and time; never headers.
+- A reload (SIGHUP) swaps the config in place. Listen and upstream addresses
+  are bound at start-up; a reload that changes them is refused with a log
+  line, because moving sockets under live connections would drop them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import fields
+
+from aiohttp import web
+
+from ..healing.engine import Engine
+from ..healing.healer import Healer
+from ..healing.intercept import Interceptor
+from ..recipes.config import Config, ConfigError
+from ..wire.connection import Hub
+from ..wire.listener import Listener, ListenerError
+from .metrics import Metrics, application
+from .server import serve
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RequestLog:
+    """An ``Observer`` that writes one debug line per exchange, then passes it on."""
+
+    def __init__(self, inner: Metrics) -> None:
+        self.inner = inner
+
+    def exchange(self, method: str, path: str, status: int, seconds: float) -> None:
+        log.debug("%s %s -> %d in %.3fs", method, path, status, seconds)
+        self.inner.exchange(method, path, status, seconds)
+
+    def upstream_error(self, kind: str) -> None:
+        self.inner.upstream_error(kind)
+
+    def hijacked(self, delta: int) -> None:
+        self.inner.hijacked(delta)
+
+
+RELOADABLE = frozenset({"path", "heal", "recipes"})
+RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
+"""Settings bound at start-up: sockets, paths, the shutdown budget, metrics."""
+
+
+class App:
+    """Owns what lives as long as the process: config, healer, metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        load: Callable[[], Config],
+        listener: Listener,
+    ) -> None:
+        """``load`` reads the config the way start-up did, so a reload finds the
+        same file, or the default file if it has appeared since."""
+        self.settings = settings
+        self.config = config
+        self.load = load
+        self.listener = listener
+        self.healer: Healer | None = None
+        self.metrics: Metrics | None = None
+
+    def reload(self) -> None:
+        try:
+            config = self.load()
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        for key in RESTART_ONLY:
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("reload: %s changed; it takes effect only on restart", key)
+        self.config = config
+        if self.healer is not None:
+            self.healer.reconfigure(config)
+        if self.metrics is not None:
+            self.metrics.recipes_configured(r.match for r in config.recipes)
+        log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
+
+    async def run(self) -> int:
+        settings = self.settings
+        engine = Engine(settings.upstream)
+        metrics = self.metrics = Metrics(lambda: self.healer)
+        metrics.recipes_configured(r.match for r in self.config.recipes)
+        self.healer = Healer(self.config, engine, settings.upstream, settings.state_dir, metrics)
+        interceptor = Interceptor(lambda: self.config, self.healer, metrics.image_checked)
+        observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
+        hub = Hub(settings.upstream, interceptor, observer)
+        runner: web.AppRunner | None = None
+        try:
+            if settings.metrics is not None:
+                runner = web.AppRunner(application(metrics, engine.ping), access_log=None)
+                await runner.setup()
+                await self._listen_metrics(runner, *settings.metrics)
+            return await serve(settings, self.listener, hub, self.reload)
+        finally:
+            await self.healer.cancel()  # before the engine they talk through goes
+            if runner is not None:
+                await runner.cleanup()
+            await engine.close()
+
+    async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
+        """Start-up fails whole: a busy port also gives the Docker socket back."""
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            self.listener.sock.close()
+            self.listener.remove()
+            raise ListenerError(
+                f"cannot listen for metrics on {host}:{port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", host, port)

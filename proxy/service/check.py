@@ -1,0 +1,131 @@
+"""What ``docker-heal-proxy check [IMAGE]`` tells a person.
+
+Everything the proxy says about its recipes before any heal runs lives here:
+the config as the proxy understood it, and for one image the chain of heals
+it would run. It exists so that a wrong ``match``, a missing base or a
+surprising order shows up while someone is editing the config, not when a
+container create hangs at 3 a.m.
+
+Rules:
+
+- Text only, for people; nothing here is meant to be parsed.
+- Without IMAGE: every entry in file order (first match wins), with its
+  normalised pattern, what it runs and what it waits for. Dockerfile bases are
+  listed only for placeholder-free build entries; a template's Dockerfile can
+  depend on the image, so ``check IMAGE`` is the way to see those.
+- With IMAGE: the entry that matches and its captures, the recipe filled in,
+  and the heal order, bases first. A bad IMAGE or a cycle is reported in the
+  text rather than raised: it is exactly what ``check`` is for.
+
+Theory of operation: ``describe`` only formats; matching, filling in and
+ordering come from ``patterns`` and ``graph``, the same calls the healer
+makes, so ``check`` cannot drift from what a heal would do. Reading the
+Dockerfile is passed in, so the text can be produced without touching disk.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Mapping
+
+from ..recipes.config import Config, format_duration
+from ..recipes.graph import DependencyCycle, dependencies, heal_plan
+from ..recipes.patterns import Pattern, build_spec, find_recipe, instantiate
+from ..recipes.recipe import BuildSpec, ConcreteRecipe, Recipe
+from ..recipes.reference import InvalidReference, normalize
+
+ReadDockerfile = Callable[[ConcreteRecipe], str | None]
+
+
+def describe(config: Config, image: str | None, read_dockerfile: ReadDockerfile) -> str:
+    """The ``check`` report: all recipes, or how ``image`` would be healed."""
+    source = f"config {config.path}" if config.path else "no config file: built-in defaults"
+    if image is None:
+        return "\n".join([source, *_recipes(config.recipes, read_dockerfile)])
+    return "\n".join([source, *_image(config.recipes, image, read_dockerfile)])
+
+
+def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> list[str]:
+    if not recipes:
+        return ["no [[images]] entries: nothing can be healed"]
+    lines = [f"{len(recipes)} [[images]] entries; the first that matches an image heals it"]
+    for recipe in recipes:
+        pattern = Pattern.compile(recipe.match)
+        fields = [("matches", pattern.normalized)]
+        fields += _fields(recipe, build_spec(recipe, _unfilled(pattern)))
+        if recipe.kind == "build" and pattern.is_template:
+            fields.append(("bases", "found per image from the Dockerfile; see check IMAGE"))
+        elif recipe.kind == "build":
+            concrete = instantiate(recipe, pattern.normalized, {})
+            found = dependencies(concrete, recipes, read_dockerfile(concrete))
+            bases = [base for base in found if base not in concrete.depends_on]
+            fields.append(("bases", ", ".join(bases) or "none with a recipe in the Dockerfile"))
+        lines += ["", f"images[{recipe.index}]  {recipe.match}", *_table(fields)]
+    return lines
+
+
+def _image(recipes: tuple[Recipe, ...], image: str, read_dockerfile: ReadDockerfile) -> list[str]:
+    try:
+        normal = normalize(image)
+        found = find_recipe(recipes, normal)
+        if found is None:
+            return [f"no recipe matches {image} ({normal})"]
+        recipe, captures = found
+        concrete = instantiate(recipe, image, captures)
+        plan = heal_plan(image, recipes, read_dockerfile)
+    except (InvalidReference, DependencyCycle) as error:
+        return [f"{image}: cannot heal: {error}"]
+    with_captures = ", ".join(f"{name}={value}" for name, value in sorted(captures.items()))
+    lines = [
+        f"{concrete.image} is matched by {recipe.name}",
+        *([f"  captures  {with_captures}"] if with_captures else []),
+        "",
+        "recipe, filled in:",
+        *_table(_fields(concrete, concrete.build)),
+        "",
+        "heal order, bases first (each is skipped if the image already exists):",
+    ]
+    for step, item in enumerate(plan, 1):
+        lines.append(f"  {step}. {item.image}  by images[{item.recipe.index}] ({item.kind})")
+    return lines
+
+
+def _unfilled(pattern: Pattern) -> dict[str, str]:
+    """Captures that put each placeholder back, to show a template as written."""
+    return {name: f"{{{name}}}" for name in pattern.placeholders}
+
+
+def _fields(item: Recipe | ConcreteRecipe, build: BuildSpec | None) -> list[tuple[str, str]]:
+    """What a recipe runs, shared by the template and the filled-in view."""
+    fields: list[tuple[str, str]] = []
+    if item.command:
+        fields += [("command", shlex.join(item.command)), ("workdir", str(item.workdir))]
+    if build is not None:
+        fields.append(("build", _build(build)))
+    if item.pull is not None:
+        fields.append(("pull", item.pull))
+    if item.load is not None:
+        fields.append(("load", str(item.load)))
+    if item.env:
+        fields.append(("env", " ".join(_pairs(item.env))))
+    if item.depends_on:
+        fields.append(("depends on", ", ".join(item.depends_on)))
+    fields.append(("timeout", format_duration(item.timeout)))
+    return fields
+
+
+def _build(build: BuildSpec) -> str:
+    options = [f"-f {build.dockerfile}"]
+    if build.target is not None:
+        options.append(f"--target {build.target}")
+    options += [f"--build-arg {pair}" for pair in _pairs(build.args)]
+    return f"{build.context} ({', '.join(options)})"
+
+
+def _pairs(values: Mapping[str, str]) -> list[str]:
+    return [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+
+
+def _table(fields: list[tuple[str, str]]) -> list[str]:
+    width = max(len(label) for label, _ in fields)
+    return [f"  {label.ljust(width)}  {value}" for label, value in fields]

@@ -1,0 +1,189 @@
+"""The command line: ``serve`` (the default), ``check``, ``heal`` and ``status``.
+
+Rules:
+- Errors a user can fix (a bad flag, a bad config, a busy socket) print one
+  line to stderr and exit 2 for usage and config, 1 for everything else.
+  Tracebacks are for bugs only.
+- A bare ``docker-heal-proxy`` means ``serve``, so the systemd unit and a
+  person at a terminal type the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from .. import __version__
+from ..healing.buildcontext import read_dockerfile_from_disk
+from ..healing.engine import Engine
+from ..healing.healer import Healer, HealFailed
+from ..recipes.config import Config, ConfigError, load_config
+from ..recipes.graph import DependencyCycle, heal_plan
+from ..recipes.patterns import Pattern, find_recipe
+from ..recipes.reference import InvalidReference
+from ..wire.listener import ListenerError
+from . import logs
+from .app import App
+from .check import describe
+from .server import open_listener
+from .settings import Settings, SettingsError, resolve
+
+DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
+COMMANDS = ("serve", "check", "heal", "status")
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def load(path: str | None) -> Config:
+    """The config named on the command line, else the default file if present."""
+    if path is not None:
+        return load_config(Path(path))
+    if DEFAULT_CONFIG.exists():
+        return load_config(DEFAULT_CONFIG)
+    return Config()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="docker-heal-proxy",
+        description="A Docker Engine API proxy that rebuilds pruned images on container create.",
+    )
+    top.add_argument("--version", action="version", version=f"docker-heal-proxy {__version__}")
+    sub = top.add_subparsers(dest="command")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if it exists)")
+        p.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
+        p.add_argument("--log-format", choices=("text", "json"), default="text")
+        return p
+
+    serve = add("serve", "run the proxy (the default)")
+    serve.add_argument("--listen", help="unix:///path of the proxy's socket")
+    serve.add_argument("--upstream", help="unix:///path of the Docker daemon's socket")
+    serve.add_argument("--metrics-listen", help='HOST:PORT for /metrics and /healthz; "" disables')
+
+    check = add("check", "validate the config; with IMAGE, show how it would be healed")
+    check.add_argument("image", nargs="?", metavar="IMAGE")
+
+    heal = add("heal", "heal an image now, through the same path as the proxy")
+    heal.add_argument("image", nargs="?", metavar="IMAGE")
+    heal.add_argument("--all", action="store_true", help="every non-pattern recipe that is missing")
+    heal.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    heal.add_argument("--upstream", help="unix:///path of the Docker daemon's socket")
+
+    status = add("status", "show recipes, running heals and last results of a running proxy")
+    status.add_argument(
+        "--listen", help="unix:///path of the proxy's socket (default: DOCKER_HOST, then config)"
+    )
+    status.add_argument("--watch", action="store_true", help="redraw running heals every second")
+    return top
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    settings = _settings(args, config)
+    listener = open_listener(settings)
+    return uvloop.run(App(settings, config, lambda: load(args.config), listener).run())
+
+
+def _settings(args: argparse.Namespace, config: Config) -> Settings:
+    return resolve(
+        config,
+        listen=getattr(args, "listen", None),
+        upstream=getattr(args, "upstream", None),
+        metrics_listen=getattr(args, "metrics_listen", None),
+        env=os.environ,
+        is_root=os.geteuid() == 0,
+        group_exists=_group_exists,
+    )
+
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
+    print(describe(config, args.image, read_dockerfile_from_disk))
+    if args.image is None:
+        return 0
+    try:
+        plan = heal_plan(args.image, config.recipes, read_dockerfile_from_disk)
+    except (DependencyCycle, InvalidReference):
+        return 1
+    return 0 if plan else 1
+
+
+async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
+    engine = Engine(settings.upstream)
+    healer = Healer(config, engine, settings.upstream, settings.state_dir)
+    failed = 0
+    try:
+        for image in images:
+            try:
+                outcome = await healer.ensure(image, force=force)
+            except HealFailed as failure:
+                print(failure, file=sys.stderr)
+                failed += 1
+            else:
+                print(f"{image}: {outcome}")
+    finally:
+        await engine.close()
+    return 1 if failed else 0
+
+
+def _heal(args: argparse.Namespace, config: Config) -> int:
+    if args.all == bool(args.image):
+        print("docker-heal-proxy: heal takes an IMAGE or --all", file=sys.stderr)
+        return 2
+    if args.all:
+        images = [r.match for r in config.recipes if not Pattern.compile(r.match).is_template]
+    else:
+        if find_recipe(config.recipes, args.image) is None:
+            print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
+            return 1
+        images = [args.image]
+    return uvloop.run(_heal_now(_settings(args, config), config, images, args.force))
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    from . import status
+
+    path = status.socket_path(args.listen, os.environ, config.listen, os.geteuid() == 0)
+    if args.watch:
+        status.watch(path, sys.stdout)
+    try:
+        print(status.render(status.fetch(path)), end="")
+    except status.StatusError as exc:
+        print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "serve")
+    args = parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+        return 2
+    command = {"serve": _serve, "check": _check, "heal": _heal, "status": _status}[args.command]
+    try:
+        return command(args, config)
+    except (ListenerError, SettingsError) as exc:
+        print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,106 @@
+"""What the running proxy uses, after command line, config file and environment.
+
+Rules:
+- Precedence is the docker CLI's: a flag beats the config file, the config
+  file beats the environment, the environment beats the built-in default.
+- Pure: the caller passes the environment, whether we are root and how to
+  look up a group, so every rule here is testable without touching the host.
+- Only ``unix://`` URLs are accepted, for both sides. A TCP Docker socket
+  would need TLS to be safe, and that is a different product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..recipes.config import Config
+
+DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything bound at start-up, resolved once; a reload changes none of it."""
+
+    listen: str
+    """Path of the proxy's own Unix socket."""
+    upstream: str
+    """Path of the daemon's Unix socket."""
+    socket_mode: int
+    socket_group: str | None
+    shutdown_timeout: float
+    metrics: tuple[str, int] | None
+    state_dir: Path
+
+
+def unix_path(url: str, what: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "unix" or not rest.startswith("/"):
+        raise SettingsError(f"{what} must be a unix:///absolute/path URL, not {url!r}")
+    return rest
+
+
+def host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"{what} must be HOST:PORT, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def default_listen(env: Mapping[str, str], is_root: bool) -> str:
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if is_root or not runtime:
+        return "unix:///run/docker-heal-proxy.sock"
+    return f"unix://{runtime}/docker-heal-proxy.sock"
+
+
+def unix_docker_host(env: Mapping[str, str]) -> str | None:
+    """``DOCKER_HOST`` when it names a Unix socket; a TCP one is not ours to use."""
+    host = env.get("DOCKER_HOST", "")
+    return host if host.startswith("unix://") else None
+
+
+def default_upstream(env: Mapping[str, str]) -> str:
+    return unix_docker_host(env) or DEFAULT_UPSTREAM
+
+
+def default_state_dir(env: Mapping[str, str], is_root: bool) -> Path:
+    if is_root:
+        return Path("/var/lib/docker-heal-proxy")
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/")) / ".local" / "state")
+    return Path(base) / "docker-heal-proxy"
+
+
+def resolve(
+    config: Config,
+    *,
+    listen: str | None = None,
+    upstream: str | None = None,
+    metrics_listen: str | None = None,
+    env: Mapping[str, str],
+    is_root: bool,
+    group_exists: Callable[[str], bool],
+) -> Settings:
+    listen_url = listen or config.listen or default_listen(env, is_root)
+    upstream_url = upstream or config.upstream or default_upstream(env)
+    metrics = config.metrics_listen if metrics_listen is None else metrics_listen
+    group = config.socket_group
+    if group is None and group_exists("docker"):
+        group = "docker"
+    return Settings(
+        listen=unix_path(listen_url, "listen"),
+        upstream=unix_path(upstream_url, "upstream"),
+        socket_mode=config.socket_mode,
+        socket_group=group,
+        shutdown_timeout=config.shutdown_timeout,
+        metrics=host_port(metrics, "metrics listen") if metrics else None,
+        state_dir=config.state_dir or default_state_dir(env, is_root),
+    )

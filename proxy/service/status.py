@@ -1,0 +1,165 @@
+"""``docker-heal-proxy status``: the healer's state, for a person at a terminal.
+
+Rules:
+- The only source is ``GET /_heal/status`` on the proxy's own Unix socket.
+  Recipe output can hold secrets, so the state is never served on the
+  metrics listener; whoever may talk to the Docker socket may read it.
+- ``render`` is pure: a snapshot (the JSON ``Healer.snapshot`` returns) in,
+  text out. It tolerates missing keys, since the snapshot crossed a process
+  boundary and may come from another version of the proxy.
+- The socket is found like the docker CLI finds its daemon: ``--listen``
+  first, then ``DOCKER_HOST`` (a host pointed at the proxy has it set), then
+  the config's ``listen``, then the built-in default.
+- ``--watch`` redraws once a second until Ctrl-C. An error while fetching
+  (say the proxy is restarting) is shown in the frame, not fatal: a watch
+  should outlive a restart. On a terminal a frame replaces the last one; into
+  a pipe frames are appended, so the output stays readable in a log.
+
+Theory: a small blocking HTTP/1.1 client (``http.client`` over AF_UNIX) is
+enough: one request per frame, no keep-alive, no event loop.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+from ..wire.routes import STATUS_PATH
+from .settings import default_listen, unix_docker_host, unix_path
+
+CLEAR = "\x1b[H\x1b[2J"
+"""Cursor home, then erase the screen: a full redraw without flicker-prone scrolling."""
+
+
+class StatusError(Exception):
+    """The status could not be fetched; the text says why, for a person."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def socket_path(
+    listen: str | None, env: Mapping[str, str], config_listen: str | None, is_root: bool
+) -> str:
+    """The proxy's socket path, by the precedence in the module rules."""
+    url = listen or unix_docker_host(env) or config_listen or default_listen(env, is_root)
+    return unix_path(url, "listen")
+
+
+def fetch(path: str, timeout: float = 10) -> dict[str, Any]:
+    """The snapshot the proxy at ``path`` serves."""
+    conn = _UnixConnection(path, timeout)
+    try:
+        conn.request("GET", STATUS_PATH, headers={"Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise StatusError(f"cannot reach the proxy at {path}: {exc}") from None
+    except http.client.HTTPException as exc:
+        raise StatusError(f"the proxy at {path} did not answer HTTP: {exc!r}") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        hint = ""
+        if response.status == 404:
+            hint = " (is this the Docker daemon's socket rather than the proxy's?)"
+        raise StatusError(f"{path} answered {STATUS_PATH} with {response.status}{hint}")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise StatusError(f"{path} sent a status that is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StatusError(f"{path} sent a status that is not a JSON object")
+    return data
+
+
+def _seconds(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.1f}s"
+    return "?"
+
+
+def _running(snapshot: Mapping[str, Any]) -> list[str]:
+    heals = snapshot.get("in_progress") or []
+    waiters = snapshot.get("waiters") or 0
+    waiting = f", {waiters} request{'s' if waiters != 1 else ''} waiting" if waiters else ""
+    if not heals:
+        return [f"Heals in progress: none{waiting}"]
+    lines = [f"Heals in progress ({len(heals)}){waiting}:"]
+    for heal in heals:
+        lines.append(
+            f"  {heal.get('image', '?')}  {heal.get('phase', '?')}  "
+            f"{_seconds(heal.get('elapsed_seconds'))}  by {heal.get('recipe', '?')}"
+        )
+        lines += [f"    | {line}" for line in heal.get("last_lines") or []]
+        if heal.get("log"):
+            lines.append(f"    log: {heal['log']}")
+    return lines
+
+
+def render(snapshot: Mapping[str, Any]) -> str:
+    """The whole state: recipes, running heals with their last lines, last results."""
+    recipes = snapshot.get("recipes") or []
+    lines = [f"Recipes ({len(recipes)}):" if recipes else "Recipes: none (pass-through only)"]
+    for recipe in recipes:
+        lines.append(
+            f"  images[{recipe.get('index', '?')}]  {recipe.get('kind', '?'):<7}  "
+            f"{recipe.get('match', '?')}"
+        )
+    lines.append("")
+    lines += _running(snapshot)
+    lines.append("")
+    results: Mapping[str, Mapping[str, Any]] = snapshot.get("last_results") or {}
+    lines.append(f"Last results ({len(results)}):" if results else "Last results: none yet")
+    for image in sorted(results):
+        result = results[image]
+        message = str(result.get("message", "")).splitlines() or [""]
+        lines.append(
+            f"  {image}  {result.get('result', '?')}  {result.get('finished_at', '?')}  "
+            f"{_seconds(result.get('duration_seconds'))}  {message[0]}"
+        )
+        lines += [f"      {line}" for line in message[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def render_watch(snapshot: Mapping[str, Any], when: str) -> str:
+    """One frame of ``--watch``: only the heals that are running, and when."""
+    header = f"docker-heal-proxy status at {when} (Ctrl-C to stop)"
+    return "\n".join([header, "", *_running(snapshot)]) + "\n"
+
+
+def watch(
+    path: str,
+    out: TextIO,
+    *,
+    interval: float = 1.0,
+    clock: Callable[[], str] = lambda: time.strftime("%H:%M:%S"),
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Redraw the running heals every ``interval`` seconds; returns only by exception."""
+    tty = out.isatty()
+    while True:
+        try:
+            frame = render_watch(fetch(path), clock())
+        except StatusError as exc:
+            frame = f"docker-heal-proxy status at {clock()}\n\n{exc}\n"
+        out.write(CLEAR + frame if tty else frame + "\n")
+        out.flush()
+        sleep(interval)

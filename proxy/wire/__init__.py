@@ -1,0 +1,15 @@
+"""The wire: bytes between Docker clients and dockerd, and nothing about images.
+
+This part moves HTTP/1.1 exchanges and hijacked streams between a client
+connection and its own daemon connection, and says where each message ends.
+It knows the Engine API only as far as a path can tell (``routes``); it has
+no idea what a recipe or a heal is. The healing part plugs in through the
+``Handler`` protocol in ``connection``, so the data path never calls upward.
+
+Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
+``routes`` (which endpoint a path is), ``errors`` (the answers the proxy
+writes itself). With I/O: ``connection`` (the asyncio protocols) and
+``listener`` (claiming the proxy's own socket).
+
+May import: the standard library only. Nothing else of the project.
+"""

@@ -1,0 +1,179 @@
+"""Which Engine API endpoint a request is for, without the version prefix.
+
+Rules:
+- Everything that reads meaning into a request path lives here: the version
+  prefix, the handful of endpoints the proxy intercepts, and the bounded
+  route templates that label metrics.
+- Templates are the Engine API's own path templates (``/containers/{id}/json``),
+  so a dashboard reads like the API reference. A path that fits none is
+  ``other``: a label value must never be a raw path, or an id per series would
+  grow the metrics without bound.
+- Pure and cached: the data path asks for every request.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from urllib.parse import parse_qs
+
+STATUS_PATH = "/_heal/status"
+"""The one path the proxy answers itself, on its own socket only."""
+
+_VERSION = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?(?=/)")
+
+# The Engine API's paths, templated. Order matters only where two could match.
+TEMPLATES = [
+    "/_ping",
+    "/version",
+    "/info",
+    "/events",
+    "/system/df",
+    "/auth",
+    "/session",
+    "/grpc",
+    "/build",
+    "/build/prune",
+    "/build/cancel",
+    "/commit",
+    "/containers/json",
+    "/containers/create",
+    "/containers/prune",
+    "/containers/{id}/json",
+    "/containers/{id}/top",
+    "/containers/{id}/logs",
+    "/containers/{id}/changes",
+    "/containers/{id}/export",
+    "/containers/{id}/stats",
+    "/containers/{id}/resize",
+    "/containers/{id}/start",
+    "/containers/{id}/stop",
+    "/containers/{id}/restart",
+    "/containers/{id}/kill",
+    "/containers/{id}/update",
+    "/containers/{id}/rename",
+    "/containers/{id}/pause",
+    "/containers/{id}/unpause",
+    "/containers/{id}/attach",
+    "/containers/{id}/attach/ws",
+    "/containers/{id}/wait",
+    "/containers/{id}/archive",
+    "/containers/{id}/exec",
+    "/containers/{id}",
+    "/exec/{id}/start",
+    "/exec/{id}/resize",
+    "/exec/{id}/json",
+    "/images/json",
+    "/images/create",
+    "/images/load",
+    "/images/get",
+    "/images/search",
+    "/images/prune",
+    "/images/{name}/json",
+    "/images/{name}/history",
+    "/images/{name}/push",
+    "/images/{name}/tag",
+    "/images/{name}/get",
+    "/images/{name}",
+    "/distribution/{name}/json",
+    "/networks",
+    "/networks/create",
+    "/networks/prune",
+    "/networks/{id}/connect",
+    "/networks/{id}/disconnect",
+    "/networks/{id}",
+    "/volumes",
+    "/volumes/create",
+    "/volumes/prune",
+    "/volumes/{name}",
+    "/plugins",
+    "/plugins/privileges",
+    "/plugins/pull",
+    "/plugins/create",
+    "/plugins/{name}/json",
+    "/plugins/{name}/enable",
+    "/plugins/{name}/disable",
+    "/plugins/{name}/upgrade",
+    "/plugins/{name}/push",
+    "/plugins/{name}/set",
+    "/plugins/{name}",
+    "/swarm",
+    "/swarm/init",
+    "/swarm/join",
+    "/swarm/leave",
+    "/swarm/update",
+    "/swarm/unlockkey",
+    "/swarm/unlock",
+    "/nodes",
+    "/nodes/{id}",
+    "/nodes/{id}/update",
+    "/services",
+    "/services/create",
+    "/services/{id}",
+    "/services/{id}/update",
+    "/services/{id}/logs",
+    "/tasks",
+    "/tasks/{id}",
+    "/tasks/{id}/logs",
+    "/secrets",
+    "/secrets/create",
+    "/secrets/{id}",
+    "/secrets/{id}/update",
+    "/configs",
+    "/configs/create",
+    "/configs/{id}",
+    "/configs/{id}/update",
+    "/_heal/status",
+]
+
+
+def _regex(template: str) -> re.Pattern[str]:
+    # Image and plugin names contain slashes; ids never do.
+    parts = re.split(r"(\{id\}|\{name\})", template)
+    body = "".join(
+        "[^/]+" if p == "{id}" else ".+" if p == "{name}" else re.escape(p) for p in parts
+    )
+    return re.compile(f"^{body}$")
+
+
+_FIXED = {t for t in TEMPLATES if "{" not in t}
+_PATTERNS = [(t, _regex(t)) for t in TEMPLATES if "{" in t]
+
+
+def strip_version(path: str) -> str:
+    """``/v1.41/containers/create`` -> ``/containers/create``."""
+    if path.startswith("/v"):
+        return _VERSION.sub("", path, count=1)
+    return path
+
+
+@functools.lru_cache(maxsize=4096)
+def route(path: str) -> str:
+    """The bounded template for a request path (query string excluded)."""
+    path = strip_version(path)
+    if path in _FIXED:
+        return path
+    for template, pattern in _PATTERNS:
+        if pattern.match(path):
+            return template
+    return "other"
+
+
+def pulled_reference(query: str) -> str | None:
+    """The single reference a ``POST /images/create`` pulls, if it names one.
+
+    ``docker pull foo`` sends ``fromImage=foo&tag=latest``; a tag may also be
+    a digest, and ``fromImage`` may carry the tag itself. An empty tag with a
+    bare name means "all tags", which no single recipe can heal.
+    """
+    params = parse_qs(query, keep_blank_values=True)
+    image = (params.get("fromImage") or [""])[0]
+    if not image or "fromSrc" in params:
+        return None
+    tag = (params.get("tag") or [""])[0]
+    if not tag:
+        last = image.rsplit("/", 1)[-1]
+        return image if (":" in last or "@" in image) else None
+    if ":" in tag:
+        return f"{image}@{tag}"
+    return f"{image}:{tag}"

@@ -1,0 +1,359 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.recipes.config import (
+    Config,
+    ConfigError,
+    HealSettings,
+    format_duration,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+
+BASE = Path("/etc/dhp")
+HINT = '(use e.g. "90s", "30m", "1h30m" or seconds)'
+ONE_OF = "give exactly one of command, build, pull, load"
+LOWERCASE = "is not a valid image reference: repository name must be lowercase"
+
+
+def parse(data: dict[str, Any]) -> Config:
+    return parse_config(data, base_dir=BASE, source="config.toml")
+
+
+def fails(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(data)
+    assert str(raised.value) == message
+
+
+def test_defaults_without_a_file() -> None:
+    assert parse({}) == Config(path=None) == Config()
+    config = Config()
+    assert (config.socket_mode, config.shutdown_timeout, config.metrics_listen) == (
+        0o660,
+        10.0,
+        "127.0.0.1:9478",
+    )
+    assert config.heal == HealSettings(timeout=1800.0, failure_cooldown=60.0, max_parallel=2)
+    assert config.recipes == ()
+
+
+def test_top_level_settings() -> None:
+    config = parse(
+        {
+            "listen": "unix:///run/x.sock",
+            "upstream": "unix:///var/run/docker.sock",
+            "socket_mode": "0640",
+            "socket_group": "docker",
+            "state_dir": "state",
+            "shutdown_timeout": "1m",
+            "heal": {"timeout": "1h30m", "failure_cooldown": 5, "max_parallel": 4},
+            "metrics": {"listen": ""},
+        }
+    )
+    assert config == Config(
+        listen="unix:///run/x.sock",
+        upstream="unix:///var/run/docker.sock",
+        socket_mode=0o640,
+        socket_group="docker",
+        state_dir=BASE / "state",
+        shutdown_timeout=60.0,
+        heal=HealSettings(timeout=5400.0, failure_cooldown=5.0, max_parallel=4),
+        metrics_listen=None,
+    )
+
+
+def test_entries() -> None:
+    config = parse(
+        {
+            "heal": {"timeout": "10m"},
+            "images": [
+                {"match": "base:{t}", "pull": True},
+                {"match": "mirror:{t}", "pull": "mirror.example.com/x:{t}", "timeout": "90s"},
+                {
+                    "match": "agent:{group}",
+                    "command": ["make", "GROUP={group}", "HOME=${{HOME}}"],
+                    "env": {"G": "{group}"},
+                    "depends_on": ["base:{group}", "base:1"],
+                },
+                {
+                    "match": "app",
+                    "build": {
+                        "context": "src",
+                        "dockerfile": "docker/Dockerfile",
+                        "args": {"A": "1"},
+                        "target": "prod",
+                    },
+                    "workdir": "/abs",
+                },
+                {"match": "saved", "load": "saved.tar", "workdir": "sub"},
+            ],
+        }
+    )
+    base, mirror, agent, app, saved = config.recipes
+    assert [r.index for r in config.recipes] == [0, 1, 2, 3, 4]
+    assert (base.kind, base.pull, base.timeout, base.workdir) == (
+        "pull",
+        "base:{t}",
+        600.0,
+        "/etc/dhp",
+    )
+    assert (mirror.pull, mirror.timeout) == ("mirror.example.com/x:{t}", 90.0)
+    assert agent.kind == "command"
+    assert agent.command == ("make", "GROUP={group}", "HOME=${{HOME}}")
+    assert (agent.env, agent.depends_on) == ({"G": "{group}"}, ("base:{group}", "base:1"))
+    assert app.kind == "build"
+    assert app.build == {
+        "context": "/etc/dhp/src",
+        "dockerfile": "docker/Dockerfile",
+        "args": {"A": "1"},
+        "target": "prod",
+    }
+    assert app.workdir == "/abs"
+    assert (saved.kind, saved.load, saved.workdir) == ("load", "/etc/dhp/saved.tar", "/etc/dhp/sub")
+
+
+def test_braces_in_the_config_folder_stay_literal() -> None:
+    config = parse_config(
+        {"images": [{"match": "x", "build": {"context": "c"}}]}, base_dir=Path("/srv/{odd}")
+    )
+    (recipe,) = config.recipes
+    assert recipe.workdir == "/srv/{{odd}}"
+    assert recipe.build == {"context": "/srv/{{odd}}/c", "args": {}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"lisen": "x"}, "config.toml: unknown key 'lisen'"),
+        ({"heal": {"paralel": 1}}, "config.toml: heal: unknown key 'paralel'"),
+        ({"heal": []}, "config.toml: heal: expected a table"),
+        (
+            {"heal": {"max_parallel": 0}},
+            "config.toml: heal.max_parallel: expected a whole number of at least 1, not 0",
+        ),
+        (
+            {"heal": {"max_parallel": True}},
+            "config.toml: heal.max_parallel: expected a whole number of at least 1, not True",
+        ),
+        (
+            {"heal": {"timeout": "5x"}},
+            f"config.toml: heal.timeout: bad duration '5x' {HINT}",
+        ),
+        (
+            {"shutdown_timeout": -1},
+            f"config.toml: shutdown_timeout: bad duration -1 {HINT}",
+        ),
+        (
+            {"socket_mode": 660},
+            """config.toml: socket_mode: expected an octal string like "0660", not 660""",
+        ),
+        (
+            {"socket_mode": "0980"},
+            """config.toml: socket_mode: expected an octal string like "0660", not '0980'""",
+        ),
+        ({"listen": ""}, "config.toml: listen: must not be empty"),
+        ({"upstream": 1}, "config.toml: upstream: expected a string, not 1"),
+        ({"metrics": {"listen": 9478}}, "config.toml: metrics.listen: expected a string, not 9478"),
+        ({"images": {"match": "x"}}, "config.toml: images: expected [[images]] entries"),
+    ],
+)
+def test_top_level_errors(data: dict[str, Any], message: str) -> None:
+    fails(data, message)
+
+
+def entries(*images: dict[str, Any]) -> dict[str, Any]:
+    return {"images": [{"match": "ok", "pull": True}, *images]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("x", "images[1]: expected a table"),
+        ({"pull": True}, "images[1].match: required"),
+        (
+            {"match": "Bad", "pull": True},
+            f"images[1].match: 'Bad' {LOWERCASE}",
+        ),
+        ({"match": "x"}, "images[1]: needs exactly one of command, build, pull, load"),
+        (
+            {"match": "x", "command": ["a"], "pull": True},
+            f"images[1]: has both 'command' and 'pull'; {ONE_OF}",
+        ),
+        (
+            {"match": "x", "command": ["a"], "build": {}, "load": "l"},
+            f"images[1]: has 'command', 'build' and 'load'; {ONE_OF}",
+        ),
+        ({"match": "x", "comand": ["a"]}, "images[1]: unknown key 'comand'"),
+        ({"match": "x", "command": []}, "images[1].command: must not be empty"),
+        ({"match": "x", "command": "make"}, "images[1].command: expected a list of strings"),
+        ({"match": "x", "command": ["a", 1]}, "images[1].command[1]: expected a string, not 1"),
+        ({"match": "x", "build": {}}, "images[1].build.context: required"),
+        ({"match": "x", "build": "."}, "images[1].build: expected a table"),
+        (
+            {"match": "x", "build": {"context": ".", "file": "D"}},
+            "images[1].build: unknown key 'file'",
+        ),
+        (
+            {"match": "x", "build": {"context": ".", "args": {"A": 1}}},
+            "images[1].build.args.A: expected a string, not 1",
+        ),
+        (
+            {"match": "x", "pull": False},
+            "images[1].pull: false is not allowed; give true or an image reference",
+        ),
+        (
+            {"match": "x", "pull": "UP"},
+            f"images[1].pull: 'UP' {LOWERCASE}",
+        ),
+        ({"match": "x", "load": 3}, "images[1].load: expected a string, not 3"),
+        (
+            {"match": "x", "pull": True, "env": {"A": "{a"}},
+            "images[1].env.A: stray '{' at position 0 in '{a'; "
+            "write {name} for a placeholder or {{ for a literal brace",
+        ),
+        (
+            {"match": "x", "pull": True, "timeout": "5x"},
+            f"images[1].timeout: bad duration '5x' {HINT}",
+        ),
+        (
+            {"match": "x:{tag}", "build": {"context": ".", "dockerfile": "D.{grp}"}},
+            "images[1]: placeholder {grp} in build.dockerfile is not captured by match",
+        ),
+        (
+            {"match": "x", "command": ["echo", "${HOME}"]},
+            "images[1]: placeholder {HOME} in command[1] is not captured by match",
+        ),
+        (
+            {"match": "x", "pull": True, "depends_on": ["Nope"]},
+            f"images[1].depends_on[0]: 'Nope' {LOWERCASE}",
+        ),
+        (
+            {"match": "x", "pull": True, "depends_on": ["missing"]},
+            "images[1].depends_on[0]: no [[images]] entry matches "
+            "'docker.io/library/missing:latest'",
+        ),
+        (
+            {"match": "x", "pull": True, "depends_on": ["ok", "x"]},
+            "images[1] -> images[1]: depends_on cycle",
+        ),
+    ],
+)
+def test_entry_errors_name_entry_and_key(entry: Any, message: str) -> None:
+    fails(entries(entry), f"config.toml: {message}")
+
+
+def test_cycle_across_entries() -> None:
+    fails(
+        {
+            "images": [
+                {"match": "a", "pull": True, "depends_on": ["b"]},
+                {"match": "b", "pull": True, "depends_on": ["a:latest"]},
+            ]
+        },
+        "config.toml: images[0] -> images[1] -> images[0]: depends_on cycle",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("1h30m", 5400.0),
+        ("500ms", 0.5),
+        ("1.5s", 1.5),
+        (0, 0.0),
+        (7, 7.0),
+    ],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "90", "5x", "1 h", "-1s", True, False, -1, 1.5, None])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(bad)
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_durations_format_and_read_back(millis: int) -> None:
+    assert parse_duration(format_duration(millis / 1000)) == pytest.approx(millis / 1000)
+
+
+def test_format_duration_is_short() -> None:
+    assert [format_duration(s) for s in (0, 0.5, 90, 1800, 5400.25)] == [
+        "0s",
+        "500ms",
+        "1m30s",
+        "30m",
+        "1h30m250ms",
+    ]
+
+
+def test_load_config_resolves_against_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('state_dir = "state"\n[[images]]\nmatch = "a"\nbuild = { context = "." }\n')
+    config = load_config(path)
+    assert config.path == path
+    assert config.state_dir == tmp_path / "state"
+    assert config.recipes[0].build == {"context": str(tmp_path), "args": {}}
+
+
+def test_load_config_reports_the_toml_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('listen = "x"\nupstream = \n')
+    with pytest.raises(ConfigError, match=rf"^{path}: line 2, column 12: Invalid value$"):
+        load_config(path)
+
+
+def test_load_config_reports_unreadable_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match=rf"^{missing}: cannot read: No such file or directory$"):
+        load_config(missing)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=rf"^{binary}: not UTF-8 text"):
+        load_config(binary)
+
+
+def test_semantic_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("lisen = 1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key 'lisen'$"):
+        load_config(path)
+
+
+def test_the_readme_example_is_a_valid_config() -> None:
+    """The example users copy from must be one the proxy accepts, as documented."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    block = readme.split("<!-- config-example -->\n```toml\n", 1)[1].split("\n```", 1)[0]
+    config = parse_config(tomllib.loads(block), base_dir=Path("/etc/docker-heal-proxy"))
+    assert [r.kind for r in config.recipes] == ["command", "build", "pull", "load"]
+    assert config.heal.max_parallel == 2
+    assert config.metrics_listen == "127.0.0.1:9478"
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ({"match": "app@{digest}", "command": ["true"]}, "command"),
+        ({"match": "app@sha256:" + "0" * 64, "load": "x.tar"}, "load"),
+        ({"match": "app:1@{digest}", "build": {"context": "."}}, "build"),
+    ],
+)
+def test_digests_heal_only_through_pull(entry: dict[str, Any], kind: str) -> None:
+    fails(
+        {"images": [entry]},
+        f"config.toml: images[0]: a digest reference heals only through pull, not {kind}",
+    )
+    assert parse({"images": [{"match": entry["match"], "pull": True}]}).recipes[0].kind == "pull"

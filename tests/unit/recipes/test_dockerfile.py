@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from proxy.recipes.dockerfile import from_images
+
+
+def test_plain_from_lines_in_order() -> None:
+    assert from_images("FROM alpine:3.19\nRUN true\nFROM busybox\n", {}) == [
+        "alpine:3.19",
+        "busybox",
+    ]
+
+
+def test_keywords_flags_and_stage_names() -> None:
+    text = """
+from --platform=linux/amd64 golang:1.22 AS Build
+RUN go build
+FROM build AS second
+From SECOND
+FROM scratch
+COPY --from=build /app /app
+"""
+    assert from_images(text, {}) == ["golang:1.22"]
+
+
+def test_continuations_comments_and_blank_lines() -> None:
+    text = "# a comment\n\nFROM \\\n  # inside\n\n  registry.example.com/base:\\\n1 AS b\n"
+    assert from_images(text, {}) == ["registry.example.com/base:1"]
+
+
+def test_escape_directive() -> None:
+    text = "# syntax=docker/dockerfile:1\n# escape=`\nFROM `\n  windows:ltsc\nRUN dir C:\\\n"
+    assert from_images(text, {}) == ["windows:ltsc"]
+
+
+def test_escape_directive_must_come_first() -> None:
+    text = "FROM a\n# escape=`\nFROM b `\nFROM c\n"
+    assert from_images(text, {}) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, ["base:1.0", "registry.example.com/tool", "img:dflt", "plain"]),
+        ({"V": "2", "REG": "r.io", "T": "x"}, ["base:2", "r.io/tool", "img:x", "plain-set"]),
+    ],
+)
+def test_args_before_the_first_from(args: dict[str, str], expected: list[str]) -> None:
+    text = """
+ARG V=1.0
+ARG REG="registry.example.com" T
+ARG SUFFIX=${T:+-set}
+FROM base:$V
+FROM ${REG}/tool
+FROM img:${T:-dflt}
+FROM plain${SUFFIX}
+"""
+    assert from_images(text, args) == expected
+
+
+def test_only_declared_global_args_reach_from() -> None:
+    text = "ARG A=a\nFROM x:$A\nARG B=b\nFROM y:${B:-none}$UNDECLARED\n"
+    assert from_images(text, {"B": "given", "UNDECLARED": "z"}) == ["x:a", "y:none"]
+
+
+def test_variables_can_name_stages_and_vanish() -> None:
+    text = "ARG STAGE=one\nARG EMPTY\nFROM a AS one\nFROM $STAGE\nFROM $EMPTY\nFROM\n"
+    assert from_images(text, {}) == ["a"]
+
+
+def test_unbalanced_quotes_in_arg_are_ignored() -> None:
+    assert from_images('ARG A="oops\nFROM x:${A:-1}\n', {}) == ["x:1"]
+
+
+def test_trailing_continuation_at_end_of_file() -> None:
+    assert from_images("FROM a \\", {}) == ["a"]
+    assert from_images("FROM a\n\\", {}) == ["a"]

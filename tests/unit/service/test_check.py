@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from proxy.recipes.config import Config, parse_config
+from proxy.recipes.recipe import ConcreteRecipe, Recipe
+from proxy.service.check import describe
+
+DOCKERFILES = {
+    "/cfg/app": "ARG V\nFROM base:${V}\n",
+    "/cfg/fixed": "FROM base:1 AS b\nFROM b\nFROM unrelated\n",
+}
+
+
+def read(concrete: ConcreteRecipe) -> str | None:
+    assert concrete.build is not None
+    return DOCKERFILES.get(str(concrete.build.context))
+
+
+def config() -> Config:
+    return parse_config(
+        {
+            "heal": {"timeout": "1h"},
+            "images": [
+                {"match": "base:{t}", "pull": True},
+                {"match": "app:{v}", "build": {"context": "app", "args": {"V": "{v}"}}},
+                {"match": "fixed", "build": {"context": "fixed"}, "depends_on": ["app:7"]},
+                {
+                    "match": "tool:{t}",
+                    "command": ["make", "tool", "T={t}", "HOME=${{HOME}}"],
+                    "env": {"MSG": "hello {t}"},
+                    "timeout": 90,
+                },
+            ],
+        },
+        base_dir=Path("/cfg"),
+    )
+
+
+def test_lists_every_entry() -> None:
+    text = describe(config(), None, read)
+    assert text.startswith("no config file: built-in defaults\n4 [[images]] entries")
+    assert "images[1]  app:{v}\n  matches  docker.io/library/app:{v}\n" in text
+    assert "  build    /cfg/app (-f Dockerfile, --build-arg V='{v}')" in text
+    assert "  bases    found per image from the Dockerfile; see check IMAGE" in text
+    assert "  depends on  app:7\n" in text
+    assert "  bases       docker.io/library/base:1\n" in text
+    assert "  command  make tool 'T={t}' 'HOME=${{HOME}}'\n  workdir  /cfg\n" in text
+    assert "  env      MSG='hello {t}'\n  timeout  1m30s" in text
+
+
+def test_without_entries() -> None:
+    assert describe(Config(path=Path("/x.toml")), None, read) == (
+        "config /x.toml\nno [[images]] entries: nothing can be healed"
+    )
+
+
+def test_one_image_with_its_chain() -> None:
+    text = describe(config(), "fixed", read)
+    assert text == "\n".join(
+        [
+            "no config file: built-in defaults",
+            "docker.io/library/fixed:latest is matched by images[2] (fixed)",
+            "",
+            "recipe, filled in:",
+            "  build       /cfg/fixed (-f Dockerfile)",
+            "  depends on  docker.io/library/app:7",
+            "  timeout     1h",
+            "",
+            "heal order, bases first (each is skipped if the image already exists):",
+            "  1. docker.io/library/base:7  by images[0] (pull)",
+            "  2. docker.io/library/app:7  by images[1] (build)",
+            "  3. docker.io/library/base:1  by images[0] (pull)",
+            "  4. docker.io/library/fixed:latest  by images[2] (build)",
+        ]
+    )
+
+
+def test_one_image_shows_captures_and_filled_command() -> None:
+    text = describe(config(), "tool:2", read)
+    assert "  captures  t=2\n" in text
+    assert "  command  make tool T=2 'HOME=${HOME}'\n" in text
+
+
+def test_problems_are_reported_in_the_text() -> None:
+    assert describe(config(), "nope", read).endswith(
+        "no recipe matches nope (docker.io/library/nope:latest)"
+    )
+    assert describe(config(), "Nope", read).endswith(
+        "Nope: cannot heal: invalid image reference 'Nope': repository name must be lowercase"
+    )
+    looping = Config(
+        recipes=(
+            Recipe(index=0, match="a", kind="pull", pull="a", depends_on=("b",)),
+            Recipe(index=1, match="b", kind="pull", pull="b", depends_on=("a",)),
+        )
+    )
+    assert describe(looping, "a", read).endswith(
+        "a: cannot heal: docker.io/library/a:latest -> "
+        "docker.io/library/b:latest -> docker.io/library/a:latest: dependency cycle"
+    )

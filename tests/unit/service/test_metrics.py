@@ -1,0 +1,190 @@
+"""metrics: names, bounded labels, healer gauges read at scrape time, the HTTP app.
+
+``promtool check metrics`` (the Prometheus project's own linter) judges the
+exposition text, so the naming conventions are checked by the tool that
+defines them rather than by a list kept here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from support import require
+
+from proxy import __version__
+from proxy.healing.healer import Healer
+from proxy.service.metrics import PREFIX, Metrics, application
+
+
+@dataclass
+class HealerState:
+    """Just the attributes the scrape-time collector reads."""
+
+    running: dict[str, object] = field(default_factory=dict)
+    waiters: int = 0
+    cooldowns: dict[str, int] = field(default_factory=dict)
+
+    def cooldown_counts(self) -> dict[str, int]:
+        return self.cooldowns
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def busy_metrics() -> Metrics:
+    state = HealerState({"a": object(), "b": object()}, 5, {"app:*": 1, "tool:1": 0})
+    metrics = Metrics(lambda: cast(Healer, state))
+    metrics.exchange("GET", "/v1.41/containers/0123abcd/json", 200, 0.01)
+    metrics.exchange("GET", "/containers/0123abcd/json", 404, 0.02)
+    metrics.exchange("BREW", "/v1.41/coffee", 418, 0.5)
+    metrics.upstream_error("connect")
+    metrics.hijacked(1)
+    metrics.image_checked(True)
+    metrics.image_checked(False)
+    metrics.heal_finished("app:*", True, 42.0)
+    metrics.heal_finished("app:*", False, 3000.0)
+    return metrics
+
+
+def test_labels_are_route_templates_and_bounded_methods() -> None:
+    got = samples(busy_metrics())
+    requests = PREFIX + "requests_total"
+    assert (
+        got[(requests, (("code", "200"), ("method", "GET"), ("route", "/containers/{id}/json")))]
+        == 1
+    )
+    assert (
+        got[(requests, (("code", "404"), ("method", "GET"), ("route", "/containers/{id}/json")))]
+        == 1
+    )
+    assert got[(requests, (("code", "418"), ("method", "other"), ("route", "other")))] == 1
+    count = PREFIX + "request_duration_seconds_count"
+    assert got[(count, (("route", "/containers/{id}/json"),))] == 2
+    assert all("0123abcd" not in str(key) for key in got)
+
+
+def test_every_metric_of_the_issue_is_exported() -> None:
+    got = samples(busy_metrics())
+    p = PREFIX
+    assert got[(p + "upstream_errors_total", (("kind", "connect"),))] == 1
+    assert got[(p + "hijacked_connections", ())] == 1
+    assert got[(p + "image_checks_total", (("result", "present"),))] == 1
+    assert got[(p + "image_checks_total", (("result", "missing"),))] == 1
+    assert got[(p + "heals_total", (("image", "app:*"), ("result", "success")))] == 1
+    assert got[(p + "heals_total", (("image", "app:*"), ("result", "failure")))] == 1
+    # An hour-long heal still lands in a finite bucket.
+    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "3600.0")))] == 2
+    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "60.0")))] == 1
+    assert got[(p + "heals_in_progress", ())] == 2
+    assert got[(p + "heal_waiters", ())] == 5
+    assert got[(p + "heal_cooldown_active", (("image", "app:*"),))] == 1
+    assert got[(p + "heal_cooldown_active", (("image", "tool:1"),))] == 0
+    assert got[(p + "build_info", (("version", __version__),))] == 1
+
+
+def test_healer_gauges_follow_the_healer_at_scrape_time() -> None:
+    state = HealerState()
+    metrics = Metrics(lambda: cast(Healer, state))
+    assert samples(metrics)[(PREFIX + "heals_in_progress", ())] == 0
+    state.running["x"] = object()
+    state.waiters = 2
+    got = samples(metrics)
+    assert got[(PREFIX + "heals_in_progress", ())] == 1
+    assert got[(PREFIX + "heal_waiters", ())] == 2
+    # Before the healer exists (start-up), the gauges read zero rather than failing.
+    assert samples(Metrics())[(PREFIX + "heal_waiters", ())] == 0
+
+
+def test_promtool_accepts_the_exposition() -> None:
+    promtool = require("promtool")
+    text = generate_latest(busy_metrics().registry)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.strip() == b"", result.stdout.decode()  # no lint warnings either
+
+
+def with_client(
+    ping: Callable[[], Awaitable[str | None]], use: Callable[[TestClient[Any, Any]], Awaitable[Any]]
+) -> Any:
+    async def main() -> Any:
+        async with TestClient(TestServer(application(busy_metrics(), ping))) as client:
+            return await use(client)
+
+    return asyncio.run(main())
+
+
+async def healthy() -> str | None:
+    return None
+
+
+async def daemon_down() -> str | None:
+    return "cannot reach the Docker daemon at /x.sock: refused"
+
+
+def test_app_serves_metrics_and_health() -> None:
+    async def use(client: TestClient[Any, Any]) -> tuple[int, str, str, int, Any]:
+        scrape = await client.get("/metrics")
+        health = await client.get("/healthz")
+        return (
+            scrape.status,
+            scrape.headers["Content-Type"],
+            await scrape.text(),
+            health.status,
+            await health.json(),
+        )
+
+    code, content_type, text, health_code, health = with_client(healthy, use)
+    assert code == 200 and content_type.startswith("text/plain")
+    assert PREFIX + "heals_total" in text
+    assert (health_code, health) == (200, {"status": "ok"})
+
+
+def test_health_is_503_with_the_reason_when_the_daemon_is_down() -> None:
+    async def use(client: TestClient[Any, Any]) -> tuple[int, Any]:
+        health = await client.get("/healthz")
+        return health.status, await health.json()
+
+    code, body = with_client(daemon_down, use)
+    assert code == 503
+    assert body == {
+        "status": "unhealthy",
+        "message": "cannot reach the Docker daemon at /x.sock: refused",
+    }
+
+
+def test_the_healer_state_is_not_on_the_metrics_listener() -> None:
+    async def use(client: TestClient[Any, Any]) -> int:
+        return (await client.get("/_heal/status")).status
+
+    assert with_client(healthy, use) == 404
+
+
+def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
+    """``increase()`` ignores a series' first sample: a counter that appears at
+    1 on the first failure would never fire the heal-failure alert."""
+    metrics = Metrics()
+    metrics.recipes_configured(["app:*", "tool:1"])
+    got = samples(metrics)
+    for image in ("app:*", "tool:1"):
+        for result in ("success", "failure"):
+            assert got[(PREFIX + "heals_total", (("image", image), ("result", result)))] == 0
+        assert got[(PREFIX + "heal_duration_seconds_count", (("image", image),))] == 0
+    for kind in ("connect", "protocol", "closed"):
+        assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
+    for result in ("present", "missing"):
+        assert got[(PREFIX + "image_checks_total", (("result", result),))] == 0

@@ -1,0 +1,221 @@
+"""status: rendering a snapshot for a person, finding the socket, fetching over it.
+
+The snapshots are built from the healer's own ``Progress.view`` and
+``Result.view`` and sent through JSON, so a change of the wire format breaks
+these tests rather than the command in the field.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.healing.healer import Progress, Result
+from proxy.service import status
+from proxy.wire.routes import STATUS_PATH
+
+
+def snapshot() -> dict[str, Any]:
+    running = Progress("127.0.0.1:1/app:2", "images[0] (127.0.0.1:1/app:*)", "127.0.0.1:1/app:*")
+    running.phase = "running"
+    running.started -= 12.3
+    running.lines.extend(["Step 1/2 : FROM base", "Step 2/2 : RUN make"])
+    running.log_path = Path("/var/lib/docker-heal-proxy/logs/app-2.log")
+    ok = Result(True, "127.0.0.1:1/app:*", "healed by images[0]", 1_700_000_000, 4.25)
+    bad = Result(
+        False,
+        "127.0.0.1:1/tool:1",
+        "docker-heal-proxy: cannot heal 127.0.0.1:1/tool:1: exited with status 2\n  make: ***",
+        1_700_000_100,
+        1.0,
+    )
+    data = {
+        "recipes": [
+            {"index": 0, "match": "127.0.0.1:1/app:*", "kind": "command"},
+            {"index": 1, "match": "127.0.0.1:1/tool:1", "kind": "build"},
+        ],
+        "in_progress": [running.view()],
+        "waiters": 3,
+        "last_results": {"127.0.0.1:1/app:1": ok.view(), "127.0.0.1:1/tool:1": bad.view()},
+    }
+    return dict(json.loads(json.dumps(data)))
+
+
+def test_render_shows_recipes_running_heals_and_last_results() -> None:
+    text = status.render(snapshot())
+    assert "Recipes (2):" in text
+    assert "images[1]  build    127.0.0.1:1/tool:1" in text
+    assert "Heals in progress (1), 3 requests waiting:" in text
+    assert "127.0.0.1:1/app:2  running  12.3s  by images[0] (127.0.0.1:1/app:*)" in text
+    assert "    | Step 2/2 : RUN make" in text
+    assert "log: /var/lib/docker-heal-proxy/logs/app-2.log" in text
+    assert "127.0.0.1:1/app:1  success  2023-11-14T22:13:20Z  4.2s  healed by images[0]" in text
+    # A multi-line failure keeps its first line on the result's row, the rest indented.
+    lines = text.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("  127.0.0.1:1/tool:1  "))
+    assert "failure" in lines[row] and "exited with status 2" in lines[row]
+    assert lines[row + 1] == "        make: ***"
+
+
+def test_render_of_an_idle_pass_through_proxy() -> None:
+    text = status.render({"recipes": [], "in_progress": [], "waiters": 0, "last_results": {}})
+    assert text == (
+        "Recipes: none (pass-through only)\n\nHeals in progress: none\n\nLast results: none yet\n"
+    )
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["recipes", "in_progress", "waiters", "last_results"]),
+        st.one_of(st.none(), st.just([]), st.just({}), st.integers(0, 5)),
+    )
+)
+def test_render_tolerates_missing_and_empty_keys(data: dict[str, Any]) -> None:
+    if not isinstance(data.get("waiters", 0), int | None):
+        return
+    for key in ("recipes", "in_progress", "last_results"):
+        if isinstance(data.get(key), int):
+            data[key] = None
+    assert status.render(data).endswith("\n")
+
+
+def test_watch_frame_shows_only_running_heals() -> None:
+    frame = status.render_watch(snapshot(), "12:00:00")
+    assert frame.startswith("docker-heal-proxy status at 12:00:00")
+    assert "Step 1/2 : FROM base" in frame
+    assert "Recipes" not in frame and "Last results" not in frame
+
+
+@pytest.mark.parametrize(
+    ("listen", "env", "config", "expected"),
+    [
+        ("unix:///a.sock", {"DOCKER_HOST": "unix:///b.sock"}, "unix:///c.sock", "/a.sock"),
+        (None, {"DOCKER_HOST": "unix:///b.sock"}, "unix:///c.sock", "/b.sock"),
+        (None, {"DOCKER_HOST": "tcp://h:2375"}, "unix:///c.sock", "/c.sock"),
+        (None, {}, None, "/run/docker-heal-proxy.sock"),
+    ],
+)
+def test_socket_path_precedence(
+    listen: str | None, env: dict[str, str], config: str | None, expected: str
+) -> None:
+    assert status.socket_path(listen, env, config, is_root=True) == expected
+
+
+class OneShotServer:
+    """A Unix socket that answers each connection with a canned HTTP response."""
+
+    def __init__(self, path: str, response: bytes) -> None:
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.response = response
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data)
+                conn.sendall(self.response)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+def http_response(status_line: str, body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status_line}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Iterator[str]:
+    yield str(tmp_path / "s.sock")
+
+
+def test_fetch_reads_the_status_path(sock_path: str) -> None:
+    body = json.dumps(snapshot()).encode()
+    server = OneShotServer(sock_path, http_response("200 OK", body))
+    try:
+        assert status.fetch(sock_path) == snapshot()
+    finally:
+        server.close()
+    assert server.requests[0].startswith(f"GET {STATUS_PATH} HTTP/1.1\r\n".encode())
+
+
+def test_fetch_from_the_daemon_itself_says_so(sock_path: str) -> None:
+    server = OneShotServer(
+        sock_path, http_response("404 Not Found", b'{"message":"page not found"}')
+    )
+    try:
+        with pytest.raises(status.StatusError, match="Docker daemon's socket rather than"):
+            status.fetch(sock_path)
+    finally:
+        server.close()
+
+
+def test_fetch_without_a_listener(sock_path: str) -> None:
+    with pytest.raises(status.StatusError, match="cannot reach the proxy"):
+        status.fetch(sock_path)
+
+
+def test_watch_into_a_pipe_appends_frames_and_survives_errors(sock_path: str) -> None:
+    out = io.StringIO()
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        status.watch(sock_path, out, clock=lambda: "T", sleep=sleep)
+    text = out.getvalue()
+    assert status.CLEAR not in text  # not a terminal: no escape codes
+    assert text.count("docker-heal-proxy status at T") == 2
+    assert text.count("cannot reach the proxy") == 2
+    assert naps == [1.0, 1.0]
+
+
+def test_watch_redraws_in_place_on_a_terminal(sock_path: str) -> None:
+    body = json.dumps(snapshot()).encode()
+    server = OneShotServer(sock_path, http_response("200 OK", body))
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+
+    def stop(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            status.watch(sock_path, out, clock=lambda: time.strftime("%H"), sleep=stop)
+    finally:
+        server.close()
+    assert out.getvalue().startswith(status.CLEAR + "docker-heal-proxy status at ")
+    assert "RUN make" in out.getvalue()

@@ -1,0 +1,130 @@
+"""The systemd protocol, spoken against real sockets rather than a mock of libsystemd.
+
+A notify socket here is a real AF_UNIX datagram socket, the way systemd
+listens, so a message that would not reach systemd does not reach the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.service import systemd
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+@contextlib.contextmanager
+def on_fd_3(sock: socket.socket) -> Iterator[None]:
+    """Put ``sock`` at fd 3 as systemd does, and give fd 3 back to its owner afterwards."""
+    try:
+        saved: int | None = os.dup(3)
+    except OSError:
+        saved = None
+    os.dup2(sock.fileno(), 3)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 3)
+            os.close(saved)
+        else:
+            with contextlib.suppress(OSError):
+                os.close(3)
+
+
+def test_not_activated_without_the_variables() -> None:
+    assert systemd.activated_socket({}) is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "x"},  # meant for another process
+        {"LISTEN_PID": "self", "LISTEN_FDS": "0"},
+        {"LISTEN_FDS": "1"},
+    ],
+)
+def test_variables_for_someone_else_are_consumed_and_ignored(env: dict[str, str]) -> None:
+    """A child the proxy runs (a recipe's build) must not think it was activated."""
+    env = {k: (str(os.getpid()) if v == "self" else v) for k, v in env.items()}
+    env["OTHER"] = "kept"
+    assert systemd.activated_socket(env) is None
+    assert env == {"OTHER": "kept"}
+
+
+def test_activated_socket_is_fd_3_and_accepts(tmp_path: Path) -> None:
+    path = str(tmp_path / "activated.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen()
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "proxy"}
+    with on_fd_3(listening):
+        sock = systemd.activated_socket(env)
+        assert sock is not None
+        try:
+            assert sock.fileno() == 3
+            assert env == {}
+            assert not os.get_inheritable(3)
+            assert sock.getsockname() == path
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(path)
+                accepted, _ = sock.accept()
+                client.sendall(b"hi")
+                assert accepted.recv(2) == b"hi"
+                accepted.close()
+        finally:
+            sock.detach()  # fd 3 is restored by on_fd_3
+    listening.close()
+
+
+def test_notify_reaches_a_datagram_socket(notify_socket: tuple[str, socket.socket]) -> None:
+    path, sock = notify_socket
+    env = {"NOTIFY_SOCKET": path}
+    assert systemd.notify("READY=1", env)
+    assert systemd.notify("STOPPING=1", env)
+    assert sock.recv(4096) == b"READY=1"
+    assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_notify_to_an_abstract_socket() -> None:
+    name = f"dhp-test-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert systemd.notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(4096) == b"WATCHDOG=1"
+
+
+def test_notify_without_systemd_is_a_quiet_no(tmp_path: Path) -> None:
+    assert not systemd.notify("READY=1", {})
+    assert not systemd.notify("READY=1", {"NOTIFY_SOCKET": ""})
+    assert not systemd.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "nobody")})
+
+
+@pytest.mark.parametrize(
+    ("env", "interval"),
+    [
+        ({"WATCHDOG_USEC": "3000000"}, 1.5),
+        ({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "self"}, 1.5),
+        ({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}, None),
+        ({"WATCHDOG_USEC": ""}, None),
+        ({}, None),
+    ],
+)
+def test_watchdog_interval_is_half_the_timeout(env: dict[str, str], interval: float | None) -> None:
+    env = {k: (str(os.getpid()) if v == "self" else v) for k, v in env.items()}
+    assert systemd.watchdog_interval(env) == interval

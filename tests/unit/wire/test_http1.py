@@ -1,0 +1,323 @@
+"""The sans-IO framer: where each message ends, however the bytes are cut.
+
+The data path forwards exactly the bytes ``Body.feed`` says belong to the
+current message, so an off-by-one here either truncates a body or glues the
+next request onto it. Every test therefore checks exact counts, and the
+byte-boundary tests cut the stream at every possible place, because the
+network does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.wire.http1 import (
+    MAX_CHUNK_LINE,
+    Body,
+    ChunkedBody,
+    LengthBody,
+    ProtocolError,
+    UntilCloseBody,
+    dechunk,
+    find_head_end,
+    parse_request_head,
+    parse_response_head,
+    request_body,
+    response_body,
+)
+
+NEXT = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
+"""A pipelined next request that must never be counted as part of a body."""
+
+
+def req(head_lines: str, request_line: str = "POST /build HTTP/1.1") -> bytes:
+    return (request_line + "\r\n" + head_lines + "\r\n").encode("latin-1")
+
+
+def resp(head_lines: str, status_line: str = "HTTP/1.1 200 OK") -> bytes:
+    return (status_line + "\r\n" + head_lines + "\r\n").encode("latin-1")
+
+
+def chunked(body: bytes, sizes: list[int], *, ext: bool = False, trailers: bool = False) -> bytes:
+    """``body`` in the chunked coding, cut into chunks of the given sizes (the rest last)."""
+    out = bytearray()
+    i = 0
+    for size in [*sizes, len(body)]:
+        piece = body[i : i + size]
+        i += len(piece)
+        if piece:
+            out += b"%x%s\r\n%s\r\n" % (len(piece), b";name=value" if ext else b"", piece)
+    out += b"0\r\n"
+    if trailers:
+        out += b"Trailer-One: 1\r\nTrailer-Two: 2\r\n"
+    out += b"\r\n"
+    return bytes(out)
+
+
+def feed_pieces(body: Body, stream: bytes, cuts: list[int]) -> int:
+    """Feed ``stream`` cut at ``cuts``; return the offset where the body said it ended.
+
+    Also checks that ``done`` never turns true before the byte that ends the
+    body and that nothing is consumed after it.
+    """
+    consumed = 0
+    offset = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        piece = stream[offset:cut]
+        was_done = body.done
+        n = body.feed(piece)
+        assert 0 <= n <= len(piece)
+        if was_done:
+            assert n == 0, "a finished body must not consume the next message"
+        elif not body.done:
+            assert n == len(piece), "an unfinished body consumes all it is offered"
+        consumed += n
+        offset = max(offset, cut)
+    assert body.done
+    return consumed
+
+
+# -- heads ---------------------------------------------------------------------
+
+
+def test_find_head_end_points_just_past_the_blank_line() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nBODY"
+    assert find_head_end(raw) == len(raw) - 4
+    assert find_head_end(raw[:-5]) == -1
+    assert find_head_end(b"\r\n\r\n" + raw, 4) == len(raw)
+
+
+def test_request_head_keeps_target_and_raw_bytes_exactly() -> None:
+    """Routing reads the target; forwarding uses ``raw``: both must be untouched."""
+    target = '/v1.41/containers/json?all=1&filters={"label":["a=b"]}&x=%2F%2f'
+    raw = req("Host: docker\r\nX-Odd:   spaced  \r\n", f"GET {target} HTTP/1.1")
+    head = parse_request_head(raw)
+    assert head.method == "GET"
+    assert head.target == target
+    assert head.path == "/v1.41/containers/json"
+    assert head.query == 'all=1&filters={"label":["a=b"]}&x=%2F%2f'
+    assert head.raw is raw
+    assert (head.content_length, head.chunked, head.close) == (None, False, False)
+
+
+@pytest.mark.parametrize(
+    ("lines", "version", "close"),
+    [
+        ("Connection: Upgrade\r\nUpgrade: tcp\r\n", "HTTP/1.1", False),
+        ("connection: keep-alive, CLOSE\r\n", "HTTP/1.1", True),
+        ("Connection: close\r\n", "HTTP/1.1", True),
+        ("", "HTTP/1.0", True),
+        ("Connection: keep-alive\r\n", "HTTP/1.0", False),
+    ],
+)
+def test_connection_tokens(lines: str, version: str, close: bool) -> None:
+    head = parse_request_head(req(lines, f"POST /containers/x/attach {version}"))
+    assert head.close == close
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    ["GET /\tHTTP/1.1", "GET / HTTP/2.0", "GET  / HTTP/1.1", "G3T / HTTP/1.1", "garbage"],
+)
+def test_malformed_request_lines_are_refused(request_line: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_request_head(req("Host: x\r\n", request_line))
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        # Two framings: the proxy and the daemon could disagree on the end.
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+        # Two different lengths.
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Content-Length: -1\r\n",
+        "Content-Length: 0x10\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
+    ],
+)
+def test_conflicting_or_bad_request_framing_is_refused(lines: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_request_head(req(lines))
+
+
+def test_repeated_equal_content_length_is_one_length() -> None:
+    assert parse_request_head(req("Content-Length: 7\r\ncontent-length: 7\r\n")).content_length == 7
+
+
+def test_header_names_match_whole_names_only() -> None:
+    """``X-Content-Length`` is not ``Content-Length``; a suffix match would mis-frame."""
+    head = parse_request_head(req("X-Content-Length: 9\r\nX-Transfer-Encoding: chunked\r\n"))
+    assert (head.content_length, head.chunked) == (None, False)
+    assert request_body(head).done
+
+
+def test_response_head_fields() -> None:
+    head = parse_response_head(resp("Content-Length: 12\r\nConnection: close\r\n"))
+    assert (head.status, head.content_length, head.chunked, head.close) == (200, 12, False, True)
+    assert parse_response_head(resp("", "HTTP/1.0 200 OK")).close
+    with pytest.raises(ProtocolError):
+        parse_response_head(b"garbage\r\n\r\n")
+    with pytest.raises(ProtocolError):
+        parse_response_head(b"HTTP/1.1 abc OK\r\n\r\n")
+
+
+def test_response_chunked_wins_over_content_length() -> None:
+    """RFC 9112 6.3: with both, Transfer-Encoding frames the message."""
+    head = parse_response_head(resp("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"))
+    assert head.chunked and head.content_length is None
+    assert isinstance(response_body(head, "GET"), ChunkedBody)
+
+
+# -- which body ------------------------------------------------------------------
+
+
+def test_request_bodies() -> None:
+    assert request_body(parse_request_head(req(""))).done
+    assert request_body(parse_request_head(req("Content-Length: 0\r\n"))).done
+    length = request_body(parse_request_head(req("Content-Length: 10\r\n")))
+    assert isinstance(length, LengthBody) and not length.done
+    chunk = request_body(parse_request_head(req("Transfer-Encoding: chunked\r\n")))
+    assert isinstance(chunk, ChunkedBody) and not chunk.done
+
+
+@pytest.mark.parametrize(
+    ("status_line", "lines", "method"),
+    [
+        ("HTTP/1.1 200 OK", "Content-Length: 100\r\n", "HEAD"),
+        ("HTTP/1.1 200 OK", "Transfer-Encoding: chunked\r\n", "HEAD"),
+        ("HTTP/1.1 204 No Content", "", "DELETE"),
+        ("HTTP/1.1 304 Not Modified", "Content-Length: 10\r\n", "POST"),
+        ("HTTP/1.1 100 Continue", "", "POST"),
+        ("HTTP/1.1 101 Switching Protocols", "Upgrade: tcp\r\n", "POST"),
+    ],
+)
+def test_responses_without_a_body(status_line: str, lines: str, method: str) -> None:
+    """HEAD, 1xx, 204 and 304 end at the head whatever they announce."""
+    body = response_body(parse_response_head(resp(lines, status_line)), method)
+    assert body.done
+    assert body.feed(NEXT) == 0
+
+
+def test_response_without_length_runs_until_close() -> None:
+    body = response_body(parse_response_head(resp("Content-Type: x\r\n")), "POST")
+    assert isinstance(body, UntilCloseBody)
+    assert body.feed(NEXT) == len(NEXT) and not body.done
+    assert body.feed(NEXT, 5) == len(NEXT) - 5 and not body.done
+
+
+def test_100_continue_then_final_response() -> None:
+    """An interim 100 has no body, so the final head that follows is read as a head."""
+    stream = resp("", "HTTP/1.1 100 Continue") + resp("Content-Length: 2\r\n") + b"ok" + NEXT
+    first_end = find_head_end(stream)
+    first = parse_response_head(stream[:first_end])
+    assert first.status == 100 and response_body(first, "POST").done
+    second_end = find_head_end(stream, first_end)
+    second = parse_response_head(stream[first_end:second_end])
+    body = response_body(second, "POST")
+    assert body.feed(stream, second_end) == 2 and body.done
+
+
+# -- Content-Length ----------------------------------------------------------------
+
+
+def test_length_body_at_every_split() -> None:
+    payload = bytes(range(40))
+    stream = payload + NEXT
+    for cut in range(len(stream) + 1):
+        assert feed_pieces(LengthBody(len(payload)), stream, [cut]) == len(payload)
+
+
+def test_length_body_with_start_offset() -> None:
+    body = LengthBody(3)
+    assert body.feed(b"HEADabcdef", 4) == 3 and body.done
+    assert body.feed(b"more") == 0
+
+
+# -- chunked -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ext", "trailers"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_chunked_body_at_every_split(ext: bool, trailers: bool) -> None:
+    """Cut once and twice at every position: size lines, CRLFs, data and trailers."""
+    encoded = chunked(b"hello, chunked world\r\n0\r\n", [1, 3, 16], ext=ext, trailers=trailers)
+    stream = encoded + NEXT
+    for cut in range(len(stream) + 1):
+        assert feed_pieces(ChunkedBody(), stream, [cut]) == len(encoded)
+    for a in range(0, len(encoded) + 1, 3):
+        for b in range(a, len(encoded) + 2):
+            assert feed_pieces(ChunkedBody(), stream, [a, b]) == len(encoded)
+
+
+def test_chunked_body_byte_by_byte() -> None:
+    encoded = chunked(b"x" * 300, [255, 1])
+    stream = encoded + NEXT
+    assert feed_pieces(ChunkedBody(), stream, list(range(len(stream)))) == len(encoded)
+
+
+def test_chunked_uppercase_hex_and_lf_only_lines() -> None:
+    body = ChunkedBody()
+    encoded = b"A\nabcdefghij\n0\n\n"
+    assert body.feed(encoded + NEXT) == len(encoded) and body.done
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        b"zz\r\nab\r\n0\r\n\r\n",  # size is not hex
+        b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
+        b"-2\r\nab\r\n0\r\n\r\n",  # negative size
+        b"1" * (MAX_CHUNK_LINE + 10),  # a size line that never ends
+    ],
+)
+def test_bad_chunked_bodies_are_refused(encoded: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ChunkedBody().feed(encoded)
+
+
+def test_dechunk_decodes_extensions_and_trailers() -> None:
+    encoded = chunked(b'{"Image": "busybox"}', [3, 5], ext=True, trailers=True)
+    assert dechunk(encoded) == b'{"Image": "busybox"}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=2000),
+    sizes=st.lists(st.integers(min_value=1, max_value=700), max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=12),
+    ext=st.booleans(),
+    trailers=st.booleans(),
+    tail=st.binary(max_size=64),
+)
+def test_any_chunked_body_in_any_pieces_ends_exactly_at_its_end(
+    body: bytes, sizes: list[int], cuts: list[int], ext: bool, trailers: bool, tail: bytes
+) -> None:
+    """Whatever the chunking and however the stream is cut, the end is exact."""
+    encoded = chunked(body, sizes, ext=ext, trailers=trailers)
+    stream = encoded + tail
+    cuts = [c for c in cuts if c <= len(stream)]
+    assert feed_pieces(ChunkedBody(), stream, cuts) == len(encoded)
+    assert dechunk(encoded) == body
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    length=st.integers(min_value=0, max_value=3000),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=10),
+)
+def test_any_length_body_in_any_pieces_ends_exactly_at_its_end(
+    length: int, cuts: list[int]
+) -> None:
+    stream = b"b" * length + NEXT
+    cuts = [c for c in cuts if c <= len(stream)]
+    body = LengthBody(length)
+    if length == 0:
+        assert body.done and body.feed(stream) == 0
+        return
+    assert feed_pieces(body, stream, cuts) == length

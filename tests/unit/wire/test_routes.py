@@ -1,0 +1,67 @@
+"""routes: version prefixes, bounded templates, the reference a pull names."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.wire.routes import TEMPLATES, pulled_reference, route, strip_version
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1.41/containers/create", "/containers/create"),
+        ("/v1/info", "/info"),
+        ("/_ping", "/_ping"),
+        ("/version", "/version"),  # not a version prefix: no slash follows "v..."
+        ("/v1.41", "/v1.41"),
+    ],
+)
+def test_strip_version(path: str, expected: str) -> None:
+    assert strip_version(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1.41/_ping", "/_ping"),
+        ("/v1.41/containers/abc123/json", "/containers/{id}/json"),
+        ("/containers/abc123", "/containers/{id}"),
+        ("/v1.41/containers/abc/attach", "/containers/{id}/attach"),
+        ("/v1.41/exec/e1/start", "/exec/{id}/start"),
+        ("/v1.41/images/127.0.0.1:1/team/app:1/json", "/images/{name}/json"),
+        ("/v1.41/images/app:1", "/images/{name}"),
+        ("/v1.41/images/create", "/images/create"),
+        ("/v1.41/containers/a/b/json", "other"),
+        ("/nonsense", "other"),
+        ("/_heal/status", "/_heal/status"),
+    ],
+)
+def test_route_templates(path: str, template: str) -> None:
+    assert route(path) == template
+
+
+@given(st.text(alphabet="abc/._-:v0123456789{}", max_size=60))
+def test_route_is_always_a_known_template(path: str) -> None:
+    """Whatever the path, the label is one of a fixed set: metrics stay bounded."""
+    assert route("/" + path) in {*TEMPLATES, "other"}
+
+
+@pytest.mark.parametrize(
+    ("query", "reference"),
+    [
+        ("fromImage=foo&tag=latest", "foo:latest"),
+        ("fromImage=127.0.0.1%3A1%2Fteam%2Fapp&tag=2", "127.0.0.1:1/team/app:2"),
+        ("fromImage=foo%3A3", "foo:3"),
+        ("fromImage=foo&tag=sha256%3Aabc", "foo@sha256:abc"),
+        ("fromImage=foo&tag=", None),  # all tags
+        ("fromImage=foo", None),
+        ("fromSrc=-&repo=foo", None),  # an import, not a pull
+        ("fromImage=&tag=1", None),
+        ("", None),
+    ],
+)
+def test_pulled_reference(query: str, reference: str | None) -> None:
+    assert pulled_reference(query) == reference
