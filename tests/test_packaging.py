@@ -1,0 +1,88 @@
+"""The layout holds: the import contract is kept and can break, and the wheel ships every module.
+
+These read the source tree and build from a copy of it; they need no daemon.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+PURE = "The pure modules do no asynchronous I/O"
+LAYERS = "The service uses healing; healing uses the wire and the recipe core, which use nothing"
+
+
+def copy_project(dest: Path) -> Path:
+    """The package and its build metadata, without caches, in a fresh folder."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    shutil.copytree(REPO / "proxy", dest / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", str(project / "pyproject.toml")],
+        cwd=project,
+        env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_import_contracts_are_kept(tmp_path: Path) -> None:
+    result = lint_imports(copy_project(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "planted", "contract"),
+    [
+        ("recipes/reference.py", "import asyncio", PURE),
+        ("wire/http1.py", "import aiohttp", PURE),
+        ("recipes/graph.py", "from ..healing import healer", LAYERS),
+        ("wire/routes.py", "from ..recipes import reference", LAYERS),
+        ("healing/engine.py", "from ..service import metrics", LAYERS),
+    ],
+)
+def test_a_planted_import_breaks_its_contract(
+    tmp_path: Path, module: str, planted: str, contract: str
+) -> None:
+    project = copy_project(tmp_path)
+    source = project / "proxy" / module
+    text = source.read_text()
+    marker = "from __future__ import annotations\n"
+    assert marker in text
+    source.write_text(text.replace(marker, f"{marker}\n{planted}  # noqa\n", 1))
+    result = lint_imports(project)
+    assert result.returncode == 1, result.stdout + result.stderr
+    # The report wraps long contract names; compare with the white space folded.
+    assert f"{contract} BROKEN" in " ".join(result.stdout.split()), result.stdout
+
+
+def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    project = copy_project(tmp_path / "src")
+    out = tmp_path / "dist"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("docker_heal_proxy-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.endswith(".py")}
+    sources = {p.relative_to(REPO).as_posix() for p in (REPO / "proxy").rglob("*.py")}
+    assert len(sources) > 30
+    assert sources - shipped == set()
