@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy import __version__
+
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 PURE = "The pure modules do no asynchronous I/O"
@@ -49,9 +51,11 @@ def test_the_import_contracts_are_kept(tmp_path: Path) -> None:
     [
         ("recipes/reference.py", "import asyncio", PURE),
         ("wire/http1.py", "import aiohttp", PURE),
+        ("service/check.py", "import uvloop", PURE),
         ("recipes/graph.py", "from ..healing import healer", LAYERS),
         ("wire/routes.py", "from ..recipes import reference", LAYERS),
         ("healing/engine.py", "from ..service import metrics", LAYERS),
+        ("wire/routes.py", "from .. import __main__", LAYERS),
     ],
 )
 def test_a_planted_import_breaks_its_contract(
@@ -86,3 +90,16 @@ def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "proxy").rglob("*.py")}
     assert len(sources) > 30
     assert sources - shipped == set()
+    # The console script must name a module that is in the wheel.
+    with zipfile.ZipFile(wheel) as archive:
+        (entry_points,) = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    target = scripts.split("docker-heal-proxy = ", 1)[1].split(":", 1)[0]
+    assert f"{target.replace('.', '/')}.py" in shipped, scripts
+
+
+def test_the_console_script_runs() -> None:
+    script = Path(sys.executable).with_name("docker-heal-proxy")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(__version__)

@@ -10,5 +10,6 @@ people read.
 Pure: ``check`` (text from a config), ``settings`` (resolution rules);
 the rest are the program's edges.
 
-May import: every other part. Nothing imports it, except ``proxy.__main__``.
+May import: every other part. Nothing imports it but its two entry points:
+``proxy.__main__`` and the ``docker-heal-proxy`` console script (``cli.main``).
 """
