@@ -129,7 +129,7 @@ async def _heal_now(settings: Settings, config: Config, images: list[str], force
     try:
         for image in images:
             try:
-                outcome = await healer.ensure(image, force=force)
+                outcome = await healer.ensure(image, force=force, trigger="cli")
             except HealFailed as failure:
                 print(failure, file=sys.stderr)
                 failed += 1
