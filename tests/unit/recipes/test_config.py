@@ -411,7 +411,8 @@ def test_min_free_values(text: str, expected: MinFree) -> None:
 
 @pytest.mark.parametrize("bad", ["", "15", "101%", "-1%", "10gb", "GiB", 15, True])
 def test_bad_min_free(bad: object) -> None:
-    message = f'config.toml: heal.min_free: bad size {bad!r} (use a share like "15%" or a size like "10GiB")'
+    hint = '(use a share like "15%" or a size like "10GiB")'
+    message = f"config.toml: heal.min_free: bad size {bad!r} {hint}"
     fails({"heal": {"min_free": bad}}, message)
 
 
