@@ -1,0 +1,323 @@
+"""Proactive heals: a prune straight on the daemon, and the images come back on their own.
+
+No client touches the proxy between the prune and the return of the images:
+the prune goes to dockerd's own socket, as a nightly cleanup job's would.
+The proxy sees it only through the daemon's image events (or, after a
+daemon restart, through the reconcile that follows the reconnect).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import (
+    Dockerd,
+    MakeProxy,
+    Proxy,
+    UnixHTTPConnection,
+    api_calls,
+    build_busybox,
+    build_calls,
+    docker,
+    docker_run,
+    free_port,
+    image_exists,
+    is_build_of,
+    line_count,
+    log_problems,
+    log_size,
+    ping,
+    remove,
+    start_proxy,
+    tagging_script,
+    toml_string,
+    wait_for,
+    write_script,
+)
+
+pytestmark = pytest.mark.daemon
+
+HEAL_TIME = 120
+"""Seconds a test gives a proactive heal: the debounce (5s) plus a busybox build."""
+
+
+def status(proxy: Proxy) -> dict[str, Any]:
+    conn = UnixHTTPConnection(proxy.socket)
+    conn.request("GET", "/_heal/status")
+    body = conn.getresponse().read()
+    conn.close()
+    return dict(json.loads(body))
+
+
+def metric(port: int, name: str, **labels: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def metrics_args(port: int) -> list[str]:
+    return [f"--metrics-listen=127.0.0.1:{port}"]
+
+
+def heal_lines(proxy: Proxy, image: str) -> list[str]:
+    return [line for line in proxy.log().splitlines() if f"heal of {image} started" in line]
+
+
+def reconciled_after(proxy: Proxy, count: int) -> bool:
+    return int(status(proxy)["proactive"]["reconciles"]) > count
+
+
+def settled(proxy: Proxy) -> bool:
+    current = status(proxy)
+    return not current["in_progress"] and not current["proactive"]["queued"]
+
+
+def seed_chain(tmp_path: Path) -> tuple[str, str, Path, str]:
+    """The seed's chain: a base made by a script, per-group images FROM it.
+    Returns the base, the group image, the base recipe's run marker and the config."""
+    base = "127.0.0.1:1/dhp/prbase:latest"
+    group = "127.0.0.1:1/dhp/pragent:g1"
+    marker = tmp_path / "base.marker"
+    basectx = tmp_path / "basectx"
+    basectx.mkdir()
+    shutil.copy("/bin/busybox", basectx / "busybox")
+    (basectx / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+    )
+    script = write_script(
+        tmp_path / "build-base.sh",
+        f'set -e\necho run >> "{marker}"\ndocker build -q -t {base} "{basectx}"\n',
+    )
+    agentctx = tmp_path / "agentctx"
+    agentctx.mkdir()
+    (agentctx / "Dockerfile.g1").write_text(f"FROM {base}\nARG GROUP\nLABEL group=$GROUP\n")
+    config = f"""
+state_dir = {toml_string(tmp_path / "state")}
+[[images]]
+match = {toml_string(base)}
+command = [{toml_string(script)}]
+[[images]]
+match = "127.0.0.1:1/dhp/pragent:{{group}}"
+proactive = true
+[images.build]
+context = {toml_string(agentctx)}
+dockerfile = "Dockerfile.{{group}}"
+args = {{ GROUP = "{{group}}" }}
+"""
+    return base, group, marker, config
+
+
+def test_a_prune_on_the_daemon_brings_the_seed_chain_back_base_first(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    base, group, marker, config = seed_chain(tmp_path)
+    port = free_port()
+    proxy = make_proxy(config, args=metrics_args(port))
+    try:
+        remove(dockerd.env, group, base)
+        # The first run heals on demand, and so the proxy learns the group exists.
+        first = docker_run(group, proxy.env)
+        assert first.returncode == 0, first.stderr.decode()
+        assert line_count(marker) == 1
+        assert status(proxy)["proactive"]["remembered"] == [group]
+        since = log_size(dockerd.log_path)
+
+        docker(["image", "prune", "-a", "-f"], env=dockerd.env)
+        assert not image_exists(dockerd.env, group)
+
+        wait_for(lambda: image_exists(dockerd.env, group), HEAL_TIME, "the group to come back")
+        assert image_exists(dockerd.env, base)
+        assert line_count(marker) == 2, "the base recipe should have run once more"
+        calls = api_calls(dockerd, since)
+        base_build = [i for i, call in enumerate(calls) if is_build_of(call, base)]
+        group_build = [i for i, call in enumerate(calls) if is_build_of(call, group)]
+        assert len(base_build) == len(group_build) == 1
+        assert base_build[0] < group_build[0], "the group was built before its base"
+        wait_for(lambda: settled(proxy), 30, "the background heals to finish")
+        assert metric(port, "docker_heal_proxy_heals_total", trigger="proactive", result="success")
+
+        # The next run through the proxy starts no heal at all.
+        since = log_size(dockerd.log_path)
+        again = docker_run(group, proxy.env)
+        assert again.returncode == 0, again.stderr.decode()
+        assert line_count(marker) == 2
+        assert build_calls(dockerd, group, since) == []
+        assert len(heal_lines(proxy, group)) == 2, "one on demand, one proactive"
+    finally:
+        build_busybox(dockerd.env)
+
+
+def static_recipe(tmp_path: Path, image: str, script: Path, heal: str = "") -> str:
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+[heal]
+{heal}
+[[images]]
+match = {toml_string(image)}
+command = [{toml_string(script)}]
+proactive = true
+"""
+
+
+def test_an_unmanaged_delete_heals_nothing_and_a_managed_one_heals_once(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    image = "127.0.0.1:1/dhp/proactive-static:1"
+    other = "127.0.0.1:1/dhp/unmanaged:1"
+    marker = tmp_path / "marker"
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, image)
+    docker(["tag", busybox, image], env=dockerd.env)
+    docker(["tag", busybox, other], env=dockerd.env)
+    proxy = make_proxy(static_recipe(tmp_path, image, script))
+    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    count = status(proxy)["proactive"]["reconciles"]
+
+    remove(dockerd.env, other)
+    wait_for(lambda: reconciled_after(proxy, count), 30, "a reconcile after the unmanaged delete")
+    assert line_count(marker) == 0, "an unmanaged delete must heal nothing"
+
+    remove(dockerd.env, image)
+    wait_for(lambda: image_exists(dockerd.env, image), HEAL_TIME, "the managed image to return")
+    wait_for(lambda: settled(proxy), 30, "the background heal to finish")
+    assert line_count(marker) == 1
+    assert len(heal_lines(proxy, image)) == 1
+
+
+def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
+    make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The proxy's stream is down while the image goes: the daemon is stopped,
+    started on another socket (same data) to remove the image, stopped, and
+    started again where the proxy looks. No event of the removal ever reaches
+    the proxy; the reconcile after the reconnect must find it."""
+    root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
+    daemon = Dockerd.start(root)
+    side: Dockerd | None = None
+    try:
+        build_busybox(daemon.env)
+        image = "127.0.0.1:1/dhp/restart:1"
+        marker = tmp_path / "marker"
+        script = tagging_script(tmp_path / "recipe.sh", marker, "127.0.0.1:1/dhp/busybox:1", image)
+        docker(["tag", "127.0.0.1:1/dhp/busybox:1", image], env=daemon.env)
+        proxy = start_proxy(
+            root / "proxy", daemon.socket, config=static_recipe(tmp_path, image, script)
+        )
+        try:
+            wait_for(lambda: status(proxy)["proactive"]["events"]["up"], 30, "the event stream")
+            daemon.stop()
+            wait_for(
+                lambda: not status(proxy)["proactive"]["events"]["up"], 30, "the stream to drop"
+            )
+            # The same data root behind another socket: the proxy cannot see this.
+            side_root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
+            (side_root / "data").symlink_to(root / "data")
+            side = Dockerd.start(side_root)
+            remove(side.env, image)
+            side.stop()
+            side = None
+            shutil.rmtree(side_root, ignore_errors=True)
+            daemon = Dockerd.start(root)
+            wait_for(lambda: ping(daemon.socket), 30, "dockerd again")
+
+            wait_for(lambda: image_exists(daemon.env, image), HEAL_TIME, "the image to return")
+            assert status(proxy)["proactive"]["events"]["up"]
+            assert line_count(marker) == 1
+            assert "reconcile: 1 managed images missing" in proxy.log()
+        finally:
+            proxy.stop()
+        assert log_problems(proxy.log()) == [], proxy.log()
+    finally:
+        if side is not None:
+            side.stop()
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_min_free_holds_proactive_heals_but_not_creates(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    image = "127.0.0.1:1/dhp/minfree:1"
+    marker = tmp_path / "marker"
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, image)
+    docker(["tag", busybox, image], env=dockerd.env)
+    port = free_port()
+    # No real disk is 100% free: proactive heals can never start.
+    proxy = make_proxy(
+        static_recipe(tmp_path, image, script, 'min_free = "100%"'), args=metrics_args(port)
+    )
+    blocked = {"reason": "min_free"}
+    assert metric(port, "docker_heal_proxy_proactive_blocked", **blocked) == 0
+
+    remove(dockerd.env, image)
+    wait_for(
+        lambda: metric(port, "docker_heal_proxy_proactive_blocked", **blocked) == 1,
+        HEAL_TIME,
+        "the min_free gauge",
+    )
+    assert "min_free" in status(proxy)["proactive"]["blocked"]
+    assert line_count(marker) == 0 and not image_exists(dockerd.env, image)
+
+    # A create does not wait for disk space: it heals at once.
+    run = docker_run(image, proxy.env)
+    assert run.returncode == 0, run.stderr.decode()
+    assert line_count(marker) == 1
+    assert metric(port, "docker_heal_proxy_heals_total", trigger="create", result="success") == 1
+
+    remove(dockerd.env, image)
+    count = status(proxy)["proactive"]["reconciles"]
+    wait_for(lambda: reconciled_after(proxy, count), HEAL_TIME, "the reconcile after the delete")
+    assert line_count(marker) == 1, "a proactive heal ran below min_free"
+
+    config = Path(proxy.socket).parent / "config.toml"
+    config.write_text(static_recipe(tmp_path, image, script, 'min_free = "0%"'))
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: image_exists(dockerd.env, image), HEAL_TIME, "the proactive heal")
+    wait_for(lambda: settled(proxy), 30, "the background heal to finish")
+    assert line_count(marker) == 2
+    assert metric(port, "docker_heal_proxy_heals_total", trigger="proactive", result="success") == 1
+    assert metric(port, "docker_heal_proxy_proactive_blocked", **blocked) == 0
+
+
+def test_a_typo_is_never_remembered_nor_rebuilt(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    good = "127.0.0.1:1/dhp/typo:g1"
+    typo = "127.0.0.1:1/dhp/typo:gg1"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile.g1").write_text(f"FROM {busybox}\nLABEL group=g1\n")
+    proxy = make_proxy(
+        f"""
+state_dir = {toml_string(tmp_path / "state")}
+[[images]]
+match = "127.0.0.1:1/dhp/typo:{{group}}"
+proactive = true
+build = {{ context = {toml_string(ctx)}, dockerfile = "Dockerfile.{{group}}" }}
+"""
+    )
+    remove(dockerd.env, good, typo)
+    assert docker_run(good, proxy.env).returncode == 0
+    failed = docker_run(typo, proxy.env)
+    assert failed.returncode == 125, failed.stderr.decode()
+    assert status(proxy)["proactive"]["remembered"] == [good]
+
+    remove(dockerd.env, good)
+    wait_for(lambda: image_exists(dockerd.env, good), HEAL_TIME, "the remembered tag to return")
+    wait_for(lambda: settled(proxy), 30, "the background heal to finish")
+    assert len(heal_lines(proxy, typo)) == 1, "the typo was tried again after the prune"
+    assert status(proxy)["proactive"]["remembered"] == [good]
+    proxy.stop()
+    saved = json.loads((tmp_path / "state" / "remembered-tags.json").read_text())
+    assert list(saved["last_used"]) == [good]
