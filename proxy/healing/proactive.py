@@ -72,6 +72,16 @@ def disk_usage(path: str) -> tuple[int, int] | None:
     return stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
 
 
+def unseen_root(root: str) -> str | None:
+    """Why ``min_free`` is ignored for a daemon whose root folder is ``root``, or None."""
+    if disk_usage(root) is not None:
+        return None
+    return (
+        f"the daemon's root folder {root!r} is not visible from the proxy "
+        "(rootless or Docker-in-Docker?): [heal] min_free is ignored"
+    )
+
+
 def plans(images: set[str], config: Config) -> dict[str, list[str]]:
     """Each image's heal plan as image names, bases first (blocking: reads Dockerfiles)."""
     found: dict[str, list[str]] = {}
@@ -280,12 +290,9 @@ class Proactive:
             except EngineError as exc:
                 log.warning("cannot ask the daemon for its root folder: %s", exc)
                 return None
-            if await asyncio.to_thread(disk_usage, self._root) is None:
-                log.warning(
-                    "the daemon's root folder %r is not visible from the proxy "
-                    "(rootless or Docker-in-Docker?): [heal] min_free is ignored",
-                    self._root,
-                )
+            problem = await asyncio.to_thread(unseen_root, self._root)
+            if problem is not None:
+                log.warning("%s", problem)
         return self._root
 
     # -- the memory on disk -----------------------------------------------------

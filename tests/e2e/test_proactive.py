@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Dockerd,
+    FakeDaemon,
     MakeProxy,
     Proxy,
     UnixHTTPConnection,
@@ -35,6 +37,7 @@ from support import (
     log_problems,
     log_size,
     ping,
+    proxy_cli,
     remove,
     start_proxy,
     tagging_script,
@@ -321,3 +324,46 @@ build = {{ context = {toml_string(ctx)}, dockerfile = "Dockerfile.{{group}}" }}
     proxy.stop()
     saved = json.loads((tmp_path / "state" / "remembered-tags.json").read_text())
     assert list(saved["last_used"]) == [good]
+
+
+class RootElsewhere(FakeDaemon):
+    """A daemon whose root folder is not on this machine, as under Docker-in-Docker."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head and (data := conn.recv(65536)):
+                head += data
+            body = json.dumps({"ApiVersion": "1.41", "DockerRootDir": "/nonexistent/docker"})
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+            )
+
+
+def test_check_says_whether_proactive_applies_and_whether_min_free_can_be_checked(
+    dockerd: Dockerd, tmp_path: Path
+) -> None:
+    def check(upstream: str, image: str) -> str:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'upstream = "unix://{upstream}"\n[[images]]\nmatch = "127.0.0.1:1/dhp/c:{{g}}"\n'
+            'command = ["true"]\nproactive = true\n'
+        )
+        result = proxy_cli("check", f"--config={config}", image)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    seen = check(dockerd.socket, "127.0.0.1:1/dhp/c:g1")
+    assert "proactive: yes, once the proxy has seen 127.0.0.1:1/dhp/c:g1 exist" in seen
+    assert "warning" not in seen
+
+    fake = RootElsewhere(str(tmp_path / "fake.sock"))
+    try:
+        unseen = check(str(tmp_path / "fake.sock"), "127.0.0.1:1/dhp/c:g1")
+    finally:
+        fake.close()
+    assert (
+        "warning: the daemon's root folder '/nonexistent/docker' is not visible from the proxy "
+        "(rootless or Docker-in-Docker?): [heal] min_free is ignored"
+    ) in unseen
