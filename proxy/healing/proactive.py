@@ -243,7 +243,7 @@ class Proactive:
             image = self.pending.pop(0)
             self.active.add(image)
             try:
-                await self._admitted()
+                await self._admitted(image)
                 await self.healer.ensure(image, trigger="proactive")
             except HealFailed as failure:
                 self.failed[image] = time.monotonic()
@@ -251,8 +251,9 @@ class Proactive:
             finally:
                 self.active.discard(image)
 
-    async def _admitted(self) -> None:
+    async def _admitted(self, image: str) -> None:
         """Return once a background heal may start (see the module rules)."""
+        said = False
         while True:
             config = self.config()
             self._recheck.clear()
@@ -261,6 +262,9 @@ class Proactive:
                 log.info("proactive heals wait: %s", self.disk)
                 await self._pause(DISK_RECHECK)
             elif config.heal.max_parallel == 1 and self.healer.running:
+                if not said:
+                    log.debug("proactive heal of %s waits for the one heal slot", image)
+                    said = True
                 await self._pause(IDLE_RECHECK)
             else:
                 return

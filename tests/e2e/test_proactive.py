@@ -12,6 +12,7 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -367,3 +368,90 @@ def test_check_says_whether_proactive_applies_and_whether_min_free_can_be_checke
         "warning: the daemon's root folder '/nonexistent/docker' is not visible from the proxy "
         "(rootless or Docker-in-Docker?): [heal] min_free is ignored"
     ) in unseen
+
+
+def gated_script(path: Path, marker: Path, gate: Path, source: str, image: str) -> Path:
+    """A recipe that counts its runs and holds until ``gate`` exists."""
+    wait = f'while [ ! -e "{gate}" ]; do sleep 0.05; done\n'
+    return tagging_script(path, marker, source, image, extra=wait)
+
+
+def running(proxy: Proxy, image: str) -> bool:
+    return any(
+        heal["image"] == image and heal["phase"] == "running"
+        for heal in status(proxy)["in_progress"]
+    )
+
+
+def test_a_create_joins_a_running_proactive_heal_and_makes_it_its_own(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    image = "127.0.0.1:1/dhp/joined:1"
+    marker, gate = tmp_path / "marker", tmp_path / "gate"
+    script = gated_script(tmp_path / "recipe.sh", marker, gate, busybox, image)
+    docker(["tag", busybox, image], env=dockerd.env)
+    port = free_port()
+    proxy = make_proxy(static_recipe(tmp_path, image, script), args=metrics_args(port))
+    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+
+    remove(dockerd.env, image)
+    wait_for(lambda: running(proxy, image), HEAL_TIME, "the proactive heal to start")
+    client = subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        env=proxy.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: status(proxy)["waiters"] == 1, 30, "the create to join the heal")
+        gate.touch()
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == 0, err.decode()
+    assert out.decode().strip() == "ok"
+    assert line_count(marker) == 1, "the create started a second heal"
+    heals = "docker_heal_proxy_heals_total"
+    assert metric(port, heals, trigger="create", result="success") == 1
+    assert metric(port, heals, trigger="proactive", result="success") == 0
+
+
+def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    busy = "127.0.0.1:1/dhp/slot-busy:1"
+    background = "127.0.0.1:1/dhp/slot-background:1"
+    busy_marker, gate = tmp_path / "busy.marker", tmp_path / "gate"
+    marker = tmp_path / "marker"
+    busy_script = gated_script(tmp_path / "busy.sh", busy_marker, gate, busybox, busy)
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, background)
+    docker(["tag", busybox, background], env=dockerd.env)
+    config = static_recipe(tmp_path, background, script, "max_parallel = 1")
+    config += f"[[images]]\nmatch = {toml_string(busy)}\ncommand = [{toml_string(busy_script)}]\n"
+    proxy = make_proxy(config)
+    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    remove(dockerd.env, busy)
+    client = subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", busy, "echo", "ok"],
+        env=proxy.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: running(proxy, busy), 30, "the on-demand heal to hold the slot")
+        remove(dockerd.env, background)
+        waits = f"proactive heal of {background} waits for the one heal slot"
+        wait_for(lambda: waits in proxy.log(), HEAL_TIME, "the background heal to wait")
+        assert background in status(proxy)["proactive"]["queued"]
+        # Not even queued for the slot: a create arriving now would go first.
+        assert all(heal["image"] != background for heal in status(proxy)["in_progress"])
+        assert line_count(marker) == 0
+        gate.touch()
+        _, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == 0, err.decode()
+    wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
+    assert line_count(marker) == 1
