@@ -130,21 +130,26 @@ class Proactive:
             self.memory.remember(image, time.time())
 
     @property
+    def enabled(self) -> bool:
+        """Following events: started with (or reloaded to) a proactive recipe."""
+        return len(self._tasks) > 1
+
+    @property
     def events_up(self) -> bool:
-        return self.watcher.up if self._tasks else False
+        return self.enabled and self.watcher.up
 
     def blocked(self) -> dict[str, bool]:
         return {"min_free": self.disk is not None}
 
     def health(self) -> dict[str, object]:
-        if not self._tasks:
+        if not self.enabled:
             return {}
         return {"events": self.watcher.view()}
 
     def view(self) -> dict[str, Any]:
         last = self.last_reconcile
         return {
-            "enabled": bool(self._tasks),
+            "enabled": self.enabled,
             "remembered": self.memory.tags(),
             "last_reconcile": (
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else None

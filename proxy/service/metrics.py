@@ -12,6 +12,9 @@ Rules:
   children are cached.
 - Metrics are never served on the Docker socket's URL space, only on the TCP
   listener given by ``[metrics] listen``.
+- ``events_stream_up`` and ``last_reconcile_timestamp_seconds`` exist only
+  while a recipe is proactive: a proxy that follows no events has no stream
+  to be down.
 - Series an alert is written against exist from start-up at zero (every
   ``heals_total`` result of every recipe, both image check results, every
   upstream error kind). ``increase()`` and ``rate()`` see nothing on a series
@@ -65,7 +68,10 @@ class HealerView(Protocol):
 
 
 class ProactiveView(Protocol):
-    """What a scrape reads of proactive healing; None when it is not running."""
+    """What a scrape reads of proactive healing; None before start-up."""
+
+    @property
+    def enabled(self) -> bool: ...
 
     @property
     def events_up(self) -> bool: ...
@@ -90,14 +96,16 @@ class _ProactiveState(Collector):
         reasons = view.blocked() if view is not None else {}
         for reason in BLOCK_REASONS:
             blocked.add_metric([reason], int(reasons.get(reason, False)))
+        yield blocked
+        if view is None or not view.enabled:
+            return  # no stream to be down: its alert must not fire on proxies without proactive
         stream = GaugeMetricFamily(
             PREFIX + "events_stream_up",
-            "1 while the proxy follows the daemon's image events (only with proactive recipes).",
+            "1 while the proxy follows the daemon's image events (with proactive recipes only).",
         )
-        stream.add_metric([], int(view is not None and view.events_up))
-        yield blocked
+        stream.add_metric([], int(view.events_up))
         yield stream
-        if view is not None and view.last_reconcile is not None:
+        if view.last_reconcile is not None:
             last = GaugeMetricFamily(
                 PREFIX + "last_reconcile_timestamp_seconds",
                 "When the images were last compared with the remembered managed tags (Unix time).",

@@ -156,6 +156,8 @@ def exported_names(exposition: str) -> set[str]:
 OK_IMAGE = "127.0.0.1:1/dhp/svc-ok:1"
 FAIL_IMAGE = "127.0.0.1:1/dhp/svc-fail:1"
 GATED_IMAGE = "127.0.0.1:1/dhp/svc-gated:1"
+PROACTIVE_IMAGE = "127.0.0.1:1/dhp/svc-proactive:1"
+"""Present throughout: it makes the proxy follow image events, for their metrics."""
 
 
 @dataclass
@@ -192,6 +194,9 @@ def watched(dockerd: Dockerd, busybox: str) -> Iterator[Watched]:
     config += recipe(FAIL_IMAGE, [str(fail)])
     gated = gated_build(work / "gated.sh", gate, work / "gated.marker", "ran")
     config += recipe(GATED_IMAGE, [str(gated), GATED_IMAGE, str(ctx)])
+    docker(["tag", busybox, PROACTIVE_IMAGE], env=dockerd.env)
+    config += recipe(PROACTIVE_IMAGE, ["docker", "tag", busybox, PROACTIVE_IMAGE])
+    config += "proactive = true\n"
     metrics_port = free_port()
     proxy = start_proxy(
         work / "proxy",
@@ -323,7 +328,12 @@ def test_alert_rules_check_load_and_are_documented(watched: Watched) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     loaded = {r["name"]: r for r in loaded_rules(watched)}
-    names = {"DockerHealProxyHealFailures", "DockerHealProxyUpstreamErrors", "DockerHealProxyDown"}
+    names = {
+        "DockerHealProxyHealFailures",
+        "DockerHealProxyUpstreamErrors",
+        "DockerHealProxyDown",
+        "DockerHealProxyEventsStreamDown",
+    }
     assert set(loaded) == names
     wait_for(
         lambda: all(r.get("health") == "ok" for r in loaded_rules(watched)),

@@ -94,7 +94,7 @@ def test_every_metric_of_the_issue_is_exported() -> None:
     assert got[(bucket, (("image", "app:*"), ("le", "3600.0"), create))] == 2
     assert got[(bucket, (("image", "app:*"), ("le", "60.0"), create))] == 1
     assert got[(p + "proactive_blocked", (("reason", "min_free"),))] == 0
-    assert got[(p + "events_stream_up", ())] == 0
+    assert (p + "events_stream_up", ()) not in got, "no proactive recipe, no stream"
     assert got[(p + "heals_in_progress", ())] == 2
     assert got[(p + "heal_waiters", ())] == 5
     assert got[(p + "heal_cooldown_active", (("image", "app:*"),))] == 1
@@ -202,6 +202,7 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
 
 @dataclass
 class ProactiveState:
+    enabled: bool = True
     events_up: bool = False
     last_reconcile: float | None = None
     reasons: dict[str, bool] = field(default_factory=dict)
@@ -222,6 +223,10 @@ def test_proactive_gauges_follow_the_watcher_at_scrape_time() -> None:
     got = samples(metrics)
     assert got[(PREFIX + "events_stream_up", ())] == 1
     assert got[(PREFIX + "last_reconcile_timestamp_seconds", ())] == 1700000000.5
+    assert got[(PREFIX + "proactive_blocked", (("reason", "min_free"),))] == 1
+    state.enabled = False
+    got = samples(metrics)
+    assert (PREFIX + "events_stream_up", ()) not in got
     assert got[(PREFIX + "proactive_blocked", (("reason", "min_free"),))] == 1
 
 
