@@ -486,7 +486,9 @@ def test_status_of_a_socket_that_is_not_the_proxy(dockerd: Dockerd) -> None:
 
 def test_healthz_follows_the_daemon(watched: Watched, make_proxy: MakeProxy) -> None:
     status, body = http_get(watched.metrics + "/healthz")
-    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    # The watched proxy has a proactive recipe, so its health names the event stream.
+    following = {"up": True, "detail": "following image events"}
+    assert (status, json.loads(body)) == (200, {"status": "ok", "events": following})
     port = free_port()
     missing = "/tmp/dhp-no-daemon-here.sock"
     orphan = make_proxy(
