@@ -29,6 +29,8 @@ from support import (
     api_calls,
     build_busybox,
     build_calls,
+    busybox_context,
+    command_config,
     docker,
     docker_run,
     free_port,
@@ -94,12 +96,7 @@ def seed_chain(tmp_path: Path) -> tuple[str, str, Path, str]:
     base = "127.0.0.1:1/dhp/prbase:latest"
     group = "127.0.0.1:1/dhp/pragent:g1"
     marker = tmp_path / "base.marker"
-    basectx = tmp_path / "basectx"
-    basectx.mkdir()
-    shutil.copy("/bin/busybox", basectx / "busybox")
-    (basectx / "Dockerfile").write_text(
-        'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-    )
+    basectx = busybox_context(tmp_path / "basectx")
     script = write_script(
         tmp_path / "build-base.sh",
         f'set -e\necho run >> "{marker}"\ndocker build -q -t {base} "{basectx}"\n',
@@ -163,16 +160,9 @@ def test_a_prune_on_the_daemon_brings_the_seed_chain_back_base_first(
         build_busybox(dockerd.env)
 
 
-def static_recipe(tmp_path: Path, image: str, script: Path, heal: str = "") -> str:
-    return f"""
-state_dir = {toml_string(tmp_path / "state")}
-[heal]
-{heal}
-[[images]]
-match = {toml_string(image)}
-command = [{toml_string(script)}]
-proactive = true
-"""
+def static_recipe(tmp_path: Path, image: str, script: Path, **heal: str | int) -> str:
+    """A config whose one proactive recipe runs ``script`` to make ``image``."""
+    return command_config(tmp_path, image, script, **heal) + "proactive = true\n"
 
 
 def test_an_unmanaged_delete_heals_nothing_and_a_managed_one_heals_once(
@@ -259,7 +249,7 @@ def test_min_free_holds_proactive_heals_but_not_creates(
     port = free_port()
     # No real disk is 100% free: proactive heals can never start.
     proxy = make_proxy(
-        static_recipe(tmp_path, image, script, 'min_free = "100%"'), args=metrics_args(port)
+        static_recipe(tmp_path, image, script, min_free="100%"), args=metrics_args(port)
     )
     blocked = {"reason": "min_free"}
     assert metric(port, "docker_heal_proxy_proactive_blocked", **blocked) == 0
@@ -285,7 +275,7 @@ def test_min_free_holds_proactive_heals_but_not_creates(
     assert line_count(marker) == 1, "a proactive heal ran below min_free"
 
     config = Path(proxy.socket).parent / "config.toml"
-    config.write_text(static_recipe(tmp_path, image, script, 'min_free = "0%"'))
+    config.write_text(static_recipe(tmp_path, image, script, min_free="0%"))
     proxy.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: image_exists(dockerd.env, image), HEAL_TIME, "the proactive heal")
     wait_for(lambda: settled(proxy), 30, "the background heal to finish")
@@ -376,6 +366,28 @@ def gated_script(path: Path, marker: Path, gate: Path, source: str, image: str) 
     return tagging_script(path, marker, source, image, extra=wait)
 
 
+def run_in_background(image: str, proxy: Proxy) -> subprocess.Popen[bytes]:
+    """``docker run`` through the proxy, left running while the test looks around."""
+    return subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        env=proxy.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(client: subprocess.Popen[bytes], gate: Path) -> bytes:
+    """Open ``gate`` and wait for ``client``; its stdout, having checked it succeeded."""
+    try:
+        gate.touch()
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == 0, err.decode()
+    return out
+
+
 def running(proxy: Proxy, image: str) -> bool:
     return any(
         heal["image"] == image and heal["phase"] == "running"
@@ -396,20 +408,11 @@ def test_a_create_joins_a_running_proactive_heal_and_makes_it_its_own(
 
     remove(dockerd.env, image)
     wait_for(lambda: running(proxy, image), HEAL_TIME, "the proactive heal to start")
-    client = subprocess.Popen(
-        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
-        env=proxy.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    client = run_in_background(image, proxy)
     try:
         wait_for(lambda: status(proxy)["waiters"] == 1, 30, "the create to join the heal")
-        gate.touch()
-        out, err = client.communicate(timeout=60)
     finally:
-        client.kill()
-        client.wait()
-    assert client.returncode == 0, err.decode()
+        out = finish(client, gate)
     assert out.decode().strip() == "ok"
     assert line_count(marker) == 1, "the create started a second heal"
     heals = "docker_heal_proxy_heals_total"
@@ -427,17 +430,12 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     busy_script = gated_script(tmp_path / "busy.sh", busy_marker, gate, busybox, busy)
     script = tagging_script(tmp_path / "recipe.sh", marker, busybox, background)
     docker(["tag", busybox, background], env=dockerd.env)
-    config = static_recipe(tmp_path, background, script, "max_parallel = 1")
+    config = static_recipe(tmp_path, background, script, max_parallel=1)
     config += f"[[images]]\nmatch = {toml_string(busy)}\ncommand = [{toml_string(busy_script)}]\n"
     proxy = make_proxy(config)
     wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
     remove(dockerd.env, busy)
-    client = subprocess.Popen(
-        ["docker", "run", "--rm", "--network=none", busy, "echo", "ok"],
-        env=proxy.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    client = run_in_background(busy, proxy)
     try:
         wait_for(lambda: running(proxy, busy), 30, "the on-demand heal to hold the slot")
         remove(dockerd.env, background)
@@ -447,11 +445,7 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
         # Not even queued for the slot: a create arriving now would go first.
         assert all(heal["image"] != background for heal in status(proxy)["in_progress"])
         assert line_count(marker) == 0
-        gate.touch()
-        _, err = client.communicate(timeout=60)
     finally:
-        client.kill()
-        client.wait()
-    assert client.returncode == 0, err.decode()
+        finish(client, gate)
     wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
     assert line_count(marker) == 1
