@@ -96,6 +96,8 @@ def plans(images: set[str], config: Config) -> dict[str, list[str]]:
 
 
 class Proactive:
+    """Owns the proactive side of healing for the life of the process."""
+
     def __init__(
         self, config: Callable[[], Config], healer: Healer, engine: Engine, state_dir: Path
     ) -> None:
@@ -116,6 +118,8 @@ class Proactive:
         self._listed_at_start = False
         self._root: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        """The flusher, then (once enabled) the watcher and the schedule."""
+        self._workers: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._work = asyncio.Event()
         self._recheck = asyncio.Event()
@@ -131,8 +135,8 @@ class Proactive:
 
     @property
     def enabled(self) -> bool:
-        """Following events: started with (or reloaded to) a proactive recipe."""
-        return len(self._tasks) > 1
+        """Running, with a proactive recipe in the config now."""
+        return len(self._tasks) > 1 and enabled(self.config())
 
     @property
     def events_up(self) -> bool:
@@ -170,22 +174,28 @@ class Proactive:
         config = self.config()
         self.schedule.interval = config.heal.reconcile_interval
         self.failed.clear()
-        if enabled(config) and len(self._tasks) == 1:
-            loop = asyncio.get_running_loop()
+        if not enabled(config):
+            self.pending.clear()  # and reconciles now find nothing wanted
+            return
+        loop = asyncio.get_running_loop()
+        if len(self._tasks) == 1:
             self._tasks.append(loop.create_task(self.watcher.run()))
             self._tasks.append(loop.create_task(self._schedule_loop()))
-            self._tasks += [
-                loop.create_task(self._worker()) for _ in range(config.heal.background_parallel)
-            ]
+        while len(self._workers) < config.heal.background_parallel:
+            self._workers.append(loop.create_task(self._worker()))
+        while len(self._workers) > config.heal.background_parallel:
+            self._workers.pop().cancel()  # its heal, if any, goes on: the healer shields it
         self.schedule.request()
         self._wake.set()
         self._recheck.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._workers]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._workers.clear()
         await self._flush()
 
     # -- the schedule -----------------------------------------------------------
@@ -249,7 +259,8 @@ class Proactive:
             self.active.add(image)
             try:
                 await self._admitted(image)
-                await self.healer.ensure(image, trigger="proactive")
+                if enabled(self.config()):  # not turned off by a reload meanwhile
+                    await self.healer.ensure(image, trigger="proactive")
             except HealFailed as failure:
                 self.failed[image] = time.monotonic()
                 log.warning("proactive heal of %s failed: %s", image, str(failure).splitlines()[0])
