@@ -211,8 +211,8 @@ class Healer:
             self.inflight[image] = task
             self.triggers[image] = trigger
             task.add_done_callback(lambda t: self._settled(image, t))
-        elif waiter and self.triggers.get(image) == "proactive":
-            self.triggers[image] = trigger
+        elif trigger != "proactive" and self.triggers.get(image) == "proactive":
+            self.triggers[image] = trigger  # a client waits for it now, if only via its base
         self.waiters += waiter
         try:
             return await asyncio.shield(task)
