@@ -449,3 +449,27 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
         finish(client, gate)
     wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
     assert line_count(marker) == 1
+
+
+def test_tags_present_at_start_are_remembered_and_saved(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    present = "127.0.0.1:1/dhp/atstart:g7"
+    docker(["tag", busybox, present], env=dockerd.env)
+    try:
+        proxy = make_proxy(
+            f"""
+state_dir = {toml_string(tmp_path / "state")}
+[[images]]
+match = "127.0.0.1:1/dhp/atstart:{{group}}"
+proactive = true
+build = {{ context = {toml_string(tmp_path)}, dockerfile = "Dockerfile.{{group}}" }}
+"""
+        )
+        wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+        assert status(proxy)["proactive"]["remembered"] == [present]
+        proxy.stop()
+        saved = json.loads((tmp_path / "state" / "remembered-tags.json").read_text())
+        assert list(saved["last_used"]) == [present]
+    finally:
+        remove(dockerd.env, present)
