@@ -284,6 +284,24 @@ def test_min_free_holds_proactive_heals_but_not_creates(
     assert metric(port, "docker_heal_proxy_proactive_blocked", **blocked) == 0
 
 
+def group_config(tmp_path: Path, repository: str, context: Path) -> str:
+    """One proactive recipe building ``repository:{group}`` from ``Dockerfile.{group}``."""
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+[[images]]
+match = "{repository}:{{group}}"
+proactive = true
+build = {{ context = {toml_string(context)}, dockerfile = "Dockerfile.{{group}}" }}
+"""
+
+
+def saved_tags(proxy: Proxy, tmp_path: Path) -> list[str]:
+    """The tags a stopped proxy left in its state_dir, in order of use."""
+    proxy.stop()
+    saved = json.loads((tmp_path / "state" / "remembered-tags.json").read_text())
+    return list(saved["last_used"])
+
+
 def test_a_typo_is_never_remembered_nor_rebuilt(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
@@ -292,15 +310,7 @@ def test_a_typo_is_never_remembered_nor_rebuilt(
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile.g1").write_text(f"FROM {busybox}\nLABEL group=g1\n")
-    proxy = make_proxy(
-        f"""
-state_dir = {toml_string(tmp_path / "state")}
-[[images]]
-match = "127.0.0.1:1/dhp/typo:{{group}}"
-proactive = true
-build = {{ context = {toml_string(ctx)}, dockerfile = "Dockerfile.{{group}}" }}
-"""
-    )
+    proxy = make_proxy(group_config(tmp_path, "127.0.0.1:1/dhp/typo", ctx))
     remove(dockerd.env, good, typo)
     assert docker_run(good, proxy.env).returncode == 0
     failed = docker_run(typo, proxy.env)
@@ -312,9 +322,7 @@ build = {{ context = {toml_string(ctx)}, dockerfile = "Dockerfile.{{group}}" }}
     wait_for(lambda: settled(proxy), 30, "the background heal to finish")
     assert len(heal_lines(proxy, typo)) == 1, "the typo was tried again after the prune"
     assert status(proxy)["proactive"]["remembered"] == [good]
-    proxy.stop()
-    saved = json.loads((tmp_path / "state" / "remembered-tags.json").read_text())
-    assert list(saved["last_used"]) == [good]
+    assert saved_tags(proxy, tmp_path) == [good]
 
 
 class RootElsewhere(FakeDaemon):
@@ -457,19 +465,9 @@ def test_tags_present_at_start_are_remembered_and_saved(
     present = "127.0.0.1:1/dhp/atstart:g7"
     docker(["tag", busybox, present], env=dockerd.env)
     try:
-        proxy = make_proxy(
-            f"""
-state_dir = {toml_string(tmp_path / "state")}
-[[images]]
-match = "127.0.0.1:1/dhp/atstart:{{group}}"
-proactive = true
-build = {{ context = {toml_string(tmp_path)}, dockerfile = "Dockerfile.{{group}}" }}
-"""
-        )
+        proxy = make_proxy(group_config(tmp_path, "127.0.0.1:1/dhp/atstart", tmp_path))
         wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
         assert status(proxy)["proactive"]["remembered"] == [present]
-        proxy.stop()
-        saved = json.loads((tmp_path / "state" / "remembered-tags.json").read_text())
-        assert list(saved["last_used"]) == [present]
+        assert saved_tags(proxy, tmp_path) == [present]
     finally:
         remove(dockerd.env, present)
