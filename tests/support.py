@@ -151,15 +151,19 @@ class Dockerd:
                 self.proc.wait()
 
 
+def busybox_context(path: Path) -> Path:
+    """A build context FROM scratch with /bin/busybox: an image a prune takes whole."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", path / "busybox")
+    (path / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+    )
+    return path
+
+
 def build_busybox(env: Mapping[str, str], tag: str = BUSYBOX) -> str:
     with tempfile.TemporaryDirectory() as ctx:
-        shutil.copy("/bin/busybox", Path(ctx) / "busybox")
-        (Path(ctx) / "Dockerfile").write_text(
-            "FROM scratch\n"
-            "COPY busybox /bin/busybox\n"
-            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-        )
-        docker(["build", "-q", "-t", tag, ctx], env=env)
+        docker(["build", "-q", "-t", tag, str(busybox_context(Path(ctx)))], env=env)
     return tag
 
 
@@ -285,6 +289,19 @@ def events_lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, object]]:
 def toml_string(value: object) -> str:
     """A TOML basic string (JSON's escaping is a subset TOML accepts) for a path or name."""
     return json.dumps(str(value))
+
+
+def command_config(tmp_path: Path, image: str, script: Path, **heal: str | int) -> str:
+    """A config whose one recipe runs ``script`` to make ``image``; ``heal`` is ``[heal]``."""
+    settings = "".join(f"{key} = {json.dumps(value)}\n" for key, value in heal.items())
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+[heal]
+{settings}
+[[images]]
+match = {toml_string(image)}
+command = [{toml_string(script)}]
+"""
 
 
 def write_script(path: Path, body: str) -> Path:

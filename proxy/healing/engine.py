@@ -27,10 +27,11 @@ it is a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import aiodocker
 import aiohttp
@@ -38,6 +39,7 @@ import aiohttp
 from ..recipes.reference import split
 
 LineSink = Callable[[str], None]
+T = TypeVar("T")
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
 _UPLOAD_CHUNK = 1 << 20
@@ -169,6 +171,50 @@ class Engine:
             return (
                 f"cannot reach the Docker daemon at {self.socket_path}: {exc or type(exc).__name__}"
             )
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """A short aiodocker call, its failures turned into EngineError."""
+        try:
+            return await call
+        except aiodocker.DockerError as exc:
+            raise EngineError(exc.message, exc.status) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = f"cannot reach the Docker daemon at {self.socket_path}: {exc}"
+            raise EngineError(reason) from None
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        """``GET /images/json``: one entry per image, with its ``RepoTags``."""
+        return list(await self._call(self._docker.images.list()))
+
+    async def root_dir(self) -> str:
+        """The daemon's ``DockerRootDir`` from ``GET /info``."""
+        info = await self._call(self._docker.system.info())
+        return str(info.get("DockerRootDir") or "")
+
+    async def image_events(self, since: float) -> AsyncIterator[Mapping[str, Any]]:
+        """Image events from ``since`` (wall-clock seconds) on, until the stream ends.
+
+        Ends normally when dockerd closes the stream (it stopped); raises
+        EngineError when it cannot be opened.
+        """
+        events = self._docker.events
+        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+        filters = json.dumps({"type": ["image"]})
+        task = asyncio.get_running_loop().create_task(
+            events.run(since=f"{since:.3f}", filters=filters)
+        )
+        try:
+            while (event := await subscriber.get()) is not None:
+                yield event
+            await task
+        except aiodocker.DockerError as exc:
+            raise EngineError(exc.message, exc.status) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineError(f"lost dockerd's events at {self.socket_path}: {exc}") from None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def tag(self, source: str, target: str) -> None:
         ref = split(target)

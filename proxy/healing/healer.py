@@ -23,6 +23,11 @@ Rules:
   rather than rerunning a broken build for every spawn.
 - Each heal keeps its output in a log file and its last lines in memory, for
   the error message and the status view.
+- Each heal has a trigger (``create``, ``pull``, ``proactive``, ``cli``) for
+  the metrics. A client that joins a proactive heal makes it its own: the
+  heal is counted under the client's trigger, since someone waited for it.
+- A tag a recipe produced is reported to ``on_healed``, so that the tags of
+  pattern recipes can be remembered for proactive heals.
 
 A reload swaps ``config``; heals already running keep the concrete recipe
 they started with.
@@ -40,10 +45,10 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..recipes.config import Config
 from ..recipes.graph import DependencyCycle, dependencies, heal_plan
@@ -64,8 +69,14 @@ class HealFailed(Exception):
     """A heal did not produce its image; the text is what the client sees."""
 
 
+Trigger = Literal["create", "pull", "proactive", "cli"]
+"""What started a heal; a label of the heal metrics."""
+
+
 class HealObserver(Protocol):
-    def heal_finished(self, match: str, success: bool, seconds: float) -> None: ...
+    def heal_finished(
+        self, match: str, success: bool, seconds: float, trigger: Trigger
+    ) -> None: ...
 
 
 @dataclass
@@ -128,13 +139,16 @@ class Healer:
         upstream: str,
         state_dir: Path,
         observer: HealObserver | None = None,
+        on_healed: Callable[[str], None] = lambda image: None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.upstream = upstream
         self.state_dir = state_dir
         self.observer = observer
+        self.on_healed = on_healed
         self.inflight: dict[str, asyncio.Task[bool]] = {}
+        self.triggers: dict[str, Trigger] = {}
         self.running: dict[str, Progress] = {}
         self.results: dict[str, Result] = {}
         self.waiters = 0
@@ -148,16 +162,16 @@ class Healer:
 
     # -- entry points --------------------------------------------------------
 
-    async def heal(self, image: str, *, force: bool = False) -> None:
+    async def heal(self, image: str, *, force: bool = False, trigger: Trigger = "create") -> None:
         """Heal an image the daemon just said is missing."""
-        await self._join(normalize(image), force, waiter=True)
+        await self._join(normalize(image), force, trigger)
 
-    async def ensure(self, image: str, *, force: bool = False) -> str:
+    async def ensure(self, image: str, *, force: bool = False, trigger: Trigger = "pull") -> str:
         """Make sure an image exists; say whether it had to be healed."""
         image = normalize(image)
         if not force and await self._exists(image):
             return "Image is up to date"
-        if await self._join(image, force, waiter=True):
+        if await self._join(image, force, trigger):
             return "Healed by docker-heal-proxy"
         return "Image is up to date (built meanwhile by another process)"
 
@@ -182,17 +196,23 @@ class Healer:
 
     # -- single flight ---------------------------------------------------------
 
-    async def _join(self, image: str, force: bool, *, waiter: bool) -> bool:
+    async def _join(
+        self, image: str, force: bool, trigger: Trigger, *, waiter: bool = True
+    ) -> bool:
         """Wait for the one heal of ``image``; True if its recipe ran.
 
         ``waiter`` counts a client's request in the ``heal_waiters`` gauge; a
-        heal waiting for its base is not a request.
+        heal waiting for its base, or a proactive one, is not a request.
         """
+        waiter = waiter and trigger != "proactive"
         task = self.inflight.get(image)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._heal(image, force))
             self.inflight[image] = task
+            self.triggers[image] = trigger
             task.add_done_callback(lambda t: self._settled(image, t))
+        elif trigger != "proactive" and self.triggers.get(image) == "proactive":
+            self.triggers[image] = trigger  # a client waits for it now, if only via its base
         self.waiters += waiter
         try:
             return await asyncio.shield(task)
@@ -215,6 +235,7 @@ class Healer:
     def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
         if self.inflight.get(image) is task:
             del self.inflight[image]
+            del self.triggers[image]
         if not task.cancelled():
             task.exception()  # retrieved here, raised to every waiter by shield
 
@@ -263,7 +284,7 @@ class Healer:
             if await self._exists(base):
                 continue
             try:
-                await self._join(base, False, waiter=False)
+                await self._join(base, False, self._trigger(concrete.image), waiter=False)
             except HealFailed as failure:
                 raise HealFailed(
                     f"docker-heal-proxy: cannot heal {concrete.image}: its base {base} "
@@ -298,7 +319,7 @@ class Healer:
                 duration,
                 retry_at=time.monotonic() + self.config.heal.failure_cooldown,
             )
-            self._finished(recipe.match, False, duration)
+            self._finished(concrete.image, recipe.match, False, duration)
             log.warning(
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
@@ -307,12 +328,16 @@ class Healer:
         self.results[concrete.image] = Result(
             True, recipe.match, f"healed by {recipe.name}", time.time(), duration
         )
-        self._finished(recipe.match, True, duration)
+        self._finished(concrete.image, recipe.match, True, duration)
+        self.on_healed(concrete.image)
         log.info("heal of %s succeeded in %.1fs", concrete.image, duration)
 
-    def _finished(self, match: str, success: bool, seconds: float) -> None:
+    def _trigger(self, image: str) -> Trigger:
+        return self.triggers.get(image, "create")
+
+    def _finished(self, image: str, match: str, success: bool, seconds: float) -> None:
         if self.observer is not None:
-            self.observer.heal_finished(match, success, seconds)
+            self.observer.heal_finished(match, success, seconds, self._trigger(image))
 
     @staticmethod
     def _failure_message(concrete: ConcreteRecipe, failure: RecipeFailed, log_path: Path) -> str:

@@ -85,10 +85,14 @@ class Interceptor:
         config: Callable[[], Config],
         healer: Healer,
         on_check: Callable[[bool], None] = lambda present: None,
+        on_used: Callable[[str], None] = lambda image: None,
+        snapshot: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
         self._healer = healer
         self._on_check = on_check
+        self._on_used = on_used
+        self._snapshot = snapshot or healer.snapshot
 
     def claim(self, head: RequestHead) -> Handler | None:
         if head.method == "POST":
@@ -134,6 +138,8 @@ class Interceptor:
         missing = is_missing_image(head, response)
         self._on_check(not missing)
         if not missing:
+            if head.status == 201:
+                self._on_used(image)  # the tag exists: worth healing after a prune
             exchange.respond(response)
             return
         try:
@@ -165,5 +171,5 @@ class Interceptor:
     async def status(self, exchange: Exchange) -> None:
         if await exchange.body() is None:
             return
-        snapshot = self._healer.snapshot()
+        snapshot = self._snapshot()
         exchange.respond(errors.response(200, json.dumps(snapshot, indent=1).encode() + b"\n"))

@@ -10,8 +10,12 @@ Rules:
 - Every key is optional; without a file the proxy runs on ``Config()``.
 - An unknown key is an error at every level: a misspelt key that was silently
   ignored would leave a default in place that the user thinks they changed.
-- A duration is a string of number-unit pairs (``h``, ``m``, ``s``, ``ms``:
-  ``"90s"``, ``"1h30m"``, ``"500ms"``) or whole seconds as an integer.
+- A duration is a string of number-unit pairs (``d``, ``h``, ``m``, ``s``,
+  ``ms``: ``"90s"``, ``"1h30m"``, ``"30d"``) or whole seconds as an integer.
+- ``heal.min_free`` is a share of the disk (``"15%"``) or a size with a
+  binary or decimal unit (``"10GiB"``, ``"500MB"``); ``"0%"`` turns it off.
+- ``proactive`` is a boolean, off by default: rebuilding right after a prune
+  gives back the disk the prune freed, so it must be asked for.
 - ``socket_mode`` is an octal string, as chmod takes it (``"0660"``). A TOML
   integer is refused: ``660`` and ``0o660`` are easy to confuse and far apart.
 - ``metrics.listen = ""`` turns the metrics endpoint off.
@@ -54,6 +58,24 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class MinFree:
+    """The ``heal.min_free`` floor: a share of the disk or a number of bytes."""
+
+    percent: float | None = None
+    size: int | None = None
+
+    def met(self, total: int, free: int) -> bool:
+        if self.size is not None:
+            return free >= self.size
+        return total <= 0 or free * 100 >= (self.percent or 0.0) * total
+
+    def __str__(self) -> str:
+        if self.percent is not None:
+            return f"{self.percent:g}%"
+        return f"{(self.size or 0) / 2**30:.3g}GiB"
+
+
+@dataclass(frozen=True)
 class HealSettings:
     """The ``[heal]`` table: limits that apply to every heal."""
 
@@ -63,6 +85,13 @@ class HealSettings:
     """How long a failed heal is remembered, so a crash-looping client does not
     start a rebuild on every create."""
     max_parallel: int = 2
+    forget_after: float = 30 * 86400.0
+    """A remembered tag nobody used for this long is no longer healed proactively."""
+    reconcile_interval: float = 900.0
+    """How often to compare the images with the remembered tags, events or not."""
+    background_parallel: int = 1
+    min_free: MinFree = MinFree(percent=15.0)
+    """Proactive heals wait while the daemon's disk has less free space than this."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +110,16 @@ class Config:
     recipes: tuple[Recipe, ...] = ()
 
 
-_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+", re.ASCII)
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)", re.ASCII)
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|d|h|m|s))+", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)", re.ASCII)
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)%", re.ASCII)
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?([KMGT]i?B|B)", re.ASCII)
+_SIZE_UNITS = {"B": 1} | {
+    f"{prefix}{infix}B": base**power
+    for power, prefix in enumerate("KMGT", 1)
+    for infix, base in (("", 1000), ("i", 1024))
+}
 _SOCKET_MODE_RE = re.compile(r"[0-7]{3,4}")
 _TOML_POSITION_RE = re.compile(r"(.*) \(at line (\d+), column (\d+)\)")
 
@@ -98,10 +134,18 @@ _TOP_KEYS = (
     "metrics",
     "images",
 )
-_HEAL_KEYS = ("timeout", "failure_cooldown", "max_parallel")
+_HEAL_KEYS = (
+    "timeout",
+    "failure_cooldown",
+    "max_parallel",
+    "forget_after",
+    "reconcile_interval",
+    "background_parallel",
+    "min_free",
+)
 _METRICS_KEYS = ("listen",)
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
-_ENTRY_KEYS = ("match", *_KINDS, "workdir", "env", "depends_on", "timeout")
+_ENTRY_KEYS = ("match", *_KINDS, "workdir", "env", "depends_on", "timeout", "proactive")
 _BUILD_KEYS = ("context", "dockerfile", "args", "target")
 
 
@@ -114,6 +158,16 @@ def parse_duration(value: object) -> float:
             float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART_RE.findall(value)
         )
     raise ValueError(f'bad duration {value!r} (use e.g. "90s", "30m", "1h30m" or seconds)')
+
+
+def parse_min_free(value: object) -> MinFree:
+    """``heal.min_free``; raises ValueError with a hint at the syntax."""
+    if isinstance(value, str):
+        if (percent := _PERCENT_RE.fullmatch(value)) and float(percent.group(1)) <= 100:
+            return MinFree(percent=float(percent.group(1)))
+        if size := _SIZE_RE.fullmatch(value):
+            return MinFree(size=int(float(size.group(1)) * _SIZE_UNITS[size.group(2)]))
+    raise ValueError(f'bad size {value!r} (use a share like "15%" or a size like "10GiB")')
 
 
 def format_duration(seconds: float) -> str:
@@ -206,18 +260,35 @@ class _Reader:
     def heal(self, table: Mapping[str, Any]) -> HealSettings:
         self.known(table, _HEAL_KEYS, "heal")
         defaults = HealSettings()
-        max_parallel = table.get("max_parallel", defaults.max_parallel)
-        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
-            self.fail(
-                "heal.max_parallel", f"expected a whole number of at least 1, not {max_parallel!r}"
-            )
+        min_free = defaults.min_free
+        if "min_free" in table:
+            try:
+                min_free = parse_min_free(table["min_free"])
+            except ValueError as error:
+                self.fail("heal.min_free", str(error))
         return HealSettings(
             timeout=self.optional_duration(table, "timeout", "heal", defaults.timeout),
             failure_cooldown=self.optional_duration(
                 table, "failure_cooldown", "heal", defaults.failure_cooldown
             ),
-            max_parallel=max_parallel,
+            max_parallel=self.at_least_one(table, "max_parallel", defaults.max_parallel),
+            forget_after=self.optional_duration(
+                table, "forget_after", "heal", defaults.forget_after
+            ),
+            reconcile_interval=self.optional_duration(
+                table, "reconcile_interval", "heal", defaults.reconcile_interval
+            ),
+            background_parallel=self.at_least_one(
+                table, "background_parallel", defaults.background_parallel
+            ),
+            min_free=min_free,
         )
+
+    def at_least_one(self, table: Mapping[str, Any], key: str, default: int) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(f"heal.{key}", f"expected a whole number of at least 1, not {value!r}")
+        return value
 
     def recipe(self, index: int, raw: object, heal: HealSettings) -> Recipe:
         where = f"images[{index}]"
@@ -269,6 +340,9 @@ class _Reader:
             if missing:
                 name = min(missing)
                 self.fail(where, f"placeholder {{{name}}} in {label} is not captured by match")
+        proactive = raw.get("proactive", False)
+        if not isinstance(proactive, bool):
+            self.fail(f"{where}.proactive", f"expected true or false, not {proactive!r}")
         return Recipe(
             index=index,
             match=match,
@@ -281,6 +355,7 @@ class _Reader:
             load=load,
             depends_on=tuple(depends_on),
             timeout=self.optional_duration(raw, "timeout", where, heal.timeout),
+            proactive=proactive,
         )
 
     @staticmethod

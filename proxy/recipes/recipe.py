@@ -50,6 +50,8 @@ class Recipe:
     load: str | None = None
     depends_on: tuple[str, ...] = ()
     timeout: float = 1800.0
+    proactive: bool = False
+    """Heal this entry's tags right after a prune, not only when asked for."""
 
     @property
     def name(self) -> str:

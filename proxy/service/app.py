@@ -24,6 +24,7 @@ from aiohttp import web
 from ..healing.engine import Engine
 from ..healing.healer import Healer
 from ..healing.intercept import Interceptor
+from ..healing.proactive import Proactive
 from ..recipes.config import Config, ConfigError
 from ..wire.connection import Hub
 from ..wire.listener import Listener, ListenerError
@@ -74,6 +75,7 @@ class App:
         self.listener = listener
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
+        self.proactive: Proactive | None = None
 
     def reload(self) -> None:
         try:
@@ -89,26 +91,44 @@ class App:
             self.healer.reconfigure(config)
         if self.metrics is not None:
             self.metrics.recipes_configured(r.match for r in config.recipes)
+        if self.proactive is not None:
+            self.proactive.reconfigure()
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
         settings = self.settings
         engine = Engine(settings.upstream)
-        metrics = self.metrics = Metrics(lambda: self.healer)
+        metrics = self.metrics = Metrics(lambda: self.healer, lambda: self.proactive)
         metrics.recipes_configured(r.match for r in self.config.recipes)
-        self.healer = Healer(self.config, engine, settings.upstream, settings.state_dir, metrics)
-        interceptor = Interceptor(lambda: self.config, self.healer, metrics.image_checked)
+        healer = self.healer = Healer(
+            self.config, engine, settings.upstream, settings.state_dir, metrics
+        )
+        proactive = Proactive(lambda: self.config, healer, engine, settings.state_dir)
+        healer.on_healed = proactive.used
+        interceptor = Interceptor(
+            lambda: self.config,
+            healer,
+            metrics.image_checked,
+            proactive.used,
+            lambda: {**healer.snapshot(), "proactive": proactive.view()},
+        )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
         hub = Hub(settings.upstream, interceptor, observer)
         runner: web.AppRunner | None = None
         try:
             if settings.metrics is not None:
-                runner = web.AppRunner(application(metrics, engine.ping), access_log=None)
+                runner = web.AppRunner(
+                    application(metrics, engine.ping, proactive.health), access_log=None
+                )
                 await runner.setup()
                 await self._listen_metrics(runner, *settings.metrics)
+            await proactive.start()
+            self.proactive = proactive
             return await serve(settings, self.listener, hub, self.reload)
         finally:
-            await self.healer.cancel()  # before the engine they talk through goes
+            self.proactive = None
+            await proactive.stop()
+            await healer.cancel()  # before the engine they talk through goes
             if runner is not None:
                 await runner.cleanup()
             await engine.close()

@@ -14,8 +14,11 @@ Rules:
   listed only for placeholder-free build entries; a template's Dockerfile can
   depend on the image, so ``check IMAGE`` is the way to see those.
 - With IMAGE: the entry that matches and its captures, the recipe filled in,
-  and the heal order, bases first. A bad IMAGE or a cycle is reported in the
-  text rather than raised: it is exactly what ``check`` is for.
+  the heal order, bases first, and whether it is healed proactively after a
+  prune. A bad IMAGE or a cycle is reported in the text rather than raised:
+  it is exactly what ``check`` is for.
+- A ``min_free`` that cannot be checked (the daemon's root folder is not
+  visible from here) is said once, under every proactive config.
 
 Theory of operation: ``describe`` only formats; matching, filling in and
 ordering come from ``patterns`` and ``graph``, the same calls the healer
@@ -37,12 +40,18 @@ from ..recipes.reference import InvalidReference, normalize
 ReadDockerfile = Callable[[ConcreteRecipe], str | None]
 
 
-def describe(config: Config, image: str | None, read_dockerfile: ReadDockerfile) -> str:
-    """The ``check`` report: all recipes, or how ``image`` would be healed."""
+def describe(
+    config: Config, image: str | None, read_dockerfile: ReadDockerfile, disk: str | None = None
+) -> str:
+    """The ``check`` report: all recipes, or how ``image`` would be healed.
+
+    ``disk`` is a sentence about ``min_free`` (see the rules), or None.
+    """
     source = f"config {config.path}" if config.path else "no config file: built-in defaults"
+    notes = [f"warning: {disk}"] if disk and any(r.proactive for r in config.recipes) else []
     if image is None:
-        return "\n".join([source, *_recipes(config.recipes, read_dockerfile)])
-    return "\n".join([source, *_image(config.recipes, image, read_dockerfile)])
+        return "\n".join([source, *notes, *_recipes(config.recipes, read_dockerfile)])
+    return "\n".join([source, *notes, *_image(config.recipes, image, read_dockerfile)])
 
 
 def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> list[str]:
@@ -87,7 +96,18 @@ def _image(recipes: tuple[Recipe, ...], image: str, read_dockerfile: ReadDockerf
     ]
     for step, item in enumerate(plan, 1):
         lines.append(f"  {step}. {item.image}  by images[{item.recipe.index}] ({item.kind})")
-    return lines
+    return [*lines, "", _proactive(recipe, concrete.image)]
+
+
+def _proactive(recipe: Recipe, image: str) -> str:
+    if not recipe.proactive:
+        return f"proactive: no ({recipe.name} heals only when a create or pull asks)"
+    if Pattern.compile(recipe.match).is_template:
+        return (
+            f"proactive: yes, once the proxy has seen {image} exist (a heal, a create "
+            "through the proxy, or present at start); forgotten after [heal] forget_after unused"
+        )
+    return f"proactive: yes, {image} is healed right after a prune"
 
 
 def _unfilled(pattern: Pattern) -> dict[str, str]:
@@ -111,6 +131,8 @@ def _fields(item: Recipe | ConcreteRecipe, build: BuildSpec | None) -> list[tupl
     if item.depends_on:
         fields.append(("depends on", ", ".join(item.depends_on)))
     fields.append(("timeout", format_duration(item.timeout)))
+    if isinstance(item, Recipe) and item.proactive:
+        fields.append(("proactive", "yes: healed right after a prune"))
     return fields
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import uvloop
 
 from .. import __version__
+from ..healing import proactive
 from ..healing.buildcontext import read_dockerfile_from_disk
-from ..healing.engine import Engine
+from ..healing.engine import Engine, EngineError
 from ..healing.healer import Healer, HealFailed
 from ..recipes.config import Config, ConfigError, load_config
 from ..recipes.graph import DependencyCycle, heal_plan
@@ -110,9 +111,33 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     )
 
 
+def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
+    """Why ``[heal] min_free`` cannot be checked by the proxy on this host, or None."""
+    if not proactive.enabled(config):
+        return None
+    try:
+        upstream = _settings(args, config).upstream
+    except SettingsError:
+        return None  # check reports the config; serve will report the settings
+
+    async def ask() -> str:
+        engine = Engine(upstream)
+        try:
+            return await engine.root_dir()
+        finally:
+            await engine.close()
+
+    try:
+        root = uvloop.run(ask())
+    except EngineError as exc:
+        return f"cannot ask the daemon for its root folder, so [heal] min_free is unchecked: {exc}"
+    return proactive.unseen_root(root)
+
+
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
-    print(describe(config, args.image, read_dockerfile_from_disk))
+    disk = _min_free_problem(args, config)
+    print(describe(config, args.image, read_dockerfile_from_disk, disk))
     if args.image is None:
         return 0
     try:
@@ -129,7 +154,7 @@ async def _heal_now(settings: Settings, config: Config, images: list[str], force
     try:
         for image in images:
             try:
-                outcome = await healer.ensure(image, force=force)
+                outcome = await healer.ensure(image, force=force, trigger="cli")
             except HealFailed as failure:
                 print(failure, file=sys.stderr)
                 failed += 1

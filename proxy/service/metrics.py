@@ -12,6 +12,9 @@ Rules:
   children are cached.
 - Metrics are never served on the Docker socket's URL space, only on the TCP
   listener given by ``[metrics] listen``.
+- ``events_stream_up`` and ``last_reconcile_timestamp_seconds`` exist only
+  while a recipe is proactive: a proxy that follows no events has no stream
+  to be down.
 - Series an alert is written against exist from start-up at zero (every
   ``heals_total`` result of every recipe, both image check results, every
   upstream error kind). ``increase()`` and ``rate()`` see nothing on a series
@@ -46,6 +49,10 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 HEAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf"))
 UPSTREAM_ERROR_KINDS = ("connect", "protocol", "closed")
 """The kinds ``connection`` reports; listed so each series starts at zero."""
+TRIGGERS = ("create", "pull", "proactive", "cli")
+"""What can start a heal (``healer.Trigger``); each series starts at zero."""
+BLOCK_REASONS = ("min_free",)
+"""Why proactive heals can be held back; each series starts at zero."""
 
 
 class HealerView(Protocol):
@@ -58,6 +65,53 @@ class HealerView(Protocol):
     def waiters(self) -> int: ...
 
     def cooldown_counts(self) -> dict[str, int]: ...
+
+
+class ProactiveView(Protocol):
+    """What a scrape reads of proactive healing; None before start-up."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def events_up(self) -> bool: ...
+
+    @property
+    def last_reconcile(self) -> float | None: ...
+
+    def blocked(self) -> dict[str, bool]: ...
+
+
+class _ProactiveState(Collector):
+    def __init__(self, proactive: Callable[[], ProactiveView | None]) -> None:
+        self._proactive = proactive
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        view = self._proactive()
+        blocked = GaugeMetricFamily(
+            PREFIX + "proactive_blocked",
+            "1 while proactive heals wait, by reason (min_free: too little free disk).",
+            labels=["reason"],
+        )
+        reasons = view.blocked() if view is not None else {}
+        for reason in BLOCK_REASONS:
+            blocked.add_metric([reason], int(reasons.get(reason, False)))
+        yield blocked
+        if view is None or not view.enabled:
+            return  # no stream to be down: its alert must not fire on proxies without proactive
+        stream = GaugeMetricFamily(
+            PREFIX + "events_stream_up",
+            "1 while the proxy follows the daemon's image events (with proactive recipes only).",
+        )
+        stream.add_metric([], int(view.events_up))
+        yield stream
+        if view.last_reconcile is not None:
+            last = GaugeMetricFamily(
+                PREFIX + "last_reconcile_timestamp_seconds",
+                "When the images were last compared with the remembered managed tags (Unix time).",
+            )
+            last.add_metric([], view.last_reconcile)
+            yield last
 
 
 class _HealerState(Collector):
@@ -90,7 +144,11 @@ class _HealerState(Collector):
 class Metrics:
     """The proxy's metrics; an ``Observer`` for the data path and the healer."""
 
-    def __init__(self, healer: Callable[[], HealerView | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        healer: Callable[[], HealerView | None] = lambda: None,
+        proactive: Callable[[], ProactiveView | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -124,14 +182,14 @@ class Metrics:
         )
         self.heals = Counter(
             PREFIX + "heals_total",
-            "Recipe runs, by recipe match string and result.",
-            ["image", "result"],
+            "Recipe runs, by recipe match string, result and what started them.",
+            ["image", "result", "trigger"],
             registry=r,
         )
         self.heal_duration = Histogram(
             PREFIX + "heal_duration_seconds",
-            "How long a recipe run took, by recipe match string.",
-            ["image"],
+            "How long a recipe run took, by recipe match string and what started it.",
+            ["image", "trigger"],
             buckets=HEAL_BUCKETS,
             registry=r,
         )
@@ -139,6 +197,7 @@ class Metrics:
             __version__
         ).set(1)
         r.register(_HealerState(healer))
+        r.register(_ProactiveState(proactive))
         for kind in UPSTREAM_ERROR_KINDS:
             self.upstream_errors.labels(kind)
         for result in ("present", "missing"):
@@ -176,22 +235,29 @@ class Metrics:
         Series of recipes a reload removed stay: their counts are history.
         """
         for match in matches:
-            for result in ("success", "failure"):
-                self.heals.labels(match, result)
-            self.heal_duration.labels(match)
+            for trigger in TRIGGERS:
+                for result in ("success", "failure"):
+                    self.heals.labels(match, result, trigger)
+                self.heal_duration.labels(match, trigger)
 
-    def heal_finished(self, match: str, success: bool, seconds: float) -> None:
-        self.heals.labels(match, "success" if success else "failure").inc()
-        self.heal_duration.labels(match).observe(seconds)
+    def heal_finished(self, match: str, success: bool, seconds: float, trigger: str) -> None:
+        self.heals.labels(match, "success" if success else "failure", trigger).inc()
+        self.heal_duration.labels(match, trigger).observe(seconds)
 
     def image_checked(self, present: bool) -> None:
         self.image_checks.labels("present" if present else "missing").inc()
 
 
 def application(
-    metrics: Metrics, daemon_ping: Callable[[], Awaitable[str | None]]
+    metrics: Metrics,
+    daemon_ping: Callable[[], Awaitable[str | None]],
+    detail: Callable[[], dict[str, object]] = dict,
 ) -> web.Application:
-    """``/metrics`` and ``/healthz``; ``daemon_ping`` returns None or why the daemon is down."""
+    """``/metrics`` and ``/healthz``; ``daemon_ping`` returns None or why the daemon is down.
+
+    ``detail`` adds keys to the health answer that do not decide it: the
+    event stream reconnecting after a daemon restart is not ill health.
+    """
 
     async def scrape(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -200,8 +266,10 @@ def application(
     async def healthz(request: web.Request) -> web.Response:
         problem = await daemon_ping()
         if problem is None:
-            return web.json_response({"status": "ok"})
-        return web.json_response({"status": "unhealthy", "message": problem}, status=503)
+            return web.json_response({"status": "ok", **detail()})
+        return web.json_response(
+            {"status": "unhealthy", "message": problem, **detail()}, status=503
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)

@@ -114,8 +114,31 @@ def _running(snapshot: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _proactive(snapshot: Mapping[str, Any]) -> list[str]:
+    """Remembered tags, the last reconcile, the event stream and what waits, if enabled."""
+    view = snapshot.get("proactive")
+    if not isinstance(view, Mapping) or not view.get("enabled"):
+        return []
+    events = view.get("events") or {}
+    lines = [
+        "",
+        f"Proactive heals: last reconcile {view.get('last_reconcile') or 'not yet'}, "
+        f"image events {'up' if events.get('up') else 'DOWN'} ({events.get('detail', '?')})",
+    ]
+    for reason, why in (view.get("blocked") or {}).items():
+        lines.append(f"  blocked by {reason}: {why}")
+    queued = view.get("queued") or []
+    if queued:
+        lines.append(f"  queued ({len(queued)}): {', '.join(map(str, queued))}")
+    remembered = view.get("remembered") or []
+    lines.append(f"  remembered tags ({len(remembered)}):" if remembered else "  remembered: none")
+    lines += [f"    {tag}" for tag in remembered]
+    return lines
+
+
 def render(snapshot: Mapping[str, Any]) -> str:
-    """The whole state: recipes, running heals with their last lines, last results."""
+    """The whole state: recipes, running heals with their last lines, last results,
+    and proactive healing when it is on."""
     recipes = snapshot.get("recipes") or []
     lines = [f"Recipes ({len(recipes)}):" if recipes else "Recipes: none (pass-through only)"]
     for recipe in recipes:
@@ -136,6 +159,7 @@ def render(snapshot: Mapping[str, Any]) -> str:
             f"{_seconds(result.get('duration_seconds'))}  {message[0]}"
         )
         lines += [f"      {line}" for line in message[1:]]
+    lines += _proactive(snapshot)
     return "\n".join(lines) + "\n"
 
 

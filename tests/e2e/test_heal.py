@@ -26,6 +26,7 @@ from support import (
     api_calls,
     build_busybox,
     build_calls,
+    command_config,
     docker,
     docker_run,
     image_exists,
@@ -119,19 +120,6 @@ args = {{ GROUP = "{{group}}" }}
         assert b'"group":"g1"' in labels.stdout, "the build arg from the capture was not used"
     finally:
         build_busybox(dockerd.env)
-
-
-def command_config(tmp_path: Path, image: str, script: Path, **heal: str) -> str:
-    """A config whose one recipe runs ``script`` to make ``image``."""
-    settings = "".join(f"{key} = {toml_string(value)}\n" for key, value in heal.items())
-    return f"""
-state_dir = {toml_string(tmp_path / "state")}
-[heal]
-{settings}
-[[images]]
-match = {toml_string(image)}
-command = [{toml_string(script)}]
-"""
 
 
 def fail_once(proxy: Proxy, image: str, marker: Path) -> None:

@@ -156,6 +156,8 @@ def exported_names(exposition: str) -> set[str]:
 OK_IMAGE = "127.0.0.1:1/dhp/svc-ok:1"
 FAIL_IMAGE = "127.0.0.1:1/dhp/svc-fail:1"
 GATED_IMAGE = "127.0.0.1:1/dhp/svc-gated:1"
+PROACTIVE_IMAGE = "127.0.0.1:1/dhp/svc-proactive:1"
+"""Present throughout: it makes the proxy follow image events, for their metrics."""
 
 
 @dataclass
@@ -192,6 +194,9 @@ def watched(dockerd: Dockerd, busybox: str) -> Iterator[Watched]:
     config += recipe(FAIL_IMAGE, [str(fail)])
     gated = gated_build(work / "gated.sh", gate, work / "gated.marker", "ran")
     config += recipe(GATED_IMAGE, [str(gated), GATED_IMAGE, str(ctx)])
+    docker(["tag", busybox, PROACTIVE_IMAGE], env=dockerd.env)
+    config += recipe(PROACTIVE_IMAGE, ["docker", "tag", busybox, PROACTIVE_IMAGE])
+    config += "proactive = true\n"
     metrics_port = free_port()
     proxy = start_proxy(
         work / "proxy",
@@ -254,14 +259,13 @@ def test_a_heal_reaches_prometheus_and_a_failure_fires_the_alert(watched: Watche
     assert failed.returncode != 0
     assert b"exited with status 3" in failed.stderr
 
-    ok = f'docker_heal_proxy_heals_total{{image="{OK_IMAGE}",result="success"}}'
-    bad = f'docker_heal_proxy_heals_total{{image="{FAIL_IMAGE}",result="failure"}}'
+    ok = f'docker_heal_proxy_heals_total{{image="{OK_IMAGE}",result="success",trigger="create"}}'
+    bad = f'docker_heal_proxy_heals_total{{image="{FAIL_IMAGE}",result="failure",trigger="create"}}'
     wait_for(lambda: watched.value(ok) == 1, 30, "the success sample in Prometheus")
     wait_for(lambda: watched.value(bad) == 1, 30, "the failure sample in Prometheus")
-    assert (
-        watched.value(f'docker_heal_proxy_heals_total{{image="{OK_IMAGE}",result="failure"}}') == 0
-    )
-    count = f'docker_heal_proxy_heal_duration_seconds_count{{image="{OK_IMAGE}"}}'
+    failures = f'sum(docker_heal_proxy_heals_total{{image="{OK_IMAGE}",result="failure"}})'
+    assert watched.value(failures) == 0
+    count = f'sum(docker_heal_proxy_heal_duration_seconds_count{{image="{OK_IMAGE}"}})'
     assert watched.value(count) == 1
 
     def firing() -> list[dict[str, Any]]:
@@ -324,7 +328,12 @@ def test_alert_rules_check_load_and_are_documented(watched: Watched) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     loaded = {r["name"]: r for r in loaded_rules(watched)}
-    names = {"DockerHealProxyHealFailures", "DockerHealProxyUpstreamErrors", "DockerHealProxyDown"}
+    names = {
+        "DockerHealProxyHealFailures",
+        "DockerHealProxyUpstreamErrors",
+        "DockerHealProxyDown",
+        "DockerHealProxyEventsStreamDown",
+    }
     assert set(loaded) == names
     wait_for(
         lambda: all(r.get("health") == "ok" for r in loaded_rules(watched)),
@@ -477,7 +486,9 @@ def test_status_of_a_socket_that_is_not_the_proxy(dockerd: Dockerd) -> None:
 
 def test_healthz_follows_the_daemon(watched: Watched, make_proxy: MakeProxy) -> None:
     status, body = http_get(watched.metrics + "/healthz")
-    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    # The watched proxy has a proactive recipe, so its health names the event stream.
+    following = {"up": True, "detail": "following image events"}
+    assert (status, json.loads(body)) == (200, {"status": "ok", "events": following})
     port = free_port()
     missing = "/tmp/dhp-no-daemon-here.sock"
     orphan = make_proxy(

@@ -12,6 +12,7 @@ from proxy.recipes.config import (
     Config,
     ConfigError,
     HealSettings,
+    MinFree,
     format_duration,
     load_config,
     parse_config,
@@ -271,6 +272,7 @@ def test_cycle_across_entries() -> None:
         ("1h30m", 5400.0),
         ("500ms", 0.5),
         ("1.5s", 1.5),
+        ("30d", 2592000.0),
         (0, 0.0),
         (7, 7.0),
     ],
@@ -357,3 +359,88 @@ def test_digests_heal_only_through_pull(entry: dict[str, Any], kind: str) -> Non
         f"config.toml: images[0]: a digest reference heals only through pull, not {kind}",
     )
     assert parse({"images": [{"match": entry["match"], "pull": True}]}).recipes[0].kind == "pull"
+
+
+def test_proactive_settings_have_defaults() -> None:
+    heal = parse({}).heal
+    assert (heal.forget_after, heal.reconcile_interval, heal.background_parallel) == (
+        30 * 86400.0,
+        900.0,
+        1,
+    )
+    assert heal.min_free == MinFree(percent=15.0)
+    entry = {"match": "a:{g}", "command": ["x"]}
+    assert parse({"images": [entry]}).recipes[0].proactive is False
+
+
+def test_proactive_settings_are_read() -> None:
+    config = parse(
+        {
+            "heal": {
+                "forget_after": "7d",
+                "reconcile_interval": "1m",
+                "background_parallel": 2,
+                "min_free": "10GiB",
+            },
+            "images": [{"match": "a:{g}", "command": ["x"], "proactive": True}],
+        }
+    )
+    assert config.heal.forget_after == 7 * 86400.0
+    assert config.heal.reconcile_interval == 60.0
+    assert config.heal.background_parallel == 2
+    assert config.heal.min_free == MinFree(size=10 * 2**30)
+    assert config.recipes[0].proactive is True
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("15%", MinFree(percent=15.0)),
+        ("0%", MinFree(percent=0.0)),
+        ("100%", MinFree(percent=100.0)),
+        ("2.5%", MinFree(percent=2.5)),
+        ("10GiB", MinFree(size=10 * 2**30)),
+        ("500MB", MinFree(size=500 * 10**6)),
+        ("1 TiB", MinFree(size=2**40)),
+        ("1024B", MinFree(size=1024)),
+    ],
+)
+def test_min_free_values(text: str, expected: MinFree) -> None:
+    assert parse({"heal": {"min_free": text}}).heal.min_free == expected
+
+
+@pytest.mark.parametrize("bad", ["", "15", "101%", "-1%", "10gb", "GiB", 15, True])
+def test_bad_min_free(bad: object) -> None:
+    hint = '(use a share like "15%" or a size like "10GiB")'
+    message = f"config.toml: heal.min_free: bad size {bad!r} {hint}"
+    fails({"heal": {"min_free": bad}}, message)
+
+
+def test_min_free_is_met_by_share_or_size() -> None:
+    assert MinFree(percent=15.0).met(total=100, free=15)
+    assert not MinFree(percent=15.0).met(total=100, free=14)
+    assert MinFree(size=10).met(total=100, free=10)
+    assert not MinFree(size=10).met(total=10**9, free=9)
+    assert (str(MinFree(percent=15.0)), str(MinFree(size=10 * 2**30))) == ("15%", "10GiB")
+
+
+@pytest.mark.parametrize(
+    ("heal", "message"),
+    [
+        (
+            {"background_parallel": 0},
+            "heal.background_parallel: expected a whole number of at least 1, not 0",
+        ),
+        ({"forget_after": "1y"}, f"heal.forget_after: bad duration '1y' {HINT}"),
+        ({"reconcile_interval": True}, f"heal.reconcile_interval: bad duration True {HINT}"),
+    ],
+)
+def test_bad_proactive_settings(heal: dict[str, Any], message: str) -> None:
+    fails({"heal": heal}, f"config.toml: {message}")
+
+
+def test_proactive_must_be_a_boolean() -> None:
+    entry = {"match": "a", "command": ["x"], "proactive": "yes"}
+    fails(
+        {"images": [entry]}, "config.toml: images[0].proactive: expected true or false, not 'yes'"
+    )

@@ -72,6 +72,8 @@ def test_one_image_with_its_chain() -> None:
             "  2. docker.io/library/app:7  by images[1] (build)",
             "  3. docker.io/library/base:1  by images[0] (pull)",
             "  4. docker.io/library/fixed:latest  by images[2] (build)",
+            "",
+            "proactive: no (images[2] (fixed) heals only when a create or pull asks)",
         ]
     )
 
@@ -99,3 +101,35 @@ def test_problems_are_reported_in_the_text() -> None:
         "a: cannot heal: docker.io/library/a:latest -> "
         "docker.io/library/b:latest -> docker.io/library/a:latest: dependency cycle"
     )
+
+
+def proactive_config() -> Config:
+    return parse_config(
+        {
+            "images": [
+                {"match": "base", "command": ["b"], "proactive": True},
+                {"match": "agent:{g}", "command": ["a"], "proactive": True},
+            ]
+        },
+        base_dir=Path("/cfg"),
+    )
+
+
+def test_check_image_says_whether_proactive_applies() -> None:
+    assert describe(proactive_config(), "base", read).endswith(
+        "proactive: yes, docker.io/library/base:latest is healed right after a prune"
+    )
+    assert describe(proactive_config(), "agent:g1", read).endswith(
+        "proactive: yes, once the proxy has seen docker.io/library/agent:g1 exist (a heal, "
+        "a create through the proxy, or present at start); forgotten after [heal] "
+        "forget_after unused"
+    )
+    assert "  proactive  yes: healed right after a prune" in describe(
+        proactive_config(), None, read
+    )
+
+
+def test_an_unverifiable_min_free_is_a_warning_only_with_proactive_recipes() -> None:
+    disk = "the daemon's root folder /d is not visible from here: [heal] min_free is ignored"
+    assert f"\nwarning: {disk}\n" in describe(proactive_config(), None, read, disk)
+    assert "warning" not in describe(config(), None, read, disk)

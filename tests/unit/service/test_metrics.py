@@ -54,8 +54,9 @@ def busy_metrics() -> Metrics:
     metrics.hijacked(1)
     metrics.image_checked(True)
     metrics.image_checked(False)
-    metrics.heal_finished("app:*", True, 42.0)
-    metrics.heal_finished("app:*", False, 3000.0)
+    metrics.heal_finished("app:*", True, 42.0, "create")
+    metrics.heal_finished("app:*", False, 3000.0, "create")
+    metrics.heal_finished("app:*", True, 7.0, "proactive")
     return metrics
 
 
@@ -83,11 +84,17 @@ def test_every_metric_of_the_issue_is_exported() -> None:
     assert got[(p + "hijacked_connections", ())] == 1
     assert got[(p + "image_checks_total", (("result", "present"),))] == 1
     assert got[(p + "image_checks_total", (("result", "missing"),))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "success")))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "failure")))] == 1
+    create = ("trigger", "create")
+    assert got[(p + "heals_total", (("image", "app:*"), ("result", "success"), create))] == 1
+    assert got[(p + "heals_total", (("image", "app:*"), ("result", "failure"), create))] == 1
+    proactive = (("image", "app:*"), ("result", "success"), ("trigger", "proactive"))
+    assert got[(p + "heals_total", proactive)] == 1
     # An hour-long heal still lands in a finite bucket.
-    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "3600.0")))] == 2
-    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "60.0")))] == 1
+    bucket = p + "heal_duration_seconds_bucket"
+    assert got[(bucket, (("image", "app:*"), ("le", "3600.0"), create))] == 2
+    assert got[(bucket, (("image", "app:*"), ("le", "60.0"), create))] == 1
+    assert got[(p + "proactive_blocked", (("reason", "min_free"),))] == 0
+    assert (p + "events_stream_up", ()) not in got, "no proactive recipe, no stream"
     assert got[(p + "heals_in_progress", ())] == 2
     assert got[(p + "heal_waiters", ())] == 5
     assert got[(p + "heal_cooldown_active", (("image", "app:*"),))] == 1
@@ -181,10 +188,58 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
     metrics.recipes_configured(["app:*", "tool:1"])
     got = samples(metrics)
     for image in ("app:*", "tool:1"):
-        for result in ("success", "failure"):
-            assert got[(PREFIX + "heals_total", (("image", image), ("result", result)))] == 0
-        assert got[(PREFIX + "heal_duration_seconds_count", (("image", image),))] == 0
+        for trigger in ("create", "pull", "proactive", "cli"):
+            for result in ("success", "failure"):
+                labels = (("image", image), ("result", result), ("trigger", trigger))
+                assert got[(PREFIX + "heals_total", labels)] == 0
+            count = PREFIX + "heal_duration_seconds_count"
+            assert got[(count, (("image", image), ("trigger", trigger)))] == 0
     for kind in ("connect", "protocol", "closed"):
         assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
     for result in ("present", "missing"):
         assert got[(PREFIX + "image_checks_total", (("result", result),))] == 0
+
+
+@dataclass
+class ProactiveState:
+    enabled: bool = True
+    events_up: bool = False
+    last_reconcile: float | None = None
+    reasons: dict[str, bool] = field(default_factory=dict)
+
+    def blocked(self) -> dict[str, bool]:
+        return self.reasons
+
+
+def test_proactive_gauges_follow_the_watcher_at_scrape_time() -> None:
+    state = ProactiveState()
+    metrics = Metrics(proactive=lambda: state)
+    got = samples(metrics)
+    assert got[(PREFIX + "events_stream_up", ())] == 0
+    assert (PREFIX + "last_reconcile_timestamp_seconds", ()) not in got, "no reconcile yet"
+    state.events_up = True
+    state.last_reconcile = 1700000000.5
+    state.reasons["min_free"] = True
+    got = samples(metrics)
+    assert got[(PREFIX + "events_stream_up", ())] == 1
+    assert got[(PREFIX + "last_reconcile_timestamp_seconds", ())] == 1700000000.5
+    assert got[(PREFIX + "proactive_blocked", (("reason", "min_free"),))] == 1
+    state.enabled = False
+    got = samples(metrics)
+    assert (PREFIX + "events_stream_up", ()) not in got
+    assert got[(PREFIX + "proactive_blocked", (("reason", "min_free"),))] == 1
+
+
+def test_health_carries_detail_without_being_decided_by_it() -> None:
+    async def main() -> tuple[int, Any]:
+        detail = {"events": {"up": False, "detail": "reconnecting"}}
+        app = application(Metrics(), healthy, lambda: dict(detail))
+        async with TestClient(TestServer(app)) as client:
+            health = await client.get("/healthz")
+            return health.status, await health.json()
+
+    code, body = asyncio.run(main())
+    assert (code, body) == (
+        200,
+        {"status": "ok", "events": {"up": False, "detail": "reconnecting"}},
+    )

@@ -219,3 +219,36 @@ def test_watch_redraws_in_place_on_a_terminal(sock_path: str) -> None:
         server.close()
     assert out.getvalue().startswith(status.CLEAR + "docker-heal-proxy status at ")
     assert "RUN make" in out.getvalue()
+
+
+def test_render_shows_proactive_state_when_enabled() -> None:
+    data = {
+        **snapshot(),
+        "proactive": {
+            "enabled": True,
+            "remembered": ["127.0.0.1:1/app:1", "127.0.0.1:1/app:2"],
+            "last_reconcile": "2026-11-30T00:00:00Z",
+            "reconciles": 3,
+            "events": {"up": False, "detail": "reconnecting: refused"},
+            "queued": ["127.0.0.1:1/app:2"],
+            "blocked": {"min_free": "/d has 1.0GiB free (3%), less than [heal] min_free = 15%"},
+        },
+    }
+    text = status.render(data)
+    assert text.endswith(
+        "\n".join(
+            [
+                "",
+                "Proactive heals: last reconcile 2026-11-30T00:00:00Z, "
+                "image events DOWN (reconnecting: refused)",
+                "  blocked by min_free: /d has 1.0GiB free (3%), less than [heal] min_free = 15%",
+                "  queued (1): 127.0.0.1:1/app:2",
+                "  remembered tags (2):",
+                "    127.0.0.1:1/app:1",
+                "    127.0.0.1:1/app:2",
+                "",
+            ]
+        )
+    )
+    data["proactive"]["enabled"] = False
+    assert "Proactive" not in status.render(data)

@@ -1,0 +1,333 @@
+"""Proactive heals: put managed images back right after a prune, before anyone asks.
+
+Rules:
+- Only ``proactive = true`` entries, and only while at least one exists:
+  rebuilding at once gives back the disk a prune freed, so it is opt-in. The
+  memory of tags (``memory``) is kept either way, so turning it on later
+  finds the groups already known.
+- Reconciles run at start, when the event stream (re)connects, a quiet
+  moment after a burst of image events, after a reload, and every
+  ``reconcile_interval`` (``reconcile.Schedule``).
+- Background heals never delay a client. They run through the healer's one
+  single flight (a create for the same tag joins the running heal instead
+  of starting another), at most ``background_parallel`` at once, and with
+  ``max_parallel = 1`` only while no other heal is under way. A tag still
+  queued here is healed on demand by a create as if this queue did not
+  exist; the queue then finds it present and skips it.
+- Never fight a disk-pressure cleanup: while the daemon's root folder has
+  less free space than ``min_free`` a background heal waits, re-checking
+  every ``DISK_RECHECK`` seconds (and at once after a reload). When that
+  folder is not visible from here (rootless, Docker-in-Docker) the limit
+  cannot be checked and is ignored, with a warning.
+- A background heal that fails is logged and left out until the next
+  periodic reconcile (see ``reconcile``); creates still heal it on demand.
+
+Theory of operation: four tasks (the event watcher, the schedule, the
+background workers, the memory flusher) share this object's state on one
+event loop, so no locks are needed. The decisions are pure functions in
+``reconcile`` and ``memory``; this module does the waiting and the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..recipes.config import Config, MinFree
+from ..recipes.graph import DependencyCycle, heal_plan
+from ..recipes.reference import InvalidReference, normalize
+from . import memory
+from .buildcontext import read_dockerfile_from_disk
+from .engine import Engine, EngineError
+from .healer import Healer, HealFailed
+from .reconcile import Schedule, present, queue, wanted
+from .watcher import EventWatcher
+
+log = logging.getLogger(__name__)
+
+DISK_RECHECK = 60.0
+IDLE_RECHECK = 1.0
+"""How often a background heal looks again for an idle slot; heals take minutes."""
+FLUSH_EVERY = 30.0
+"""How often remembered tags are written, when they changed."""
+
+
+def enabled(config: Config) -> bool:
+    return any(recipe.proactive for recipe in config.recipes)
+
+
+def disk_usage(path: str) -> tuple[int, int] | None:
+    """Total and free bytes (for an unprivileged user) of ``path``'s file system,
+    or None when ``path`` is not visible from this process."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
+
+
+def unseen_root(root: str) -> str | None:
+    """Why ``min_free`` is ignored for a daemon whose root folder is ``root``, or None."""
+    if disk_usage(root) is not None:
+        return None
+    return (
+        f"the daemon's root folder {root!r} is not visible from the proxy "
+        "(rootless or Docker-in-Docker?): [heal] min_free is ignored"
+    )
+
+
+def plans(images: set[str], config: Config) -> dict[str, list[str]]:
+    """Each image's heal plan as image names, bases first (blocking: reads Dockerfiles)."""
+    found: dict[str, list[str]] = {}
+    for image in images:
+        try:
+            steps = heal_plan(image, config.recipes, read_dockerfile_from_disk)
+        except (DependencyCycle, InvalidReference) as exc:
+            log.warning("proactive heal of %s skipped: %s", image, exc)
+            continue
+        found[image] = [step.image for step in steps]
+    return found
+
+
+class Proactive:
+    """Owns the proactive side of healing for the life of the process."""
+
+    def __init__(
+        self, config: Callable[[], Config], healer: Healer, engine: Engine, state_dir: Path
+    ) -> None:
+        self.config = config
+        self.healer = healer
+        self.engine = engine
+        self.state_dir = state_dir
+        self.memory = memory.TagMemory()
+        self.schedule = Schedule(interval=config().heal.reconcile_interval)
+        self.watcher = EventWatcher(engine, self._event, self._connected)
+        self.last_reconcile: float | None = None
+        self.reconciles = 0
+        self.pending: list[str] = []
+        self.active: set[str] = set()
+        self.failed: dict[str, float] = {}
+        self.disk: str | None = None
+        """Why proactive heals wait for disk space, or None."""
+        self._listed_at_start = False
+        self._root: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        """The flusher, then (once enabled) the watcher and the schedule."""
+        self._workers: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._work = asyncio.Event()
+        self._recheck = asyncio.Event()
+
+    # -- what others call -----------------------------------------------------
+
+    def used(self, image: str) -> None:
+        """A create of ``image`` worked, or a heal produced it: remember it if a
+        pattern recipe matches it."""
+        image = normalize(image)
+        if memory.worth_remembering(self.config().recipes, image):
+            self.memory.remember(image, time.time())
+
+    @property
+    def enabled(self) -> bool:
+        """Running, with a proactive recipe in the config now."""
+        return len(self._tasks) > 1 and enabled(self.config())
+
+    @property
+    def events_up(self) -> bool:
+        return self.enabled and self.watcher.up
+
+    def blocked(self) -> dict[str, bool]:
+        return {"min_free": self.disk is not None}
+
+    def health(self) -> dict[str, object]:
+        if not self.enabled:
+            return {}
+        return {"events": self.watcher.view()}
+
+    def view(self) -> dict[str, Any]:
+        last = self.last_reconcile
+        return {
+            "enabled": self.enabled,
+            "remembered": self.memory.tags(),
+            "last_reconcile": (
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else None
+            ),
+            "reconciles": self.reconciles,
+            "events": self.watcher.view(),
+            "queued": [*sorted(self.active), *self.pending],
+            "blocked": {"min_free": self.disk} if self.disk else {},
+        }
+
+    async def start(self) -> None:
+        self.memory = await asyncio.to_thread(memory.load, self.state_dir)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._flush_loop()))
+        self.reconfigure()
+
+    def reconfigure(self) -> None:
+        """After a reload: start if now enabled, and look again at once."""
+        config = self.config()
+        self.schedule.interval = config.heal.reconcile_interval
+        self.failed.clear()
+        if not enabled(config):
+            self.pending.clear()  # and reconciles now find nothing wanted
+            return
+        loop = asyncio.get_running_loop()
+        if len(self._tasks) == 1:
+            self._tasks.append(loop.create_task(self.watcher.run()))
+            self._tasks.append(loop.create_task(self._schedule_loop()))
+        while len(self._workers) < config.heal.background_parallel:
+            self._workers.append(loop.create_task(self._worker()))
+        while len(self._workers) > config.heal.background_parallel:
+            self._workers.pop().cancel()  # its heal, if any, goes on: the healer shields it
+        self.schedule.request()
+        self._wake.set()
+        self._recheck.set()
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *self._workers]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._workers.clear()
+        await self._flush()
+
+    # -- the schedule -----------------------------------------------------------
+
+    def _event(self) -> None:
+        self.schedule.event(time.monotonic())
+        self._wake.set()
+
+    def _connected(self) -> None:
+        self.schedule.request()
+        self._wake.set()
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            delay = self.schedule.next_at() - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            self.schedule.ran(time.monotonic())
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        config = self.config()
+        try:
+            images = await self.engine.list_images()
+        except EngineError as exc:
+            log.warning("reconcile: cannot list images: %s", exc)
+            return
+        have = present(images)
+        now = time.time()
+        if not self._listed_at_start:
+            self._listed_at_start = True
+            for image in have:
+                self.used(image)
+            await self._find_root()  # warns now if min_free cannot be checked
+        for image in self.memory.forget_stale(now, config.heal.forget_after):
+            log.info("forgot %s: not used for %.0f days", image, config.heal.forget_after / 86400)
+        retry_after = time.monotonic() - config.heal.reconcile_interval
+        self.failed = {tag: at for tag, at in self.failed.items() if at > retry_after}
+        missing = wanted(config.recipes, self.memory.tags()) - have - set(self.failed)
+        found = await asyncio.to_thread(plans, missing, config)
+        steps = queue(list(found), found, have | self.active)
+        self.pending = [image for image in steps if image not in self.failed]
+        self.last_reconcile = now
+        self.reconciles += 1
+        if self.pending:
+            log.info("reconcile: %d managed images missing: %s", len(missing), ", ".join(missing))
+            self._work.set()
+
+    # -- background heals -------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            if not self.pending:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            image = self.pending.pop(0)
+            self.active.add(image)
+            try:
+                await self._admitted(image)
+                if enabled(self.config()):  # not turned off by a reload meanwhile
+                    await self.healer.ensure(image, trigger="proactive")
+            except HealFailed as failure:
+                self.failed[image] = time.monotonic()
+                log.warning("proactive heal of %s failed: %s", image, str(failure).splitlines()[0])
+            finally:
+                self.active.discard(image)
+
+    async def _admitted(self, image: str) -> None:
+        """Return once a background heal may start (see the module rules)."""
+        said = False
+        while True:
+            config = self.config()
+            self._recheck.clear()
+            self.disk = await self._disk_short(config.heal.min_free)
+            if self.disk is not None:
+                log.info("proactive heals wait: %s", self.disk)
+                await self._pause(DISK_RECHECK)
+            elif config.heal.max_parallel == 1 and self.healer.running:
+                if not said:
+                    log.debug("proactive heal of %s waits for the one heal slot", image)
+                    said = True
+                await self._pause(IDLE_RECHECK)
+            else:
+                return
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._recheck.wait(), seconds)
+
+    async def _disk_short(self, min_free: MinFree) -> str | None:
+        """Why the disk is too full for a background heal, or None."""
+        root = await self._find_root()
+        usage = await asyncio.to_thread(disk_usage, root) if root else None
+        if usage is None or min_free.met(*usage):
+            return None
+        total, free = usage
+        share = 100 * free / total if total else 0.0
+        return (
+            f"{root} has {free / 2**30:.1f}GiB free ({share:.0f}%), "
+            f"less than [heal] min_free = {min_free}"
+        )
+
+    async def _find_root(self) -> str | None:
+        """The daemon's root folder, asked once; warns if it cannot be seen from here."""
+        if self._root is None:
+            try:
+                self._root = await self.engine.root_dir()
+            except EngineError as exc:
+                log.warning("cannot ask the daemon for its root folder: %s", exc)
+                return None
+            problem = await asyncio.to_thread(unseen_root, self._root)
+            if problem is not None:
+                log.warning("%s", problem)
+        return self._root
+
+    # -- the memory on disk -----------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.memory.dirty:
+            return
+        self.memory.dirty = False
+        try:
+            await asyncio.to_thread(memory.save, self.state_dir, self.memory.dumps())
+        except OSError as exc:
+            self.memory.dirty = True
+            log.warning("cannot save remembered tags in %s: %s", self.state_dir, exc)
