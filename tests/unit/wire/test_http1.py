@@ -138,11 +138,115 @@ def test_malformed_request_lines_are_refused(request_line: str) -> None:
         "Content-Length: -1\r\n",
         "Content-Length: 0x10\r\n",
         "Transfer-Encoding: gzip, chunked\r\n",
+        # Go refuses a list even of equal lengths, and reads an empty one as none.
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: \r\n",
+        "Content-Length: 1_0\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: 5\r\nContent-Length: 05\r\n",
+        "Content-Length: 9223372036854775808\r\n",  # past Go's 63 bits
+        # Go takes exactly one Transfer-Encoding field, exactly chunked.
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: \r\n",
+        "Transfer-Encoding: identity\r\n",
+        "Transfer-Encoding: chun\xe2\x84\xaaed\r\n",  # a Kelvin sign: Unicode folding
     ],
 )
 def test_conflicting_or_bad_request_framing_is_refused(lines: str) -> None:
     with pytest.raises(ProtocolError):
         parse_request_head(req(lines))
+
+
+def test_transfer_encoding_on_http_1_0_is_refused() -> None:
+    """Go ignores it on HTTP/1.0 and frames by length: the chunks would be a next request."""
+    head = req("Transfer-Encoding: chunked\r\n", "POST /build HTTP/1.0")
+    with pytest.raises(ProtocolError, match=r"HTTP/1\.0"):
+        parse_request_head(head)
+    with pytest.raises(ProtocolError, match=r"HTTP/1\.0"):
+        parse_response_head(resp("Transfer-Encoding: chunked\r\n", "HTTP/1.0 200 OK"))
+
+
+@pytest.mark.parametrize("value", ["chunked", "Chunked", "CHUNKED", " chunked\t"])
+def test_chunked_is_read_case_insensitively_as_go_does(value: str) -> None:
+    head = parse_request_head(req(f"Transfer-Encoding:{value}\r\n"))
+    assert head.chunked and head.content_length is None
+
+
+# Each of these is read by Go's net/http, differently from a strict reader or
+# in a way a strict reader cannot follow; the message says which rule broke.
+AMBIGUOUS_HEADS = [
+    (b"GET /_ping HTTP/1.1\r\nHost: d\nX: y\r\n\r\n", "bare LF"),
+    (b"GET /_ping HTTP/1.1\nHost: d\r\n\r\n", "bare LF"),
+    (b"GET /_ping HTTP/1.1\r\nHost: d\n\r\n", "bare LF"),
+    (b"GET /_ping HTTP/1.1\r\nHost: d\r\nX: a\r\n b\r\n\r\n", "folded"),
+    (b"GET /_ping HTTP/1.1\r\nHost: d\r\nX: a\r\n\tb\r\n\r\n", "folded"),
+    (b"GET /_ping HTTP/1.1\r\n Host: d\r\n\r\n", "folded"),
+    (b"GET /_ping HTTP/1.1\r\nContent-Length : 3\r\n\r\n", "whitespace before a colon"),
+    (b"GET /_ping HTTP/1.1\r\nContent-Length\t: 3\r\n\r\n", "whitespace before a colon"),
+    (b"GET /_ping HTTP/1.1\r\nX-A(b): 3\r\n\r\n", "invalid header name"),
+    (b"GET /_ping HTTP/1.1\r\n: 3\r\n\r\n", "invalid header name"),
+    (b"GET /_ping HTTP/1.1\r\nX\x00: 3\r\n\r\n", "invalid header name"),
+    (b"GET /_ping HTTP/1.1\r\nNoColon\r\n\r\n", "without a colon"),
+    (b"GET /_ping HTTP/1.1\r\nX: a\x01b\r\n\r\n", "control byte"),
+    (b"GET /_ping HTTP/1.1\r\nX: a\rb\r\n\r\n", "control byte"),
+    (b"GET /_ping HTTP/1.1\r\nX: a\x7f\r\n\r\n", "control byte"),
+    (b"GET /_p\x01ing HTTP/1.1\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping\x7f HTTP/1.1\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping HTTP/1.1 \r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping HTTP/1.2\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping HTTP/1.10\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"\r\n", "malformed request line"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), AMBIGUOUS_HEADS)
+def test_ambiguous_request_heads_are_refused_with_their_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        parse_request_head(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", "bare LF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n 0\r\n\r\n", "folded"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
+        (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 O\x01K\r\n\r\n", "malformed status line"),
+    ],
+)
+def test_ambiguous_response_heads_are_refused(raw: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        parse_response_head(raw)
+
+
+def test_status_line_reason_is_optional_and_free_text() -> None:
+    assert parse_response_head(b"HTTP/1.1 204\r\n\r\n").status == 204
+    assert parse_response_head(b"HTTP/1.1 400 Bad Request: invalid \xff\r\n\r\n").status == 400
+
+
+@pytest.mark.parametrize(
+    ("stream", "end"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest", 27),
+        # Go ends a head at the first empty line, CRLF or not: so does the framer,
+        # and the parser then refuses it instead of waiting for a CRLF CRLF.
+        (b"GET / HTTP/1.1\r\nHost: x\n\nPOST / HTTP/1.1\r\n\r\n", 25),
+        (b"GET / HTTP/1.1\nHost: x\n\r\nPOST / HTTP/1.1\r\n\r\n", 25),
+        (b"GET / HTTP/1.1\n\n", 16),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", 2),  # an empty request line: Go refuses at once
+        (b"\nGET / HTTP/1.1\r\n\r\n", 1),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", -1),
+        (b"GET / HTTP/1.1\r\nHost: x\r\r\n", -1),
+    ],
+)
+def test_head_ends_at_the_first_empty_line_as_go_reads_lines(stream: bytes, end: int) -> None:
+    assert find_head_end(stream) == end
+    if end > 0 and stream[:end] != b"GET / HTTP/1.1\r\nHost: x\r\n\r\n":
+        with pytest.raises(ProtocolError):
+            parse_request_head(stream[:end])
 
 
 def test_repeated_equal_content_length_is_one_length() -> None:
@@ -261,24 +365,50 @@ def test_chunked_body_byte_by_byte() -> None:
     assert feed_pieces(ChunkedBody(), stream, list(range(len(stream)))) == len(encoded)
 
 
-def test_chunked_uppercase_hex_and_lf_only_lines() -> None:
+def test_chunked_uppercase_hex_and_zero_padding() -> None:
     body = ChunkedBody()
-    encoded = b"A\nabcdefghij\n0\n\n"
+    encoded = b"A\r\nabcdefghij\r\n000\r\n\r\n"
     assert body.feed(encoded + NEXT) == len(encoded) and body.done
 
 
 @pytest.mark.parametrize(
-    "encoded",
+    ("encoded", "reason"),
     [
-        b"zz\r\nab\r\n0\r\n\r\n",  # size is not hex
-        b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
-        b"-2\r\nab\r\n0\r\n\r\n",  # negative size
-        b"1" * (MAX_CHUNK_LINE + 10),  # a size line that never ends
+        (b"zz\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2\r\nabc\r\n0\r\n\r\n", "not followed by CRLF"),  # data longer than its size
+        (b"-2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"1" * (MAX_CHUNK_LINE + 10), "too long"),  # a size line that never ends
+        # int(x, 16) reads these; Go does not.
+        (b"0x2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"1_0\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n", "bad chunk size"),
+        (b" 2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2 \r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2 ;x\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"+2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"\r\n", "bad chunk size"),  # Go reads an empty size as 0
+        (b"1" * 17 + b"\r\n", "bad chunk size"),  # more than Go's 16 digits
+        (b"2;a\x01b\r\nab\r\n0\r\n\r\n", "bad chunk size"),  # CTL in an extension
+        # Bare LF: Go ends a size line there but insists on CRLF after data.
+        (b"2\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2\r\nab\n0\r\n\r\n", "not followed by CRLF"),
+        (b"2\r\nab\r\r\n", "not followed by CRLF"),
+        (b"0\r\n\n", "malformed trailer"),
+        (b"0\r\nX: y\n\r\n", "malformed trailer"),
+        (b"0\r\nX : y\r\n\r\n", "malformed trailer"),
+        (b"0\r\n folded\r\n\r\n", "malformed trailer"),
+        (b"0\r\n" + b"X: y\r\n" * 400 + b"\r\n", "trailer too large"),
     ],
 )
-def test_bad_chunked_bodies_are_refused(encoded: bytes) -> None:
-    with pytest.raises(ProtocolError):
+def test_bad_chunked_bodies_are_refused(encoded: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
         ChunkedBody().feed(encoded)
+
+
+def test_chunk_overrun_is_refused_before_the_next_lf() -> None:
+    """Go reads exactly two bytes after chunk data; so does the framer, not a whole line."""
+    body = ChunkedBody()
+    with pytest.raises(ProtocolError):
+        body.feed(b"2\r\nabX")
 
 
 def test_dechunk_decodes_extensions_and_trailers() -> None:
