@@ -451,3 +451,95 @@ def test_any_length_body_in_any_pieces_ends_exactly_at_its_end(
         assert body.done and body.feed(stream) == 0
         return
     assert feed_pieces(body, stream, cuts) == length
+
+
+# -- any head: strict ones frame exactly, any ambiguity is refused -----------------
+
+_FRAMING_NAMES = (b"content-length", b"transfer-encoding", b"connection")
+_NAMES = st.from_regex(rb"\A[A-Za-z][-A-Za-z0-9_.!#$%&'*+^`|~]{0,12}\Z").filter(
+    lambda n: n.lower() not in _FRAMING_NAMES
+)
+_VALUE_BYTES = [9, *range(0x20, 0x7F), *range(0x80, 0x100)]
+_VALUES = st.lists(st.sampled_from(_VALUE_BYTES), max_size=24).map(bytes)
+_CTLS = [*range(0, 9), *range(0x0B, 0x20), 0x7F]
+
+
+@st.composite
+def strict_requests(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
+    """Field lines of a strict head (request line first) and a body framed by them."""
+    lines = [b"POST /v1.41/containers/create HTTP/1.1", b"Host: docker"]
+    lines += [n + b":" + v for n, v in draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=6))]
+    payload = draw(st.binary(max_size=40))
+    framing = draw(st.sampled_from(["none", "length", "chunked"]))
+    if framing == "length":
+        lines.insert(draw(st.integers(1, len(lines))), b"Content-Length: %d" % len(payload))
+        return lines, payload
+    if framing == "chunked":
+        lines.insert(draw(st.integers(1, len(lines))), b"Transfer-Encoding: chunked")
+        return lines, chunked(payload, [])
+    return lines, b""
+
+
+def head_of(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=strict_requests())
+def test_any_strict_head_parses_and_frames_its_body_exactly(
+    request: tuple[list[bytes], bytes],
+) -> None:
+    lines, body = request
+    head = head_of(lines)
+    stream = head + body + NEXT
+    assert find_head_end(stream) == len(head)
+    parsed = parse_request_head(head)
+    assert feed_pieces(request_body(parsed), stream[len(head) :], []) == len(body)
+
+
+def _mutations(line: bytes, draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """Ways to make one field line ambiguous, as (where it goes, the new line)."""
+    name, _, value = line.partition(b":")
+    at = draw(st.integers(0, len(value)))
+    ctl = bytes([draw(st.sampled_from(_CTLS))])
+    return [
+        ("replace", line + b"\n"),  # a bare LF ends it; its CRLF is dropped below
+        ("replace", name + draw(st.sampled_from([b" ", b"\t", b"  "])) + b":" + value),
+        ("replace", name + b":" + value[:at] + ctl + value[at:]),
+        ("replace", name[:1] + draw(st.sampled_from([b"(", b" ", b"@", b"\x00"])) + line[1:]),
+        ("after", draw(st.sampled_from([b" ", b"\t"])) + draw(_VALUES)),  # obs-fold
+        ("after", draw(st.sampled_from(_CONFLICTS))),
+    ]
+
+
+_CONFLICTS = [
+    b"Content-Length: 1000",  # bodies here are shorter: never a harmless repeat
+    b"Content-Length: 1, 1",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip",
+    b"Transfer-Encoding: chunked, chunked",
+    b"Content-Length:",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(request=strict_requests(), data=st.data())
+def test_any_ambiguity_anywhere_in_a_head_is_refused(
+    request: tuple[list[bytes], bytes], data: st.DataObject
+) -> None:
+    """One ambiguity in any field line, and the head that Go would end is refused."""
+    lines, body = request
+    framing = any(line.lower().startswith(_FRAMING_NAMES[:2]) for line in lines)
+    i = data.draw(st.integers(1, len(lines) - 1))
+    options = _mutations(lines[i], data.draw)
+    how, line = data.draw(st.sampled_from(options if framing else options[:-1]))
+    if how == "replace":
+        head = head_of(lines[:i])[:-2] + line + (b"" if line.endswith(b"\n") else b"\r\n")
+        head += head_of(lines[i + 1 :]) if i + 1 < len(lines) else b"\r\n"
+    else:
+        head = head_of([*lines[: i + 1], line, *lines[i + 1 :]])
+    stream = head + body + NEXT
+    end = find_head_end(stream)
+    assert 0 < end <= len(head)
+    with pytest.raises(ProtocolError):
+        parse_request_head(stream[:end])
