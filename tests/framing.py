@@ -24,17 +24,8 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from proxy.wire.http1 import (
-    ProtocolError,
-    RequestHead,
-    ResponseHead,
-    UntilCloseBody,
-    find_head_end,
-    parse_request_head,
-    parse_response_head,
-    request_body,
-    response_body,
-)
+from proxy.wire import http1
+from proxy.wire.http1 import ProtocolError, RequestHead, ResponseHead
 
 PING_CLOSE = b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n"
 """A harmless last request: its answer, then dockerd's close, mark the end."""
@@ -64,12 +55,12 @@ def frame(stream: bytes) -> Framing:
     out = Framing()
     i = 0
     while i < len(stream):
-        end = find_head_end(stream, i)
+        end = http1.find_head_end(stream, i)
         if end < 0:
             return out
         try:
-            head = parse_request_head(stream[i:end])
-            body = request_body(head)
+            head = http1.parse_request_head(stream[i:end])
+            body = http1.request_body(head)
             n = body.feed(stream, end)
         except ProtocolError as exc:
             out.refused = str(exc)
@@ -149,11 +140,11 @@ def answers(stream: bytes) -> list[Answer]:
     """
     out = []
     i = 0
-    while (end := find_head_end(stream, i)) > 0:
-        head = parse_response_head(stream[i:end])
-        body = response_body(head, "GET")
+    while (end := http1.find_head_end(stream, i)) > 0:
+        head = http1.parse_response_head(stream[i:end])
+        body = http1.response_body(head, "GET")
         n = body.feed(stream, end)
-        if not body.done and not isinstance(body, UntilCloseBody):
+        if not body.done and not isinstance(body, http1.UntilCloseBody):
             break
         out.append(Answer(head, stream[i : end + n]))
         i = end + n
