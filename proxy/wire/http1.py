@@ -129,7 +129,8 @@ def _content_length(values: list[bytes]) -> int | None:
     if len(set(values)) != 1:
         raise ProtocolError("conflicting Content-Length headers")
     text = values[0]
-    if not text.isdigit() or int(text) > MAX_LENGTH:  # isdigit: ASCII only, for bytes
+    # isdigit is ASCII-only for bytes; the length check keeps int() from huge inputs.
+    if not text.isdigit() or len(text) > 19 or int(text) > MAX_LENGTH:
         raise ProtocolError(f"bad Content-Length {text.decode('latin-1')!r}")
     return int(text)
 

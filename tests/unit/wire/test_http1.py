@@ -145,6 +145,7 @@ def test_malformed_request_lines_are_refused(request_line: str) -> None:
         "Content-Length: +5\r\n",
         "Content-Length: 5\r\nContent-Length: 05\r\n",
         "Content-Length: 9223372036854775808\r\n",  # past Go's 63 bits
+        "Content-Length: " + "9" * 5000 + "\r\n",  # past int()'s limit on digits
         # Go takes exactly one Transfer-Encoding field, exactly chunked.
         "Transfer-Encoding: chunked, chunked\r\n",
         "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
