@@ -100,3 +100,25 @@ def test_route_is_always_a_known_template(path: str) -> None:
 )
 def test_pulled_reference(query: str, reference: str | None) -> None:
     assert pulled_reference(query) == reference
+
+
+@given(
+    endpoint=st.sampled_from(TEMPLATES).map(
+        lambda t: t.replace("{id}", "abc").replace("{name}", "a/b:1")
+    ),
+    version=st.sampled_from(["", "/v1.41", "/v1.41.0", "/v1", "/v."]),
+    escape=st.lists(st.booleans(), min_size=40, max_size=40),
+)
+def test_percent_escapes_route_as_the_bytes_they_stand_for(
+    endpoint: str, version: str, escape: list[bool]
+) -> None:
+    """dockerd routes the decoded path: any byte but the first may come escaped.
+
+    The first slash may not: a target that does not start with one is refused.
+    """
+    path = version + endpoint
+    escape[0] = False
+    encoded = "".join(f"%{ord(c):02X}" if e else c for c, e in zip(path, escape, strict=False))
+    encoded += path[len(escape) :]
+    assert api_path(encoded) == api_path(path) == endpoint
+    assert route(encoded) == route(path)
