@@ -95,6 +95,11 @@ class ProtocolError(Exception):
     """The peer sent bytes that cannot be framed as HTTP/1.1."""
 
 
+def _shown(data: bytes) -> str:
+    """Peer bytes quoted in an error message: enough to recognise, bounded."""
+    return repr(data[:40].decode("latin-1")) + ("..." if len(data) > 40 else "")
+
+
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     """Index just past the first empty line, as Go reads lines, or -1 if none yet.
 
@@ -131,7 +136,7 @@ def _content_length(values: list[bytes]) -> int | None:
     text = values[0]
     # isdigit is ASCII-only for bytes; the length check keeps int() from huge inputs.
     if not text.isdigit() or len(text) > 19 or int(text) > MAX_LENGTH:
-        raise ProtocolError(f"bad Content-Length {text.decode('latin-1')!r}")
+        raise ProtocolError(f"bad Content-Length {_shown(text)}")
     return int(text)
 
 
@@ -248,7 +253,7 @@ def _field_fault(line: bytes) -> str:
     if name.rstrip(b" \t") != name:
         return "whitespace before a colon"
     if not re.fullmatch(_TOKEN, name):
-        return f"invalid header name {name.decode('latin-1')!r}"
+        return f"invalid header name {_shown(name)}"
     return "control byte in a header value"
 
 
@@ -354,14 +359,14 @@ class ChunkedBody(Body):
             if line == b"\r\n":
                 self.done = True
             elif _FIELD_LINE.fullmatch(line) is None:
-                raise ProtocolError(f"malformed trailer line {line[:80].decode('latin-1')!r}")
+                raise ProtocolError(f"malformed trailer line {_shown(line)}")
 
 
 def _chunk_size(data: bytes, start: int) -> int:
     m = _CHUNK_SIZE.match(data, start)
     if m is None:
-        line = data[start : data.find(b"\n", start) + 1 or len(data)][:80]
-        raise ProtocolError(f"bad chunk size line {line.decode('latin-1')!r}")
+        line = data[start : data.find(b"\n", start) + 1 or len(data)]
+        raise ProtocolError(f"bad chunk size line {_shown(line)}")
     return int(m[1], 16)
 
 

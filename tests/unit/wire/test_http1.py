@@ -159,6 +159,19 @@ def test_conflicting_or_bad_request_framing_is_refused(lines: str) -> None:
         parse_request_head(req(lines))
 
 
+def test_refusals_quote_the_peer_boundedly() -> None:
+    """The reason goes back to the client: it names the bytes, but not a megabyte of them."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_request_head(req("Content-Length: " + "9" * 5000 + "\r\n"))
+    assert str(refused.value) == "bad Content-Length '" + "9" * 40 + "'..."
+    with pytest.raises(ProtocolError) as refused:
+        parse_request_head(req("X" * 5000 + " : 1\r\n"))
+    assert str(refused.value) == "whitespace before a colon"
+    with pytest.raises(ProtocolError) as refused:
+        parse_request_head(req("X" * 5000 + "(: 1\r\n"))
+    assert len(str(refused.value)) < 80
+
+
 def test_transfer_encoding_on_http_1_0_is_refused() -> None:
     """Go ignores it on HTTP/1.0 and frames by length: the chunks would be a next request."""
     head = req("Transfer-Encoding: chunked\r\n", "POST /build HTTP/1.0")
