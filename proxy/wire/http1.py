@@ -189,7 +189,7 @@ def parse_request_head(raw: bytes) -> RequestHead:
     """Parse a complete request head (ending in the blank line), or refuse it."""
     m = _REQUEST.fullmatch(raw)
     if m is None:
-        raise ProtocolError(_grammar_fault(raw))
+        raise ProtocolError(_grammar_fault(raw, _REQUEST_LINE, "request line"))
     method, target, minor = m.groups()
     lower = raw.lower()
     length = _content_length(_values(lower, b"content-length"))
@@ -214,7 +214,7 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     """
     m = _RESPONSE.fullmatch(raw)
     if m is None:
-        raise ProtocolError(_grammar_fault(raw))
+        raise ProtocolError(_grammar_fault(raw, _STATUS_LINE, "status line"))
     minor, status = m.groups()
     lower = raw.lower()
     chunked = _chunked(_values(lower, b"transfer-encoding"), minor)
@@ -227,16 +227,13 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     )
 
 
-def _grammar_fault(raw: bytes) -> str:
+def _grammar_fault(raw: bytes, first_line: bytes, what: str) -> str:
     """Name what is wrong with a head the grammar refused: the peer reads this."""
     if _BARE_LF.search(raw):
         return "a line ends in a bare LF"
     first, _, fields = raw.partition(b"\r\n")
-    if first.startswith(b"HTTP/"):
-        if not re.fullmatch(_STATUS_LINE, first):
-            return "malformed status line"
-    elif not re.fullmatch(_REQUEST_LINE, first):
-        return "malformed request line"
+    if not re.fullmatch(first_line, first):
+        return f"malformed {what}"
     for line in fields.split(b"\r\n")[:-2]:
         if _FIELD_LINE.fullmatch(line + b"\r\n"):
             continue
