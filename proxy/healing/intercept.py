@@ -33,7 +33,7 @@ from ..recipes.reference import normalize
 from ..wire import errors
 from ..wire.connection import Exchange, Handler
 from ..wire.http1 import RequestHead, ResponseHead, dechunk
-from ..wire.routes import STATUS_PATH, pulled_reference, strip_version
+from ..wire.routes import STATUS_PATH, api_path, pulled_reference
 from .healer import Healer, HealFailed
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Interceptor:
         if head.method == "POST":
             if not self._config().recipes:
                 return None
-            path = strip_version(head.path)
+            path = api_path(head.path)
             if path == "/containers/create":
                 return self.create
             if path == "/images/create":

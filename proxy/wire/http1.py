@@ -10,44 +10,105 @@ Rules:
 - Framing follows RFC 9112 section 6: a request body is framed by
   ``Transfer-Encoding: chunked`` or ``Content-Length`` or is empty; a response
   body additionally may run until the connection closes, and is empty for
-  HEAD, 1xx, 204 and 304. A request carrying both framings is refused, since
-  the proxy and the daemon could disagree about where it ends.
+  HEAD, 1xx, 204 and 304.
+- Agree with dockerd, or refuse. The proxy claims some requests and passes the
+  rest on, so a request it frames differently from dockerd (Go's net/http)
+  would let a second request ride inside the first one's body, past the
+  proxy. Go is lenient where a proxy cannot afford to be: it ends lines at a
+  bare LF, folds continuation lines, trims spaces before a colon, ignores
+  ``Transfer-Encoding`` on HTTP/1.0, lets chunked win over
+  ``Content-Length``, reads an empty ``Content-Length`` as none and takes
+  ``Transfer-Encoding`` case-insensitively. So a head is accepted only in the
+  strict grammar where both readings are the same, and refused otherwise
+  (``ProtocolError``, which the connection answers with a 400 and a close):
+  every line ends in CRLF; a field is a token, a colon and a value of visible
+  bytes, spaces, tabs or obs-text; no control byte but HT anywhere; the
+  request line is ``METHOD SP target SP HTTP/1.0|1.1``; ``Content-Length`` is
+  digits only, once or repeated with the same value, never a list, never with
+  ``Transfer-Encoding``; a request's ``Transfer-Encoding`` is one field whose
+  value is ``chunked`` (any case, as Go compares it) and only on HTTP/1.1.
+- Chunked bodies the same way: a size line is 1 to 16 hex digits (Go's limit),
+  optionally ``;`` and an extension of visible bytes, then CRLF; chunk data
+  ends in exactly CRLF, as Go insists; trailer fields follow the head's field
+  grammar and, like Go's, are bounded.
+- Refusing more than dockerd is fine: it costs a client an error it would
+  have had anyway, or a request no Docker client sends. Framing differently
+  is not.
 
 Theory of operation:
-``parse_request_head`` and ``parse_response_head`` turn one complete head
-(everything up to and including the blank line) into a small record. The
-caller then asks ``request_body`` or ``response_body`` for a ``Body``: a tiny
-state machine fed with successive chunks of the byte stream. ``Body.feed``
-answers how many of the offered bytes belong to this body, so the caller can
-forward exactly those and keep the rest for the next message. A body of
-``UNTIL_CLOSE`` never ends by itself: the caller treats it (and any 101
-Switching Protocols) as the point where the connection stops being HTTP and
-becomes a raw byte splice.
+``find_head_end`` finds where a head ends the way Go reads lines, at the first
+empty line whether it ends in CRLF or a bare LF, so a head that Go would end
+early is cut at the same place and then refused as a whole instead of waiting
+for a CRLF CRLF that may never come. ``parse_request_head`` and
+``parse_response_head`` check that head against the strict grammar with one
+regular expression and turn it into a small record. The caller then asks
+``request_body`` or ``response_body`` for a ``Body``: a tiny state machine fed
+with successive chunks of the byte stream. ``Body.feed`` answers how many of
+the offered bytes belong to this body, so the caller can forward exactly those
+and keep the rest for the next message. A body of ``UNTIL_CLOSE`` never ends
+by itself: the caller treats it (and any 101 Switching Protocols) as the point
+where the connection stops being HTTP and becomes a raw byte splice.
 
-Header names are matched by searching a lower-cased copy of the head, which
-is several times cheaper in CPython than splitting every line, and this runs
-for every request on the hot path.
+Once a head has passed the grammar, header names are matched by searching a
+lower-cased copy of it, which is several times cheaper in CPython than
+splitting every line, and this runs for every request on the hot path. The
+grammar makes the search exact: every line starts after a CRLF and has its
+colon right after the name.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_HEAD = 1 << 20
 """Largest head accepted: dockerd (Go's default) takes 1 MiB of headers, and
 ``X-Registry-Config`` can approach that."""
 
-MAX_CHUNK_LINE = 4096
+MAX_CHUNK_LINE = 1024
+"""Chunk size and trailer lines must be shorter than this. Go refuses lines of
+4 KiB; a size line is at most 16 digits and an extension nobody sends."""
+
+MAX_TRAILER = 2048
+"""Largest trailer section. Go reads trailers only if their end is in sight
+within its 4 KiB read buffer; half of that is safely inside its limit."""
+
+MAX_LENGTH = (1 << 63) - 1
+"""Largest ``Content-Length``: Go parses it as a 63-bit unsigned number."""
+
+# The strict grammar (RFC 9112 sections 3 to 5 and 7.1, less what Go is lenient about).
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TEXT = rb"[\t\x20-\x7e\x80-\xff]*"  # HT, SP, visible bytes, obs-text: no CTL
+_FIELD = _TOKEN + rb":" + _TEXT
+_FIELDS = rb"(?:" + _FIELD + rb"\r\n)*\r\n"
+_REQUEST_LINE = rb"([A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/1\.([01])"
+_STATUS_LINE = rb"HTTP/1\.([01]) ([0-9]{3})(?: " + _TEXT + rb")?"
+_REQUEST = re.compile(_REQUEST_LINE + rb"\r\n" + _FIELDS)
+_RESPONSE = re.compile(_STATUS_LINE + rb"\r\n" + _FIELDS)
+_FIELD_LINE = re.compile(_FIELD + rb"\r\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TEXT + rb")?\r\n")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class ProtocolError(Exception):
     """The peer sent bytes that cannot be framed as HTTP/1.1."""
 
 
+def _shown(data: bytes) -> str:
+    """Peer bytes quoted in an error message: enough to recognise, bounded."""
+    return repr(data[:40].decode("latin-1")) + ("..." if len(data) > 40 else "")
+
+
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
-    """Index just past the blank line that ends a head, or -1 if incomplete."""
-    i = buf.find(b"\r\n\r\n", start)
-    return -1 if i < 0 else i + 4
+    """Index just past the first empty line, as Go reads lines, or -1 if none yet.
+
+    An empty first line ends the head at once: Go refuses it rather than wait.
+    """
+    if buf.startswith((b"\n", b"\r\n"), start):
+        return buf.index(b"\n", start) + 1
+    m = _HEAD_END.search(buf, start)
+    return -1 if m is None else m.end()
 
 
 def _values(lower: bytes, name: bytes) -> list[bytes]:
@@ -67,15 +128,27 @@ def _tokens(values: list[bytes]) -> set[bytes]:
 
 
 def _content_length(values: list[bytes]) -> int | None:
+    """Go's reading: repeats of one value are that value; anything else is refused."""
     if not values:
         return None
-    lengths = {v.strip(b" \t") for value in values for v in value.split(b",")}
-    if len(lengths) != 1:
+    if len(set(values)) != 1:
         raise ProtocolError("conflicting Content-Length headers")
-    (text,) = lengths
-    if not text.isdigit():
-        raise ProtocolError(f"bad Content-Length {text!r}")
+    text = values[0]
+    # isdigit is ASCII-only for bytes; the length check keeps int() from huge inputs.
+    if not text.isdigit() or len(text) > 19 or int(text) > MAX_LENGTH:
+        raise ProtocolError(f"bad Content-Length {_shown(text)}")
     return int(text)
+
+
+def _chunked(values: list[bytes], minor: bytes) -> bool:
+    """Whether ``Transfer-Encoding`` frames the message; refused where Go would differ."""
+    if not values:
+        return False
+    if minor == b"0":
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
+    if values != [b"chunked"]:
+        raise ProtocolError("Transfer-Encoding other than one chunked")
+    return True
 
 
 @dataclass(slots=True)
@@ -107,49 +180,78 @@ class ResponseHead:
     close: bool
 
 
-def parse_request_head(raw: bytes) -> RequestHead:
-    """Parse a complete request head (ending in the blank line)."""
-    line_end = raw.find(b"\r\n")
-    parts = raw[:line_end].split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        raise ProtocolError("malformed request line")
-    method, target, version = parts
-    if not method.isalpha() or not target:
-        raise ProtocolError("malformed request line")
-    lower = raw.lower()
-    te = _tokens(_values(lower, b"transfer-encoding"))
-    length = _content_length(_values(lower, b"content-length"))
-    if te and length is not None:
-        raise ProtocolError("both Transfer-Encoding and Content-Length")
-    if te and te != {b"chunked"}:
-        raise ProtocolError("unsupported Transfer-Encoding")
+def _closes(lower: bytes, minor: bytes) -> bool:
     connection = _tokens(_values(lower, b"connection"))
+    return b"close" in connection or (minor == b"0" and b"keep-alive" not in connection)
+
+
+def parse_request_head(raw: bytes) -> RequestHead:
+    """Parse a complete request head (ending in the blank line), or refuse it."""
+    m = _REQUEST.fullmatch(raw)
+    if m is None:
+        raise ProtocolError(_grammar_fault(raw, _REQUEST_LINE, "request line"))
+    method, target, minor = m.groups()
+    lower = raw.lower()
+    length = _content_length(_values(lower, b"content-length"))
+    chunked = _chunked(_values(lower, b"transfer-encoding"), minor)
+    if chunked and length is not None:
+        raise ProtocolError("both Transfer-Encoding and Content-Length")
     return RequestHead(
         method=method.decode("ascii"),
         target=target.decode("latin-1"),
         raw=raw,
         content_length=length,
-        chunked=bool(te),
-        close=b"close" in connection
-        or (version == b"HTTP/1.0" and b"keep-alive" not in connection),
+        chunked=chunked,
+        close=_closes(lower, minor),
     )
 
 
 def parse_response_head(raw: bytes) -> ResponseHead:
-    """Parse a complete response head (ending in the blank line)."""
-    line_end = raw.find(b"\r\n")
-    parts = raw[:line_end].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise ProtocolError("malformed status line")
+    """Parse a complete response head (ending in the blank line), or refuse it.
+
+    With both framings the chunked coding wins (RFC 9112 6.3), as in Go's
+    client, which is what reads these bytes after the proxy.
+    """
+    m = _RESPONSE.fullmatch(raw)
+    if m is None:
+        raise ProtocolError(_grammar_fault(raw, _STATUS_LINE, "status line"))
+    minor, status = m.groups()
     lower = raw.lower()
-    te = _tokens(_values(lower, b"transfer-encoding"))
+    chunked = _chunked(_values(lower, b"transfer-encoding"), minor)
     return ResponseHead(
-        status=int(parts[1]),
+        status=int(status),
         raw=raw,
-        content_length=None if te else _content_length(_values(lower, b"content-length")),
-        chunked=b"chunked" in te,
-        close=b"close" in _tokens(_values(lower, b"connection")) or parts[0] == b"HTTP/1.0",
+        content_length=None if chunked else _content_length(_values(lower, b"content-length")),
+        chunked=chunked,
+        close=_closes(lower, minor),
     )
+
+
+def _grammar_fault(raw: bytes, first_line: bytes, what: str) -> str:
+    """Name what is wrong with a head the grammar refused: the peer reads this."""
+    if _BARE_LF.search(raw):
+        return "a line ends in a bare LF"
+    first, _, fields = raw.partition(b"\r\n")
+    if not re.fullmatch(first_line, first):
+        return f"malformed {what}"
+    for line in fields.split(b"\r\n")[:-2]:
+        if _FIELD_LINE.fullmatch(line + b"\r\n"):
+            continue
+        return _field_fault(line)
+    return "malformed head"
+
+
+def _field_fault(line: bytes) -> str:
+    if line[:1] in (b" ", b"\t"):
+        return "obsolete folded header line"
+    name, colon, _ = line.partition(b":")
+    if not colon:
+        return "header line without a colon"
+    if name.rstrip(b" \t") != name:
+        return "whitespace before a colon"
+    if not re.fullmatch(_TOKEN, name):
+        return f"invalid header name {_shown(name)}"
+    return "control byte in a header value"
 
 
 class Body:
@@ -203,15 +305,18 @@ class ChunkedBody(Body):
 
     States: reading a size line, skipping chunk data, expecting the CRLF that
     closes a chunk, reading trailer lines until the empty one. Partial lines
-    are carried over in ``line`` so a chunk boundary may fall anywhere.
+    are carried over in ``line`` so a chunk boundary may fall anywhere; the
+    CRLF after chunk data is checked byte by byte, so data that overruns its
+    size is refused at once, as Go refuses it, rather than at the next LF.
     """
 
-    __slots__ = ("line", "remaining", "state")
+    __slots__ = ("line", "remaining", "state", "trailer")
 
     def __init__(self) -> None:
         self.done = False
         self.state = _SIZE
         self.remaining = 0
+        self.trailer = 0
         self.line = bytearray()
 
     def feed(self, data: bytes | bytearray, start: int = 0) -> int:
@@ -229,29 +334,37 @@ class ChunkedBody(Body):
             stop = end if nl < 0 else nl + 1
             self.line += data[i:stop]
             i = stop
-            if len(self.line) > MAX_CHUNK_LINE:
+            if len(self.line) >= MAX_CHUNK_LINE:
                 raise ProtocolError("chunk line too long")
+            if self.state == _DATA_END and not b"\r\n".startswith(self.line):
+                raise ProtocolError("chunk data not followed by CRLF")
             if nl >= 0:
-                self._line_complete(bytes(self.line).rstrip(b"\r\n"))
+                self._line_complete(bytes(self.line))
                 self.line.clear()
         return i - start
 
     def _line_complete(self, line: bytes) -> None:
         if self.state == _SIZE:
-            size = line.split(b";", 1)[0].strip(b" \t")
-            try:
-                self.remaining = int(size, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size!r}") from None
-            if self.remaining < 0:
-                raise ProtocolError("negative chunk size")
+            self.remaining = _chunk_size(line, 0)
             self.state = _DATA if self.remaining else _TRAILER
         elif self.state == _DATA_END:
-            if line:
-                raise ProtocolError("chunk data longer than its size")
             self.state = _SIZE
-        elif not line:  # _TRAILER: the empty line ends the message
-            self.done = True
+        else:  # _TRAILER: fields until the empty line that ends the message
+            self.trailer += len(line)
+            if self.trailer > MAX_TRAILER:
+                raise ProtocolError("chunked trailer too large")
+            if line == b"\r\n":
+                self.done = True
+            elif _FIELD_LINE.fullmatch(line) is None:
+                raise ProtocolError(f"malformed trailer line {_shown(line)}")
+
+
+def _chunk_size(data: bytes, start: int) -> int:
+    m = _CHUNK_SIZE.match(data, start)
+    if m is None:
+        line = data[start : data.find(b"\n", start) + 1 or len(data)]
+        raise ProtocolError(f"bad chunk size line {_shown(line)}")
+    return int(m[1], 16)
 
 
 def request_body(head: RequestHead) -> Body:
@@ -277,9 +390,9 @@ def dechunk(raw: bytes) -> bytes:
     out = bytearray()
     i = 0
     while True:
-        nl = raw.index(b"\r\n", i)
-        size = int(raw[i:nl].split(b";", 1)[0], 16)
+        size = _chunk_size(raw, i)
         if size == 0:
             return bytes(out)
-        out += raw[nl + 2 : nl + 2 + size]
-        i = nl + 2 + size + 2
+        data = raw.index(b"\n", i) + 1
+        out += raw[data : data + size]
+        i = data + size + 2

@@ -4,6 +4,14 @@ Rules:
 - Everything that reads meaning into a request path lives here: the version
   prefix, the handful of endpoints the proxy intercepts, and the bounded
   route templates that label metrics.
+- A path means what it means to dockerd's router, so that every request the
+  daemon routes to an endpoint the proxy intercepts is claimed. dockerd's
+  router (gorilla/mux under Go's net/http) matches the percent-decoded path
+  of the target (an absolute-form target counts by its path), answers a path
+  that is not clean (``//``, ``.`` or ``..`` segments) with a redirect
+  instead of routing it, and takes any ``/v{version:[0-9.]+}`` prefix, so
+  ``/v1.41.0/``, ``/v1.41./`` and ``/v./`` route as ``/v1.41/`` does (the
+  version check comes after routing, and compares numerically).
 - Templates are the Engine API's own path templates (``/containers/{id}/json``),
   so a dashboard reads like the API reference. A path that fits none is
   ``other``: a label value must never be a raw path, or an id per series would
@@ -20,7 +28,10 @@ from urllib.parse import parse_qs
 STATUS_PATH = "/_heal/status"
 """The one path the proxy answers itself, on its own socket only."""
 
-_VERSION = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?(?=/)")
+_VERSION = re.compile(r"/v[0-9.]+(?=/)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 # The Engine API's paths, templated. Order matters only where two could match.
 TEMPLATES = [
@@ -140,21 +151,45 @@ _FIXED = {t for t in TEMPLATES if "{" not in t}
 _PATTERNS = [(t, _regex(t)) for t in TEMPLATES if "{" in t]
 
 
-def strip_version(path: str) -> str:
-    """``/v1.41/containers/create`` -> ``/containers/create``."""
-    if path.startswith("/v"):
-        return _VERSION.sub("", path, count=1)
-    return path
+def api_path(path: str) -> str | None:
+    """The Engine API path dockerd routes a target's path to, version prefix removed.
+
+    ``/v1.41/containers/create``, ``/v1.41.0/containers/%63reate`` and
+    ``http://d/v1.41/containers/create`` are all ``/containers/create``.
+    ``None`` when dockerd routes the path nowhere: it refuses a bad escape or
+    a relative target with a 400, and redirects an unclean path.
+    """
+    if not path.startswith("/"):
+        scheme = _SCHEME.match(path)
+        if scheme is None:
+            return None
+        path = path[scheme.end() :]
+        if path.startswith("//"):
+            authority_end = path.find("/", 2)
+            path = "" if authority_end < 0 else path[authority_end:]
+        if not path.startswith("/"):
+            return None
+    if "%" in path:
+        if _BAD_ESCAPE.search(path):
+            return None
+        path = _ESCAPE.sub(lambda m: chr(int(m[1], 16)), path)
+    segments = path.split("/")
+    if any(s in ("", ".", "..") for s in segments[1:-1]) or segments[-1] in (".", ".."):
+        return None
+    version = _VERSION.match(path)
+    return path if version is None else path[version.end() :]
 
 
 @functools.lru_cache(maxsize=4096)
 def route(path: str) -> str:
     """The bounded template for a request path (query string excluded)."""
-    path = strip_version(path)
-    if path in _FIXED:
-        return path
+    endpoint = api_path(path)
+    if endpoint is None:
+        return "other"
+    if endpoint in _FIXED:
+        return endpoint
     for template, pattern in _PATTERNS:
-        if pattern.match(path):
+        if pattern.match(endpoint):
             return template
     return "other"
 

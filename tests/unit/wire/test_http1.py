@@ -138,11 +138,129 @@ def test_malformed_request_lines_are_refused(request_line: str) -> None:
         "Content-Length: -1\r\n",
         "Content-Length: 0x10\r\n",
         "Transfer-Encoding: gzip, chunked\r\n",
+        # Go refuses a list even of equal lengths, and reads an empty one as none.
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: \r\n",
+        "Content-Length: 1_0\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: 5\r\nContent-Length: 05\r\n",
+        "Content-Length: 9223372036854775808\r\n",  # past Go's 63 bits
+        "Content-Length: " + "9" * 5000 + "\r\n",  # past int()'s limit on digits
+        # Go takes exactly one Transfer-Encoding field, exactly chunked.
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: \r\n",
+        "Transfer-Encoding: identity\r\n",
+        "Transfer-Encoding: chun\xe2\x84\xaaed\r\n",  # a Kelvin sign: Unicode folding
     ],
 )
 def test_conflicting_or_bad_request_framing_is_refused(lines: str) -> None:
     with pytest.raises(ProtocolError):
         parse_request_head(req(lines))
+
+
+def test_refusals_quote_the_peer_boundedly() -> None:
+    """The reason goes back to the client: it names the bytes, but not a megabyte of them."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_request_head(req("Content-Length: " + "9" * 5000 + "\r\n"))
+    assert str(refused.value) == "bad Content-Length '" + "9" * 40 + "'..."
+    with pytest.raises(ProtocolError) as refused:
+        parse_request_head(req("X" * 5000 + " : 1\r\n"))
+    assert str(refused.value) == "whitespace before a colon"
+    with pytest.raises(ProtocolError) as refused:
+        parse_request_head(req("X" * 5000 + "(: 1\r\n"))
+    assert len(str(refused.value)) < 80
+
+
+def test_transfer_encoding_on_http_1_0_is_refused() -> None:
+    """Go ignores it on HTTP/1.0 and frames by length: the chunks would be a next request."""
+    head = req("Transfer-Encoding: chunked\r\n", "POST /build HTTP/1.0")
+    with pytest.raises(ProtocolError, match=r"HTTP/1\.0"):
+        parse_request_head(head)
+    with pytest.raises(ProtocolError, match=r"HTTP/1\.0"):
+        parse_response_head(resp("Transfer-Encoding: chunked\r\n", "HTTP/1.0 200 OK"))
+
+
+@pytest.mark.parametrize("value", ["chunked", "Chunked", "CHUNKED", " chunked\t"])
+def test_chunked_is_read_case_insensitively_as_go_does(value: str) -> None:
+    head = parse_request_head(req(f"Transfer-Encoding:{value}\r\n"))
+    assert head.chunked and head.content_length is None
+
+
+# Each of these is read by Go's net/http, differently from a strict reader or
+# in a way a strict reader cannot follow; the message says which rule broke.
+AMBIGUOUS_HEADS = [
+    (b"GET /_ping HTTP/1.1\r\nHost: d\nX: y\r\n\r\n", "bare LF"),
+    (b"GET /_ping HTTP/1.1\nHost: d\r\n\r\n", "bare LF"),
+    (b"GET /_ping HTTP/1.1\r\nHost: d\n\r\n", "bare LF"),
+    (b"GET /_ping HTTP/1.1\r\nHost: d\r\nX: a\r\n b\r\n\r\n", "folded"),
+    (b"GET /_ping HTTP/1.1\r\nHost: d\r\nX: a\r\n\tb\r\n\r\n", "folded"),
+    (b"GET /_ping HTTP/1.1\r\n Host: d\r\n\r\n", "folded"),
+    (b"GET /_ping HTTP/1.1\r\nContent-Length : 3\r\n\r\n", "whitespace before a colon"),
+    (b"GET /_ping HTTP/1.1\r\nContent-Length\t: 3\r\n\r\n", "whitespace before a colon"),
+    (b"GET /_ping HTTP/1.1\r\nX-A(b): 3\r\n\r\n", "invalid header name"),
+    (b"GET /_ping HTTP/1.1\r\n: 3\r\n\r\n", "invalid header name"),
+    (b"GET /_ping HTTP/1.1\r\nX\x00: 3\r\n\r\n", "invalid header name"),
+    (b"GET /_ping HTTP/1.1\r\nNoColon\r\n\r\n", "without a colon"),
+    (b"GET /_ping HTTP/1.1\r\nX: a\x01b\r\n\r\n", "control byte"),
+    (b"GET /_ping HTTP/1.1\r\nX: a\rb\r\n\r\n", "control byte"),
+    (b"GET /_ping HTTP/1.1\r\nX: a\x7f\r\n\r\n", "control byte"),
+    (b"GET /_p\x01ing HTTP/1.1\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping\x7f HTTP/1.1\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping HTTP/1.1 \r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping HTTP/1.2\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"GET /_ping HTTP/1.10\r\nHost: d\r\n\r\n", "malformed request line"),
+    (b"\r\n", "malformed request line"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), AMBIGUOUS_HEADS)
+def test_ambiguous_request_heads_are_refused_with_their_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        parse_request_head(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", "bare LF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n 0\r\n\r\n", "folded"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
+        (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 O\x01K\r\n\r\n", "malformed status line"),
+    ],
+)
+def test_ambiguous_response_heads_are_refused(raw: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        parse_response_head(raw)
+
+
+def test_status_line_reason_is_optional_and_free_text() -> None:
+    assert parse_response_head(b"HTTP/1.1 204\r\n\r\n").status == 204
+    assert parse_response_head(b"HTTP/1.1 400 Bad Request: invalid \xff\r\n\r\n").status == 400
+
+
+@pytest.mark.parametrize(
+    ("stream", "end"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest", 27),
+        # Go ends a head at the first empty line, CRLF or not: so does the framer,
+        # and the parser then refuses it instead of waiting for a CRLF CRLF.
+        (b"GET / HTTP/1.1\r\nHost: x\n\nPOST / HTTP/1.1\r\n\r\n", 25),
+        (b"GET / HTTP/1.1\nHost: x\n\r\nPOST / HTTP/1.1\r\n\r\n", 25),
+        (b"GET / HTTP/1.1\n\n", 16),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", 2),  # an empty request line: Go refuses at once
+        (b"\nGET / HTTP/1.1\r\n\r\n", 1),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", -1),
+        (b"GET / HTTP/1.1\r\nHost: x\r\r\n", -1),
+    ],
+)
+def test_head_ends_at_the_first_empty_line_as_go_reads_lines(stream: bytes, end: int) -> None:
+    assert find_head_end(stream) == end
+    if end > 0 and stream[:end] != b"GET / HTTP/1.1\r\nHost: x\r\n\r\n":
+        with pytest.raises(ProtocolError):
+            parse_request_head(stream[:end])
 
 
 def test_repeated_equal_content_length_is_one_length() -> None:
@@ -261,24 +379,50 @@ def test_chunked_body_byte_by_byte() -> None:
     assert feed_pieces(ChunkedBody(), stream, list(range(len(stream)))) == len(encoded)
 
 
-def test_chunked_uppercase_hex_and_lf_only_lines() -> None:
+def test_chunked_uppercase_hex_and_zero_padding() -> None:
     body = ChunkedBody()
-    encoded = b"A\nabcdefghij\n0\n\n"
+    encoded = b"A\r\nabcdefghij\r\n000\r\n\r\n"
     assert body.feed(encoded + NEXT) == len(encoded) and body.done
 
 
 @pytest.mark.parametrize(
-    "encoded",
+    ("encoded", "reason"),
     [
-        b"zz\r\nab\r\n0\r\n\r\n",  # size is not hex
-        b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
-        b"-2\r\nab\r\n0\r\n\r\n",  # negative size
-        b"1" * (MAX_CHUNK_LINE + 10),  # a size line that never ends
+        (b"zz\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2\r\nabc\r\n0\r\n\r\n", "not followed by CRLF"),  # data longer than its size
+        (b"-2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"1" * (MAX_CHUNK_LINE + 10), "too long"),  # a size line that never ends
+        # int(x, 16) reads these; Go does not.
+        (b"0x2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"1_0\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n", "bad chunk size"),
+        (b" 2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2 \r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2 ;x\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"+2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"\r\n", "bad chunk size"),  # Go reads an empty size as 0
+        (b"1" * 17 + b"\r\n", "bad chunk size"),  # more than Go's 16 digits
+        (b"2;a\x01b\r\nab\r\n0\r\n\r\n", "bad chunk size"),  # CTL in an extension
+        # Bare LF: Go ends a size line there but insists on CRLF after data.
+        (b"2\nab\r\n0\r\n\r\n", "bad chunk size"),
+        (b"2\r\nab\n0\r\n\r\n", "not followed by CRLF"),
+        (b"2\r\nab\r\r\n", "not followed by CRLF"),
+        (b"0\r\n\n", "malformed trailer"),
+        (b"0\r\nX: y\n\r\n", "malformed trailer"),
+        (b"0\r\nX : y\r\n\r\n", "malformed trailer"),
+        (b"0\r\n folded\r\n\r\n", "malformed trailer"),
+        (b"0\r\n" + b"X: y\r\n" * 400 + b"\r\n", "trailer too large"),
     ],
 )
-def test_bad_chunked_bodies_are_refused(encoded: bytes) -> None:
-    with pytest.raises(ProtocolError):
+def test_bad_chunked_bodies_are_refused(encoded: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
         ChunkedBody().feed(encoded)
+
+
+def test_chunk_overrun_is_refused_before_the_next_lf() -> None:
+    """Go reads exactly two bytes after chunk data; so does the framer, not a whole line."""
+    body = ChunkedBody()
+    with pytest.raises(ProtocolError):
+        body.feed(b"2\r\nabX")
 
 
 def test_dechunk_decodes_extensions_and_trailers() -> None:
@@ -321,3 +465,95 @@ def test_any_length_body_in_any_pieces_ends_exactly_at_its_end(
         assert body.done and body.feed(stream) == 0
         return
     assert feed_pieces(body, stream, cuts) == length
+
+
+# -- any head: strict ones frame exactly, any ambiguity is refused -----------------
+
+_FRAMING_NAMES = (b"content-length", b"transfer-encoding", b"connection")
+_NAMES = st.from_regex(rb"\A[A-Za-z][-A-Za-z0-9_.!#$%&'*+^`|~]{0,12}\Z").filter(
+    lambda n: n.lower() not in _FRAMING_NAMES
+)
+_VALUE_BYTES = [9, *range(0x20, 0x7F), *range(0x80, 0x100)]
+_VALUES = st.lists(st.sampled_from(_VALUE_BYTES), max_size=24).map(bytes)
+_CTLS = [*range(0, 9), *range(0x0B, 0x20), 0x7F]
+
+
+@st.composite
+def strict_requests(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
+    """Field lines of a strict head (request line first) and a body framed by them."""
+    lines = [b"POST /v1.41/containers/create HTTP/1.1", b"Host: docker"]
+    lines += [n + b":" + v for n, v in draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=6))]
+    payload = draw(st.binary(max_size=40))
+    framing = draw(st.sampled_from(["none", "length", "chunked"]))
+    if framing == "length":
+        lines.insert(draw(st.integers(1, len(lines))), b"Content-Length: %d" % len(payload))
+        return lines, payload
+    if framing == "chunked":
+        lines.insert(draw(st.integers(1, len(lines))), b"Transfer-Encoding: chunked")
+        return lines, chunked(payload, [])
+    return lines, b""
+
+
+def head_of(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=strict_requests())
+def test_any_strict_head_parses_and_frames_its_body_exactly(
+    request: tuple[list[bytes], bytes],
+) -> None:
+    lines, body = request
+    head = head_of(lines)
+    stream = head + body + NEXT
+    assert find_head_end(stream) == len(head)
+    parsed = parse_request_head(head)
+    assert feed_pieces(request_body(parsed), stream[len(head) :], []) == len(body)
+
+
+def _mutations(line: bytes, draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """Ways to make one field line ambiguous, as (where it goes, the new line)."""
+    name, _, value = line.partition(b":")
+    at = draw(st.integers(0, len(value)))
+    ctl = bytes([draw(st.sampled_from(_CTLS))])
+    return [
+        ("replace", line + b"\n"),  # a bare LF ends it; its CRLF is dropped below
+        ("replace", name + draw(st.sampled_from([b" ", b"\t", b"  "])) + b":" + value),
+        ("replace", name + b":" + value[:at] + ctl + value[at:]),
+        ("replace", name[:1] + draw(st.sampled_from([b"(", b" ", b"@", b"\x00"])) + line[1:]),
+        ("after", draw(st.sampled_from([b" ", b"\t"])) + draw(_VALUES)),  # obs-fold
+        ("after", draw(st.sampled_from(_CONFLICTS))),
+    ]
+
+
+_CONFLICTS = [
+    b"Content-Length: 1000",  # bodies here are shorter: never a harmless repeat
+    b"Content-Length: 1, 1",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip",
+    b"Transfer-Encoding: chunked, chunked",
+    b"Content-Length:",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(request=strict_requests(), data=st.data())
+def test_any_ambiguity_anywhere_in_a_head_is_refused(
+    request: tuple[list[bytes], bytes], data: st.DataObject
+) -> None:
+    """One ambiguity in any field line, and the head that Go would end is refused."""
+    lines, body = request
+    framing = any(line.lower().startswith(_FRAMING_NAMES[:2]) for line in lines)
+    i = data.draw(st.integers(1, len(lines) - 1))
+    options = _mutations(lines[i], data.draw)
+    how, line = data.draw(st.sampled_from(options if framing else options[:-1]))
+    if how == "replace":
+        head = head_of(lines[:i])[:-2] + line + (b"" if line.endswith(b"\n") else b"\r\n")
+        head += head_of(lines[i + 1 :]) if i + 1 < len(lines) else b"\r\n"
+    else:
+        head = head_of([*lines[: i + 1], line, *lines[i + 1 :]])
+    stream = head + body + NEXT
+    end = find_head_end(stream)
+    assert 0 < end <= len(head)
+    with pytest.raises(ProtocolError):
+        parse_request_head(stream[:end])

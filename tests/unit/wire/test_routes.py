@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.wire.routes import TEMPLATES, pulled_reference, route, strip_version
+from proxy.wire.routes import TEMPLATES, api_path, pulled_reference, route
 
 
 @pytest.mark.parametrize(
@@ -17,10 +17,41 @@ from proxy.wire.routes import TEMPLATES, pulled_reference, route, strip_version
         ("/_ping", "/_ping"),
         ("/version", "/version"),  # not a version prefix: no slash follows "v..."
         ("/v1.41", "/v1.41"),
+        # dockerd's router takes /v{version:[0-9.]+}: each of these routed there.
+        ("/v1.41.0/containers/create", "/containers/create"),
+        ("/v1.41.0.0/images/create", "/images/create"),
+        ("/v1.41./containers/create", "/containers/create"),
+        ("/v./containers/create", "/containers/create"),
+        ("/v01.41/containers/create", "/containers/create"),
+        ("/V1.41/containers/create", "/V1.41/containers/create"),  # case matters
+        ("/vx/v1.41/containers/create", "/vx/v1.41/containers/create"),
+        ("/v1.41/v1.41/containers/create", "/v1.41/containers/create"),  # one prefix only
+        # It matches the percent-decoded path, slashes included.
+        ("/v1.41/containers/%63reate", "/containers/create"),
+        ("/v1.41%2Fcontainers%2Fcreate", "/containers/create"),
+        ("/%761.41/images/create", "/images/create"),
+        # An absolute-form target routes by its path.
+        ("http://d/v1.41/containers/create", "/containers/create"),
+        ("HTTP://d:80/containers/create", "/containers/create"),
+        ("http:/v1.41/containers/create", "/containers/create"),
+        ("/v1.41/containers/create/", "/containers/create/"),  # a 404, not a redirect
+        # Routed nowhere: a 400 (bad escape, relative target) or a redirect (unclean).
+        ("/v1.41/containers/%zzcreate", None),
+        ("/v1.41/containers/create%", None),
+        ("v1.41/containers/create", None),
+        ("d:80", None),
+        ("http://d", None),
+        ("//v1.41/containers/create", None),
+        ("/v1.41//containers/create", None),
+        ("/v1.41/./containers/create", None),
+        ("/v1.41/x/../containers/create", None),
+        ("/v1.41/containers/%2e%2e/containers/create", None),
+        ("/v1.41/containers/create/.", None),
+        ("/v1.41/containers/create//", None),
     ],
 )
-def test_strip_version(path: str, expected: str) -> None:
-    assert strip_version(path) == expected
+def test_api_path_routes_as_dockerd_does(path: str, expected: str | None) -> None:
+    assert api_path(path) == expected
 
 
 @pytest.mark.parametrize(
@@ -36,6 +67,10 @@ def test_strip_version(path: str, expected: str) -> None:
         ("/v1.41/images/create", "/images/create"),
         ("/v1.41/containers/a/b/json", "other"),
         ("/nonsense", "other"),
+        ("/v1.41.0/containers/create", "/containers/create"),
+        ("/v1.41.0/images/create", "/images/create"),
+        ("/v1.41/containers/%61bc/json", "/containers/{id}/json"),
+        ("/v1.41//containers/create", "other"),
         ("/_heal/status", "/_heal/status"),
     ],
 )
@@ -65,3 +100,25 @@ def test_route_is_always_a_known_template(path: str) -> None:
 )
 def test_pulled_reference(query: str, reference: str | None) -> None:
     assert pulled_reference(query) == reference
+
+
+@given(
+    endpoint=st.sampled_from(TEMPLATES).map(
+        lambda t: t.replace("{id}", "abc").replace("{name}", "a/b:1")
+    ),
+    version=st.sampled_from(["", "/v1.41", "/v1.41.0", "/v1", "/v."]),
+    escape=st.lists(st.booleans(), min_size=40, max_size=40),
+)
+def test_percent_escapes_route_as_the_bytes_they_stand_for(
+    endpoint: str, version: str, escape: list[bool]
+) -> None:
+    """dockerd routes the decoded path: any byte but the first may come escaped.
+
+    The first slash may not: a target that does not start with one is refused.
+    """
+    path = version + endpoint
+    escape[0] = False
+    encoded = "".join(f"%{ord(c):02X}" if e else c for c, e in zip(path, escape, strict=False))
+    encoded += path[len(escape) :]
+    assert api_path(encoded) == api_path(path) == endpoint
+    assert route(encoded) == route(path)

@@ -1,0 +1,205 @@
+"""The proxy frames requests as dockerd does, or refuses them: checked against dockerd.
+
+A request the proxy and dockerd cut differently lets a second request ride
+past the proxy inside the first one's body. The unit tests pin each rule of
+``http1``; here Hypothesis draws heads and bodies, valid and not, and each is
+judged by the real daemon: the same bytes go straight to dockerd followed by
+a harmless ``GET /_ping`` that asks to close, and the number of answers on
+that one connection says how many requests dockerd saw. Either the proxy
+refuses the request (and then the real proxy answers a Docker-shaped 400 and
+closes), or dockerd saw exactly the requests the proxy frames. The one
+allowed difference is Go refusing a request itself (plain-text 400 or 501,
+then close): it reads nothing after it, so nothing can be smuggled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from framing import PING_CLOSE, SMUGGLED, Answer, answers, frame, go_refusal, requests
+from hypothesis import given, settings
+from support import Dockerd, MakeProxy, Proxy, docker, remove, tagging_script, toml_string
+
+from proxy.wire.routes import api_path
+
+pytestmark = pytest.mark.daemon
+
+
+def exchange(path: str, data: bytes, timeout: float = 5) -> tuple[bytes, bool]:
+    """Send ``data`` on one connection; read until the server closes or ``timeout`` passes.
+
+    Returns what came back and whether the server closed.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(data)
+        deadline = time.monotonic() + timeout
+        out = bytearray()
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                return bytes(out), True
+            if not chunk:
+                return bytes(out), True
+            out += chunk
+        return bytes(out), False
+
+
+def assert_refused_with_400(answer: Answer, closed: bool) -> None:
+    """A Docker-shaped 400: JSON with a message, then the proxy closes."""
+    assert answer.head.status == 400, answer.raw
+    assert b"content-type: application/json" in answer.head.raw.lower()
+    assert json.loads(answer.raw[len(answer.head.raw) :])["message"].startswith("bad request: ")
+    assert closed
+
+
+def statuses(heads: list[Answer]) -> list[int]:
+    return [a.head.status for a in heads]
+
+
+def agree(direct: list[Answer], closed: bool, expected: int, stream: bytes) -> None:
+    """dockerd answered each request the proxy frames, and no other, then closed (or waited).
+
+    ``closed`` says whether dockerd's end of the exchange was as expected.
+    """
+    if direct and go_refusal(direct[-1]) and len(direct) <= expected:
+        return  # Go refused one of them and read no further: nothing got past
+    assert len(direct) == expected and closed, (
+        f"dockerd answered {statuses(direct)} (as expected at the end: {closed}); "
+        f"the proxy frames {expected}: {stream!r}"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=requests())
+def test_proxy_refuses_or_frames_like_dockerd(
+    dockerd: Dockerd, proxy: Proxy, request: bytes
+) -> None:
+    stream = request + PING_CLOSE
+    framing = frame(stream)
+    if framing.refused is not None:
+        # The proxy passes on the complete requests before the refused one, then
+        # refuses: dockerd must see exactly those, whatever followed them.
+        direct: list[Answer] = []
+        if framing.heads:
+            got, closed = exchange(dockerd.socket, stream[: framing.ends[-1]] + PING_CLOSE)
+            direct = answers(got)
+            agree(direct, closed, len(framing.heads) + 1, stream)
+        got, closed = exchange(proxy.socket, stream)
+        through = answers(got)
+        if direct and go_refusal(direct[-1]):  # the proxy relays it, and the close
+            assert statuses(through) == statuses(direct), (stream, got)
+            return
+        assert statuses(through[:-1]) == statuses(direct[: len(framing.heads)]), (stream, got)
+        assert_refused_with_400(through[-1], closed)
+        return
+    # Complete: dockerd answers each and closes after the last. Unfinished (a
+    # chunk size that is valid hex, say): both wait for the rest, answering only
+    # the complete ones; that silence is bounded by a short read deadline.
+    wait = 5 if framing.complete else 1
+    got, closed = exchange(dockerd.socket, stream, wait)
+    direct = answers(got)
+    agree(direct, closed == framing.complete, len(framing.heads), stream)
+    got, closed = exchange(proxy.socket, stream, wait)
+    assert statuses(answers(got)) == statuses(direct), stream
+    assert closed == (framing.complete or go_refusal(direct[-1])), stream
+
+
+_PREFIXES = ["", "/v1.41", "/v1.41.0", "/v1.41.0.0", "/v1.41.", "/v.", "/v1", "/v01.41", "/V1.41"]
+_PREFIXES += [
+    "/v1.41/v1.41",
+    "/vx",
+    "/v1.4a",
+    "/%761.41",
+    "/v1%2e41",
+    "http://d/v1.41",
+    "http:/v1.41",
+]
+_PREFIXES += ["http://d", "HTTP://d:80", "v1.41", "//v1.41", "/v1.41/.", "/v1.41/x/..", "/v1.41/"]
+_SUFFIXES = [
+    "/version",
+    "/%76ersion",
+    "%2Fversion",
+    "/versio%6e",
+    "/version/",
+    "/version/.",
+    "/ver%zzsion",
+]
+_SUFFIXES += ["/version%", "/Version", "/version?x=1", "/version#x"]
+
+
+def test_paths_route_like_dockerd(dockerd: Dockerd) -> None:
+    """``api_path`` sends a path to ``/version`` exactly when dockerd's router does.
+
+    Every prefix with every suffix. Routed means answered by the version
+    endpoint, or refused by the version check that runs after routing
+    ("client version ... is too old").
+    """
+    wrong = []
+    for target in (p + s for p, s in itertools.product(_PREFIXES, _SUFFIXES)):
+        request = b"GET %s HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n" % target.encode()
+        (answer,) = answers(exchange(dockerd.socket, request)[0])
+        body = answer.raw[len(answer.head.raw) :]
+        routed = b'"ApiVersion"' in body or b"client version" in body
+        if (api_path(target.partition("?")[0]) == "/version") != routed:
+            wrong.append((target, answer.head.status))
+    assert wrong == []
+
+
+def test_the_smuggled_create_is_refused_and_creates_nothing(
+    dockerd: Dockerd, busybox: str, proxy: Proxy
+) -> None:
+    """The issue's example: a GET whose head ends in bare LFs, with a create after it.
+
+    dockerd alone runs both (checked first, so the test can fail); through the
+    proxy the head is refused with a 400 and no container is created.
+    """
+    label = f"dhp.smuggled={uuid.uuid4().hex}"
+    body = json.dumps({"Image": busybox, "Cmd": ["true"], "Labels": dict([label.split("=")])})
+    smuggled = SMUGGLED % (len(body), body.encode())
+    created = ["ps", "-aq", "--filter", f"label={label}"]
+
+    direct = answers(exchange(dockerd.socket, smuggled + PING_CLOSE)[0])
+    assert statuses(direct) == [200, 201, 200], "dockerd no longer runs the smuggled create"
+    docker(["rm", *docker(created, env=dockerd.env).stdout.decode().split()], env=dockerd.env)
+
+    got, closed = exchange(proxy.socket, smuggled + PING_CLOSE)
+    (answer,) = answers(got)
+    assert_refused_with_400(answer, closed)
+    assert b"bare LF" in answer.raw
+    assert docker(created, env=dockerd.env).stdout.strip() == b""
+
+
+def test_a_create_under_a_long_version_prefix_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """``POST /v1.41.0/containers/create`` is a create to dockerd, so it heals."""
+    image = "127.0.0.1:1/dhp/longversion:1"
+    marker = tmp_path / "marker"
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, image)
+    proxy = make_proxy(
+        f"state_dir = {toml_string(tmp_path / 'state')}\n"
+        f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(script)}]\n"
+    )
+    remove(dockerd.env, image)
+    body = json.dumps({"Image": image, "Cmd": ["true"]}).encode()
+    create = (
+        b"POST /v1.41.0/containers/create HTTP/1.1\r\nHost: d\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    got, _ = exchange(proxy.socket, create, timeout=120)
+    (answer,) = answers(got)
+    assert answer.head.status == 201, answer.raw
+    assert marker.read_text() == "run\n"
+    container = json.loads(answer.raw[len(answer.head.raw) :])["Id"]
+    docker(["rm", container], env=dockerd.env)
