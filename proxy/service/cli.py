@@ -112,6 +112,7 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
+    _settings(args, config)  # what serve would refuse at start, check refuses too
     print(describe(config, args.image, read_dockerfile_from_disk))
     if args.image is None:
         return 0
@@ -182,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"serve": _serve, "check": _check, "heal": _heal, "status": _status}[args.command]
     try:
         return command(args, config)
-    except (ListenerError, SettingsError) as exc:
+    except SettingsError as exc:
+        print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+        return 2
+    except ListenerError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..recipes.config import Config
+from ..recipes.config import Config, unix_socket_path
+from ..recipes.config import host_port as parse_host_port
 
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 
@@ -42,17 +41,18 @@ class Settings:
 
 
 def unix_path(url: str, what: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme != "unix" or not rest.startswith("/"):
-        raise SettingsError(f"{what} must be a unix:///absolute/path URL, not {url!r}")
-    return rest
+    """The socket path of ``url``, by the same rule the config file is held to."""
+    try:
+        return unix_socket_path(url)
+    except ValueError as exc:
+        raise SettingsError(f"{what} {exc}") from None
 
 
 def host_port(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise SettingsError(f"{what} must be HOST:PORT, not {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise SettingsError(f"{what} {exc}") from None
 
 
 def default_listen(env: Mapping[str, str], is_root: bool) -> str:
@@ -95,6 +95,8 @@ def resolve(
     group = config.socket_group
     if group is None and group_exists("docker"):
         group = "docker"
+    elif group is not None and not group_exists(group):
+        raise SettingsError(f"socket_group {group!r} is not a group on this machine")
     return Settings(
         listen=unix_path(listen_url, "listen"),
         upstream=unix_path(upstream_url, "upstream"),

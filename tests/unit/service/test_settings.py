@@ -113,7 +113,13 @@ def test_tcp_docker_host_is_not_taken_as_the_upstream() -> None:
 def test_socket_group_defaults_to_docker_when_it_exists() -> None:
     assert settings(groups=("docker",)).socket_group == "docker"
     assert settings().socket_group is None
-    assert settings(Config(socket_group="ops"), groups=("docker",)).socket_group == "ops"
+    assert settings(Config(socket_group="ops"), groups=("docker", "ops")).socket_group == "ops"
+
+
+def test_a_named_socket_group_must_exist() -> None:
+    """Refused here, before the socket is bound, so ``check`` refuses it too."""
+    with pytest.raises(SettingsError, match="socket_group 'ops' is not a group on this machine"):
+        settings(Config(socket_group="ops"), groups=("docker",))
 
 
 def test_config_values_pass_through() -> None:
