@@ -38,6 +38,8 @@ class Settings:
     shutdown_timeout: float
     metrics: tuple[str, int] | None
     state_dir: Path
+    listen_note: str = ""
+    """Why the socket is where it is, when that may surprise (for the start-up line)."""
 
 
 def unix_path(url: str, what: str) -> str:
@@ -56,10 +58,18 @@ def host_port(value: str, what: str) -> tuple[str, int]:
 
 
 def default_listen(env: Mapping[str, str], is_root: bool) -> str:
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if is_root or not runtime:
+    """``/run`` for root, the user's runtime folder for a user.
+
+    A user without ``XDG_RUNTIME_DIR`` (a plain ``su``, ssh without a login
+    session) cannot write ``/run``; the socket then goes in the user's state
+    folder, which is theirs alone, rather than in a ``/tmp`` anyone could
+    squat on first.
+    """
+    if is_root:
         return "unix:///run/docker-heal-proxy.sock"
-    return f"unix://{runtime}/docker-heal-proxy.sock"
+    runtime = env.get("XDG_RUNTIME_DIR")
+    folder = runtime or str(default_state_dir(env, is_root))
+    return f"unix://{folder}/docker-heal-proxy.sock"
 
 
 def unix_docker_host(env: Mapping[str, str]) -> str | None:
@@ -90,6 +100,9 @@ def resolve(
     group_exists: Callable[[str], bool],
 ) -> Settings:
     listen_url = listen or config.listen or default_listen(env, is_root)
+    note = ""
+    if not (listen or config.listen or is_root or env.get("XDG_RUNTIME_DIR")):
+        note = " (the default for a user without XDG_RUNTIME_DIR)"
     upstream_url = upstream or config.upstream or default_upstream(env)
     metrics = config.metrics_listen if metrics_listen is None else metrics_listen
     group = config.socket_group
@@ -105,4 +118,5 @@ def resolve(
         shutdown_timeout=config.shutdown_timeout,
         metrics=host_port(metrics, "metrics listen") if metrics else None,
         state_dir=config.state_dir or default_state_dir(env, is_root),
+        listen_note=note,
     )

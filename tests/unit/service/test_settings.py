@@ -56,7 +56,11 @@ def test_defaults_for_a_user_follow_xdg() -> None:
     assert s.state_dir == Path("/home/u/.local/state/docker-heal-proxy")
     env["XDG_STATE_HOME"] = "/state"
     assert settings(env=env, is_root=False).state_dir == Path("/state/docker-heal-proxy")
-    assert settings(env={}, is_root=False).listen == "/run/docker-heal-proxy.sock"
+
+    plain = settings(env={"HOME": "/home/u"}, is_root=False)
+    assert plain.listen == "/home/u/.local/state/docker-heal-proxy/docker-heal-proxy.sock"
+    assert "without XDG_RUNTIME_DIR" in plain.listen_note
+    assert settings(env=env, is_root=False).listen_note == ""
 
 
 def test_root_ignores_the_user_runtime_dir() -> None:
