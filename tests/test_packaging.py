@@ -86,3 +86,26 @@ def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "proxy").rglob("*.py")}
     assert len(sources) > 30
     assert sources - shipped == set()
+
+
+def test_the_console_script_names_a_real_function() -> None:
+    """The README's run command and the systemd unit start this script; a layout
+    change once left it pointing at a module that no longer existed."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts["docker-heal-proxy"].partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_the_run_command_needs_no_sudo_and_no_root_owned_folder() -> None:
+    """It must work as written for root on a bare Debian (no sudo there) and for a
+    user in the docker group (who cannot write /opt)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- run-command -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    (command,) = block.splitlines()
+    assert "sudo" not in command.split()
+    assert "/opt" not in command
+    assert "apt-get install -y -qq python3-venv" in command
+    assert command.endswith("/bin/docker-heal-proxy serve")
