@@ -66,6 +66,10 @@ class HealSettings:
     """How long a failed heal is remembered, so a crash-looping client does not
     start a rebuild on every create."""
     max_parallel: int = 2
+    engine_timeout: float = 60.0
+    """Bound on each short Engine call of a heal (inspect, tag). A wedged dockerd
+    must not keep a heal, and the tag's lock file, forever; streams (build,
+    pull, load, push) are bounded by the recipe's ``timeout`` instead."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ _TOP_KEYS = (
     "metrics",
     "images",
 )
-_HEAL_KEYS = ("timeout", "failure_cooldown", "max_parallel")
+_HEAL_KEYS = ("timeout", "failure_cooldown", "max_parallel", "engine_timeout")
 _METRICS_KEYS = ("listen",)
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
 _ENTRY_KEYS = ("match", *_KINDS, "workdir", "env", "depends_on", "timeout")
@@ -238,6 +242,9 @@ class _Reader:
                 table, "failure_cooldown", "heal", defaults.failure_cooldown
             ),
             max_parallel=max_parallel,
+            engine_timeout=self.optional_duration(
+                table, "engine_timeout", "heal", defaults.engine_timeout
+            ),
         )
 
     def recipe(self, index: int, raw: object, heal: HealSettings) -> Recipe:
