@@ -59,6 +59,7 @@ from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
+from .statefiles import open_private
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +307,7 @@ class Healer:
 
     async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe
-        logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = self.state_dir / "logs"  # made private by the runner's transcript
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
         progress.phase = "running"
@@ -371,9 +371,7 @@ class Healer:
     @contextlib.asynccontextmanager
     async def _lock(self, image: str) -> AsyncIterator[None]:
         """The cross-process lock for one tag, shared with ``docker-heal-proxy heal``."""
-        locks = self.state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{_file_name(image)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.state_dir / "locks" / f"{_file_name(image)}.lock", os.O_RDWR)
         try:
             while True:
                 try:
