@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import grp
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,6 +161,10 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 
     path = status.socket_path(args.listen, os.environ, config.listen, os.geteuid() == 0)
     if args.watch:
+        # Ctrl-C is how a watch ends, even when started from a background job or
+        # a supervisor that ignores SIGINT: children inherit that, and it
+        # would leave the watch unstoppable but by SIGKILL.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         status.watch(path, sys.stdout)
     try:
         print(status.render(status.fetch(path)), end="")
