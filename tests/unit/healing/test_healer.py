@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from support import FakeDaemon
+from support import FakeDaemon, proxy_cli
 
 from proxy.healing import healer as healer_module
 from proxy.healing.engine import Engine, EngineError
@@ -204,3 +204,17 @@ def test_a_reload_changes_the_engine_bound(tmp_path: Path) -> None:
     assert engine.call_timeout == 2.0
     healer.reconfigure(config(engine_timeout="1m"))
     assert engine.call_timeout == 60.0
+
+
+def test_heal_from_a_shell_gives_up_on_a_wedged_daemon(tmp_path: Path, silent: str) -> None:
+    """``docker-heal-proxy heal`` shares the lock; it must neither hang nor keep it."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path}/state"\n[heal]\nengine_timeout = "500ms"\n'
+        f'[[images]]\nmatch = "{A}"\npull = true\n'
+    )
+    started = time.monotonic()
+    result = proxy_cli("heal", A, f"--config={path}", f"--upstream=unix://{silent}", timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stderr
+    assert f"did not answer an inspect of {A} within 0.5s" in result.stderr
