@@ -23,14 +23,12 @@ from support import (
     Dockerd,
     LongStream,
     Proxy,
-    accepting,
     build_busybox,
     docker,
     label_filter,
     log_problems,
     open_events_with_head,
     start_proxy,
-    wait_for,
 )
 
 
@@ -92,9 +90,8 @@ def make_proxy_to() -> Iterator[Callable[..., Proxy]]:
 
     ``make(upstream, config=None, **kwargs)`` passes ``kwargs`` to
     ``support.start_proxy``; the config text is written next to the socket, so
-    relative paths in it resolve against that folder. Needs no daemon: with a
-    fake upstream that need not answer ``/_ping``, pass ``wait=False`` and the
-    proxy is awaited until it accepts instead.
+    relative paths in it resolve against that folder. Needs no daemon (a fake
+    upstream that does not answer ``/_ping`` wants ``wait=False``).
     """
     started: list[tuple[Proxy, Path]] = []
 
@@ -102,8 +99,6 @@ def make_proxy_to() -> Iterator[Callable[..., Proxy]]:
         workdir = short_dir()
         p = start_proxy(workdir, upstream, config=config, **kwargs)  # type: ignore[arg-type]
         started.append((p, workdir))
-        if kwargs.get("wait") is False:
-            wait_for(lambda: accepting(p), 20, "the proxy to accept")
         return p
 
     yield make

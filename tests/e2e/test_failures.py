@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Dockerd, FakeDaemon, MakeProxyTo, Proxy, docker, ping, wait_for
+from support import Dockerd, FakeDaemon, MakeProxyTo, Proxy, accepting, docker, ping, wait_for
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 PING_OK = b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK"
@@ -99,7 +99,9 @@ class Relay(FakeDaemon):
 
 def proxy_to(make_proxy_to: MakeProxyTo, upstream: str) -> Proxy:
     """A proxy in front of ``upstream``, which need not answer (or exist) yet."""
-    return make_proxy_to(upstream, wait=False)
+    proxy = make_proxy_to(upstream, wait=False)
+    wait_for(lambda: accepting(proxy), 20, "the proxy to accept")
+    return proxy
 
 
 def exchange(path: str, request: bytes, timeout: float = 10) -> bytes:

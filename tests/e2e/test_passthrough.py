@@ -30,6 +30,7 @@ from support import (
     MakeProxyTo,
     Proxy,
     UnixHTTPConnection,
+    accepting,
     docker,
     image_exists,
     raw_request,
@@ -114,6 +115,7 @@ def echo(make_proxy_to: MakeProxyTo, tmp_path: Path) -> Iterator[tuple[EchoUpstr
     upstream = EchoUpstream(path)
     # The fake does not answer /_ping by itself, so do not wait for one.
     proxy = make_proxy_to(path, wait=False)
+    wait_for(lambda: accepting(proxy), 20, "the proxy to accept")
     yield upstream, proxy
     upstream.close()
 
