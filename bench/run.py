@@ -1,6 +1,7 @@
 """Benchmark docker-heal-proxy against the bare daemon, HAProxy and socat, in one run.
 
-Usage (as root; needs dockerd, haproxy, socat and the docker CLI)::
+Usage (as root; needs dockerd and the docker CLI; HAProxy and socat are comparison
+targets, and one that is not installed is skipped and named under "Not measured")::
 
     python bench/run.py [--seconds 3] [--out docs/benchmarks.md] [--config proxy.toml]
 
@@ -1101,12 +1102,17 @@ def pct(cpu_s: float, seconds: float) -> str:
     return f"{cpu_s / seconds * 100:.0f}%"
 
 
-def first_line(argv: list[str]) -> str:
+def first_output(argv: list[str]) -> str:
+    """What ``argv`` prints (stdout, else stderr); "" when it cannot be run."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    text = (out.stdout or out.stderr).strip()
+        return ""
+    return (out.stdout or out.stderr).strip()
+
+
+def first_line(argv: list[str]) -> str:
+    text = first_output(argv)
     return text.splitlines()[0] if text else "?"
 
 
@@ -1131,8 +1137,8 @@ def machine_facts(b: Bench) -> dict[str, str]:
         "dockerd": server.stdout.decode().strip() or "?",
         "storage driver": driver.stdout.decode().strip() or "?",
         "docker CLI": cli_version(),
-        "haproxy": first_line(["haproxy", "-v"]).split(" - ")[0],
-        "socat": socat_version(),
+        "haproxy": version_of(b, "haproxy", lambda: first_line(["haproxy", "-v"]).split(" - ")[0]),
+        "socat": version_of(b, "socat", socat_version),
         "python": platform.python_version(),
         "priority of the run": f"nice {os.getpriority(os.PRIO_PROCESS, 0)}, "
         + Path("/proc/self/autogroup").read_text().strip().split(" ", 1)[-1]
@@ -1142,8 +1148,15 @@ def machine_facts(b: Bench) -> dict[str, str]:
     }
 
 
+def version_of(b: Bench, target: str, version: Callable[[], str]) -> str:
+    """A comparison target's version, or why it is missing from the report."""
+    if target in b.unavailable:
+        return "not measured (see Not measured)"
+    return version() if target in b.targets else "not run (--targets)"
+
+
 def socat_version() -> str:
-    out = subprocess.run(["socat", "-V"], capture_output=True, text=True, check=False).stdout
+    out = first_output(["socat", "-V"])
     for line in out.splitlines():
         if "socat version" in line:
             return line.split("socat version", 1)[1].split(" on ")[0].strip()

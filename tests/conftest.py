@@ -7,23 +7,37 @@ that never touched a daemon proves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, Proxy, build_busybox, log_problems, start_proxy
-
-FIRST = "test_aa_"
-"""Tests whose name starts so run before all others (they open long-lived streams)."""
-LAST = "test_zz_"
-"""Tests whose name starts so run after all others (long-lived stream checks)."""
+from support import (
+    BUSYBOX,
+    LONG_STREAM_SECONDS,
+    Dockerd,
+    LongStream,
+    Proxy,
+    build_busybox,
+    docker,
+    label_filter,
+    log_problems,
+    open_events_with_head,
+    start_proxy,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: (not item.name.startswith(FIRST), item.name.startswith(LAST)))
+    """Mark ``daemon`` exactly the tests that reach the ``dockerd`` fixture, so
+    ``-m "not daemon"`` selects what runs without root."""
+    for item in items:
+        if "dockerd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.daemon)
 
 
 @pytest.fixture(scope="session")
@@ -71,18 +85,19 @@ def proxy(dockerd: Dockerd) -> Iterator[Proxy]:
 
 
 @pytest.fixture
-def make_proxy(dockerd: Dockerd) -> Iterator[Callable[..., Proxy]]:
-    """Start proxies of a test's own (a config, extra flags); stopped afterwards.
+def make_proxy_to() -> Iterator[Callable[..., Proxy]]:
+    """Start proxies in front of an upstream of the test's choosing; stopped afterwards.
 
-    ``make(config=None, **kwargs)`` passes ``kwargs`` to ``support.start_proxy``;
-    the config text is written next to the socket, so relative paths in it
-    resolve against that folder.
+    ``make(upstream, config=None, **kwargs)`` passes ``kwargs`` to
+    ``support.start_proxy``; the config text is written next to the socket, so
+    relative paths in it resolve against that folder. Needs no daemon (a fake
+    upstream that does not answer ``/_ping`` wants ``wait=False``).
     """
     started: list[tuple[Proxy, Path]] = []
 
-    def make(config: str | None = None, **kwargs: object) -> Proxy:
+    def make(upstream: str, config: str | None = None, **kwargs: object) -> Proxy:
         workdir = short_dir()
-        p = start_proxy(workdir, dockerd.socket, config=config, **kwargs)  # type: ignore[arg-type]
+        p = start_proxy(workdir, upstream, config=config, **kwargs)  # type: ignore[arg-type]
         started.append((p, workdir))
         return p
 
@@ -96,3 +111,61 @@ def make_proxy(dockerd: Dockerd) -> Iterator[Callable[..., Proxy]]:
     finally:
         for _, workdir in started:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def make_proxy(dockerd: Dockerd, make_proxy_to: Callable[..., Proxy]) -> Callable[..., Proxy]:
+    """``make_proxy_to`` in front of the session's dockerd: ``make(config=None, **kwargs)``."""
+
+    def make(config: str | None = None, **kwargs: object) -> Proxy:
+        return make_proxy_to(dockerd.socket, config, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def long_events(proxy: Proxy, dockerd: Dockerd) -> Iterator[LongStream]:
+    """One events stream through the shared proxy, open for the whole session and
+    checked at its end: after ``LONG_STREAM_SECONDS`` of silence (waiting out
+    the rest, if the session was shorter) it must still deliver a new event.
+
+    It filters on a label nothing else uses, so it stays silent: the longest
+    possible idle period, ended only by the event the teardown causes.
+    """
+    label = f"dhp-long={uuid.uuid4().hex}"
+    sock, head, rest = open_events_with_head(proxy.socket, label_filter(label))
+    stream = LongStream(sock, time.monotonic(), label, head, rest)
+    try:
+        yield stream
+        while (left := LONG_STREAM_SECONDS - (time.monotonic() - stream.opened)) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            assert data, "the proxy closed an idle events stream"
+            stream.received += data
+        name = f"dhp-long-{uuid.uuid4().hex[:8]}"
+        docker(["create", "--label", label, "--name", name, BUSYBOX, "true"], env=dockerd.env)
+        try:
+            sock.settimeout(30)
+            while name.encode() not in stream.received:
+                data = sock.recv(65536)
+                assert data, "the events stream ended instead of delivering the event"
+                stream.received += data
+        finally:
+            docker(["rm", "-f", name], env=dockerd.env, check=False)
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def open_long_streams_first(request: pytest.FixtureRequest) -> None:
+    """Open ``long_events`` before the first test when a selected test uses it, so
+    its wait overlaps the whole session instead of extending it. No test moves:
+    ``-k`` and any order still work; a session that is shorter just waits at the
+    end. If the daemon is missing or broken this does nothing: the error is kept
+    for the tests that use it, and every other test still runs."""
+    if any("long_events" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
+            request.getfixturevalue("long_events")

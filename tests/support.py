@@ -98,6 +98,21 @@ def raw_request(path: str, data: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
+LONG_STREAM_SECONDS = 310
+"""Longer than any idle or total timeout worth having (5 minutes), plus a margin."""
+
+
+@dataclass
+class LongStream:
+    """An events stream through the shared proxy that must outlive every timeout."""
+
+    sock: socket.socket
+    opened: float
+    label: str
+    head: list[bytes]
+    received: bytes = field(default=b"")
+
+
 @dataclass
 class Dockerd:
     root: Path
@@ -222,6 +237,8 @@ class Proxy:
 
 MakeProxy = Callable[..., Proxy]
 """The ``make_proxy`` fixture: ``make(config=None, **kwargs)`` -> a started proxy."""
+MakeProxyTo = Callable[..., Proxy]
+"""The ``make_proxy_to`` fixture: ``make(upstream, config=None, **kwargs)``; no daemon needed."""
 
 
 def accepting(proxy: Proxy) -> bool:
@@ -275,6 +292,28 @@ def start_proxy(
         if proc.poll() is not None:
             raise RuntimeError(f"proxy exited {proc.returncode}: {proxy.log()}")
     return proxy
+
+
+def open_events_with_head(path: str, query: str = "") -> tuple[socket.socket, list[bytes], bytes]:
+    """``open_events``, also returning the head's lines and any bytes after it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
+    sock.sendall(f"GET /v1.41/events{query} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(4096)
+        assert data, f"events stream closed in its head: {head!r}"
+        head += data
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    head, _, rest = head.partition(b"\r\n\r\n")
+    return sock, head.split(b"\r\n"), rest
+
+
+def label_filter(label: str) -> str:
+    import urllib.parse
+
+    return "?filters=" + urllib.parse.quote(json.dumps({"label": [label]}), safe="")
 
 
 def events_lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, object]]:

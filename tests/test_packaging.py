@@ -103,3 +103,15 @@ def test_the_console_script_runs() -> None:
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(__version__)
+
+
+def test_the_run_command_needs_no_sudo_and_no_root_owned_folder() -> None:
+    """It must work as written for root on a bare Debian (no sudo there) and for a
+    user in the docker group (who cannot write /opt)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- run-command -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    (command,) = block.splitlines()
+    assert "sudo" not in command.split()
+    assert "/opt" not in command
+    assert "apt-get install -y -qq python3-venv" in command
+    assert command.endswith("/bin/docker-heal-proxy serve")

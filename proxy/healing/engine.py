@@ -3,8 +3,11 @@
 Rules:
 - These requests go to dockerd's own socket, never through the proxy: a heal
   must not be intercepted by the proxy it is running in.
-- No request has a time limit. A build may rightly take an hour; the heal's
-  own timeout (``runners``) is what bounds it, by cancelling the call.
+- Streams (build, pull, load) have no time limit here. A build may rightly
+  take an hour; the heal's own timeout (``runners``) is what bounds it, by
+  cancelling the call. Each short call (inspect, tag, the image list, /info) is bounded by
+  ``call_timeout`` (``[heal] engine_timeout``): a wedged dockerd must not keep a
+  heal, and the lock file it holds, waiting forever.
 - Long operations (build, pull, load) answer with a stream of JSON messages,
   one per line. Each is turned into human text and handed to ``on_line`` as it
   arrives. A message carrying ``error`` is how dockerd reports a failure after
@@ -133,8 +136,10 @@ async def _error_text(response: aiohttp.ClientResponse) -> str:
 class Engine:
     """A client of one dockerd socket. Create it inside the running event loop."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, call_timeout: float = 60.0) -> None:
         self.socket_path = socket_path
+        self.call_timeout = call_timeout
+        """Seconds each short call may take; the healer keeps it at the config's value."""
         connector = aiohttp.UnixConnector(path=socket_path, limit=0)
         self._session = aiohttp.ClientSession(connector=connector, timeout=_NO_TIMEOUT)
         # The host is a placeholder: the connector decides where requests go.
@@ -146,9 +151,21 @@ class Engine:
         await self._docker.close()
         await self._session.close()
 
+    @contextlib.asynccontextmanager
+    async def _bounded(self, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                yield
+        except TimeoutError:
+            raise EngineError(
+                f"the Docker daemon at {self.socket_path} did not answer {what} "
+                f"within {self.call_timeout:g}s"
+            ) from None
+
     async def image_exists(self, ref: str) -> bool:
         try:
-            await self._docker.images.inspect(ref)
+            async with self._bounded(f"an inspect of {ref}"):
+                await self._docker.images.inspect(ref)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return False
@@ -172,10 +189,11 @@ class Engine:
                 f"cannot reach the Docker daemon at {self.socket_path}: {exc or type(exc).__name__}"
             )
 
-    async def _call(self, call: Awaitable[T]) -> T:
-        """A short aiodocker call, its failures turned into EngineError."""
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        """A short aiodocker call, bounded, its failures turned into EngineError."""
         try:
-            return await call
+            async with self._bounded(what):
+                return await call
         except aiodocker.DockerError as exc:
             raise EngineError(exc.message, exc.status) from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -184,11 +202,11 @@ class Engine:
 
     async def list_images(self) -> list[dict[str, Any]]:
         """``GET /images/json``: one entry per image, with its ``RepoTags``."""
-        return list(await self._call(self._docker.images.list()))
+        return list(await self._call("the image list", self._docker.images.list()))
 
     async def root_dir(self) -> str:
         """The daemon's ``DockerRootDir`` from ``GET /info``."""
-        info = await self._call(self._docker.system.info())
+        info = await self._call("/info", self._docker.system.info())
         return str(info.get("DockerRootDir") or "")
 
     async def image_events(self, since: float) -> AsyncIterator[Mapping[str, Any]]:
@@ -219,7 +237,8 @@ class Engine:
     async def tag(self, source: str, target: str) -> None:
         ref = split(target)
         try:
-            await self._docker.images.tag(source, ref.name, tag=ref.tag)
+            async with self._bounded(f"a tag of {source} as {target}"):
+                await self._docker.images.tag(source, ref.name, tag=ref.tag)
         except aiodocker.DockerError as exc:
             raise EngineError(exc.message, exc.status) from None
 

@@ -28,9 +28,15 @@ Rules:
   heal is counted under the client's trigger, since someone waited for it.
 - A tag a recipe produced is reported to ``on_healed``, so that the tags of
   pattern recipes can be remembered for proactive heals.
+- The last result is kept per tag, for the most recent ``MAX_RESULTS`` tags.
+  Eviction takes the oldest successes first, then failures whose cooldown has
+  ended; a cooldown still running is never evicted, or a broken recipe would
+  run again at once.
 
 A reload swaps ``config``; heals already running keep the concrete recipe
-they started with.
+they started with. A tag whose recipe the reload changed (or removed, or
+replaced by an earlier match) loses its last result and so its cooldown: the
+fixed recipe gets its next try at once.
 """
 
 from __future__ import annotations
@@ -46,23 +52,26 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ..recipes.config import Config
 from ..recipes.graph import DependencyCycle, dependencies, heal_plan
 from ..recipes.patterns import find_recipe, instantiate
-from ..recipes.recipe import ConcreteRecipe
+from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
+from .statefiles import open_private
 
 log = logging.getLogger(__name__)
 
 LOCK_POLL = 0.2
 """How often to retry a lock file another process holds; flock has no wake-up."""
+MAX_RESULTS = 1000
+"""Last results kept, so that the status view stays small however many tags heal."""
 
 
 class HealFailed(Exception):
@@ -124,6 +133,27 @@ class Result:
         }
 
 
+def evict(results: dict[str, Result], limit: int, now: float) -> None:
+    """Cut ``results`` (oldest first) to ``limit``, dropping no running cooldown."""
+    for ended_cooldowns_too in (False, True):
+        excess = len(results) - limit
+        if excess <= 0:
+            return
+        droppable = [
+            image
+            for image, r in results.items()
+            if r.success or (ended_cooldowns_too and r.retry_at <= now)
+        ]
+        for image in droppable[:excess]:
+            del results[image]
+
+
+def _recipe_for(config: Config, image: str) -> Recipe | None:
+    """The entry that heals ``image``, compared by content: a move in the file is no change."""
+    found = find_recipe(config.recipes, image)
+    return None if found is None else replace(found[0], index=0)
+
+
 def _file_name(image: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
     return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
@@ -153,11 +183,16 @@ class Healer:
         self.results: dict[str, Result] = {}
         self.waiters = 0
         self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        engine.call_timeout = config.heal.engine_timeout
 
     def reconfigure(self, config: Config) -> None:
         if config.heal.max_parallel != self.config.heal.max_parallel:
             # Heals holding the old semaphore finish under it; new ones queue here.
             self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        for image in list(self.results):
+            if _recipe_for(config, image) != _recipe_for(self.config, image):
+                del self.results[image]
+        self.engine.call_timeout = config.heal.engine_timeout
         self.config = config
 
     # -- entry points --------------------------------------------------------
@@ -293,8 +328,7 @@ class Healer:
 
     async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe
-        logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = self.state_dir / "logs"  # made private by the runner's transcript
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
         progress.phase = "running"
@@ -311,13 +345,16 @@ class Healer:
         except RecipeFailed as failure:
             duration = time.monotonic() - started
             message = self._failure_message(concrete, failure, progress.log_path)
-            self.results[concrete.image] = Result(
-                False,
-                recipe.match,
-                message,
-                time.time(),
-                duration,
-                retry_at=time.monotonic() + self.config.heal.failure_cooldown,
+            self._record(
+                concrete.image,
+                Result(
+                    False,
+                    recipe.match,
+                    message,
+                    time.time(),
+                    duration,
+                    retry_at=time.monotonic() + self.config.heal.failure_cooldown,
+                ),
             )
             self._finished(concrete.image, recipe.match, False, duration)
             log.warning(
@@ -325,8 +362,9 @@ class Healer:
             )
             raise HealFailed(message) from None
         duration = time.monotonic() - started
-        self.results[concrete.image] = Result(
-            True, recipe.match, f"healed by {recipe.name}", time.time(), duration
+        self._record(
+            concrete.image,
+            Result(True, recipe.match, f"healed by {recipe.name}", time.time(), duration),
         )
         self._finished(concrete.image, recipe.match, True, duration)
         self.on_healed(concrete.image)
@@ -334,6 +372,11 @@ class Healer:
 
     def _trigger(self, image: str) -> Trigger:
         return self.triggers.get(image, "create")
+
+    def _record(self, image: str, result: Result) -> None:
+        self.results.pop(image, None)  # re-inserted last: the order is the age
+        self.results[image] = result
+        evict(self.results, MAX_RESULTS, time.monotonic())
 
     def _finished(self, image: str, match: str, success: bool, seconds: float) -> None:
         if self.observer is not None:
@@ -353,9 +396,7 @@ class Healer:
     @contextlib.asynccontextmanager
     async def _lock(self, image: str) -> AsyncIterator[None]:
         """The cross-process lock for one tag, shared with ``docker-heal-proxy heal``."""
-        locks = self.state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{_file_name(image)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.state_dir / "locks" / f"{_file_name(image)}.lock", os.O_RDWR)
         try:
             while True:
                 try:

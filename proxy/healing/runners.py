@@ -8,7 +8,8 @@ Rules:
   (a command's whole process group is killed) and the heal fails with
   ``timed out after Ns``.
 - Everything a recipe prints, and every progress line of a build, pull or
-  load, goes to the log file as it arrives, to ``on_line`` for live status,
+  load, goes to the log file (private, and written off the event loop: see
+  ``statefiles``), to ``on_line`` for live status,
   and into a short tail that ``RecipeFailed`` carries, so an error message
   can show the last lines without anyone opening the log.
 - A command runs without a shell, with stdin closed, in ``recipe.workdir``.
@@ -42,13 +43,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import TextIO
 
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import split
 from .buildcontext import ContextError, stream_context
 from .engine import Engine, EngineError, iter_lines
 from .registryauth import load_docker_config, registry_auth
+from .statefiles import LogFile
 
 TAIL_LINES = 20
 KILL_GRACE = 5.0
@@ -84,7 +85,7 @@ def command_env(
 class _Transcript:
     """Where a recipe's output goes: the log file, the tail, the live callback."""
 
-    def __init__(self, log: TextIO, on_line: Callable[[str], None] | None) -> None:
+    def __init__(self, log: LogFile, on_line: Callable[[str], None] | None) -> None:
         self._log = log
         self._on_line = on_line
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -244,8 +245,8 @@ async def run_recipe(
     The log at ``log_path`` is appended to, so a caller reusing a path keeps
     the history of earlier attempts.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8", errors="replace", buffering=1) as log:
+    log = await LogFile.open(log_path)
+    try:
         transcript = _Transcript(log, on_line)
         transcript.note(f"{recipe.recipe.name}: {recipe.kind} recipe for {recipe.image}")
         started = time.monotonic()
@@ -255,3 +256,5 @@ async def run_recipe(
             transcript.note(f"failed after {time.monotonic() - started:.1f}s: {failure.reason}")
             raise
         transcript.note(f"produced {recipe.image} in {time.monotonic() - started:.1f}s")
+    finally:
+        await log.close()

@@ -18,7 +18,10 @@ Rules:
   gives back the disk the prune freed, so it must be asked for.
 - ``socket_mode`` is an octal string, as chmod takes it (``"0660"``). A TOML
   integer is refused: ``660`` and ``0o660`` are easy to confuse and far apart.
-- ``metrics.listen = ""`` turns the metrics endpoint off.
+- ``listen`` and ``upstream`` are ``unix:///absolute/path`` URLs and
+  ``metrics.listen`` is ``HOST:PORT`` (or ``""``, which turns the metrics
+  endpoint off). They are checked here even though only a restart applies
+  them: ``check`` and a reload must refuse what the next start would refuse.
 - Relative paths are relative to the config file's folder, since under systemd
   the working directory is ``/``. ``build.dockerfile`` is the exception: like
   ``docker build -f`` it is relative to the build context.
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -92,6 +95,10 @@ class HealSettings:
     background_parallel: int = 1
     min_free: MinFree = MinFree(percent=15.0)
     """Proactive heals wait while the daemon's disk has less free space than this."""
+    engine_timeout: float = 60.0
+    """Bound on each short Engine call of a heal (inspect, tag). A wedged dockerd
+    must not keep a heal, and the tag's lock file, forever; streams (build,
+    pull, load, push) are bounded by the recipe's ``timeout`` instead."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ _HEAL_KEYS = (
     "timeout",
     "failure_cooldown",
     "max_parallel",
+    "engine_timeout",
     "forget_after",
     "reconcile_interval",
     "background_parallel",
@@ -177,6 +185,22 @@ def format_duration(seconds: float) -> str:
     whole, millis = divmod(rest, 1000)
     parts = zip((hours, minutes, whole, millis), ("h", "m", "s", "ms"), strict=True)
     return "".join(f"{amount}{unit}" for amount, unit in parts if amount) or "0s"
+
+
+def unix_socket_path(url: str) -> str:
+    """The path in a ``unix:///absolute/path`` URL; raises ValueError for anything else."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "unix" or not rest.startswith("/"):
+        raise ValueError(f"must be a unix:///absolute/path URL, not {url!r}")
+    return rest
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """Where a ``HOST:PORT`` listens; an empty host is every address."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def load_config(path: Path) -> Config:
@@ -230,14 +254,16 @@ class _Reader:
         metrics_listen = defaults.metrics_listen
         if "listen" in metrics:
             metrics_listen = self.string(metrics["listen"], "metrics.listen", empty=True) or None
+            if metrics_listen is not None:
+                self.checked(host_port, metrics_listen, "metrics.listen")
         images = data.get("images", [])
         if not isinstance(images, list):
             self.fail("images", "expected [[images]] entries")
         recipes = tuple(self.recipe(index, entry, heal) for index, entry in enumerate(images))
         self.check_dependencies(recipes)
         return Config(
-            listen=self.optional_string(data, "listen"),
-            upstream=self.optional_string(data, "upstream"),
+            listen=self.optional_socket(data, "listen"),
+            upstream=self.optional_socket(data, "upstream"),
             socket_mode=(
                 self.socket_mode(data["socket_mode"])
                 if "socket_mode" in data
@@ -272,6 +298,9 @@ class _Reader:
                 table, "failure_cooldown", "heal", defaults.failure_cooldown
             ),
             max_parallel=self.at_least_one(table, "max_parallel", defaults.max_parallel),
+            engine_timeout=self.optional_duration(
+                table, "engine_timeout", "heal", defaults.engine_timeout
+            ),
             forget_after=self.optional_duration(
                 table, "forget_after", "heal", defaults.forget_after
             ),
@@ -440,6 +469,19 @@ class _Reader:
 
     def optional_string(self, data: Mapping[str, Any], key: str) -> str | None:
         return self.string(data[key], key) if key in data else None
+
+    def optional_socket(self, data: Mapping[str, Any], key: str) -> str | None:
+        url = self.optional_string(data, key)
+        if url is not None:
+            self.checked(unix_socket_path, url, key)
+        return url
+
+    def checked(self, parse: Callable[[str], object], value: str, where: str) -> None:
+        """Fail at ``where`` if ``parse`` refuses ``value``."""
+        try:
+            parse(value)
+        except ValueError as error:
+            self.fail(where, str(error))
 
     def string_list(self, value: object, where: str) -> list[str]:
         if not isinstance(value, list):

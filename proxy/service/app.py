@@ -7,9 +7,11 @@ Rules:
   them is installed only then, so the data path pays nothing otherwise. They
   name method, path (never the query, which can carry build args), status
   and time; never headers.
-- A reload (SIGHUP) swaps the config in place. Listen and upstream addresses
-  are bound at start-up; a reload that changes them is refused with a log
-  line, because moving sockets under live connections would drop them.
+- A reload (SIGHUP) swaps the config in place. Sockets, paths, the shutdown
+  budget and the metrics listener are bound at start-up (moving a socket
+  under live connections would drop them): a reload that changes one is
+  still taken, and logs that the change waits for a restart. A config the
+  next start would refuse is refused whole, keeping the running one.
 """
 
 from __future__ import annotations

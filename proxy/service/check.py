@@ -9,6 +9,8 @@ container create hangs at 3 a.m.
 Rules:
 
 - Text only, for people; nothing here is meant to be parsed.
+- A recipe's ``env`` shows its names, never its values: env is where a recipe
+  keeps tokens, and ``check`` output ends up in tickets and chat.
 - Without IMAGE: every entry in file order (first match wins), with its
   normalised pattern, what it runs and what it waits for. Dockerfile bases are
   listed only for placeholder-free build entries; a template's Dockerfile can
@@ -127,7 +129,8 @@ def _fields(item: Recipe | ConcreteRecipe, build: BuildSpec | None) -> list[tupl
     if item.load is not None:
         fields.append(("load", str(item.load)))
     if item.env:
-        fields.append(("env", " ".join(_pairs(item.env))))
+        # Names only: env is where recipes keep tokens, and check output gets pasted.
+        fields.append(("env", " ".join(item.env)))
     if item.depends_on:
         fields.append(("depends on", ", ".join(item.depends_on)))
     fields.append(("timeout", format_duration(item.timeout)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import grp
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +137,7 @@ def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
+    _settings(args, config)  # what serve would refuse at start, check refuses too
     disk = _min_free_problem(args, config)
     print(describe(config, args.image, read_dockerfile_from_disk, disk))
     if args.image is None:
@@ -184,6 +186,10 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 
     path = status.socket_path(args.listen, os.environ, config.listen, os.geteuid() == 0)
     if args.watch:
+        # Ctrl-C is how a watch ends, even when started from a background job or
+        # a supervisor that ignores SIGINT: children inherit that, and it
+        # would leave the watch unstoppable but by SIGKILL.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         status.watch(path, sys.stdout)
     try:
         print(status.render(status.fetch(path)), end="")
@@ -207,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"serve": _serve, "check": _check, "heal": _heal, "status": _status}[args.command]
     try:
         return command(args, config)
-    except (ListenerError, SettingsError) as exc:
+    except SettingsError as exc:
+        print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+        return 2
+    except ListenerError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -64,8 +64,9 @@ async def serve(
     interval = systemd.watchdog_interval()
     watchdog = loop.create_task(_watchdog(interval)) if interval else None
     log.info(
-        "listening on %s, forwarding to %s",
+        "listening on %s%s, forwarding to %s",
         listener.path or "<activated socket>",
+        settings.listen_note if listener.inode is not None else "",
         settings.upstream,
     )
     systemd.notify("READY=1")

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..recipes.config import Config
+from ..recipes.config import Config, unix_socket_path
+from ..recipes.config import host_port as parse_host_port
 
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 
@@ -39,27 +38,38 @@ class Settings:
     shutdown_timeout: float
     metrics: tuple[str, int] | None
     state_dir: Path
+    listen_note: str = ""
+    """Why the socket is where it is, when that may surprise (for the start-up line)."""
 
 
 def unix_path(url: str, what: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme != "unix" or not rest.startswith("/"):
-        raise SettingsError(f"{what} must be a unix:///absolute/path URL, not {url!r}")
-    return rest
+    """The socket path of ``url``, by the same rule the config file is held to."""
+    try:
+        return unix_socket_path(url)
+    except ValueError as exc:
+        raise SettingsError(f"{what} {exc}") from None
 
 
 def host_port(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise SettingsError(f"{what} must be HOST:PORT, not {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise SettingsError(f"{what} {exc}") from None
 
 
 def default_listen(env: Mapping[str, str], is_root: bool) -> str:
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if is_root or not runtime:
+    """``/run`` for root, the user's runtime folder for a user.
+
+    A user without ``XDG_RUNTIME_DIR`` (a plain ``su``, ssh without a login
+    session) cannot write ``/run``; the socket then goes in the user's state
+    folder, which is theirs alone, rather than in a ``/tmp`` anyone could
+    squat on first.
+    """
+    if is_root:
         return "unix:///run/docker-heal-proxy.sock"
-    return f"unix://{runtime}/docker-heal-proxy.sock"
+    runtime = env.get("XDG_RUNTIME_DIR")
+    folder = runtime or str(default_state_dir(env, is_root))
+    return f"unix://{folder}/docker-heal-proxy.sock"
 
 
 def unix_docker_host(env: Mapping[str, str]) -> str | None:
@@ -90,11 +100,16 @@ def resolve(
     group_exists: Callable[[str], bool],
 ) -> Settings:
     listen_url = listen or config.listen or default_listen(env, is_root)
+    note = ""
+    if not (listen or config.listen or is_root or env.get("XDG_RUNTIME_DIR")):
+        note = " (the default for a user without XDG_RUNTIME_DIR)"
     upstream_url = upstream or config.upstream or default_upstream(env)
     metrics = config.metrics_listen if metrics_listen is None else metrics_listen
     group = config.socket_group
     if group is None and group_exists("docker"):
         group = "docker"
+    elif group is not None and not group_exists(group):
+        raise SettingsError(f"socket_group {group!r} is not a group on this machine")
     return Settings(
         listen=unix_path(listen_url, "listen"),
         upstream=unix_path(upstream_url, "upstream"),
@@ -103,4 +118,5 @@ def resolve(
         shutdown_timeout=config.shutdown_timeout,
         metrics=host_port(metrics, "metrics listen") if metrics else None,
         state_dir=config.state_dir or default_state_dir(env, is_root),
+        listen_note=note,
     )

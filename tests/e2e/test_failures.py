@@ -17,10 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Dockerd, FakeDaemon, MakeProxy, Proxy, accepting, docker, ping, wait_for
-
-pytestmark = pytest.mark.daemon
-
+from support import Dockerd, FakeDaemon, MakeProxyTo, Proxy, accepting, docker, ping, wait_for
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 PING_OK = b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK"
@@ -100,9 +97,9 @@ class Relay(FakeDaemon):
             dst.shutdown(socket.SHUT_WR)
 
 
-def proxy_to(make_proxy: MakeProxy, upstream: str) -> Proxy:
+def proxy_to(make_proxy_to: MakeProxyTo, upstream: str) -> Proxy:
     """A proxy in front of ``upstream``, which need not answer (or exist) yet."""
-    proxy = make_proxy(args=[f"--upstream=unix://{upstream}"], wait=False)
+    proxy = make_proxy_to(upstream, wait=False)
     wait_for(lambda: accepting(proxy), 20, "the proxy to accept")
     return proxy
 
@@ -133,9 +130,9 @@ def assert_healthy(proxy: Proxy) -> None:
 
 
 @pytest.fixture
-def fake(make_proxy: MakeProxy, tmp_path: Path) -> Iterator[tuple[FakeUpstream, Proxy]]:
+def fake(make_proxy_to: MakeProxyTo, tmp_path: Path) -> Iterator[tuple[FakeUpstream, Proxy]]:
     upstream = FakeUpstream(str(tmp_path / "fake.sock"))
-    proxy = proxy_to(make_proxy, str(tmp_path / "fake.sock"))
+    proxy = proxy_to(make_proxy_to, str(tmp_path / "fake.sock"))
     yield upstream, proxy
     upstream.close()
     assert_healthy(proxy)
@@ -146,14 +143,14 @@ def fake(make_proxy: MakeProxy, tmp_path: Path) -> Iterator[tuple[FakeUpstream, 
 
 @pytest.mark.parametrize("state", ["missing", "stale"])
 def test_daemon_down_answers_a_dockerd_shaped_502(
-    make_proxy: MakeProxy, dockerd: Dockerd, tmp_path: Path, state: str
+    make_proxy_to: MakeProxyTo, dockerd: Dockerd, tmp_path: Path, state: str
 ) -> None:
     """502 with ``{"message": ...}`` as JSON, for no socket file and for a dead one."""
     upstream = str(tmp_path / "down.sock")
     if state == "stale":
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
             dead.bind(upstream)  # a file, and nobody listening behind it
-    proxy = proxy_to(make_proxy, upstream)
+    proxy = proxy_to(make_proxy_to, upstream)
 
     raw = exchange(proxy.socket, get("/v1.41/containers/json"))
     head, _, body = raw.partition(b"\r\n\r\n")

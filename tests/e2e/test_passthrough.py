@@ -27,7 +27,7 @@ from support import (
     BUSYBOX,
     Dockerd,
     FakeDaemon,
-    MakeProxy,
+    MakeProxyTo,
     Proxy,
     UnixHTTPConnection,
     accepting,
@@ -36,8 +36,6 @@ from support import (
     raw_request,
     wait_for,
 )
-
-pytestmark = pytest.mark.daemon
 
 
 def split_response(raw: bytes) -> tuple[list[bytes], bytes]:
@@ -112,11 +110,11 @@ class EchoUpstream(FakeDaemon):
 
 
 @pytest.fixture
-def echo(make_proxy: MakeProxy, tmp_path: Path) -> Iterator[tuple[EchoUpstream, Proxy]]:
+def echo(make_proxy_to: MakeProxyTo, tmp_path: Path) -> Iterator[tuple[EchoUpstream, Proxy]]:
     path = str(Path(tmp_path) / "echo.sock")
     upstream = EchoUpstream(path)
     # The fake does not answer /_ping by itself, so do not wait for one.
-    proxy = make_proxy(args=[f"--upstream=unix://{path}"], wait=False)
+    proxy = make_proxy_to(path, wait=False)
     wait_for(lambda: accepting(proxy), 20, "the proxy to accept")
     yield upstream, proxy
     upstream.close()

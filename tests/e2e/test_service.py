@@ -585,9 +585,8 @@ def requests_logged(level: str, make_proxy: MakeProxy) -> str:
 def test_per_request_lines_only_at_debug(make_proxy: MakeProxy) -> None:
     info = requests_logged("info", make_proxy)
     assert "/info" not in info and "nope" not in info
-    assert info.splitlines() and all(
-        "proxy.service.server" in line for line in info.splitlines()
-    ), info
+    lines = info.splitlines()
+    assert lines and all("proxy.service.server" in line for line in lines), info
     debug = requests_logged("debug", make_proxy)
     assert len(re.findall(r"GET /v1\.41/info -> 200 in \d+\.\d{3}s", debug)) == 3, debug
     assert "GET /v1.41/containers/nope/json -> 404 in " in debug
@@ -606,9 +605,8 @@ def test_json_logs_and_journal_text(make_proxy: MakeProxy) -> None:
     journal.stop()
     plain.stop()
     journal_lines = journal.log().splitlines()
-    assert any(
-        line.startswith("INFO proxy.service.server: listening on ") for line in journal_lines
-    )
+    started = "INFO proxy.service.server: listening on "
+    assert any(line.startswith(started) for line in journal_lines)
     assert all(not re.match(r"\d{4}-\d\d-\d\d", line) for line in journal_lines), journal_lines
     assert all(
         re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in plain.log().splitlines()

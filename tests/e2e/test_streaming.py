@@ -21,22 +21,27 @@ import socket
 import subprocess
 import tarfile
 import threading
-import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, MakeProxy, Proxy, UnixHTTPConnection, docker, wait_for
+from support import (
+    BUSYBOX,
+    Dockerd,
+    LongStream,
+    MakeProxy,
+    Proxy,
+    UnixHTTPConnection,
+    docker,
+    open_events_with_head,
+    wait_for,
+)
 
 pytestmark = pytest.mark.daemon
 
 MiB = 1024 * 1024
 RSS_LIMIT = 100 * MiB
-LONG_STREAM_SECONDS = 310
-"""Longer than any idle or total timeout worth having (5 minutes), plus a margin."""
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -167,26 +172,6 @@ def open_events(path: str, query: str = "") -> socket.socket:
     return open_events_with_head(path, query)[0]
 
 
-def open_events_with_head(path: str, query: str = "") -> tuple[socket.socket, list[bytes], bytes]:
-    """``open_events``, also returning the head's lines and any bytes after it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(30)
-    sock.connect(path)
-    sock.sendall(f"GET /v1.41/events{query} HTTP/1.1\r\nHost: docker\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(4096)
-        assert data, f"events stream closed in its head: {head!r}"
-        head += data
-    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
-    head, _, rest = head.partition(b"\r\n\r\n")
-    return sock, head.split(b"\r\n"), rest
-
-
-def label_filter(label: str) -> str:
-    return "?filters=" + urllib.parse.quote(json.dumps({"label": [label]}), safe="")
-
-
 def upstream_sockets(pid: int, daemon_socket: str) -> int:
     """How many of the proxy's sockets are connected to the daemon's socket.
 
@@ -213,37 +198,15 @@ def upstream_sockets(pid: int, daemon_socket: str) -> int:
     return sum(1 for inode in ours if name.get(peer.get(inode, ""), "") == daemon_socket)
 
 
-# -- no idle or total timeout: a stream opened first, checked last --------------
+# -- no idle or total timeout ------------------------------------------------------
 
 
-@dataclass
-class LongStream:
-    sock: socket.socket
-    opened: float
-    label: str
-    head: list[bytes]
-    received: bytes = field(default=b"")
+def test_an_idle_events_stream_lives_past_310s(long_events: LongStream) -> None:
+    """The stream conftest opens at the start of the session and checks at its end.
 
-
-@pytest.fixture(scope="session")
-def long_events(proxy: Proxy) -> Iterator[LongStream]:
-    """One events stream through the shared proxy, open for the whole session.
-
-    It filters on a label nothing else uses, so it stays silent: the longest
-    possible idle period, ended only by the event the last test causes.
-    """
-    label = f"dhp-long={uuid.uuid4().hex}"
-    sock, head, rest = open_events_with_head(proxy.socket, label_filter(label))
-    stream = LongStream(sock, time.monotonic(), label, head, rest)
-    yield stream
-    sock.close()
-
-
-def test_aa_open_long_events_stream(long_events: LongStream) -> None:
-    """Sorted first (see conftest) so the whole session runs while the stream is open.
-
-    The stream is a live events stream: a 200, chunked (no length, so no end
-    the proxy could wait for) and JSON, with nothing sent yet for its label.
+    Here: it is a live events stream, a 200, chunked (no length, so no end the
+    proxy could wait for) and JSON, with nothing sent yet for its label. The
+    fixture's teardown checks that after 310 s of silence it still delivers.
     """
     status, *headers = long_events.head
     assert status == b"HTTP/1.1 200 OK"
@@ -255,33 +218,6 @@ def test_aa_open_long_events_stream(long_events: LongStream) -> None:
     assert fields.get(b"content-type") == b"application/json", long_events.head
     assert b"content-length" not in fields, long_events.head
     assert long_events.received == b"", "no event can match the stream's label yet"
-
-
-def test_zz_events_stream_still_alive_after_310s(
-    long_events: LongStream, dockerd: Dockerd, busybox: str
-) -> None:
-    """Sorted last: after 310 s of silence the same stream still delivers a new event."""
-    sock = long_events.sock
-    while (left := LONG_STREAM_SECONDS - (time.monotonic() - long_events.opened)) > 0:
-        sock.settimeout(left)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        assert data, "the proxy closed an idle events stream"
-        long_events.received += data
-    name = f"dhp-long-{uuid.uuid4().hex[:8]}"
-    docker(
-        ["create", "--label", long_events.label, "--name", name, BUSYBOX, "true"], env=dockerd.env
-    )
-    try:
-        sock.settimeout(30)
-        while name.encode() not in long_events.received:
-            data = sock.recv(65536)
-            assert data, "the events stream ended instead of delivering the event"
-            long_events.received += data
-    finally:
-        docker(["rm", "-f", name], env=dockerd.env, check=False)
 
 
 # -- responses stream live ------------------------------------------------------

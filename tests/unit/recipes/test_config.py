@@ -164,6 +164,18 @@ def test_braces_in_the_config_folder_stay_literal() -> None:
         ({"listen": ""}, "config.toml: listen: must not be empty"),
         ({"upstream": 1}, "config.toml: upstream: expected a string, not 1"),
         ({"metrics": {"listen": 9478}}, "config.toml: metrics.listen: expected a string, not 9478"),
+        (
+            {"listen": "/run/x.sock"},
+            "config.toml: listen: must be a unix:///absolute/path URL, not '/run/x.sock'",
+        ),
+        (
+            {"upstream": "tcp://127.0.0.1:2375"},
+            "config.toml: upstream: must be a unix:///absolute/path URL, not 'tcp://127.0.0.1:2375'",
+        ),
+        (
+            {"metrics": {"listen": "127.0.0.1"}},
+            "config.toml: metrics.listen: must be HOST:PORT, not '127.0.0.1'",
+        ),
         ({"images": {"match": "x"}}, "config.toml: images: expected [[images]] entries"),
     ],
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from test_cli import REFUSED
 
 from proxy.recipes.config import load_config
 from proxy.service import cli
@@ -81,3 +82,19 @@ def test_reload_warns_about_settings_bound_at_start(
     with caplog.at_level(logging.WARNING):
         running.reload()
     assert "shutdown_timeout changed; it takes effect only on restart" in caplog.text
+
+
+@pytest.mark.parametrize(("text", "reason"), REFUSED[:3])
+def test_reload_refuses_what_a_restart_would(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, reason: str
+) -> None:
+    """A reload that took it would log "on restart", and that restart would fail."""
+    path = tmp_path / "config.toml"
+    path.write_text(ONE)
+    running = app(path, str(path))
+    before = running.config
+    path.write_text(text + ONE)
+    with caplog.at_level(logging.ERROR):
+        running.reload()
+    assert running.config is before
+    assert reason in caplog.text

@@ -28,7 +28,7 @@ def config() -> Config:
                 {
                     "match": "tool:{t}",
                     "command": ["make", "tool", "T={t}", "HOME=${{HOME}}"],
-                    "env": {"MSG": "hello {t}"},
+                    "env": {"MSG": "hello {t}", "TOKEN": "s3cr3t-{t}"},
                     "timeout": 90,
                 },
             ],
@@ -46,7 +46,16 @@ def test_lists_every_entry() -> None:
     assert "  depends on  app:7\n" in text
     assert "  bases       docker.io/library/base:1\n" in text
     assert "  command  make tool 'T={t}' 'HOME=${{HOME}}'\n  workdir  /cfg\n" in text
-    assert "  env      MSG='hello {t}'\n  timeout  1m30s" in text
+    assert "  env      MSG TOKEN\n  timeout  1m30s" in text
+
+
+def test_env_values_are_never_shown() -> None:
+    """The README promises recipes' env values are never shown; names are enough to check."""
+    for image in (None, "tool:9"):
+        text = describe(config(), image, read)
+        assert "s3cr3t" not in text
+        assert "hello" not in text
+    assert "  env      MSG TOKEN\n" in describe(config(), "tool:9", read)
 
 
 def test_without_entries() -> None:

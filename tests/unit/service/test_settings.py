@@ -56,7 +56,11 @@ def test_defaults_for_a_user_follow_xdg() -> None:
     assert s.state_dir == Path("/home/u/.local/state/docker-heal-proxy")
     env["XDG_STATE_HOME"] = "/state"
     assert settings(env=env, is_root=False).state_dir == Path("/state/docker-heal-proxy")
-    assert settings(env={}, is_root=False).listen == "/run/docker-heal-proxy.sock"
+
+    plain = settings(env={"HOME": "/home/u"}, is_root=False)
+    assert plain.listen == "/home/u/.local/state/docker-heal-proxy/docker-heal-proxy.sock"
+    assert "without XDG_RUNTIME_DIR" in plain.listen_note
+    assert settings(env=env, is_root=False).listen_note == ""
 
 
 def test_root_ignores_the_user_runtime_dir() -> None:
@@ -113,7 +117,13 @@ def test_tcp_docker_host_is_not_taken_as_the_upstream() -> None:
 def test_socket_group_defaults_to_docker_when_it_exists() -> None:
     assert settings(groups=("docker",)).socket_group == "docker"
     assert settings().socket_group is None
-    assert settings(Config(socket_group="ops"), groups=("docker",)).socket_group == "ops"
+    assert settings(Config(socket_group="ops"), groups=("docker", "ops")).socket_group == "ops"
+
+
+def test_a_named_socket_group_must_exist() -> None:
+    """Refused here, before the socket is bound, so ``check`` refuses it too."""
+    with pytest.raises(SettingsError, match="socket_group 'ops' is not a group on this machine"):
+        settings(Config(socket_group="ops"), groups=("docker",))
 
 
 def test_config_values_pass_through() -> None:

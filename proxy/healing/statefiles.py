@@ -1,0 +1,112 @@
+"""Files a heal leaves in ``state_dir``: private, and written off the event loop.
+
+Rules:
+- Private whatever the umask. A recipe's output can hold secrets (that is why
+  ``/_heal/status`` is served only on the proxy's own socket), and ``serve``
+  started by hand runs with the shell's umask, usually 022. So the logs and
+  locks folders are made 0700 and their files 0600 explicitly, and a folder an
+  earlier run left wider is narrowed.
+- A transcript is never written on the event loop's thread. A noisy build
+  prints thousands of lines a second; written one by one on the loop, a slow
+  disk would stall every client connection. Lines are queued and written in
+  batches by one worker thread at a time, so they stay in order.
+- A write that fails (a full disk) costs the transcript, not the heal: it is
+  logged once, and later lines are dropped rather than queued without end.
+
+Theory of operation: ``LogFile.write`` appends to a list and wakes a drain
+task; the drain joins what has queued and hands it to ``asyncio.to_thread``,
+so while one batch is on disk the next one gathers. ``close`` lets the drain
+empty the queue, then the file is closed (a single syscall, everything having
+been flushed by the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TextIO
+
+log = logging.getLogger(__name__)
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter, created if need be."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+    return path
+
+
+def open_private(path: Path, flags: int) -> int:
+    """A descriptor of ``path`` (created 0600 if need be, in a private folder)."""
+    private_dir(path.parent)
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_append(path: Path) -> TextIO:
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    return open(fd, "a", encoding="utf-8", errors="replace")
+
+
+class LogFile:
+    """One heal's log file, appended to from the event loop without blocking it."""
+
+    @classmethod
+    async def open(cls, path: Path) -> LogFile:
+        return cls(await asyncio.to_thread(_open_append, path), str(path))
+
+    def __init__(self, handle: TextIO, name: str) -> None:
+        self._handle = handle
+        self._name = name
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._failed = False
+        self._drain = asyncio.get_running_loop().create_task(self._drain_queue())
+
+    def write(self, text: str) -> None:
+        if self._failed:
+            return
+        self._pending.append(text)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Write what is queued, then close; safe to call once the heal is over."""
+        self._closing = True
+        self._wake.set()
+        await asyncio.shield(self._drain)
+
+    async def _drain_queue(self) -> None:
+        try:
+            while self._pending or not self._closing:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._pending:
+                    batch = "".join(self._pending)
+                    self._pending.clear()
+                    await asyncio.to_thread(self._write, batch)
+        finally:
+            with contextlib.suppress(OSError):  # reported by _write already
+                self._handle.close()
+
+    def _write(self, batch: str) -> None:
+        if self._failed:
+            return
+        try:
+            self._handle.write(batch)
+            self._handle.flush()
+        except OSError as exc:
+            if not self._failed:
+                log.warning("cannot write the heal log %s: %s", self._name, exc.strerror or exc)
+            self._failed = True

@@ -1,0 +1,31 @@
+"""The benchmark's own plumbing, without running it: a comparison target that is
+not installed must be skipped and named, never end the run in a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from bench import run
+
+
+def test_versions_of_missing_tools_do_not_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    assert run.socat_version() == "?"
+    assert run.first_line(["haproxy", "-v"]) == "?"
+
+
+def test_a_target_that_did_not_start_is_named_not_asked() -> None:
+    def never() -> str:
+        raise AssertionError("the version of a target that is not up was asked for")
+
+    b = cast(Any, SimpleNamespace(unavailable={"socat": "not installed"}, targets=["direct"]))
+    assert run.version_of(b, "socat", never) == "not measured (see Not measured)"
+    assert run.version_of(b, "haproxy", never) == "not run (--targets)"
+    b.targets.append("haproxy")
+    assert run.version_of(b, "haproxy", lambda: "2.6.12") == "2.6.12"

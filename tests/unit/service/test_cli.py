@@ -1,0 +1,69 @@
+"""The command line's one validation: what ``check`` accepts, ``serve`` starts with.
+
+These run ``main`` in-process on configs the proxy must refuse; none of them
+gets as far as binding a socket, so no daemon is needed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import PYTHON_M_PROXY, REPO, wait_for
+
+from proxy.service import cli
+
+REFUSED = [
+    ('listen = "/run/x.sock"\n', "listen: must be a unix:///absolute/path URL, not '/run/x.sock'"),
+    (
+        'upstream = "tcp://127.0.0.1:2375"\n',
+        "upstream: must be a unix:///absolute/path URL, not 'tcp://127.0.0.1:2375'",
+    ),
+    ('[metrics]\nlisten = "127.0.0.1"\n', "metrics.listen: must be HOST:PORT, not '127.0.0.1'"),
+    (
+        'socket_group = "dhp-no-such-group"\n',
+        "socket_group 'dhp-no-such-group' is not a group on this machine",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), REFUSED)
+def test_check_and_serve_refuse_the_same_configs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    sock = tmp_path / "p.sock"
+    for argv in (
+        ["check", f"--config={path}"],
+        ["serve", f"--config={path}", f"--listen=unix://{sock}", "--upstream=unix:///nowhere"],
+    ):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("docker-heal-proxy: ") and err.endswith(f"{reason}\n"), err
+        assert err.count("\n") == 1, err
+    assert not sock.exists()
+
+
+def test_status_watch_stops_on_sigint_even_when_started_ignoring_it(tmp_path: Path) -> None:
+    """A background job or a supervisor hands its children SIGINT ignored."""
+    out = tmp_path / "watch.out"
+    with out.open("wb") as sink:
+        watcher = subprocess.Popen(
+            [*PYTHON_M_PROXY, "status", "--watch", f"--listen=unix://{tmp_path}/none.sock"],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    try:
+        wait_for(lambda: b"cannot reach the proxy" in out.read_bytes(), 20, "a first frame")
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 0, out.read_text()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
