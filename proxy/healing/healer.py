@@ -64,8 +64,12 @@ class HealFailed(Exception):
     """A heal did not produce its image; the text is what the client sees."""
 
 
+TRIGGERS = ("create", "pull", "build")
+"""What asked for a heal: a container create, a pull, or a build FROM the image."""
+
+
 class HealObserver(Protocol):
-    def heal_finished(self, match: str, success: bool, seconds: float) -> None: ...
+    def heal_finished(self, match: str, success: bool, seconds: float, trigger: str) -> None: ...
 
 
 @dataclass
@@ -148,16 +152,16 @@ class Healer:
 
     # -- entry points --------------------------------------------------------
 
-    async def heal(self, image: str, *, force: bool = False) -> None:
+    async def heal(self, image: str, *, force: bool = False, trigger: str = "create") -> None:
         """Heal an image the daemon just said is missing."""
-        await self._join(normalize(image), force, waiter=True)
+        await self._join(normalize(image), force, waiter=True, trigger=trigger)
 
-    async def ensure(self, image: str, *, force: bool = False) -> str:
+    async def ensure(self, image: str, *, force: bool = False, trigger: str = "create") -> str:
         """Make sure an image exists; say whether it had to be healed."""
         image = normalize(image)
         if not force and await self._exists(image):
             return "Image is up to date"
-        if await self._join(image, force, waiter=True):
+        if await self._join(image, force, waiter=True, trigger=trigger):
             return "Healed by docker-heal-proxy"
         return "Image is up to date (built meanwhile by another process)"
 
@@ -182,15 +186,16 @@ class Healer:
 
     # -- single flight ---------------------------------------------------------
 
-    async def _join(self, image: str, force: bool, *, waiter: bool) -> bool:
+    async def _join(self, image: str, force: bool, *, waiter: bool, trigger: str) -> bool:
         """Wait for the one heal of ``image``; True if its recipe ran.
 
         ``waiter`` counts a client's request in the ``heal_waiters`` gauge; a
-        heal waiting for its base is not a request.
+        heal waiting for its base is not a request. ``trigger`` is what the
+        heal is counted under: the first asker's.
         """
         task = self.inflight.get(image)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._heal(image, force))
+            task = asyncio.get_running_loop().create_task(self._heal(image, force, trigger))
             self.inflight[image] = task
             task.add_done_callback(lambda t: self._settled(image, t))
         self.waiters += waiter
@@ -218,7 +223,7 @@ class Healer:
         if not task.cancelled():
             task.exception()  # retrieved here, raised to every waiter by shield
 
-    async def _heal(self, image: str, force: bool) -> bool:
+    async def _heal(self, image: str, force: bool, trigger: str) -> bool:
         previous = self.results.get(image)
         now = time.monotonic()
         if previous is not None and not previous.success and previous.retry_at > now:
@@ -241,21 +246,21 @@ class Healer:
         progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
         self.running[image] = progress
         try:
-            await self._bases(concrete)
+            await self._bases(concrete, trigger)
             progress.phase = "queued"
             # The lock first: a heal waiting on another process holds no slot.
             async with self._lock(image), self._slots:
                 if not force and await self._exists(image):
                     log.info("heal of %s: built meanwhile by another process", image)
                     return False
-                await self._run(concrete, progress)
+                await self._run(concrete, progress, trigger)
                 return True
         except OSError as exc:  # the state directory: logs and lock files
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
             del self.running[image]
 
-    async def _bases(self, concrete: ConcreteRecipe) -> None:
+    async def _bases(self, concrete: ConcreteRecipe, trigger: str) -> None:
         text = None
         if concrete.build is not None:
             text = await asyncio.to_thread(read_dockerfile_from_disk, concrete)
@@ -263,14 +268,14 @@ class Healer:
             if await self._exists(base):
                 continue
             try:
-                await self._join(base, False, waiter=False)
+                await self._join(base, False, waiter=False, trigger=trigger)
             except HealFailed as failure:
                 raise HealFailed(
                     f"docker-heal-proxy: cannot heal {concrete.image}: its base {base} "
                     f"could not be healed:\n{failure}"
                 ) from None
 
-    async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
+    async def _run(self, concrete: ConcreteRecipe, progress: Progress, trigger: str) -> None:
         recipe = concrete.recipe
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -298,7 +303,7 @@ class Healer:
                 duration,
                 retry_at=time.monotonic() + self.config.heal.failure_cooldown,
             )
-            self._finished(recipe.match, False, duration)
+            self._finished(recipe.match, False, duration, trigger)
             log.warning(
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
@@ -307,12 +312,12 @@ class Healer:
         self.results[concrete.image] = Result(
             True, recipe.match, f"healed by {recipe.name}", time.time(), duration
         )
-        self._finished(recipe.match, True, duration)
+        self._finished(recipe.match, True, duration, trigger)
         log.info("heal of %s succeeded in %.1fs", concrete.image, duration)
 
-    def _finished(self, match: str, success: bool, seconds: float) -> None:
+    def _finished(self, match: str, success: bool, seconds: float, trigger: str) -> None:
         if self.observer is not None:
-            self.observer.heal_finished(match, success, seconds)
+            self.observer.heal_finished(match, success, seconds, trigger)
 
     @staticmethod
     def _failure_message(concrete: ConcreteRecipe, failure: RecipeFailed, log_path: Path) -> str:

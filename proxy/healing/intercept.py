@@ -154,7 +154,7 @@ class Interceptor:
         exchange.write(PROGRESS_HEAD)
         exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))
         try:
-            outcome = await self._healer.ensure(image)
+            outcome = await self._healer.ensure(image, trigger="pull")
         except HealFailed as failure:
             message = str(failure)
             exchange.write(progress_line({"errorDetail": {"message": message}, "error": message}))

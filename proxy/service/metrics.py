@@ -36,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..healing.healer import TRIGGERS
 from ..wire.routes import route
 
 PREFIX = "docker_heal_proxy_"
@@ -124,8 +125,8 @@ class Metrics:
         )
         self.heals = Counter(
             PREFIX + "heals_total",
-            "Recipe runs, by recipe match string and result.",
-            ["image", "result"],
+            "Recipe runs, by recipe match string, result and what asked for the heal.",
+            ["image", "result", "trigger"],
             registry=r,
         )
         self.heal_duration = Histogram(
@@ -177,11 +178,12 @@ class Metrics:
         """
         for match in matches:
             for result in ("success", "failure"):
-                self.heals.labels(match, result)
+                for trigger in TRIGGERS:
+                    self.heals.labels(match, result, trigger)
             self.heal_duration.labels(match)
 
-    def heal_finished(self, match: str, success: bool, seconds: float) -> None:
-        self.heals.labels(match, "success" if success else "failure").inc()
+    def heal_finished(self, match: str, success: bool, seconds: float, trigger: str) -> None:
+        self.heals.labels(match, "success" if success else "failure", trigger).inc()
         self.heal_duration.labels(match).observe(seconds)
 
     def image_checked(self, present: bool) -> None:

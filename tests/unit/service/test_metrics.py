@@ -54,8 +54,8 @@ def busy_metrics() -> Metrics:
     metrics.hijacked(1)
     metrics.image_checked(True)
     metrics.image_checked(False)
-    metrics.heal_finished("app:*", True, 42.0)
-    metrics.heal_finished("app:*", False, 3000.0)
+    metrics.heal_finished("app:*", True, 42.0, "create")
+    metrics.heal_finished("app:*", False, 3000.0, "build")
     return metrics
 
 
@@ -83,8 +83,9 @@ def test_every_metric_of_the_issue_is_exported() -> None:
     assert got[(p + "hijacked_connections", ())] == 1
     assert got[(p + "image_checks_total", (("result", "present"),))] == 1
     assert got[(p + "image_checks_total", (("result", "missing"),))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "success")))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "failure")))] == 1
+    heals = p + "heals_total"
+    assert got[(heals, (("image", "app:*"), ("result", "success"), ("trigger", "create")))] == 1
+    assert got[(heals, (("image", "app:*"), ("result", "failure"), ("trigger", "build")))] == 1
     # An hour-long heal still lands in a finite bucket.
     assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "3600.0")))] == 2
     assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "60.0")))] == 1
@@ -182,7 +183,9 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
     got = samples(metrics)
     for image in ("app:*", "tool:1"):
         for result in ("success", "failure"):
-            assert got[(PREFIX + "heals_total", (("image", image), ("result", result)))] == 0
+            for trigger in ("create", "pull", "build"):
+                labels = (("image", image), ("result", result), ("trigger", trigger))
+                assert got[(PREFIX + "heals_total", labels)] == 0
         assert got[(PREFIX + "heal_duration_seconds_count", (("image", image),))] == 0
     for kind in ("connect", "protocol", "closed"):
         assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
