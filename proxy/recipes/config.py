@@ -63,6 +63,9 @@ class HealSettings:
     """How long a failed heal is remembered, so a crash-looping client does not
     start a rebuild on every create."""
     max_parallel: int = 2
+    max_build_spool: int = 4 << 30
+    """Bytes of a build body read while looking for its Dockerfile before the
+    build is forwarded unhealed."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ class Config:
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+", re.ASCII)
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)", re.ASCII)
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.ASCII | re.IGNORECASE)
+_UNIT_BYTES = {
+    f"{prefix}{infix}b": (1024 if infix else 1000) ** power
+    for power, prefix in enumerate("kmgt", 1)
+    for infix in ("", "i")
+} | {"b": 1}
 _SOCKET_MODE_RE = re.compile(r"[0-7]{3,4}")
 _TOML_POSITION_RE = re.compile(r"(.*) \(at line (\d+), column (\d+)\)")
 
@@ -98,7 +107,7 @@ _TOP_KEYS = (
     "metrics",
     "images",
 )
-_HEAL_KEYS = ("timeout", "failure_cooldown", "max_parallel")
+_HEAL_KEYS = ("timeout", "failure_cooldown", "max_parallel", "max_build_spool")
 _METRICS_KEYS = ("listen",)
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
 _ENTRY_KEYS = ("match", *_KINDS, "workdir", "env", "depends_on", "timeout")
@@ -114,6 +123,16 @@ def parse_duration(value: object) -> float:
             float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART_RE.findall(value)
         )
     raise ValueError(f'bad duration {value!r} (use e.g. "90s", "30m", "1h30m" or seconds)')
+
+
+def parse_size(value: object) -> int:
+    """Bytes in a size: a whole number, or ``"4GiB"``, ``"512MB"`` (KB is 1000, KiB 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f'bad size {value!r} (use e.g. "4GiB", "512MB" or bytes)')
+    return int(float(match[1]) * _UNIT_BYTES[(match[2] or "b").lower()])
 
 
 def format_duration(seconds: float) -> str:
@@ -217,6 +236,7 @@ class _Reader:
                 table, "failure_cooldown", "heal", defaults.failure_cooldown
             ),
             max_parallel=max_parallel,
+            max_build_spool=self.optional_size(table, "max_build_spool", defaults.max_build_spool),
         )
 
     def recipe(self, index: int, raw: object, heal: HealSettings) -> Recipe:
@@ -387,6 +407,14 @@ class _Reader:
             return parse_duration(table[key])
         except ValueError as error:
             self.fail(_at(where, key), str(error))
+
+    def optional_size(self, table: Mapping[str, Any], key: str, default: int) -> int:
+        if key not in table:
+            return default
+        try:
+            return parse_size(table[key])
+        except ValueError as error:
+            self.fail(_at("heal", key), str(error))
 
     def socket_mode(self, value: object) -> int:
         if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):
