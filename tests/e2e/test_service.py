@@ -259,7 +259,10 @@ def test_a_heal_reaches_prometheus_and_a_failure_fires_the_alert(watched: Watche
     wait_for(lambda: watched.value(ok) == 1, 30, "the success sample in Prometheus")
     wait_for(lambda: watched.value(bad) == 1, 30, "the failure sample in Prometheus")
     assert (
-        watched.value(f'docker_heal_proxy_heals_total{{image="{OK_IMAGE}",result="failure",trigger="create"}}') == 0
+        watched.value(
+            f'docker_heal_proxy_heals_total{{image="{OK_IMAGE}",result="failure",trigger="create"}}'
+        )
+        == 0
     )
     count = f'docker_heal_proxy_heal_duration_seconds_count{{image="{OK_IMAGE}"}}'
     assert watched.value(count) == 1

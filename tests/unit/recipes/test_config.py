@@ -316,7 +316,7 @@ def test_bad_sizes(bad: object) -> None:
 
 def test_max_build_spool_is_a_size() -> None:
     assert parse({}).heal.max_build_spool == 4 << 30
-    with pytest.raises(ConfigError, match="heal.max_build_spool"):
+    with pytest.raises(ConfigError, match=r"heal\.max_build_spool"):
         parse({"heal": {"max_build_spool": "lots"}})
 
 
