@@ -1,0 +1,268 @@
+"""``docker build`` FROM a pruned managed base, through the proxy.
+
+NanoClaw makes a per-group image the first time a group wakes, with a
+Dockerfile that starts FROM the managed base. After a prune that took the
+base, the build must heal the base first and then succeed, for the CLI's
+classic builder (CLI 28 without buildx needs ``DOCKER_BUILDKIT=0``) and for
+docker-py, and must not get worse for builds that need no heal.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import docker as docker_py
+import pytest
+from support import (
+    Dockerd,
+    MakeProxy,
+    Proxy,
+    build_calls,
+    docker,
+    free_port,
+    image_exists,
+    line_count,
+    log_size,
+    remove,
+    tagging_script,
+    toml_string,
+    write_script,
+)
+
+pytestmark = pytest.mark.daemon
+
+BASE = "127.0.0.1:1/dhp/buildbase:latest"
+AGENT = "127.0.0.1:1/dhp/buildagent"
+DOCKERFILE = f"FROM {BASE}\nARG GROUP\nLABEL group=$GROUP\n"
+
+
+def seed_config(tmp_path: Path, busybox: str, base_script: Path | None = None) -> str:
+    """The seed: a base made by a script, per-group images built FROM it."""
+    script = base_script or tagging_script(
+        tmp_path / "base.sh", tmp_path / "base.marker", busybox, BASE
+    )
+    ctx = tmp_path / "agentctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile.{group}").write_text(DOCKERFILE)
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+[[images]]
+match = {toml_string(BASE)}
+command = [{toml_string(script)}]
+[[images]]
+match = "{AGENT}:{{group}}"
+build = {{ context = {toml_string(ctx)}, dockerfile = "Dockerfile.{{group}}" }}
+"""
+
+
+def legacy(proxy: Proxy) -> dict[str, str]:
+    """The CLI's classic builder: what CLI 28 without buildx falls back to."""
+    return {**proxy.env, "DOCKER_BUILDKIT": "0"}
+
+
+def group_context(tmp_path: Path) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile.newgroup").write_text(DOCKERFILE)
+    (ctx / "payload.txt").write_text("hello\n")
+    return ctx
+
+
+def pruned(dockerd: Dockerd, *images: str) -> None:
+    remove(dockerd.env, *images)
+
+
+def group_label(dockerd: Dockerd, image: str) -> str:
+    result = docker(["image", "inspect", "-f", "{{.Config.Labels.group}}", image], env=dockerd.env)
+    return result.stdout.decode().strip()
+
+
+def spool_files(tmp_path: Path, proxy: Proxy) -> list[str]:
+    """Spool files by name, and any the proxy still holds open unlinked."""
+    folder = tmp_path / "state" / "spool"
+    named = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    held = []
+    fds = Path(f"/proc/{proxy.proc.pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if str(folder) in target:
+            held.append(target)
+    return named + held
+
+
+def test_cli_build_from_a_pruned_base_heals_it_first(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    port = free_port()
+    proxy = make_proxy(seed_config(tmp_path, busybox), args=[f"--metrics-listen=127.0.0.1:{port}"])
+    ctx = group_context(tmp_path)
+    tag = f"{AGENT}:newgroup"
+    pruned(dockerd, BASE, tag)
+
+    result = docker(
+        [
+            "build",
+            "-t",
+            tag,
+            "-f",
+            str(ctx / "Dockerfile.newgroup"),
+            "--build-arg",
+            "GROUP=newgroup",
+            str(ctx),
+        ],
+        env=legacy(proxy),
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert line_count(tmp_path / "base.marker") == 1
+    assert group_label(dockerd, tag) == "newgroup"
+    assert spool_files(tmp_path, proxy) == []
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    assert (
+        f'docker_heal_proxy_heals_total{{image="{BASE}",result="success",trigger="build"}} 1.0'
+        in metrics.decode()
+    )
+
+
+def test_cli_build_with_the_dockerfile_outside_the_context(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The CLI appends the Dockerfile after every context entry, as
+    ``.dockerfile.<random>``: the whole context is spooled first."""
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "data.bin").write_bytes(os.urandom(3 << 20))
+    outside = tmp_path / "elsewhere" / "Dockerfile.newgroup"
+    outside.parent.mkdir()
+    outside.write_text(DOCKERFILE + "COPY data.bin /data.bin\n")
+    tag = f"{AGENT}:outside"
+    pruned(dockerd, BASE, tag)
+    since = log_size(dockerd.log_path)
+
+    result = docker(
+        ["build", "-t", tag, "-f", str(outside), str(ctx)], env=legacy(proxy), check=False
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert line_count(tmp_path / "base.marker") == 1
+    calls = build_calls(dockerd, tag, since)
+    assert len(calls) == 1
+    assert calls[0].query["dockerfile"][0].startswith(".dockerfile.")
+    size = docker(["run", "--rm", tag, "wc", "-c", "/data.bin"], env=dockerd.env)
+    assert size.stdout.split()[0] == str(3 << 20).encode()
+    assert spool_files(tmp_path, proxy) == []
+
+
+def test_docker_py_build_with_a_gzip_context(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    tag = f"{AGENT}:py"
+    pruned(dockerd, BASE, tag)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        data = DOCKERFILE.encode()
+        info = tarfile.TarInfo("build/Dockerfile.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    context = io.BytesIO(gzip.compress(archive.getvalue()))
+
+    client = docker_py.DockerClient(base_url=proxy.url)
+    try:
+        image, _ = client.images.build(
+            fileobj=context,
+            custom_context=True,
+            encoding="gzip",
+            dockerfile="build/Dockerfile.py",
+            tag=tag,
+            buildargs={"GROUP": "py"},
+        )
+    finally:
+        client.close()
+
+    assert tag in image.tags
+    assert line_count(tmp_path / "base.marker") == 1
+    assert group_label(dockerd, tag) == "py"
+
+
+def test_one_gigabyte_context_with_the_dockerfile_last_in_flat_memory(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    with (ctx / "big.bin").open("wb") as big:
+        big.truncate(1 << 30)  # sparse on disk; the CLI still sends every byte
+    (ctx / "zz.Dockerfile").write_text(DOCKERFILE)
+    (ctx / ".dockerignore").write_text("big.bin\n!big.bin\n")
+    tag = f"{AGENT}:big"
+    pruned(dockerd, BASE, tag)
+
+    result = docker(
+        ["build", "-q", "-t", tag, "-f", str(ctx / "zz.Dockerfile"), str(ctx)],
+        env=legacy(proxy),
+        check=False,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert line_count(tmp_path / "base.marker") == 1
+    status = Path(f"/proc/{proxy.proc.pid}/status").read_text()
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+    assert peak_kib < 100 * 1024, f"the proxy's peak RSS was {peak_kib} KiB"
+    assert spool_files(tmp_path, proxy) == []
+
+
+def test_a_build_from_an_unmanaged_missing_image_gets_the_daemons_error(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM 127.0.0.1:1/dhp/nobody-makes-this:1\n")
+    direct = docker(["build", str(ctx)], env={**dockerd.env, "DOCKER_BUILDKIT": "0"}, check=False)
+    proxied = docker(["build", str(ctx)], env=legacy(proxy), check=False)
+
+    assert direct.returncode != 0
+    assert (proxied.returncode, proxied.stdout, proxied.stderr) == (
+        direct.returncode,
+        direct.stdout,
+        direct.stderr,
+    )
+    assert line_count(tmp_path / "base.marker") == 0
+
+
+def test_a_broken_base_recipe_fails_the_build_with_the_reason(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    broken = write_script(tmp_path / "broken.sh", "echo 'no compiler here' >&2\nexit 3\n")
+    proxy = make_proxy(seed_config(tmp_path, busybox, broken))
+    ctx = group_context(tmp_path)
+    (ctx / "filler.bin").write_bytes(os.urandom(8 << 20))  # more than the proxy reads ahead
+    tag = f"{AGENT}:broken"
+    pruned(dockerd, BASE, tag)
+
+    result = docker(
+        ["build", "-t", tag, "-f", str(ctx / "Dockerfile.newgroup"), str(ctx)],
+        env=legacy(proxy),
+        check=False,
+    )
+
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert f"cannot heal {BASE}" in stderr, stderr
+    assert "exited with status 3" in stderr, stderr
+    assert "no compiler here" in stderr, stderr
+    assert "broken pipe" not in stderr, stderr
+    assert not image_exists(dockerd.env, tag)
+    assert spool_files(tmp_path, proxy) == []
