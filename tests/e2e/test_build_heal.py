@@ -12,6 +12,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import socket
+import stat
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -22,15 +24,18 @@ from support import (
     Dockerd,
     MakeProxy,
     Proxy,
+    accepting,
     build_calls,
     docker,
     free_port,
     image_exists,
     line_count,
+    log_problems,
     log_size,
     remove,
     tagging_script,
     toml_string,
+    wait_for,
     write_script,
 )
 
@@ -266,3 +271,98 @@ def test_a_broken_base_recipe_fails_the_build_with_the_reason(
     assert "broken pipe" not in stderr, stderr
     assert not image_exists(dockerd.env, tag)
     assert spool_files(tmp_path, proxy) == []
+
+
+def test_a_dockerfile_beyond_max_build_spool_goes_on_unhealed(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The build then behaves as it would directly: the daemon tries a pull."""
+    config = seed_config(tmp_path, busybox).replace(
+        "[[images]]", '[heal]\nmax_build_spool = "256KiB"\n[[images]]', 1
+    )
+    proxy = make_proxy(config)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "data.bin").write_bytes(os.urandom(2 << 20))
+    outside = tmp_path / "Dockerfile.late"
+    outside.write_text(DOCKERFILE)
+    remove(dockerd.env, BASE)
+
+    result = docker(["build", "-f", str(outside), str(ctx)], env=legacy(proxy), check=False)
+
+    assert result.returncode != 0
+    assert b"127.0.0.1:1" in result.stderr  # the daemon's own pull error
+    assert line_count(tmp_path / "base.marker") == 0
+    assert "forwarded unhealed: no Dockerfile in the first 262144 bytes" in proxy.log()
+    assert spool_files(tmp_path, proxy) == []
+
+
+def test_leftover_spool_files_are_swept_at_start_and_the_folder_is_private(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    folder = tmp_path / "state" / "spool"
+    folder.mkdir(parents=True)
+    (folder / "build-killed").write_bytes(b"a context a SIGKILL left")
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    assert spool_files(tmp_path, proxy) == []
+    ctx = group_context(tmp_path)
+    docker(["build", "-q", "-f", str(ctx / "Dockerfile.newgroup"), str(ctx)], env=legacy(proxy))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_client_that_leaves_mid_body_leaves_nothing_behind(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    fds = Path(f"/proc/{proxy.proc.pid}/fd")
+    before = len(list(fds.iterdir()))
+    head = (
+        b"POST /v1.41/build?dockerfile=Dockerfile HTTP/1.1\r\nHost: docker\r\n"
+        b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = os.urandom(1 << 16)
+    for _ in range(3):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(proxy.socket)
+            sock.sendall(head)
+            info = tarfile.TarInfo("big.bin")
+            info.size = 8 << 20
+            sock.sendall(chunk(info.tobuf(tarfile.PAX_FORMAT)))
+            for _ in range(32):
+                sock.sendall(chunk(piece))
+    wait_for(lambda: len(list(fds.iterdir())) <= before, 10, "the proxy to close what it opened")
+    assert spool_files(tmp_path, proxy) == []
+    assert log_problems(proxy.log()) == []
+    assert accepting(proxy)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_a_dockerfile_that_is_a_symlink_is_resolved_inside_the_archive(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    tag = f"{AGENT}:linked"
+    pruned(dockerd, BASE, tag)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        link = tarfile.TarInfo("Dockerfile")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/real/../real/Dockerfile.real"
+        tar.addfile(link)
+        data = DOCKERFILE.encode()
+        info = tarfile.TarInfo("real/Dockerfile.real")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive.seek(0)
+
+    client = docker_py.DockerClient(base_url=proxy.url)
+    try:
+        image, _ = client.images.build(fileobj=archive, custom_context=True, tag=tag)
+    finally:
+        client.close()
+
+    assert tag in image.tags
+    assert line_count(tmp_path / "base.marker") == 1
