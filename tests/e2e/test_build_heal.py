@@ -78,10 +78,6 @@ def group_context(tmp_path: Path) -> Path:
     return ctx
 
 
-def pruned(dockerd: Dockerd, *images: str) -> None:
-    remove(dockerd.env, *images)
-
-
 def group_label(dockerd: Dockerd, image: str) -> str:
     result = docker(["image", "inspect", "-f", "{{.Config.Labels.group}}", image], env=dockerd.env)
     return result.stdout.decode().strip()
@@ -110,7 +106,7 @@ def test_cli_build_from_a_pruned_base_heals_it_first(
     proxy = make_proxy(seed_config(tmp_path, busybox), args=[f"--metrics-listen=127.0.0.1:{port}"])
     ctx = group_context(tmp_path)
     tag = f"{AGENT}:newgroup"
-    pruned(dockerd, BASE, tag)
+    remove(dockerd.env, BASE, tag)
 
     result = docker(
         [
@@ -151,7 +147,7 @@ def test_cli_build_with_the_dockerfile_outside_the_context(
     outside.parent.mkdir()
     outside.write_text(DOCKERFILE + "COPY data.bin /data.bin\n")
     tag = f"{AGENT}:outside"
-    pruned(dockerd, BASE, tag)
+    remove(dockerd.env, BASE, tag)
     since = log_size(dockerd.log_path)
 
     result = docker(
@@ -168,34 +164,50 @@ def test_cli_build_with_the_dockerfile_outside_the_context(
     assert spool_files(tmp_path, proxy) == []
 
 
+def context_tar(*entries: tarfile.TarInfo | tuple[str, str]) -> bytes:
+    """A build context as a client that makes its own tar sends it."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for entry in entries:
+            if isinstance(entry, tarfile.TarInfo):
+                tar.addfile(entry)
+                continue
+            info = tarfile.TarInfo(entry[0])
+            info.size = len(entry[1].encode())
+            tar.addfile(info, io.BytesIO(entry[1].encode()))
+    return archive.getvalue()
+
+
+def py_build(proxy: Proxy, context: bytes, tag: str, **kwargs: object) -> list[str]:
+    """docker-py's ``images.build`` of a custom context through the proxy: the tags made."""
+    client = docker_py.DockerClient(base_url=proxy.url)
+    try:
+        image, _ = client.images.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=tag, **kwargs
+        )
+    finally:
+        client.close()
+    return list(image.tags)
+
+
 def test_docker_py_build_with_a_gzip_context(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     proxy = make_proxy(seed_config(tmp_path, busybox))
     tag = f"{AGENT}:py"
-    pruned(dockerd, BASE, tag)
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        data = DOCKERFILE.encode()
-        info = tarfile.TarInfo("build/Dockerfile.py")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    context = io.BytesIO(gzip.compress(archive.getvalue()))
+    remove(dockerd.env, BASE, tag)
+    context = gzip.compress(context_tar(("build/Dockerfile.py", DOCKERFILE)))
 
-    client = docker_py.DockerClient(base_url=proxy.url)
-    try:
-        image, _ = client.images.build(
-            fileobj=context,
-            custom_context=True,
-            encoding="gzip",
-            dockerfile="build/Dockerfile.py",
-            tag=tag,
-            buildargs={"GROUP": "py"},
-        )
-    finally:
-        client.close()
+    tags = py_build(
+        proxy,
+        context,
+        tag,
+        encoding="gzip",
+        dockerfile="build/Dockerfile.py",
+        buildargs={"GROUP": "py"},
+    )
 
-    assert tag in image.tags
+    assert tag in tags
     assert line_count(tmp_path / "base.marker") == 1
     assert group_label(dockerd, tag) == "py"
 
@@ -211,7 +223,7 @@ def test_one_gigabyte_context_with_the_dockerfile_last_in_flat_memory(
     (ctx / "zz.Dockerfile").write_text(DOCKERFILE)
     (ctx / ".dockerignore").write_text("big.bin\n!big.bin\n")
     tag = f"{AGENT}:big"
-    pruned(dockerd, BASE, tag)
+    remove(dockerd.env, BASE, tag)
 
     result = docker(
         ["build", "-q", "-t", tag, "-f", str(ctx / "zz.Dockerfile"), str(ctx)],
@@ -255,7 +267,7 @@ def test_a_broken_base_recipe_fails_the_build_with_the_reason(
     ctx = group_context(tmp_path)
     (ctx / "filler.bin").write_bytes(os.urandom(8 << 20))  # more than the proxy reads ahead
     tag = f"{AGENT}:broken"
-    pruned(dockerd, BASE, tag)
+    remove(dockerd.env, BASE, tag)
 
     result = docker(
         ["build", "-t", tag, "-f", str(ctx / "Dockerfile.newgroup"), str(ctx)],
@@ -345,24 +357,12 @@ def test_a_dockerfile_that_is_a_symlink_is_resolved_inside_the_archive(
 ) -> None:
     proxy = make_proxy(seed_config(tmp_path, busybox))
     tag = f"{AGENT}:linked"
-    pruned(dockerd, BASE, tag)
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        link = tarfile.TarInfo("Dockerfile")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/real/../real/Dockerfile.real"
-        tar.addfile(link)
-        data = DOCKERFILE.encode()
-        info = tarfile.TarInfo("real/Dockerfile.real")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    archive.seek(0)
+    remove(dockerd.env, BASE, tag)
+    link = tarfile.TarInfo("Dockerfile")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "/real/../real/Dockerfile.real"
 
-    client = docker_py.DockerClient(base_url=proxy.url)
-    try:
-        image, _ = client.images.build(fileobj=archive, custom_context=True, tag=tag)
-    finally:
-        client.close()
+    tags = py_build(proxy, context_tar(link, ("real/Dockerfile.real", DOCKERFILE)), tag)
 
-    assert tag in image.tags
+    assert tag in tags
     assert line_count(tmp_path / "base.marker") == 1
