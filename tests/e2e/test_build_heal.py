@@ -366,3 +366,32 @@ def test_a_dockerfile_that_is_a_symlink_is_resolved_inside_the_archive(
 
     assert tag in tags
     assert line_count(tmp_path / "base.marker") == 1
+
+
+def test_a_failed_heal_is_answered_only_after_the_whole_body(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A client still writing its context would see a broken pipe, not the reason."""
+    broken = write_script(tmp_path / "broken.sh", "exit 3\n")
+    proxy = make_proxy(seed_config(tmp_path, busybox, broken))
+    remove(dockerd.env, BASE)
+    context = context_tar(("Dockerfile", DOCKERFILE), ("after", "x" * 4096))
+    head = (
+        b"POST /v1.41/build HTTP/1.1\r\nHost: docker\r\n"
+        b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(proxy.socket)
+        sock.sendall(head + chunk(context[:2048]))
+        wait_for(lambda: f"heal of {BASE} failed" in proxy.log(), 30, "the heal to fail")
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # no answer yet: the body is not over
+        sock.setblocking(True)
+        sock.settimeout(30)
+        sock.sendall(chunk(context[2048:]) + b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}\n"):
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 500 ")
+    assert f"cannot heal {BASE}".encode() in answer
