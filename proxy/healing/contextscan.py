@@ -148,8 +148,7 @@ def _inflater(magic: bytes) -> _Inflater | str | None:
 def _number(field: bytes) -> int:
     """A tar numeric field: octal text, or base-256 when the top bit is set."""
     if field and field[0] & 0x80:
-        value = int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
-        return value
+        return int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
     text = field.split(b"\0", 1)[0].strip(b" ")
     try:
         return int(text, 8) if text else 0

@@ -214,3 +214,15 @@ def zlib_gzip(data: bytes) -> bytes:
     """gzip at level 1: the test is about the reader, not about waiting for the writer."""
     packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return packer.compress(data) + packer.flush()
+
+
+def test_base_256_sizes() -> None:
+    """GNU tar's encoding of sizes of 8 GiB and more, here of a small one."""
+    info = tarfile.TarInfo("data")
+    info.size = 100
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[124:136] = b"\x80" + (100).to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    archive = bytes(header) + b"d" * 100 + bytes(412) + tar([("Dockerfile", b"FROM sized\n")])
+    assert scan(chunked(archive)).text == "FROM sized\n"
