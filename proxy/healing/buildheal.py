@@ -128,7 +128,12 @@ class BuildHeal:
                 return None  # outgrew the exchange's limit before streaming: forwarded
             complete = not data
             spooled += len(data)
-            await asyncio.to_thread(_absorb, spool, scan, data)
+            try:
+                await asyncio.to_thread(_absorb, spool, scan, data)
+            except OSError as exc:  # what was read is lost: the build cannot go on
+                log.warning("build of %s failed: cannot spool its context: %s", name, exc)
+                await self._refuse(exchange, f"docker-heal-proxy: cannot spool the context: {exc}")
+                return None
             while scan.restart is not None:
                 scan = await asyncio.to_thread(_rescan, spool, scan, complete)
             if not scan.done and spooled > limit:
@@ -150,14 +155,19 @@ class BuildHeal:
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:
-                try:
-                    while await exchange.read():
-                        pass  # drained, so the client reads the answer (see the rules)
-                except ConnectionError:
-                    pass
-                exchange.respond(errors.error(500, str(failure)))
+                await self._refuse(exchange, str(failure))
                 return False
         return True
+
+    @staticmethod
+    async def _refuse(exchange: Exchange, message: str) -> None:
+        """Answer 500 once the body is over, so the client reads it (see the rules)."""
+        try:
+            while await exchange.read():
+                pass
+        except ConnectionError:
+            pass
+        exchange.respond(errors.error(500, message))
 
     def _managed(self, text: str, params: BuildParams) -> list[str]:
         recipes = self._config().recipes

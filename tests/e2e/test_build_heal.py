@@ -14,6 +14,7 @@ import io
 import os
 import socket
 import stat
+import subprocess
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -395,3 +396,27 @@ def test_a_failed_heal_is_answered_only_after_the_whole_body(
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 500 ")
     assert f"cannot heal {BASE}".encode() in answer
+
+
+def test_a_full_disk_under_the_spool_fails_the_build_with_the_reason(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
+    try:
+        proxy = make_proxy(seed_config(tmp_path, busybox))
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "data.bin").write_bytes(os.urandom(4 << 20))
+        outside = tmp_path / "Dockerfile.late"
+        outside.write_text(DOCKERFILE)
+
+        result = docker(["build", "-f", str(outside), str(ctx)], env=legacy(proxy), check=False)
+
+        assert result.returncode != 0
+        assert b"cannot spool the context: [Errno 28] No space left on device" in result.stderr
+        assert log_problems(proxy.log()) == []
+        proxy.stop()
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
