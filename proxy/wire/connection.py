@@ -884,14 +884,16 @@ class Exchange:
 
         The first call starts the request (so ``data`` begins with its head)
         and makes the daemon's answer stream to the client. False: sending is
-        over, because the daemon connection failed (the client got a 502) or
-        the daemon answered already; the rest of the body is then discarded.
+        over, because the daemon connection is gone (the client got a 502 if
+        nothing was answered yet); the rest of the body is then discarded. A
+        daemon that answered early still gets the whole body, as it would
+        from the client itself: the connection stays in step.
         """
         conn = self._conn
         if not self.answered:
             self.answered = True
             conn._send_request(data)
-        elif conn.awaiting and not conn.closed:
+        elif conn.up is not None and not conn.closed:
             conn._to_upstream(data)
         connect = conn.connect_task
         if connect is not None and not connect.done():
@@ -902,7 +904,7 @@ class Exchange:
                 await conn.drain_waiter
             finally:
                 conn.drain_waiter = None
-        return conn.awaiting and conn.up is not None and not conn.closed
+        return conn.up is not None and not conn.closed
 
     def forward_rest(self) -> None:
         """After ``send``: the body bytes not read yet, and all still to come,
@@ -911,9 +913,13 @@ class Exchange:
         held = bytes(conn.collected) + bytes(conn.streamed)
         conn.collected.clear()
         conn.streamed.clear()
-        conn.sink = _UPSTREAM
-        if held and conn.awaiting and not conn.closed:
-            conn._to_upstream(held)
+        if conn.up is None or conn.closed:  # never into a new daemon connection
+            conn.sink = _DISCARD
+            conn.close_after = True
+        else:
+            conn.sink = _UPSTREAM
+            if held:
+                conn._to_upstream(held)
         conn.resume_client("stream")
 
     def respond(self, raw: bytes) -> None:
