@@ -66,6 +66,29 @@ build = {{ context = {toml_string(ctx)}, dockerfile = "Dockerfile.{{group}}" }}
 """
 
 
+def broken_seed(make_proxy: MakeProxy, tmp_path: Path, busybox: str, script: str) -> Proxy:
+    """The seed, with a base recipe that fails."""
+    broken = write_script(tmp_path / "broken.sh", script)
+    return make_proxy(seed_config(tmp_path, busybox, broken))
+
+
+def late_dockerfile(tmp_path: Path, mib: int) -> tuple[Path, Path]:
+    """A context of ``mib`` MiB and a Dockerfile outside it, which the CLI sends last."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "data.bin").write_bytes(os.urandom(mib << 20))
+    outside = tmp_path / "Dockerfile.late"
+    outside.write_text(DOCKERFILE)
+    return ctx, outside
+
+
+BUILD_HEAD = (
+    b"POST /v1.41/build?dockerfile=Dockerfile HTTP/1.1\r\nHost: docker\r\n"
+    b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+"""A build's head as a client that streams its context sends it."""
+
+
 def legacy(proxy: Proxy) -> dict[str, str]:
     """The CLI's classic builder: what CLI 28 without buildx falls back to."""
     return {**proxy.env, "DOCKER_BUILDKIT": "0"}
@@ -263,8 +286,7 @@ def test_a_build_from_an_unmanaged_missing_image_gets_the_daemons_error(
 def test_a_broken_base_recipe_fails_the_build_with_the_reason(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
-    broken = write_script(tmp_path / "broken.sh", "echo 'no compiler here' >&2\nexit 3\n")
-    proxy = make_proxy(seed_config(tmp_path, busybox, broken))
+    proxy = broken_seed(make_proxy, tmp_path, busybox, "echo 'no compiler here' >&2\nexit 3\n")
     ctx = group_context(tmp_path)
     (ctx / "filler.bin").write_bytes(os.urandom(8 << 20))  # more than the proxy reads ahead
     tag = f"{AGENT}:broken"
@@ -294,11 +316,7 @@ def test_a_dockerfile_beyond_max_build_spool_goes_on_unhealed(
         "[[images]]", '[heal]\nmax_build_spool = "256KiB"\n[[images]]', 1
     )
     proxy = make_proxy(config)
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "data.bin").write_bytes(os.urandom(2 << 20))
-    outside = tmp_path / "Dockerfile.late"
-    outside.write_text(DOCKERFILE)
+    ctx, outside = late_dockerfile(tmp_path, 2)
     remove(dockerd.env, BASE)
 
     result = docker(["build", "-f", str(outside), str(ctx)], env=legacy(proxy), check=False)
@@ -329,15 +347,11 @@ def test_a_client_that_leaves_mid_body_leaves_nothing_behind(
     proxy = make_proxy(seed_config(tmp_path, busybox))
     fds = Path(f"/proc/{proxy.proc.pid}/fd")
     before = len(list(fds.iterdir()))
-    head = (
-        b"POST /v1.41/build?dockerfile=Dockerfile HTTP/1.1\r\nHost: docker\r\n"
-        b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
     piece = os.urandom(1 << 16)
     for _ in range(3):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(proxy.socket)
-            sock.sendall(head)
+            sock.sendall(BUILD_HEAD)
             info = tarfile.TarInfo("big.bin")
             info.size = 8 << 20
             sock.sendall(chunk(info.tobuf(tarfile.PAX_FORMAT)))
@@ -373,17 +387,12 @@ def test_a_failed_heal_is_answered_only_after_the_whole_body(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     """A client still writing its context would see a broken pipe, not the reason."""
-    broken = write_script(tmp_path / "broken.sh", "exit 3\n")
-    proxy = make_proxy(seed_config(tmp_path, busybox, broken))
+    proxy = broken_seed(make_proxy, tmp_path, busybox, "exit 3\n")
     remove(dockerd.env, BASE)
     context = context_tar(("Dockerfile", DOCKERFILE), ("after", "x" * 4096))
-    head = (
-        b"POST /v1.41/build HTTP/1.1\r\nHost: docker\r\n"
-        b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(proxy.socket)
-        sock.sendall(head + chunk(context[:2048]))
+        sock.sendall(BUILD_HEAD + chunk(context[:2048]))
         wait_for(lambda: f"heal of {BASE} failed" in proxy.log(), 30, "the heal to fail")
         sock.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -406,11 +415,7 @@ def test_a_full_disk_under_the_spool_fails_the_build_with_the_reason(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
     try:
         proxy = make_proxy(seed_config(tmp_path, busybox))
-        ctx = tmp_path / "ctx"
-        ctx.mkdir()
-        (ctx / "data.bin").write_bytes(os.urandom(4 << 20))
-        outside = tmp_path / "Dockerfile.late"
-        outside.write_text(DOCKERFILE)
+        ctx, outside = late_dockerfile(tmp_path, 4)
 
         result = docker(["build", "-f", str(outside), str(ctx)], env=legacy(proxy), check=False)
 
