@@ -9,14 +9,17 @@ docker-py, and must not get worse for builds that need no heal.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import socket
 import stat
 import subprocess
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import docker as docker_py
@@ -214,19 +217,29 @@ def py_build(proxy: Proxy, context: bytes, tag: str, **kwargs: object) -> list[s
     return list(image.tags)
 
 
-def test_docker_py_build_with_a_gzip_context(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+@pytest.mark.parametrize(
+    ("compress", "encoding"),
+    [(gzip.compress, "gzip"), (bz2.compress, None), (lzma.compress, None)],
+    ids=["gzip", "bzip2", "xz"],
+)
+def test_docker_py_build_with_a_compressed_context(
+    compress: Callable[[bytes], bytes],
+    encoding: str | None,
+    dockerd: Dockerd,
+    busybox: str,
+    make_proxy: MakeProxy,
+    tmp_path: Path,
 ) -> None:
     proxy = make_proxy(seed_config(tmp_path, busybox))
     tag = f"{AGENT}:py"
     remove(dockerd.env, BASE, tag)
-    context = gzip.compress(context_tar(("build/Dockerfile.py", DOCKERFILE)))
+    context = compress(context_tar(("build/Dockerfile.py", DOCKERFILE)))
 
     tags = py_build(
         proxy,
         context,
         tag,
-        encoding="gzip",
+        encoding=encoding,
         dockerfile="build/Dockerfile.py",
         buildargs={"GROUP": "py"},
     )
