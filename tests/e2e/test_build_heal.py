@@ -438,3 +438,19 @@ def test_a_full_disk_under_the_spool_fails_the_build_with_the_reason(
         proxy.stop()
     finally:
         subprocess.run(["umount", str(state)], check=True)
+
+
+def test_the_base_named_by_a_build_arg_is_healed(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """``FROM $BASE`` with an ARG default that no recipe makes, overridden by a
+    build arg that names the managed base."""
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    tag = f"{AGENT}:args"
+    remove(dockerd.env, BASE, tag)
+    dockerfile = "ARG BASE=127.0.0.1:1/dhp/nobody-makes-this:1\nFROM ${BASE}\nLABEL group=args\n"
+
+    tags = py_build(proxy, context_tar(("Dockerfile", dockerfile)), tag, buildargs={"BASE": BASE})
+
+    assert tag in tags
+    assert line_count(tmp_path / "base.marker") == 1
