@@ -32,11 +32,11 @@ the spool so far, which then carries on with the live body.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO
 from urllib.parse import parse_qs
 
@@ -48,7 +48,7 @@ from ..wire import errors
 from ..wire.connection import Exchange
 from .contextscan import DockerfileScan
 from .healer import Healer, HealFailed
-from .spool import open_spool, replay
+from .spool import Spool, write_all
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +94,21 @@ class BuildHeal:
     async def handle(self, exchange: Exchange, params: BuildParams) -> None:
         name = params.tag or "an untagged image"
         try:
-            spool = await asyncio.to_thread(open_spool, self._healer.state_dir)
+            spool = Spool(self._healer.state_dir)
         except OSError as exc:
             log.warning("build of %s forwarded unhealed: no spool file: %s", name, exc)
             await self._forward(exchange, None)
             return
-        try:
+        with spool:
             text = await self._dockerfile(exchange, spool, params, name)
             if text is None:
                 return  # answered already
             if not await self._heal(exchange, text, params):
                 return
             await self._forward(exchange, spool)
-        finally:
-            await asyncio.to_thread(spool.close)
 
     async def _dockerfile(
-        self, exchange: Exchange, spool: IO[bytes], params: BuildParams, name: str
+        self, exchange: Exchange, spool: Spool, params: BuildParams, name: str
     ) -> str | None:
         """Spool the body until the Dockerfile is read; its text, "" if not found,
         or None when the exchange is over already."""
@@ -129,13 +127,13 @@ class BuildHeal:
             complete = not data
             spooled += len(data)
             try:
-                await asyncio.to_thread(_absorb, spool, scan, data)
+                await spool.run(partial(_absorb, scan=scan, data=data))
             except OSError as exc:  # what was read is lost: the build cannot go on
                 log.warning("build of %s failed: cannot spool its context: %s", name, exc)
                 await self._refuse(exchange, f"docker-heal-proxy: cannot spool the context: {exc}")
                 return None
             while scan.restart is not None:
-                scan = await asyncio.to_thread(_rescan, spool, scan, complete)
+                scan = await spool.run(partial(_rescan, scan=scan, complete=complete))
             if not scan.done and spooled > limit:
                 log.warning(
                     "build of %s forwarded unhealed: no Dockerfile in the first %d bytes "
@@ -181,11 +179,11 @@ class BuildHeal:
                 found.append(reference)
         return found
 
-    async def _forward(self, exchange: Exchange, spool: IO[bytes] | None) -> None:
+    async def _forward(self, exchange: Exchange, spool: Spool | None) -> None:
         if not await exchange.send(exchange.head.raw):
             return
         if spool is not None:
-            async for piece in replay(spool):
+            async for piece in spool.replay():
                 if not await exchange.send(piece):
                     return
         exchange.forward_rest()
@@ -194,10 +192,9 @@ class BuildHeal:
 def _absorb(spool: IO[bytes], scan: DockerfileScan, data: bytes) -> None:
     """One piece of the body: onto disk, and past the scan (in a worker thread)."""
     if data:
-        spool.write(data)
+        write_all(spool, data)
         scan.feed(data)
     else:
-        spool.flush()
         scan.end()
 
 
@@ -205,7 +202,6 @@ def _rescan(spool: IO[bytes], scan: DockerfileScan, complete: bool) -> Dockerfil
     """A scan for the link target ``scan`` found, over the spool so far."""
     assert scan.restart is not None
     fresh = DockerfileScan(scan.restart, chunked=scan.chunked, links=scan.links + 1)
-    spool.flush()
     spool.seek(0)
     while not fresh.done and (piece := spool.read(1 << 20)):
         fresh.feed(piece)
