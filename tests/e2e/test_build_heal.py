@@ -370,8 +370,11 @@ def test_a_client_that_leaves_mid_body_leaves_nothing_behind(
             sock.sendall(chunk(info.tobuf(tarfile.PAX_FORMAT)))
             for _ in range(32):
                 sock.sendall(chunk(piece))
-    wait_for(lambda: len(list(fds.iterdir())) <= before, 10, "the proxy to close what it opened")
-    assert spool_files(tmp_path, proxy) == []
+    wait_for(
+        lambda: len(list(fds.iterdir())) <= before and spool_files(tmp_path, proxy) == [],
+        10,
+        "the proxy to close what it opened",
+    )
     assert log_problems(proxy.log()) == []
     assert accepting(proxy)
 
