@@ -860,10 +860,7 @@ class Exchange:
         conn = self._conn
         if conn.sink == _UPSTREAM:
             return None
-        if conn.sink == _COLLECT:
-            conn.sink = _STREAM
-            conn.streamed += conn.collected
-            conn.collected.clear()
+        self._stream()
         while not conn.streamed and conn.req_body is not None:
             if conn.client_eof or conn.closed:
                 conn.req_body = None
@@ -892,6 +889,7 @@ class Exchange:
         conn = self._conn
         if not self.answered:
             self.answered = True
+            self._stream()  # the body waits for forward_rest, bounded, not collected
             conn._send_request(data)
         elif conn.up is not None and not conn.closed:
             conn._to_upstream(data)
@@ -905,6 +903,14 @@ class Exchange:
             finally:
                 conn.drain_waiter = None
         return conn.up is not None and not conn.closed
+
+    def _stream(self) -> None:
+        """From now on the body is held for ``read`` (bounded), not collected whole."""
+        conn = self._conn
+        if conn.sink == _COLLECT:
+            conn.sink = _STREAM
+            conn.streamed += conn.collected
+            conn.collected.clear()
 
     def forward_rest(self) -> None:
         """After ``send``: the body bytes not read yet, and all still to come,
