@@ -457,3 +457,17 @@ def test_the_base_named_by_a_build_arg_is_healed(
 
     assert tag in tags
     assert line_count(tmp_path / "base.marker") == 1
+
+
+def test_without_a_spool_the_build_goes_on_unhealed(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    (tmp_path / "state").write_text("a file where the state folder should be")
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    ctx, _ = late_dockerfile(tmp_path, 4)
+    (ctx / "Dockerfile").write_text(f"FROM {busybox}\nCOPY data.bin /data.bin\n")
+
+    result = docker(["build", "-q", str(ctx)], env=legacy(proxy), check=False)
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert "forwarded unhealed: no spool file" in proxy.log()
