@@ -258,7 +258,6 @@ def test_one_gigabyte_context_with_the_dockerfile_last_in_flat_memory(
     with (ctx / "big.bin").open("wb") as big:
         big.truncate(1 << 30)  # sparse on disk; the CLI still sends every byte
     (ctx / "zz.Dockerfile").write_text(DOCKERFILE)
-    (ctx / ".dockerignore").write_text("big.bin\n!big.bin\n")
     tag = f"{AGENT}:big"
     remove(dockerd.env, BASE, tag)
 
