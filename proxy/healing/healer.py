@@ -23,9 +23,10 @@ Rules:
   rather than rerunning a broken build for every spawn.
 - Each heal keeps its output in a log file and its last lines in memory, for
   the error message and the status view.
-- Each heal has a trigger (``create``, ``pull``, ``proactive``, ``cli``) for
-  the metrics. A client that joins a proactive heal makes it its own: the
-  heal is counted under the client's trigger, since someone waited for it.
+- Each heal has a trigger (``create``, ``pull``, ``build``, ``proactive``,
+  ``cli``) for the metrics. A client that joins a proactive heal makes it its
+  own: the heal is counted under the client's trigger, since someone waited
+  for it.
 - A tag a recipe produced is reported to ``on_healed``, so that the tags of
   pattern recipes can be remembered for proactive heals.
 - The last result is kept per tag, for the most recent ``MAX_RESULTS`` tags.
@@ -78,7 +79,7 @@ class HealFailed(Exception):
     """A heal did not produce its image; the text is what the client sees."""
 
 
-Trigger = Literal["create", "pull", "proactive", "cli"]
+Trigger = Literal["create", "pull", "build", "proactive", "cli"]
 """What started a heal; a label of the heal metrics."""
 
 

@@ -14,6 +14,8 @@ Rules:
 - A pull of a tag that a (non-pull) recipe builds heals instead of asking a
   registry, answering in the pull's own JSON progress format, so compose and
   ``docker pull`` see a pull that worked, or an ``errorDetail`` that says why not.
+- A build whose context is the body, FROM an image a recipe makes, gets the
+  image healed before the daemon sees the build (``buildheal``).
 - ``/_heal/`` is the one path prefix the proxy answers itself.
 
 The pure helpers at the top decide; ``Interceptor`` does the I/O through an
@@ -34,6 +36,7 @@ from ..wire import errors
 from ..wire.connection import Exchange, Handler
 from ..wire.http1 import RequestHead, ResponseHead, dechunk
 from ..wire.routes import STATUS_PATH, api_path, pulled_reference
+from .buildheal import BuildHeal, build_params
 from .healer import Healer, HealFailed
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class Interceptor:
         self._on_check = on_check
         self._on_used = on_used
         self._snapshot = snapshot or healer.snapshot
+        self._build = BuildHeal(config, healer)
 
     def claim(self, head: RequestHead) -> Handler | None:
         if head.method == "POST":
@@ -103,6 +107,8 @@ class Interceptor:
                 return self.create
             if path == "/images/create":
                 return self._pull_handler(head)
+            if path == "/build":
+                return self._build_handler(head)
             return None
         if head.method == "GET" and head.path == STATUS_PATH:
             return self.status
@@ -121,6 +127,16 @@ class Interceptor:
             await self.pull(exchange, reference)
 
         return pull
+
+    def _build_handler(self, head: RequestHead) -> Handler | None:
+        params = build_params(head.query)
+        if params is None:
+            return None
+
+        async def build(exchange: Exchange) -> None:
+            await self._build.handle(exchange, params)
+
+        return build
 
     async def create(self, exchange: Exchange) -> None:
         body = await exchange.body()
@@ -160,7 +176,7 @@ class Interceptor:
         exchange.write(PROGRESS_HEAD)
         exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))
         try:
-            outcome = await self._healer.ensure(image)
+            outcome = await self._healer.ensure(image, trigger="pull")
         except HealFailed as failure:
             message = str(failure)
             exchange.write(progress_line({"errorDetail": {"message": message}, "error": message}))

@@ -99,6 +99,9 @@ class HealSettings:
     """Bound on each short Engine call of a heal (inspect, tag). A wedged dockerd
     must not keep a heal, and the tag's lock file, forever; streams (build,
     pull, load, push) are bounded by the recipe's ``timeout`` instead."""
+    max_build_spool: int = 4 << 30
+    """Bytes of a build body read while looking for its Dockerfile before the
+    build is forwarded unhealed."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,10 @@ _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|d|h|m|s))+", re.ASCII)
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)", re.ASCII)
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)%", re.ASCII)
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?([KMGT]i?B|B)", re.ASCII)
-_SIZE_UNITS = {"B": 1} | {
-    f"{prefix}{infix}B": base**power
-    for power, prefix in enumerate("KMGT", 1)
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?([KMGT]i?B|B)?", re.ASCII | re.IGNORECASE)
+_UNIT_BYTES = {"b": 1} | {
+    f"{prefix}{infix}b": base**power
+    for power, prefix in enumerate("kmgt", 1)
     for infix, base in (("", 1000), ("i", 1024))
 }
 _SOCKET_MODE_RE = re.compile(r"[0-7]{3,4}")
@@ -150,6 +153,7 @@ _HEAL_KEYS = (
     "reconcile_interval",
     "background_parallel",
     "min_free",
+    "max_build_spool",
 )
 _METRICS_KEYS = ("listen",)
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
@@ -168,13 +172,34 @@ def parse_duration(value: object) -> float:
     raise ValueError(f'bad duration {value!r} (use e.g. "90s", "30m", "1h30m" or seconds)')
 
 
+def _bytes(text: str, unit_required: bool) -> int | None:
+    """Bytes in ``"10GiB"``, ``"500 MB"`` (KB is 1000, KiB 1024, any case), or None."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None or (unit_required and match[2] is None):
+        return None
+    return int(float(match[1]) * _UNIT_BYTES[(match[2] or "b").lower()])
+
+
+def parse_size(value: object) -> int:
+    """Bytes in a size: a whole number, or ``"4GiB"``, ``"512MB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    size = _bytes(value, unit_required=False) if isinstance(value, str) else None
+    if size is None:
+        raise ValueError(f'bad size {value!r} (use e.g. "4GiB", "512MB" or bytes)')
+    return size
+
+
 def parse_min_free(value: object) -> MinFree:
-    """``heal.min_free``; raises ValueError with a hint at the syntax."""
+    """``heal.min_free``; raises ValueError with a hint at the syntax.
+
+    A bare number is refused: it could be meant as a share or as bytes.
+    """
     if isinstance(value, str):
         if (percent := _PERCENT_RE.fullmatch(value)) and float(percent.group(1)) <= 100:
             return MinFree(percent=float(percent.group(1)))
-        if size := _SIZE_RE.fullmatch(value):
-            return MinFree(size=int(float(size.group(1)) * _SIZE_UNITS[size.group(2)]))
+        if (size := _bytes(value, unit_required=True)) is not None:
+            return MinFree(size=size)
     raise ValueError(f'bad size {value!r} (use a share like "15%" or a size like "10GiB")')
 
 
@@ -311,6 +336,7 @@ class _Reader:
                 table, "background_parallel", defaults.background_parallel
             ),
             min_free=min_free,
+            max_build_spool=self.optional_size(table, "max_build_spool", defaults.max_build_spool),
         )
 
     def at_least_one(self, table: Mapping[str, Any], key: str, default: int) -> int:
@@ -504,6 +530,14 @@ class _Reader:
             return parse_duration(table[key])
         except ValueError as error:
             self.fail(_at(where, key), str(error))
+
+    def optional_size(self, table: Mapping[str, Any], key: str, default: int) -> int:
+        if key not in table:
+            return default
+        try:
+            return parse_size(table[key])
+        except ValueError as error:
+            self.fail(_at("heal", key), str(error))
 
     def socket_mode(self, value: object) -> int:
         if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):

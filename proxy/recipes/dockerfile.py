@@ -1,101 +1,110 @@
-"""The base images a Dockerfile builds FROM.
+"""The images a Dockerfile needs before it can build: FROM, COPY --from, RUN --mount from.
 
 Everything the proxy reads out of a Dockerfile lives here. A prune that
 deleted an image often deleted its base too; knowing the bases lets a heal
 rebuild them first instead of failing, or silently pulling something else
 from a registry.
 
-Rules (as BuildKit reads a Dockerfile):
+Rules:
 
-- Parser directives at the very top may set the escape character with
-  ``# escape=`` (backslash or backtick); it defaults to backslash.
-- A line ending in the escape character, trailing blanks aside, continues on
-  the next. Blank lines and comment lines (first non-blank character ``#``)
-  are dropped, also inside a continuation.
+- Tokenising is docker's own: the ``dockerfile`` package wraps the Go parser
+  the builders use, so parser directives, the escape character,
+  continuations, comments and heredocs read exactly as ``docker build``
+  reads them. A file that parser refuses names no images; the build itself
+  will say why.
 - Instruction keywords are case-insensitive.
-- ``FROM [--flag=value ...] image [AS name]``: flags are ignored; ``scratch``
-  is no image at all; a name given to an earlier stage (compared without
-  case) means that stage, not an image.
+- ``FROM [--flag=value ...] image [AS name]``: ``scratch`` is no image at
+  all; a name given to an earlier stage (compared without case) means that
+  stage, not an image.
+- ``COPY --from=x`` and ``RUN --mount=...,from=x,...`` name an image when
+  ``x`` is neither a stage name nor a number (a number is a stage index).
 - FROM sees only the ARGs declared before the first FROM. A build arg
   overrides the default of a declared ARG and is ignored otherwise, and an
   undeclared variable expands to nothing. ``$VAR`` and ``${VAR}`` expand to the
   value, ``${VAR:-word}`` to ``word`` when the value is empty or unset,
   ``${VAR:+word}`` to ``word`` when it is not. An ARG default may use the ARGs
-  declared above it.
-- Images come back as written once expanded, one per FROM, in file order:
+  declared above it. ``--from`` values expand in the same scope.
+- With a ``target``, stages after the target stage are not built, so their
+  images are not needed.
+- Images come back as written once expanded, in file order, each once:
   normalising and deciding which ones matter is the caller's business.
 
-Theory of operation: one pass over logical lines (continuations joined,
-comments dropped). Before the first FROM, ARG lines build the variable scope;
-every FROM line expands its image in that scope, then records its stage name
-so later FROM lines can recognise it. Nested ``${A:-${B}}`` and heredoc bodies
-are not understood; neither occurs in the FROM lines this is meant for.
+Theory of operation: ``dockerfile.parse_string`` gives one command per
+instruction with its flags and words split. One pass over them: before the
+first FROM, ARG commands build the variable scope; every FROM expands its
+image in that scope and records its stage name, so later references can
+recognise it; COPY and RUN flags are searched for image references. Nested
+``${A:-${B}}`` is not understood; it does not occur in the lines this is for.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 import shlex
 from collections.abc import Iterator, Mapping
 
-_DIRECTIVE_RE = re.compile(r"#\s*(\w+)\s*=\s*(\S*)\s*")
+import dockerfile
+
 _VARIABLE_RE = re.compile(r"\$(?:\{([A-Za-z_]\w*)(?:(:[-+])([^}]*))?\}|([A-Za-z_]\w*))", re.ASCII)
 
 
-def from_images(text: str, build_args: Mapping[str, str]) -> list[str]:
-    """The images named by FROM lines, variables expanded, stages and scratch left out."""
+def from_images(text: str, build_args: Mapping[str, str], target: str | None = None) -> list[str]:
+    """The images the build needs, variables expanded, stages and scratch left out."""
+    try:
+        commands = dockerfile.parse_string(text)
+    except dockerfile.GoParseError:
+        return []
     scope: dict[str, str] = {}
     stages: set[str] = set()
     images: list[str] = []
     seen_from = False
-    for line in _logical_lines(text):
-        keyword, _, rest = line.replace("\t", " ").partition(" ")
-        keyword = keyword.upper()
-        if keyword == "ARG" and not seen_from:
-            _declare(rest, scope, build_args)
-        elif keyword == "FROM":
+
+    def note(reference: str) -> None:
+        image = _expand(reference, scope)
+        if image and image.lower() not in (*stages, "scratch") and not image.isdigit():
+            images.append(image)
+
+    for command in commands:
+        keyword = (command.cmd or "").upper()  # None for a stray continuation
+        if keyword == "FROM":
+            if target is not None and target.lower() in stages:
+                break  # the target stage is complete: later stages are not built
             seen_from = True
-            words = [word for word in rest.split() if not word.startswith("--")]
-            image = _expand(words[0], scope) if words else ""
-            if image and image.lower() != "scratch" and image.lower() not in stages:
-                images.append(image)
+            words = command.value
+            if words:
+                note(words[0])
             if len(words) >= 3 and words[1].lower() == "as":
                 stages.add(words[2].lower())
-    return images
+        elif keyword == "ARG" and not seen_from:
+            _declare(command.value, scope, build_args)
+        elif keyword in ("COPY", "RUN"):
+            for reference in _flag_images(command.flags):
+                note(reference)
+    return list(dict.fromkeys(images))
 
 
-def _logical_lines(text: str) -> Iterator[str]:
-    """Instructions, continuations joined the way BuildKit joins them: no added space."""
-    lines = text.splitlines()
-    escape = "\\"
-    for line in lines:
-        directive = _DIRECTIVE_RE.fullmatch(line.strip())
-        if directive is None:
-            break
-        if directive[1].lower() == "escape" and directive[2] in ("\\", "`"):
-            escape = directive[2]
-    pending: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith(escape):
-            pending.append(line.rstrip()[:-1])
-            continue
-        yield "".join([*pending, line]).strip()
-        pending = []
-    if "".join(pending).strip():
-        yield "".join(pending).strip()
+def _flag_images(flags: tuple[str, ...]) -> Iterator[str]:
+    """The ``from`` of ``--from=x`` and of ``--mount=type=...,from=x``."""
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        if name == "--from":
+            yield value
+        elif name == "--mount":
+            for field in next(csv.reader([value]), []):
+                key, _, mounted = field.partition("=")
+                if key.strip().lower() == "from":
+                    yield mounted
 
 
-def _declare(rest: str, scope: dict[str, str], build_args: Mapping[str, str]) -> None:
+def _declare(words: tuple[str, ...], scope: dict[str, str], build_args: Mapping[str, str]) -> None:
     """Add ``ARG NAME[=default] ...`` to the scope FROM lines expand in."""
-    try:
-        words = shlex.split(rest)
-    except ValueError:  # unbalanced quotes: BuildKit would refuse the file anyway
-        return
     for word in words:
-        name, has_default, default = word.partition("=")
+        try:
+            unquoted = shlex.split(word)
+        except ValueError:  # unbalanced quotes: the builder refuses the file anyway
+            continue
+        name, has_default, default = " ".join(unquoted).partition("=")
         if name in build_args:
             scope[name] = build_args[name]
         elif has_default:

@@ -81,7 +81,7 @@ def dependencies(
     """
     found = list(concrete.depends_on)
     if concrete.build is not None and dockerfile_text is not None:
-        for image in from_images(dockerfile_text, concrete.build.args):
+        for image in from_images(dockerfile_text, concrete.build.args, concrete.build.target):
             try:
                 base = normalize(image)
             except InvalidReference:

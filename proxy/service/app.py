@@ -27,6 +27,7 @@ from ..healing.engine import Engine
 from ..healing.healer import Healer
 from ..healing.intercept import Interceptor
 from ..healing.proactive import Proactive
+from ..healing.spool import sweep
 from ..recipes.config import Config, ConfigError
 from ..wire.connection import Hub
 from ..wire.listener import Listener, ListenerError
@@ -99,6 +100,7 @@ class App:
 
     async def run(self) -> int:
         settings = self.settings
+        sweep(settings.state_dir)
         engine = Engine(settings.upstream)
         metrics = self.metrics = Metrics(lambda: self.healer, lambda: self.proactive)
         metrics.recipes_configured(r.match for r in self.config.recipes)

@@ -49,7 +49,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 HEAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf"))
 UPSTREAM_ERROR_KINDS = ("connect", "protocol", "closed")
 """The kinds ``connection`` reports; listed so each series starts at zero."""
-TRIGGERS = ("create", "pull", "proactive", "cli")
+TRIGGERS = ("create", "pull", "build", "proactive", "cli")
 """What can start a heal (``healer.Trigger``); each series starts at zero."""
 BLOCK_REASONS = ("min_free",)
 """Why proactive heals can be held back; each series starts at zero."""

@@ -63,6 +63,9 @@ HOLD_LIMIT = 1 << 18
 CAPTURE_LIMIT = 1 << 22
 """A captured daemon answer larger than this is streamed to the client instead."""
 
+STREAM_LIMIT = 1 << 20
+"""Request body bytes a handler reading a stream may fall behind before reading pauses."""
+
 Handler = Callable[["Exchange"], Awaitable[None]]
 
 
@@ -145,7 +148,7 @@ class Upstream(asyncio.Protocol):
 
 
 # Where request body bytes go.
-_UPSTREAM, _COLLECT, _DISCARD = range(3)
+_UPSTREAM, _COLLECT, _DISCARD, _STREAM = range(4)
 
 
 def _hung_up(transport: asyncio.Transport | None) -> bool:
@@ -191,6 +194,9 @@ class Connection(asyncio.Protocol):
         self.sink = _UPSTREAM
         self.collected = bytearray()
         self.body_waiter: asyncio.Future[bytes | None] | None = None
+        self.streamed = bytearray()
+        self.stream_waiter: asyncio.Future[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         # The response in progress.
         self.awaiting = False
@@ -214,11 +220,29 @@ class Connection(asyncio.Protocol):
         if self.spliced:
             self._to_upstream(data)
             return
+        body = self.req_body
+        if body is not None and not self.inbuf and not (self.closed or self.closing):
+            # Mid-body (an upload, a build context): the bytes go on as they
+            # came, not copied through ``inbuf``. Two fresh copies of every
+            # read tripled the proxy's CPU per uploaded byte.
+            try:
+                n = body.feed(data)
+            except ProtocolError as exc:
+                self._bad_framing(exc)
+                return
+            self._body_bytes(data if n == len(data) else data[:n])
+            if not body.done:
+                return
+            self._body_done()
+            data = data[n:]
+            if not data:
+                return
         self.inbuf += data
         self._pump()
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        self._wake("stream_waiter")  # a body cut short ends its reader's wait
         if self.spliced:
             self._up_write_eof()
             return self._splice_maybe_done()
@@ -249,9 +273,10 @@ class Connection(asyncio.Protocol):
             self._observe_hijacked(-1)
         if self.task is not None:
             self.task.cancel()
-        for waiter in (self.body_waiter, self.capture_waiter):
+        for waiter in (self.body_waiter, self.capture_waiter, self.stream_waiter):
             if waiter is not None and not waiter.done():
                 waiter.cancel()
+        self._wake("drain_waiter")
         self._close_upstream()
         self.hub.unregister(self)
 
@@ -269,6 +294,8 @@ class Connection(asyncio.Protocol):
         self.paused.add(reason)
 
     def resume_client(self, reason: str) -> None:
+        if reason == "upstream-full":
+            self._wake("drain_waiter")
         self.paused.discard(reason)
         if not self.paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
@@ -306,11 +333,15 @@ class Connection(asyncio.Protocol):
         """Consume buffered client bytes: the current body, then the next head."""
         try:
             self._consume()
-        except ProtocolError as exc:  # a body whose framing makes no sense
-            if self.status:
-                self.abort()  # an answer is under way; a 400 would corrupt it
-            else:
-                self._reject(400, f"bad request: {exc}")
+        except ProtocolError as exc:
+            self._bad_framing(exc)
+
+    def _bad_framing(self, exc: ProtocolError) -> None:
+        """A body whose framing makes no sense."""
+        if self.status:
+            self.abort()  # an answer is under way; a 400 would corrupt it
+        else:
+            self._reject(400, f"bad request: {exc}")
 
     def _consume(self) -> None:
         buf = self.inbuf
@@ -385,9 +416,21 @@ class Connection(asyncio.Protocol):
             self.collected += data
             if len(self.collected) > Exchange.BODY_LIMIT:
                 self._overflow()
+        elif self.sink == _STREAM:
+            self.streamed += data
+            self._wake("stream_waiter")
+            if len(self.streamed) > STREAM_LIMIT:
+                self.pause_client("stream")
+
+    def _wake(self, name: str) -> None:
+        """Resolve the waiter held in attribute ``name``, if one is waiting."""
+        waiter: asyncio.Future[None] | None = getattr(self, name)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _body_done(self) -> None:
         self.req_body = None
+        self._wake("stream_waiter")
         if self.sink == _COLLECT:
             if self.body_waiter is not None and not self.body_waiter.done():
                 self.body_waiter.set_result(bytes(self.collected))
@@ -724,6 +767,8 @@ class Connection(asyncio.Protocol):
             self._finish()
         else:
             self.sink = _DISCARD
+            self.streamed.clear()
+            self.resume_client("stream")
 
     def _observe_exchange(self) -> None:
         obs = self.hub.observer
@@ -801,6 +846,87 @@ class Exchange:
         """
         self.answered = True
         self._conn._send_request(raw)
+
+    async def read(self) -> bytes | None:
+        """The request body's next raw bytes as they arrive; b"" once it is complete.
+
+        Unlike ``body`` nothing is held but what the handler has not read yet,
+        and reading pauses while that exceeds ``STREAM_LIMIT``, so a body of
+        any size streams through flat memory. None: the body outgrew
+        ``BODY_LIMIT`` before the first read and was forwarded as it came.
+        Raises ConnectionError when the client ended the body early; the
+        connection then closes after the handler's answer.
+        """
+        conn = self._conn
+        if conn.sink == _UPSTREAM:
+            return None
+        self._stream()
+        while not conn.streamed and conn.req_body is not None:
+            if conn.client_eof or conn.closed:
+                conn.req_body = None
+                conn.close_after = True
+                raise ConnectionError("the client closed the connection during its request body")
+            conn.stream_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await conn.stream_waiter
+            finally:
+                conn.stream_waiter = None
+        data = bytes(conn.streamed)
+        conn.streamed.clear()
+        conn.resume_client("stream")
+        return data
+
+    async def send(self, data: bytes) -> bool:
+        """Send part of a request upstream, waiting while the daemon's side is full.
+
+        The first call starts the request (so ``data`` begins with its head)
+        and makes the daemon's answer stream to the client. False: sending is
+        over, because the daemon connection is gone (the client got a 502 if
+        nothing was answered yet); the rest of the body is then discarded. A
+        daemon that answered early still gets the whole body, as it would
+        from the client itself: the connection stays in step.
+        """
+        conn = self._conn
+        if not self.answered:
+            self.answered = True
+            self._stream()  # the body waits for forward_rest, bounded, not collected
+            conn._send_request(data)
+        elif conn.up is not None and not conn.closed:
+            conn._to_upstream(data)
+        connect = conn.connect_task
+        if connect is not None and not connect.done():
+            await asyncio.shield(connect)
+        while "upstream-full" in conn.paused and conn.up is not None and not conn.closed:
+            conn.drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await conn.drain_waiter
+            finally:
+                conn.drain_waiter = None
+        return conn.up is not None and not conn.closed
+
+    def _stream(self) -> None:
+        """From now on the body is held for ``read`` (bounded), not collected whole."""
+        conn = self._conn
+        if conn.sink == _COLLECT:
+            conn.sink = _STREAM
+            conn.streamed += conn.collected
+            conn.collected.clear()
+
+    def forward_rest(self) -> None:
+        """After ``send``: the body bytes not read yet, and all still to come,
+        go upstream as they arrive, as on a request the proxy never claimed."""
+        conn = self._conn
+        held = bytes(conn.collected) + bytes(conn.streamed)
+        conn.collected.clear()
+        conn.streamed.clear()
+        if conn.up is None or conn.closed:  # never into a new daemon connection
+            conn.sink = _DISCARD
+            conn.close_after = True
+        else:
+            conn.sink = _UPSTREAM
+            if held:
+                conn._to_upstream(held)
+        conn.resume_client("stream")
 
     def respond(self, raw: bytes) -> None:
         """Write a complete answer of the proxy's own."""

@@ -17,6 +17,7 @@ from proxy.recipes.config import (
     load_config,
     parse_config,
     parse_duration,
+    parse_size,
 )
 
 BASE = Path("/etc/dhp")
@@ -56,7 +57,12 @@ def test_top_level_settings() -> None:
             "socket_group": "docker",
             "state_dir": "state",
             "shutdown_timeout": "1m",
-            "heal": {"timeout": "1h30m", "failure_cooldown": 5, "max_parallel": 4},
+            "heal": {
+                "timeout": "1h30m",
+                "failure_cooldown": 5,
+                "max_parallel": 4,
+                "max_build_spool": "512MiB",
+            },
             "metrics": {"listen": ""},
         }
     )
@@ -67,7 +73,9 @@ def test_top_level_settings() -> None:
         socket_group="docker",
         state_dir=BASE / "state",
         shutdown_timeout=60.0,
-        heal=HealSettings(timeout=5400.0, failure_cooldown=5.0, max_parallel=4),
+        heal=HealSettings(
+            timeout=5400.0, failure_cooldown=5.0, max_parallel=4, max_build_spool=512 << 20
+        ),
         metrics_listen=None,
     )
 
@@ -299,6 +307,33 @@ def test_bad_durations(bad: object) -> None:
         parse_duration(bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4GiB", 4 << 30),
+        ("4GB", 4 * 10**9),
+        ("1.5 MiB", 3 << 19),
+        ("100", 100),
+        (7, 7),
+        ("9kb", 9000),
+    ],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "4g", "-1", "1 GiBs", True, -1, 1.5, None])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(ValueError, match="bad size"):
+        parse_size(bad)
+
+
+def test_max_build_spool_is_a_size() -> None:
+    assert parse({}).heal.max_build_spool == 4 << 30
+    with pytest.raises(ConfigError, match=r"heal\.max_build_spool"):
+        parse({"heal": {"max_build_spool": "lots"}})
+
+
 @given(st.integers(min_value=0, max_value=10**9))
 def test_durations_format_and_read_back(millis: int) -> None:
     assert parse_duration(format_duration(millis / 1000)) == pytest.approx(millis / 1000)
@@ -415,13 +450,14 @@ def test_proactive_settings_are_read() -> None:
         ("500MB", MinFree(size=500 * 10**6)),
         ("1 TiB", MinFree(size=2**40)),
         ("1024B", MinFree(size=1024)),
+        ("10gb", MinFree(size=10 * 10**9)),
     ],
 )
 def test_min_free_values(text: str, expected: MinFree) -> None:
     assert parse({"heal": {"min_free": text}}).heal.min_free == expected
 
 
-@pytest.mark.parametrize("bad", ["", "15", "101%", "-1%", "10gb", "GiB", 15, True])
+@pytest.mark.parametrize("bad", ["", "15", "101%", "-1%", "10 gigs", "GiB", 15, True])
 def test_bad_min_free(bad: object) -> None:
     hint = '(use a share like "15%" or a size like "10GiB")'
     message = f"config.toml: heal.min_free: bad size {bad!r} {hint}"

@@ -76,3 +76,34 @@ def test_unbalanced_quotes_in_arg_are_ignored() -> None:
 def test_trailing_continuation_at_end_of_file() -> None:
     assert from_images("FROM a \\", {}) == ["a"]
     assert from_images("FROM a\n\\", {}) == ["a"]
+
+
+def test_copy_from_and_mount_from_images_but_not_stages() -> None:
+    text = """
+ARG TOOL=tools:1
+FROM base:1 AS build
+COPY --from=build /a /b
+COPY --from=0 /a /b
+COPY --chown=1 --from=$TOOL /bin/t /bin/t
+RUN --mount=type=bind,from=cache:2,target=/c --mount=type=cache,target=/x true
+RUN --mount=type=bind,from=BUILD,target=/d true
+COPY --from=base:1 /a /b
+"""
+    assert from_images(text, {}) == ["base:1", "tools:1", "cache:2"]
+
+
+def test_heredocs_are_not_instructions() -> None:
+    text = "FROM a\nRUN <<EOT\nFROM not-an-image\nCOPY --from=nor-this / /\nEOT\nFROM b\n"
+    assert from_images(text, {}) == ["a", "b"]
+
+
+def test_stages_after_the_target_are_not_built() -> None:
+    text = "FROM a AS one\nCOPY --from=c / /\nFROM b AS Two\nFROM d\n"
+    assert from_images(text, {}, target="one") == ["a", "c"]
+    assert from_images(text, {}, target="two") == ["a", "c", "b"]
+    assert from_images(text, {}, target="missing") == ["a", "c", "b", "d"]
+
+
+def test_a_file_the_parser_refuses_names_nothing() -> None:
+    assert from_images("", {}) == []
+    assert from_images("# only a comment\n", {}) == []

@@ -188,7 +188,7 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
     metrics.recipes_configured(["app:*", "tool:1"])
     got = samples(metrics)
     for image in ("app:*", "tool:1"):
-        for trigger in ("create", "pull", "proactive", "cli"):
+        for trigger in ("create", "pull", "build", "proactive", "cli"):
             for result in ("success", "failure"):
                 labels = (("image", image), ("result", result), ("trigger", trigger))
                 assert got[(PREFIX + "heals_total", labels)] == 0
