@@ -27,8 +27,10 @@ it is a failure.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,6 +43,7 @@ LineSink = Callable[[str], None]
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
 _UPLOAD_CHUNK = 1 << 20
+_ANONYMOUS = base64.urlsafe_b64encode(b"{}").decode("ascii")
 _MAX_LINE = 1 << 20
 """A "line" longer than this is cut, so a stream without newlines stays bounded."""
 
@@ -128,6 +131,17 @@ async def _error_text(response: aiohttp.ClientResponse) -> str:
         return body.strip() or f"HTTP {response.status}"
 
 
+@contextlib.contextmanager
+def _short_call(socket_path: str) -> Iterator[None]:
+    """Turn aiodocker's and aiohttp's failures of a short JSON call into ``EngineError``."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        raise EngineError(exc.message, exc.status) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise EngineError(f"cannot reach the Docker daemon at {socket_path}: {exc}") from None
+
+
 class Engine:
     """A client of one dockerd socket. Create it inside the running event loop."""
 
@@ -146,14 +160,12 @@ class Engine:
 
     async def image_exists(self, ref: str) -> bool:
         try:
-            await self._docker.images.inspect(ref)
-        except aiodocker.DockerError as exc:
+            with _short_call(self.socket_path):
+                await self._docker.images.inspect(ref)
+        except EngineError as exc:
             if exc.status == 404:
                 return False
-            raise EngineError(exc.message, exc.status) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            reason = f"cannot reach the Docker daemon at {self.socket_path}: {exc}"
-            raise EngineError(reason) from None
+            raise
         return True
 
     async def ping(self) -> str | None:
@@ -170,12 +182,27 @@ class Engine:
                 f"cannot reach the Docker daemon at {self.socket_path}: {exc or type(exc).__name__}"
             )
 
+    async def image_id(self, ref: str) -> str:
+        """The ID of the image ``ref`` names now, to pin it while it is pushed."""
+        with _short_call(self.socket_path):
+            found = await self._docker.images.inspect(ref)
+        return str(found["Id"])
+
+    async def platform(self) -> str:
+        """The daemon's ``os/arch``, which decides what an image built on it runs on."""
+        with _short_call(self.socket_path):
+            version = await self._docker.version()
+        return f"{version.get('Os', '')}/{version.get('Arch', '')}"
+
+    async def untag(self, ref: str) -> None:
+        """Remove the name ``ref`` only; the image stays while other names hold it."""
+        with _short_call(self.socket_path):
+            await self._docker.images.delete(ref, noprune=True)
+
     async def tag(self, source: str, target: str) -> None:
         ref = split(target)
-        try:
+        with _short_call(self.socket_path):
             await self._docker.images.tag(source, ref.name, tag=ref.tag)
-        except aiodocker.DockerError as exc:
-            raise EngineError(exc.message, exc.status) from None
 
     async def build(
         self,
@@ -200,6 +227,13 @@ class Engine:
         params = {"fromImage": parsed.name, "tag": parsed.digest or parsed.tag or "latest"}
         headers = {"X-Registry-Auth": auth_header} if auth_header else {}
         await self._stream("/images/create", params, headers, on_line)
+
+    async def push(self, ref: str, auth_header: str | None, on_line: LineSink) -> None:
+        parsed = split(ref)
+        # dockerd refuses a push without the header; "{}" is how the CLI says anonymous.
+        headers = {"X-Registry-Auth": auth_header or _ANONYMOUS}
+        params = {"tag": parsed.tag or "latest"}
+        await self._stream(f"/images/{parsed.name}/push", params, headers, on_line)
 
     async def load(self, path: Path, on_line: LineSink) -> None:
         """Load a ``docker save`` archive (compressed or not; dockerd decides)."""

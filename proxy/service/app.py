@@ -88,14 +88,14 @@ class App:
         if self.healer is not None:
             self.healer.reconfigure(config)
         if self.metrics is not None:
-            self.metrics.recipes_configured(r.match for r in config.recipes)
+            self.metrics.recipes_configured(config.recipes)
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
         settings = self.settings
         engine = Engine(settings.upstream)
         metrics = self.metrics = Metrics(lambda: self.healer)
-        metrics.recipes_configured(r.match for r in self.config.recipes)
+        metrics.recipes_configured(self.config.recipes)
         self.healer = Healer(self.config, engine, settings.upstream, settings.state_dir, metrics)
         interceptor = Interceptor(lambda: self.config, self.healer, metrics.image_checked)
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics

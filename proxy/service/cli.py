@@ -135,6 +135,7 @@ async def _heal_now(settings: Settings, config: Config, images: list[str], force
                 failed += 1
             else:
                 print(f"{image}: {outcome}")
+        await healer.settle()
     finally:
         await engine.close()
     return 1 if failed else 0

@@ -20,6 +20,7 @@ from support import require
 
 from proxy import __version__
 from proxy.healing.healer import Healer
+from proxy.recipes.recipe import Recipe
 from proxy.service.metrics import PREFIX, Metrics, application
 
 
@@ -54,8 +55,12 @@ def busy_metrics() -> Metrics:
     metrics.hijacked(1)
     metrics.image_checked(True)
     metrics.image_checked(False)
-    metrics.heal_finished("app:*", True, 42.0)
-    metrics.heal_finished("app:*", False, 3000.0)
+    metrics.heal_finished("app:*", True, 42.0, "recipe")
+    metrics.heal_finished("app:*", False, 3000.0, "recipe")
+    metrics.heal_finished("app:*", True, 2.0, "cache")
+    metrics.cache_pulled("hit")
+    metrics.cache_pulled("error")
+    metrics.cache_pushed("error")
     return metrics
 
 
@@ -83,11 +88,16 @@ def test_every_metric_of_the_issue_is_exported() -> None:
     assert got[(p + "hijacked_connections", ())] == 1
     assert got[(p + "image_checks_total", (("result", "present"),))] == 1
     assert got[(p + "image_checks_total", (("result", "missing"),))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "success")))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "failure")))] == 1
+    heals = p + "heals_total"
+    assert got[(heals, (("image", "app:*"), ("result", "success"), ("source", "recipe")))] == 1
+    assert got[(heals, (("image", "app:*"), ("result", "failure"), ("source", "recipe")))] == 1
+    assert got[(heals, (("image", "app:*"), ("result", "success"), ("source", "cache")))] == 1
+    assert got[(p + "cache_pulls_total", (("result", "hit"),))] == 1
+    assert got[(p + "cache_pulls_total", (("result", "error"),))] == 1
+    assert got[(p + "cache_pushes_total", (("result", "error"),))] == 1
     # An hour-long heal still lands in a finite bucket.
-    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "3600.0")))] == 2
-    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "60.0")))] == 1
+    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "3600.0")))] == 3
+    assert got[(p + "heal_duration_seconds_bucket", (("image", "app:*"), ("le", "60.0")))] == 2
     assert got[(p + "heals_in_progress", ())] == 2
     assert got[(p + "heal_waiters", ())] == 5
     assert got[(p + "heal_cooldown_active", (("image", "app:*"),))] == 1
@@ -178,12 +188,25 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
     """``increase()`` ignores a series' first sample: a counter that appears at
     1 on the first failure would never fire the heal-failure alert."""
     metrics = Metrics()
-    metrics.recipes_configured(["app:*", "tool:1"])
+    metrics.recipes_configured(
+        [
+            Recipe(index=0, match="app:*", kind="command", cache=True),
+            Recipe(index=1, match="tool:1", kind="load"),
+        ]
+    )
     got = samples(metrics)
+    heals = PREFIX + "heals_total"
     for image in ("app:*", "tool:1"):
         for result in ("success", "failure"):
-            assert got[(PREFIX + "heals_total", (("image", image), ("result", result)))] == 0
+            labels = (("image", image), ("result", result), ("source", "recipe"))
+            assert got[(heals, labels)] == 0
         assert got[(PREFIX + "heal_duration_seconds_count", (("image", image),))] == 0
+    assert got[(heals, (("image", "app:*"), ("result", "success"), ("source", "cache")))] == 0
+    assert (heals, (("image", "tool:1"), ("result", "success"), ("source", "cache"))) not in got
+    for result in ("hit", "miss", "error"):
+        assert got[(PREFIX + "cache_pulls_total", (("result", result),))] == 0
+    for result in ("success", "error"):
+        assert got[(PREFIX + "cache_pushes_total", (("result", result),))] == 0
     for kind in ("connect", "protocol", "closed"):
         assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
     for result in ("present", "missing"):
