@@ -1,0 +1,226 @@
+"""The shared registry cache, with two hosts: two private dockerds, a proxy on
+each, one config, and one local registry behind htpasswd.
+
+The recipe counts its runs per host in a marker file (it writes the
+``DOCKER_HOST`` it was given, which names its host's dockerd) and sleeps
+``RECIPE_SECONDS``, so a heal faster than that did not run it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import (
+    BUSYBOX,
+    Dockerd,
+    Proxy,
+    Registry,
+    build_busybox,
+    docker,
+    docker_run,
+    heal_status,
+    log_problems,
+    start_proxy,
+    start_registry,
+    stop_registry,
+    toml_string,
+    wait_for,
+    write_htpasswd,
+    write_script,
+)
+
+pytestmark = pytest.mark.daemon
+
+USER, PASSWORD = "fleet", "cache-pw"
+RECIPE_SECONDS = 4
+REPOSITORY = "heal-cache"
+
+
+@pytest.fixture(scope="module")
+def host_b(dockerd: Dockerd) -> Iterator[Dockerd]:
+    """A second host: a dockerd of its own, with its own data root."""
+    root = Path(tempfile.mkdtemp(prefix="dhb-", dir="/tmp"))
+    daemon = Dockerd.start(root)
+    try:
+        build_busybox(daemon.env)
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def registry(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    folder = tmp_path_factory.mktemp("cache")
+    started = start_registry(folder / "registry", write_htpasswd(folder, USER, PASSWORD))
+    yield started
+    stop_registry(started)
+
+
+@dataclass
+class Fleet:
+    """What one test set up: a workdir with sources, a marker, credentials."""
+
+    folder: Path
+    marker: Path
+    registry: str
+
+    def runs(self, host: Dockerd) -> int:
+        """How often the recipe ran on ``host``."""
+        if not self.marker.exists():
+            return 0
+        return self.marker.read_text().splitlines().count(host.url)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, registry: Registry) -> Fleet:
+    src = tmp_path / "work" / "src"
+    src.mkdir(parents=True)
+    (src / "app.txt").write_text("version 1\n")
+    marker = tmp_path / "runs"
+    write_script(
+        tmp_path / "work" / "build.sh",
+        f'echo "$DOCKER_HOST" >> "{marker}"\nsleep {RECIPE_SECONDS}\ndocker tag {BUSYBOX} "$1"\n',
+    )
+    return Fleet(tmp_path, marker, registry.host)
+
+
+def config(fleet: Fleet, *, registry: str | None = None, push: bool = True) -> str:
+    """The one config every host runs (``push`` aside, for a pull-only host)."""
+    return f"""
+state_dir = "state"
+[heal]
+failure_cooldown = "1s"
+cache = {toml_string(f"{registry or fleet.registry}/{REPOSITORY}")}
+cache_push = {str(push).lower()}
+[[images]]
+match = "127.0.0.1:1/dhp/fleet:{{t}}"
+command = ["./build.sh", "127.0.0.1:1/dhp/fleet:{{t}}"]
+workdir = {toml_string(fleet.folder / "work")}
+cache = true
+inputs = ["src/**", "build.sh"]
+"""
+
+
+def credentials(folder: Path, registry: str, helper: str | None = None) -> dict[str, str]:
+    """The proxy user's environment: ``docker login``'s file, or a credential helper."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if helper is None:
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        settings: dict[str, object] = {"auths": {registry: {"auth": token}}}
+    else:
+        settings = {"credHelpers": {registry: helper}}
+    (folder / "config.json").write_text(json.dumps(settings))
+    return {"DOCKER_CONFIG": str(folder), "PATH": f"{folder}:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+MakeHost = Callable[..., Proxy]
+
+
+@pytest.fixture
+def host_proxy() -> Iterator[MakeHost]:
+    """``make(daemon, config, env, args=())``: a proxy in front of ``daemon``."""
+    started: list[tuple[Proxy, Path]] = []
+
+    def make(daemon: Dockerd, text: str, env: dict[str, str], args: tuple[str, ...] = ()) -> Proxy:
+        workdir = Path(tempfile.mkdtemp(prefix="c-", dir="/tmp"))
+        proxy = start_proxy(
+            workdir, daemon.socket, config=text, env={**daemon.env, **env}, args=args
+        )
+        started.append((proxy, workdir))
+        return proxy
+
+    yield make
+    for proxy, _ in started:
+        proxy.stop()
+    try:
+        for proxy, _ in started:
+            assert log_problems(proxy.log()) == [], proxy.log()
+    finally:
+        for _, workdir in started:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def heal(proxy: Proxy, daemon: Dockerd, image: str) -> float:
+    """``docker run`` a missing image through ``proxy``; the seconds it took."""
+    docker(["rmi", "-f", image], env=daemon.env, check=False)
+    started = time.monotonic()
+    result = docker_run(image, proxy.env)
+    elapsed = time.monotonic() - started
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr + proxy.log()
+    assert "Unable to find image" not in stderr
+    return elapsed
+
+
+def cache_tags_left(daemon: Dockerd) -> list[str]:
+    listed = docker(["images", "--format", "{{.Repository}}:{{.Tag}}"], env=daemon.env)
+    return [line for line in listed.stdout.decode().split() if f"/{REPOSITORY}:" in line]
+
+
+def registry_tags(registry: str) -> list[str]:
+    request = urllib.request.Request(f"http://{registry}/v2/{REPOSITORY}/tags/list")
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return sorted(json.load(response)["tags"] or [])
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return []
+        raise
+
+
+def pushed(proxy: Proxy) -> str:
+    """Wait for the background push to end well; the reference it pushed."""
+    wait_for(lambda: "cache push of" in proxy.log(), 60, "the cache push")
+    line = next(line for line in proxy.log().splitlines() if "cache push of" in line)
+    assert "succeeded" in line, proxy.log()
+    return line.split("cache push of ", 1)[1].split()[0]
+
+
+def last_result(proxy: Proxy, image: str) -> dict[str, object]:
+    return dict(heal_status(proxy)["last_results"][image])
+
+
+def metric(port: int, sample: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"no sample {sample}")
+
+
+def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+) -> None:
+    image = "127.0.0.1:1/dhp/fleet:one"
+    env = credentials(fleet.folder / "login", fleet.registry)
+    a = host_proxy(dockerd, config(fleet), env)
+    b = host_proxy(host_b, config(fleet), env)
+
+    heal(a, dockerd, image)
+    assert (fleet.runs(dockerd), fleet.runs(host_b)) == (1, 0)
+    reference = pushed(a)
+    assert reference.startswith(f"{fleet.registry}/{REPOSITORY}:dhp_fleet-one-")
+    assert registry_tags(fleet.registry) == [reference.rsplit(":", 1)[1]]
+    assert last_result(a, image)["source"] == "recipe"
+
+    elapsed = heal(b, host_b, image)
+    assert fleet.runs(host_b) == 0, b.log()
+    assert elapsed < RECIPE_SECONDS, f"a pull took {elapsed:.1f}s, no faster than the recipe"
+    assert "succeeded in" in b.log() and f"from the cache {reference}" in b.log()
+    assert last_result(b, image)["source"] == "cache"
+    assert last_result(b, image)["cache"] == reference
+    assert "cache push of" not in b.log(), "a hit is not pushed back"
+    assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
