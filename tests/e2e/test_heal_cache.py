@@ -28,6 +28,7 @@ from support import (
     build_busybox,
     docker,
     docker_run,
+    free_port,
     heal_status,
     log_problems,
     start_proxy,
@@ -223,4 +224,107 @@ def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
     assert last_result(b, image)["source"] == "cache"
     assert last_result(b, image)["cache"] == reference
     assert "cache push of" not in b.log(), "a hit is not pushed back"
+    assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
+
+
+def test_changed_inputs_build_instead_of_pulling_and_push_a_new_key(
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+) -> None:
+    image = "127.0.0.1:1/dhp/fleet:two"
+    env = credentials(fleet.folder / "login", fleet.registry)
+    a = host_proxy(dockerd, config(fleet), env)
+    heal(a, dockerd, image)
+    first = pushed(a)
+
+    (fleet.folder / "work" / "src" / "app.txt").write_text("version 2\n")
+    b = host_proxy(host_b, config(fleet), env)
+    heal(b, host_b, image)
+    assert fleet.runs(host_b) == 1, "changed sources must not pull the old build"
+    assert "cache miss for" in b.log()
+    second = pushed(b)
+    assert second != first
+    assert second.rsplit(":", 1)[1] in registry_tags(fleet.registry)
+    assert first.rsplit(":", 1)[1] in registry_tags(fleet.registry)
+    assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
+
+
+def test_with_the_registry_down_the_recipe_heals_and_the_errors_are_counted(
+    host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+) -> None:
+    image = "127.0.0.1:1/dhp/fleet:down"
+    nobody = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    b = host_proxy(
+        host_b,
+        config(fleet, registry=nobody),
+        credentials(fleet.folder / "login", nobody),
+        args=(f"--metrics-listen=127.0.0.1:{port}",),
+    )
+    heal(b, host_b, image)
+    assert fleet.runs(host_b) == 1
+    assert "cache pull of" in b.log() and "failed" in b.log()
+    assert last_result(b, image)["source"] == "recipe"
+    wait_for(lambda: "cache push of" in b.log(), 60, "the push to fail")
+    assert metric(port, 'docker_heal_proxy_cache_pulls_total{result="error"}') == 1
+    assert metric(port, 'docker_heal_proxy_cache_pulls_total{result="miss"}') == 0
+    wait_for(
+        lambda: metric(port, 'docker_heal_proxy_cache_pushes_total{result="error"}') == 1,
+        30,
+        "the push error to be counted",
+    )
+    success = 'docker_heal_proxy_heals_total{image="127.0.0.1:1/dhp/fleet:{t}",result="success",'
+    assert metric(port, success + 'source="recipe"}') == 1
+    assert metric(port, success + 'source="cache"}') == 0
+    assert cache_tags_left(host_b) == []
+
+
+def test_credentials_from_a_cred_helper_and_a_hanging_helper_falls_back(
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+) -> None:
+    """Host A's helper answers; host B's hangs, so B goes anonymous after the
+    helper timeout, the registry refuses it, and B builds."""
+    image = "127.0.0.1:1/dhp/fleet:helper"
+    good = credentials(fleet.folder / "good", fleet.registry, helper="dhp-fleet")
+    write_script(
+        fleet.folder / "good" / "docker-credential-dhp-fleet",
+        f'read host\n[ "$1 $host" = "get {fleet.registry}" ] || exit 7\n'
+        f'echo \'{{"ServerURL":"{fleet.registry}","Username":"{USER}","Secret":"{PASSWORD}"}}\'\n',
+    )
+    hung = credentials(fleet.folder / "hung", fleet.registry, helper="dhp-hung")
+    write_script(fleet.folder / "hung" / "docker-credential-dhp-hung", "sleep 300\n")
+
+    a = host_proxy(dockerd, config(fleet), good)
+    heal(a, dockerd, image)
+    reference = pushed(a)
+    assert PASSWORD not in a.log()
+
+    b = host_proxy(host_b, config(fleet), hung)
+    elapsed = heal(b, host_b, image)
+    assert fleet.runs(host_b) == 1
+    assert "docker-credential-dhp-hung: no answer within 10s; going anonymous" in b.log()
+    assert f"cache pull of {reference} failed" in b.log()
+    assert elapsed < 10 + RECIPE_SECONDS + 20
+    # Its push goes anonymous too, and the registry refuses it.
+    wait_for(lambda: "cache push of" in b.log(), 60, "host B's push to end")
+    assert f"cache push of {reference} failed" in b.log()
+    assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
+
+
+def test_a_pull_only_host_pulls_but_never_pushes(
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+) -> None:
+    env = credentials(fleet.folder / "login", fleet.registry)
+    a = host_proxy(dockerd, config(fleet), env)
+    heal(a, dockerd, "127.0.0.1:1/dhp/fleet:shared")
+    pushed(a)
+    before = registry_tags(fleet.registry)
+
+    b = host_proxy(host_b, config(fleet, push=False), env)
+    heal(b, host_b, "127.0.0.1:1/dhp/fleet:shared")
+    assert fleet.runs(host_b) == 0
+    heal(b, host_b, "127.0.0.1:1/dhp/fleet:only-b")
+    assert fleet.runs(host_b) == 1
+    assert "heal of 127.0.0.1:1/dhp/fleet:only-b succeeded" in b.log()
+    assert "cache push" not in b.log()
+    assert registry_tags(fleet.registry) == before
     assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
