@@ -21,16 +21,19 @@ import uvloop
 
 from .. import __version__
 from ..healing.buildcontext import read_dockerfile_from_disk
-from ..healing.engine import Engine
+from ..healing.engine import Engine, EngineError
 from ..healing.healer import Healer, HealFailed
+from ..healing.inputs import InputsError, inputs_hash
+from ..recipes.cachekey import cache_reference
 from ..recipes.config import Config, ConfigError, load_config
 from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.patterns import Pattern, find_recipe
+from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError
 from . import logs
 from .app import App
-from .check import describe
+from .check import CacheReference, describe
 from .server import open_listener
 from .settings import Settings, SettingsError, resolve
 
@@ -77,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
 
     check = add("check", "validate the config; with IMAGE, show how it would be healed")
     check.add_argument("image", nargs="?", metavar="IMAGE")
+    check.add_argument("--upstream", help="unix:///path of the Docker daemon (for the cache key)")
 
     heal = add("heal", "heal an image now, through the same path as the proxy")
     heal.add_argument("image", nargs="?", metavar="IMAGE")
@@ -110,9 +114,39 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     )
 
 
+async def _daemon_platform(upstream: str) -> str:
+    engine = Engine(upstream)
+    try:
+        return await engine.platform()
+    finally:
+        await engine.close()
+
+
+def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference:
+    """The key a heal would compute: the inputs hashed here, the platform asked of
+    the daemon a heal would run on."""
+
+    def reference(concrete: ConcreteRecipe) -> str:
+        repository = config.heal.cache
+        if repository is None:
+            return "none: [heal] cache is not set"
+        try:
+            digest = inputs_hash(concrete.inputs_root, concrete.inputs)
+            platform = uvloop.run(_daemon_platform(_settings(args, config).upstream))
+        except InputsError as error:
+            return f"none, a heal would not use the cache: {error}"
+        except (EngineError, SettingsError) as error:
+            return f"unknown: the key needs the daemon's os/arch ({error})"
+        pull_only = "" if config.heal.cache_push else ", pull only"
+        found = cache_reference(repository, concrete, digest, platform)
+        return f"{found} ({platform}{pull_only}; tried before the recipe)"
+
+    return reference
+
+
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
-    print(describe(config, args.image, read_dockerfile_from_disk))
+    print(describe(config, args.image, read_dockerfile_from_disk, _cache_reference(args, config)))
     if args.image is None:
         return 0
     try:

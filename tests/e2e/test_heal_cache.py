@@ -31,6 +31,7 @@ from support import (
     free_port,
     heal_status,
     log_problems,
+    proxy_cli,
     start_proxy,
     start_registry,
     stop_registry,
@@ -210,9 +211,14 @@ def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
     a = host_proxy(dockerd, config(fleet), env)
     b = host_proxy(host_b, config(fleet), env)
 
+    config_file = next(arg.split("=", 1)[1] for arg in a.args if arg.startswith("--config="))
+    checked = proxy_cli("check", image, f"--config={config_file}", f"--upstream={host_b.url}")
+    assert checked.returncode == 0, checked.stderr
+
     heal(a, dockerd, image)
     assert (fleet.runs(dockerd), fleet.runs(host_b)) == (1, 0)
     reference = pushed(a)
+    assert f"cache key  {reference} (linux/" in checked.stdout, "check names the key heals use"
     assert reference.startswith(f"{fleet.registry}/{REPOSITORY}:dhp_fleet-one-")
     assert registry_tags(fleet.registry) == [reference.rsplit(":", 1)[1]]
     assert last_result(a, image)["source"] == "recipe"

@@ -17,6 +17,10 @@ def read(concrete: ConcreteRecipe) -> str | None:
     return DOCKERFILES.get(str(concrete.build.context))
 
 
+def no_cache(concrete: ConcreteRecipe) -> str:
+    raise AssertionError(f"{concrete.image} is not cached")
+
+
 def config() -> Config:
     return parse_config(
         {
@@ -38,7 +42,7 @@ def config() -> Config:
 
 
 def test_lists_every_entry() -> None:
-    text = describe(config(), None, read)
+    text = describe(config(), None, read, no_cache)
     assert text.startswith("no config file: built-in defaults\n4 [[images]] entries")
     assert "images[1]  app:{v}\n  matches  docker.io/library/app:{v}\n" in text
     assert "  build    /cfg/app (-f Dockerfile, --build-arg V='{v}')" in text
@@ -50,13 +54,13 @@ def test_lists_every_entry() -> None:
 
 
 def test_without_entries() -> None:
-    assert describe(Config(path=Path("/x.toml")), None, read) == (
+    assert describe(Config(path=Path("/x.toml")), None, read, no_cache) == (
         "config /x.toml\nno [[images]] entries: nothing can be healed"
     )
 
 
 def test_one_image_with_its_chain() -> None:
-    text = describe(config(), "fixed", read)
+    text = describe(config(), "fixed", read, no_cache)
     assert text == "\n".join(
         [
             "no config file: built-in defaults",
@@ -77,16 +81,16 @@ def test_one_image_with_its_chain() -> None:
 
 
 def test_one_image_shows_captures_and_filled_command() -> None:
-    text = describe(config(), "tool:2", read)
+    text = describe(config(), "tool:2", read, no_cache)
     assert "  captures  t=2\n" in text
     assert "  command  make tool T=2 'HOME=${HOME}'\n" in text
 
 
 def test_problems_are_reported_in_the_text() -> None:
-    assert describe(config(), "nope", read).endswith(
+    assert describe(config(), "nope", read, no_cache).endswith(
         "no recipe matches nope (docker.io/library/nope:latest)"
     )
-    assert describe(config(), "Nope", read).endswith(
+    assert describe(config(), "Nope", read, no_cache).endswith(
         "Nope: cannot heal: invalid image reference 'Nope': repository name must be lowercase"
     )
     looping = Config(
@@ -95,7 +99,27 @@ def test_problems_are_reported_in_the_text() -> None:
             Recipe(index=1, match="b", kind="pull", pull="b", depends_on=("a",)),
         )
     )
-    assert describe(looping, "a", read).endswith(
+    assert describe(looping, "a", read, no_cache).endswith(
         "a: cannot heal: docker.io/library/a:latest -> "
         "docker.io/library/b:latest -> docker.io/library/a:latest: dependency cycle"
     )
+
+
+def test_a_cached_entry_shows_its_inputs_and_the_cache_reference_tried_first() -> None:
+    cached = parse_config(
+        {
+            "heal": {"cache": "reg:5000/heal-cache"},
+            "images": [
+                {"match": "app:{v}", "command": ["./b"], "cache": True, "inputs": ["src/**"]}
+            ],
+        },
+        base_dir=Path("/cfg"),
+    )
+
+    def reference(concrete: ConcreteRecipe) -> str:
+        return f"reg:5000/heal-cache:key-of-{concrete.image.rsplit(':', 1)[1]}"
+
+    listing = describe(cached, None, read, reference)
+    assert "  inputs   src/**\n  cached   yes: tries [heal] cache before running\n" in listing
+    text = describe(cached, "app:3", read, reference)
+    assert "\n  cache key  reg:5000/heal-cache:key-of-3\n" in text
