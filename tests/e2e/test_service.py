@@ -314,7 +314,12 @@ def test_alert_rules_check_load_and_are_documented(watched: Watched) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     loaded = {r["name"]: r for r in loaded_rules(watched)}
-    names = {"DockerHealProxyHealFailures", "DockerHealProxyUpstreamErrors", "DockerHealProxyDown"}
+    names = {
+        "DockerHealProxyHealFailures",
+        "DockerHealProxyUpstreamErrors",
+        "DockerHealProxyDown",
+        "DockerHealProxyCachePushErrors",
+    }
     assert set(loaded) == names
     wait_for(
         lambda: all(r.get("health") == "ok" for r in loaded_rules(watched)),

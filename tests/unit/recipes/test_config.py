@@ -432,3 +432,12 @@ def test_bad_cache_entries(entry: dict[str, object], heal: dict[str, object], me
     with pytest.raises(ConfigError) as raised:
         parse({"heal": heal, "images": [{"match": "app", **entry}]})
     assert message in str(raised.value)
+
+
+def test_the_readme_many_hosts_example_is_a_valid_config() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme.split("\n## Many hosts\n", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("\n```", 1)[0]
+    config = parse_config(tomllib.loads(block), base_dir=Path("/etc/docker-heal-proxy"))
+    assert config.heal.cache == "registry.internal:5000/heal-cache"
+    assert config.recipes[0].cache and config.recipes[0].inputs

@@ -8,15 +8,17 @@ defines them rather than by a list kept here.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support import require
+from support import REPO, require
 
 from proxy import __version__
 from proxy.healing.healer import Healer
@@ -211,3 +213,40 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
         assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
     for result in ("present", "missing"):
         assert got[(PREFIX + "image_checks_total", (("result", result),))] == 0
+
+
+def test_the_cache_push_alert_fires_on_one_failed_push(tmp_path: Path) -> None:
+    """``promtool test rules``: a host that fails one push alerts; a clean one does not."""
+    promtool = require("promtool")
+    summary = "docker-heal-proxy cannot push to the registry cache from a"
+    description = (
+        "Heals on a ran their recipe and could not push the result, so other hosts build "
+        "it again. Check the push credentials for `[heal] cache` "
+        '(`journalctl -u docker-heal-proxy | grep "cache push"`).'
+    )
+    tests = tmp_path / "tests.yml"
+    tests.write_text(
+        f"""
+rule_files: [{REPO / "contrib" / "alerts.yml"}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'docker_heal_proxy_cache_pushes_total{{result="error",instance="a"}}'
+        values: '0 0 1 1 1'
+      - series: 'docker_heal_proxy_cache_pushes_total{{result="error",instance="b"}}'
+        values: '0 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: DockerHealProxyCachePushErrors
+        exp_alerts:
+          - exp_labels: {{severity: warning, result: error, instance: a}}
+            exp_annotations:
+              summary: {json.dumps(summary)}
+              description: {json.dumps(description)}
+"""
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
