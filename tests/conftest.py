@@ -74,15 +74,17 @@ def proxy(dockerd: Dockerd) -> Iterator[Proxy]:
 def make_proxy(dockerd: Dockerd) -> Iterator[Callable[..., Proxy]]:
     """Start proxies of a test's own (a config, extra flags); stopped afterwards.
 
-    ``make(config=None, **kwargs)`` passes ``kwargs`` to ``support.start_proxy``;
-    the config text is written next to the socket, so relative paths in it
-    resolve against that folder.
+    ``make(config=None, daemon=None, **kwargs)`` passes ``kwargs`` to
+    ``support.start_proxy``; the config text is written next to the socket, so
+    relative paths in it resolve against that folder. ``daemon`` is another
+    host's dockerd to front instead of the session's.
     """
     started: list[tuple[Proxy, Path]] = []
 
-    def make(config: str | None = None, **kwargs: object) -> Proxy:
+    def make(config: str | None = None, daemon: Dockerd | None = None, **kwargs: object) -> Proxy:
         workdir = short_dir()
-        p = start_proxy(workdir, dockerd.socket, config=config, **kwargs)  # type: ignore[arg-type]
+        upstream = (daemon or dockerd).socket
+        p = start_proxy(workdir, upstream, config=config, **kwargs)  # type: ignore[arg-type]
         started.append((p, workdir))
         return p
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pytest
 from support import (
     BUSYBOX,
     Dockerd,
+    MakeProxy,
     Proxy,
     Registry,
     build_busybox,
@@ -30,9 +31,7 @@ from support import (
     docker_run,
     free_port,
     heal_status,
-    log_problems,
     proxy_cli,
-    start_proxy,
     start_registry,
     stop_registry,
     toml_string,
@@ -126,31 +125,11 @@ def credentials(folder: Path, registry: str, helper: str | None = None) -> dict[
     return {"DOCKER_CONFIG": str(folder), "PATH": f"{folder}:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
-MakeHost = Callable[..., Proxy]
-
-
-@pytest.fixture
-def host_proxy() -> Iterator[MakeHost]:
-    """``make(daemon, config, env, args=())``: a proxy in front of ``daemon``."""
-    started: list[tuple[Proxy, Path]] = []
-
-    def make(daemon: Dockerd, text: str, env: dict[str, str], args: tuple[str, ...] = ()) -> Proxy:
-        workdir = Path(tempfile.mkdtemp(prefix="c-", dir="/tmp"))
-        proxy = start_proxy(
-            workdir, daemon.socket, config=text, env={**daemon.env, **env}, args=args
-        )
-        started.append((proxy, workdir))
-        return proxy
-
-    yield make
-    for proxy, _ in started:
-        proxy.stop()
-    try:
-        for proxy, _ in started:
-            assert log_problems(proxy.log()) == [], proxy.log()
-    finally:
-        for _, workdir in started:
-            shutil.rmtree(workdir, ignore_errors=True)
+def host_proxy(
+    make_proxy: MakeProxy, daemon: Dockerd, text: str, env: dict[str, str], *args: str
+) -> Proxy:
+    """A proxy in front of ``daemon``, run as a user whose environment adds ``env``."""
+    return make_proxy(text, daemon=daemon, env={**daemon.env, **env}, args=args)
 
 
 def heal(proxy: Proxy, daemon: Dockerd, image: str) -> float:
@@ -191,6 +170,18 @@ def pushed(proxy: Proxy) -> str:
     return line.split("cache push of ", 1)[1].split()[0]
 
 
+def built_on_a(
+    make_proxy: MakeProxy, a_daemon: Dockerd, fleet: Fleet, image: str, env: dict[str, str]
+) -> str:
+    """Host A heals ``image`` by its recipe and pushes it; the cache reference."""
+    a = host_proxy(make_proxy, a_daemon, config(fleet), env)
+    heal(a, a_daemon, image)
+    assert fleet.runs(a_daemon) == 1
+    reference = pushed(a)
+    assert PASSWORD not in a.log(), "credentials are never logged"
+    return reference
+
+
 def last_result(proxy: Proxy, image: str) -> dict[str, object]:
     return dict(heal_status(proxy)["last_results"][image])
 
@@ -204,12 +195,12 @@ def metric(port: int, sample: str) -> float:
 
 
 def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
-    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, make_proxy: MakeProxy
 ) -> None:
     image = "127.0.0.1:1/dhp/fleet:one"
     env = credentials(fleet.folder / "login", fleet.registry)
-    a = host_proxy(dockerd, config(fleet), env)
-    b = host_proxy(host_b, config(fleet), env)
+    a = host_proxy(make_proxy, dockerd, config(fleet), env)
+    b = host_proxy(make_proxy, host_b, config(fleet), env)
 
     config_file = next(arg.split("=", 1)[1] for arg in a.args if arg.startswith("--config="))
     checked = proxy_cli("check", image, f"--config={config_file}", f"--upstream={host_b.url}")
@@ -234,16 +225,14 @@ def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
 
 
 def test_changed_inputs_build_instead_of_pulling_and_push_a_new_key(
-    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, make_proxy: MakeProxy
 ) -> None:
     image = "127.0.0.1:1/dhp/fleet:two"
     env = credentials(fleet.folder / "login", fleet.registry)
-    a = host_proxy(dockerd, config(fleet), env)
-    heal(a, dockerd, image)
-    first = pushed(a)
+    first = built_on_a(make_proxy, dockerd, fleet, image, env)
 
     (fleet.folder / "work" / "src" / "app.txt").write_text("version 2\n")
-    b = host_proxy(host_b, config(fleet), env)
+    b = host_proxy(make_proxy, host_b, config(fleet), env)
     heal(b, host_b, image)
     assert fleet.runs(host_b) == 1, "changed sources must not pull the old build"
     assert "cache miss for" in b.log()
@@ -255,16 +244,17 @@ def test_changed_inputs_build_instead_of_pulling_and_push_a_new_key(
 
 
 def test_with_the_registry_down_the_recipe_heals_and_the_errors_are_counted(
-    host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+    host_b: Dockerd, fleet: Fleet, make_proxy: MakeProxy
 ) -> None:
     image = "127.0.0.1:1/dhp/fleet:down"
     nobody = f"127.0.0.1:{free_port()}"
     port = free_port()
     b = host_proxy(
+        make_proxy,
         host_b,
         config(fleet, registry=nobody),
         credentials(fleet.folder / "login", nobody),
-        args=(f"--metrics-listen=127.0.0.1:{port}",),
+        f"--metrics-listen=127.0.0.1:{port}",
     )
     heal(b, host_b, image)
     assert fleet.runs(host_b) == 1
@@ -285,7 +275,7 @@ def test_with_the_registry_down_the_recipe_heals_and_the_errors_are_counted(
 
 
 def test_credentials_from_a_cred_helper_and_a_hanging_helper_falls_back(
-    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, make_proxy: MakeProxy
 ) -> None:
     """Host A's helper answers; host B's hangs, so B goes anonymous after the
     helper timeout, the registry refuses it, and B builds."""
@@ -299,12 +289,9 @@ def test_credentials_from_a_cred_helper_and_a_hanging_helper_falls_back(
     hung = credentials(fleet.folder / "hung", fleet.registry, helper="dhp-hung")
     write_script(fleet.folder / "hung" / "docker-credential-dhp-hung", "sleep 300\n")
 
-    a = host_proxy(dockerd, config(fleet), good)
-    heal(a, dockerd, image)
-    reference = pushed(a)
-    assert PASSWORD not in a.log()
+    reference = built_on_a(make_proxy, dockerd, fleet, image, good)
 
-    b = host_proxy(host_b, config(fleet), hung)
+    b = host_proxy(make_proxy, host_b, config(fleet), hung)
     elapsed = heal(b, host_b, image)
     assert fleet.runs(host_b) == 1
     assert "docker-credential-dhp-hung: no answer within 10s; going anonymous" in b.log()
@@ -317,15 +304,13 @@ def test_credentials_from_a_cred_helper_and_a_hanging_helper_falls_back(
 
 
 def test_a_pull_only_host_pulls_but_never_pushes(
-    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, host_proxy: MakeHost
+    dockerd: Dockerd, host_b: Dockerd, fleet: Fleet, make_proxy: MakeProxy
 ) -> None:
     env = credentials(fleet.folder / "login", fleet.registry)
-    a = host_proxy(dockerd, config(fleet), env)
-    heal(a, dockerd, "127.0.0.1:1/dhp/fleet:shared")
-    pushed(a)
+    built_on_a(make_proxy, dockerd, fleet, "127.0.0.1:1/dhp/fleet:shared", env)
     before = registry_tags(fleet.registry)
 
-    b = host_proxy(host_b, config(fleet, push=False), env)
+    b = host_proxy(make_proxy, host_b, config(fleet, push=False), env)
     heal(b, host_b, "127.0.0.1:1/dhp/fleet:shared")
     assert fleet.runs(host_b) == 0
     heal(b, host_b, "127.0.0.1:1/dhp/fleet:only-b")
