@@ -1237,7 +1237,7 @@ def render(b: Bench, facts: dict[str, str], started: dt.datetime, took: float) -
         "```sh",
         "sudo python bench/run.py            # ~3 minutes, rewrites docs/benchmarks.md",
         "sudo python bench/run.py --only measure_create,measure_heal --out /tmp/heal.md",
-        "sudo python bench/run.py --only measure_cache --out /tmp/cache.md   # needs docker-registry",
+        "sudo python bench/run.py --only measure_cache --out /tmp/cache.md  # docker-registry",
         "sudo python bench/run.py --seconds 1 --rounds 1 --save-mb 64 --out /tmp/quick.md",
         "sudo python bench/run.py --config my-recipes.toml   # proxy with a config",
         "```",
