@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, Proxy, build_busybox, log_problems, start_proxy
+from support import BUSYBOX, Dockerd, Proxy, log_problems, private_dockerd, start_proxy
 
 FIRST = "test_aa_"
 """Tests whose name starts so run before all others (they open long-lived streams)."""
@@ -38,15 +38,8 @@ def dockerd() -> Iterator[Dockerd]:
         if os.environ.get("CI") == "true":
             pytest.fail(reason + " (CI must run them)")
         pytest.skip(reason)
-    # Short: containerd's sockets live under the exec root, and paths are limited.
-    root = Path(tempfile.mkdtemp(prefix="dhp-", dir="/tmp"))
-    daemon = Dockerd.start(root)
-    try:
-        build_busybox(daemon.env)
+    with private_dockerd("dhp-") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -154,6 +154,20 @@ class Dockerd:
                 self.proc.wait()
 
 
+@contextlib.contextmanager
+def private_dockerd(prefix: str) -> Iterator[Dockerd]:
+    """A dockerd of its own (one host) with the busybox base image; gone afterwards."""
+    # Short: containerd's sockets live under the exec root, and paths are limited.
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    daemon = Dockerd.start(root)
+    try:
+        build_busybox(daemon.env)
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def build_busybox(env: Mapping[str, str], tag: str = BUSYBOX) -> str:
     with tempfile.TemporaryDirectory() as ctx:
         shutil.copy("/bin/busybox", Path(ctx) / "busybox")
@@ -448,13 +462,20 @@ def start_registry(folder: Path, htpasswd: Path | None) -> Registry:
     return Registry(f"127.0.0.1:{port}", proc, log_path)
 
 
-def stop_registry(registry: Registry) -> None:
-    registry.proc.terminate()
+@contextlib.contextmanager
+def running_registry(folder: Path, login: tuple[str, str] | None = None) -> Iterator[Registry]:
+    """A registry in ``folder`` for the length of a block, open or with one ``login``."""
+    htpasswd = None if login is None else write_htpasswd(folder, *login)
+    registry = start_registry(folder / "registry", htpasswd)
     try:
-        registry.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        registry.proc.kill()
-        registry.proc.wait()
+        yield registry
+    finally:
+        registry.proc.terminate()
+        try:
+            registry.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            registry.proc.kill()
+            registry.proc.wait()
 
 
 def log_problems(text: str) -> list[str]:

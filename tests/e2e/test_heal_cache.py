@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,17 +24,15 @@ from support import (
     MakeProxy,
     Proxy,
     Registry,
-    build_busybox,
     docker,
     docker_run,
     free_port,
     heal_status,
+    private_dockerd,
     proxy_cli,
-    start_registry,
-    stop_registry,
+    running_registry,
     toml_string,
     wait_for,
-    write_htpasswd,
     write_script,
 )
 
@@ -50,22 +46,14 @@ REPOSITORY = "heal-cache"
 @pytest.fixture(scope="module")
 def host_b(dockerd: Dockerd) -> Iterator[Dockerd]:
     """A second host: a dockerd of its own, with its own data root."""
-    root = Path(tempfile.mkdtemp(prefix="dhb-", dir="/tmp"))
-    daemon = Dockerd.start(root)
-    try:
-        build_busybox(daemon.env)
+    with private_dockerd("dhb-") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def registry(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    folder = tmp_path_factory.mktemp("cache")
-    started = start_registry(folder / "registry", write_htpasswd(folder, USER, PASSWORD))
-    yield started
-    stop_registry(started)
+    with running_registry(tmp_path_factory.mktemp("cache"), (USER, PASSWORD)) as started:
+        yield started
 
 
 @dataclass

@@ -26,10 +26,8 @@ from support import (
     docker,
     docker_run,
     image_exists,
-    start_registry,
-    stop_registry,
+    running_registry,
     toml_string,
-    write_htpasswd,
 )
 
 pytestmark = pytest.mark.daemon
@@ -40,17 +38,14 @@ USER, PASSWORD = "healer", "s3cret-pw"
 
 @pytest.fixture(scope="module")
 def open_registry(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    registry = start_registry(tmp_path_factory.mktemp("open") / "registry", None)
-    yield registry
-    stop_registry(registry)
+    with running_registry(tmp_path_factory.mktemp("open")) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")
 def auth_registry(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    folder = tmp_path_factory.mktemp("auth")
-    registry = start_registry(folder / "registry", write_htpasswd(folder, USER, PASSWORD))
-    yield registry
-    stop_registry(registry)
+    with running_registry(tmp_path_factory.mktemp("auth"), (USER, PASSWORD)) as registry:
+        yield registry
 
 
 def docker_config(folder: Path, registry: Registry | None) -> Path:

@@ -454,7 +454,8 @@ def test_status_command_and_watch_show_a_running_heal(watched: Watched) -> None:
         after = proxy_cli("status", f"--listen={proxy.url}")
         assert "Heals in progress: none" in after.stdout
         assert re.search(
-            rf"  {re.escape(GATED_IMAGE)}  success  \S+  \d+\.\ds  healed by", after.stdout
+            rf"  {re.escape(GATED_IMAGE)}  success \(recipe\)  \S+  \d+\.\ds  healed by",
+            after.stdout,
         )
     finally:
         watched.gate.touch()
