@@ -202,9 +202,11 @@ def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
     assert registry_tags(fleet.registry) == [reference.rsplit(":", 1)[1]]
     assert last_result(a, image)["source"] == "recipe"
 
-    elapsed = heal(b, host_b, image)
+    heal(b, host_b, image)
     assert fleet.runs(host_b) == 0, b.log()
-    assert elapsed < RECIPE_SECONDS, f"a pull took {elapsed:.1f}s, no faster than the recipe"
+    # The heal's own time, as the proxy measured it: the container's start is not part of it.
+    took = last_result(b, image)["duration_seconds"]
+    assert isinstance(took, float) and took < RECIPE_SECONDS, f"the pull took {took}s"
     assert "succeeded in" in b.log() and f"from the cache {reference}" in b.log()
     assert last_result(b, image)["source"] == "cache"
     assert last_result(b, image)["cache"] == reference
@@ -307,3 +309,23 @@ def test_a_pull_only_host_pulls_but_never_pushes(
     assert "cache push" not in b.log()
     assert registry_tags(fleet.registry) == before
     assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
+
+
+def test_the_heal_command_pushes_before_it_exits(
+    dockerd: Dockerd, fleet: Fleet, make_proxy: MakeProxy
+) -> None:
+    """``docker-heal-proxy heal`` from a shell waits for its background push: a
+    process that exits first would take the push down with it."""
+    image = "127.0.0.1:1/dhp/fleet:by-hand"
+    docker(["rmi", "-f", image], env=dockerd.env, check=False)
+    config_file = fleet.folder / "heal.toml"
+    config_file.write_text(config(fleet))
+    env = {**dockerd.env, **credentials(fleet.folder / "login", fleet.registry)}
+    result = proxy_cli(
+        "heal", image, f"--config={config_file}", f"--upstream={dockerd.url}", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert fleet.runs(dockerd) == 1
+    tags = registry_tags(fleet.registry)
+    assert any(tag.startswith("dhp_fleet-by-hand-") for tag in tags), tags
+    assert cache_tags_left(dockerd) == []
