@@ -19,8 +19,9 @@ Rules:
   its cache tag.
 - Credentials are looked up as the CLI does (``registryauth``), off the
   event loop, once per pull or push.
-- A pull is bounded by the recipe's own timeout: a registry that stops
-  answering must not hold the heal longer than the recipe would.
+- A pull and a push are each bounded by the recipe's own timeout: a
+  registry that stops answering must not hold the heal (or, for a push, the
+  shutdown and ``heal``'s exit) longer than the recipe would.
 
 Theory of operation: ``RegistryCache`` is built per heal from the running
 config. ``reference`` computes the key (the inputs hash in a thread, the
@@ -107,8 +108,11 @@ class RegistryCache:
         self._pulled("hit")
         return True
 
-    async def push(self, image: str, reference: str) -> None:
-        """Push what ``image`` is now as ``reference``; never raises but for cancellation."""
+    async def push(self, image: str, reference: str, timeout: float | None = None) -> None:
+        """Push what ``image`` is now as ``reference``; never raises but for cancellation.
+
+        ``timeout`` (the recipe's) bounds the push stream; None leaves it unbounded.
+        """
         try:
             await self.engine.tag(await self.engine.image_id(image), reference)
         except EngineError as error:
@@ -116,9 +120,12 @@ class RegistryCache:
             return
         try:
             auth = await asyncio.to_thread(resolve_auth, split(reference).domain)
-            await self.engine.push(reference, auth, lambda line: None)
+            async with asyncio.timeout(timeout):
+                await self.engine.push(reference, auth, lambda line: None)
         except EngineError as error:
             self._push_failed(reference, error)
+        except TimeoutError:
+            self._push_failed(reference, f"timed out after {timeout:g}s")
         else:
             log.info("cache push of %s succeeded", reference)
             if self.observer is not None:
@@ -126,7 +133,7 @@ class RegistryCache:
         finally:
             await self._untag(reference)
 
-    def _push_failed(self, reference: str, error: EngineError) -> None:
+    def _push_failed(self, reference: str, error: EngineError | str) -> None:
         log.warning("cache push of %s failed: %s", reference, error)
         if self.observer is not None:
             self.observer.cache_pushed("error")

@@ -370,7 +370,7 @@ class Healer:
         await self._run_recipe(concrete, progress)
         if cache is not None and progress.cache is not None and self.config.heal.cache_push:
             push = asyncio.get_running_loop().create_task(
-                cache.push(concrete.image, progress.cache)
+                cache.push(concrete.image, progress.cache, concrete.recipe.timeout)
             )
             self.pushes.add(push)
             push.add_done_callback(self.pushes.discard)

@@ -130,6 +130,19 @@ def test_a_push_pins_the_image_id_and_untags_whatever_happens(tmp_path: Path) ->
         assert counts.pushes == [result]
 
 
+class StuckPush(FakeEngine):
+    async def push(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("push", ref)
+        await asyncio.sleep(3600)
+
+
+def test_a_push_is_bounded_by_the_recipe_timeout_and_still_untagged(tmp_path: Path) -> None:
+    engine, counts = StuckPush(), Counts()
+    asyncio.run(cache(engine, counts).push("docker.io/library/app:1", REFERENCE, 0.05))
+    assert engine.calls[-2:] == [("push", REFERENCE), ("untag", REFERENCE)]
+    assert counts.pushes == ["error"]
+
+
 def test_inputs_that_cannot_be_hashed_mean_no_cache_and_an_error(tmp_path: Path) -> None:
     engine, counts = FakeEngine(), Counts()
     found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path, ("missing/**",))))
