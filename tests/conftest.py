@@ -23,11 +23,11 @@ from support import (
     Dockerd,
     LongStream,
     Proxy,
-    build_busybox,
     docker,
     label_filter,
     log_problems,
     open_events_with_head,
+    private_dockerd,
     start_proxy,
 )
 
@@ -52,15 +52,8 @@ def dockerd() -> Iterator[Dockerd]:
         if os.environ.get("CI") == "true":
             pytest.fail(reason + " (CI must run them)")
         pytest.skip(reason)
-    # Short: containerd's sockets live under the exec root, and paths are limited.
-    root = Path(tempfile.mkdtemp(prefix="dhp-", dir="/tmp"))
-    daemon = Dockerd.start(root)
-    try:
-        build_busybox(daemon.env)
+    with private_dockerd("dhp-") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -115,10 +108,11 @@ def make_proxy_to() -> Iterator[Callable[..., Proxy]]:
 
 @pytest.fixture
 def make_proxy(dockerd: Dockerd, make_proxy_to: Callable[..., Proxy]) -> Callable[..., Proxy]:
-    """``make_proxy_to`` in front of the session's dockerd: ``make(config=None, **kwargs)``."""
+    """``make_proxy_to`` in front of the session's dockerd: ``make(config=None,
+    daemon=None, **kwargs)``; ``daemon`` is another host's dockerd to front instead."""
 
-    def make(config: str | None = None, **kwargs: object) -> Proxy:
-        return make_proxy_to(dockerd.socket, config, **kwargs)
+    def make(config: str | None = None, daemon: Dockerd | None = None, **kwargs: object) -> Proxy:
+        return make_proxy_to((daemon or dockerd).socket, config, **kwargs)
 
     return make
 

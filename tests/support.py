@@ -24,9 +24,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUSYBOX = "127.0.0.1:1/dhp/busybox:1"
 """The base test image. Names under 127.0.0.1:1 fail to pull at once here."""
@@ -176,6 +179,20 @@ def busybox_context(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def private_dockerd(prefix: str) -> Iterator[Dockerd]:
+    """A dockerd of its own (one host) with the busybox base image; gone afterwards."""
+    # Short: containerd's sockets live under the exec root, and paths are limited.
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    daemon = Dockerd.start(root)
+    try:
+        build_busybox(daemon.env)
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def build_busybox(env: Mapping[str, str], tag: str = BUSYBOX) -> str:
     with tempfile.TemporaryDirectory() as ctx:
         docker(["build", "-q", "-t", tag, str(busybox_context(Path(ctx)))], env=env)
@@ -316,6 +333,18 @@ def label_filter(label: str) -> str:
     return "?filters=" + urllib.parse.quote(json.dumps({"label": [label]}), safe="")
 
 
+def heal_status(proxy: Proxy) -> dict[str, Any]:
+    """The proxy's ``GET /_heal/status``, as ``docker-heal-proxy status`` reads it."""
+    conn = UnixHTTPConnection(proxy.socket, timeout=10)
+    try:
+        conn.request("GET", "/_heal/status")
+        response = conn.getresponse()
+        assert response.status == 200
+        return dict(json.loads(response.read()))
+    finally:
+        conn.close()
+
+
 def events_lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, object]]:
     while line := resp.readline():
         if line.strip():
@@ -426,6 +455,83 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- a local registry (Debian's docker-registry) ----------------------------------
+
+
+@dataclass
+class Registry:
+    host: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as error:
+        return error.code == 401
+    except OSError:
+        return False
+
+
+def write_htpasswd(folder: Path, user: str, password: str) -> Path:
+    """An htpasswd file (bcrypt, as the registry requires) for one user."""
+    path = folder / "htpasswd"
+    line = subprocess.run(
+        ["htpasswd", "-Bbn", user, password], check=True, capture_output=True
+    ).stdout
+    path.write_bytes(line)
+    return path
+
+
+def start_registry(folder: Path, htpasswd: Path | None) -> Registry:
+    """Debian's ``docker-registry`` on a free loopback port, open or behind htpasswd.
+
+    127.0.0.0/8 is an insecure registry to dockerd by default, so plain HTTP works.
+    """
+    folder.mkdir(parents=True)
+    port = free_port()
+    auth = ""
+    if htpasswd is not None:
+        auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+    config = folder / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
+    )
+    log_path = folder / "registry.log"
+    proc = subprocess.Popen(
+        ["/usr/bin/docker-registry", "serve", str(config)],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v2/"
+    wait_for(lambda: proc.poll() is not None or answers(url), 20, "the registry")
+    if proc.poll() is not None:
+        raise RuntimeError(f"registry exited: {log_path.read_text()[-2000:]}")
+    return Registry(f"127.0.0.1:{port}", proc, log_path)
+
+
+@contextlib.contextmanager
+def running_registry(folder: Path, login: tuple[str, str] | None = None) -> Iterator[Registry]:
+    """A registry in ``folder`` for the length of a block, open or with one ``login``."""
+    htpasswd = None if login is None else write_htpasswd(folder, *login)
+    registry = start_registry(folder / "registry", htpasswd)
+    try:
+        yield registry
+    finally:
+        registry.proc.terminate()
+        try:
+            registry.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            registry.proc.kill()
+            registry.proc.wait()
 
 
 def log_problems(text: str) -> list[str]:

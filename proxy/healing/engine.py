@@ -3,12 +3,13 @@
 Rules:
 - These requests go to dockerd's own socket, never through the proxy: a heal
   must not be intercepted by the proxy it is running in.
-- Streams (build, pull, load) have no time limit here. A build may rightly
-  take an hour; the heal's own timeout (``runners``) is what bounds it, by
-  cancelling the call. Each short call (inspect, tag, the image list, /info) is bounded by
-  ``call_timeout`` (``[heal] engine_timeout``): a wedged dockerd must not keep a
-  heal, and the lock file it holds, waiting forever.
-- Long operations (build, pull, load) answer with a stream of JSON messages,
+- Streams (build, pull, push, load) have no time limit here. A build may
+  rightly take an hour; the heal's own timeout (``runners``, or the recipe's
+  for a cache push) is what bounds it, by cancelling the call. Each short call
+  (inspect, tag, untag, the image list, /info, /version) is bounded by
+  ``call_timeout`` (``[heal] engine_timeout``): a wedged dockerd must not keep
+  a heal, and the lock file it holds, waiting forever.
+- Long operations (build, pull, push, load) answer with a stream of JSON messages,
   one per line. Each is turned into human text and handed to ``on_line`` as it
   arrives. A message carrying ``error`` is how dockerd reports a failure after
   it already answered 200, so it raises ``EngineError`` just as an HTTP error
@@ -30,6 +31,7 @@ it is a failure.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -46,6 +48,7 @@ T = TypeVar("T")
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
 _UPLOAD_CHUNK = 1 << 20
+_ANONYMOUS = base64.urlsafe_b64encode(b"{}").decode("ascii")
 _MAX_LINE = 1 << 20
 """A "line" longer than this is cut, so a stream without newlines stays bounded."""
 
@@ -234,13 +237,26 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def image_id(self, ref: str) -> str:
+        """The ID of the image ``ref`` names now, to pin it while it is pushed."""
+        found = await self._call(f"an inspect of {ref}", self._docker.images.inspect(ref))
+        return str(found["Id"])
+
+    async def platform(self) -> str:
+        """The daemon's ``os/arch``, which decides what an image built on it runs on."""
+        version = await self._call("/version", self._docker.version())
+        return f"{version.get('Os', '')}/{version.get('Arch', '')}"
+
+    async def untag(self, ref: str) -> None:
+        """Remove the name ``ref`` only; the image stays while other names hold it."""
+        await self._call(f"an untag of {ref}", self._docker.images.delete(ref, noprune=True))
+
     async def tag(self, source: str, target: str) -> None:
         ref = split(target)
-        try:
-            async with self._bounded(f"a tag of {source} as {target}"):
-                await self._docker.images.tag(source, ref.name, tag=ref.tag)
-        except aiodocker.DockerError as exc:
-            raise EngineError(exc.message, exc.status) from None
+        await self._call(
+            f"a tag of {source} as {target}",
+            self._docker.images.tag(source, ref.name, tag=ref.tag),
+        )
 
     async def build(
         self,
@@ -265,6 +281,13 @@ class Engine:
         params = {"fromImage": parsed.name, "tag": parsed.digest or parsed.tag or "latest"}
         headers = {"X-Registry-Auth": auth_header} if auth_header else {}
         await self._stream("/images/create", params, headers, on_line)
+
+    async def push(self, ref: str, auth_header: str | None, on_line: LineSink) -> None:
+        parsed = split(ref)
+        # dockerd refuses a push without the header; "{}" is how the CLI says anonymous.
+        headers = {"X-Registry-Auth": auth_header or _ANONYMOUS}
+        params = {"tag": parsed.tag or "latest"}
+        await self._stream(f"/images/{parsed.name}/push", params, headers, on_line)
 
     async def load(self, path: Path, on_line: LineSink) -> None:
         """Load a ``docker save`` archive (compressed or not; dockerd decides)."""

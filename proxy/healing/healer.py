@@ -26,13 +26,19 @@ Rules:
 - Each heal has a trigger (``create``, ``pull``, ``build``, ``proactive``,
   ``cli``) for the metrics. A client that joins a proactive heal makes it its
   own: the heal is counted under the client's trigger, since someone waited
-  for it.
-- A tag a recipe produced is reported to ``on_healed``, so that the tags of
-  pattern recipes can be remembered for proactive heals.
+  for it. Each heal also has a source (``recipe`` or ``cache``): where its
+  image came from.
+- A tag a heal produced (by its recipe or from the cache) is reported to
+  ``on_healed``, so that the tags of pattern recipes can be remembered for
+  proactive heals.
 - The last result is kept per tag, for the most recent ``MAX_RESULTS`` tags.
   Eviction takes the oldest successes first, then failures whose cooldown has
   ended; a cooldown still running is never evicted, or a broken recipe would
   run again at once.
+- A recipe with ``cache = true`` first tries the registry cache (``cache``):
+  a hit is the heal, and the recipe never runs. After a recipe run the push
+  is a task of its own, started once the result is recorded, so waiting
+  clients are answered first; shutdown cancels it like a heal.
 
 A reload swaps ``config``; heals already running keep the concrete recipe
 they started with. A tag whose recipe the reload changed (or removed, or
@@ -63,6 +69,7 @@ from ..recipes.patterns import find_recipe, instantiate
 from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
+from .cache import CacheObserver, RegistryCache
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .statefiles import open_private
@@ -82,10 +89,13 @@ class HealFailed(Exception):
 Trigger = Literal["create", "pull", "build", "proactive", "cli"]
 """What started a heal; a label of the heal metrics."""
 
+Source = Literal["recipe", "cache"]
+"""Where a heal's image came from; a label of ``heals_total``."""
 
-class HealObserver(Protocol):
+
+class HealObserver(CacheObserver, Protocol):
     def heal_finished(
-        self, match: str, success: bool, seconds: float, trigger: Trigger
+        self, match: str, success: bool, seconds: float, trigger: Trigger, source: Source
     ) -> None: ...
 
 
@@ -100,12 +110,15 @@ class Progress:
     phase: str = "dependencies"
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     log_path: Path | None = None
+    cache: str | None = None
+    """The cache reference this heal tries (and pushes to), if the recipe is cached."""
 
     def view(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "recipe": self.recipe,
             "phase": self.phase,
+            "cache": self.cache,
             "elapsed_seconds": round(time.monotonic() - self.started, 1),
             "last_lines": list(self.lines),
             "log": str(self.log_path) if self.log_path else None,
@@ -124,10 +137,15 @@ class Result:
     duration: float
     retry_at: float = 0.0
     """Monotonic time before which a failure is returned without retrying."""
+    source: Source = "recipe"
+    """Where the image came from: ``recipe`` or ``cache``."""
+    cache: str | None = None
 
     def view(self) -> dict[str, Any]:
         return {
             "result": "success" if self.success else "failure",
+            "source": self.source,
+            "cache": self.cache,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.finished)),
             "duration_seconds": round(self.duration, 1),
             "message": self.message,
@@ -183,6 +201,7 @@ class Healer:
         self.running: dict[str, Progress] = {}
         self.results: dict[str, Result] = {}
         self.waiters = 0
+        self.pushes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.heal.max_parallel)
         engine.call_timeout = config.heal.engine_timeout
 
@@ -262,8 +281,8 @@ class Healer:
             raise HealFailed(f"docker-heal-proxy: cannot look up {image}: {exc}") from None
 
     async def cancel(self) -> None:
-        """Stop every heal (shutdown): their recipes' process groups are killed."""
-        tasks = list(self.inflight.values())
+        """Stop every heal and cache push (shutdown): recipes' process groups are killed."""
+        tasks = [*self.inflight.values(), *self.pushes]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -327,7 +346,36 @@ class Healer:
                     f"could not be healed:\n{failure}"
                 ) from None
 
+    async def settle(self) -> None:
+        """Wait for cache pushes still under way (``heal`` from a shell, before exiting)."""
+        await asyncio.gather(*self.pushes)
+
+    def _cache(self, concrete: ConcreteRecipe) -> RegistryCache | None:
+        repository = self.config.heal.cache
+        if not concrete.recipe.cache or repository is None:
+            return None
+        return RegistryCache(self.engine, repository, self.observer)
+
     async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
+        cache = self._cache(concrete)
+        if cache is not None:
+            progress.phase = "cache"
+            progress.cache = await cache.reference(concrete)
+        if cache is not None and progress.cache is not None:
+            log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)
+            started = time.monotonic()
+            if await cache.pull(concrete, progress.cache, progress.lines.append):
+                self._succeeded(concrete, time.monotonic() - started, "cache", progress.cache)
+                return
+        await self._run_recipe(concrete, progress)
+        if cache is not None and progress.cache is not None and self.config.heal.cache_push:
+            push = asyncio.get_running_loop().create_task(
+                cache.push(concrete.image, progress.cache, concrete.recipe.timeout)
+            )
+            self.pushes.add(push)
+            push.add_done_callback(self.pushes.discard)
+
+    async def _run_recipe(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe
         logs = self.state_dir / "logs"  # made private by the runner's transcript
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -355,21 +403,28 @@ class Healer:
                     time.time(),
                     duration,
                     retry_at=time.monotonic() + self.config.heal.failure_cooldown,
+                    cache=progress.cache,
                 ),
             )
-            self._finished(concrete.image, recipe.match, False, duration)
+            self._finished(concrete.image, recipe.match, False, duration, "recipe")
             log.warning(
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
             raise HealFailed(message) from None
-        duration = time.monotonic() - started
+        self._succeeded(concrete, time.monotonic() - started, "recipe", progress.cache)
+
+    def _succeeded(
+        self, concrete: ConcreteRecipe, duration: float, source: Source, cache: str | None
+    ) -> None:
+        match = concrete.recipe.match
+        how = f"from the cache {cache}" if source == "cache" else f"by {concrete.recipe.name}"
         self._record(
             concrete.image,
-            Result(True, recipe.match, f"healed by {recipe.name}", time.time(), duration),
+            Result(True, match, f"healed {how}", time.time(), duration, source=source, cache=cache),
         )
-        self._finished(concrete.image, recipe.match, True, duration)
+        self._finished(concrete.image, match, True, duration, source)
         self.on_healed(concrete.image)
-        log.info("heal of %s succeeded in %.1fs", concrete.image, duration)
+        log.info("heal of %s succeeded in %.1fs %s", concrete.image, duration, how)
 
     def _trigger(self, image: str) -> Trigger:
         return self.triggers.get(image, "create")
@@ -379,9 +434,11 @@ class Healer:
         self.results[image] = result
         evict(self.results, MAX_RESULTS, time.monotonic())
 
-    def _finished(self, image: str, match: str, success: bool, seconds: float) -> None:
+    def _finished(
+        self, image: str, match: str, success: bool, seconds: float, source: Source
+    ) -> None:
         if self.observer is not None:
-            self.observer.heal_finished(match, success, seconds, self._trigger(image))
+            self.observer.heal_finished(match, success, seconds, self._trigger(image), source)
 
     @staticmethod
     def _failure_message(concrete: ConcreteRecipe, failure: RecipeFailed, log_path: Path) -> str:

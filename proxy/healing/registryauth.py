@@ -1,22 +1,37 @@
-"""Registry credentials for a pull, taken from the docker CLI's config file.
+"""Registry credentials for a pull or push, found as the docker CLI finds them.
 
 Rules:
-- The proxy pulls with the credentials ``docker login`` stored for the user
-  the proxy runs as: ``$DOCKER_CONFIG/config.json``, else
+- The proxy uses the credentials ``docker login`` stored for the user the
+  proxy runs as: ``$DOCKER_CONFIG/config.json``, else
   ``~/.docker/config.json``. A missing or unreadable file means anonymous.
-- Only credentials written into the file are used: ``auths[key].auth``
+- As in the CLI, a ``credHelpers`` entry for the registry wins, then
+  ``credsStore``, then what is written in ``auths``: ``auths[key].auth``
   (base64 of ``user:password``), ``username``/``password`` or
-  ``identitytoken``. Credential helpers (``credsStore``, ``credHelpers``)
-  would mean running other programs and are not consulted.
+  ``identitytoken``.
+- A helper is the program ``docker-credential-<name>`` on PATH, run as
+  ``get`` with the server address on stdin. It answers JSON with
+  ``Username`` and ``Secret``; a ``Username`` of ``<token>`` makes the
+  secret an identity token. A name outside ``[A-Za-z0-9._-]+`` is refused,
+  since it becomes part of a program name.
+- A helper that says "credentials not found" means anonymous. One that
+  fails, answers nonsense or runs past ``HELPER_TIMEOUT`` (secretservice
+  under systemd has no session bus and may wait forever) also means
+  anonymous, with a warning: a pull that needs no credentials still works,
+  and one that does fails with the registry's own reason. Its process group
+  is killed on the way out.
+- The helper's output and the credentials are never logged, not even at
+  debug level; warnings name the helper and how it ended, nothing more.
 - A key may be a bare host or a URL (``https://index.docker.io/v1/`` is how
   the CLI files Docker Hub); keys are compared by host name, as the CLI does
   when no key matches exactly.
 - The header is what dockerd expects in ``X-Registry-Auth``: URL-safe base64
-  of a JSON object with ``username``, ``password`` and ``serveraddress``.
+  of a JSON object with ``username``, ``password`` (or ``identitytoken``)
+  and ``serveraddress``.
 
-Theory of operation: ``registry_auth`` is pure (config dict in, header out);
-``load_docker_config`` is the only I/O, so callers read the file once, off
-the event loop, and tests need no home directory.
+Theory of operation: ``registry_auth`` and ``helper_for`` are pure (config
+dict in, header or helper name out) and ``helper_credentials`` reads a
+helper's answer. ``resolve_auth`` is the blocking whole (read the file, run
+the helper, build the header); callers run it off the event loop.
 """
 
 from __future__ import annotations
@@ -24,11 +39,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
+import re
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
+HELPER_TIMEOUT = 10.0
+"""Seconds a credential helper may take before the proxy goes on without it."""
+
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+_HELPER_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_NOT_FOUND = b"credentials not found"
 
 
 def config_path() -> Path:
@@ -72,19 +99,117 @@ def _credentials(entry: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
+def _header(credentials: dict[str, str], server: str) -> str:
+    payload = json.dumps({**credentials, "serveraddress": server}).encode()
+    return base64.urlsafe_b64encode(payload).decode("ascii")
+
+
+def _keys_for(table: dict[Any, Any], registry_host: str) -> list[str]:
+    """The keys filed for ``registry_host``; an exact key first, as in the CLI."""
+    keys = [key for key in table if isinstance(key, str) and _same_registry(key, registry_host)]
+    return sorted(keys, key=lambda key: key != registry_host)
+
+
 def registry_auth(config_json: dict[str, Any], registry_host: str) -> str | None:
-    """The ``X-Registry-Auth`` value for ``registry_host``, or None for anonymous."""
+    """The ``X-Registry-Auth`` value written in ``auths``, or None for anonymous."""
     auths = config_json.get("auths")
     if not isinstance(auths, dict):
         return None
-    # An exact key wins over one that only has the same host, as in the CLI.
-    keys = sorted(auths, key=lambda key: key != registry_host)
-    for key in keys:
+    for key in _keys_for(auths, registry_host):
         entry = auths[key]
-        if not isinstance(entry, dict) or not _same_registry(key, registry_host):
-            continue
-        credentials = _credentials(entry)
+        credentials = _credentials(entry) if isinstance(entry, dict) else None
         if credentials is not None:
-            payload = json.dumps({**credentials, "serveraddress": key}).encode()
-            return base64.urlsafe_b64encode(payload).decode("ascii")
+            return _header(credentials, key)
     return None
+
+
+def helper_for(config_json: dict[str, Any], registry_host: str) -> str | None:
+    """The credential helper the CLI would ask for ``registry_host``, if any."""
+    helpers = config_json.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key in _keys_for(helpers, registry_host):
+            if isinstance(helpers[key], str) and helpers[key]:
+                return str(helpers[key])
+    store = config_json.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def server_address(registry_host: str) -> str:
+    """What a helper is asked for: the CLI files Docker Hub under its index URL."""
+    return _DOCKER_HUB_SERVER if registry_host in _DOCKER_HUB_HOSTS else registry_host
+
+
+def helper_credentials(output: bytes) -> dict[str, str] | None:
+    """The credentials in a helper's ``get`` answer; None if it has none."""
+    try:
+        answer = json.loads(output)
+    except ValueError:
+        raise ValueError("its answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise ValueError("its answer is not a JSON object")
+    username, secret = answer.get("Username"), answer.get("Secret")
+    if not isinstance(username, str) or not isinstance(secret, str):
+        raise ValueError("its answer lacks Username or Secret")
+    if not secret:
+        return None
+    if username == "<token>":
+        return {"identitytoken": secret}
+    return {"username": username, "password": secret}
+
+
+def _run_helper(name: str, server: str) -> subprocess.CompletedProcess[bytes]:
+    """``docker-credential-<name> get``, bounded by ``HELPER_TIMEOUT``."""
+    proc = subprocess.Popen(
+        [f"docker-credential-{name}", "get"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(server.encode(), timeout=HELPER_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def helper_auth(name: str, registry_host: str) -> str | None:
+    """The header from helper ``name``; None (anonymous) if it has nothing usable."""
+    if not _HELPER_NAME_RE.fullmatch(name):
+        log.warning("credential helper %r: not a valid helper name; going anonymous", name)
+        return None
+    server = server_address(registry_host)
+    program = f"docker-credential-{name}"
+    try:
+        result = _run_helper(name, server)
+    except subprocess.TimeoutExpired:
+        log.warning("%s: no answer within %gs; going anonymous", program, HELPER_TIMEOUT)
+        return None
+    except OSError as error:
+        log.warning("%s: cannot run: %s; going anonymous", program, error.strerror)
+        return None
+    if result.returncode != 0:
+        if _NOT_FOUND in result.stdout or _NOT_FOUND in result.stderr:
+            return None
+        log.warning("%s: exited with status %d; going anonymous", program, result.returncode)
+        return None
+    try:
+        credentials = helper_credentials(result.stdout)
+    except ValueError as error:
+        log.warning("%s: %s; going anonymous", program, error)
+        return None
+    return None if credentials is None else _header(credentials, server)
+
+
+def resolve_auth(registry_host: str) -> str | None:
+    """The ``X-Registry-Auth`` value for ``registry_host`` as the CLI would find it.
+
+    Blocking (it reads a file and may run a helper): run it off the event loop.
+    """
+    config = load_docker_config()
+    helper = helper_for(config, registry_host)
+    if helper is not None:
+        return helper_auth(helper, registry_host)
+    return registry_auth(config, registry_host)

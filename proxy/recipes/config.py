@@ -30,6 +30,11 @@ Rules:
   captured by its ``match``. ``pull = true`` pulls the image that was asked
   for; ``pull = false`` is refused, as it would leave an entry that can heal
   nothing.
+- ``[heal] cache`` is a repository (no tag, no digest); ``cache = true`` on a
+  ``command`` or ``build`` entry needs it. ``pull`` and ``load`` entries
+  already fetch a stored image, so a cache in front of them would only copy
+  it. ``inputs`` globs are relative and never climb out with ``..``: they
+  describe the entry's own sources.
 - A placeholder-free ``depends_on`` must name an image some entry matches
   (otherwise nothing could heal it), and such entries must not form a cycle.
 
@@ -53,7 +58,7 @@ from typing import Any, NoReturn
 from .graph import DependencyCycle, check_cycles
 from .patterns import Pattern, escape, find_recipe, placeholders_in
 from .recipe import Kind, Recipe
-from .reference import normalize
+from .reference import InvalidReference, normalize, parse
 
 
 class ConfigError(ValueError):
@@ -102,6 +107,10 @@ class HealSettings:
     max_build_spool: int = 4 << 30
     """Bytes of a build body read while looking for its Dockerfile before the
     build is forwarded unhealed."""
+    cache: str | None = None
+    """The registry repository heals are pulled from and pushed to (normalised)."""
+    cache_push: bool = True
+    """False makes this host pull-only, for hosts that hold no push credentials."""
 
 
 @dataclass(frozen=True)
@@ -154,10 +163,23 @@ _HEAL_KEYS = (
     "background_parallel",
     "min_free",
     "max_build_spool",
+    "cache",
+    "cache_push",
 )
 _METRICS_KEYS = ("listen",)
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
-_ENTRY_KEYS = ("match", *_KINDS, "workdir", "env", "depends_on", "timeout", "proactive")
+_ENTRY_KEYS = (
+    "match",
+    *_KINDS,
+    "workdir",
+    "env",
+    "depends_on",
+    "timeout",
+    "proactive",
+    "cache",
+    "inputs",
+)
+_CACHED_KINDS: tuple[Kind, ...] = ("command", "build")
 _BUILD_KEYS = ("context", "dockerfile", "args", "target")
 
 
@@ -337,6 +359,10 @@ class _Reader:
             ),
             min_free=min_free,
             max_build_spool=self.optional_size(table, "max_build_spool", defaults.max_build_spool),
+            cache=self.cache_repository(table["cache"]) if "cache" in table else None,
+            cache_push=self.boolean(
+                table.get("cache_push", defaults.cache_push), "heal.cache_push"
+            ),
         )
 
     def at_least_one(self, table: Mapping[str, Any], key: str, default: int) -> int:
@@ -344,6 +370,18 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             self.fail(f"heal.{key}", f"expected a whole number of at least 1, not {value!r}")
         return value
+
+    def cache_repository(self, value: object) -> str:
+        """The repository heals are cached in, normalised; a tag or digest is refused,
+        since the proxy picks the tag (the cache key)."""
+        text = self.string(value, "heal.cache")
+        try:
+            reference = parse(text)
+        except InvalidReference as error:
+            self.fail("heal.cache", f"{text!r} is not a repository: {error.reason}")
+        if "@" in text or ":" in text.rsplit("/", 1)[-1]:
+            self.fail("heal.cache", f"give a repository without a tag or digest, not {text!r}")
+        return reference.name
 
     def recipe(self, index: int, raw: object, heal: HealSettings) -> Recipe:
         where = f"images[{index}]"
@@ -382,6 +420,23 @@ class _Reader:
             workdir = self.path_template(templates["workdir"])
         env = self.string_table(raw.get("env", {}), f"{where}.env")
         templates.update((f"env.{key}", value) for key, value in env.items())
+        cache = self.boolean(raw.get("cache", False), f"{where}.cache")
+        if cache and kinds[0] not in _CACHED_KINDS:
+            self.fail(
+                f"{where}.cache", f"only command and build entries are cached, not {kinds[0]}"
+            )
+        if cache and heal.cache is None:
+            self.fail(f"{where}.cache", "needs a repository in [heal] cache")
+        inputs = self.string_list(raw.get("inputs", []), f"{where}.inputs")
+        if inputs and kinds[0] not in _CACHED_KINDS:
+            self.fail(f"{where}.inputs", f"a {kinds[0]} entry has no sources to hash")
+        for i, glob in enumerate(inputs):
+            if not glob or glob.startswith("/") or ".." in glob.split("/"):
+                self.fail(
+                    f"{where}.inputs[{i}]",
+                    f"expected a glob inside the workdir or build context, not {glob!r}",
+                )
+            templates[f"inputs[{i}]"] = glob
         depends_on = self.string_list(raw.get("depends_on", []), f"{where}.depends_on")
         for i, dependency in enumerate(depends_on):
             self.pattern(dependency, f"{where}.depends_on[{i}]")
@@ -395,9 +450,7 @@ class _Reader:
             if missing:
                 name = min(missing)
                 self.fail(where, f"placeholder {{{name}}} in {label} is not captured by match")
-        proactive = raw.get("proactive", False)
-        if not isinstance(proactive, bool):
-            self.fail(f"{where}.proactive", f"expected true or false, not {proactive!r}")
+        proactive = self.boolean(raw.get("proactive", False), f"{where}.proactive")
         return Recipe(
             index=index,
             match=match,
@@ -411,6 +464,8 @@ class _Reader:
             depends_on=tuple(depends_on),
             timeout=self.optional_duration(raw, "timeout", where, heal.timeout),
             proactive=proactive,
+            cache=cache,
+            inputs=tuple(inputs),
         )
 
     @staticmethod
@@ -508,6 +563,11 @@ class _Reader:
             parse(value)
         except ValueError as error:
             self.fail(where, str(error))
+
+    def boolean(self, value: object, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(where, f"expected true or false, not {value!r}")
+        return value
 
     def string_list(self, value: object, where: str) -> list[str]:
         if not isinstance(value, list):

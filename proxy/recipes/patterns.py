@@ -212,6 +212,8 @@ def instantiate(recipe: Recipe, reference: str, captures: Mapping[str, str]) -> 
         load=None if recipe.load is None else Path(fill(recipe.load)),
         depends_on=tuple(normalize(fill(dependency)) for dependency in recipe.depends_on),
         timeout=recipe.timeout,
+        cache=recipe.cache,
+        inputs=tuple(fill(pattern) for pattern in recipe.inputs),
     )
 
 

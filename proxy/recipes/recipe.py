@@ -52,6 +52,10 @@ class Recipe:
     timeout: float = 1800.0
     proactive: bool = False
     """Heal this entry's tags right after a prune, not only when asked for."""
+    cache: bool = False
+    """Whether heals of this entry go through ``[heal] cache`` first."""
+    inputs: tuple[str, ...] = ()
+    """Globs, relative to the workdir or build context, whose files go into the cache key."""
 
     @property
     def name(self) -> str:
@@ -76,3 +80,10 @@ class ConcreteRecipe:
     depends_on: tuple[str, ...] = ()
     """Normalised references of the explicit dependencies."""
     timeout: float = 1800.0
+    cache: bool = False
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def inputs_root(self) -> Path:
+        """Where ``inputs`` globs start: the build context, else the workdir."""
+        return self.build.context if self.build is not None else self.workdir

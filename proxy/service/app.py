@@ -93,7 +93,7 @@ class App:
         if self.healer is not None:
             self.healer.reconfigure(config)
         if self.metrics is not None:
-            self.metrics.recipes_configured(r.match for r in config.recipes)
+            self.metrics.recipes_configured(config.recipes)
         if self.proactive is not None:
             self.proactive.reconfigure()
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
@@ -103,7 +103,7 @@ class App:
         sweep(settings.state_dir)
         engine = Engine(settings.upstream)
         metrics = self.metrics = Metrics(lambda: self.healer, lambda: self.proactive)
-        metrics.recipes_configured(r.match for r in self.config.recipes)
+        metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
             self.config, engine, settings.upstream, settings.state_dir, metrics
         )

@@ -16,16 +16,19 @@ Rules:
   listed only for placeholder-free build entries; a template's Dockerfile can
   depend on the image, so ``check IMAGE`` is the way to see those.
 - With IMAGE: the entry that matches and its captures, the recipe filled in,
-  the heal order, bases first, and whether it is healed proactively after a
-  prune. A bad IMAGE or a cycle is reported in the text rather than raised:
-  it is exactly what ``check`` is for.
+  the cache reference a heal would try first (for a cached entry), the heal
+  order, bases first, and whether it is healed proactively after a prune. A
+  bad IMAGE or a cycle is reported in the text rather than raised: it is
+  exactly what ``check`` is for.
 - A ``min_free`` that cannot be checked (the daemon's root folder is not
   visible from here) is said once, under every proactive config.
 
 Theory of operation: ``describe`` only formats; matching, filling in and
 ordering come from ``patterns`` and ``graph``, the same calls the healer
 makes, so ``check`` cannot drift from what a heal would do. Reading the
-Dockerfile is passed in, so the text can be produced without touching disk.
+Dockerfile and finding the cache reference (which hashes the inputs and asks
+the daemon its platform) are passed in, so the text can be produced without
+touching disk or a daemon.
 """
 
 from __future__ import annotations
@@ -40,10 +43,16 @@ from ..recipes.recipe import BuildSpec, ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 
 ReadDockerfile = Callable[[ConcreteRecipe], str | None]
+CacheReference = Callable[[ConcreteRecipe], str]
+"""The cache reference a heal of a cached recipe would try, or why none."""
 
 
 def describe(
-    config: Config, image: str | None, read_dockerfile: ReadDockerfile, disk: str | None = None
+    config: Config,
+    image: str | None,
+    read_dockerfile: ReadDockerfile,
+    cache_reference: CacheReference,
+    disk: str | None = None,
 ) -> str:
     """The ``check`` report: all recipes, or how ``image`` would be healed.
 
@@ -53,7 +62,8 @@ def describe(
     notes = [f"warning: {disk}"] if disk and any(r.proactive for r in config.recipes) else []
     if image is None:
         return "\n".join([source, *notes, *_recipes(config.recipes, read_dockerfile)])
-    return "\n".join([source, *notes, *_image(config.recipes, image, read_dockerfile)])
+    lines = _image(config.recipes, image, read_dockerfile, cache_reference)
+    return "\n".join([source, *notes, *lines])
 
 
 def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> list[str]:
@@ -75,7 +85,12 @@ def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> li
     return lines
 
 
-def _image(recipes: tuple[Recipe, ...], image: str, read_dockerfile: ReadDockerfile) -> list[str]:
+def _image(
+    recipes: tuple[Recipe, ...],
+    image: str,
+    read_dockerfile: ReadDockerfile,
+    cache_reference: CacheReference,
+) -> list[str]:
     try:
         normal = normalize(image)
         found = find_recipe(recipes, normal)
@@ -92,7 +107,10 @@ def _image(recipes: tuple[Recipe, ...], image: str, read_dockerfile: ReadDockerf
         *([f"  captures  {with_captures}"] if with_captures else []),
         "",
         "recipe, filled in:",
-        *_table(_fields(concrete, concrete.build)),
+        *_table(
+            _fields(concrete, concrete.build)
+            + ([("cache key", cache_reference(concrete))] if recipe.cache else [])
+        ),
         "",
         "heal order, bases first (each is skipped if the image already exists):",
     ]
@@ -133,6 +151,10 @@ def _fields(item: Recipe | ConcreteRecipe, build: BuildSpec | None) -> list[tupl
         fields.append(("env", " ".join(item.env)))
     if item.depends_on:
         fields.append(("depends on", ", ".join(item.depends_on)))
+    if item.inputs:
+        fields.append(("inputs", " ".join(item.inputs)))
+    if item.cache:
+        fields.append(("cached", "yes: tries [heal] cache before running"))
     fields.append(("timeout", format_duration(item.timeout)))
     if isinstance(item, Recipe) and item.proactive:
         fields.append(("proactive", "yes: healed right after a prune"))

@@ -15,8 +15,9 @@ import grp
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import uvloop
 
@@ -25,19 +26,24 @@ from ..healing import proactive
 from ..healing.buildcontext import read_dockerfile_from_disk
 from ..healing.engine import Engine, EngineError
 from ..healing.healer import Healer, HealFailed
+from ..healing.inputs import InputsError, inputs_hash
+from ..recipes.cachekey import cache_reference
 from ..recipes.config import Config, ConfigError, load_config
 from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.patterns import Pattern, find_recipe
+from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError
 from . import logs
 from .app import App
-from .check import describe
+from .check import CacheReference, describe
 from .server import open_listener
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
 COMMANDS = ("serve", "check", "heal", "status")
+
+T = TypeVar("T")
 
 
 def _group_exists(name: str) -> bool:
@@ -79,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
 
     check = add("check", "validate the config; with IMAGE, show how it would be healed")
     check.add_argument("image", nargs="?", metavar="IMAGE")
+    check.add_argument("--upstream", help="unix:///path of the Docker daemon (cache key, min_free)")
 
     heal = add("heal", "heal an image now, through the same path as the proxy")
     heal.add_argument("image", nargs="?", metavar="IMAGE")
@@ -112,6 +119,15 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     )
 
 
+async def _ask_daemon(upstream: str, question: Callable[[Engine], Awaitable[T]]) -> T:
+    """One short question to the daemon at ``upstream``, on an Engine of its own."""
+    engine = Engine(upstream)
+    try:
+        return await question(engine)
+    finally:
+        await engine.close()
+
+
 def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
     """Why ``[heal] min_free`` cannot be checked by the proxy on this host, or None."""
     if not proactive.enabled(config):
@@ -120,26 +136,41 @@ def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
         upstream = _settings(args, config).upstream
     except SettingsError:
         return None  # check reports the config; serve will report the settings
-
-    async def ask() -> str:
-        engine = Engine(upstream)
-        try:
-            return await engine.root_dir()
-        finally:
-            await engine.close()
-
     try:
-        root = uvloop.run(ask())
+        root = uvloop.run(_ask_daemon(upstream, Engine.root_dir))
     except EngineError as exc:
         return f"cannot ask the daemon for its root folder, so [heal] min_free is unchecked: {exc}"
     return proactive.unseen_root(root)
+
+
+def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference:
+    """The key a heal would compute: the inputs hashed here, the platform asked of
+    the daemon a heal would run on."""
+
+    def reference(concrete: ConcreteRecipe) -> str:
+        repository = config.heal.cache
+        if repository is None:
+            return "none: [heal] cache is not set"
+        try:
+            digest = inputs_hash(concrete.inputs_root, concrete.inputs)
+            platform = uvloop.run(_ask_daemon(_settings(args, config).upstream, Engine.platform))
+        except InputsError as error:
+            return f"none, a heal would not use the cache: {error}"
+        except (EngineError, SettingsError) as error:
+            return f"unknown: the key needs the daemon's os/arch ({error})"
+        pull_only = "" if config.heal.cache_push else ", pull only"
+        found = cache_reference(repository, concrete, digest, platform)
+        return f"{found} ({platform}{pull_only}; tried before the recipe)"
+
+    return reference
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
     _settings(args, config)  # what serve would refuse at start, check refuses too
     disk = _min_free_problem(args, config)
-    print(describe(config, args.image, read_dockerfile_from_disk, disk))
+    reference = _cache_reference(args, config)
+    print(describe(config, args.image, read_dockerfile_from_disk, reference, disk))
     if args.image is None:
         return 0
     try:
@@ -162,6 +193,7 @@ async def _heal_now(settings: Settings, config: Config, images: list[str], force
                 failed += 1
             else:
                 print(f"{image}: {outcome}")
+        await healer.settle()
     finally:
         await engine.close()
     return 1 if failed else 0

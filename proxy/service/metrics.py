@@ -17,8 +17,9 @@ Rules:
   to be down.
 - Series an alert is written against exist from start-up at zero (every
   ``heals_total`` result of every recipe, both image check results, every
-  upstream error kind). ``increase()`` and ``rate()`` see nothing on a series
-  whose first sample is already 1, so a first failure would never alert.
+  upstream error kind, every cache pull and push result). ``increase()``
+  and ``rate()`` see nothing on a series whose first sample is already 1, so
+  a first failure would never alert.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..healing.cache import PULL_RESULTS, PUSH_RESULTS
+from ..recipes.recipe import Recipe
 from ..wire.routes import route
 
 PREFIX = "docker_heal_proxy_"
@@ -56,7 +59,8 @@ BLOCK_REASONS = ("min_free",)
 
 
 class HealerView(Protocol):
-    """What a scrape reads of the healer; a Protocol so metrics need not import healing."""
+    """What a scrape reads of the healer: a Protocol, so metrics depend on those three
+    readings and not on the Healer class."""
 
     @property
     def running(self) -> Sized: ...
@@ -182,8 +186,21 @@ class Metrics:
         )
         self.heals = Counter(
             PREFIX + "heals_total",
-            "Recipe runs, by recipe match string, result and what started them.",
-            ["image", "result", "trigger"],
+            "Heals, by recipe match string, result, what started them and source "
+            "(recipe run or cache pull).",
+            ["image", "result", "trigger", "source"],
+            registry=r,
+        )
+        self.cache_pulls = Counter(
+            PREFIX + "cache_pulls_total",
+            "Tries of the registry cache before a recipe, by result (hit, miss, error).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_pushes = Counter(
+            PREFIX + "cache_pushes_total",
+            "Pushes to the registry cache after a recipe run, by result.",
+            ["result"],
             registry=r,
         )
         self.heal_duration = Histogram(
@@ -202,6 +219,10 @@ class Metrics:
             self.upstream_errors.labels(kind)
         for result in ("present", "missing"):
             self.image_checks.labels(result)
+        for result in PULL_RESULTS:
+            self.cache_pulls.labels(result)
+        for result in PUSH_RESULTS:
+            self.cache_pushes.labels(result)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     # -- connection.Observer ---------------------------------------------------
@@ -229,20 +250,31 @@ class Metrics:
 
     # -- healer and interceptor --------------------------------------------------
 
-    def recipes_configured(self, matches: Iterable[str]) -> None:
+    def recipes_configured(self, recipes: Iterable[Recipe]) -> None:
         """Start each recipe's heal series at zero (see the module rules); on start and reload.
 
         Series of recipes a reload removed stay: their counts are history.
+        A cache pull never fails a heal, so only success has a cache series.
         """
-        for match in matches:
+        for recipe in recipes:
             for trigger in TRIGGERS:
                 for result in ("success", "failure"):
-                    self.heals.labels(match, result, trigger)
-                self.heal_duration.labels(match, trigger)
+                    self.heals.labels(recipe.match, result, trigger, "recipe")
+                if recipe.cache:
+                    self.heals.labels(recipe.match, "success", trigger, "cache")
+                self.heal_duration.labels(recipe.match, trigger)
 
-    def heal_finished(self, match: str, success: bool, seconds: float, trigger: str) -> None:
-        self.heals.labels(match, "success" if success else "failure", trigger).inc()
+    def heal_finished(
+        self, match: str, success: bool, seconds: float, trigger: str, source: str
+    ) -> None:
+        self.heals.labels(match, "success" if success else "failure", trigger, source).inc()
         self.heal_duration.labels(match, trigger).observe(seconds)
+
+    def cache_pulled(self, result: str) -> None:
+        self.cache_pulls.labels(result).inc()
+
+    def cache_pushed(self, result: str) -> None:
+        self.cache_pushes.labels(result).inc()
 
     def image_checked(self, present: bool) -> None:
         self.image_checks.labels("present" if present else "missing").inc()

@@ -108,6 +108,8 @@ def _running(snapshot: Mapping[str, Any]) -> list[str]:
             f"  {heal.get('image', '?')}  {heal.get('phase', '?')}  "
             f"{_seconds(heal.get('elapsed_seconds'))}  by {heal.get('recipe', '?')}"
         )
+        if heal.get("cache"):
+            lines.append(f"    cache: {heal['cache']}")
         lines += [f"    | {line}" for line in heal.get("last_lines") or []]
         if heal.get("log"):
             lines.append(f"    log: {heal['log']}")
@@ -154,8 +156,9 @@ def render(snapshot: Mapping[str, Any]) -> str:
     for image in sorted(results):
         result = results[image]
         message = str(result.get("message", "")).splitlines() or [""]
+        source = f" ({result['source']})" if result.get("source") else ""
         lines.append(
-            f"  {image}  {result.get('result', '?')}  {result.get('finished_at', '?')}  "
+            f"  {image}  {result.get('result', '?')}{source}  {result.get('finished_at', '?')}  "
             f"{_seconds(result.get('duration_seconds'))}  {message[0]}"
         )
         lines += [f"      {line}" for line in message[1:]]

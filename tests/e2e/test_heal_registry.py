@@ -14,10 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,12 +22,12 @@ from support import (
     Dockerd,
     MakeProxy,
     Proxy,
+    Registry,
     docker,
     docker_run,
-    free_port,
     image_exists,
+    running_registry,
     toml_string,
-    wait_for,
 )
 
 pytestmark = pytest.mark.daemon
@@ -39,77 +36,16 @@ pytestmark = pytest.mark.daemon
 USER, PASSWORD = "healer", "s3cret-pw"
 
 
-@dataclass
-class Registry:
-    host: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except urllib.error.HTTPError as error:
-        return error.code == 401
-    except OSError:
-        return False
-
-
-def start_registry(folder: Path, htpasswd: Path | None) -> Registry:
-    folder.mkdir(parents=True)
-    port = free_port()
-    auth = ""
-    if htpasswd is not None:
-        auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
-    config = folder / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
-    )
-    log_path = folder / "registry.log"
-    proc = subprocess.Popen(
-        ["/usr/bin/docker-registry", "serve", str(config)],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v2/"
-    wait_for(lambda: proc.poll() is not None or answers(url), 20, "the registry")
-    if proc.poll() is not None:
-        raise RuntimeError(f"registry exited: {log_path.read_text()[-2000:]}")
-    return Registry(f"127.0.0.1:{port}", proc, log_path)
-
-
-def stop(registry: Registry) -> None:
-    registry.proc.terminate()
-    try:
-        registry.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        registry.proc.kill()
-        registry.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def open_registry(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    registry = start_registry(tmp_path_factory.mktemp("open") / "registry", None)
-    yield registry
-    stop(registry)
+    with running_registry(tmp_path_factory.mktemp("open")) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")
 def auth_registry(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    folder = tmp_path_factory.mktemp("auth")
-    htpasswd = folder / "htpasswd"
-    line = subprocess.run(
-        ["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True
-    ).stdout
-    htpasswd.write_bytes(line)
-    registry = start_registry(folder / "registry", htpasswd)
-    yield registry
-    stop(registry)
+    with running_registry(tmp_path_factory.mktemp("auth"), (USER, PASSWORD)) as registry:
+        yield registry
 
 
 def docker_config(folder: Path, registry: Registry | None) -> Path:

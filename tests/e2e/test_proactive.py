@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,7 +24,6 @@ from support import (
     FakeDaemon,
     MakeProxy,
     Proxy,
-    UnixHTTPConnection,
     api_calls,
     build_busybox,
     build_calls,
@@ -34,6 +32,7 @@ from support import (
     docker,
     docker_run,
     free_port,
+    heal_status,
     image_exists,
     is_build_of,
     line_count,
@@ -55,14 +54,6 @@ HEAL_TIME = 120
 """Seconds a test gives a proactive heal: the debounce (5s) plus a busybox build."""
 
 
-def status(proxy: Proxy) -> dict[str, Any]:
-    conn = UnixHTTPConnection(proxy.socket)
-    conn.request("GET", "/_heal/status")
-    body = conn.getresponse().read()
-    conn.close()
-    return dict(json.loads(body))
-
-
 def metric(port: int, name: str, **labels: str) -> float | None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -82,11 +73,11 @@ def heal_lines(proxy: Proxy, image: str) -> list[str]:
 
 
 def reconciled_after(proxy: Proxy, count: int) -> bool:
-    return int(status(proxy)["proactive"]["reconciles"]) > count
+    return int(heal_status(proxy)["proactive"]["reconciles"]) > count
 
 
 def settled(proxy: Proxy) -> bool:
-    current = status(proxy)
+    current = heal_status(proxy)
     return not current["in_progress"] and not current["proactive"]["queued"]
 
 
@@ -132,7 +123,7 @@ def test_a_prune_on_the_daemon_brings_the_seed_chain_back_base_first(
         first = docker_run(group, proxy.env)
         assert first.returncode == 0, first.stderr.decode()
         assert line_count(marker) == 1
-        assert status(proxy)["proactive"]["remembered"] == [group]
+        assert heal_status(proxy)["proactive"]["remembered"] == [group]
         since = log_size(dockerd.log_path)
 
         docker(["image", "prune", "-a", "-f"], env=dockerd.env)
@@ -175,8 +166,8 @@ def test_an_unmanaged_delete_heals_nothing_and_a_managed_one_heals_once(
     docker(["tag", busybox, image], env=dockerd.env)
     docker(["tag", busybox, other], env=dockerd.env)
     proxy = make_proxy(static_recipe(tmp_path, image, script))
-    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
-    count = status(proxy)["proactive"]["reconciles"]
+    wait_for(lambda: heal_status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    count = heal_status(proxy)["proactive"]["reconciles"]
 
     remove(dockerd.env, other)
     wait_for(lambda: reconciled_after(proxy, count), 30, "a reconcile after the unmanaged delete")
@@ -209,10 +200,14 @@ def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
             root / "proxy", daemon.socket, config=static_recipe(tmp_path, image, script)
         )
         try:
-            wait_for(lambda: status(proxy)["proactive"]["events"]["up"], 30, "the event stream")
+            wait_for(
+                lambda: heal_status(proxy)["proactive"]["events"]["up"], 30, "the event stream"
+            )
             daemon.stop()
             wait_for(
-                lambda: not status(proxy)["proactive"]["events"]["up"], 30, "the stream to drop"
+                lambda: not heal_status(proxy)["proactive"]["events"]["up"],
+                30,
+                "the stream to drop",
             )
             # The same data root behind another socket: the proxy cannot see this.
             side_root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
@@ -226,7 +221,7 @@ def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
             wait_for(lambda: ping(daemon.socket), 30, "dockerd again")
 
             wait_for(lambda: image_exists(daemon.env, image), HEAL_TIME, "the image to return")
-            assert status(proxy)["proactive"]["events"]["up"]
+            assert heal_status(proxy)["proactive"]["events"]["up"]
             assert line_count(marker) == 1
             assert "reconcile: 1 managed images missing" in proxy.log()
         finally:
@@ -260,7 +255,7 @@ def test_min_free_holds_proactive_heals_but_not_creates(
         HEAL_TIME,
         "the min_free gauge",
     )
-    assert "min_free" in status(proxy)["proactive"]["blocked"]
+    assert "min_free" in heal_status(proxy)["proactive"]["blocked"]
     assert line_count(marker) == 0 and not image_exists(dockerd.env, image)
 
     # A create does not wait for disk space: it heals at once.
@@ -270,7 +265,7 @@ def test_min_free_holds_proactive_heals_but_not_creates(
     assert metric(port, "docker_heal_proxy_heals_total", trigger="create", result="success") == 1
 
     remove(dockerd.env, image)
-    count = status(proxy)["proactive"]["reconciles"]
+    count = heal_status(proxy)["proactive"]["reconciles"]
     wait_for(lambda: reconciled_after(proxy, count), HEAL_TIME, "the reconcile after the delete")
     assert line_count(marker) == 1, "a proactive heal ran below min_free"
 
@@ -315,13 +310,13 @@ def test_a_typo_is_never_remembered_nor_rebuilt(
     assert docker_run(good, proxy.env).returncode == 0
     failed = docker_run(typo, proxy.env)
     assert failed.returncode == 125, failed.stderr.decode()
-    assert status(proxy)["proactive"]["remembered"] == [good]
+    assert heal_status(proxy)["proactive"]["remembered"] == [good]
 
     remove(dockerd.env, good)
     wait_for(lambda: image_exists(dockerd.env, good), HEAL_TIME, "the remembered tag to return")
     wait_for(lambda: settled(proxy), 30, "the background heal to finish")
     assert len(heal_lines(proxy, typo)) == 1, "the typo was tried again after the prune"
-    assert status(proxy)["proactive"]["remembered"] == [good]
+    assert heal_status(proxy)["proactive"]["remembered"] == [good]
     assert saved_tags(proxy, tmp_path) == [good]
 
 
@@ -399,7 +394,7 @@ def finish(client: subprocess.Popen[bytes], gate: Path) -> bytes:
 def running(proxy: Proxy, image: str) -> bool:
     return any(
         heal["image"] == image and heal["phase"] == "running"
-        for heal in status(proxy)["in_progress"]
+        for heal in heal_status(proxy)["in_progress"]
     )
 
 
@@ -412,13 +407,13 @@ def test_a_create_joins_a_running_proactive_heal_and_makes_it_its_own(
     docker(["tag", busybox, image], env=dockerd.env)
     port = free_port()
     proxy = make_proxy(static_recipe(tmp_path, image, script), args=metrics_args(port))
-    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    wait_for(lambda: heal_status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
 
     remove(dockerd.env, image)
     wait_for(lambda: running(proxy, image), HEAL_TIME, "the proactive heal to start")
     client = run_in_background(image, proxy)
     try:
-        wait_for(lambda: status(proxy)["waiters"] == 1, 30, "the create to join the heal")
+        wait_for(lambda: heal_status(proxy)["waiters"] == 1, 30, "the create to join the heal")
     finally:
         out = finish(client, gate)
     assert out.decode().strip() == "ok"
@@ -441,7 +436,7 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     config = static_recipe(tmp_path, background, script, max_parallel=1)
     config += f"[[images]]\nmatch = {toml_string(busy)}\ncommand = [{toml_string(busy_script)}]\n"
     proxy = make_proxy(config)
-    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    wait_for(lambda: heal_status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
     remove(dockerd.env, busy)
     client = run_in_background(busy, proxy)
     try:
@@ -449,9 +444,9 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
         remove(dockerd.env, background)
         waits = f"proactive heal of {background} waits for the one heal slot"
         wait_for(lambda: waits in proxy.log(), HEAL_TIME, "the background heal to wait")
-        assert background in status(proxy)["proactive"]["queued"]
+        assert background in heal_status(proxy)["proactive"]["queued"]
         # Not even queued for the slot: a create arriving now would go first.
-        assert all(heal["image"] != background for heal in status(proxy)["in_progress"])
+        assert all(heal["image"] != background for heal in heal_status(proxy)["in_progress"])
         assert line_count(marker) == 0
     finally:
         finish(client, gate)
@@ -466,8 +461,10 @@ def test_tags_present_at_start_are_remembered_and_saved(
     docker(["tag", busybox, present], env=dockerd.env)
     try:
         proxy = make_proxy(group_config(tmp_path, "127.0.0.1:1/dhp/atstart", tmp_path))
-        wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
-        assert status(proxy)["proactive"]["remembered"] == [present]
+        wait_for(
+            lambda: heal_status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile"
+        )
+        assert heal_status(proxy)["proactive"]["remembered"] == [present]
         assert saved_tags(proxy, tmp_path) == [present]
     finally:
         remove(dockerd.env, present)

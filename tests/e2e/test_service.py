@@ -44,6 +44,7 @@ from support import (
     docker,
     docker_run,
     free_port,
+    heal_status,
     proxy_cli,
     raw_request,
     remove,
@@ -109,17 +110,6 @@ def recipe(image: str, command: list[str], env: dict[str, str] | None = None) ->
         pairs = ", ".join(f"{k} = {json.dumps(v)}" for k, v in env.items())
         text += f"env = {{ {pairs} }}\n"
     return text
-
-
-def heal_status(proxy: Proxy) -> dict[str, Any]:
-    conn = UnixHTTPConnection(proxy.socket, timeout=10)
-    try:
-        conn.request("GET", "/_heal/status")
-        response = conn.getresponse()
-        assert response.status == 200
-        return dict(json.loads(response.read()))
-    finally:
-        conn.close()
 
 
 def running_phase(proxy: Proxy, image: str) -> str | None:
@@ -333,6 +323,7 @@ def test_alert_rules_check_load_and_are_documented(watched: Watched) -> None:
         "DockerHealProxyUpstreamErrors",
         "DockerHealProxyDown",
         "DockerHealProxyEventsStreamDown",
+        "DockerHealProxyCachePushErrors",
     }
     assert set(loaded) == names
     wait_for(
@@ -468,7 +459,8 @@ def test_status_command_and_watch_show_a_running_heal(watched: Watched) -> None:
         after = proxy_cli("status", f"--listen={proxy.url}")
         assert "Heals in progress: none" in after.stdout
         assert re.search(
-            rf"  {re.escape(GATED_IMAGE)}  success  \S+  \d+\.\ds  healed by", after.stdout
+            rf"  {re.escape(GATED_IMAGE)}  success \(recipe\)  \S+  \d+\.\ds  healed by",
+            after.stdout,
         )
     finally:
         watched.gate.touch()

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.healing.registryauth import load_docker_config, registry_auth
+from proxy.healing import registryauth
+from proxy.healing.registryauth import (
+    helper_credentials,
+    helper_for,
+    load_docker_config,
+    registry_auth,
+    resolve_auth,
+)
 
 
 def decode(header: str | None) -> dict[str, Any]:
@@ -72,3 +81,97 @@ def test_config_location_follows_docker_config(
     assert load_docker_config() == {"auths": {}}
     (tmp_path / "config.json").write_text("not json")
     assert load_docker_config() == {}
+
+
+def test_a_cred_helper_for_the_host_wins_then_the_store_then_auths() -> None:
+    config = {
+        "auths": {"reg:5000": {"auth": basic("u", "p")}},
+        "credsStore": "desktop",
+        "credHelpers": {"reg:5000": "pass", "https://index.docker.io/v1/": "hub"},
+    }
+    assert helper_for(config, "reg:5000") == "pass"
+    assert helper_for(config, "docker.io") == "hub"
+    assert helper_for(config, "other:1") == "desktop"
+    assert helper_for({"auths": config["auths"]}, "reg:5000") is None
+    assert helper_for({"credsStore": "", "credHelpers": {"reg:5000": 5}}, "reg:5000") is None
+
+
+def test_a_helper_answer_is_a_password_or_an_identity_token() -> None:
+    assert helper_credentials(b'{"ServerURL":"r","Username":"u","Secret":"s"}') == {
+        "username": "u",
+        "password": "s",
+    }
+    assert helper_credentials(b'{"Username":"<token>","Secret":"t"}') == {"identitytoken": "t"}
+    assert helper_credentials(b'{"Username":"","Secret":""}') is None
+    for bad in (b"nope", b"[]", b'{"Username":"u"}'):
+        with pytest.raises(ValueError):
+            helper_credentials(bad)
+
+
+@pytest.fixture
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder on PATH for ``docker-credential-*`` scripts, and a config naming them."""
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    return tmp_path
+
+
+def helper(folder: Path, name: str, body: str, registry: str = "reg:5000") -> None:
+    script = folder / f"docker-credential-{name}"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    (folder / "config.json").write_text(json.dumps({"credHelpers": {registry: name}}))
+
+
+def test_resolve_auth_runs_the_helper_with_the_host_on_stdin(helpers: Path) -> None:
+    helper(
+        helpers,
+        "t1",
+        f'[ "$1" = get ] || exit 9\nread host\necho "$host" > {helpers}/asked\n'
+        'echo \'{"Username":"me","Secret":"pw"}\'\n',
+    )
+    assert decode(resolve_auth("reg:5000")) == {
+        "username": "me",
+        "password": "pw",
+        "serveraddress": "reg:5000",
+    }
+    assert (helpers / "asked").read_text() == "reg:5000\n"
+
+
+def test_credentials_not_found_is_anonymous_without_a_warning(
+    helpers: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    helper(helpers, "t2", "echo credentials not found in native keychain\nexit 1\n")
+    assert resolve_auth("reg:5000") is None
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "warning"),
+    [
+        ("t3", "echo 'SECRET-OUTPUT'\nexit 3\n", "docker-credential-t3: exited with status 3"),
+        ("t4", "echo 'SECRET-OUTPUT'\n", "docker-credential-t4: its answer is not JSON"),
+        ("t5", "sleep 30 &\nsleep 30\n", "docker-credential-t5: no answer within 0.5s"),
+        ("../x", "exit 0\n", "'../x': not a valid helper name"),
+        ("absent", None, "docker-credential-absent: cannot run"),
+    ],
+)
+def test_a_failing_helper_is_anonymous_with_a_warning_that_leaks_nothing(
+    helpers: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    body: str | None,
+    warning: str,
+) -> None:
+    monkeypatch.setattr(registryauth, "HELPER_TIMEOUT", 0.5)
+    if body is not None and "/" not in name:
+        helper(helpers, name, body)
+    else:
+        (helpers / "config.json").write_text(json.dumps({"credHelpers": {"reg:5000": name}}))
+    started = time.monotonic()
+    assert resolve_auth("reg:5000") is None
+    assert time.monotonic() - started < 5, "a hanging helper's children must not hold it"
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and warning in messages[0], messages
+    assert "SECRET-OUTPUT" not in caplog.text

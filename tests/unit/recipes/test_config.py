@@ -472,6 +472,25 @@ def test_min_free_is_met_by_share_or_size() -> None:
     assert (str(MinFree(percent=15.0)), str(MinFree(size=10 * 2**30))) == ("15%", "10GiB")
 
 
+CACHE = {"cache": "registry.internal:5000/heal-cache"}
+
+
+def test_cache_repository_and_cached_entries() -> None:
+    config = parse(
+        {
+            "heal": {**CACHE, "cache_push": False},
+            "images": [
+                {"match": "app", "command": ["./b"], "cache": True, "inputs": ["src/**", "x"]}
+            ],
+        }
+    )
+    assert config.heal.cache == "registry.internal:5000/heal-cache"
+    assert config.heal.cache_push is False
+    assert (config.recipes[0].cache, config.recipes[0].inputs) == (True, ("src/**", "x"))
+    assert parse({"heal": {"cache": "cache"}}).heal.cache == "docker.io/library/cache"
+    assert Config().heal.cache is None and Config().heal.cache_push is True
+
+
 @pytest.mark.parametrize(
     ("heal", "message"),
     [
@@ -492,3 +511,68 @@ def test_proactive_must_be_a_boolean() -> None:
     fails(
         {"images": [entry]}, "config.toml: images[0].proactive: expected true or false, not 'yes'"
     )
+
+
+@pytest.mark.parametrize(
+    ("heal", "message"),
+    [
+        (
+            {"cache": "reg:5000/c:v1"},
+            "give a repository without a tag or digest, not 'reg:5000/c:v1'",
+        ),
+        ({"cache": "reg:5000"}, "give a repository without a tag or digest, not 'reg:5000'"),
+        ({"cache": "r/c@sha256:" + "0" * 64}, "give a repository without a tag or digest, not"),
+        ({"cache": "Reg/UP"}, "'Reg/UP' is not a repository: repository name must be lowercase"),
+        ({"cache": 5}, "expected a string, not 5"),
+        ({"cache_push": "no"}, "expected true or false, not 'no'"),
+    ],
+)
+def test_bad_cache_settings(heal: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=r"heal\.cache") as raised:
+        parse({"heal": heal})
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "heal", "message"),
+    [
+        (
+            {"command": ["x"], "cache": True},
+            {},
+            "images[0].cache: needs a repository in [heal] cache",
+        ),
+        (
+            {"pull": True, "cache": True},
+            CACHE,
+            "only command and build entries are cached, not pull",
+        ),
+        (
+            {"load": "a.tar", "cache": True},
+            CACHE,
+            "only command and build entries are cached, not load",
+        ),
+        ({"command": ["x"], "cache": 1}, CACHE, "images[0].cache: expected true or false, not 1"),
+        ({"load": "a.tar", "inputs": ["x"]}, {}, "images[0].inputs: a load entry has no sources"),
+        ({"command": ["x"], "inputs": ["../x"]}, {}, "images[0].inputs[0]: expected a glob inside"),
+        (
+            {"command": ["x"], "inputs": ["/etc/x"]},
+            {},
+            "images[0].inputs[0]: expected a glob inside",
+        ),
+        ({"command": ["x"], "inputs": [""]}, {}, "images[0].inputs[0]: expected a glob inside"),
+        ({"command": ["x"], "inputs": ["{v}"]}, {}, "placeholder {v} in inputs[0] is not captured"),
+    ],
+)
+def test_bad_cache_entries(entry: dict[str, object], heal: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse({"heal": heal, "images": [{"match": "app", **entry}]})
+    assert message in str(raised.value)
+
+
+def test_the_readme_many_hosts_example_is_a_valid_config() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme.split("\n## Many hosts\n", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("\n```", 1)[0]
+    config = parse_config(tomllib.loads(block), base_dir=Path("/etc/docker-heal-proxy"))
+    assert config.heal.cache == "registry.internal:5000/heal-cache"
+    assert config.recipes[0].cache and config.recipes[0].inputs

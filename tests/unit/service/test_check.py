@@ -17,6 +17,10 @@ def read(concrete: ConcreteRecipe) -> str | None:
     return DOCKERFILES.get(str(concrete.build.context))
 
 
+def no_cache(concrete: ConcreteRecipe) -> str:
+    raise AssertionError(f"{concrete.image} is not cached")
+
+
 def config() -> Config:
     return parse_config(
         {
@@ -38,7 +42,7 @@ def config() -> Config:
 
 
 def test_lists_every_entry() -> None:
-    text = describe(config(), None, read)
+    text = describe(config(), None, read, no_cache)
     assert text.startswith("no config file: built-in defaults\n4 [[images]] entries")
     assert "images[1]  app:{v}\n  matches  docker.io/library/app:{v}\n" in text
     assert "  build    /cfg/app (-f Dockerfile, --build-arg V='{v}')" in text
@@ -52,20 +56,20 @@ def test_lists_every_entry() -> None:
 def test_env_values_are_never_shown() -> None:
     """The README promises recipes' env values are never shown; names are enough to check."""
     for image in (None, "tool:9"):
-        text = describe(config(), image, read)
+        text = describe(config(), image, read, no_cache)
         assert "s3cr3t" not in text
         assert "hello" not in text
-    assert "  env      MSG TOKEN\n" in describe(config(), "tool:9", read)
+    assert "  env      MSG TOKEN\n" in describe(config(), "tool:9", read, no_cache)
 
 
 def test_without_entries() -> None:
-    assert describe(Config(path=Path("/x.toml")), None, read) == (
+    assert describe(Config(path=Path("/x.toml")), None, read, no_cache) == (
         "config /x.toml\nno [[images]] entries: nothing can be healed"
     )
 
 
 def test_one_image_with_its_chain() -> None:
-    text = describe(config(), "fixed", read)
+    text = describe(config(), "fixed", read, no_cache)
     assert text == "\n".join(
         [
             "no config file: built-in defaults",
@@ -88,16 +92,16 @@ def test_one_image_with_its_chain() -> None:
 
 
 def test_one_image_shows_captures_and_filled_command() -> None:
-    text = describe(config(), "tool:2", read)
+    text = describe(config(), "tool:2", read, no_cache)
     assert "  captures  t=2\n" in text
     assert "  command  make tool T=2 'HOME=${HOME}'\n" in text
 
 
 def test_problems_are_reported_in_the_text() -> None:
-    assert describe(config(), "nope", read).endswith(
+    assert describe(config(), "nope", read, no_cache).endswith(
         "no recipe matches nope (docker.io/library/nope:latest)"
     )
-    assert describe(config(), "Nope", read).endswith(
+    assert describe(config(), "Nope", read, no_cache).endswith(
         "Nope: cannot heal: invalid image reference 'Nope': repository name must be lowercase"
     )
     looping = Config(
@@ -106,7 +110,7 @@ def test_problems_are_reported_in_the_text() -> None:
             Recipe(index=1, match="b", kind="pull", pull="b", depends_on=("a",)),
         )
     )
-    assert describe(looping, "a", read).endswith(
+    assert describe(looping, "a", read, no_cache).endswith(
         "a: cannot heal: docker.io/library/a:latest -> "
         "docker.io/library/b:latest -> docker.io/library/a:latest: dependency cycle"
     )
@@ -125,20 +129,40 @@ def proactive_config() -> Config:
 
 
 def test_check_image_says_whether_proactive_applies() -> None:
-    assert describe(proactive_config(), "base", read).endswith(
+    assert describe(proactive_config(), "base", read, no_cache).endswith(
         "proactive: yes, docker.io/library/base:latest is healed right after a prune"
     )
-    assert describe(proactive_config(), "agent:g1", read).endswith(
+    assert describe(proactive_config(), "agent:g1", read, no_cache).endswith(
         "proactive: yes, once the proxy has seen docker.io/library/agent:g1 exist (a heal, "
         "a create through the proxy, or present at start); forgotten after [heal] "
         "forget_after unused"
     )
     assert "  proactive  yes: healed right after a prune" in describe(
-        proactive_config(), None, read
+        proactive_config(), None, read, no_cache
     )
 
 
 def test_an_unverifiable_min_free_is_a_warning_only_with_proactive_recipes() -> None:
     disk = "the daemon's root folder /d is not visible from here: [heal] min_free is ignored"
-    assert f"\nwarning: {disk}\n" in describe(proactive_config(), None, read, disk)
-    assert "warning" not in describe(config(), None, read, disk)
+    assert f"\nwarning: {disk}\n" in describe(proactive_config(), None, read, no_cache, disk)
+    assert "warning" not in describe(config(), None, read, no_cache, disk)
+
+
+def test_a_cached_entry_shows_its_inputs_and_the_cache_reference_tried_first() -> None:
+    cached = parse_config(
+        {
+            "heal": {"cache": "reg:5000/heal-cache"},
+            "images": [
+                {"match": "app:{v}", "command": ["./b"], "cache": True, "inputs": ["src/**"]}
+            ],
+        },
+        base_dir=Path("/cfg"),
+    )
+
+    def reference(concrete: ConcreteRecipe) -> str:
+        return f"reg:5000/heal-cache:key-of-{concrete.image.rsplit(':', 1)[1]}"
+
+    listing = describe(cached, None, read, reference)
+    assert "  inputs   src/**\n  cached   yes: tries [heal] cache before running\n" in listing
+    text = describe(cached, "app:3", read, reference)
+    assert "\n  cache key  reg:5000/heal-cache:key-of-3\n" in text

@@ -8,18 +8,21 @@ defines them rather than by a list kept here.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support import require
+from support import REPO, require
 
 from proxy import __version__
 from proxy.healing.healer import Healer
+from proxy.recipes.recipe import Recipe
 from proxy.service.metrics import PREFIX, Metrics, application
 
 
@@ -54,9 +57,13 @@ def busy_metrics() -> Metrics:
     metrics.hijacked(1)
     metrics.image_checked(True)
     metrics.image_checked(False)
-    metrics.heal_finished("app:*", True, 42.0, "create")
-    metrics.heal_finished("app:*", False, 3000.0, "create")
-    metrics.heal_finished("app:*", True, 7.0, "proactive")
+    metrics.heal_finished("app:*", True, 42.0, "create", "recipe")
+    metrics.heal_finished("app:*", False, 3000.0, "create", "recipe")
+    metrics.heal_finished("app:*", True, 7.0, "proactive", "recipe")
+    metrics.heal_finished("app:*", True, 2.0, "create", "cache")
+    metrics.cache_pulled("hit")
+    metrics.cache_pulled("error")
+    metrics.cache_pushed("error")
     return metrics
 
 
@@ -84,15 +91,21 @@ def test_every_metric_of_the_issue_is_exported() -> None:
     assert got[(p + "hijacked_connections", ())] == 1
     assert got[(p + "image_checks_total", (("result", "present"),))] == 1
     assert got[(p + "image_checks_total", (("result", "missing"),))] == 1
-    create = ("trigger", "create")
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "success"), create))] == 1
-    assert got[(p + "heals_total", (("image", "app:*"), ("result", "failure"), create))] == 1
-    proactive = (("image", "app:*"), ("result", "success"), ("trigger", "proactive"))
-    assert got[(p + "heals_total", proactive)] == 1
+    heals = p + "heals_total"
+    app = ("image", "app:*")
+    create, proactive = ("trigger", "create"), ("trigger", "proactive")
+    recipe, cache = ("source", "recipe"), ("source", "cache")
+    assert got[(heals, (app, ("result", "success"), recipe, create))] == 1
+    assert got[(heals, (app, ("result", "failure"), recipe, create))] == 1
+    assert got[(heals, (app, ("result", "success"), recipe, proactive))] == 1
+    assert got[(heals, (app, ("result", "success"), cache, create))] == 1
+    assert got[(p + "cache_pulls_total", (("result", "hit"),))] == 1
+    assert got[(p + "cache_pulls_total", (("result", "error"),))] == 1
+    assert got[(p + "cache_pushes_total", (("result", "error"),))] == 1
     # An hour-long heal still lands in a finite bucket.
     bucket = p + "heal_duration_seconds_bucket"
-    assert got[(bucket, (("image", "app:*"), ("le", "3600.0"), create))] == 2
-    assert got[(bucket, (("image", "app:*"), ("le", "60.0"), create))] == 1
+    assert got[(bucket, (app, ("le", "3600.0"), create))] == 3
+    assert got[(bucket, (app, ("le", "60.0"), create))] == 2
     assert got[(p + "proactive_blocked", (("reason", "min_free"),))] == 0
     assert (p + "events_stream_up", ()) not in got, "no proactive recipe, no stream"
     assert got[(p + "heals_in_progress", ())] == 2
@@ -185,15 +198,28 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
     """``increase()`` ignores a series' first sample: a counter that appears at
     1 on the first failure would never fire the heal-failure alert."""
     metrics = Metrics()
-    metrics.recipes_configured(["app:*", "tool:1"])
+    metrics.recipes_configured(
+        [
+            Recipe(index=0, match="app:*", kind="command", cache=True),
+            Recipe(index=1, match="tool:1", kind="load"),
+        ]
+    )
     got = samples(metrics)
+    heals = PREFIX + "heals_total"
     for image in ("app:*", "tool:1"):
         for trigger in ("create", "pull", "build", "proactive", "cli"):
+            # samples() sorts the labels by name: image, result, source, trigger.
             for result in ("success", "failure"):
-                labels = (("image", image), ("result", result), ("trigger", trigger))
-                assert got[(PREFIX + "heals_total", labels)] == 0
+                labels = (("image", image), ("result", result), ("source", "recipe"))
+                assert got[(heals, (*labels, ("trigger", trigger)))] == 0
             count = PREFIX + "heal_duration_seconds_count"
             assert got[(count, (("image", image), ("trigger", trigger)))] == 0
+            cached = (("image", image), ("result", "success"), ("source", "cache"))
+            assert ((heals, (*cached, ("trigger", trigger))) in got) == (image == "app:*")
+    for result in ("hit", "miss", "error"):
+        assert got[(PREFIX + "cache_pulls_total", (("result", result),))] == 0
+    for result in ("success", "error"):
+        assert got[(PREFIX + "cache_pushes_total", (("result", result),))] == 0
     for kind in ("connect", "protocol", "closed"):
         assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
     for result in ("present", "missing"):
@@ -243,3 +269,40 @@ def test_health_carries_detail_without_being_decided_by_it() -> None:
         200,
         {"status": "ok", "events": {"up": False, "detail": "reconnecting"}},
     )
+
+
+def test_the_cache_push_alert_fires_on_one_failed_push(tmp_path: Path) -> None:
+    """``promtool test rules``: a host that fails one push alerts; a clean one does not."""
+    promtool = require("promtool")
+    summary = "docker-heal-proxy cannot push to the registry cache from a"
+    description = (
+        "Heals on a ran their recipe and could not push the result, so other hosts build "
+        "it again. Check the push credentials for `[heal] cache` "
+        '(`journalctl -u docker-heal-proxy | grep "cache push"`).'
+    )
+    tests = tmp_path / "tests.yml"
+    tests.write_text(
+        f"""
+rule_files: [{REPO / "contrib" / "alerts.yml"}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'docker_heal_proxy_cache_pushes_total{{result="error",instance="a"}}'
+        values: '0 0 1 1 1'
+      - series: 'docker_heal_proxy_cache_pushes_total{{result="error",instance="b"}}'
+        values: '0 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: DockerHealProxyCachePushErrors
+        exp_alerts:
+          - exp_labels: {{severity: warning, result: error, instance: a}}
+            exp_annotations:
+              summary: {json.dumps(summary)}
+              description: {json.dumps(description)}
+"""
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -31,7 +31,17 @@ def snapshot() -> dict[str, Any]:
     running.started -= 12.3
     running.lines.extend(["Step 1/2 : FROM base", "Step 2/2 : RUN make"])
     running.log_path = Path("/var/lib/docker-heal-proxy/logs/app-2.log")
+    running.cache = "reg:5000/heal-cache:app-2-0123456789abcdef"
     ok = Result(True, "127.0.0.1:1/app:*", "healed by images[0]", 1_700_000_000, 4.25)
+    hit = Result(
+        True,
+        "127.0.0.1:1/app:*",
+        "healed from the cache reg:5000/heal-cache:app-3-0123456789abcdef",
+        1_700_000_000,
+        0.5,
+        source="cache",
+        cache="reg:5000/heal-cache:app-3-0123456789abcdef",
+    )
     bad = Result(
         False,
         "127.0.0.1:1/tool:1",
@@ -46,7 +56,11 @@ def snapshot() -> dict[str, Any]:
         ],
         "in_progress": [running.view()],
         "waiters": 3,
-        "last_results": {"127.0.0.1:1/app:1": ok.view(), "127.0.0.1:1/tool:1": bad.view()},
+        "last_results": {
+            "127.0.0.1:1/app:1": ok.view(),
+            "127.0.0.1:1/app:3": hit.view(),
+            "127.0.0.1:1/tool:1": bad.view(),
+        },
     }
     return dict(json.loads(json.dumps(data)))
 
@@ -59,7 +73,15 @@ def test_render_shows_recipes_running_heals_and_last_results() -> None:
     assert "127.0.0.1:1/app:2  running  12.3s  by images[0] (127.0.0.1:1/app:*)" in text
     assert "    | Step 2/2 : RUN make" in text
     assert "log: /var/lib/docker-heal-proxy/logs/app-2.log" in text
-    assert "127.0.0.1:1/app:1  success  2023-11-14T22:13:20Z  4.2s  healed by images[0]" in text
+    assert "    cache: reg:5000/heal-cache:app-2-0123456789abcdef" in text
+    assert (
+        "127.0.0.1:1/app:1  success (recipe)  2023-11-14T22:13:20Z  4.2s  healed by images[0]"
+        in text
+    )
+    assert (
+        "127.0.0.1:1/app:3  success (cache)  2023-11-14T22:13:20Z  0.5s  "
+        "healed from the cache reg:5000/heal-cache:app-3-0123456789abcdef" in text
+    )
     # A multi-line failure keeps its first line on the result's row, the rest indented.
     lines = text.splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("  127.0.0.1:1/tool:1  "))

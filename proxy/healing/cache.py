@@ -1,0 +1,150 @@
+"""The shared registry cache: pull a heal's image before its recipe, push it after.
+
+A fleet of hosts that prune on one schedule would otherwise run the same
+slow recipe once per host. With ``[heal] cache`` and ``cache = true`` on a
+recipe, the first host to build an image pushes it to the registry under its
+cache key (``recipes.cachekey``), and every other host heals with a pull.
+
+Rules:
+- The cache only ever saves work; it never fails a heal that the recipe
+  would have made. Every failure here (inputs that cannot be hashed, a
+  registry that is down, credentials it refuses, a push that breaks) is
+  logged, counted, and the heal goes on without the cache.
+- A pull that dockerd answers with 404 (the registry says "manifest
+  unknown") is a miss: the quiet, expected case on the first host.
+- A hit is tagged as the wanted tag. A push tags the image by ID (so a
+  rebuild meanwhile cannot swap what is pushed) under the cache reference.
+  Either way the cache reference is untagged afterwards, never removed with
+  its image: otherwise every rebuild would leave an old image on disk under
+  its cache tag.
+- Credentials are looked up as the CLI does (``registryauth``), off the
+  event loop, once per pull or push.
+- A pull and a push are each bounded by the recipe's own timeout: a
+  registry that stops answering must not hold the heal (or, for a push, the
+  shutdown and ``heal``'s exit) longer than the recipe would.
+
+Theory of operation: ``RegistryCache`` is built per heal from the running
+config. ``reference`` computes the key (the inputs hash in a thread, the
+daemon's platform from ``/version``); ``pull`` returns whether the image is
+now there; ``push`` is what the healer runs as a background task once the
+waiting clients have their answer. Outcomes go to a ``CacheObserver`` (the
+metrics) as ``hit``/``miss``/``error`` and ``success``/``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..recipes.cachekey import cache_reference
+from ..recipes.recipe import ConcreteRecipe
+from ..recipes.reference import split
+from .engine import Engine, EngineError
+from .inputs import InputsError, inputs_hash
+from .registryauth import resolve_auth
+
+log = logging.getLogger(__name__)
+
+PULL_RESULTS = ("hit", "miss", "error")
+PUSH_RESULTS = ("success", "error")
+
+
+class CacheObserver(Protocol):
+    def cache_pulled(self, result: str) -> None: ...
+
+    def cache_pushed(self, result: str) -> None: ...
+
+
+@dataclass
+class RegistryCache:
+    """The cache repository as one heal uses it."""
+
+    engine: Engine
+    repository: str
+    observer: CacheObserver | None = None
+
+    async def reference(self, recipe: ConcreteRecipe) -> str | None:
+        """The cache reference for ``recipe`` on this daemon; None (counted) if unknowable."""
+        try:
+            digest = await asyncio.to_thread(inputs_hash, recipe.inputs_root, recipe.inputs)
+            platform = await self.engine.platform()
+        except (InputsError, EngineError) as error:
+            log.warning("cache for %s not used: %s", recipe.image, error)
+            self._pulled("error")
+            return None
+        return cache_reference(self.repository, recipe, digest, platform)
+
+    async def pull(
+        self, recipe: ConcreteRecipe, reference: str, on_line: Callable[[str], None]
+    ) -> bool:
+        """Whether ``recipe.image`` now exists, pulled from ``reference``."""
+        try:
+            auth = await asyncio.to_thread(resolve_auth, split(reference).domain)
+            async with asyncio.timeout(recipe.timeout):
+                await self.engine.pull(reference, auth, on_line)
+        except EngineError as error:
+            if error.status == 404:
+                log.info("cache miss for %s: %s", recipe.image, reference)
+                self._pulled("miss")
+            else:
+                log.warning("cache pull of %s failed: %s", reference, error)
+                self._pulled("error")
+            return False
+        except TimeoutError:
+            log.warning("cache pull of %s timed out after %gs", reference, recipe.timeout)
+            self._pulled("error")
+            return False
+        try:
+            await self.engine.tag(reference, recipe.image)
+        except EngineError as error:
+            log.warning("cache hit %s could not be tagged %s: %s", reference, recipe.image, error)
+            self._pulled("error")
+            return False
+        finally:
+            await self._untag(reference)
+        self._pulled("hit")
+        return True
+
+    async def push(self, image: str, reference: str, timeout: float | None = None) -> None:
+        """Push what ``image`` is now as ``reference``; never raises but for cancellation.
+
+        ``timeout`` (the recipe's) bounds the push stream; None leaves it unbounded.
+        """
+        try:
+            await self.engine.tag(await self.engine.image_id(image), reference)
+        except EngineError as error:
+            self._push_failed(reference, error)
+            return
+        try:
+            auth = await asyncio.to_thread(resolve_auth, split(reference).domain)
+            async with asyncio.timeout(timeout):
+                await self.engine.push(reference, auth, lambda line: None)
+        except EngineError as error:
+            self._push_failed(reference, error)
+        except TimeoutError:
+            self._push_failed(reference, f"timed out after {timeout:g}s")
+        else:
+            log.info("cache push of %s succeeded", reference)
+            if self.observer is not None:
+                self.observer.cache_pushed("success")
+        finally:
+            await self._untag(reference)
+
+    def _push_failed(self, reference: str, error: EngineError | str) -> None:
+        log.warning("cache push of %s failed: %s", reference, error)
+        if self.observer is not None:
+            self.observer.cache_pushed("error")
+
+    def _pulled(self, result: str) -> None:
+        if self.observer is not None:
+            self.observer.cache_pulled(result)
+
+    async def _untag(self, reference: str) -> None:
+        try:
+            await self.engine.untag(reference)
+        except EngineError as error:
+            if error.status != 404:
+                log.warning("cache tag %s could not be removed: %s", reference, error)

@@ -1,0 +1,157 @@
+"""The cache's decisions, against a recording stand-in for the Engine.
+
+The real registry and daemons are in tests/e2e/test_heal_cache.py; this pins
+the outcomes a real registry rarely produces on demand (a tag that fails
+after a good pull, an untag of a name already gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from proxy.healing.cache import RegistryCache
+from proxy.healing.engine import Engine, EngineError
+from proxy.recipes.recipe import ConcreteRecipe, Recipe
+
+REFERENCE = "reg:5000/heal-cache:app-1-0123456789abcdef"
+
+
+class FakeEngine:
+    def __init__(self, fail: dict[str, EngineError] | None = None) -> None:
+        self.fail = fail or {}
+        self.calls: list[tuple[str, ...]] = []
+
+    def _call(self, *call: str) -> None:
+        self.calls.append(call)
+        if call[0] in self.fail:
+            raise self.fail[call[0]]
+
+    async def platform(self) -> str:
+        self._call("platform")
+        return "linux/amd64"
+
+    async def pull(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("pull", ref)
+
+    async def push(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("push", ref)
+
+    async def tag(self, source: str, target: str) -> None:
+        self._call("tag", source, target)
+
+    async def untag(self, ref: str) -> None:
+        self._call("untag", ref)
+
+    async def image_id(self, ref: str) -> str:
+        self._call("image_id", ref)
+        return "sha256:abc"
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.pulls: list[str] = []
+        self.pushes: list[str] = []
+
+    def cache_pulled(self, result: str) -> None:
+        self.pulls.append(result)
+
+    def cache_pushed(self, result: str) -> None:
+        self.pushes.append(result)
+
+
+def recipe(tmp_path: Path, inputs: tuple[str, ...] = ()) -> ConcreteRecipe:
+    entry = Recipe(index=0, match="app:{t}", kind="command", cache=True)
+    image = "docker.io/library/app:1"
+    return ConcreteRecipe(entry, image, "command", workdir=tmp_path, cache=True, inputs=inputs)
+
+
+def cache(engine: FakeEngine, counts: Counts) -> RegistryCache:
+    return RegistryCache(cast(Engine, engine), "reg:5000/heal-cache", counts)
+
+
+@pytest.fixture(autouse=True)
+def anonymous(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-config"))
+
+
+def pull(engine: FakeEngine, counts: Counts, tmp_path: Path) -> bool:
+    return asyncio.run(cache(engine, counts).pull(recipe(tmp_path), REFERENCE, print))
+
+
+def test_a_hit_is_tagged_as_the_wanted_tag_then_the_cache_tag_is_dropped(tmp_path: Path) -> None:
+    engine, counts = FakeEngine(), Counts()
+    assert pull(engine, counts, tmp_path)
+    assert engine.calls == [
+        ("pull", REFERENCE),
+        ("tag", REFERENCE, "docker.io/library/app:1"),
+        ("untag", REFERENCE),
+    ]
+    assert counts.pulls == ["hit"]
+
+
+@pytest.mark.parametrize(("status", "result"), [(404, "miss"), (500, "error"), (None, "error")])
+def test_a_404_is_a_miss_and_anything_else_an_error(
+    tmp_path: Path, status: int | None, result: str
+) -> None:
+    engine, counts = FakeEngine({"pull": EngineError("no", status)}), Counts()
+    assert not pull(engine, counts, tmp_path)
+    assert engine.calls == [("pull", REFERENCE)], "nothing was pulled, so nothing to untag"
+    assert counts.pulls == [result]
+
+
+def test_a_hit_that_cannot_be_tagged_is_an_error_and_still_untagged(tmp_path: Path) -> None:
+    engine, counts = FakeEngine({"tag": EngineError("tag refused", 500)}), Counts()
+    assert not pull(engine, counts, tmp_path)
+    assert engine.calls[-1] == ("untag", REFERENCE)
+    assert counts.pulls == ["error"]
+
+
+def test_an_untag_of_a_name_already_gone_is_not_a_failure(tmp_path: Path) -> None:
+    engine, counts = FakeEngine({"untag": EngineError("No such image", 404)}), Counts()
+    assert pull(engine, counts, tmp_path)
+    assert counts.pulls == ["hit"]
+
+
+def test_a_push_pins_the_image_id_and_untags_whatever_happens(tmp_path: Path) -> None:
+    for fail, result in (({}, "success"), ({"push": EngineError("denied")}, "error")):
+        engine, counts = FakeEngine(fail), Counts()
+        asyncio.run(cache(engine, counts).push("docker.io/library/app:1", REFERENCE))
+        assert engine.calls == [
+            ("image_id", "docker.io/library/app:1"),
+            ("tag", "sha256:abc", REFERENCE),
+            ("push", REFERENCE),
+            ("untag", REFERENCE),
+        ]
+        assert counts.pushes == [result]
+
+
+class StuckPush(FakeEngine):
+    async def push(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("push", ref)
+        await asyncio.sleep(3600)
+
+
+def test_a_push_is_bounded_by_the_recipe_timeout_and_still_untagged(tmp_path: Path) -> None:
+    engine, counts = StuckPush(), Counts()
+    asyncio.run(cache(engine, counts).push("docker.io/library/app:1", REFERENCE, 0.05))
+    assert engine.calls[-2:] == [("push", REFERENCE), ("untag", REFERENCE)]
+    assert counts.pushes == ["error"]
+
+
+def test_inputs_that_cannot_be_hashed_mean_no_cache_and_an_error(tmp_path: Path) -> None:
+    engine, counts = FakeEngine(), Counts()
+    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path, ("missing/**",))))
+    assert found is None
+    assert counts.pulls == ["error"]
+
+
+def test_the_reference_is_the_repository_and_the_key(tmp_path: Path) -> None:
+    engine, counts = FakeEngine(), Counts()
+    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path)))
+    assert found is not None and found.startswith("reg:5000/heal-cache:app-1-")
+    assert counts.pulls == []
