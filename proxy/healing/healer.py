@@ -26,8 +26,9 @@ Rules:
 - Each heal has a trigger (``create``, ``pull``, ``proactive``, ``cli``) for
   the metrics. A client that joins a proactive heal makes it its own: the
   heal is counted under the client's trigger, since someone waited for it.
-- A tag a recipe produced is reported to ``on_healed``, so that the tags of
-  pattern recipes can be remembered for proactive heals.
+- A tag a recipe produced is reported to ``on_healed`` with its trigger, so
+  that the tags of pattern recipes can be remembered for proactive heals
+  (a proactive heal is no sign that anyone uses the tag).
 
 A reload swaps ``config``; heals already running keep the concrete recipe
 they started with.
@@ -139,7 +140,7 @@ class Healer:
         upstream: str,
         state_dir: Path,
         observer: HealObserver | None = None,
-        on_healed: Callable[[str], None] = lambda image: None,
+        on_healed: Callable[[str, Trigger], None] = lambda image, trigger: None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -162,11 +163,11 @@ class Healer:
 
     # -- entry points --------------------------------------------------------
 
-    async def heal(self, image: str, *, force: bool = False, trigger: Trigger = "create") -> None:
+    async def heal(self, image: str, *, trigger: Trigger, force: bool = False) -> None:
         """Heal an image the daemon just said is missing."""
         await self._join(normalize(image), force, trigger)
 
-    async def ensure(self, image: str, *, force: bool = False, trigger: Trigger = "pull") -> str:
+    async def ensure(self, image: str, *, trigger: Trigger, force: bool = False) -> str:
         """Make sure an image exists; say whether it had to be healed."""
         image = normalize(image)
         if not force and await self._exists(image):
@@ -329,7 +330,7 @@ class Healer:
             True, recipe.match, f"healed by {recipe.name}", time.time(), duration
         )
         self._finished(concrete.image, recipe.match, True, duration)
-        self.on_healed(concrete.image)
+        self.on_healed(concrete.image, self._trigger(concrete.image))
         log.info("heal of %s succeeded in %.1fs", concrete.image, duration)
 
     def _trigger(self, image: str) -> Trigger:

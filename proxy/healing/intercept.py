@@ -143,7 +143,7 @@ class Interceptor:
             exchange.respond(response)
             return
         try:
-            await self._healer.heal(image)
+            await self._healer.heal(image, trigger="create")
         except HealFailed as failure:
             exchange.respond(errors.error(500, str(failure)))
             return
@@ -160,7 +160,7 @@ class Interceptor:
         exchange.write(PROGRESS_HEAD)
         exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))
         try:
-            outcome = await self._healer.ensure(image)
+            outcome = await self._healer.ensure(image, trigger="pull")
         except HealFailed as failure:
             message = str(failure)
             exchange.write(progress_line({"errorDetail": {"message": message}, "error": message}))

@@ -10,7 +10,11 @@ Rules:
   remembered, so a prune cannot make the proxy build typos.
 - Only tags a template recipe matches are kept; a static ``match`` is known
   from the config and needs no memory.
-- Each tag carries when it was last used (wall-clock seconds). A tag unused
+- Each tag carries when it was last used (wall-clock seconds). Only a use
+  by someone refreshes it: a create through the proxy, a pull or an
+  on-demand heal. A proactive heal, or the tag found present at start, only
+  adds a tag not known yet (``refresh=False``); otherwise a host that prunes
+  nightly would rebuild a group nobody runs every night, forever. A tag unused
   for ``forget_after`` is dropped, and the list is capped at ``CAP`` tags,
   the least recently used going first.
 - The file is one JSON object, written whole to a temporary file and renamed,
@@ -55,7 +59,10 @@ class TagMemory:
     cap: int = CAP
     dirty: bool = False
 
-    def remember(self, image: str, now: float) -> None:
+    def remember(self, image: str, now: float, *, refresh: bool = True) -> None:
+        """Note that ``image`` exists; ``refresh`` says someone used it ``now``."""
+        if not refresh and image in self.last_used:
+            return
         self.last_used.pop(image, None)  # re-inserted last: dicts keep order of use
         self.last_used[image] = now
         while len(self.last_used) > self.cap:

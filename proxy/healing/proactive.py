@@ -45,7 +45,7 @@ from ..recipes.reference import InvalidReference, normalize
 from . import memory
 from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
-from .healer import Healer, HealFailed
+from .healer import Healer, HealFailed, Trigger
 from .reconcile import Schedule, present, queue, wanted
 from .watcher import EventWatcher
 
@@ -126,12 +126,16 @@ class Proactive:
 
     # -- what others call -----------------------------------------------------
 
-    def used(self, image: str) -> None:
-        """A create of ``image`` worked, or a heal produced it: remember it if a
-        pattern recipe matches it."""
+    def used(self, image: str, *, refresh: bool = True) -> None:
+        """A create of ``image`` worked: remember it if a pattern recipe matches
+        it. ``refresh`` False only adds a tag not known yet (see ``memory``)."""
         image = normalize(image)
         if memory.worth_remembering(self.config().recipes, image):
-            self.memory.remember(image, time.time())
+            self.memory.remember(image, time.time(), refresh=refresh)
+
+    def healed(self, image: str, trigger: Trigger) -> None:
+        """A heal produced ``image``; only one someone asked for is a use."""
+        self.used(image, refresh=trigger != "proactive")
 
     @property
     def enabled(self) -> bool:
@@ -231,7 +235,7 @@ class Proactive:
         if not self._listed_at_start:
             self._listed_at_start = True
             for image in have:
-                self.used(image)
+                self.used(image, refresh=False)
             await self._find_root()  # warns now if min_free cannot be checked
         for image in self.memory.forget_stale(now, config.heal.forget_after):
             log.info("forgot %s: not used for %.0f days", image, config.heal.forget_after / 86400)

@@ -79,3 +79,13 @@ def test_a_damaged_file_is_an_empty_memory_with_a_warning(
     (tmp_path / memory.FILE_NAME).write_text(text)
     assert memory.load(tmp_path).tags() == []
     assert "cannot read remembered tags" in caplog.text
+
+
+def test_a_proactive_heal_or_a_start_adds_a_tag_but_does_not_refresh_it() -> None:
+    tags = TagMemory()
+    tags.remember("a", 0.0)
+    for night in range(1, 40):  # pruned and rebuilt every night, never run
+        tags.remember("a", night * DAY, refresh=False)
+    tags.remember("new", 39 * DAY, refresh=False)
+    assert tags.forget_stale(40 * DAY, 30 * DAY) == ["a"]
+    assert tags.tags() == ["new"]
