@@ -16,6 +16,7 @@ Rules:
 - A ``max_parallel`` slot is taken last, after the bases and the lock: a heal
   waiting for either holds none, so a chain deeper than the limit cannot
   deadlock and a tag another process is building blocks no other tag.
+  Client heals get freed slots before proactive ones (``slots``).
 - Every way a heal can fail ends in ``HealFailed`` with a sentence for the
   client; nothing else escapes to the data path.
 - A recipe that fails puts its tag in cooldown: for ``failure_cooldown`` the
@@ -59,6 +60,7 @@ from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
+from .slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +155,12 @@ class Healer:
         self.running: dict[str, Progress] = {}
         self.results: dict[str, Result] = {}
         self.waiters = 0
-        self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        self.slots = Slots(config.heal.max_parallel)
+        self._bases_of: dict[str, set[str]] = {}
+        """The bases each heal under way waits for, to relabel a chain a client joins."""
 
     def reconfigure(self, config: Config) -> None:
-        if config.heal.max_parallel != self.config.heal.max_parallel:
-            # Heals holding the old semaphore finish under it; new ones queue here.
-            self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        self.slots.resize(config.heal.max_parallel)
         self.config = config
 
     # -- entry points --------------------------------------------------------
@@ -212,13 +214,20 @@ class Healer:
             self.inflight[image] = task
             self.triggers[image] = trigger
             task.add_done_callback(lambda t: self._settled(image, t))
-        elif trigger != "proactive" and self.triggers.get(image) == "proactive":
-            self.triggers[image] = trigger  # a client waits for it now, if only via its base
+        elif trigger != "proactive":
+            self._relabel(image, trigger)
         self.waiters += waiter
         try:
             return await asyncio.shield(task)
         finally:
             self.waiters -= waiter
+
+    def _relabel(self, image: str, trigger: Trigger) -> None:
+        """A client waits for a proactive heal now, and so for its bases' heals."""
+        if self.triggers.get(image) == "proactive":
+            self.triggers[image] = trigger
+            for base in self._bases_of.get(image, ()):
+                self._relabel(base, trigger)
 
     async def _exists(self, image: str) -> bool:
         try:
@@ -266,7 +275,11 @@ class Healer:
             await self._bases(concrete)
             progress.phase = "queued"
             # The lock first: a heal waiting on another process holds no slot.
-            async with self._lock(image), self._slots:
+
+            def background() -> bool:
+                return self._trigger(image) == "proactive"
+
+            async with self._lock(image), self.slots.take(background):
                 if not force and await self._exists(image):
                     log.info("heal of %s: built meanwhile by another process", image)
                     return False
@@ -276,6 +289,7 @@ class Healer:
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
             del self.running[image]
+            self._bases_of.pop(image, None)
 
     async def _bases(self, concrete: ConcreteRecipe) -> None:
         text = None
@@ -284,6 +298,7 @@ class Healer:
         for base in dependencies(concrete, self.config.recipes, text):
             if await self._exists(base):
                 continue
+            self._bases_of.setdefault(concrete.image, set()).add(base)
             try:
                 await self._join(base, False, self._trigger(concrete.image), waiter=False)
             except HealFailed as failure:

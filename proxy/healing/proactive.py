@@ -10,8 +10,9 @@ Rules:
   ``reconcile_interval`` (``reconcile.Schedule``).
 - Background heals never delay a client. They run through the healer's one
   single flight (a create for the same tag joins the running heal instead
-  of starting another), at most ``background_parallel`` at once, and with
-  ``max_parallel = 1`` only while no other heal is under way. A tag still
+  of starting another), at most ``background_parallel`` at once, each only
+  when a heal slot is free, and never ahead of a client waiting for a slot
+  (``slots``). A tag still
   queued here is healed on demand by a create as if this queue did not
   exist; the queue then finds it present and skips it.
 - Never fight a disk-pressure cleanup: while the daemon's root folder has
@@ -262,8 +263,7 @@ class Proactive:
             image = self.pending.pop(0)
             self.active.add(image)
             try:
-                await self._admitted(image)
-                if enabled(self.config()):  # not turned off by a reload meanwhile
+                if await self._admitted(image):
                     await self.healer.ensure(image, trigger="proactive")
             except HealFailed as failure:
                 self.failed[image] = time.monotonic()
@@ -271,23 +271,37 @@ class Proactive:
             finally:
                 self.active.discard(image)
 
-    async def _admitted(self, image: str) -> None:
-        """Return once a background heal may start (see the module rules)."""
+    async def _admitted(self, image: str) -> bool:
+        """Wait until a background heal of ``image`` may start (see the module
+        rules); False once it should not start at all: proactive heals were
+        turned off, or the image came back meanwhile (a create healed it)."""
         said = False
         while True:
             config = self.config()
+            if not enabled(config):
+                return False
             self._recheck.clear()
-            self.disk = await self._disk_short(config.heal.min_free)
-            if self.disk is not None:
-                log.info("proactive heals wait: %s", self.disk)
+            disk = await self._disk_short(config.heal.min_free)
+            if (disk is None) != (self.disk is None):
+                log.info("proactive heals %s", f"wait: {disk}" if disk else "go on: disk space")
+            self.disk = disk
+            if disk is not None:
                 await self._pause(DISK_RECHECK)
-            elif config.heal.max_parallel == 1 and self.healer.running:
+            elif not self.healer.slots.free:
                 if not said:
-                    log.debug("proactive heal of %s waits for the one heal slot", image)
+                    log.debug("proactive heal of %s waits for a free heal slot", image)
                     said = True
                 await self._pause(IDLE_RECHECK)
             else:
-                return
+                return True
+            if await self._present(image):
+                return False
+
+    async def _present(self, image: str) -> bool:
+        try:
+            return await self.engine.image_exists(image)
+        except EngineError:
+            return False  # the heal will say what is wrong with the daemon
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -447,7 +447,7 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     try:
         wait_for(lambda: running(proxy, busy), 30, "the on-demand heal to hold the slot")
         remove(dockerd.env, background)
-        waits = f"proactive heal of {background} waits for the one heal slot"
+        waits = f"proactive heal of {background} waits for a free heal slot"
         wait_for(lambda: waits in proxy.log(), HEAL_TIME, "the background heal to wait")
         assert background in status(proxy)["proactive"]["queued"]
         # Not even queued for the slot: a create arriving now would go first.
@@ -455,6 +455,53 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
         assert line_count(marker) == 0
     finally:
         finish(client, gate)
+    wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
+    assert line_count(marker) == 1
+
+
+def queued(proxy: Proxy, image: str) -> bool:
+    return any(
+        heal["image"] == image and heal["phase"] == "queued"
+        for heal in status(proxy)["in_progress"]
+    )
+
+
+def test_with_both_slots_busy_a_later_create_gets_the_next_slot_before_a_background_heal(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """max_parallel = 2, both slots held by on-demand heals, a background heal
+    waiting: a create that comes later still gets the first slot that frees."""
+    background = "127.0.0.1:1/dhp/two-background:1"
+    marker = tmp_path / "marker"
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, background)
+    docker(["tag", busybox, background], env=dockerd.env)
+    config = static_recipe(tmp_path, background, script, max_parallel=2)
+    gated = {}
+    for name in ("busy1", "busy2", "later"):
+        image, gate = f"127.0.0.1:1/dhp/two-{name}:1", tmp_path / f"{name}.gate"
+        made = gated_script(
+            tmp_path / f"{name}.sh", tmp_path / f"{name}.marker", gate, busybox, image
+        )
+        config += f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(made)}]\n"
+        gated[name] = (image, gate)
+    proxy = make_proxy(config)
+    wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    remove(dockerd.env, *(image for image, _ in gated.values()))
+    clients = {name: run_in_background(gated[name][0], proxy) for name in ("busy1", "busy2")}
+    try:
+        for image, _ in (gated["busy1"], gated["busy2"]):
+            wait_for(lambda image=image: running(proxy, image), 30, f"{image} to hold a slot")
+        remove(dockerd.env, background)
+        wait_for(lambda: background in status(proxy)["proactive"]["queued"], HEAL_TIME, "queued")
+        clients["later"] = run_in_background(gated["later"][0], proxy)
+        wait_for(lambda: queued(proxy, gated["later"][0]), 30, "the later create to wait")
+        finish(clients.pop("busy1"), gated["busy1"][1])
+        wait_for(lambda: running(proxy, gated["later"][0]), 30, "the later create's heal")
+        assert line_count(marker) == 0, "the background heal took the slot a client waited for"
+        assert not running(proxy, background)
+    finally:
+        for name, client in clients.items():
+            finish(client, gated[name][1])
     wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
     assert line_count(marker) == 1
 
