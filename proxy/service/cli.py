@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import grp
 import os
 import sys
@@ -36,6 +37,8 @@ from .server import open_listener
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
+CHECK_WAIT = 5.0
+"""How long ``check`` waits for the daemon: a wedged one must not hang it."""
 COMMANDS = ("serve", "check", "heal", "status")
 
 
@@ -123,7 +126,12 @@ def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
     async def ask() -> str:
         engine = Engine(upstream)
         try:
-            return await engine.root_dir()
+            async with asyncio.timeout(CHECK_WAIT):
+                return await engine.root_dir()
+        except TimeoutError:
+            raise EngineError(
+                f"the Docker daemon at {upstream} did not answer within {CHECK_WAIT:.0f}s"
+            ) from None
         finally:
             await engine.close()
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -366,6 +367,34 @@ def test_check_says_whether_proactive_applies_and_whether_min_free_can_be_checke
         "warning: the daemon's root folder '/nonexistent/docker' is not visible from the proxy "
         "(rootless or Docker-in-Docker?): [heal] min_free is ignored"
     ) in unseen
+
+
+class Wedged(FakeDaemon):
+    """A daemon that accepts and reads, and never answers."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                pass
+
+
+def test_check_does_not_hang_on_a_daemon_that_never_answers(tmp_path: Path) -> None:
+    socket_path = tmp_path / "wedged.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'upstream = "unix://{socket_path}"\n[[images]]\nmatch = "127.0.0.1:1/dhp/c:1"\n'
+        'command = ["true"]\nproactive = true\n'
+    )
+    fake = Wedged(str(socket_path))
+    try:
+        started = time.monotonic()
+        result = proxy_cli("check", f"--config={config}", timeout=60)
+        took = time.monotonic() - started
+    finally:
+        fake.close()
+    assert result.returncode == 0, result.stderr
+    assert f"the Docker daemon at {socket_path} did not answer within 5s" in result.stdout
+    assert took < 30
 
 
 def gated_script(path: Path, marker: Path, gate: Path, source: str, image: str) -> Path:
