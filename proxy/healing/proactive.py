@@ -107,7 +107,8 @@ class Proactive:
         self.engine = engine
         self.state_dir = state_dir
         self.memory = memory.TagMemory()
-        self.schedule = Schedule(interval=config().heal.reconcile_interval)
+        heal = config().heal
+        self.schedule = Schedule(quiet=heal.reconcile_debounce, interval=heal.reconcile_interval)
         self.watcher = EventWatcher(engine, self._event, self._connected)
         self.last_reconcile: float | None = None
         self.reconciles = 0
@@ -178,6 +179,7 @@ class Proactive:
         """After a reload: start if now enabled, and look again at once."""
         config = self.config()
         self.schedule.interval = config.heal.reconcile_interval
+        self.schedule.quiet = config.heal.reconcile_debounce
         self.failed.clear()
         if not enabled(config):
             self.pending.clear()  # and reconciles now find nothing wanted

@@ -10,7 +10,7 @@ import pytest
 from proxy.healing.engine import Engine
 from proxy.healing.healer import Healer
 from proxy.healing.proactive import Proactive
-from proxy.recipes.config import Config
+from proxy.recipes.config import Config, HealSettings
 from proxy.recipes.recipe import Recipe
 
 GROUP = "docker.io/library/agent:g1"
@@ -31,3 +31,12 @@ def test_only_a_heal_someone_asked_for_refreshes_a_tag(
     background.memory.remember(GROUP, 0.0)
     background.healed(GROUP, trigger)
     assert (background.memory.last_used[GROUP] > DAY) is refreshed
+
+
+def test_a_reload_changes_the_debounce_and_the_interval(tmp_path: Path) -> None:
+    current = [CONFIG]
+    background = Proactive(lambda: current[0], cast(Healer, None), cast(Engine, None), tmp_path)
+    assert (background.schedule.quiet, background.schedule.interval) == (5.0, 900.0)
+    current[0] = Config(heal=HealSettings(reconcile_debounce=30.0, reconcile_interval=60.0))
+    background.reconfigure()
+    assert (background.schedule.quiet, background.schedule.interval) == (30.0, 60.0)
