@@ -64,6 +64,13 @@ class EventWatcher:
         return {"up": self.up, "detail": self.detail}
 
     async def run(self) -> None:
+        try:
+            await self._follow()
+        except Exception:
+            self._state(False, "the watcher failed (see the log); it starts again")
+            raise
+
+    async def _follow(self) -> None:
         delay = self.first_retry
         while True:
             self._opened_at = None
