@@ -45,7 +45,7 @@ from typing import Any
 from ..recipes.config import Config, MinFree
 from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.reference import InvalidReference, normalize
-from . import memory
+from . import memory, memoryfile
 from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
 from .healer import Healer, HealFailed, Trigger
@@ -179,7 +179,7 @@ class Proactive:
         }
 
     async def start(self) -> None:
-        self.memory = await asyncio.to_thread(memory.load, self.state_dir)
+        self.memory = await asyncio.to_thread(memoryfile.load, self.state_dir)
         self._flusher = self._spawn("memory flusher", self._flush_loop)
         self.reconfigure()
 
@@ -398,7 +398,7 @@ class Proactive:
             return
         self.memory.dirty = False
         try:
-            await asyncio.to_thread(memory.save, self.state_dir, self.memory.dumps())
+            await asyncio.to_thread(memoryfile.save, self.state_dir, self.memory.dumps())
         except OSError as exc:
             self.memory.dirty = True
             log.warning("cannot save remembered tags in %s: %s", self.state_dir, exc)
