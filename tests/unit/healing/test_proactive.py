@@ -11,9 +11,11 @@ from typing import Any, cast
 
 import pytest
 
+from proxy.healing import memoryfile
 from proxy.healing import proactive as proactive_module
 from proxy.healing.engine import Engine
 from proxy.healing.healer import Healer
+from proxy.healing.memory import TagMemory
 from proxy.healing.proactive import Proactive
 from proxy.healing.slots import Slots
 from proxy.recipes.config import Config, HealSettings, MinFree
@@ -53,12 +55,13 @@ class FakeEngine:
 
     def __init__(self, root: Path, failures: int = 0) -> None:
         self.root, self.failures, self.lists, self.streams = root, failures, 0, 0
+        self.images: list[dict[str, Any]] = []
 
     async def list_images(self) -> list[dict[str, Any]]:
         self.lists += 1
         if self.lists <= self.failures:
             raise RuntimeError("boom: a bug, not a daemon error")
-        return []
+        return self.images
 
     async def root_dir(self) -> str:
         return str(self.root)
@@ -168,3 +171,18 @@ def test_a_reload_changes_how_many_background_heals_run(tmp_path: Path) -> None:
         await until(lambda: not background._retiring, "the two workers to end")
 
     run_proactive(tmp_path, FakeEngine(tmp_path), current, body)
+
+
+def test_a_tag_present_at_start_keeps_its_last_use(tmp_path: Path) -> None:
+    saved, yesterday = TagMemory(), time.time() - DAY
+    saved.remember(GROUP, yesterday)
+    memoryfile.save(tmp_path, saved.dumps())
+    engine = FakeEngine(tmp_path)
+    engine.images = [{"RepoTags": ["agent:g1", "agent:g2"]}]
+
+    async def body(background: Proactive) -> None:
+        await until(lambda: background.reconciles == 1, "the start-up reconcile")
+        assert background.memory.last_used[GROUP] == yesterday, "a restart is not a use"
+        assert "docker.io/library/agent:g2" in background.memory.last_used
+
+    run_proactive(tmp_path, engine, [CONFIG], body)
