@@ -463,6 +463,49 @@ def test_a_create_joins_a_running_proactive_heal_and_makes_it_its_own(
     assert metric(port, heals, trigger="proactive", result="success") == 0
 
 
+def test_a_create_joining_a_proactive_heal_makes_its_bases_heals_its_own_too(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The group's proactive heal waits for its base's; a create for the group
+    joins it. Both heals are the create's now, the base's included."""
+    base = "127.0.0.1:1/dhp/joinbase:latest"
+    group = "127.0.0.1:1/dhp/joinagent:g1"
+    marker, gate = tmp_path / "marker", tmp_path / "gate"
+    script = gated_script(tmp_path / "base.sh", marker, gate, busybox, base)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile.g1").write_text(f"FROM {base}\nLABEL group=g1\n")
+    config = group_config(tmp_path, "127.0.0.1:1/dhp/joinagent", context)
+    config += f"[[images]]\nmatch = {toml_string(base)}\ncommand = [{toml_string(script)}]\n"
+    config = config.replace("[[images]]", "[heal]\nbackground_parallel = 2\n[[images]]", 1)
+    docker(["tag", busybox, base], env=dockerd.env)
+    docker(["tag", busybox, group], env=dockerd.env)  # present at start: remembered
+    port = free_port()
+    proxy = make_proxy(config, args=metrics_args(port))
+    wait_for(lambda: status(proxy)["proactive"]["remembered"] == [group], 30, "the group")
+
+    # The base first: a reconcile between the two finds nothing to do, while
+    # one finding only the group gone would heal it FROM the base, not the base.
+    remove(dockerd.env, base)
+    remove(dockerd.env, group)
+    wait_for(lambda: running(proxy, base), HEAL_TIME, "the base's proactive heal")
+    wait_for(
+        lambda: any(heal["image"] == group for heal in status(proxy)["in_progress"]),
+        30,
+        "the group's proactive heal to wait for its base",
+    )
+    client = run_in_background(group, proxy)
+    try:
+        wait_for(lambda: status(proxy)["waiters"] == 1, 30, "the create to join the heal")
+    finally:
+        finish(client, gate)
+    assert line_count(marker) == 1
+    heals = "docker_heal_proxy_heals_total"
+    for match in (base, "127.0.0.1:1/dhp/joinagent:{group}"):
+        assert metric(port, heals, image=match, trigger="create", result="success") == 1, match
+        assert metric(port, heals, image=match, trigger="proactive", result="success") == 0, match
+
+
 def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
