@@ -13,7 +13,7 @@ import pytest
 
 from proxy.healing import memoryfile
 from proxy.healing import proactive as proactive_module
-from proxy.healing.engine import Engine
+from proxy.healing.engine import Engine, EngineError
 from proxy.healing.healer import Healer
 from proxy.healing.memory import TagMemory
 from proxy.healing.proactive import Proactive
@@ -186,3 +186,29 @@ def test_a_tag_present_at_start_keeps_its_last_use(tmp_path: Path) -> None:
         assert "docker.io/library/agent:g2" in background.memory.last_used
 
     run_proactive(tmp_path, engine, [CONFIG], body)
+
+
+def test_a_daemon_error_while_listing_is_logged_and_the_next_trigger_reconciles(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a timed-out call to a wedged daemon raises: the schedule goes on."""
+    engine = FakeEngine(tmp_path)
+    wedged = [True]
+    listed = engine.list_images
+
+    async def list_images() -> list[dict[str, Any]]:
+        if wedged[0]:
+            raise EngineError("the Docker daemon did not answer within 30s")
+        return await listed()
+
+    engine.list_images = list_images  # type: ignore[method-assign]
+
+    async def body(background: Proactive) -> None:
+        await until(lambda: "cannot list images" in caplog.text, "the failed reconcile")
+        wedged[0] = False
+        background.schedule.quiet = 0.0
+        background._event()
+        await until(lambda: background.reconciles == 1, "the reconcile after the next event")
+
+    run_proactive(tmp_path, engine, [settings(min_free=MinFree(percent=0.0))], body)
+    assert "Traceback" not in caplog.text
