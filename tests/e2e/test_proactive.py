@@ -431,10 +431,10 @@ def finish(client: subprocess.Popen[bytes], gate: Path) -> bytes:
     return out
 
 
-def running(proxy: Proxy, image: str) -> bool:
+def running(proxy: Proxy, image: str, phase: str = "running") -> bool:
+    """Is a heal of ``image`` under way in ``phase`` (``queued``: waiting for a slot)?"""
     return any(
-        heal["image"] == image and heal["phase"] == "running"
-        for heal in status(proxy)["in_progress"]
+        heal["image"] == image and heal["phase"] == phase for heal in status(proxy)["in_progress"]
     )
 
 
@@ -537,13 +537,6 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     assert line_count(marker) == 1
 
 
-def queued(proxy: Proxy, image: str) -> bool:
-    return any(
-        heal["image"] == image and heal["phase"] == "queued"
-        for heal in status(proxy)["in_progress"]
-    )
-
-
 def test_with_both_slots_busy_a_later_create_gets_the_next_slot_before_a_background_heal(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
@@ -572,7 +565,9 @@ def test_with_both_slots_busy_a_later_create_gets_the_next_slot_before_a_backgro
         remove(dockerd.env, background)
         wait_for(lambda: background in status(proxy)["proactive"]["queued"], HEAL_TIME, "queued")
         clients["later"] = run_in_background(gated["later"][0], proxy)
-        wait_for(lambda: queued(proxy, gated["later"][0]), 30, "the later create to wait")
+        wait_for(
+            lambda: running(proxy, gated["later"][0], "queued"), 30, "the later create to wait"
+        )
         finish(clients.pop("busy1"), gated["busy1"][1])
         wait_for(lambda: running(proxy, gated["later"][0]), 30, "the later create's heal")
         assert line_count(marker) == 0, "the background heal took the slot a client waited for"

@@ -3,55 +3,70 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from proxy.healing.slots import Slots
 
 
-async def _hold(slots: Slots, name: str, background: list[bool], order: list[str]) -> None:
-    async with slots.take(lambda: background[0]):
-        order.append(name)
-        await asyncio.sleep(0)
+def grants(
+    limit: int, waiters: list[tuple[str, list[bool]]], meanwhile: Callable[[], None]
+) -> list[str]:
+    """The order in which ``waiters`` (a name, and whether it is background in
+    a list the test may change) get a slot, all arriving in that order while
+    every slot is busy; ``meanwhile`` runs once they all wait."""
+    slots, order = Slots(limit), []
+
+    async def hold(name: str, background: list[bool], order: list[str]) -> None:
+        async with slots.take(lambda: background[0]):
+            order.append(name)
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as busy:
+            for _ in range(limit):
+                await busy.enter_async_context(slots.take(lambda: False))
+            assert not slots.free
+            tasks = []
+            for name, background in waiters:
+                tasks.append(asyncio.create_task(hold(name, background, order)))
+                await asyncio.sleep(0)
+            assert order == []
+            meanwhile()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    return order
 
 
 def test_a_freed_slot_goes_to_a_client_that_came_after_a_background_heal() -> None:
-    async def main() -> list[str]:
-        slots, order = Slots(2), []
-        async with slots.take(lambda: False), slots.take(lambda: False):
-            assert not slots.free
-            tasks = [asyncio.create_task(_hold(slots, "background", [True], order))]
-            await asyncio.sleep(0)
-            tasks.append(asyncio.create_task(_hold(slots, "client", [False], order)))
-            await asyncio.sleep(0)
-            assert order == []
-        await asyncio.gather(*tasks)
-        return order
-
-    assert asyncio.run(main()) == ["client", "background"]
+    waiters = [("background", [True]), ("client", [False])]
+    assert grants(2, waiters, lambda: None) == ["client", "background"]
 
 
 def test_a_background_heal_a_client_joined_meanwhile_is_a_client_heal() -> None:
-    async def main() -> list[str]:
-        slots, order = Slots(1), []
-        joined = [True]
-        async with slots.take(lambda: False):
-            tasks = [asyncio.create_task(_hold(slots, "joined", joined, order))]
-            await asyncio.sleep(0)
-            tasks.append(asyncio.create_task(_hold(slots, "client", [False], order)))
-            await asyncio.sleep(0)
-            joined[0] = False  # a client joined it while it waited
-        await asyncio.gather(*tasks)
-        return order
+    joined = [True]
 
-    assert asyncio.run(main()) == ["joined", "client"]
+    def a_client_joins() -> None:
+        joined[0] = False
+
+    waiters = [("joined", joined), ("client", [False])]
+    assert grants(1, waiters, a_client_joins) == ["joined", "client"]
+
+
+async def _hold(slots: Slots, name: str, order: list[str]) -> None:
+    async with slots.take(lambda: False):
+        order.append(name)
+        await asyncio.sleep(0)
 
 
 def test_a_waiter_cancelled_once_granted_passes_its_slot_on() -> None:
     async def main() -> list[str]:
         slots, order = Slots(1), []
         async with slots.take(lambda: False):
-            first = asyncio.create_task(_hold(slots, "cancelled", [False], order))
+            first = asyncio.create_task(_hold(slots, "cancelled", order))
             await asyncio.sleep(0)
-            second = asyncio.create_task(_hold(slots, "second", [False], order))
+            second = asyncio.create_task(_hold(slots, "second", order))
             await asyncio.sleep(0)
         first.cancel()  # granted on leaving the block, cancelled before it ran
         await asyncio.gather(first, second, return_exceptions=True)
