@@ -1,4 +1,5 @@
-"""proactive: what counts as a use of a tag, and how its loops outlive failures."""
+"""proactive (named apart from tests/e2e/test_proactive.py: pytest needs unique basenames):
+what counts as a use of a tag, how its loops outlive failures, and reloads."""
 
 from __future__ import annotations
 
