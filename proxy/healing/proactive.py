@@ -12,9 +12,8 @@ Rules:
   single flight (a create for the same tag joins the running heal instead
   of starting another), at most ``background_parallel`` at once, each only
   when a heal slot is free, and never ahead of a client waiting for a slot
-  (``slots``). A tag still
-  queued here is healed on demand by a create as if this queue did not
-  exist; the queue then finds it present and skips it.
+  (``slots``). A tag still queued here is healed on demand by a create as
+  if this queue did not exist; the queue then finds it present and skips it.
 - Never fight a disk-pressure cleanup: while the daemon's root folder has
   less free space than ``min_free`` a background heal waits, re-checking
   every ``DISK_RECHECK`` seconds (and at once after a reload). When that
@@ -321,6 +320,8 @@ class Proactive:
                 log.warning("proactive heal of %s failed: %s", image, str(failure).splitlines()[0])
             finally:
                 self.active.discard(image)
+                if not self.active:
+                    self.disk = None  # no heal waits for disk space now
 
     async def _admitted(self, image: str) -> bool:
         """Wait until a background heal of ``image`` may start (see the module
@@ -338,6 +339,8 @@ class Proactive:
             self.disk = disk
             if disk is not None:
                 await self._pause(DISK_RECHECK)
+                if await self._present(image):  # the wait can be long; a create may heal it
+                    return False
             elif not self.healer.slots.free:
                 if not said:
                     log.debug("proactive heal of %s waits for a free heal slot", image)
@@ -345,8 +348,6 @@ class Proactive:
                 await self._pause(IDLE_RECHECK)
             else:
                 return True
-            if await self._present(image):
-                return False
 
     async def _present(self, image: str) -> bool:
         try:

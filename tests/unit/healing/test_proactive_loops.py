@@ -57,6 +57,7 @@ class FakeEngine:
     def __init__(self, root: Path, failures: int = 0) -> None:
         self.root, self.failures, self.lists, self.streams = root, failures, 0, 0
         self.images: list[dict[str, Any]] = []
+        self.exists = False
 
     async def list_images(self) -> list[dict[str, Any]]:
         self.lists += 1
@@ -68,7 +69,7 @@ class FakeEngine:
         return str(self.root)
 
     async def image_exists(self, image: str) -> bool:
-        return False
+        return self.exists
 
     async def image_events(self, since: float, opened: Callable[[], None]) -> AsyncIterator[Any]:
         self.streams += 1
@@ -213,3 +214,19 @@ def test_a_daemon_error_while_listing_is_logged_and_the_next_trigger_reconciles(
 
     run_proactive(tmp_path, engine, [settings(min_free=MinFree(percent=0.0))], body)
     assert "Traceback" not in caplog.text
+
+
+def test_a_heal_waiting_for_disk_space_gives_up_when_a_create_healed_the_image(
+    tmp_path: Path,
+) -> None:
+    engine = FakeEngine(tmp_path)
+
+    async def body(background: Proactive) -> None:
+        await until(lambda: background.disk is not None, "the heal to wait for disk space")
+        engine.exists = True  # a create healed it meanwhile
+        background._recheck.set()  # as the next check of the disk would
+        await until(lambda: not background.view()["queued"], "the waiting heal to give up")
+        assert background.blocked() == {"min_free": False}
+
+    healer = run_proactive(tmp_path, engine, [settings(min_free=MinFree(percent=100.0))], body)
+    assert healer.ensured == []
