@@ -165,6 +165,7 @@ class Interceptor:
             message = str(failure)
             exchange.write(progress_line({"errorDetail": {"message": message}, "error": message}))
         else:
+            self._on_used(image)  # a pull is a use, whether or not it had to heal
             exchange.write(progress_line({"status": f"Status: {outcome} for {image}"}))
         exchange.write(b"0\r\n\r\n")
 

@@ -285,7 +285,7 @@ class Proactive:
         now = time.time()
         if not self._listed_at_start:
             self._listed_at_start = True
-            for image in have:
+            for image in sorted(have):  # all found now: an order that does not vary
                 self.used(image, refresh=False)
             await self._find_root()  # warns now if min_free cannot be checked
         for image in self.memory.forget_stale(now, config.heal.forget_after):

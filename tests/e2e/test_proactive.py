@@ -591,3 +591,25 @@ def test_tags_present_at_start_are_remembered_and_saved(
         assert saved_tags(proxy, tmp_path) == [present]
     finally:
         remove(dockerd.env, present)
+
+
+def test_a_pull_through_the_proxy_is_a_use_and_a_restart_is_not(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    groups = [f"127.0.0.1:1/dhp/used:g{i}" for i in (1, 2, 3)]
+    for group in groups:
+        docker(["tag", busybox, group], env=dockerd.env)
+    try:
+        config = group_config(tmp_path, "127.0.0.1:1/dhp/used", tmp_path)
+        proxy = make_proxy(config)
+        wait_for(lambda: status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+        for group in (groups[1], groups[0]):
+            docker(["pull", group], env=proxy.env)
+        # Saved in order of use: the two pulled last, the one only present first.
+        assert saved_tags(proxy, tmp_path) == [groups[2], groups[1], groups[0]]
+
+        again = make_proxy(config)  # a restart finds all three present: no use
+        wait_for(lambda: status(again)["proactive"]["reconciles"], 30, "the start-up reconcile")
+        assert saved_tags(again, tmp_path) == [groups[2], groups[1], groups[0]]
+    finally:
+        remove(dockerd.env, *groups)
