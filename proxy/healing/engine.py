@@ -212,30 +212,32 @@ class Engine:
         info = await self._call("/info", self._docker.system.info())
         return str(info.get("DockerRootDir") or "")
 
-    async def image_events(self, since: float) -> AsyncIterator[Mapping[str, Any]]:
+    async def image_events(
+        self, since: float, opened: Callable[[], None]
+    ) -> AsyncIterator[Mapping[str, Any]]:
         """Image events from ``since`` (wall-clock seconds) on, until the stream ends.
 
-        Ends normally when dockerd closes the stream (it stopped); raises
-        EngineError when it cannot be opened.
+        ``opened`` runs once dockerd answered 200: a daemon can answer
+        ``/_ping`` and still refuse ``/events`` (a socket proxy that forbids
+        it). Ends normally when dockerd closes the stream (it stopped);
+        raises EngineError when it cannot be opened or breaks. Read with the
+        session directly, like the other streams, to learn when it opened.
         """
-        events = self._docker.events
-        subscriber = events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-        filters = json.dumps({"type": ["image"]})
-        task = asyncio.get_running_loop().create_task(
-            events.run(since=f"{since:.3f}", filters=filters)
-        )
+        params = {"since": f"{since:.3f}", "filters": json.dumps({"type": ["image"]})}
         try:
-            while (event := await subscriber.get()) is not None:
-                yield event
-            await task
-        except aiodocker.DockerError as exc:
-            raise EngineError(exc.message, exc.status) from None
+            async with self._session.get("http://docker/events", params=params) as response:
+                if response.status != 200:
+                    raise EngineError(await _error_text(response), response.status)
+                opened()
+                async for line in iter_lines(response.content.iter_any()):
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue  # not an event; dockerd writes only JSON lines
+                    if isinstance(event, dict):
+                        yield event
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineError(f"lost dockerd's events at {self.socket_path}: {exc}") from None
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
     async def image_id(self, ref: str) -> str:
         """The ID of the image ``ref`` names now, to pin it while it is pushed."""

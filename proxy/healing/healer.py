@@ -16,6 +16,7 @@ Rules:
 - A ``max_parallel`` slot is taken last, after the bases and the lock: a heal
   waiting for either holds none, so a chain deeper than the limit cannot
   deadlock and a tag another process is building blocks no other tag.
+  Client heals get freed slots before proactive ones (``slots``).
 - Every way a heal can fail ends in ``HealFailed`` with a sentence for the
   client; nothing else escapes to the data path.
 - A recipe that fails puts its tag in cooldown: for ``failure_cooldown`` the
@@ -29,8 +30,9 @@ Rules:
   for it. Each heal also has a source (``recipe`` or ``cache``): where its
   image came from.
 - A tag a heal produced (by its recipe or from the cache) is reported to
-  ``on_healed``, so that the tags of pattern recipes can be remembered for
-  proactive heals.
+  ``on_healed`` with its trigger, so that the tags of pattern recipes can be
+  remembered for proactive heals (a proactive heal is no sign that anyone
+  uses the tag).
 - The last result is kept per tag, for the most recent ``MAX_RESULTS`` tags.
   Eviction takes the oldest successes first, then failures whose cooldown has
   ended; a cooldown still running is never evicted, or a broken recipe would
@@ -72,6 +74,7 @@ from .buildcontext import read_dockerfile_from_disk
 from .cache import CacheObserver, RegistryCache
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
+from .slots import Slots
 from .statefiles import open_private
 
 log = logging.getLogger(__name__)
@@ -188,7 +191,7 @@ class Healer:
         upstream: str,
         state_dir: Path,
         observer: HealObserver | None = None,
-        on_healed: Callable[[str], None] = lambda image: None,
+        on_healed: Callable[[str, Trigger], None] = lambda image, trigger: None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -202,13 +205,13 @@ class Healer:
         self.results: dict[str, Result] = {}
         self.waiters = 0
         self.pushes: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        self.slots = Slots(config.heal.max_parallel)
+        self._bases_of: dict[str, set[str]] = {}
+        """The bases each heal under way waits for, to relabel a chain a client joins."""
         engine.call_timeout = config.heal.engine_timeout
 
     def reconfigure(self, config: Config) -> None:
-        if config.heal.max_parallel != self.config.heal.max_parallel:
-            # Heals holding the old semaphore finish under it; new ones queue here.
-            self._slots = asyncio.Semaphore(config.heal.max_parallel)
+        self.slots.resize(config.heal.max_parallel)
         for image in list(self.results):
             if _recipe_for(config, image) != _recipe_for(self.config, image):
                 del self.results[image]
@@ -217,11 +220,11 @@ class Healer:
 
     # -- entry points --------------------------------------------------------
 
-    async def heal(self, image: str, *, force: bool = False, trigger: Trigger = "create") -> None:
+    async def heal(self, image: str, *, trigger: Trigger, force: bool = False) -> None:
         """Heal an image the daemon just said is missing."""
         await self._join(normalize(image), force, trigger)
 
-    async def ensure(self, image: str, *, force: bool = False, trigger: Trigger = "pull") -> str:
+    async def ensure(self, image: str, *, trigger: Trigger, force: bool = False) -> str:
         """Make sure an image exists; say whether it had to be healed."""
         image = normalize(image)
         if not force and await self._exists(image):
@@ -266,13 +269,20 @@ class Healer:
             self.inflight[image] = task
             self.triggers[image] = trigger
             task.add_done_callback(lambda t: self._settled(image, t))
-        elif trigger != "proactive" and self.triggers.get(image) == "proactive":
-            self.triggers[image] = trigger  # a client waits for it now, if only via its base
+        elif trigger != "proactive":
+            self._relabel(image, trigger)
         self.waiters += waiter
         try:
             return await asyncio.shield(task)
         finally:
             self.waiters -= waiter
+
+    def _relabel(self, image: str, trigger: Trigger) -> None:
+        """A client waits for a proactive heal now, and so for its bases' heals."""
+        if self.triggers.get(image) == "proactive":
+            self.triggers[image] = trigger
+            for base in self._bases_of.get(image, ()):
+                self._relabel(base, trigger)
 
     async def _exists(self, image: str) -> bool:
         try:
@@ -320,7 +330,11 @@ class Healer:
             await self._bases(concrete)
             progress.phase = "queued"
             # The lock first: a heal waiting on another process holds no slot.
-            async with self._lock(image), self._slots:
+
+            def background() -> bool:
+                return self._trigger(image) == "proactive"
+
+            async with self._lock(image), self.slots.take(background):
                 if not force and await self._exists(image):
                     log.info("heal of %s: built meanwhile by another process", image)
                     return False
@@ -330,6 +344,7 @@ class Healer:
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
             del self.running[image]
+            self._bases_of.pop(image, None)
 
     async def _bases(self, concrete: ConcreteRecipe) -> None:
         text = None
@@ -338,6 +353,7 @@ class Healer:
         for base in dependencies(concrete, self.config.recipes, text):
             if await self._exists(base):
                 continue
+            self._bases_of.setdefault(concrete.image, set()).add(base)
             try:
                 await self._join(base, False, self._trigger(concrete.image), waiter=False)
             except HealFailed as failure:
@@ -423,7 +439,7 @@ class Healer:
             Result(True, match, f"healed {how}", time.time(), duration, source=source, cache=cache),
         )
         self._finished(concrete.image, match, True, duration, source)
-        self.on_healed(concrete.image)
+        self.on_healed(concrete.image, self._trigger(concrete.image))
         log.info("heal of %s succeeded in %.1fs %s", concrete.image, duration, how)
 
     def _trigger(self, image: str) -> Trigger:

@@ -159,7 +159,7 @@ class Interceptor:
             exchange.respond(response)
             return
         try:
-            await self._healer.heal(image)
+            await self._healer.heal(image, trigger="create")
         except HealFailed as failure:
             exchange.respond(errors.error(500, str(failure)))
             return
@@ -181,6 +181,7 @@ class Interceptor:
             message = str(failure)
             exchange.write(progress_line({"errorDetail": {"message": message}, "error": message}))
         else:
+            self._on_used(image)  # a pull is a use, whether or not it had to heal
             exchange.write(progress_line({"status": f"Status: {outcome} for {image}"}))
         exchange.write(b"0\r\n\r\n")
 

@@ -10,35 +10,31 @@ Rules:
   remembered, so a prune cannot make the proxy build typos.
 - Only tags a template recipe matches are kept; a static ``match`` is known
   from the config and needs no memory.
-- Each tag carries when it was last used (wall-clock seconds). A tag unused
+- Each tag carries when it was last used (wall-clock seconds). Only a use
+  by someone refreshes it: a create through the proxy, a pull or an
+  on-demand heal. A proactive heal, or the tag found present at start, only
+  adds a tag not known yet (``refresh=False``); otherwise a host that prunes
+  nightly would rebuild a group nobody runs every night, forever. A tag unused
   for ``forget_after`` is dropped, and the list is capped at ``CAP`` tags,
   the least recently used going first.
-- The file is one JSON object, written whole to a temporary file and renamed,
-  mode 0600 like the rest of ``state_dir``. A missing or unreadable file is
-  an empty memory, with a warning: losing the list costs a proactive heal,
-  never a start.
+- It is saved as one JSON object (``dumps``); ``memoryfile`` writes and
+  reads it.
 
-Theory of operation: ``TagMemory`` is pure (no clock, no disk: the time is
-passed in). ``load`` and ``save`` are its only I/O, blocking, meant for a
-thread; the caller decides when a dirty memory is written.
+Theory of operation: pure (no clock, no disk: the time is passed in), so
+the rules are tested without I/O; the caller decides when a dirty memory is
+written.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import Recipe
 
-log = logging.getLogger(__name__)
-
 CAP = 1000
-FILE_NAME = "remembered-tags.json"
 
 
 def worth_remembering(recipes: Sequence[Recipe], image: str) -> bool:
@@ -55,7 +51,10 @@ class TagMemory:
     cap: int = CAP
     dirty: bool = False
 
-    def remember(self, image: str, now: float) -> None:
+    def remember(self, image: str, now: float, *, refresh: bool = True) -> None:
+        """Note that ``image`` exists; ``refresh`` says someone used it ``now``."""
+        if not refresh and image in self.last_used:
+            return
         self.last_used.pop(image, None)  # re-inserted last: dicts keep order of use
         self.last_used[image] = now
         while len(self.last_used) > self.cap:
@@ -91,25 +90,3 @@ class TagMemory:
             memory.remember(image, float(used))
         memory.dirty = False
         return memory
-
-
-def load(state_dir: Path) -> TagMemory:
-    path = state_dir / FILE_NAME
-    try:
-        return TagMemory.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return TagMemory()
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read remembered tags from %s, starting empty: %s", path, exc)
-        return TagMemory()
-
-
-def save(state_dir: Path, text: str) -> None:
-    """Write ``text`` (a ``dumps``) atomically; raises OSError."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state_dir / FILE_NAME
-    temporary = path.with_name(f".{FILE_NAME}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)

@@ -97,6 +97,8 @@ class HealSettings:
     """A remembered tag nobody used for this long is no longer healed proactively."""
     reconcile_interval: float = 900.0
     """How often to compare the images with the remembered tags, events or not."""
+    reconcile_debounce: float = 5.0
+    """How long image events must be quiet before a reconcile (one per prune)."""
     background_parallel: int = 1
     min_free: MinFree = MinFree(percent=15.0)
     """Proactive heals wait while the daemon's disk has less free space than this."""
@@ -160,6 +162,7 @@ _HEAL_KEYS = (
     "engine_timeout",
     "forget_after",
     "reconcile_interval",
+    "reconcile_debounce",
     "background_parallel",
     "min_free",
     "max_build_spool",
@@ -353,6 +356,9 @@ class _Reader:
             ),
             reconcile_interval=self.optional_duration(
                 table, "reconcile_interval", "heal", defaults.reconcile_interval
+            ),
+            reconcile_debounce=self.optional_duration(
+                table, "reconcile_debounce", "heal", defaults.reconcile_debounce
             ),
             background_parallel=self.at_least_one(
                 table, "background_parallel", defaults.background_parallel

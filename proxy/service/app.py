@@ -108,7 +108,7 @@ class App:
             self.config, engine, settings.upstream, settings.state_dir, metrics
         )
         proactive = Proactive(lambda: self.config, healer, engine, settings.state_dir)
-        healer.on_healed = proactive.used
+        healer.on_healed = proactive.healed
         interceptor = Interceptor(
             lambda: self.config,
             healer,

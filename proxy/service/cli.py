@@ -41,6 +41,8 @@ from .server import open_listener
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
+CHECK_WAIT = 5.0
+"""How long ``check`` waits for the daemon: a wedged one must not hang it."""
 COMMANDS = ("serve", "check", "heal", "status")
 
 T = TypeVar("T")
@@ -120,8 +122,9 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
 
 
 async def _ask_daemon(upstream: str, question: Callable[[Engine], Awaitable[T]]) -> T:
-    """One short question to the daemon at ``upstream``, on an Engine of its own."""
-    engine = Engine(upstream)
+    """One short question to the daemon at ``upstream``, on an Engine of its own
+    whose calls give up after ``CHECK_WAIT``."""
+    engine = Engine(upstream, call_timeout=CHECK_WAIT)
     try:
         return await question(engine)
     finally:

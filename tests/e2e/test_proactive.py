@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -125,11 +126,16 @@ def test_a_prune_on_the_daemon_brings_the_seed_chain_back_base_first(
         assert line_count(marker) == 1
         assert heal_status(proxy)["proactive"]["remembered"] == [group]
         since = log_size(dockerd.log_path)
+        wait_for(lambda: settled(proxy), 30, "the reconciles after the first heal")
+        count = heal_status(proxy)["proactive"]["reconciles"]
 
         docker(["image", "prune", "-a", "-f"], env=dockerd.env)
         assert not image_exists(dockerd.env, group)
 
         wait_for(lambda: image_exists(dockerd.env, group), HEAL_TIME, "the group to come back")
+        reconciles = [line for line in proxy.log().splitlines() if "reconcile: " in line]
+        assert len(reconciles) == 1, "the prune's burst of events led to more than one reconcile"
+        assert heal_status(proxy)["proactive"]["reconciles"] == count + 1
         assert image_exists(dockerd.env, base)
         assert line_count(marker) == 2, "the base recipe should have run once more"
         calls = api_calls(dockerd, since)
@@ -315,7 +321,8 @@ def test_a_typo_is_never_remembered_nor_rebuilt(
     remove(dockerd.env, good)
     wait_for(lambda: image_exists(dockerd.env, good), HEAL_TIME, "the remembered tag to return")
     wait_for(lambda: settled(proxy), 30, "the background heal to finish")
-    assert len(heal_lines(proxy, typo)) == 1, "the typo was tried again after the prune"
+    missing = [line for line in proxy.log().splitlines() if "managed images missing" in line]
+    assert missing and all(typo not in line for line in missing), missing
     assert heal_status(proxy)["proactive"]["remembered"] == [good]
     assert saved_tags(proxy, tmp_path) == [good]
 
@@ -363,6 +370,34 @@ def test_check_says_whether_proactive_applies_and_whether_min_free_can_be_checke
     ) in unseen
 
 
+class Wedged(FakeDaemon):
+    """A daemon that accepts and reads, and never answers."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                pass
+
+
+def test_check_does_not_hang_on_a_daemon_that_never_answers(tmp_path: Path) -> None:
+    socket_path = tmp_path / "wedged.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'upstream = "unix://{socket_path}"\n[[images]]\nmatch = "127.0.0.1:1/dhp/c:1"\n'
+        'command = ["true"]\nproactive = true\n'
+    )
+    fake = Wedged(str(socket_path))
+    try:
+        started = time.monotonic()
+        result = proxy_cli("check", f"--config={config}", timeout=60)
+        took = time.monotonic() - started
+    finally:
+        fake.close()
+    assert result.returncode == 0, result.stderr
+    assert f"the Docker daemon at {socket_path} did not answer within 5s" in result.stdout
+    assert took < 30
+
+
 def gated_script(path: Path, marker: Path, gate: Path, source: str, image: str) -> Path:
     """A recipe that counts its runs and holds until ``gate`` exists."""
     wait = f'while [ ! -e "{gate}" ]; do sleep 0.05; done\n'
@@ -391,9 +426,10 @@ def finish(client: subprocess.Popen[bytes], gate: Path) -> bytes:
     return out
 
 
-def running(proxy: Proxy, image: str) -> bool:
+def running(proxy: Proxy, image: str, phase: str = "running") -> bool:
+    """Is a heal of ``image`` under way in ``phase`` (``queued``: waiting for a slot)?"""
     return any(
-        heal["image"] == image and heal["phase"] == "running"
+        heal["image"] == image and heal["phase"] == phase
         for heal in heal_status(proxy)["in_progress"]
     )
 
@@ -423,6 +459,49 @@ def test_a_create_joins_a_running_proactive_heal_and_makes_it_its_own(
     assert metric(port, heals, trigger="proactive", result="success") == 0
 
 
+def test_a_create_joining_a_proactive_heal_makes_its_bases_heals_its_own_too(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The group's proactive heal waits for its base's; a create for the group
+    joins it. Both heals are the create's now, the base's included."""
+    base = "127.0.0.1:1/dhp/joinbase:latest"
+    group = "127.0.0.1:1/dhp/joinagent:g1"
+    marker, gate = tmp_path / "marker", tmp_path / "gate"
+    script = gated_script(tmp_path / "base.sh", marker, gate, busybox, base)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile.g1").write_text(f"FROM {base}\nLABEL group=g1\n")
+    config = group_config(tmp_path, "127.0.0.1:1/dhp/joinagent", context)
+    config += f"[[images]]\nmatch = {toml_string(base)}\ncommand = [{toml_string(script)}]\n"
+    config = config.replace("[[images]]", "[heal]\nbackground_parallel = 2\n[[images]]", 1)
+    docker(["tag", busybox, base], env=dockerd.env)
+    docker(["tag", busybox, group], env=dockerd.env)  # present at start: remembered
+    port = free_port()
+    proxy = make_proxy(config, args=metrics_args(port))
+    wait_for(lambda: heal_status(proxy)["proactive"]["remembered"] == [group], 30, "the group")
+
+    # The base first: a reconcile between the two finds nothing to do, while
+    # one finding only the group gone would heal it FROM the base, not the base.
+    remove(dockerd.env, base)
+    remove(dockerd.env, group)
+    wait_for(lambda: running(proxy, base), HEAL_TIME, "the base's proactive heal")
+    wait_for(
+        lambda: any(heal["image"] == group for heal in heal_status(proxy)["in_progress"]),
+        30,
+        "the group's proactive heal to wait for its base",
+    )
+    client = run_in_background(group, proxy)
+    try:
+        wait_for(lambda: heal_status(proxy)["waiters"] == 1, 30, "the create to join the heal")
+    finally:
+        finish(client, gate)
+    assert line_count(marker) == 1
+    heals = "docker_heal_proxy_heals_total"
+    for match in (base, "127.0.0.1:1/dhp/joinagent:{group}"):
+        assert metric(port, heals, image=match, trigger="create", result="success") == 1, match
+        assert metric(port, heals, image=match, trigger="proactive", result="success") == 0, match
+
+
 def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
@@ -442,7 +521,7 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
     try:
         wait_for(lambda: running(proxy, busy), 30, "the on-demand heal to hold the slot")
         remove(dockerd.env, background)
-        waits = f"proactive heal of {background} waits for the one heal slot"
+        waits = f"proactive heal of {background} waits for a free heal slot"
         wait_for(lambda: waits in proxy.log(), HEAL_TIME, "the background heal to wait")
         assert background in heal_status(proxy)["proactive"]["queued"]
         # Not even queued for the slot: a create arriving now would go first.
@@ -450,6 +529,50 @@ def test_with_one_slot_a_background_heal_waits_for_it_to_be_idle(
         assert line_count(marker) == 0
     finally:
         finish(client, gate)
+    wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
+    assert line_count(marker) == 1
+
+
+def test_with_both_slots_busy_a_later_create_gets_the_next_slot_before_a_background_heal(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """max_parallel = 2, both slots held by on-demand heals, a background heal
+    waiting: a create that comes later still gets the first slot that frees."""
+    background = "127.0.0.1:1/dhp/two-background:1"
+    marker = tmp_path / "marker"
+    script = tagging_script(tmp_path / "recipe.sh", marker, busybox, background)
+    docker(["tag", busybox, background], env=dockerd.env)
+    config = static_recipe(tmp_path, background, script, max_parallel=2)
+    gated = {}
+    for name in ("busy1", "busy2", "later"):
+        image, gate = f"127.0.0.1:1/dhp/two-{name}:1", tmp_path / f"{name}.gate"
+        made = gated_script(
+            tmp_path / f"{name}.sh", tmp_path / f"{name}.marker", gate, busybox, image
+        )
+        config += f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(made)}]\n"
+        gated[name] = (image, gate)
+    proxy = make_proxy(config)
+    wait_for(lambda: heal_status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile")
+    remove(dockerd.env, *(image for image, _ in gated.values()))
+    clients = {name: run_in_background(gated[name][0], proxy) for name in ("busy1", "busy2")}
+    try:
+        for image, _ in (gated["busy1"], gated["busy2"]):
+            wait_for(lambda image=image: running(proxy, image), 30, f"{image} to hold a slot")
+        remove(dockerd.env, background)
+        wait_for(
+            lambda: background in heal_status(proxy)["proactive"]["queued"], HEAL_TIME, "queued"
+        )
+        clients["later"] = run_in_background(gated["later"][0], proxy)
+        wait_for(
+            lambda: running(proxy, gated["later"][0], "queued"), 30, "the later create to wait"
+        )
+        finish(clients.pop("busy1"), gated["busy1"][1])
+        wait_for(lambda: running(proxy, gated["later"][0]), 30, "the later create's heal")
+        assert line_count(marker) == 0, "the background heal took the slot a client waited for"
+        assert not running(proxy, background)
+    finally:
+        for name, client in clients.items():
+            finish(client, gated[name][1])
     wait_for(lambda: image_exists(dockerd.env, background), HEAL_TIME, "the background heal")
     assert line_count(marker) == 1
 
@@ -468,3 +591,29 @@ def test_tags_present_at_start_are_remembered_and_saved(
         assert saved_tags(proxy, tmp_path) == [present]
     finally:
         remove(dockerd.env, present)
+
+
+def test_a_pull_through_the_proxy_is_a_use_and_a_restart_is_not(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    groups = [f"127.0.0.1:1/dhp/used:g{i}" for i in (1, 2, 3)]
+    for group in groups:
+        docker(["tag", busybox, group], env=dockerd.env)
+    try:
+        config = group_config(tmp_path, "127.0.0.1:1/dhp/used", tmp_path)
+        proxy = make_proxy(config)
+        wait_for(
+            lambda: heal_status(proxy)["proactive"]["reconciles"], 30, "the start-up reconcile"
+        )
+        for group in (groups[1], groups[0]):
+            docker(["pull", group], env=proxy.env)
+        # Saved in order of use: the two pulled last, the one only present first.
+        assert saved_tags(proxy, tmp_path) == [groups[2], groups[1], groups[0]]
+
+        again = make_proxy(config)  # a restart finds all three present: no use
+        wait_for(
+            lambda: heal_status(again)["proactive"]["reconciles"], 30, "the start-up reconcile"
+        )
+        assert saved_tags(again, tmp_path) == [groups[2], groups[1], groups[0]]
+    finally:
+        remove(dockerd.env, *groups)

@@ -63,7 +63,7 @@ def heal(healer: Healer, image: str) -> str | None:
     """The failure message of one heal, or None when it worked."""
 
     async def once() -> None:
-        await asyncio.wait_for(healer.heal(image), 30)
+        await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
 
     try:
         asyncio.run(once())
@@ -178,7 +178,7 @@ def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silen
         try:
             healer = Healer(cfg, engine, silent, state)
             with pytest.raises(HealFailed) as failed:
-                await asyncio.wait_for(healer.heal(A), 30)
+                await asyncio.wait_for(healer.heal(A, trigger="create"), 30)
             return str(failed.value)
         finally:
             await engine.close()

@@ -1,12 +1,7 @@
-"""memory: which tags are kept, for how long, how many, and the file they live in."""
+"""memory: which tags are kept, for how long and how many."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from proxy.healing import memory
 from proxy.healing.memory import TagMemory, worth_remembering
 from proxy.recipes.recipe import Recipe
 
@@ -50,32 +45,11 @@ def test_the_list_is_capped_oldest_use_out_first() -> None:
     assert tags.tags() == ["b", "d", "e"]
 
 
-def test_the_file_reads_back_in_order_of_use(tmp_path: Path) -> None:
+def test_a_proactive_heal_or_a_start_adds_a_tag_but_does_not_refresh_it() -> None:
     tags = TagMemory()
-    tags.remember("new", 5.0)
-    tags.remember("old", 1.0)
-    tags.remember("new", 9.0)
-    memory.save(tmp_path / "state", tags.dumps())
-    path = tmp_path / "state" / memory.FILE_NAME
-    assert path.stat().st_mode & 0o777 == 0o600
-    again = memory.load(tmp_path / "state")
-    assert again.last_used == {"old": 1.0, "new": 9.0} and not again.dirty
-    again.cap = 1
-    again.remember("x", 10.0)
-    assert again.tags() == ["x"]
-
-
-def test_a_missing_file_is_an_empty_memory(tmp_path: Path) -> None:
-    assert memory.load(tmp_path).tags() == []
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "[]", '{"last_used": []}', '{"last_used": {"a": "x"}}', '{"last_used": {"a": true}}'],
-)
-def test_a_damaged_file_is_an_empty_memory_with_a_warning(
-    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    (tmp_path / memory.FILE_NAME).write_text(text)
-    assert memory.load(tmp_path).tags() == []
-    assert "cannot read remembered tags" in caplog.text
+    tags.remember("a", 0.0)
+    for night in range(1, 40):  # pruned and rebuilt every night, never run
+        tags.remember("a", night * DAY, refresh=False)
+    tags.remember("new", 39 * DAY, refresh=False)
+    assert tags.forget_stale(40 * DAY, 30 * DAY) == ["a"]
+    assert tags.tags() == ["new"]

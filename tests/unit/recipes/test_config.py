@@ -416,6 +416,7 @@ def test_proactive_settings_have_defaults() -> None:
         1,
     )
     assert heal.min_free == MinFree(percent=15.0)
+    assert heal.reconcile_debounce == 5.0
     entry = {"match": "a:{g}", "command": ["x"]}
     assert parse({"images": [entry]}).recipes[0].proactive is False
 
@@ -426,6 +427,7 @@ def test_proactive_settings_are_read() -> None:
             "heal": {
                 "forget_after": "7d",
                 "reconcile_interval": "1m",
+                "reconcile_debounce": "30s",
                 "background_parallel": 2,
                 "min_free": "10GiB",
             },
@@ -434,6 +436,7 @@ def test_proactive_settings_are_read() -> None:
     )
     assert config.heal.forget_after == 7 * 86400.0
     assert config.heal.reconcile_interval == 60.0
+    assert config.heal.reconcile_debounce == 30.0
     assert config.heal.background_parallel == 2
     assert config.heal.min_free == MinFree(size=10 * 2**30)
     assert config.recipes[0].proactive is True
