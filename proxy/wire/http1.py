@@ -91,8 +91,12 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-class ProtocolError(Exception):
-    """The peer sent bytes that cannot be framed as HTTP/1.1."""
+class ProtocolError(ValueError):
+    """The peer sent bytes that cannot be framed as HTTP/1.1.
+
+    A ``ValueError``, so a caller that decodes peer bytes (``dechunk`` on a
+    captured body) treats it like any other undecodable input.
+    """
 
 
 def _shown(data: bytes) -> str:
