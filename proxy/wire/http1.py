@@ -127,6 +127,15 @@ def _values(lower: bytes, name: bytes) -> list[bytes]:
     return out
 
 
+def field_values(head: RequestHead, name: bytes) -> list[bytes]:
+    """The values of one field of a parsed head, lower-cased, in order; ``name`` is lower-case.
+
+    For the rare request whose meaning depends on a field (a pull's form body),
+    so the hot path never pays for it.
+    """
+    return _values(head.raw.lower(), name)
+
+
 def _tokens(values: list[bytes]) -> set[bytes]:
     return {t.strip(b" \t") for v in values for t in v.split(b",") if t.strip(b" \t")}
 

@@ -194,14 +194,30 @@ def route(path: str) -> str:
     return "other"
 
 
-def pulled_reference(query: str) -> str | None:
+FORM = b"application/x-www-form-urlencoded"
+
+
+def is_form(content_types: list[bytes]) -> bool:
+    """Whether Go parses a POST body with these ``Content-Type`` values as a form.
+
+    ``Header.Get`` takes the first value; ``mime.ParseMediaType`` compares the
+    type before any parameters, trimmed and in any case.
+    """
+    return bool(content_types) and content_types[0].partition(b";")[0].strip().lower() == FORM
+
+
+def pulled_reference(query: str, form: str = "") -> str | None:
     """The single reference a ``POST /images/create`` pulls, if it names one.
 
     ``docker pull foo`` sends ``fromImage=foo&tag=latest``; a tag may also be
     a digest, and ``fromImage`` may carry the tag itself. An empty tag with a
-    bare name means "all tags", which no single recipe can heal.
+    bare name means "all tags", which no single recipe can heal. dockerd reads
+    the parameters from Go's ``Request.Form``: a form body's values come ahead
+    of the query's, and the first one counts.
     """
-    params = parse_qs(query, keep_blank_values=True)
+    params = parse_qs(form, keep_blank_values=True)
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        params.setdefault(key, []).extend(values)
     image = (params.get("fromImage") or [""])[0]
     if not image or "fromSrc" in params:
         return None

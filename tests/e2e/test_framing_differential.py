@@ -206,11 +206,10 @@ def test_the_smuggled_create_is_refused_and_creates_nothing(
     assert docker(created, env=dockerd.env).stdout.strip() == b""
 
 
-def test_a_create_under_a_long_version_prefix_heals(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
-) -> None:
-    """``POST /v1.41.0/containers/create`` is a create to dockerd, so it heals."""
-    image = "127.0.0.1:1/dhp/longversion:1"
+def healing_proxy(
+    make_proxy: MakeProxy, dockerd: Dockerd, busybox: str, tmp_path: Path, image: str
+) -> tuple[Proxy, Path]:
+    """A proxy with one recipe that tags ``image`` and notes each run in the marker."""
     marker = tmp_path / "marker"
     script = tagging_script(tmp_path / "recipe.sh", marker, busybox, image)
     proxy = make_proxy(
@@ -218,14 +217,60 @@ def test_a_create_under_a_long_version_prefix_heals(
         f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(script)}]\n"
     )
     remove(dockerd.env, image)
-    body = json.dumps({"Image": image, "Cmd": ["true"]}).encode()
-    create = (
-        b"POST /v1.41.0/containers/create HTTP/1.1\r\nHost: d\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    return proxy, marker
+
+
+def create_request(path: bytes, body: bytes) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: d\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (path, len(body), body)
     )
-    got, _ = exchange(proxy.socket, create, timeout=120)
+
+
+def test_a_create_under_a_long_version_prefix_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """``POST /v1.41.0/containers/create`` is a create to dockerd, so it heals."""
+    image = "127.0.0.1:1/dhp/longversion:1"
+    proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
+    body = json.dumps({"Image": image, "Cmd": ["true"]}).encode()
+    got, _ = exchange(proxy.socket, create_request(b"/v1.41.0/containers/create", body), 120)
     (answer,) = answers(got)
     assert answer.head.status == 201, answer.raw
     assert marker.read_text() == "run\n"
     container = json.loads(answer.raw[len(answer.head.raw) :])["Id"]
     docker(["rm", container], env=dockerd.env)
+
+
+def test_a_create_naming_its_image_in_lower_case_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """dockerd's JSON decoder takes ``"image"`` for ``Image``, and the last one wins."""
+    image = "127.0.0.1:1/dhp/lowercase:1"
+    proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
+    body = b'{"Image": "", "image": "%s", "Cmd": ["true"]}' % image.encode()
+    got, _ = exchange(proxy.socket, create_request(b"/v1.41/containers/create", body), 120)
+    (answer,) = answers(got)
+    assert answer.head.status == 201, answer.raw
+    assert marker.read_text() == "run\n"
+    container = json.loads(answer.raw[len(answer.head.raw) :])["Id"]
+    docker(["rm", container], env=dockerd.env)
+
+
+def test_a_pull_with_its_parameters_in_a_form_body_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """dockerd pulls what a form body names, ahead of the query: so does the proxy."""
+    image = "127.0.0.1:1/dhp/formpull:1"
+    proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
+    form = b"fromImage=127.0.0.1%3A1%2Fdhp%2Fformpull&tag=1"
+    pull = (
+        b"POST /v1.41/images/create?fromImage=elsewhere&tag=2 HTTP/1.1\r\nHost: d\r\n"
+        b"Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(form), form)
+    )
+    got, _ = exchange(proxy.socket, pull, 120)
+    (answer,) = answers(got)
+    assert answer.head.status == 200, answer.raw
+    assert b"docker-heal-proxy" in answer.raw and b"errorDetail" not in answer.raw, answer.raw
+    assert marker.read_text() == "run\n"

@@ -24,6 +24,22 @@ def test_image_from_plain_and_chunked_bodies() -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "image"),
+    [
+        (b'{"image": "app:1"}', "app:1"),
+        (b'{"IMAGE": "app:1", "Cmd": []}', "app:1"),
+        (b'{"Image": "old:1", "iMaGe": "app:1"}', "app:1"),  # the last one wins
+        (b'{"Image": "app:1", "image": null}', "app:1"),  # null leaves it as it was
+        (b'{"Image": "app:1", "image": 3}', None),  # Go refuses the type
+        (b'{"Images": "app:1", "Config": {"Image": "x:1"}}', None),
+    ],
+)
+def test_image_is_read_as_go_decodes_it(body: bytes, image: str | None) -> None:
+    """dockerd's JSON decoder matches keys in any case and keeps the last one."""
+    assert image_from_create_body(body, chunked=False) == image
+
+
+@pytest.mark.parametrize(
     "body",
     [b"", b"{", b"[]", b"null", b'{"Cmd": []}', b'{"Image": 3}', b'{"Image": ""}', b"\xff\xfe"],
 )
