@@ -17,6 +17,20 @@ Rules:
   ``other``: a label value must never be a raw path, or an id per series would
   grow the metrics without bound.
 - Pure and cached: the data path asks for every request.
+
+Theory of operation:
+``api_path`` takes a target's path the way dockerd's router sees it, in
+steps. An absolute-form target (``http://d/v1.41/...``) loses its scheme,
+then its authority, leaving the path; a target that is neither absolute nor
+absolute-form routes nowhere. Percent escapes are decoded next, and a ``%``
+not followed by two hex digits routes nowhere, as Go refuses the URL. The
+decoded path must be clean: an empty, ``.`` or ``..`` segment makes Go's mux
+redirect rather than route. Last, a leading ``/v`` and digits-and-dots
+segment is the version prefix and is dropped, whatever the digits. ``route``
+then maps that endpoint to a template: an exact table lookup first, then the
+templated patterns in order, else ``other``. ``pulled_reference`` reads a
+pull's parameters from a form body and the query, in the order Go's
+``Request.Form`` holds them.
 """
 
 from __future__ import annotations
