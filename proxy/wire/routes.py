@@ -227,13 +227,17 @@ def pulled_reference(query: str, form: str = "") -> str | None:
     a digest, and ``fromImage`` may carry the tag itself. An empty tag with a
     bare name means "all tags", which no single recipe can heal. dockerd reads
     the parameters from Go's ``Request.Form``: a form body's values come ahead
-    of the query's, and the first one counts.
+    of the query's, and the first one counts. A ``fromImage`` makes it a pull
+    even beside a ``fromSrc``; a semicolon or a bad escape anywhere makes Go's
+    ``ParseQuery`` fail, and dockerd answers 400 instead of pulling.
     """
+    if any(";" in text or _BAD_ESCAPE.search(text) for text in (query, form)):
+        return None
     params = parse_qs(form, keep_blank_values=True)
     for key, values in parse_qs(query, keep_blank_values=True).items():
         params.setdefault(key, []).extend(values)
     image = (params.get("fromImage") or [""])[0]
-    if not image or "fromSrc" in params:
+    if not image:
         return None
     tag = (params.get("tag") or [""])[0]
     if not tag:

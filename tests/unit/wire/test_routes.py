@@ -94,6 +94,9 @@ def test_route_is_always_a_known_template(path: str) -> None:
         ("fromImage=foo&tag=", None),  # all tags
         ("fromImage=foo", None),
         ("fromSrc=-&repo=foo", None),  # an import, not a pull
+        ("fromImage=foo&tag=1&fromSrc=-", "foo:1"),  # dockerd pulls when fromImage is set
+        ("fromImage=foo&tag=1;x=2", None),  # dockerd: "invalid semicolon separator"
+        ("fromImage=foo&tag=1&x=%zz", None),  # Go refuses the escape
         ("fromImage=&tag=1", None),
         ("", None),
     ],
