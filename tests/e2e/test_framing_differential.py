@@ -227,29 +227,22 @@ def create_request(path: bytes, body: bytes) -> bytes:
     )
 
 
-def test_a_create_under_a_long_version_prefix_heals(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # A create to dockerd under any version prefix of digits and dots.
+        (b"/v1.41.0/containers/create", b'{"Image": "%s", "Cmd": ["true"]}'),
+        # dockerd's JSON decoder takes "image" for "Image", and the last one wins.
+        (b"/v1.41/containers/create", b'{"Image": "", "image": "%s", "Cmd": ["true"]}'),
+    ],
+    ids=["long version prefix", "lower-case image key"],
+)
+def test_a_create_dockerd_reads_as_one_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path, path: bytes, body: bytes
 ) -> None:
-    """``POST /v1.41.0/containers/create`` is a create to dockerd, so it heals."""
-    image = "127.0.0.1:1/dhp/longversion:1"
+    image = "127.0.0.1:1/dhp/readasone:1"
     proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
-    body = json.dumps({"Image": image, "Cmd": ["true"]}).encode()
-    got, _ = exchange(proxy.socket, create_request(b"/v1.41.0/containers/create", body), 120)
-    (answer,) = answers(got)
-    assert answer.head.status == 201, answer.raw
-    assert marker.read_text() == "run\n"
-    container = json.loads(answer.raw[len(answer.head.raw) :])["Id"]
-    docker(["rm", container], env=dockerd.env)
-
-
-def test_a_create_naming_its_image_in_lower_case_heals(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
-) -> None:
-    """dockerd's JSON decoder takes ``"image"`` for ``Image``, and the last one wins."""
-    image = "127.0.0.1:1/dhp/lowercase:1"
-    proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
-    body = b'{"Image": "", "image": "%s", "Cmd": ["true"]}' % image.encode()
-    got, _ = exchange(proxy.socket, create_request(b"/v1.41/containers/create", body), 120)
+    got, _ = exchange(proxy.socket, create_request(path, body % image.encode()), 120)
     (answer,) = answers(got)
     assert answer.head.status == 201, answer.raw
     assert marker.read_text() == "run\n"
