@@ -34,21 +34,34 @@ from ..recipes.patterns import find_recipe
 from ..recipes.reference import normalize
 from ..wire import errors
 from ..wire.connection import Exchange, Handler
-from ..wire.http1 import RequestHead, ResponseHead, dechunk
-from ..wire.routes import STATUS_PATH, api_path, pulled_reference
+from ..wire.http1 import RequestHead, ResponseHead, dechunk, field_values
+from ..wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
 from .buildheal import BuildHeal, build_params
 from .healer import Healer, HealFailed
 
 log = logging.getLogger(__name__)
 
 
+class _Fields(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept, as Go's decoder sees them."""
+
+
 def image_from_create_body(body: bytes, chunked: bool) -> str | None:
-    """The ``Image`` of a create request, or None if the daemon should judge it."""
+    """The ``Image`` of a create request, or None if the daemon should judge it.
+
+    Read as dockerd's Go decoder reads it: a key matches ``Image`` in any case,
+    the last match wins, and a ``null`` leaves the value before it in place.
+    """
     try:
-        data = json.loads(dechunk(body) if chunked else body)
+        data = json.loads(dechunk(body) if chunked else body, object_pairs_hook=_Fields)
     except (ValueError, UnicodeDecodeError):
         return None
-    image = data.get("Image") if isinstance(data, dict) else None
+    if not isinstance(data, _Fields):
+        return None
+    image: Any = None
+    for key, value in data:
+        if key.isascii() and key.lower() == "image" and value is not None:
+            image = value
     return image if isinstance(image, str) and image else None
 
 
@@ -119,14 +132,29 @@ class Interceptor:
         return found is not None and found[0].kind != "pull"
 
     def _pull_handler(self, head: RequestHead) -> Handler | None:
+        if (head.chunked or head.content_length) and is_form(field_values(head, b"content-type")):
+            return self.form_pull  # dockerd reads parameters from the body too
         reference = pulled_reference(head.query)
         if reference is None or not self._managed(reference):
             return None
 
         async def pull(exchange: Exchange) -> None:
-            await self.pull(exchange, reference)
+            if await exchange.body() is not None:
+                await self.pull(exchange, reference)
 
         return pull
+
+    async def form_pull(self, exchange: Exchange) -> None:
+        """A pull whose parameters may be in a form body: claimed once they are read."""
+        body = await exchange.body()
+        if body is None:
+            return  # over the limit: already forwarded as it came
+        form = (dechunk(body) if exchange.head.chunked else body).decode("latin-1")
+        reference = pulled_reference(exchange.head.query, form)
+        if reference is None or not self._managed(reference):
+            exchange.forward(exchange.head.raw + body)
+            return
+        await self.pull(exchange, reference)
 
     def _build_handler(self, head: RequestHead) -> Handler | None:
         params = build_params(head.query)
@@ -170,8 +198,7 @@ class Interceptor:
         exchange.forward(raw)
 
     async def pull(self, exchange: Exchange, reference: str) -> None:
-        if await exchange.body() is None:
-            return  # a pull with a body over the limit: already forwarded as it came
+        """Heal a managed tag in place of a pull; the request body has been read."""
         image = normalize(reference)  # valid: claim matched it against a recipe
         exchange.write(PROGRESS_HEAD)
         exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))

@@ -17,6 +17,20 @@ Rules:
   ``other``: a label value must never be a raw path, or an id per series would
   grow the metrics without bound.
 - Pure and cached: the data path asks for every request.
+
+Theory of operation:
+``api_path`` takes a target's path the way dockerd's router sees it, in
+steps. An absolute-form target (``http://d/v1.41/...``) loses its scheme,
+then its authority, leaving the path; a target that is neither absolute nor
+absolute-form routes nowhere. Percent escapes are decoded next, and a ``%``
+not followed by two hex digits routes nowhere, as Go refuses the URL. The
+decoded path must be clean: an empty, ``.`` or ``..`` segment makes Go's mux
+redirect rather than route. Last, a leading ``/v`` and digits-and-dots
+segment is the version prefix and is dropped, whatever the digits. ``route``
+then maps that endpoint to a template: an exact table lookup first, then the
+templated patterns in order, else ``other``. ``pulled_reference`` reads a
+pull's parameters from a form body and the query, in the order Go's
+``Request.Form`` holds them.
 """
 
 from __future__ import annotations
@@ -194,16 +208,36 @@ def route(path: str) -> str:
     return "other"
 
 
-def pulled_reference(query: str) -> str | None:
+FORM = b"application/x-www-form-urlencoded"
+
+
+def is_form(content_types: list[bytes]) -> bool:
+    """Whether Go parses a POST body with these ``Content-Type`` values as a form.
+
+    ``Header.Get`` takes the first value; ``mime.ParseMediaType`` compares the
+    type before any parameters, trimmed and in any case.
+    """
+    return bool(content_types) and content_types[0].partition(b";")[0].strip().lower() == FORM
+
+
+def pulled_reference(query: str, form: str = "") -> str | None:
     """The single reference a ``POST /images/create`` pulls, if it names one.
 
     ``docker pull foo`` sends ``fromImage=foo&tag=latest``; a tag may also be
     a digest, and ``fromImage`` may carry the tag itself. An empty tag with a
-    bare name means "all tags", which no single recipe can heal.
+    bare name means "all tags", which no single recipe can heal. dockerd reads
+    the parameters from Go's ``Request.Form``: a form body's values come ahead
+    of the query's, and the first one counts. A ``fromImage`` makes it a pull
+    even beside a ``fromSrc``; a semicolon or a bad escape anywhere makes Go's
+    ``ParseQuery`` fail, and dockerd answers 400 instead of pulling.
     """
-    params = parse_qs(query, keep_blank_values=True)
+    if any(";" in text or _BAD_ESCAPE.search(text) for text in (query, form)):
+        return None
+    params = parse_qs(form, keep_blank_values=True)
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        params.setdefault(key, []).extend(values)
     image = (params.get("fromImage") or [""])[0]
-    if not image or "fromSrc" in params:
+    if not image:
         return None
     tag = (params.get("tag") or [""])[0]
     if not tag:

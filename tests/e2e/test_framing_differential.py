@@ -3,13 +3,15 @@
 A request the proxy and dockerd cut differently lets a second request ride
 past the proxy inside the first one's body. The unit tests pin each rule of
 ``http1``; here Hypothesis draws heads and bodies, valid and not, and each is
-judged by the real daemon: the same bytes go straight to dockerd followed by
-a harmless ``GET /_ping`` that asks to close, and the number of answers on
-that one connection says how many requests dockerd saw. Either the proxy
-refuses the request (and then the real proxy answers a Docker-shaped 400 and
-closes), or dockerd saw exactly the requests the proxy frames. The one
-allowed difference is Go refusing a request itself (plain-text 400 or 501,
-then close): it reads nothing after it, so nothing can be smuggled.
+judged by the real daemon, one request at a time: the bytes the proxy frames
+as that request go straight to dockerd followed by a sentinel request that
+asks to close, and dockerd must answer exactly the request and then the
+sentinel. An extra answer in between is a request the proxy did not see; a
+missing sentinel is one dockerd read further than the proxy. The one allowed
+difference is Go refusing the request itself (plain-text 400 or 501, or 417,
+then close): it reads nothing after it, so nothing can be smuggled. A request
+the proxy refuses must get the real proxy's Docker-shaped 400 and a close.
+Examples are derandomized, so CI runs the same ones every time.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from framing import PING_CLOSE, SMUGGLED, Answer, answers, frame, go_refusal, requests
-from hypothesis import given, settings
+from framing import (
+    PING_CLOSE,
+    SENTINEL,
+    SMUGGLED,
+    SMUGGLED_PAYLOADS,
+    Answer,
+    answers,
+    frame,
+    go_refusal,
+    is_sentinel,
+    requests,
+)
+from hypothesis import example, given, settings
 from support import Dockerd, MakeProxy, Proxy, docker, remove, tagging_script, toml_string
 
 from proxy.wire.routes import api_path
@@ -67,52 +80,65 @@ def statuses(heads: list[Answer]) -> list[int]:
     return [a.head.status for a in heads]
 
 
-def agree(direct: list[Answer], closed: bool, expected: int, stream: bytes) -> None:
-    """dockerd answered each request the proxy frames, and no other, then closed (or waited).
+def judge(direct: list[Answer], closed: bool, expected: int, stream: bytes) -> None:
+    """dockerd cut ``stream`` where the proxy does, or Go refused its first request.
 
-    ``closed`` says whether dockerd's end of the exchange was as expected.
+    ``expected`` is 2 for a framed request dockerd keeps the connection open
+    after (its answer, then the sentinel's), 1 for one that closes, 0 for one
+    the proxy waits to finish (dockerd must wait too: no answer, no close).
+    A single Go refusal as the first answer also agrees: Go read nothing after
+    it, so nothing can ride past the proxy.
     """
-    if direct and go_refusal(direct[-1]) and len(direct) <= expected:
-        return  # Go refused one of them and read no further: nothing got past
-    assert len(direct) == expected and closed, (
-        f"dockerd answered {statuses(direct)} (as expected at the end: {closed}); "
-        f"the proxy frames {expected}: {stream!r}"
+    if len(direct) == 1 and go_refusal(direct[0]) and closed:
+        return
+    sentinel = expected < 2 or (len(direct) == 2 and is_sentinel(direct[1]))
+    assert len(direct) == expected and closed == (expected > 0) and sentinel, (
+        f"dockerd answered {statuses(direct)} (closed: {closed}); "
+        f"the proxy frames {stream!r} as {expected} answers"
     )
 
 
-@settings(max_examples=200, deadline=None)
+_TE_ON_HTTP10 = (
+    b"POST /_ping HTTP/1.0\r\nHost: d\r\nConnection: keep-alive\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+)
+_UNFINISHED = b"GET /_ping HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\nabc\r\n"
+
+
+@example(request=_UNFINISHED)
+@example(request=_UNFINISHED.replace(b"Host: d\r\n", b""))
+@example(request=_TE_ON_HTTP10)
+@example(request=SMUGGLED % (len(SMUGGLED_PAYLOADS[0]), SMUGGLED_PAYLOADS[0]))
+@example(request=b"GET /_ping HTTP/1.1\r\nHost: d\r\nExpect: nothing\r\n\r\n")
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(request=requests())
 def test_proxy_refuses_or_frames_like_dockerd(
     dockerd: Dockerd, proxy: Proxy, request: bytes
 ) -> None:
-    stream = request + PING_CLOSE
-    framing = frame(stream)
-    if framing.refused is not None:
-        # The proxy passes on the complete requests before the refused one, then
-        # refuses: dockerd must see exactly those, whatever followed them.
-        direct: list[Answer] = []
-        if framing.heads:
-            got, closed = exchange(dockerd.socket, stream[: framing.ends[-1]] + PING_CLOSE)
-            direct = answers(got)
-            agree(direct, closed, len(framing.heads) + 1, stream)
+    framing = frame(request + SENTINEL)
+    if framing.heads:
+        # Judge the first request alone: exactly the bytes the proxy frames as
+        # it, then the sentinel. Whatever the proxy makes of any leftover is
+        # another request's framing, drawn in another example.
+        stream = (request + SENTINEL)[: framing.ends[0]] + SENTINEL
+        got, closed = exchange(dockerd.socket, stream)
+        direct = answers(got)
+        judge(direct, closed, 1 if framing.heads[0].close else 2, stream)
         got, closed = exchange(proxy.socket, stream)
-        through = answers(got)
-        if direct and go_refusal(direct[-1]):  # the proxy relays it, and the close
-            assert statuses(through) == statuses(direct), (stream, got)
-            return
-        assert statuses(through[:-1]) == statuses(direct[: len(framing.heads)]), (stream, got)
-        assert_refused_with_400(through[-1], closed)
+        assert statuses(answers(got)) == statuses(direct) and closed, (stream, got)
         return
-    # Complete: dockerd answers each and closes after the last. Unfinished (a
-    # chunk size that is valid hex, say): both wait for the rest, answering only
-    # the complete ones; that silence is bounded by a short read deadline.
-    wait = 5 if framing.complete else 1
-    got, closed = exchange(dockerd.socket, stream, wait)
+    if framing.refused is not None:
+        got, closed = exchange(proxy.socket, request + SENTINEL)
+        (answer,) = answers(got)
+        assert_refused_with_400(answer, closed)
+        return
+    # Unfinished even with the sentinel read as body (a large chunk size, say):
+    # both wait for the rest; that silence is bounded by a short read deadline.
+    got, closed = exchange(dockerd.socket, request + SENTINEL, 1)
     direct = answers(got)
-    agree(direct, closed == framing.complete, len(framing.heads), stream)
-    got, closed = exchange(proxy.socket, stream, wait)
-    assert statuses(answers(got)) == statuses(direct), stream
-    assert closed == (framing.complete or go_refusal(direct[-1])), stream
+    judge(direct, closed, 0, request)
+    got, closed = exchange(proxy.socket, request + SENTINEL, 1)
+    assert statuses(answers(got)) == statuses(direct) and closed == bool(direct), request
 
 
 _PREFIXES = ["", "/v1.41", "/v1.41.0", "/v1.41.0.0", "/v1.41.", "/v.", "/v1", "/v01.41", "/V1.41"]
@@ -180,11 +206,10 @@ def test_the_smuggled_create_is_refused_and_creates_nothing(
     assert docker(created, env=dockerd.env).stdout.strip() == b""
 
 
-def test_a_create_under_a_long_version_prefix_heals(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
-) -> None:
-    """``POST /v1.41.0/containers/create`` is a create to dockerd, so it heals."""
-    image = "127.0.0.1:1/dhp/longversion:1"
+def healing_proxy(
+    make_proxy: MakeProxy, dockerd: Dockerd, busybox: str, tmp_path: Path, image: str
+) -> tuple[Proxy, Path]:
+    """A proxy with one recipe that tags ``image`` and notes each run in the marker."""
     marker = tmp_path / "marker"
     script = tagging_script(tmp_path / "recipe.sh", marker, busybox, image)
     proxy = make_proxy(
@@ -192,14 +217,53 @@ def test_a_create_under_a_long_version_prefix_heals(
         f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(script)}]\n"
     )
     remove(dockerd.env, image)
-    body = json.dumps({"Image": image, "Cmd": ["true"]}).encode()
-    create = (
-        b"POST /v1.41.0/containers/create HTTP/1.1\r\nHost: d\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    return proxy, marker
+
+
+def create_request(path: bytes, body: bytes) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: d\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (path, len(body), body)
     )
-    got, _ = exchange(proxy.socket, create, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # A create to dockerd under any version prefix of digits and dots.
+        (b"/v1.41.0/containers/create", b'{"Image": "%s", "Cmd": ["true"]}'),
+        # dockerd's JSON decoder takes "image" for "Image", and the last one wins.
+        (b"/v1.41/containers/create", b'{"Image": "", "image": "%s", "Cmd": ["true"]}'),
+    ],
+    ids=["long version prefix", "lower-case image key"],
+)
+def test_a_create_dockerd_reads_as_one_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path, path: bytes, body: bytes
+) -> None:
+    image = "127.0.0.1:1/dhp/readasone:1"
+    proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
+    got, _ = exchange(proxy.socket, create_request(path, body % image.encode()), 120)
     (answer,) = answers(got)
     assert answer.head.status == 201, answer.raw
     assert marker.read_text() == "run\n"
     container = json.loads(answer.raw[len(answer.head.raw) :])["Id"]
     docker(["rm", container], env=dockerd.env)
+
+
+def test_a_pull_with_its_parameters_in_a_form_body_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """dockerd pulls what a form body names, ahead of the query: so does the proxy."""
+    image = "127.0.0.1:1/dhp/formpull:1"
+    proxy, marker = healing_proxy(make_proxy, dockerd, busybox, tmp_path, image)
+    form = b"fromImage=127.0.0.1%3A1%2Fdhp%2Fformpull&tag=1"
+    pull = (
+        b"POST /v1.41/images/create?fromImage=elsewhere&tag=2 HTTP/1.1\r\nHost: d\r\n"
+        b"Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(form), form)
+    )
+    got, _ = exchange(proxy.socket, pull, 120)
+    (answer,) = answers(got)
+    assert answer.head.status == 200, answer.raw
+    assert b"docker-heal-proxy" in answer.raw and b"errorDetail" not in answer.raw, answer.raw
+    assert marker.read_text() == "run\n"

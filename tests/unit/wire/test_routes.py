@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.wire.routes import TEMPLATES, api_path, pulled_reference, route
+from proxy.wire.routes import TEMPLATES, api_path, is_form, pulled_reference, route
 
 
 @pytest.mark.parametrize(
@@ -94,12 +94,47 @@ def test_route_is_always_a_known_template(path: str) -> None:
         ("fromImage=foo&tag=", None),  # all tags
         ("fromImage=foo", None),
         ("fromSrc=-&repo=foo", None),  # an import, not a pull
+        ("fromImage=foo&tag=1&fromSrc=-", "foo:1"),  # dockerd pulls when fromImage is set
+        ("fromImage=foo&tag=1;x=2", None),  # dockerd: "invalid semicolon separator"
+        ("fromImage=foo&tag=1&x=%zz", None),  # Go refuses the escape
         ("fromImage=&tag=1", None),
         ("", None),
     ],
 )
 def test_pulled_reference(query: str, reference: str | None) -> None:
     assert pulled_reference(query) == reference
+
+
+@pytest.mark.parametrize(
+    ("query", "form", "reference"),
+    [
+        ("", "fromImage=foo&tag=1", "foo:1"),
+        ("tag=2", "fromImage=foo", "foo:2"),
+        ("fromImage=bar&tag=2", "fromImage=foo&tag=1", "foo:1"),  # the body's come first
+        ("fromImage=foo&tag=2", "tag=", None),  # an empty first tag: all tags
+    ],
+)
+def test_pulled_reference_reads_a_form_body_first(
+    query: str, form: str, reference: str | None
+) -> None:
+    """Go's ``Request.Form`` holds a form body's values ahead of the query's."""
+    assert pulled_reference(query, form) == reference
+
+
+@pytest.mark.parametrize(
+    ("content_types", "form"),
+    [
+        ([b"application/x-www-form-urlencoded"], True),
+        ([b"Application/X-WWW-Form-Urlencoded ; charset=utf-8"], True),
+        ([b"application/json", b"application/x-www-form-urlencoded"], False),
+        ([b"multipart/form-data; boundary=x"], False),  # ParseForm leaves multipart alone
+        ([], False),
+    ],
+)
+def test_is_form_reads_the_first_content_type_as_go_does(
+    content_types: list[bytes], form: bool
+) -> None:
+    assert is_form(content_types) == form
 
 
 @given(
