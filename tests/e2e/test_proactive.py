@@ -394,7 +394,7 @@ def test_check_does_not_hang_on_a_daemon_that_never_answers(tmp_path: Path) -> N
     finally:
         fake.close()
     assert result.returncode == 0, result.stderr
-    assert f"the Docker daemon at {socket_path} did not answer within 5s" in result.stdout
+    assert f"the Docker daemon at {socket_path} did not answer /info within 5s" in result.stdout
     assert took < 30
 
 
