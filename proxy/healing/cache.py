@@ -75,6 +75,11 @@ class RegistryCache:
             log.warning("cache for %s not used: %s", recipe.image, error)
             self._pulled("error")
             return None
+        except Exception:
+            # A bug here must cost the cache, never the heal (see Rules).
+            log.exception("cache for %s not used: unexpected failure", recipe.image)
+            self._pulled("error")
+            return None
         return cache_reference(self.repository, recipe, digest, platform)
 
     async def pull(

@@ -155,3 +155,19 @@ def test_the_reference_is_the_repository_and_the_key(tmp_path: Path) -> None:
     found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path)))
     assert found is not None and found.startswith("reg:5000/heal-cache:app-1-")
     assert counts.pulls == []
+
+
+def test_an_unexpected_failure_of_the_key_means_no_cache_and_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache must never fail a heal, not even with a bug of its own."""
+
+    def broken(*args: object) -> str:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr("proxy.healing.cache.inputs_hash", broken)
+    engine, counts = FakeEngine(), Counts()
+    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path, ("x",))))
+    assert found is None
+    assert counts.pulls == ["error"]
+    assert any(record.exc_info for record in caplog.records)
