@@ -44,7 +44,7 @@ from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import split
 from .engine import Engine, EngineError
 from .inputs import InputsError, inputs_hash
-from .registryauth import resolve_auth
+from .registryauth import auth_for
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class RegistryCache:
     ) -> bool:
         """Whether ``recipe.image`` now exists, pulled from ``reference``."""
         try:
-            auth = await asyncio.to_thread(resolve_auth, split(reference).domain)
+            auth = await auth_for(split(reference).domain)
             async with asyncio.timeout(recipe.timeout):
                 await self.engine.pull(reference, auth, on_line)
         except EngineError as error:
@@ -124,7 +124,7 @@ class RegistryCache:
             self._push_failed(reference, error)
             return
         try:
-            auth = await asyncio.to_thread(resolve_auth, split(reference).domain)
+            auth = await auth_for(split(reference).domain)
             async with asyncio.timeout(timeout):
                 await self.engine.push(reference, auth, lambda line: None)
         except EngineError as error:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,73 @@ def test_a_failing_helper_is_anonymous_with_a_warning_that_leaks_nothing(
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 1 and warning in messages[0], messages
     assert "SECRET-OUTPUT" not in caplog.text
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie not yet reaped by init counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def _group_gone(pgid: int) -> bool:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(entry.name)
+    return not members
+
+
+def test_a_hung_helper_whose_detached_child_holds_stdout_does_not_hang(
+    helpers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registryauth, "HELPER_TIMEOUT", 0.5)
+    helper(
+        helpers,
+        "t6",
+        f"echo $$ > {helpers}/pid\nsetsid sleep 20 &\necho $! > {helpers}/detached\nsleep 20\n",
+    )
+    started = time.monotonic()
+    try:
+        assert resolve_auth("reg:5000") is None
+        assert time.monotonic() - started < 5, "a detached child holding stdout must not hold it"
+        assert _group_gone(int((helpers / "pid").read_text()))
+    finally:
+        os.kill(int((helpers / "detached").read_text()), 9)
+
+
+def test_an_answer_before_exit_counts_though_a_child_holds_stdout(
+    helpers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registryauth, "HELPER_TIMEOUT", 0.5)
+    helper(
+        helpers,
+        "t7",
+        f"echo $$ > {helpers}/pid\nsleep 20 &\necho $! > {helpers}/child\n"
+        'echo \'{"Username":"me","Secret":"pw"}\'\n',
+    )
+    started = time.monotonic()
+    assert decode(resolve_auth("reg:5000"))["password"] == "pw"
+    assert time.monotonic() - started < 5
+    assert _group_gone(int((helpers / "pid").read_text()))
+    assert _gone(int((helpers / "child").read_text()))
+
+
+def test_auth_for_goes_anonymous_if_the_lookup_itself_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(registryauth, "HELPER_TIMEOUT", -4.8)  # a bound of 0.2s
+    monkeypatch.setattr(registryauth, "resolve_auth", lambda host: release.wait(30) and "x")
+    try:
+        assert asyncio.run(registryauth.auth_for("reg:5000")) is None
+    finally:
+        release.set()
