@@ -22,6 +22,10 @@ Rules:
 - A pull and a push are each bounded by the recipe's own timeout: a
   registry that stops answering must not hold the heal (or, for a push, the
   shutdown and ``heal``'s exit) longer than the recipe would.
+- A pull is also bounded by ``[heal] engine_timeout`` up to its first line
+  of progress and between lines: a registry that answers ``/v2/`` but never
+  the manifest would otherwise hold the heal for the recipe's whole timeout
+  before the recipe even starts. A pull that makes progress is not cut.
 
 Theory of operation: ``RegistryCache`` is built per heal from the running
 config. ``reference`` computes the key (the inputs hash in a thread, the
@@ -52,6 +56,10 @@ PULL_RESULTS = ("hit", "miss", "error")
 PUSH_RESULTS = ("success", "error")
 
 
+def _later(loop: asyncio.AbstractEventLoop, seconds: float | None) -> float | None:
+    return None if seconds is None else loop.time() + seconds
+
+
 class CacheObserver(Protocol):
     def cache_pulled(self, result: str) -> None: ...
 
@@ -65,6 +73,8 @@ class RegistryCache:
     engine: Engine
     repository: str
     observer: CacheObserver | None = None
+    idle_timeout: float | None = None
+    """Seconds a pull may go without progress (``[heal] engine_timeout``); None: unbounded."""
 
     async def reference(self, recipe: ConcreteRecipe) -> str | None:
         """The cache reference for ``recipe`` on this daemon; None (counted) if unknowable."""
@@ -86,10 +96,17 @@ class RegistryCache:
         self, recipe: ConcreteRecipe, reference: str, on_line: Callable[[str], None]
     ) -> bool:
         """Whether ``recipe.image`` now exists, pulled from ``reference``."""
+        loop = asyncio.get_running_loop()
         try:
             auth = await auth_for(split(reference).domain)
-            async with asyncio.timeout(recipe.timeout):
-                await self.engine.pull(reference, auth, on_line)
+            async with asyncio.timeout(recipe.timeout), asyncio.timeout(None) as idle:
+
+                def progressed(line: str) -> None:
+                    idle.reschedule(_later(loop, self.idle_timeout))
+                    on_line(line)
+
+                idle.reschedule(_later(loop, self.idle_timeout))
+                await self.engine.pull(reference, auth, progressed)
         except EngineError as error:
             if error.status == 404:
                 log.info("cache miss for %s: %s", recipe.image, reference)
@@ -99,7 +116,12 @@ class RegistryCache:
                 self._pulled("error")
             return False
         except TimeoutError:
-            log.warning("cache pull of %s timed out after %gs", reference, recipe.timeout)
+            if idle.expired():
+                log.warning(
+                    "cache pull of %s failed: no progress for %gs", reference, self.idle_timeout
+                )
+            else:
+                log.warning("cache pull of %s timed out after %gs", reference, recipe.timeout)
             self._pulled("error")
             return False
         try:

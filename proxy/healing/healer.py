@@ -116,13 +116,17 @@ class Progress:
     cache: str | None = None
     """The cache reference this heal tries (and pushes to), if the recipe is cached."""
 
+    def elapsed(self) -> float:
+        """Seconds since the heal began: a heal's duration counts its cache try too."""
+        return time.monotonic() - self.started
+
     def view(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "recipe": self.recipe,
             "phase": self.phase,
             "cache": self.cache,
-            "elapsed_seconds": round(time.monotonic() - self.started, 1),
+            "elapsed_seconds": round(self.elapsed(), 1),
             "last_lines": list(self.lines),
             "log": str(self.log_path) if self.log_path else None,
         }
@@ -370,7 +374,9 @@ class Healer:
         repository = self.config.heal.cache
         if not concrete.recipe.cache or repository is None:
             return None
-        return RegistryCache(self.engine, repository, self.observer)
+        return RegistryCache(
+            self.engine, repository, self.observer, self.config.heal.engine_timeout
+        )
 
     async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         cache = self._cache(concrete)
@@ -379,9 +385,8 @@ class Healer:
             progress.cache = await cache.reference(concrete)
         if cache is not None and progress.cache is not None:
             log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)
-            started = time.monotonic()
             if await cache.pull(concrete, progress.cache, progress.lines.append):
-                self._succeeded(concrete, time.monotonic() - started, "cache", progress.cache)
+                self._succeeded(concrete, progress.elapsed(), "cache", progress.cache)
                 return
         await self._run_recipe(concrete, progress)
         if cache is not None and progress.cache is not None and self.config.heal.cache_push:
@@ -398,7 +403,6 @@ class Healer:
         progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
         progress.phase = "running"
         log.info("heal of %s started: %s (%s)", concrete.image, recipe.name, concrete.kind)
-        started = time.monotonic()
         try:
             await run_recipe(
                 concrete,
@@ -408,7 +412,7 @@ class Healer:
                 on_line=progress.lines.append,
             )
         except RecipeFailed as failure:
-            duration = time.monotonic() - started
+            duration = progress.elapsed()
             message = self._failure_message(concrete, failure, progress.log_path)
             self._record(
                 concrete.image,
@@ -427,7 +431,7 @@ class Healer:
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
             raise HealFailed(message) from None
-        self._succeeded(concrete, time.monotonic() - started, "recipe", progress.cache)
+        self._succeeded(concrete, progress.elapsed(), "recipe", progress.cache)
 
     def _succeeded(
         self, concrete: ConcreteRecipe, duration: float, source: Source, cache: str | None

@@ -9,7 +9,10 @@ The recipe counts its runs per host in a marker file (it writes the
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,12 +87,13 @@ def fleet(tmp_path: Path, registry: Registry) -> Fleet:
     return Fleet(tmp_path, marker, registry.host)
 
 
-def config(fleet: Fleet, *, registry: str | None = None, push: bool = True) -> str:
+def config(fleet: Fleet, *, registry: str | None = None, push: bool = True, heal: str = "") -> str:
     """The one config every host runs (``push`` aside, for a pull-only host)."""
     return f"""
 state_dir = "state"
 [heal]
 failure_cooldown = "1s"
+{heal}
 cache = {toml_string(f"{registry or fleet.registry}/{REPOSITORY}")}
 cache_push = {str(push).lower()}
 [[images]]
@@ -329,3 +333,60 @@ def test_the_heal_command_pushes_before_it_exits(
     tags = registry_tags(fleet.registry)
     assert any(tag.startswith("dhp_fleet-by-hand-") for tag in tags), tags
     assert cache_tags_left(dockerd) == []
+
+
+@contextlib.contextmanager
+def stalled_registry() -> Iterator[str]:
+    """A registry that answers ``/v2/`` and then never a manifest; its host."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v2":
+                release.wait(120)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_HEAD = do_GET
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_stalled_registry_costs_the_idle_bound_not_the_recipe_timeout(
+    host_b: Dockerd, fleet: Fleet, make_proxy: MakeProxy
+) -> None:
+    image = "127.0.0.1:1/dhp/fleet:stalled"
+    bound = 3
+    port = free_port()
+    with stalled_registry() as stalled:
+        text = config(fleet, registry=stalled, push=False, heal=f'engine_timeout = "{bound}s"')
+        b = host_proxy(
+            make_proxy,
+            host_b,
+            text,
+            credentials(fleet.folder / "login", stalled),
+            f"--metrics-listen=127.0.0.1:{port}",
+        )
+        heal(b, host_b, image)
+    assert fleet.runs(host_b) == 1
+    assert f"failed: no progress for {bound}s" in b.log()
+    assert metric(port, 'docker_heal_proxy_cache_pulls_total{result="error"}') == 1
+    # The heal's duration runs from its start: the cache try is part of it.
+    took = last_result(b, image)["duration_seconds"]
+    assert isinstance(took, float) and took >= bound + RECIPE_SECONDS - 0.5, took

@@ -8,6 +8,7 @@ after a good pull, an untag of a name already gone).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -171,3 +172,41 @@ def test_an_unexpected_failure_of_the_key_means_no_cache_and_an_error(
     assert found is None
     assert counts.pulls == ["error"]
     assert any(record.exc_info for record in caplog.records)
+
+
+class SlowPull(FakeEngine):
+    """A registry that answers ``lines`` progress lines ``gap`` seconds apart, then hangs."""
+
+    def __init__(self, lines: int, gap: float, hang: bool) -> None:
+        super().__init__()
+        self.lines, self.gap, self.hang = lines, gap, hang
+
+    async def pull(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("pull", ref)
+        for _ in range(self.lines):
+            await asyncio.sleep(self.gap)
+            on_line("Downloading")
+        if self.hang:
+            await asyncio.Event().wait()
+
+
+def slow_pull(engine: SlowPull, counts: Counts, tmp_path: Path) -> bool:
+    stalled = RegistryCache(cast(Engine, engine), "reg:5000/heal-cache", counts, idle_timeout=0.3)
+    return asyncio.run(stalled.pull(recipe(tmp_path), REFERENCE, lambda line: None))
+
+
+def test_a_pull_without_progress_is_cut_by_the_idle_bound_and_an_error(tmp_path: Path) -> None:
+    engine, counts = SlowPull(lines=0, gap=0, hang=True), Counts()
+    started = time.monotonic()
+    assert not slow_pull(engine, counts, tmp_path)
+    assert time.monotonic() - started < 5
+    assert counts.pulls == ["error"]
+    engine, counts = SlowPull(lines=3, gap=0.1, hang=True), Counts()
+    assert not slow_pull(engine, counts, tmp_path)
+    assert counts.pulls == ["error"]
+
+
+def test_a_pull_that_makes_progress_is_not_cut(tmp_path: Path) -> None:
+    engine, counts = SlowPull(lines=8, gap=0.1, hang=False), Counts()
+    assert slow_pull(engine, counts, tmp_path)
+    assert counts.pulls == ["hit"]
