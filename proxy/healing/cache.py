@@ -10,8 +10,11 @@ Rules:
   would have made. Every failure here (inputs that cannot be hashed, a
   registry that is down, credentials it refuses, a push that breaks) is
   logged, counted, and the heal goes on without the cache.
-- A pull that dockerd answers with 404 (the registry says "manifest
-  unknown") is a miss: the quiet, expected case on the first host.
+- A pull that dockerd answers with 404 and "manifest unknown" or "not
+  found" is a miss: the quiet, expected case on the first host. dockerd
+  also answers 404 ("pull access denied ... may require 'docker login'")
+  when a token registry refuses the credentials: that is an error, counted
+  and logged, or a fleet with a bad password would only ever see misses.
 - A hit is tagged as the wanted tag. A push tags the image by ID (so a
   rebuild meanwhile cannot swap what is pushed) under the cache reference.
   Either way the cache reference is untagged afterwards, never removed with
@@ -54,6 +57,16 @@ log = logging.getLogger(__name__)
 
 PULL_RESULTS = ("hit", "miss", "error")
 PUSH_RESULTS = ("success", "error")
+
+
+def _is_miss(error: EngineError) -> bool:
+    """A registry's "no such manifest"; dockerd's 404 for refused credentials is not one."""
+    text = error.message.lower()
+    return (
+        error.status == 404
+        and "pull access denied" not in text
+        and any(words in text for words in ("manifest unknown", "not found"))
+    )
 
 
 def _later(loop: asyncio.AbstractEventLoop, seconds: float | None) -> float | None:
@@ -108,7 +121,7 @@ class RegistryCache:
                 idle.reschedule(_later(loop, self.idle_timeout))
                 await self.engine.pull(reference, auth, progressed)
         except EngineError as error:
-            if error.status == 404:
+            if _is_miss(error):
                 log.info("cache miss for %s: %s", recipe.image, reference)
                 self._pulled("miss")
             else:

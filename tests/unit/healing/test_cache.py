@@ -95,11 +95,30 @@ def test_a_hit_is_tagged_as_the_wanted_tag_then_the_cache_tag_is_dropped(tmp_pat
     assert counts.pulls == ["hit"]
 
 
-@pytest.mark.parametrize(("status", "result"), [(404, "miss"), (500, "error"), (None, "error")])
-def test_a_404_is_a_miss_and_anything_else_an_error(
-    tmp_path: Path, status: int | None, result: str
+MISSING = "manifest for reg:5000/heal-cache:x not found: manifest unknown: manifest unknown"
+DENIED = (
+    "pull access denied for reg:5000/heal-cache, repository does not exist or may require "
+    "'docker login': denied: requested access to the resource is denied"
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "result"),
+    [
+        (MISSING, 404, "miss"),
+        ("repository reg:5000/heal-cache not found: name unknown", 404, "miss"),
+        (DENIED, 404, "error"),
+        ("no", 404, "error"),
+        (MISSING, 500, "error"),
+        ("no", None, "error"),
+    ],
+)
+def test_a_missing_manifest_is_a_miss_and_anything_else_an_error(
+    tmp_path: Path, message: str, status: int | None, result: str
 ) -> None:
-    engine, counts = FakeEngine({"pull": EngineError("no", status)}), Counts()
+    """dockerd maps a token registry's DENIED to 404 too: refused credentials
+    must not pass for the quiet miss of the first host."""
+    engine, counts = FakeEngine({"pull": EngineError(message, status)}), Counts()
     assert not pull(engine, counts, tmp_path)
     assert engine.calls == [("pull", REFERENCE)], "nothing was pulled, so nothing to untag"
     assert counts.pulls == [result]
