@@ -37,8 +37,10 @@ Rules:
   Eviction takes the oldest successes first, then failures whose cooldown has
   ended; a cooldown still running is never evicted, or a broken recipe would
   run again at once.
-- A recipe with ``cache = true`` first tries the registry cache (``cache``):
-  a hit is the heal, and the recipe never runs. After a recipe run the push
+- A recipe with ``cache = true`` first tries the registry cache (``cache``),
+  before healing any of its bases: a hit is the heal, and neither the recipe
+  nor its bases' recipes run. ``force`` skips the pull (a fresh build is
+  what was asked for) but still pushes. After a recipe run the push
   is a task of its own, started once the result is recorded, so waiting
   clients are answered first; shutdown cancels it like a heal.
 
@@ -330,25 +332,44 @@ class Healer:
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
         self.running[image] = progress
+        cache = self._cache(concrete)
         try:
+            # A cache hit needs no bases, so the cache comes before healing any.
+            if cache is not None:
+                progress.phase = "queued"
+                async with self._turn(image):
+                    if await self._built_meanwhile(image, force):
+                        return False
+                    if await self._from_cache(concrete, cache, progress, force):
+                        return True
             await self._bases(concrete)
             progress.phase = "queued"
-            # The lock first: a heal waiting on another process holds no slot.
-
-            def background() -> bool:
-                return self._trigger(image) == "proactive"
-
-            async with self._lock(image), self.slots.take(background):
-                if not force and await self._exists(image):
-                    log.info("heal of %s: built meanwhile by another process", image)
+            async with self._turn(image):
+                if await self._built_meanwhile(image, force):
                     return False
-                await self._run(concrete, progress)
+                await self._run(concrete, progress, cache)
                 return True
         except OSError as exc:  # the state directory: logs and lock files
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
             del self.running[image]
             self._bases_of.pop(image, None)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, image: str) -> AsyncIterator[None]:
+        """The lock, then a slot: a heal waiting on another process holds no slot."""
+
+        def background() -> bool:
+            return self._trigger(image) == "proactive"
+
+        async with self._lock(image), self.slots.take(background):
+            yield
+
+    async def _built_meanwhile(self, image: str, force: bool) -> bool:
+        if not force and await self._exists(image):
+            log.info("heal of %s: built meanwhile by another process", image)
+            return True
+        return False
 
     async def _bases(self, concrete: ConcreteRecipe) -> None:
         text = None
@@ -378,16 +399,24 @@ class Healer:
             self.engine, repository, self.observer, self.config.heal.engine_timeout
         )
 
-    async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
-        cache = self._cache(concrete)
-        if cache is not None:
-            progress.phase = "cache"
-            progress.cache = await cache.reference(concrete)
-        if cache is not None and progress.cache is not None:
-            log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)
-            if await cache.pull(concrete, progress.cache, progress.lines.append):
-                self._succeeded(concrete, progress.elapsed(), "cache", progress.cache)
-                return
+    async def _from_cache(
+        self, concrete: ConcreteRecipe, cache: RegistryCache, progress: Progress, force: bool
+    ) -> bool:
+        """Whether the cache had the image. ``force`` (``heal --force``) asks for a
+        fresh build: the key is still made, for the push, but nothing is pulled."""
+        progress.phase = "cache"
+        progress.cache = await cache.reference(concrete)
+        if force or progress.cache is None:
+            return False
+        log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)
+        if await cache.pull(concrete, progress.cache, progress.lines.append):
+            self._succeeded(concrete, progress.elapsed(), "cache", progress.cache)
+            return True
+        return False
+
+    async def _run(
+        self, concrete: ConcreteRecipe, progress: Progress, cache: RegistryCache | None
+    ) -> None:
         await self._run_recipe(concrete, progress)
         if cache is not None and progress.cache is not None and self.config.heal.cache_push:
             push = asyncio.get_running_loop().create_task(
