@@ -31,8 +31,9 @@ Rules:
   before the recipe even starts. A pull that makes progress is not cut.
 
 Theory of operation: ``RegistryCache`` is built per heal from the running
-config. ``reference`` computes the key (the inputs hash in a thread, the
-daemon's platform from ``/version``); ``pull`` returns whether the image is
+config. ``reference`` computes the key (``reference_for`` in a thread: the
+heal plan and each recipe's inputs hash; the daemon's platform from
+``/version``); ``pull`` returns whether the image is
 now there; ``push`` is what the healer runs as a background task once the
 waiting clients have their answer. Outcomes go to a ``CacheObserver`` (the
 metrics) as ``hit``/``miss``/``error`` and ``success``/``error``.
@@ -42,13 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from ..recipes.cachekey import cache_reference
-from ..recipes.recipe import ConcreteRecipe
+from ..recipes.config import Config
+from ..recipes.graph import heal_plan
+from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import split
+from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
 from .inputs import InputsError, inputs_hash
 from .registryauth import auth_for
@@ -57,6 +62,28 @@ log = logging.getLogger(__name__)
 
 PULL_RESULTS = ("hit", "miss", "error")
 PUSH_RESULTS = ("success", "error")
+
+
+def config_dir(config: Config) -> Path | None:
+    """The folder the key's paths are relative to; None (as they are) without a file."""
+    return None if config.path is None else config.path.parent
+
+
+def reference_for(
+    repository: str,
+    recipe: ConcreteRecipe,
+    recipes: Sequence[Recipe],
+    config_dir: Path | None,
+    platform: str,
+) -> str:
+    """The cache reference of ``recipe``: what a heal pulls and ``check`` prints.
+
+    Blocking (it reads Dockerfiles and hashes inputs): run it in a thread.
+    """
+    bases = heal_plan(recipe.image, recipes, read_dockerfile_from_disk)
+    plan = [*(base for base in bases if base.image != recipe.image), recipe]
+    hashes = [inputs_hash(each.inputs_root, each.inputs) for each in plan]
+    return cache_reference(repository, plan, hashes, platform, config_dir)
 
 
 def _is_miss(error: EngineError) -> bool:
@@ -88,12 +115,18 @@ class RegistryCache:
     observer: CacheObserver | None = None
     idle_timeout: float | None = None
     """Seconds a pull may go without progress (``[heal] engine_timeout``); None: unbounded."""
+    recipes: Sequence[Recipe] = ()
+    """The config's entries: a managed base's recipe is part of the key."""
+    config_dir: Path | None = None
+    """The config file's folder: paths in the key are relative to it."""
 
     async def reference(self, recipe: ConcreteRecipe) -> str | None:
         """The cache reference for ``recipe`` on this daemon; None (counted) if unknowable."""
         try:
-            digest = await asyncio.to_thread(inputs_hash, recipe.inputs_root, recipe.inputs)
             platform = await self.engine.platform()
+            return await asyncio.to_thread(
+                reference_for, self.repository, recipe, self.recipes, self.config_dir, platform
+            )
         except (InputsError, EngineError) as error:
             log.warning("cache for %s not used: %s", recipe.image, error)
             self._pulled("error")
@@ -103,7 +136,6 @@ class RegistryCache:
             log.exception("cache for %s not used: unexpected failure", recipe.image)
             self._pulled("error")
             return None
-        return cache_reference(self.repository, recipe, digest, platform)
 
     async def pull(
         self, recipe: ConcreteRecipe, reference: str, on_line: Callable[[str], None]

@@ -73,7 +73,7 @@ from ..recipes.patterns import find_recipe, instantiate
 from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
-from .cache import CacheObserver, RegistryCache
+from .cache import CacheObserver, RegistryCache, config_dir
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
@@ -396,7 +396,12 @@ class Healer:
         if not concrete.recipe.cache or repository is None:
             return None
         return RegistryCache(
-            self.engine, repository, self.observer, self.config.heal.engine_timeout
+            self.engine,
+            repository,
+            self.observer,
+            self.config.heal.engine_timeout,
+            self.config.recipes,
+            config_dir(self.config),
         )
 
     async def _from_cache(
