@@ -20,6 +20,10 @@ Rules:
   Either way the cache reference is untagged afterwards, never removed with
   its image: otherwise every rebuild would leave an old image on disk under
   its cache tag.
+- The local cache tag is one name per reference, shared by every heal and
+  push of it: a pull/tag/untag and a tag/push/untag of one reference take
+  turns (``TagLocks``), or a push ending would untag the name between
+  another heal's pull and its tag.
 - Credentials are looked up as the CLI does (``registryauth``), off the
   event loop, once per pull or push.
 - A pull and a push are each bounded by the recipe's own timeout: a
@@ -42,9 +46,10 @@ metrics) as ``hit``/``miss``/``error`` and ``success``/``error``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -106,6 +111,27 @@ class CacheObserver(Protocol):
     def cache_pushed(self, result: str) -> None: ...
 
 
+class TagLocks:
+    """One lock per cache reference, kept only while someone holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, reference: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(reference, (asyncio.Lock(), 0))
+        self._locks[reference] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[reference]
+            if users == 1:
+                del self._locks[reference]
+            else:
+                self._locks[reference] = (lock, users - 1)
+
+
 @dataclass
 class RegistryCache:
     """The cache repository as one heal uses it."""
@@ -119,6 +145,8 @@ class RegistryCache:
     """The config's entries: a managed base's recipe is part of the key."""
     config_dir: Path | None = None
     """The config file's folder: paths in the key are relative to it."""
+    locks: TagLocks = field(default_factory=TagLocks)
+    """Shared by every heal of one healer, so that they take turns per reference."""
 
     async def reference(self, recipe: ConcreteRecipe) -> str | None:
         """The cache reference for ``recipe`` on this daemon; None (counted) if unknowable."""
@@ -141,6 +169,12 @@ class RegistryCache:
         self, recipe: ConcreteRecipe, reference: str, on_line: Callable[[str], None]
     ) -> bool:
         """Whether ``recipe.image`` now exists, pulled from ``reference``."""
+        async with self.locks.hold(reference):
+            return await self._pull(recipe, reference, on_line)
+
+    async def _pull(
+        self, recipe: ConcreteRecipe, reference: str, on_line: Callable[[str], None]
+    ) -> bool:
         loop = asyncio.get_running_loop()
         try:
             auth = await auth_for(split(reference).domain)
@@ -185,6 +219,10 @@ class RegistryCache:
 
         ``timeout`` (the recipe's) bounds the push stream; None leaves it unbounded.
         """
+        async with self.locks.hold(reference):
+            await self._push(image, reference, timeout)
+
+    async def _push(self, image: str, reference: str, timeout: float | None) -> None:
         try:
             await self.engine.tag(await self.engine.image_id(image), reference)
         except EngineError as error:

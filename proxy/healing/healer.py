@@ -73,7 +73,7 @@ from ..recipes.patterns import find_recipe, instantiate
 from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
-from .cache import CacheObserver, RegistryCache, config_dir
+from .cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
@@ -210,7 +210,9 @@ class Healer:
         self.running: dict[str, Progress] = {}
         self.results: dict[str, Result] = {}
         self.waiters = 0
-        self.pushes: set[asyncio.Task[None]] = set()
+        self.pushes: dict[asyncio.Task[None], str] = {}
+        """Cache pushes under way, and the reference each pushes."""
+        self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
@@ -254,6 +256,7 @@ class Healer:
                 {"index": r.index, "match": r.match, "kind": r.kind} for r in self.config.recipes
             ],
             "in_progress": [p.view() for p in self.running.values()],
+            "cache_pushes": sorted(self.pushes.values()),
             "waiters": self.waiters,
             "last_results": {image: r.view() for image, r in self.results.items()},
         }
@@ -399,9 +402,10 @@ class Healer:
             self.engine,
             repository,
             self.observer,
-            self.config.heal.engine_timeout,
-            self.config.recipes,
-            config_dir(self.config),
+            idle_timeout=self.config.heal.engine_timeout,
+            recipes=self.config.recipes,
+            config_dir=config_dir(self.config),
+            locks=self.cache_locks,
         )
 
     async def _from_cache(
@@ -427,8 +431,8 @@ class Healer:
             push = asyncio.get_running_loop().create_task(
                 cache.push(concrete.image, progress.cache, concrete.recipe.timeout)
             )
-            self.pushes.add(push)
-            push.add_done_callback(self.pushes.discard)
+            self.pushes[push] = progress.cache
+            push.add_done_callback(lambda task: self.pushes.pop(task, None))
 
     async def _run_recipe(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe

@@ -229,3 +229,40 @@ def test_a_pull_that_makes_progress_is_not_cut(tmp_path: Path) -> None:
     engine, counts = SlowPull(lines=8, gap=0.1, hang=False), Counts()
     assert slow_pull(engine, counts, tmp_path)
     assert counts.pulls == ["hit"]
+
+
+class HeldPush(FakeEngine):
+    """A push that waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def push(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("push", ref)
+        self.pushing.set()
+        await self.go.wait()
+
+
+def test_a_pull_waits_for_a_push_of_the_same_reference_to_untag(tmp_path: Path) -> None:
+    """Otherwise the push's untag could remove the name between the pull and its tag."""
+
+    async def race() -> list[tuple[str, ...]]:
+        engine, counts = HeldPush(), Counts()
+        shared = cache(engine, counts)
+        other = RegistryCache(
+            cast(Engine, engine), "reg:5000/heal-cache", counts, locks=shared.locks
+        )
+        pushing = asyncio.create_task(shared.push("docker.io/library/app:1", REFERENCE))
+        await asyncio.wait_for(engine.pushing.wait(), 10)
+        pulling = asyncio.create_task(other.pull(recipe(tmp_path), REFERENCE, print))
+        for _ in range(20):  # every chance to run ahead, were it not waiting
+            await asyncio.sleep(0)
+        engine.go.set()
+        await asyncio.wait_for(asyncio.gather(pushing, pulling), 10)
+        return engine.calls
+
+    calls = asyncio.run(race())
+    assert calls.index(("pull", REFERENCE)) > calls.index(("untag", REFERENCE)), calls
+    assert calls[-2:] == [("tag", REFERENCE, "docker.io/library/app:1"), ("untag", REFERENCE)]

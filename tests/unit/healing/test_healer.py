@@ -297,3 +297,46 @@ def test_no_push_with_cache_push_false(tmp_path: Path) -> None:
 
     asyncio.run(forced())
     assert healer.results[A].success and engine.pushes == []
+
+
+class StuckPushEngine(CachingEngine):
+    """A cache that misses, and a push that never ends on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushing = asyncio.Event()
+
+    async def pull(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pulls.append(ref)
+        raise EngineError(f"manifest for {ref} not found: manifest unknown", 404)
+
+    async def push(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pushes.append(ref)
+        self.pushing.set()
+        await asyncio.Event().wait()
+
+
+@pytest.mark.usefixtures("anonymous")
+def test_a_stuck_push_is_listed_does_not_hold_the_client_and_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    engine = StuckPushEngine()
+    script = tmp_path / "build.sh"
+    script.write_text(f"#!/bin/sh\necho built > {tmp_path}/built\n")
+    script.chmod(0o755)
+    entry = {"match": A, "command": ["./build.sh"], "cache": True, "workdir": str(tmp_path)}
+    healer = make_healer(config(entry, cache=CACHE), engine, tmp_path)
+
+    async def run() -> tuple[list[str], list[str], bool]:
+        engine.images.add(A)  # what the recipe makes, as far as this engine can tell
+        await asyncio.wait_for(healer.heal(A, trigger="create", force=True), 30)
+        # The client has its answer; the push is still held by the registry.
+        await asyncio.wait_for(engine.pushing.wait(), 10)
+        listed = list(healer.snapshot()["cache_pushes"])
+        (push,) = healer.pushes
+        await asyncio.wait_for(healer.cancel(), 10)
+        return listed, list(healer.snapshot()["cache_pushes"]), push.cancelled()
+
+    listed, after, cancelled = asyncio.run(run())
+    assert [ref.rsplit(":", 1)[0] for ref in listed] == [CACHE]
+    assert after == [] and cancelled
