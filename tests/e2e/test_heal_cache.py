@@ -174,6 +174,11 @@ def built_on_a(
     return reference
 
 
+def log_lines(proxy: Proxy, *parts: str) -> list[str]:
+    """The proxy's log lines that contain every one of ``parts``."""
+    return [line for line in proxy.log().splitlines() if all(part in line for part in parts)]
+
+
 def last_result(proxy: Proxy, image: str) -> dict[str, object]:
     return dict(heal_status(proxy)["last_results"][image])
 
@@ -203,15 +208,14 @@ def test_host_a_builds_and_pushes_host_b_pulls_instead_of_building(
     reference = pushed(a)
     assert f"cache key  {reference} (linux/" in checked.stdout, "check names the key heals use"
     assert reference.startswith(f"{fleet.registry}/{REPOSITORY}:dhp_fleet-one-")
-    assert registry_tags(fleet.registry) == [reference.rsplit(":", 1)[1]]
+    # The registry is shared by the module's tests: only this image's tags count.
+    mine = [tag for tag in registry_tags(fleet.registry) if tag.startswith("dhp_fleet-one-")]
+    assert mine == [reference.rsplit(":", 1)[1]]
     assert last_result(a, image)["source"] == "recipe"
 
     heal(b, host_b, image)
     assert fleet.runs(host_b) == 0, b.log()
-    # The heal's own time, as the proxy measured it: the container's start is not part of it.
-    took = last_result(b, image)["duration_seconds"]
-    assert isinstance(took, float) and took < RECIPE_SECONDS, f"the pull took {took}s"
-    assert "succeeded in" in b.log() and f"from the cache {reference}" in b.log()
+    assert log_lines(b, f"heal of {image} succeeded in", f"from the cache {reference}"), b.log()
     assert last_result(b, image)["source"] == "cache"
     assert last_result(b, image)["cache"] == reference
     assert "cache push of" not in b.log(), "a hit is not pushed back"
@@ -252,7 +256,7 @@ def test_with_the_registry_down_the_recipe_heals_and_the_errors_are_counted(
     )
     heal(b, host_b, image)
     assert fleet.runs(host_b) == 1
-    assert "cache pull of" in b.log() and "failed" in b.log()
+    assert log_lines(b, f"cache pull of {nobody}/{REPOSITORY}:", " failed: "), b.log()
     assert last_result(b, image)["source"] == "recipe"
     wait_for(lambda: "cache push of" in b.log(), 60, "the push to fail")
     assert metric(port, 'docker_heal_proxy_cache_pulls_total{result="error"}') == 1
@@ -286,14 +290,17 @@ def test_credentials_from_a_cred_helper_and_a_hanging_helper_falls_back(
     reference = built_on_a(make_proxy, dockerd, fleet, image, good)
 
     b = host_proxy(make_proxy, host_b, config(fleet), hung)
-    elapsed = heal(b, host_b, image)
+    heal(b, host_b, image)
     assert fleet.runs(host_b) == 1
     assert "docker-credential-dhp-hung: no answer within 10s; going anonymous" in b.log()
-    assert f"cache pull of {reference} failed" in b.log()
-    assert elapsed < 10 + RECIPE_SECONDS + 20
+    assert log_lines(b, f"cache pull of {reference} failed: "), b.log()
+    # The heal's own time, as the proxy measured it (the container's start is not
+    # part of it): the helper's bound, the refused pull and the recipe.
+    took = last_result(b, image)["duration_seconds"]
+    assert isinstance(took, float) and 10 + RECIPE_SECONDS <= took < 10 + RECIPE_SECONDS + 20
     # Its push goes anonymous too, and the registry refuses it.
     wait_for(lambda: "cache push of" in b.log(), 60, "host B's push to end")
-    assert f"cache push of {reference} failed" in b.log()
+    assert log_lines(b, f"cache push of {reference} failed: "), b.log()
     assert cache_tags_left(dockerd) == cache_tags_left(host_b) == []
 
 
@@ -385,7 +392,7 @@ def test_a_stalled_registry_costs_the_idle_bound_not_the_recipe_timeout(
         )
         heal(b, host_b, image)
     assert fleet.runs(host_b) == 1
-    assert f"failed: no progress for {bound}s" in b.log()
+    assert log_lines(b, f"cache pull of {stalled}/", f" failed: no progress for {bound}s"), b.log()
     assert metric(port, 'docker_heal_proxy_cache_pulls_total{result="error"}') == 1
     # The heal's duration runs from its start: the cache try is part of it.
     took = last_result(b, image)["duration_seconds"]
