@@ -37,9 +37,9 @@ Rules:
 Theory of operation: ``RegistryCache`` is built per heal from the running
 config. ``reference`` computes the key (``reference_for`` in a thread: the
 heal plan and each recipe's inputs hash; the daemon's platform from
-``/version``); ``pull`` returns whether the image is
-now there; ``push`` is what the healer runs as a background task once the
-waiting clients have their answer. Outcomes go to a ``CacheObserver`` (the
+``/version``); ``pull`` returns whether the image is now there; ``push`` is
+what the healer runs as a background task once the waiting clients have
+their answer. Outcomes go to a ``CacheObserver`` (the
 metrics) as ``hit``/``miss``/``error`` and ``success``/``error``.
 """
 
