@@ -37,8 +37,10 @@ Rules:
   Eviction takes the oldest successes first, then failures whose cooldown has
   ended; a cooldown still running is never evicted, or a broken recipe would
   run again at once.
-- A recipe with ``cache = true`` first tries the registry cache (``cache``):
-  a hit is the heal, and the recipe never runs. After a recipe run the push
+- A recipe with ``cache = true`` first tries the registry cache (``cache``),
+  before healing any of its bases: a hit is the heal, and neither the recipe
+  nor its bases' recipes run. ``force`` skips the pull (a fresh build is
+  what was asked for) but still pushes. After a recipe run the push
   is a task of its own, started once the result is recorded, so waiting
   clients are answered first; shutdown cancels it like a heal.
 
@@ -71,7 +73,7 @@ from ..recipes.patterns import find_recipe, instantiate
 from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
-from .cache import CacheObserver, RegistryCache
+from .cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
@@ -116,13 +118,17 @@ class Progress:
     cache: str | None = None
     """The cache reference this heal tries (and pushes to), if the recipe is cached."""
 
+    def elapsed(self) -> float:
+        """Seconds since the heal began: a heal's duration counts its cache try too."""
+        return time.monotonic() - self.started
+
     def view(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "recipe": self.recipe,
             "phase": self.phase,
             "cache": self.cache,
-            "elapsed_seconds": round(time.monotonic() - self.started, 1),
+            "elapsed_seconds": round(self.elapsed(), 1),
             "last_lines": list(self.lines),
             "log": str(self.log_path) if self.log_path else None,
         }
@@ -204,7 +210,9 @@ class Healer:
         self.running: dict[str, Progress] = {}
         self.results: dict[str, Result] = {}
         self.waiters = 0
-        self.pushes: set[asyncio.Task[None]] = set()
+        self.pushes: dict[asyncio.Task[None], str] = {}
+        """Cache pushes under way, and the reference each pushes."""
+        self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
@@ -248,6 +256,7 @@ class Healer:
                 {"index": r.index, "match": r.match, "kind": r.kind} for r in self.config.recipes
             ],
             "in_progress": [p.view() for p in self.running.values()],
+            "cache_pushes": sorted(self.pushes.values()),
             "waiters": self.waiters,
             "last_results": {image: r.view() for image, r in self.results.items()},
         }
@@ -326,25 +335,44 @@ class Healer:
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
         self.running[image] = progress
+        cache = self._cache(concrete)
         try:
+            # A cache hit needs no bases, so the cache comes before healing any.
+            if cache is not None:
+                progress.phase = "queued"
+                async with self._turn(image):
+                    if await self._built_meanwhile(image, force):
+                        return False
+                    if await self._from_cache(concrete, cache, progress, force):
+                        return True
             await self._bases(concrete)
             progress.phase = "queued"
-            # The lock first: a heal waiting on another process holds no slot.
-
-            def background() -> bool:
-                return self._trigger(image) == "proactive"
-
-            async with self._lock(image), self.slots.take(background):
-                if not force and await self._exists(image):
-                    log.info("heal of %s: built meanwhile by another process", image)
+            async with self._turn(image):
+                if await self._built_meanwhile(image, force):
                     return False
-                await self._run(concrete, progress)
+                await self._run(concrete, progress, cache)
                 return True
         except OSError as exc:  # the state directory: logs and lock files
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
             del self.running[image]
             self._bases_of.pop(image, None)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, image: str) -> AsyncIterator[None]:
+        """The lock, then a slot: a heal waiting on another process holds no slot."""
+
+        def background() -> bool:
+            return self._trigger(image) == "proactive"
+
+        async with self._lock(image), self.slots.take(background):
+            yield
+
+    async def _built_meanwhile(self, image: str, force: bool) -> bool:
+        if not force and await self._exists(image):
+            log.info("heal of %s: built meanwhile by another process", image)
+            return True
+        return False
 
     async def _bases(self, concrete: ConcreteRecipe) -> None:
         text = None
@@ -370,26 +398,41 @@ class Healer:
         repository = self.config.heal.cache
         if not concrete.recipe.cache or repository is None:
             return None
-        return RegistryCache(self.engine, repository, self.observer)
+        return RegistryCache(
+            self.engine,
+            repository,
+            self.observer,
+            idle_timeout=self.config.heal.engine_timeout,
+            recipes=self.config.recipes,
+            config_dir=config_dir(self.config),
+            locks=self.cache_locks,
+        )
 
-    async def _run(self, concrete: ConcreteRecipe, progress: Progress) -> None:
-        cache = self._cache(concrete)
-        if cache is not None:
-            progress.phase = "cache"
-            progress.cache = await cache.reference(concrete)
-        if cache is not None and progress.cache is not None:
-            log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)
-            started = time.monotonic()
-            if await cache.pull(concrete, progress.cache, progress.lines.append):
-                self._succeeded(concrete, time.monotonic() - started, "cache", progress.cache)
-                return
+    async def _from_cache(
+        self, concrete: ConcreteRecipe, cache: RegistryCache, progress: Progress, force: bool
+    ) -> bool:
+        """Whether the cache had the image. ``force`` (``heal --force``) asks for a
+        fresh build: the key is still made, for the push, but nothing is pulled."""
+        progress.phase = "cache"
+        progress.cache = await cache.reference(concrete)
+        if force or progress.cache is None:
+            return False
+        log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)
+        if await cache.pull(concrete, progress.cache, progress.lines.append):
+            self._succeeded(concrete, progress.elapsed(), "cache", progress.cache)
+            return True
+        return False
+
+    async def _run(
+        self, concrete: ConcreteRecipe, progress: Progress, cache: RegistryCache | None
+    ) -> None:
         await self._run_recipe(concrete, progress)
         if cache is not None and progress.cache is not None and self.config.heal.cache_push:
             push = asyncio.get_running_loop().create_task(
                 cache.push(concrete.image, progress.cache, concrete.recipe.timeout)
             )
-            self.pushes.add(push)
-            push.add_done_callback(self.pushes.discard)
+            self.pushes[push] = progress.cache
+            push.add_done_callback(lambda task: self.pushes.pop(task, None))
 
     async def _run_recipe(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe
@@ -398,7 +441,6 @@ class Healer:
         progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
         progress.phase = "running"
         log.info("heal of %s started: %s (%s)", concrete.image, recipe.name, concrete.kind)
-        started = time.monotonic()
         try:
             await run_recipe(
                 concrete,
@@ -408,7 +450,7 @@ class Healer:
                 on_line=progress.lines.append,
             )
         except RecipeFailed as failure:
-            duration = time.monotonic() - started
+            duration = progress.elapsed()
             message = self._failure_message(concrete, failure, progress.log_path)
             self._record(
                 concrete.image,
@@ -427,7 +469,7 @@ class Healer:
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
             raise HealFailed(message) from None
-        self._succeeded(concrete, time.monotonic() - started, "recipe", progress.cache)
+        self._succeeded(concrete, progress.elapsed(), "recipe", progress.cache)
 
     def _succeeded(
         self, concrete: ConcreteRecipe, duration: float, source: Source, cache: str | None

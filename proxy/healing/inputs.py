@@ -9,8 +9,11 @@ Rules:
 - ``inputs`` globs are relative to the recipe's build context or workdir.
   ``*``, ``?`` and ``[...]`` stay within one path component, ``**`` is any
   number of them, hidden files count, and a glob that names a folder takes
-  every file under it. A symlinked folder is one entry, never entered: it
-  may lead out of the tree, or round in a loop.
+  every file under it. ``.`` (or ``./``, ``src/.``) is the folder itself.
+  A symlinked folder is one entry, never entered, not even by a literal
+  path through it: it may lead out of the tree, or round in a loop.
+- A folder that cannot be listed is an error, like a file that cannot be
+  read: skipping it would leave its files out of the key.
 - Each file contributes ``relative path \\0 mode \\0 size \\0 content``, in
   order of path (``/``-separated). The size keeps one file's content from
   passing for the next file's path.
@@ -24,7 +27,16 @@ Rules:
 - A glob that matches nothing is an error, not an empty set: it is almost
   always a typo, and a key that silently ignores the sources is the stale
   build the key exists to prevent.
+- Names are hashed as their bytes (``os.fsencode``): a file name need not
+  be UTF-8.
 - The work is blocking file I/O; callers run ``inputs_hash`` in a thread.
+
+Theory of operation: each glob is split into components (``.`` and empty
+ones dropped). Its literal leading components are followed without a walk,
+checking that none is a symlink; the rest, if any, is matched against an
+``os.walk`` of that prefix only, so ``src/*.py`` never walks ``node_modules``.
+Every hit that is a real folder is expanded to the files under it. The
+sorted union is then hashed file by file, streaming each content.
 """
 
 from __future__ import annotations
@@ -53,39 +65,77 @@ def _matches(parts: Sequence[str], path: Sequence[str]) -> bool:
     return bool(path) and fnmatch.fnmatchcase(path[0], parts[0]) and _matches(parts[1:], path[1:])
 
 
+def _unreadable(error: OSError) -> InputsError:
+    return InputsError(f"inputs: cannot read {error.filename}: {error.strerror}")
+
+
+def _refuse(error: OSError) -> None:
+    """os.walk's onerror: a folder it cannot list would otherwise vanish from the key."""
+    raise _unreadable(error)
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
 def _tree(root: Path) -> Iterator[tuple[str, bool]]:
     """Every path under ``root`` (relative), and whether it is a folder to go into."""
-    for folder, dirs, files in os.walk(root):
-        base = Path(folder).relative_to(root)
+    for folder, dirs, files in os.walk(root, onerror=_refuse):
+        base = os.path.relpath(folder, root).replace(os.sep, "/")
+        base = "" if base == "." else base
         for name in dirs:
-            yield (base / name).as_posix(), not (Path(folder) / name).is_symlink()
+            yield _join(base, name), not (Path(folder) / name).is_symlink()
         for name in files:
-            yield (base / name).as_posix(), False
+            yield _join(base, name), False
+
+
+def _entered(root: Path, folders: Sequence[str]) -> bool:
+    """Whether ``folders`` lead down from ``root`` through real folders, no symlink."""
+    path = root
+    for name in folders:
+        path = path / name
+        if path.is_symlink() or not path.is_dir():
+            return False
+    return True
+
+
+def _hits(root: Path, parts: Sequence[str]) -> list[tuple[str, bool]]:
+    """The paths one glob's components name, and whether each is a folder to go into."""
+    literal = 0
+    while literal < len(parts) and not glob.has_magic(parts[literal]):
+        literal += 1
+    prefix = "/".join(parts[:literal])
+    if literal == len(parts):
+        full = root / prefix
+        if not _entered(root, parts[:-1]) or not os.path.lexists(full):
+            return []
+        return [(prefix, full.is_dir() and not full.is_symlink())]
+    if not _entered(root, parts[:literal]):
+        return []
+    rest = parts[literal:]
+    return [
+        (_join(prefix, path), folder)
+        for path, folder in _tree(root / prefix)
+        if _matches(rest, path.split("/"))
+    ]
 
 
 def input_files(root: Path, patterns: Sequence[str]) -> list[str]:
     """The relative paths the globs name, sorted and without repeats."""
     if not root.is_dir():
         raise InputsError(f"inputs: {root} is not a folder")
-    globs = [[part for part in pattern.split("/") if part not in ("", ".")] for pattern in patterns]
-    # os.walk does not follow symlinked folders, unlike glob's "**".
-    entries = list(_tree(root)) if any(glob.has_magic(p) for p in patterns) else []
     found: set[str] = set()
-    for pattern, parts in zip(patterns, globs, strict=True):
-        if not glob.has_magic(pattern):
-            relative = "/".join(parts)
-            full = root / relative
-            real_folder = full.is_dir() and not full.is_symlink()
-            hits = [(relative, real_folder)] if os.path.lexists(full) else []
-        else:
-            hits = [(path, folder) for path, folder in entries if _matches(parts, path.split("/"))]
+    for pattern in patterns:
+        parts = [part for part in pattern.split("/") if part not in ("", ".")]
+        hits = _hits(root, parts)
         if not hits:
             raise InputsError(f"inputs: {pattern!r} matches no file under {root}")
         for path, folder in hits:
             if folder:
-                found.update(f"{path}/{sub}" for sub, deeper in _tree(root / path) if not deeper)
+                found.update(_join(path, sub) for sub, deeper in _tree(root / path) if not deeper)
             else:
                 found.add(path)
+    assert not any(path.startswith("/") for path in found), found
     return sorted(found)
 
 
@@ -93,13 +143,13 @@ def _record(digest: hashlib._Hash, root: Path, relative: str) -> None:
     path = root / relative
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode):
-        target = os.readlink(path).encode()
-        digest.update(b"%s\x00120000\x00%d\x00" % (relative.encode(), len(target)) + target)
+        target = os.fsencode(os.readlink(path))
+        digest.update(b"%s\x00120000\x00%d\x00" % (os.fsencode(relative), len(target)) + target)
         return
     if not stat.S_ISREG(info.st_mode):
         return
     mode = b"100755" if info.st_mode & 0o111 else b"100644"
-    digest.update(b"%s\x00%s\x00%d\x00" % (relative.encode(), mode, info.st_size))
+    digest.update(b"%s\x00%s\x00%d\x00" % (os.fsencode(relative), mode, info.st_size))
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
@@ -114,5 +164,5 @@ def inputs_hash(root: Path, patterns: Sequence[str]) -> str:
         for relative in input_files(root, patterns):
             _record(digest, root, relative)
     except OSError as error:
-        raise InputsError(f"inputs: cannot read {error.filename}: {error.strerror}") from None
+        raise _unreadable(error) from None
     return f"sha256:{digest.hexdigest()}"

@@ -31,13 +31,16 @@ Rules:
 Theory of operation: ``registry_auth`` and ``helper_for`` are pure (config
 dict in, header or helper name out) and ``helper_credentials`` reads a
 helper's answer. ``resolve_auth`` is the blocking whole (read the file, run
-the helper, build the header); callers run it off the event loop.
+the helper, build the header); ``auth_for`` runs it off the event loop,
+bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -158,7 +161,13 @@ def helper_credentials(output: bytes) -> dict[str, str] | None:
 
 
 def _run_helper(name: str, server: str) -> subprocess.CompletedProcess[bytes]:
-    """``docker-credential-<name> get``, bounded by ``HELPER_TIMEOUT``."""
+    """``docker-credential-<name> get``, bounded by ``HELPER_TIMEOUT``.
+
+    Past the bound its process group is killed whether or not the helper
+    itself has exited: a child it left behind may hold stdout open, and a
+    second ``communicate`` would wait for that child. What was written is
+    kept; it counts if the helper had exited by itself with status 0.
+    """
     proc = subprocess.Popen(
         [f"docker-credential-{name}", "get"],
         stdin=subprocess.PIPE,
@@ -168,10 +177,16 @@ def _run_helper(name: str, server: str) -> subprocess.CompletedProcess[bytes]:
     )
     try:
         stdout, stderr = proc.communicate(server.encode(), timeout=HELPER_TIMEOUT)
-    finally:
-        if proc.poll() is None:
+    except subprocess.TimeoutExpired as expired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        # SIGKILL cannot be ignored; the bound only guards an unkillable (D-state) helper.
+        if proc.wait(timeout=HELPER_TIMEOUT) != 0:
+            raise
+        stdout, stderr = expired.output or b"", expired.stderr or b""
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
@@ -213,3 +228,17 @@ def resolve_auth(registry_host: str) -> str | None:
     if helper is not None:
         return helper_auth(helper, registry_host)
     return registry_auth(config, registry_host)
+
+
+async def auth_for(registry_host: str) -> str | None:
+    """``resolve_auth`` off the event loop, bounded even if the helper's bound fails.
+
+    Every caller holds a heal's lock and a slot while it waits: anonymous
+    after ``HELPER_TIMEOUT`` plus a margin is better than a heal that hangs.
+    """
+    try:
+        async with asyncio.timeout(HELPER_TIMEOUT + 5):
+            return await asyncio.to_thread(resolve_auth, registry_host)
+    except TimeoutError:
+        log.warning("credentials for %s: no answer; going anonymous", registry_host)
+        return None

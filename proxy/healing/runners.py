@@ -48,7 +48,7 @@ from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import split
 from .buildcontext import ContextError, stream_context
 from .engine import Engine, EngineError, iter_lines
-from .registryauth import resolve_auth
+from .registryauth import auth_for
 from .statefiles import LogFile
 
 TAIL_LINES = 20
@@ -188,7 +188,7 @@ async def _run_build(recipe: ConcreteRecipe, engine: Engine, transcript: _Transc
 
 async def _run_pull(recipe: ConcreteRecipe, engine: Engine, transcript: _Transcript) -> None:
     source = recipe.pull or recipe.image
-    auth = await asyncio.to_thread(resolve_auth, split(source).domain)
+    auth = await auth_for(split(source).domain)
     await engine.pull(source, auth, transcript.line)
     if source != recipe.image:
         await engine.tag(source, recipe.image)

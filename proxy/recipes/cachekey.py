@@ -8,29 +8,41 @@ Rules:
 - The tag is ``<readable prefix>-<16 hex>``. The prefix is the image's
   repository path and tag, so a person listing the repository can tell the
   entries apart; the hex is what makes the key exact.
-- The hex is the start of a sha256 over, in order and NUL-separated: the
-  normalised reference, the recipe definition, the inputs hash and the
-  daemon's ``os/arch``. A changed recipe or changed sources therefore never
-  pull an old build, and a mixed-architecture fleet never pulls the wrong
-  platform.
+- The hex is the start of a sha256 over, NUL-separated: the normalised
+  reference, the key material and the daemon's ``os/arch``. The material is
+  canonical JSON of each recipe in the heal plan (its managed bases, deepest
+  first, then the image's own): its image, definition and inputs hash. A
+  changed recipe, changed sources or a changed base's recipe or sources
+  therefore never pull an old build, and a mixed-architecture fleet never
+  pulls the wrong platform.
 - The recipe definition is the filled-in recipe as canonical JSON: what it
   runs and with what (command, workdir, env, build table, dependencies,
   input globs). The timeout is left out: it does not change the image.
+- Paths (workdir, build context) count as written: relative to the config
+  file's folder. A fleet shares one config, but each host may keep it in a
+  folder of its own; absolute paths would give each host its own key.
 - Without ``inputs`` the inputs hash is empty, and the key changes only when
   the definition does: the cache serves the old build until the recipe
   changes.
 - A tag is at most 128 characters of ``[A-Za-z0-9_.-]``, starting with a
   letter, digit or ``_``. The prefix is cut to fit; the hex never is.
 
-Pure: the inputs hash is computed elsewhere (``healing.inputs``, off the
-event loop) and passed in as text, and so is the platform.
+Theory of operation: ``recipe_definition`` turns one filled-in recipe into
+canonical JSON; ``cache_reference`` lines the plan's recipes up with their
+inputs hashes into the key material and ``cache_tag`` digests it with the
+image and platform into a tag. Pure: the plan (``graph.heal_plan``) and the
+inputs hashes (``healing.inputs``, off the event loop) are computed
+elsewhere and passed in, and so is the platform.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 from .recipe import ConcreteRecipe
 from .reference import split
@@ -40,18 +52,26 @@ _TAG_MAX = 128
 _NOT_TAG_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def recipe_definition(recipe: ConcreteRecipe) -> str:
-    """What the recipe runs, as canonical JSON: equal text means the same build."""
+def recipe_definition(recipe: ConcreteRecipe, config_dir: Path | None = None) -> str:
+    """What the recipe runs, as canonical JSON: equal text means the same build.
+
+    Paths are relative to ``config_dir`` (None: as they are).
+    """
+
+    def written(path: Path) -> str:
+        # Both paths are absolute, so relpath is string work, not a look at the disk.
+        return str(path) if config_dir is None else os.path.relpath(path, config_dir)
+
     build = recipe.build
     definition = {
         "kind": recipe.kind,
         "command": list(recipe.command),
-        "workdir": str(recipe.workdir),
+        "workdir": written(recipe.workdir),
         "env": dict(recipe.env),
         "build": None
         if build is None
         else {
-            "context": str(build.context),
+            "context": written(build.context),
             "dockerfile": build.dockerfile,
             "args": dict(build.args),
             "target": build.target,
@@ -70,16 +90,29 @@ def readable_prefix(image: str) -> str:
     return prefix[: _TAG_MAX - KEY_HEX - 1] or "image"
 
 
-def cache_tag(image: str, definition: str, inputs_hash: str, platform: str) -> str:
-    """The tag under which ``image``, built by ``definition``, is cached."""
-    material = "\0".join((image, definition, inputs_hash, platform)).encode()
-    digest = hashlib.sha256(material).hexdigest()[:KEY_HEX]
-    return f"{readable_prefix(image)}-{digest}"
+def cache_tag(image: str, material: str, platform: str) -> str:
+    """The tag under which ``image``, built as ``material`` says, is cached."""
+    digest = hashlib.sha256("\0".join((image, material, platform)).encode()).hexdigest()
+    return f"{readable_prefix(image)}-{digest[:KEY_HEX]}"
 
 
 def cache_reference(
-    repository: str, recipe: ConcreteRecipe, inputs_hash: str, platform: str
+    repository: str,
+    plan: Sequence[ConcreteRecipe],
+    inputs_hashes: Sequence[str],
+    platform: str,
+    config_dir: Path | None,
 ) -> str:
-    """The full reference (``repository:tag``) a heal of ``recipe`` pulls and pushes."""
-    tag = cache_tag(recipe.image, recipe_definition(recipe), inputs_hash, platform)
-    return f"{repository}:{tag}"
+    """The full reference (``repository:tag``) a heal of ``plan[-1]`` pulls and pushes.
+
+    ``plan`` is the heal plan, bases first and the image itself last;
+    ``inputs_hashes`` has each one's inputs hash, in the same order.
+    """
+    material = json.dumps(
+        [
+            [recipe.image, recipe_definition(recipe, config_dir), digest]
+            for recipe, digest in zip(plan, inputs_hashes, strict=True)
+        ],
+        separators=(",", ":"),
+    )
+    return f"{repository}:{cache_tag(plan[-1].image, material, platform)}"

@@ -24,10 +24,10 @@ import uvloop
 from .. import __version__
 from ..healing import proactive
 from ..healing.buildcontext import read_dockerfile_from_disk
+from ..healing.cache import config_dir, reference_for
 from ..healing.engine import Engine, EngineError
 from ..healing.healer import Healer, HealFailed
-from ..healing.inputs import InputsError, inputs_hash
-from ..recipes.cachekey import cache_reference
+from ..healing.inputs import InputsError
 from ..recipes.config import Config, ConfigError, load_config
 from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.patterns import Pattern, find_recipe
@@ -155,14 +155,15 @@ def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference
         if repository is None:
             return "none: [heal] cache is not set"
         try:
-            digest = inputs_hash(concrete.inputs_root, concrete.inputs)
             platform = uvloop.run(_ask_daemon(_settings(args, config).upstream, Engine.platform))
+            found = reference_for(
+                repository, concrete, config.recipes, config_dir(config), platform
+            )
         except InputsError as error:
             return f"none, a heal would not use the cache: {error}"
         except (EngineError, SettingsError) as error:
             return f"unknown: the key needs the daemon's os/arch ({error})"
         pull_only = "" if config.heal.cache_push else ", pull only"
-        found = cache_reference(repository, concrete, digest, platform)
         return f"{found} ({platform}{pull_only}; tried before the recipe)"
 
     return reference

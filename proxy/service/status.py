@@ -100,8 +100,10 @@ def _running(snapshot: Mapping[str, Any]) -> list[str]:
     heals = snapshot.get("in_progress") or []
     waiters = snapshot.get("waiters") or 0
     waiting = f", {waiters} request{'s' if waiters != 1 else ''} waiting" if waiters else ""
+    # A push goes on after its heal has answered, so it is listed on its own.
+    pushes = [f"Cache pushes under way: {push}" for push in snapshot.get("cache_pushes") or []]
     if not heals:
-        return [f"Heals in progress: none{waiting}"]
+        return [f"Heals in progress: none{waiting}", *pushes]
     lines = [f"Heals in progress ({len(heals)}){waiting}:"]
     for heal in heals:
         lines.append(
@@ -113,7 +115,7 @@ def _running(snapshot: Mapping[str, Any]) -> list[str]:
         lines += [f"    | {line}" for line in heal.get("last_lines") or []]
         if heal.get("log"):
             lines.append(f"    log: {heal['log']}")
-    return lines
+    return lines + pushes
 
 
 def _proactive(snapshot: Mapping[str, Any]) -> list[str]:

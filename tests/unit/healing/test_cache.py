@@ -8,6 +8,7 @@ after a good pull, an untag of a name already gone).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -94,11 +95,30 @@ def test_a_hit_is_tagged_as_the_wanted_tag_then_the_cache_tag_is_dropped(tmp_pat
     assert counts.pulls == ["hit"]
 
 
-@pytest.mark.parametrize(("status", "result"), [(404, "miss"), (500, "error"), (None, "error")])
-def test_a_404_is_a_miss_and_anything_else_an_error(
-    tmp_path: Path, status: int | None, result: str
+MISSING = "manifest for reg:5000/heal-cache:x not found: manifest unknown: manifest unknown"
+DENIED = (
+    "pull access denied for reg:5000/heal-cache, repository does not exist or may require "
+    "'docker login': denied: requested access to the resource is denied"
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "result"),
+    [
+        (MISSING, 404, "miss"),
+        ("repository reg:5000/heal-cache not found: name unknown", 404, "miss"),
+        (DENIED, 404, "error"),
+        ("no", 404, "error"),
+        (MISSING, 500, "error"),
+        ("no", None, "error"),
+    ],
+)
+def test_a_missing_manifest_is_a_miss_and_anything_else_an_error(
+    tmp_path: Path, message: str, status: int | None, result: str
 ) -> None:
-    engine, counts = FakeEngine({"pull": EngineError("no", status)}), Counts()
+    """dockerd maps a token registry's DENIED to 404 too: refused credentials
+    must not pass for the quiet miss of the first host."""
+    engine, counts = FakeEngine({"pull": EngineError(message, status)}), Counts()
     assert not pull(engine, counts, tmp_path)
     assert engine.calls == [("pull", REFERENCE)], "nothing was pulled, so nothing to untag"
     assert counts.pulls == [result]
@@ -155,3 +175,94 @@ def test_the_reference_is_the_repository_and_the_key(tmp_path: Path) -> None:
     found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path)))
     assert found is not None and found.startswith("reg:5000/heal-cache:app-1-")
     assert counts.pulls == []
+
+
+def test_an_unexpected_failure_of_the_key_means_no_cache_and_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache must never fail a heal, not even with a bug of its own."""
+
+    def broken(*args: object) -> str:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr("proxy.healing.cache.inputs_hash", broken)
+    engine, counts = FakeEngine(), Counts()
+    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path, ("x",))))
+    assert found is None
+    assert counts.pulls == ["error"]
+    assert any(record.exc_info for record in caplog.records)
+
+
+class SlowPull(FakeEngine):
+    """A registry that answers ``lines`` progress lines ``gap`` seconds apart, then hangs."""
+
+    def __init__(self, lines: int, gap: float, hang: bool) -> None:
+        super().__init__()
+        self.lines, self.gap, self.hang = lines, gap, hang
+
+    async def pull(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("pull", ref)
+        for _ in range(self.lines):
+            await asyncio.sleep(self.gap)
+            on_line("Downloading")
+        if self.hang:
+            await asyncio.Event().wait()
+
+
+def slow_pull(engine: SlowPull, counts: Counts, tmp_path: Path) -> bool:
+    stalled = RegistryCache(cast(Engine, engine), "reg:5000/heal-cache", counts, idle_timeout=0.3)
+    return asyncio.run(stalled.pull(recipe(tmp_path), REFERENCE, lambda line: None))
+
+
+def test_a_pull_without_progress_is_cut_by_the_idle_bound_and_an_error(tmp_path: Path) -> None:
+    engine, counts = SlowPull(lines=0, gap=0, hang=True), Counts()
+    started = time.monotonic()
+    assert not slow_pull(engine, counts, tmp_path)
+    assert time.monotonic() - started < 5
+    assert counts.pulls == ["error"]
+    engine, counts = SlowPull(lines=3, gap=0.1, hang=True), Counts()
+    assert not slow_pull(engine, counts, tmp_path)
+    assert counts.pulls == ["error"]
+
+
+def test_a_pull_that_makes_progress_is_not_cut(tmp_path: Path) -> None:
+    engine, counts = SlowPull(lines=8, gap=0.1, hang=False), Counts()
+    assert slow_pull(engine, counts, tmp_path)
+    assert counts.pulls == ["hit"]
+
+
+class HeldPush(FakeEngine):
+    """A push that waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def push(self, ref: str, auth: str | None, on_line: Callable[[str], None]) -> None:
+        self._call("push", ref)
+        self.pushing.set()
+        await self.go.wait()
+
+
+def test_a_pull_waits_for_a_push_of_the_same_reference_to_untag(tmp_path: Path) -> None:
+    """Otherwise the push's untag could remove the name between the pull and its tag."""
+
+    async def race() -> list[tuple[str, ...]]:
+        engine, counts = HeldPush(), Counts()
+        shared = cache(engine, counts)
+        other = RegistryCache(
+            cast(Engine, engine), "reg:5000/heal-cache", counts, locks=shared.locks
+        )
+        pushing = asyncio.create_task(shared.push("docker.io/library/app:1", REFERENCE))
+        await asyncio.wait_for(engine.pushing.wait(), 10)
+        pulling = asyncio.create_task(other.pull(recipe(tmp_path), REFERENCE, print))
+        for _ in range(20):  # every chance to run ahead, were it not waiting
+            await asyncio.sleep(0)
+        engine.go.set()
+        await asyncio.wait_for(asyncio.gather(pushing, pulling), 10)
+        return engine.calls
+
+    calls = asyncio.run(race())
+    assert calls.index(("pull", REFERENCE)) > calls.index(("untag", REFERENCE)), calls
+    assert calls[-2:] == [("tag", REFERENCE, "docker.io/library/app:1"), ("untag", REFERENCE)]

@@ -218,3 +218,125 @@ def test_heal_from_a_shell_gives_up_on_a_wedged_daemon(tmp_path: Path, silent: s
     assert time.monotonic() - started < 30
     assert result.returncode == 1, result.stderr
     assert f"did not answer an inspect of {A} within 0.5s" in result.stderr
+
+
+# -- the registry cache, as the healer uses it -------------------------------------
+
+CACHE = "127.0.0.1:2/heal-cache"
+
+
+class CachingEngine(MemoryEngine):
+    """A registry cache that holds every cache reference, and records pushes."""
+
+    def __init__(self, broken: set[str] | None = None) -> None:
+        super().__init__(broken)
+        self.pushes: list[str] = []
+
+    async def platform(self) -> str:
+        return "linux/amd64"
+
+    async def untag(self, ref: str) -> None:
+        self.images.discard(ref)
+
+    async def image_id(self, ref: str) -> str:
+        return "sha256:abc"
+
+    async def push(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pushes.append(ref)
+
+
+@pytest.fixture
+def anonymous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+
+
+@pytest.mark.usefixtures("anonymous")
+def test_a_cache_hit_heals_no_base(tmp_path: Path) -> None:
+    engine = CachingEngine(broken={B})
+    cfg = config(
+        {"match": A, "command": ["false"], "cache": True, "depends_on": [B]},
+        {"match": B, "pull": True},
+        cache=CACHE,
+    )
+    healer = make_healer(cfg, engine, tmp_path)
+    assert heal(healer, A) is None
+    assert B not in engine.pulls, "a hit needs no base"
+    assert A in engine.images and healer.results[A].source == "cache"
+
+
+@pytest.mark.usefixtures("anonymous")
+def test_force_builds_afresh_instead_of_pulling_and_still_pushes(tmp_path: Path) -> None:
+    engine = CachingEngine()
+    engine.images.add(A)
+    cfg = config(
+        {"match": A, "command": ["true"], "cache": True, "workdir": str(tmp_path)}, cache=CACHE
+    )
+    healer = make_healer(cfg, engine, tmp_path)
+
+    async def forced() -> None:
+        await healer.heal(A, trigger="create", force=True)
+        await healer.settle()
+
+    asyncio.run(forced())
+    assert not any(ref.startswith(CACHE) for ref in engine.pulls), engine.pulls
+    assert healer.results[A].source == "recipe"
+    assert [ref.rsplit(":", 1)[0] for ref in engine.pushes] == [CACHE]
+
+
+@pytest.mark.usefixtures("anonymous")
+def test_no_push_with_cache_push_false(tmp_path: Path) -> None:
+    engine = CachingEngine()
+    entry = {"match": A, "command": ["true"], "cache": True, "workdir": str(tmp_path)}
+    cfg = config(entry, cache=CACHE, cache_push=False)
+    healer = make_healer(cfg, engine, tmp_path)
+    engine.images.add(A)
+
+    async def forced() -> None:
+        await healer.heal(A, trigger="create", force=True)
+        await healer.settle()
+
+    asyncio.run(forced())
+    assert healer.results[A].success and engine.pushes == []
+
+
+class StuckPushEngine(CachingEngine):
+    """A cache that misses, and a push that never ends on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushing = asyncio.Event()
+
+    async def pull(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pulls.append(ref)
+        raise EngineError(f"manifest for {ref} not found: manifest unknown", 404)
+
+    async def push(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pushes.append(ref)
+        self.pushing.set()
+        await asyncio.Event().wait()
+
+
+@pytest.mark.usefixtures("anonymous")
+def test_a_stuck_push_is_listed_does_not_hold_the_client_and_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    engine = StuckPushEngine()
+    script = tmp_path / "build.sh"
+    script.write_text(f"#!/bin/sh\necho built > {tmp_path}/built\n")
+    script.chmod(0o755)
+    entry = {"match": A, "command": ["./build.sh"], "cache": True, "workdir": str(tmp_path)}
+    healer = make_healer(config(entry, cache=CACHE), engine, tmp_path)
+
+    async def run() -> tuple[list[str], list[str], bool]:
+        engine.images.add(A)  # what the recipe makes, as far as this engine can tell
+        await asyncio.wait_for(healer.heal(A, trigger="create", force=True), 30)
+        # The client has its answer; the push is still held by the registry.
+        await asyncio.wait_for(engine.pushing.wait(), 10)
+        listed = list(healer.snapshot()["cache_pushes"])
+        (push,) = healer.pushes
+        await asyncio.wait_for(healer.cancel(), 10)
+        return listed, list(healer.snapshot()["cache_pushes"]), push.cancelled()
+
+    listed, after, cancelled = asyncio.run(run())
+    assert [ref.rsplit(":", 1)[0] for ref in listed] == [CACHE]
+    assert after == [] and cancelled

@@ -103,3 +103,71 @@ def test_star_stays_in_one_folder_and_double_star_crosses(tree: Path) -> None:
     assert input_files(tree, ["**/*.json", "./Dockerfile"]) == ["Dockerfile", "package-lock.json"]
     with pytest.raises(InputsError):
         input_files(tree, ["*.py"])
+
+
+@pytest.mark.parametrize("pattern", [".", "./", "src/."])
+def test_a_dot_names_the_folder_itself_not_the_filesystem_root(tree: Path, pattern: str) -> None:
+    files = input_files(tree / "src" if pattern != "src/." else tree, [pattern])
+    prefix = "" if pattern != "src/." else "src/"
+    assert files == [f"{prefix}lib/.hidden", f"{prefix}main.py"]
+    assert not any(name.startswith("/") for name in files)
+    assert inputs_hash(tree / "src", ["."]) == inputs_hash(tree / "src", ["**"])
+
+
+def test_a_file_name_that_is_not_utf8_is_hashed_by_its_bytes(tree: Path) -> None:
+    raw = os.fsdecode(b"src/caf\xe9.txt")
+    Path(tree, raw).write_text("x")
+    (tree / "src" / "link").symlink_to(os.fsdecode(b"caf\xe9.txt"))
+    assert os.fsdecode(b"src/caf\xe9.txt") in input_files(tree, ["src"])
+    first = inputs_hash(tree, ["src"])
+    Path(tree, raw).write_text("y")
+    assert inputs_hash(tree, ["src"]) != first
+
+
+def test_an_unreadable_folder_is_an_error_not_skipped(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root lists any folder, so the refusal is injected where os.walk lists it."""
+    real_scandir = os.scandir
+
+    def refuse(path: object = ".") -> object:
+        if str(path).endswith("lib"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(InputsError, match=r"cannot read .*/src/lib: Permission denied"):
+        inputs_hash(tree, ["src/**"])
+
+
+def test_a_glob_walks_only_under_its_literal_prefix(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tree / "big" / "deep").mkdir(parents=True)
+    walked: list[str] = []
+    real_walk = os.walk
+
+    def spy(top: object, *args: object, **kwargs: object) -> object:
+        walked.append(str(top))
+        return real_walk(top, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "walk", spy)
+    assert input_files(tree, ["src/lib/*"]) == ["src/lib/.hidden"]
+    assert all(Path(top).is_relative_to(tree / "src" / "lib") for top in walked)
+
+
+def test_a_literal_path_through_a_symlinked_folder_is_not_followed(tree: Path) -> None:
+    (tree / "outside").mkdir()
+    (tree / "outside" / "secret").write_text("s")
+    (tree / "src" / "out").symlink_to(tree / "outside")
+    with pytest.raises(InputsError, match="matches no file"):
+        input_files(tree, ["src/out/secret"])
+    with pytest.raises(InputsError, match="matches no file"):
+        input_files(tree, ["src/out/*"])
+
+
+def test_a_hidden_folder_keeps_its_dot(tree: Path) -> None:
+    (tree / "src" / ".conf").mkdir()
+    (tree / "src" / ".conf" / "a").write_text("a")
+    assert "src/.conf/a" in input_files(tree, ["src/**"])
+    assert "src/.conf/a" in input_files(tree, ["src"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,57 @@ def test_a_failing_helper_is_anonymous_with_a_warning_that_leaks_nothing(
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 1 and warning in messages[0], messages
     assert "SECRET-OUTPUT" not in caplog.text
+
+
+def _group_gone(pgid: int) -> bool:
+    """Whether no live process is left in group ``pgid`` (a zombie awaiting init is not live)."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("body", "password"),
+    [
+        # Hangs, and a child in a session of its own holds stdout past the kill.
+        ("setsid sleep 20 &\necho $! > {folder}/detached\nsleep 20\n", None),
+        # Answers and exits, but a child in its group holds stdout.
+        ('sleep 20 &\necho \'{{"Username":"me","Secret":"pw"}}\'\n', "pw"),
+    ],
+    ids=["hung-detached-child", "answered-child-left"],
+)
+def test_a_child_holding_stdout_neither_hangs_the_lookup_nor_outlives_it(
+    helpers: Path, monkeypatch: pytest.MonkeyPatch, body: str, password: str | None
+) -> None:
+    monkeypatch.setattr(registryauth, "HELPER_TIMEOUT", 2.0)  # time to answer, when it does
+    helper(helpers, "t6", f"echo $$ > {helpers}/pid\n" + body.format(folder=helpers))
+    started = time.monotonic()
+    try:
+        header = resolve_auth("reg:5000")
+        assert time.monotonic() - started < 10, "a child holding stdout must not hold the lookup"
+        assert (header and decode(header)["password"]) == password
+        assert _group_gone(int((helpers / "pid").read_text())), "the helper's group is killed"
+    finally:
+        if (helpers / "detached").exists():
+            os.kill(int((helpers / "detached").read_text()), 9)
+
+
+def test_auth_for_goes_anonymous_if_the_lookup_itself_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(registryauth, "HELPER_TIMEOUT", -4.8)  # a bound of 0.2s
+    monkeypatch.setattr(registryauth, "resolve_auth", lambda host: release.wait(30) and "x")
+
+    async def lookup() -> str | None:
+        try:
+            return await registryauth.auth_for("reg:5000")
+        finally:
+            release.set()  # lets the thread end, so the loop can close at once
+
+    assert asyncio.run(lookup()) is None

@@ -274,3 +274,8 @@ def test_render_shows_proactive_state_when_enabled() -> None:
     )
     data["proactive"]["enabled"] = False
     assert "Proactive" not in status.render(data)
+
+
+def test_render_lists_cache_pushes_under_way() -> None:
+    snapshot = {"in_progress": [], "cache_pushes": ["reg:5000/heal-cache:app-1-0123"]}
+    assert "Cache pushes under way: reg:5000/heal-cache:app-1-0123" in status.render(snapshot)
