@@ -14,6 +14,7 @@ import argparse
 import grp
 import os
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,15 @@ def _group_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _owned_folder(path: str) -> bool:
+    """Whether ``path`` is a folder of this user's: the XDG runtime folder's rule."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def load(path: str | None) -> Config:
@@ -118,6 +128,7 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         env=os.environ,
         is_root=os.geteuid() == 0,
         group_exists=_group_exists,
+        owned=_owned_folder,
     )
 
 
@@ -219,7 +230,9 @@ def _heal(args: argparse.Namespace, config: Config) -> int:
 def _status(args: argparse.Namespace, config: Config) -> int:
     from . import status
 
-    path = status.socket_path(args.listen, os.environ, config.listen, os.geteuid() == 0)
+    path = status.socket_path(
+        args.listen, os.environ, config.listen, os.geteuid() == 0, _owned_folder
+    )
     if args.watch:
         # Ctrl-C is how a watch ends, even when started from a background job or
         # a supervisor that ignores SIGINT: children inherit that, and it

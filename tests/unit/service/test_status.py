@@ -130,7 +130,7 @@ def test_watch_frame_shows_only_running_heals() -> None:
 def test_socket_path_precedence(
     listen: str | None, env: dict[str, str], config: str | None, expected: str
 ) -> None:
-    assert status.socket_path(listen, env, config, is_root=True) == expected
+    assert status.socket_path(listen, env, config, True, lambda _: True) == expected
 
 
 class OneShotServer:
