@@ -594,3 +594,23 @@ class FakeDaemon:
 
     def close(self) -> None:
         self.sock.close()
+
+
+REFUSED = [
+    ('listen = "/run/x.sock"\n', "listen: must be a unix:///absolute/path URL, not '/run/x.sock'"),
+    (
+        'upstream = "tcp://127.0.0.1:2375"\n',
+        "upstream: must be a unix:///absolute/path URL, not 'tcp://127.0.0.1:2375'",
+    ),
+    ('[metrics]\nlisten = "127.0.0.1"\n', "metrics.listen: must be HOST:PORT, not '127.0.0.1'"),
+    (
+        'socket_group = "dhp-no-such-group"\n',
+        "socket_group 'dhp-no-such-group' is not a group on this machine",
+    ),
+]
+"""Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
+
+SELF_LOOP = (
+    'listen = "unix:///tmp/dhp-self.sock"\nupstream = "unix:///tmp/dhp-self.sock"\n',
+    "upstream /tmp/dhp-self.sock is the proxy's own socket",
+)

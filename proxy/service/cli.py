@@ -34,7 +34,7 @@ from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
-from ..wire.listener import ListenerError
+from ..wire.listener import ListenerError, check_not_self
 from . import logs
 from .app import App
 from .check import CacheReference, describe
@@ -116,11 +116,25 @@ def parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
     listener = open_listener(settings)
-    return uvloop.run(App(settings, config, lambda: load(args.config), listener).run())
+    return uvloop.run(App(settings, config, loader(args), listener).run())
+
+
+def loader(args: argparse.Namespace) -> Callable[[], Config]:
+    """How a reload reads the config: the file start-up read, held to the same
+    checks, so a reload takes nothing the next start would refuse."""
+
+    def reload() -> Config:
+        config = load(args.config)
+        _settings(args, config)
+        return config
+
+    return reload
 
 
 def _settings(args: argparse.Namespace, config: Config) -> Settings:
-    return resolve(
+    """The one validation of what the config and flags bind: check, serve, heal
+    and reload all go through it."""
+    settings = resolve(
         config,
         listen=getattr(args, "listen", None),
         upstream=getattr(args, "upstream", None),
@@ -130,6 +144,11 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         group_exists=_group_exists,
         owned=_owned_folder,
     )
+    try:
+        check_not_self(settings.listen, settings.upstream)
+    except ListenerError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings
 
 
 async def _ask_daemon(upstream: str, question: Callable[[Engine], Awaitable[T]]) -> T:

@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable
 
 from ..wire.connection import Connection, Hub
-from ..wire.listener import Listener, adopt, check_not_self, check_upstream_peer, claim
+from ..wire.listener import Listener, adopt, check_upstream_peer, claim
 from . import systemd
 from .settings import Settings
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def open_listener(settings: Settings) -> Listener:
-    check_not_self(settings.listen, settings.upstream)
+    """Settings come checked (a path-level loop included); this catches the
+    loops only a live socket shows."""
     activated = systemd.activated_socket()
     if activated is not None:
         listener = adopt(activated)
