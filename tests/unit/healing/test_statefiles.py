@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for
 from test_healer import A, MemoryEngine, config, heal, make_healer
 
-from proxy.healing.statefiles import LogFile
+from proxy.healing import statefiles
+from proxy.healing.statefiles import QUEUE_CAP, LogFile
 
 
 def mode(path: Path) -> int:
@@ -103,3 +105,67 @@ def test_a_full_disk_costs_the_log_not_the_heal(caplog: pytest.LogCaptureFixture
     asyncio.run(asyncio.wait_for(run(), 30))
     assert disk.closed
     assert caplog.text.count("cannot write the heal log full.log: No space left") == 1
+
+
+class HungDisk(SlowDisk):
+    """A disk whose writes block until ``release`` is set, as a hung NFS mount's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.release.wait()
+        self.text += text
+        return len(text)
+
+    def close(self) -> None:
+        self.release.wait()  # a real file's close waits for the write in progress
+        super().close()
+
+
+def test_a_hung_disk_bounds_the_queue_and_says_what_it_dropped() -> None:
+    """A noisy recipe on a hung disk grew the queue to 250 MB in 4 s. Past the cap
+    lines are dropped, and one marker says how many once the disk catches up."""
+    disk = HungDisk()
+    line = "x" * 99 + "\n"
+    flood = 3 * QUEUE_CAP // len(line)
+
+    async def run() -> None:
+        log = LogFile(disk, "hung.log")  # type: ignore[arg-type]
+        log.write("first\n")
+        await asyncio.to_thread(disk.entered.wait, 10)  # "first" is stuck on the disk
+        for _ in range(flood):
+            log.write(line)
+        disk.release.set()
+        await log.close()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    kept = QUEUE_CAP // len(line)
+    marker = f"[{flood - kept} lines dropped: the disk is behind]\n"
+    assert disk.text == "first\n" + line * kept + marker
+    assert disk.closed
+
+
+def test_close_gives_up_on_a_disk_that_never_returns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutdown waits for the transcript a bounded time, then goes on without it."""
+    monkeypatch.setattr(statefiles, "CLOSE_WAIT", 0.2)
+    disk = HungDisk()
+
+    async def run() -> None:
+        log = LogFile(disk, "stuck.log")  # type: ignore[arg-type]
+        log.write("line\n")
+        await asyncio.to_thread(disk.entered.wait, 10)
+        await log.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 10))
+        assert "the heal log stuck.log is still being written after 0.2s" in caplog.text
+        assert not disk.closed
+    finally:
+        disk.release.set()  # let the stuck writer end, and close the file behind it
+    wait_for(lambda: disk.closed, 10, "the file closed once the write returned")
