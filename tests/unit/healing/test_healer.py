@@ -89,7 +89,7 @@ def test_a_changed_recipe_gets_its_next_try_at_once(tmp_path: Path) -> None:
     engine.images.add("127.0.0.1:1/fixed:1")
     fixed = config({"match": A, "pull": "127.0.0.1:1/fixed:1"}, {"match": B, "pull": True})
     healer.reconfigure(fixed)
-    assert A not in healer.results
+    assert healer.cooldown_counts() == {A: 0, B: 1}
     assert heal(healer, A) is None
     assert healer.results[A].success
     assert "in cooldown" in (heal(healer, B) or ""), "B's recipe did not change"
@@ -103,14 +103,49 @@ def test_moving_an_entry_is_not_a_change(tmp_path: Path) -> None:
     healer.reconfigure(config({"match": B, "pull": True}, {"match": A, "pull": True}))
     assert "in cooldown" in (heal(healer, A) or "")
     healer.reconfigure(config({"match": B, "pull": True}))
-    assert A not in healer.results, "a removed recipe's cooldown has nothing left to protect"
+    assert healer.cooldown_counts() == {B: 0}, "a removed recipe's cooldown protects nothing"
+
+
+class GatedEngine(MemoryEngine):
+    """Pulls wait for ``gate``: a recipe still running when the reload comes."""
+
+    def __init__(self, broken: set[str]) -> None:
+        super().__init__(broken)
+        self.pulling = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def pull(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pulling.set()
+        await self.gate.wait()
+        await super().pull(ref, auth_header, on_line)
+
+
+def test_a_reload_during_the_failing_heal_still_ends_its_cooldown(tmp_path: Path) -> None:
+    """The heal that fails after the reload records a cooldown of the old recipe;
+    it must not hold back the fixed one."""
+    fixed = "127.0.0.1:1/fixed:1"
+
+    async def run() -> Healer:
+        engine = GatedEngine(broken={A})
+        engine.images.add(fixed)
+        healer = make_healer(config({"match": A, "pull": True}), engine, tmp_path)
+        first = asyncio.ensure_future(healer.heal(A, trigger="create"))
+        await asyncio.wait_for(engine.pulling.wait(), 10)
+        healer.reconfigure(config({"match": A, "pull": fixed}))
+        engine.gate.set()
+        with pytest.raises(HealFailed, match="manifest unknown"):
+            await asyncio.wait_for(first, 10)
+        await asyncio.wait_for(healer.heal(A, trigger="create"), 10)
+        return healer
+
+    assert asyncio.run(run()).results[A].success
 
 
 # -- results are bounded ---------------------------------------------------------
 
 
 def result(success: bool, retry_at: float = 0.0) -> Result:
-    return Result(success, "m", "msg", 0.0, 0.0, retry_at=retry_at)
+    return Result(success, "m", "msg", 0.0, 0.0, None, retry_at=retry_at)
 
 
 def test_evict_takes_old_successes_then_ended_cooldowns_and_never_a_running_one() -> None:
