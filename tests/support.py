@@ -596,6 +596,15 @@ class FakeDaemon:
         self.sock.close()
 
 
+class SilentDaemon(FakeDaemon):
+    """Accepts, reads whatever comes, never answers: a wedged dockerd."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                pass
+
+
 REFUSED = [
     ('listen = "/run/x.sock"\n', "listen: must be a unix:///absolute/path URL, not '/run/x.sock'"),
     (

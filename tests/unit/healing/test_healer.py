@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from support import FakeDaemon, proxy_cli
+from support import proxy_cli
 
 from proxy.healing import healer as healer_module
 from proxy.healing.engine import Engine, EngineError
@@ -185,23 +183,6 @@ def test_the_bound_is_a_thousand() -> None:
 
 
 # -- short Engine calls are bounded ----------------------------------------------
-
-
-class Silent(FakeDaemon):
-    """Accepts, reads whatever comes, never answers: a wedged dockerd."""
-
-    def serve(self, conn: socket.socket) -> None:
-        with conn:
-            while conn.recv(65536):
-                pass
-
-
-@pytest.fixture
-def silent(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "silent.sock")
-    daemon = Silent(path)
-    yield path
-    daemon.close()
 
 
 def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silent: str) -> None:

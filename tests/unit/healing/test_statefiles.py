@@ -14,6 +14,7 @@ import pytest
 from support import wait_for
 from test_healer import A, MemoryEngine, config, heal, make_healer
 
+from proxy.healing import healer as healer_module
 from proxy.healing import statefiles
 from proxy.healing.statefiles import QUEUE_CAP, LogFile
 
@@ -33,13 +34,18 @@ def umask_022() -> Iterator[None]:
 @pytest.mark.usefixtures("umask_022")
 def test_logs_and_locks_are_private(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    (state / "logs").mkdir(parents=True, mode=0o755)  # left wide by an earlier version
+    # Left wide by an earlier version: both folders, and a lock file.
+    (state / "logs").mkdir(parents=True, mode=0o755)
+    (state / "locks").mkdir(mode=0o755)
+    stale = state / "locks" / f"{healer_module._file_name(A)}.lock"
+    stale.touch(mode=0o644)
+    assert mode(stale) == 0o644
     engine = MemoryEngine(broken={A})
     healer = make_healer(config({"match": A, "pull": True}), engine, state)
     assert "manifest unknown" in (heal(healer, A) or "")
     logs = list((state / "logs").iterdir())
     locks = list((state / "locks").iterdir())
-    assert len(logs) == 1 and len(locks) == 1
+    assert len(logs) == 1 and locks == [stale]
     assert "manifest unknown" in logs[0].read_text()
     assert (mode(state / "logs"), mode(state / "locks")) == (0o700, 0o700)
     assert (mode(logs[0]), mode(locks[0])) == (0o600, 0o600)
