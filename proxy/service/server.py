@@ -45,6 +45,14 @@ def open_listener(settings: Settings) -> Listener:
     return listener
 
 
+def startup_line(settings: Settings, listener: Listener) -> str:
+    """Where clients connect, and why there when the default may surprise; a
+    socket systemd handed us is where its unit says, so it needs no note."""
+    where = listener.path or "<activated socket>"
+    note = settings.listen_note if listener.inode is not None else ""
+    return f"listening on {where}{note}, forwarding to {settings.upstream}"
+
+
 async def _watchdog(interval: float) -> None:
     while True:
         systemd.notify("WATCHDOG=1")
@@ -64,12 +72,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload)
     interval = systemd.watchdog_interval()
     watchdog = loop.create_task(_watchdog(interval)) if interval else None
-    log.info(
-        "listening on %s%s, forwarding to %s",
-        listener.path or "<activated socket>",
-        settings.listen_note if listener.inode is not None else "",
-        settings.upstream,
-    )
+    log.info("%s", startup_line(settings, listener))
     systemd.notify("READY=1")
     try:
         await stop.wait()
