@@ -22,6 +22,7 @@ from proxy.healing import healer as healer_module
 from proxy.healing.engine import Engine, EngineError
 from proxy.healing.healer import Healer, HealFailed, Result, evict
 from proxy.recipes.config import Config, parse_config
+from proxy.recipes.recipe import Recipe
 
 A = "127.0.0.1:1/a:1"
 B = "127.0.0.1:1/b:1"
@@ -143,7 +144,7 @@ def test_a_reload_during_the_failing_heal_still_ends_its_cooldown(tmp_path: Path
 
 
 def result(success: bool, retry_at: float = 0.0) -> Result:
-    return Result(success, "m", "msg", 0.0, 0.0, None, retry_at=retry_at)
+    return Result(success, "m", "msg", 0.0, 0.0, Recipe(0, "m", "pull"), retry_at=retry_at)
 
 
 def test_evict_takes_old_successes_then_ended_cooldowns_and_never_a_running_one() -> None:
@@ -190,7 +191,7 @@ def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silen
     state = tmp_path / "state"
 
     async def run() -> str:
-        engine = Engine(silent)
+        engine = Engine(silent, cfg.heal.engine_timeout)
         try:
             healer = Healer(cfg, engine, silent, state)
             with pytest.raises(HealFailed) as failed:
@@ -217,7 +218,6 @@ def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silen
 def test_a_reload_changes_the_engine_bound(tmp_path: Path) -> None:
     engine = MemoryEngine()
     healer = make_healer(config(engine_timeout="2s"), engine, tmp_path)
-    assert engine.call_timeout == 2.0
     healer.reconfigure(config(engine_timeout="1m"))
     assert engine.call_timeout == 60.0
 
