@@ -212,7 +212,6 @@ class Healer:
         self.slots = Slots(config.heal.max_parallel)
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
-        engine.call_timeout = config.heal.engine_timeout
 
     def reconfigure(self, config: Config) -> None:
         self.slots.resize(config.heal.max_parallel)

@@ -102,7 +102,7 @@ class App:
     async def run(self) -> int:
         settings = self.settings
         sweep(settings.state_dir)
-        engine = Engine(settings.upstream)
+        engine = Engine(settings.upstream, self.config.heal.engine_timeout)
         metrics = self.metrics = Metrics(lambda: self.healer, lambda: self.proactive)
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(

@@ -43,7 +43,7 @@ from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
 CHECK_WAIT = 5.0
-"""How long ``check`` waits for the daemon: a wedged one must not hang it."""
+"""How long ``check`` waits for the daemon at most: a wedged one must not hang it."""
 COMMANDS = ("serve", "check", "heal", "status")
 
 T = TypeVar("T")
@@ -151,10 +151,12 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     return settings
 
 
-async def _ask_daemon(upstream: str, question: Callable[[Engine], Awaitable[T]]) -> T:
+async def _ask_daemon(
+    upstream: str, config: Config, question: Callable[[Engine], Awaitable[T]]
+) -> T:
     """One short question to the daemon at ``upstream``, on an Engine of its own
-    whose calls give up after ``CHECK_WAIT``."""
-    engine = Engine(upstream, call_timeout=CHECK_WAIT)
+    whose calls give up after ``CHECK_WAIT``, or sooner if ``engine_timeout`` says so."""
+    engine = Engine(upstream, min(CHECK_WAIT, config.heal.engine_timeout))
     try:
         return await question(engine)
     finally:
@@ -170,7 +172,7 @@ def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
     except SettingsError:
         return None  # check reports the config; serve will report the settings
     try:
-        root = uvloop.run(_ask_daemon(upstream, Engine.root_dir))
+        root = uvloop.run(_ask_daemon(upstream, config, Engine.root_dir))
     except EngineError as exc:
         return f"cannot ask the daemon for its root folder, so [heal] min_free is unchecked: {exc}"
     return proactive.unseen_root(root)
@@ -186,7 +188,9 @@ def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference
             return "none: [heal] cache is not set"
         try:
             digest = inputs_hash(concrete.inputs_root, concrete.inputs)
-            platform = uvloop.run(_ask_daemon(_settings(args, config).upstream, Engine.platform))
+            platform = uvloop.run(
+                _ask_daemon(_settings(args, config).upstream, config, Engine.platform)
+            )
         except InputsError as error:
             return f"none, a heal would not use the cache: {error}"
         except (EngineError, SettingsError) as error:
@@ -214,7 +218,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
-    engine = Engine(settings.upstream)
+    engine = Engine(settings.upstream, config.heal.engine_timeout)
     healer = Healer(config, engine, settings.upstream, settings.state_dir)
     failed = 0
     try:

@@ -27,7 +27,7 @@ def recipe(kind: Kind, image: str, **fields: Any) -> ConcreteRecipe:
 
 def with_engine(dockerd: Dockerd, use: Callable[[Engine], Coroutine[Any, Any, Any]]) -> Any:
     async def main() -> Any:
-        engine = Engine(dockerd.socket)
+        engine = Engine(dockerd.socket, 60.0)
         try:
             return await use(engine)
         finally:

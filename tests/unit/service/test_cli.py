@@ -48,6 +48,21 @@ def test_check_and_serve_refuse_a_proxy_of_itself(
     assert not Path("/tmp/dhp-self.sock").exists()
 
 
+def test_check_asks_the_daemon_within_engine_timeout(
+    tmp_path: Path, silent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check`` waits CHECK_WAIT at most, and less when engine_timeout says so."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'upstream = "unix://{silent}"\n[heal]\nengine_timeout = "300ms"\n'
+        '[[images]]\nmatch = "127.0.0.1:1/c:1"\ncommand = ["true"]\nproactive = true\n'
+    )
+    assert cli.main(["check", f"--config={path}"]) == 0
+    assert f"the Docker daemon at {silent} did not answer /info within 0.3s" in (
+        capsys.readouterr().out
+    )
+
+
 def test_status_watch_stops_on_sigint_even_when_started_ignoring_it(tmp_path: Path) -> None:
     """A background job or a supervisor hands its children SIGINT ignored."""
     out = tmp_path / "watch.out"
