@@ -18,7 +18,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Dockerd,
@@ -48,8 +47,6 @@ from support import (
     wait_for,
     write_script,
 )
-
-pytestmark = pytest.mark.daemon
 
 HEAL_TIME = 120
 """Seconds a test gives a proactive heal: the debounce (5s) plus a busybox build."""

@@ -18,8 +18,6 @@ from proxy.healing.engine import Engine, EngineError
 from proxy.healing.runners import RecipeFailed, run_recipe
 from proxy.recipes.recipe import BuildSpec, ConcreteRecipe, Kind, Recipe
 
-pytestmark = pytest.mark.daemon
-
 
 def recipe(kind: Kind, image: str, **fields: Any) -> ConcreteRecipe:
     return ConcreteRecipe(Recipe(0, image, kind), image, kind, **fields)
