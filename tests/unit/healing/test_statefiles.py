@@ -94,7 +94,12 @@ def test_a_noisy_heal_does_not_stall_the_loop() -> None:
 
 
 class FullDisk(SlowDisk):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried = threading.Event()
+
     def write(self, text: str) -> int:
+        self.tried.set()
         raise OSError(28, "No space left on device")
 
 
@@ -103,9 +108,10 @@ def test_a_full_disk_costs_the_log_not_the_heal(caplog: pytest.LogCaptureFixture
 
     async def run() -> None:
         log = LogFile(disk, "full.log")  # type: ignore[arg-type]
-        for n in range(3):
-            log.write(f"line {n}\n")
-            await asyncio.sleep(0.05)
+        log.write("line 0\n")
+        await asyncio.to_thread(disk.tried.wait, 10)  # the disk has refused a write
+        log.write("line 1\n")
+        log.write("line 2\n")
         await log.close()
 
     asyncio.run(asyncio.wait_for(run(), 30))
