@@ -103,9 +103,11 @@ class HealSettings:
     min_free: MinFree = MinFree(percent=15.0)
     """Proactive heals wait while the daemon's disk has less free space than this."""
     engine_timeout: float = 60.0
-    """Bound on each short Engine call of a heal (inspect, tag). A wedged dockerd
-    must not keep a heal, and the tag's lock file, forever; streams (build,
-    pull, load, push) are bounded by the recipe's ``timeout`` instead."""
+    """Bound on each short call to dockerd: an inspect, a tag, the reconcile's
+    image list, /info for ``min_free``, and the cache's inspect, untag and
+    /version. A wedged dockerd must not keep a heal, and the tag's lock file,
+    forever; streams (build, pull, load, push) are bounded by the recipe's
+    ``timeout`` instead. ``check`` waits the shorter of this and 5s."""
     max_build_spool: int = 4 << 30
     """Bytes of a build body read while looking for its Dockerfile before the
     build is forwarded unhealed."""
