@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_for
-from test_healer import A, MemoryEngine, config, heal, make_healer
+from support import IMAGE_A as A
+from support import MemoryEngine, heal_config, heal_once, make_healer, wait_for
 
 from proxy.healing import healer as healer_module
 from proxy.healing import statefiles
@@ -41,8 +41,8 @@ def test_logs_and_locks_are_private(tmp_path: Path) -> None:
     stale.touch(mode=0o644)
     assert mode(stale) == 0o644
     engine = MemoryEngine(broken={A})
-    healer = make_healer(config({"match": A, "pull": True}), engine, state)
-    assert "manifest unknown" in (heal(healer, A) or "")
+    healer = make_healer(heal_config({"match": A, "pull": True}), engine, state)
+    assert "manifest unknown" in (heal_once(healer, A) or "")
     logs = list((state / "logs").iterdir())
     locks = list((state / "locks").iterdir())
     assert len(logs) == 1 and locks == [stale]
