@@ -23,6 +23,7 @@ from support import (
     Dockerd,
     LongStream,
     Proxy,
+    SilentDaemon,
     docker,
     label_filter,
     log_problems,
@@ -38,6 +39,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "dockerd" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.daemon)
+
+
+@pytest.fixture
+def silent(tmp_path: Path) -> Iterator[str]:
+    """The socket path of a daemon that never answers."""
+    path = str(tmp_path / "silent.sock")
+    daemon = SilentDaemon(path)
+    yield path
+    daemon.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -29,7 +30,11 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from proxy.healing.engine import Engine, EngineError
+from proxy.healing.healer import Healer, HealFailed
+from proxy.recipes.config import Config, parse_config
 
 BUSYBOX = "127.0.0.1:1/dhp/busybox:1"
 """The base test image. Names under 127.0.0.1:1 fail to pull at once here."""
@@ -594,3 +599,83 @@ class FakeDaemon:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class SilentDaemon(FakeDaemon):
+    """Accepts, reads whatever comes, never answers: a wedged dockerd."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                pass
+
+
+REFUSED = [
+    ('listen = "/run/x.sock"\n', "listen: must be a unix:///absolute/path URL, not '/run/x.sock'"),
+    (
+        'upstream = "tcp://127.0.0.1:2375"\n',
+        "upstream: must be a unix:///absolute/path URL, not 'tcp://127.0.0.1:2375'",
+    ),
+    ('[metrics]\nlisten = "127.0.0.1"\n', "metrics.listen: must be HOST:PORT, not '127.0.0.1'"),
+    (
+        'socket_group = "dhp-no-such-group"\n',
+        "socket_group 'dhp-no-such-group' is not a group on this machine",
+    ),
+]
+"""Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
+
+SELF_LOOP = (
+    'listen = "unix:///tmp/dhp-self.sock"\nupstream = "unix:///tmp/dhp-self.sock"\n',
+    "upstream /tmp/dhp-self.sock is the proxy's own socket",
+)
+
+
+# -- a healer without a daemon ---------------------------------------------------
+
+
+IMAGE_A = "127.0.0.1:1/a:1"
+IMAGE_B = "127.0.0.1:1/b:1"
+"""Images the in-memory healer tests heal (a registry that is never asked)."""
+
+
+class MemoryEngine:
+    """Images in a set; a pull of a ref in ``broken`` fails as a registry would."""
+
+    def __init__(self, broken: set[str] | None = None) -> None:
+        self.images: set[str] = set()
+        self.broken = broken or set()
+        self.pulls: list[str] = []
+        self.call_timeout = 0.0
+
+    async def image_exists(self, ref: str) -> bool:
+        return ref in self.images
+
+    async def pull(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pulls.append(ref)
+        if ref in self.broken:
+            raise EngineError(f"manifest for {ref} not found: manifest unknown", 404)
+        self.images.add(ref)
+
+    async def tag(self, source: str, target: str) -> None:
+        self.images.add(target)
+
+
+def heal_config(*entries: dict[str, Any], **heal: Any) -> Config:
+    return parse_config({"heal": heal, "images": list(entries)}, base_dir=Path("/cfg"))
+
+
+def make_healer(cfg: Config, engine: object, state: Path) -> Healer:
+    return Healer(cfg, cast(Engine, engine), "/nowhere.sock", state)
+
+
+def heal_once(healer: Healer, image: str) -> str | None:
+    """The failure message of one heal, or None when it worked."""
+
+    async def once() -> None:
+        await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
+
+    try:
+        asyncio.run(once())
+    except HealFailed as failure:
+        return str(failure)
+    return None

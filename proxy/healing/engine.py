@@ -139,10 +139,11 @@ async def _error_text(response: aiohttp.ClientResponse) -> str:
 class Engine:
     """A client of one dockerd socket. Create it inside the running event loop."""
 
-    def __init__(self, socket_path: str, call_timeout: float = 60.0) -> None:
+    def __init__(self, socket_path: str, call_timeout: float) -> None:
         self.socket_path = socket_path
         self.call_timeout = call_timeout
-        """Seconds each short call may take; the healer keeps it at the config's value."""
+        """Seconds each short call may take: ``[heal] engine_timeout``, given by
+        whoever builds the engine, and kept current by the healer on a reload."""
         connector = aiohttp.UnixConnector(path=socket_path, limit=0)
         self._session = aiohttp.ClientSession(connector=connector, timeout=_NO_TIMEOUT)
         # The host is a placeholder: the connector decides where requests go.

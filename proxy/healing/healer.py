@@ -45,9 +45,11 @@ Rules:
   clients are answered first; shutdown cancels it like a heal.
 
 A reload swaps ``config``; heals already running keep the concrete recipe
-they started with. A tag whose recipe the reload changed (or removed, or
-replaced by an earlier match) loses its last result and so its cooldown: the
-fixed recipe gets its next try at once.
+they started with. A result remembers the recipe that produced it, and a
+cooldown holds only while the config still heals the tag with that recipe: a
+tag whose recipe the reload changed (or removed, or replaced by an earlier
+match) gets its next try at once, even when the old recipe fails after the
+reload.
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ class Result:
     finished: float
     """Wall-clock time, for people."""
     duration: float
+    recipe: Recipe
+    """The recipe that produced it, by content (``_recipe_for``)."""
     retry_at: float = 0.0
     """Monotonic time before which a failure is returned without retrying."""
     source: Source = "recipe"
@@ -216,13 +220,9 @@ class Healer:
         self.slots = Slots(config.heal.max_parallel)
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
-        engine.call_timeout = config.heal.engine_timeout
 
     def reconfigure(self, config: Config) -> None:
         self.slots.resize(config.heal.max_parallel)
-        for image in list(self.results):
-            if _recipe_for(config, image) != _recipe_for(self.config, image):
-                del self.results[image]
         self.engine.call_timeout = config.heal.engine_timeout
         self.config = config
 
@@ -245,10 +245,18 @@ class Healer:
         """Tags in cooldown per recipe ``match``, for the metrics gauge."""
         now = time.monotonic()
         counts = {recipe.match: 0 for recipe in self.config.recipes}
-        for result in self.results.values():
-            if not result.success and result.retry_at > now:
-                counts[result.match] = counts.get(result.match, 0) + 1
+        for image, result in self.results.items():
+            if self._cooling(image, result, now):
+                counts[result.match] += 1
         return counts
+
+    def _cooling(self, image: str, result: Result, now: float) -> bool:
+        """Whether ``result`` holds back a heal of ``image`` by the current config."""
+        return (
+            not result.success
+            and result.retry_at > now
+            and result.recipe == _recipe_for(self.config, image)
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -316,7 +324,7 @@ class Healer:
     async def _heal(self, image: str, force: bool) -> bool:
         previous = self.results.get(image)
         now = time.monotonic()
-        if previous is not None and not previous.success and previous.retry_at > now:
+        if previous is not None and self._cooling(image, previous, now):
             raise HealFailed(
                 f"{previous.message}\n(in cooldown: the next try is allowed in "
                 f"{previous.retry_at - now:.0f}s)"
@@ -460,6 +468,7 @@ class Healer:
                     message,
                     time.time(),
                     duration,
+                    replace(recipe, index=0),
                     retry_at=time.monotonic() + self.config.heal.failure_cooldown,
                     cache=progress.cache,
                 ),
@@ -478,7 +487,16 @@ class Healer:
         how = f"from the cache {cache}" if source == "cache" else f"by {concrete.recipe.name}"
         self._record(
             concrete.image,
-            Result(True, match, f"healed {how}", time.time(), duration, source=source, cache=cache),
+            Result(
+                True,
+                match,
+                f"healed {how}",
+                time.time(),
+                duration,
+                replace(concrete.recipe, index=0),
+                source=source,
+                cache=cache,
+            ),
         )
         self._finished(concrete.image, match, True, duration, source)
         self.on_healed(concrete.image, self._trigger(concrete.image))

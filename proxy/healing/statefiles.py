@@ -12,20 +12,32 @@ Rules:
   batches by one worker thread at a time, so they stay in order.
 - A write that fails (a full disk) costs the transcript, not the heal: it is
   logged once, and later lines are dropped rather than queued without end.
+- A disk that is behind (hung, or slower than the recipe is noisy) costs
+  lines, not memory: at most ``QUEUE_CAP`` characters wait; past that lines
+  are dropped and one marker line says how many, where they were.
+- A disk that never returns does not hold up the heal or the exit: ``close``
+  waits ``CLOSE_WAIT``, and the writes run on daemon threads, which neither
+  the loop's shutdown nor the interpreter's exit waits for.
 
 Theory of operation: ``LogFile.write`` appends to a list and wakes a drain
-task; the drain joins what has queued and hands it to ``asyncio.to_thread``,
-so while one batch is on disk the next one gathers. ``close`` lets the drain
-empty the queue, then the file is closed (a single syscall, everything having
-been flushed by the worker).
+task; the drain joins what has queued and hands it to a worker thread, so
+while one batch is on disk the next one gathers. Lines dropped meanwhile are
+counted, and the count goes out as a marker at the end of the next batch,
+which is where the gap is. ``close`` lets the drain empty the queue, then the
+file is closed (a single syscall, everything having been flushed by the
+worker); if the drain is still stuck after ``CLOSE_WAIT`` it is cancelled,
+and the file is closed by a thread of its own once the stuck write returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -33,6 +45,10 @@ log = logging.getLogger(__name__)
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+QUEUE_CAP = 4 * 1024 * 1024
+"""Characters of transcript waiting for the disk, at most."""
+CLOSE_WAIT = 10.0
+"""Seconds ``close`` waits for the queue to reach the disk."""
 
 
 def private_dir(path: Path) -> Path:
@@ -59,6 +75,26 @@ def _open_append(path: Path) -> TextIO:
     return open(fd, "a", encoding="utf-8", errors="replace")
 
 
+async def _on_daemon_thread(work: Callable[[], None]) -> None:
+    """``work()`` off the loop, on a thread that nothing at exit waits for."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=run, name="heal-log", daemon=True).start()
+    await done
+
+
 class LogFile:
     """One heal's log file, appended to from the event loop without blocking it."""
 
@@ -70,6 +106,8 @@ class LogFile:
         self._handle = handle
         self._name = name
         self._pending: list[str] = []
+        self._queued = 0
+        self._dropped = 0
         self._wake = asyncio.Event()
         self._closing = False
         self._failed = False
@@ -78,6 +116,10 @@ class LogFile:
     def write(self, text: str) -> None:
         if self._failed:
             return
+        if self._queued + len(text) > QUEUE_CAP:
+            self._dropped += text.count("\n") or 1
+            return
+        self._queued += len(text)
         self._pending.append(text)
         self._wake.set()
 
@@ -85,20 +127,40 @@ class LogFile:
         """Write what is queued, then close; safe to call once the heal is over."""
         self._closing = True
         self._wake.set()
-        await asyncio.shield(self._drain)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drain), CLOSE_WAIT)
+        except TimeoutError:
+            log.warning(
+                "the heal log %s is still being written after %gs; going on without it",
+                self._name,
+                CLOSE_WAIT,
+            )
+            self._drain.cancel()
 
     async def _drain_queue(self) -> None:
         try:
-            while self._pending or not self._closing:
+            while self._pending or self._dropped or not self._closing:
                 await self._wake.wait()
                 self._wake.clear()
+                if self._dropped:
+                    self._pending.append(f"[{self._dropped} lines dropped: the disk is behind]\n")
+                    self._dropped = 0
                 if self._pending:
                     batch = "".join(self._pending)
                     self._pending.clear()
-                    await asyncio.to_thread(self._write, batch)
+                    self._queued = 0
+                    await _on_daemon_thread(functools.partial(self._write, batch))
         finally:
-            with contextlib.suppress(OSError):  # reported by _write already
-                self._handle.close()
+            if self._drain.cancelling():
+                self._failed = True
+                # The stuck write holds the file's lock: closing here would block the loop.
+                threading.Thread(target=self._close_handle, daemon=True).start()
+            else:
+                self._close_handle()
+
+    def _close_handle(self) -> None:
+        with contextlib.suppress(OSError):  # reported by _write already
+            self._handle.close()
 
     def _write(self, batch: str) -> None:
         if self._failed:

@@ -103,9 +103,11 @@ class HealSettings:
     min_free: MinFree = MinFree(percent=15.0)
     """Proactive heals wait while the daemon's disk has less free space than this."""
     engine_timeout: float = 60.0
-    """Bound on each short Engine call of a heal (inspect, tag). A wedged dockerd
-    must not keep a heal, and the tag's lock file, forever; streams (build,
-    pull, load, push) are bounded by the recipe's ``timeout`` instead."""
+    """Bound on each short call to dockerd: an inspect, a tag, the reconcile's
+    image list, /info for ``min_free``, and the cache's inspect, untag and
+    /version. A wedged dockerd must not keep a heal, and the tag's lock file,
+    forever; streams (build, pull, load, push) are bounded by the recipe's
+    ``timeout`` instead. ``check`` waits the shorter of this and 5s."""
     max_build_spool: int = 4 << 30
     """Bytes of a build body read while looking for its Dockerfile before the
     build is forwarded unhealed."""
@@ -195,6 +197,21 @@ def parse_duration(value: object) -> float:
             float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART_RE.findall(value)
         )
     raise ValueError(f'bad duration {value!r} (use e.g. "90s", "30m", "1h30m" or seconds)')
+
+
+def _toml_type(value: object) -> str:
+    """What a TOML value is, in TOML's words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    return "a date or time"
 
 
 def _bytes(text: str, unit_required: bool) -> int | None:
@@ -343,19 +360,21 @@ class _Reader:
             except ValueError as error:
                 self.fail("heal.min_free", str(error))
         return HealSettings(
-            timeout=self.optional_duration(table, "timeout", "heal", defaults.timeout),
+            timeout=self.optional_duration(
+                table, "timeout", "heal", defaults.timeout, positive=True
+            ),
             failure_cooldown=self.optional_duration(
                 table, "failure_cooldown", "heal", defaults.failure_cooldown
             ),
             max_parallel=self.at_least_one(table, "max_parallel", defaults.max_parallel),
             engine_timeout=self.optional_duration(
-                table, "engine_timeout", "heal", defaults.engine_timeout
+                table, "engine_timeout", "heal", defaults.engine_timeout, positive=True
             ),
             forget_after=self.optional_duration(
-                table, "forget_after", "heal", defaults.forget_after
+                table, "forget_after", "heal", defaults.forget_after, positive=True
             ),
             reconcile_interval=self.optional_duration(
-                table, "reconcile_interval", "heal", defaults.reconcile_interval
+                table, "reconcile_interval", "heal", defaults.reconcile_interval, positive=True
             ),
             reconcile_debounce=self.optional_duration(
                 table, "reconcile_debounce", "heal", defaults.reconcile_debounce
@@ -468,7 +487,7 @@ class _Reader:
             pull=pull,
             load=load,
             depends_on=tuple(depends_on),
-            timeout=self.optional_duration(raw, "timeout", where, heal.timeout),
+            timeout=self.optional_duration(raw, "timeout", where, heal.timeout, positive=True),
             proactive=proactive,
             cache=cache,
             inputs=tuple(inputs),
@@ -581,21 +600,35 @@ class _Reader:
         return [self.string(item, f"{where}[{i}]", empty=True) for i, item in enumerate(value)]
 
     def string_table(self, value: object, where: str) -> dict[str, str]:
+        """An ``env`` or build ``args`` table. Its values are where tokens go, so a
+        wrong one is named by its TOML type, never shown."""
         if not isinstance(value, Mapping):
             self.fail(where, "expected a table of strings")
-        return {
-            str(key): self.string(item, f"{where}.{key}", empty=True) for key, item in value.items()
-        }
+        for key, item in value.items():
+            if not isinstance(item, str):
+                self.fail(f"{where}.{key}", f"expected a string, not {_toml_type(item)}")
+        return {str(key): item for key, item in value.items()}
 
     def optional_duration(
-        self, table: Mapping[str, Any], key: str, where: str, default: float
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        where: str,
+        default: float,
+        *,
+        positive: bool = False,
     ) -> float:
+        """``positive`` for a duration that bounds or paces something, where 0
+        would fail every call at once or spin; elsewhere 0 means none."""
         if key not in table:
             return default
         try:
-            return parse_duration(table[key])
+            seconds = parse_duration(table[key])
         except ValueError as error:
             self.fail(_at(where, key), str(error))
+        if positive and seconds <= 0:
+            self.fail(_at(where, key), "must be more than 0s")
+        return seconds
 
     def optional_size(self, table: Mapping[str, Any], key: str, default: int) -> int:
         if key not in table:

@@ -33,7 +33,7 @@ from ..wire.connection import Hub
 from ..wire.listener import Listener, ListenerError
 from .metrics import Metrics, application
 from .server import serve
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class App:
         listener: Listener,
     ) -> None:
         """``load`` reads the config the way start-up did, so a reload finds the
-        same file, or the default file if it has appeared since."""
+        same file, or the default file if it has appeared since, and refuses
+        what start-up would (it raises ConfigError or SettingsError)."""
         self.settings = settings
         self.config = config
         self.load = load
@@ -83,7 +84,7 @@ class App:
     def reload(self) -> None:
         try:
             config = self.load()
-        except ConfigError as exc:
+        except (ConfigError, SettingsError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         for key in RESTART_ONLY:
@@ -101,7 +102,7 @@ class App:
     async def run(self) -> int:
         settings = self.settings
         sweep(settings.state_dir)
-        engine = Engine(settings.upstream)
+        engine = Engine(settings.upstream, self.config.heal.engine_timeout)
         metrics = self.metrics = Metrics(lambda: self.healer, lambda: self.proactive)
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(

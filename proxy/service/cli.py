@@ -14,6 +14,7 @@ import argparse
 import grp
 import os
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
-from ..wire.listener import ListenerError
+from ..wire.listener import ListenerError, check_not_self
 from . import logs
 from .app import App
 from .check import CacheReference, describe
@@ -42,7 +43,7 @@ from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
 CHECK_WAIT = 5.0
-"""How long ``check`` waits for the daemon: a wedged one must not hang it."""
+"""How long ``check`` waits for the daemon at most: a wedged one must not hang it."""
 COMMANDS = ("serve", "check", "heal", "status")
 
 T = TypeVar("T")
@@ -54,6 +55,15 @@ def _group_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _owned_folder(path: str) -> bool:
+    """Whether ``path`` is a folder of this user's: the XDG runtime folder's rule."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def load(path: str | None) -> Config:
@@ -106,11 +116,25 @@ def parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
     listener = open_listener(settings)
-    return uvloop.run(App(settings, config, lambda: load(args.config), listener).run())
+    return uvloop.run(App(settings, config, loader(args), listener).run())
+
+
+def loader(args: argparse.Namespace) -> Callable[[], Config]:
+    """How a reload reads the config: the file start-up read, held to the same
+    checks, so a reload takes nothing the next start would refuse."""
+
+    def reload() -> Config:
+        config = load(args.config)
+        _settings(args, config)
+        return config
+
+    return reload
 
 
 def _settings(args: argparse.Namespace, config: Config) -> Settings:
-    return resolve(
+    """The one validation of what the config and flags bind: check, serve, heal
+    and reload all go through it."""
+    settings = resolve(
         config,
         listen=getattr(args, "listen", None),
         upstream=getattr(args, "upstream", None),
@@ -118,13 +142,21 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         env=os.environ,
         is_root=os.geteuid() == 0,
         group_exists=_group_exists,
+        owned=_owned_folder,
     )
+    try:
+        check_not_self(settings.listen, settings.upstream)
+    except ListenerError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings
 
 
-async def _ask_daemon(upstream: str, question: Callable[[Engine], Awaitable[T]]) -> T:
+async def _ask_daemon(
+    upstream: str, config: Config, question: Callable[[Engine], Awaitable[T]]
+) -> T:
     """One short question to the daemon at ``upstream``, on an Engine of its own
-    whose calls give up after ``CHECK_WAIT``."""
-    engine = Engine(upstream, call_timeout=CHECK_WAIT)
+    whose calls give up after ``CHECK_WAIT``, or sooner if ``engine_timeout`` says so."""
+    engine = Engine(upstream, min(CHECK_WAIT, config.heal.engine_timeout))
     try:
         return await question(engine)
     finally:
@@ -140,7 +172,7 @@ def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
     except SettingsError:
         return None  # check reports the config; serve will report the settings
     try:
-        root = uvloop.run(_ask_daemon(upstream, Engine.root_dir))
+        root = uvloop.run(_ask_daemon(upstream, config, Engine.root_dir))
     except EngineError as exc:
         return f"cannot ask the daemon for its root folder, so [heal] min_free is unchecked: {exc}"
     return proactive.unseen_root(root)
@@ -155,7 +187,9 @@ def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference
         if repository is None:
             return "none: [heal] cache is not set"
         try:
-            platform = uvloop.run(_ask_daemon(_settings(args, config).upstream, Engine.platform))
+            platform = uvloop.run(
+                _ask_daemon(_settings(args, config).upstream, config, Engine.platform)
+            )
             found = reference_for(
                 repository, concrete, config.recipes, config_dir(config), platform
             )
@@ -185,7 +219,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
-    engine = Engine(settings.upstream)
+    engine = Engine(settings.upstream, config.heal.engine_timeout)
     healer = Healer(config, engine, settings.upstream, settings.state_dir)
     failed = 0
     try:
@@ -220,7 +254,9 @@ def _heal(args: argparse.Namespace, config: Config) -> int:
 def _status(args: argparse.Namespace, config: Config) -> int:
     from . import status
 
-    path = status.socket_path(args.listen, os.environ, config.listen, os.geteuid() == 0)
+    path = status.socket_path(
+        args.listen, os.environ, config.listen, os.geteuid() == 0, _owned_folder
+    )
     if args.watch:
         # Ctrl-C is how a watch ends, even when started from a background job or
         # a supervisor that ignores SIGINT: children inherit that, and it

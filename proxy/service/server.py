@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable
 
 from ..wire.connection import Connection, Hub
-from ..wire.listener import Listener, adopt, check_not_self, check_upstream_peer, claim
+from ..wire.listener import Listener, adopt, check_upstream_peer, claim
 from . import systemd
 from .settings import Settings
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def open_listener(settings: Settings) -> Listener:
-    check_not_self(settings.listen, settings.upstream)
+    """Settings come checked (a path-level loop included); this catches the
+    loops only a live socket shows."""
     activated = systemd.activated_socket()
     if activated is not None:
         listener = adopt(activated)
@@ -42,6 +43,14 @@ def open_listener(settings: Settings) -> Listener:
         listener.remove()
         raise
     return listener
+
+
+def startup_line(settings: Settings, listener: Listener) -> str:
+    """Where clients connect, and why there when the default may surprise; a
+    socket systemd handed us is where its unit says, so it needs no note."""
+    where = listener.path or "<activated socket>"
+    note = settings.listen_note if listener.inode is not None else ""
+    return f"listening on {where}{note}, forwarding to {settings.upstream}"
 
 
 async def _watchdog(interval: float) -> None:
@@ -63,12 +72,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload)
     interval = systemd.watchdog_interval()
     watchdog = loop.create_task(_watchdog(interval)) if interval else None
-    log.info(
-        "listening on %s%s, forwarding to %s",
-        listener.path or "<activated socket>",
-        settings.listen_note if listener.inode is not None else "",
-        settings.upstream,
-    )
+    log.info("%s", startup_line(settings, listener))
     systemd.notify("READY=1")
     try:
         await stop.wait()

@@ -3,8 +3,9 @@
 Rules:
 - Precedence is the docker CLI's: a flag beats the config file, the config
   file beats the environment, the environment beats the built-in default.
-- Pure: the caller passes the environment, whether we are root and how to
-  look up a group, so every rule here is testable without touching the host.
+- Pure: the caller passes the environment, whether we are root, how to
+  look up a group and whether a folder is the user's own, so every rule
+  here is testable without touching the host.
 - Only ``unix://`` URLs are accepted, for both sides. A TCP Docker socket
   would need TLS to be safe, and that is a different product.
 """
@@ -57,19 +58,29 @@ def host_port(value: str, what: str) -> tuple[str, int]:
         raise SettingsError(f"{what} {exc}") from None
 
 
-def default_listen(env: Mapping[str, str], is_root: bool) -> str:
-    """``/run`` for root, the user's runtime folder for a user.
+def default_listen(
+    env: Mapping[str, str], is_root: bool, owned: Callable[[str], bool]
+) -> tuple[str, str]:
+    """``/run`` for root, the user's runtime folder for a user; and a note
+    saying why, when the socket is somewhere the user may not look.
 
-    A user without ``XDG_RUNTIME_DIR`` (a plain ``su``, ssh without a login
-    session) cannot write ``/run``; the socket then goes in the user's state
-    folder, which is theirs alone, rather than in a ``/tmp`` anyone could
-    squat on first.
+    ``XDG_RUNTIME_DIR`` counts only when it is a folder of the user's own (the
+    XDG spec's condition): a plain ``su`` keeps the caller's, which the new
+    user cannot write. Without one (``su``, ssh without a login session) the
+    socket goes in the user's state folder, which is theirs alone, rather
+    than in a ``/tmp`` anyone could squat on first.
     """
     if is_root:
-        return "unix:///run/docker-heal-proxy.sock"
+        return "unix:///run/docker-heal-proxy.sock", ""
     runtime = env.get("XDG_RUNTIME_DIR")
-    folder = runtime or str(default_state_dir(env, is_root))
-    return f"unix://{folder}/docker-heal-proxy.sock"
+    if runtime and owned(runtime):
+        return f"unix://{runtime}/docker-heal-proxy.sock", ""
+    folder = default_state_dir(env, is_root)
+    if runtime:
+        note = f" (XDG_RUNTIME_DIR {runtime} is not a folder of this user's)"
+    else:
+        note = " (the default for a user without XDG_RUNTIME_DIR)"
+    return f"unix://{folder}/docker-heal-proxy.sock", note
 
 
 def unix_docker_host(env: Mapping[str, str]) -> str | None:
@@ -98,11 +109,11 @@ def resolve(
     env: Mapping[str, str],
     is_root: bool,
     group_exists: Callable[[str], bool],
+    owned: Callable[[str], bool],
 ) -> Settings:
-    listen_url = listen or config.listen or default_listen(env, is_root)
-    note = ""
-    if not (listen or config.listen or is_root or env.get("XDG_RUNTIME_DIR")):
-        note = " (the default for a user without XDG_RUNTIME_DIR)"
+    listen_url, note = listen or config.listen or "", ""
+    if not listen_url:
+        listen_url, note = default_listen(env, is_root, owned)
     upstream_url = upstream or config.upstream or default_upstream(env)
     metrics = config.metrics_listen if metrics_listen is None else metrics_listen
     group = config.socket_group

@@ -56,10 +56,16 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def socket_path(
-    listen: str | None, env: Mapping[str, str], config_listen: str | None, is_root: bool
+    listen: str | None,
+    env: Mapping[str, str],
+    config_listen: str | None,
+    is_root: bool,
+    owned: Callable[[str], bool],
 ) -> str:
     """The proxy's socket path, by the precedence in the module rules."""
-    url = listen or unix_docker_host(env) or config_listen or default_listen(env, is_root)
+    url = listen or unix_docker_host(env) or config_listen or ""
+    if not url:
+        url, _ = default_listen(env, is_root, owned)
     return unix_path(url, "listen")
 
 

@@ -53,8 +53,8 @@ def _live(path: str) -> bool:
         return True
 
 
-def claim(path: str, mode: int, group: str | None) -> Listener:
-    """Bind a fresh listening socket at ``path`` with the given permissions."""
+def _clear(path: str) -> None:
+    """Remove a stale socket file at ``path``; refuse anything else there."""
     with contextlib.suppress(FileNotFoundError):
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode):
@@ -62,7 +62,18 @@ def claim(path: str, mode: int, group: str | None) -> Listener:
         if _live(path):
             raise ListenerError(f"{path} is in use by a live listener")
         os.unlink(path)
-    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+
+
+def claim(path: str, mode: int, group: str | None) -> Listener:
+    """Bind a fresh listening socket at ``path`` with the given permissions.
+
+    A folder the user cannot enter or write fails here with an OSError; that
+    is a refusal to start, said in one line, not a bug."""
+    try:
+        _clear(path)
+        os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+    except OSError as exc:
+        raise ListenerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # no window in which the socket is wider than asked
     try:

@@ -43,8 +43,6 @@ from support import (
     write_script,
 )
 
-pytestmark = pytest.mark.daemon
-
 BASE = "127.0.0.1:1/dhp/buildbase:latest"
 AGENT = "127.0.0.1:1/dhp/buildagent"
 DOCKERFILE = f"FROM {BASE}\nARG GROUP\nLABEL group=$GROUP\n"

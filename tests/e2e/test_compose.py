@@ -14,7 +14,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 from support import (
     Dockerd,
     MakeProxy,
@@ -25,9 +24,6 @@ from support import (
     toml_string,
     write_script,
 )
-
-pytestmark = pytest.mark.daemon
-
 
 COMPOSE = "/usr/bin/docker-compose"
 

@@ -29,8 +29,6 @@ from support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.daemon
-
 
 def test_malformed_chunked_body_gets_a_400_not_a_dropped_connection(proxy: Proxy) -> None:
     answer = raw_request(

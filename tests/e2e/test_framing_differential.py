@@ -41,8 +41,6 @@ from support import Dockerd, MakeProxy, Proxy, docker, remove, tagging_script, t
 
 from proxy.wire.routes import api_path
 
-pytestmark = pytest.mark.daemon
-
 
 def exchange(path: str, data: bytes, timeout: float = 5) -> tuple[bytes, bool]:
     """Send ``data`` on one connection; read until the server closes or ``timeout`` passes.

@@ -18,7 +18,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from support import (
     Dockerd,
     MakeProxy,
@@ -39,8 +38,6 @@ from support import (
     wait_for,
     write_script,
 )
-
-pytestmark = pytest.mark.daemon
 
 
 def test_seed_heals_base_then_group_once_for_20_concurrent_runs(

@@ -39,8 +39,6 @@ from support import (
     write_script,
 )
 
-pytestmark = pytest.mark.daemon
-
 USER, PASSWORD = "fleet", "cache-pw"
 RECIPE_SECONDS = 4
 REPOSITORY = "heal-cache"

@@ -29,9 +29,6 @@ from support import (
     write_script,
 )
 
-pytestmark = pytest.mark.daemon
-
-
 BASE = "127.0.0.1:1/dhp/clibase:latest"
 
 

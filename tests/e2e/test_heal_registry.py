@@ -30,9 +30,6 @@ from support import (
     toml_string,
 )
 
-pytestmark = pytest.mark.daemon
-
-
 USER, PASSWORD = "healer", "s3cret-pw"
 
 

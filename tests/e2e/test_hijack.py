@@ -21,8 +21,6 @@ from collections.abc import Iterator
 import pytest
 from support import BUSYBOX, Proxy, docker
 
-pytestmark = pytest.mark.daemon
-
 TIMEOUT = 30
 
 

@@ -24,8 +24,6 @@ from pathlib import Path
 import pytest
 from support import BUSYBOX, Dockerd, MakeProxy, Proxy, UnixHTTPConnection, docker, ping, wait_for
 
-pytestmark = pytest.mark.daemon
-
 
 @pytest.fixture
 def short() -> Iterator[Path]:

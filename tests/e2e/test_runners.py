@@ -18,8 +18,6 @@ from proxy.healing.engine import Engine, EngineError
 from proxy.healing.runners import RecipeFailed, run_recipe
 from proxy.recipes.recipe import BuildSpec, ConcreteRecipe, Kind, Recipe
 
-pytestmark = pytest.mark.daemon
-
 
 def recipe(kind: Kind, image: str, **fields: Any) -> ConcreteRecipe:
     return ConcreteRecipe(Recipe(0, image, kind), image, kind, **fields)
@@ -27,7 +25,7 @@ def recipe(kind: Kind, image: str, **fields: Any) -> ConcreteRecipe:
 
 def with_engine(dockerd: Dockerd, use: Callable[[Engine], Coroutine[Any, Any, Any]]) -> Any:
     async def main() -> Any:
-        engine = Engine(dockerd.socket)
+        engine = Engine(dockerd.socket, 60.0)
         try:
             return await use(engine)
         finally:

@@ -53,9 +53,6 @@ from support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.daemon
-
-
 # -- helpers -------------------------------------------------------------------------------
 
 

@@ -38,8 +38,6 @@ from support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.daemon
-
 MiB = 1024 * 1024
 RSS_LIMIT = 100 * MiB
 

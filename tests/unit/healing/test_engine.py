@@ -1,13 +1,14 @@
-"""The pure half of the Engine client: progress lines and what they mean."""
+"""The Engine client: progress lines and what they mean, and short calls bounded."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from proxy.healing.engine import iter_lines, progress_error, progress_lines
+from proxy.healing.engine import Engine, EngineError, iter_lines, progress_error, progress_lines
 
 
 def lines_of(chunks: list[bytes], limit: int = 1 << 20) -> list[str]:
@@ -51,3 +52,30 @@ def test_progress_error() -> None:
     assert progress_error({"stream": "fine"}) is None
     assert progress_error({"error": "short"}) == "short"
     assert progress_error({"errorDetail": {"message": "detail"}}) == "detail"
+
+
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [
+        (lambda e: e.tag("127.0.0.1:1/a:1", "127.0.0.1:1/b:1"), "a tag of 127.0.0.1:1/a:1 as"),
+        (Engine.list_images, "the image list"),
+        (Engine.root_dir, "/info"),
+    ],
+)
+def test_short_calls_give_up_on_a_silent_daemon(
+    silent: str, call: Callable[[Engine], Awaitable[Any]], what: str
+) -> None:
+    """Each short call is bounded by call_timeout, and says which call it was."""
+
+    async def run() -> str:
+        engine = Engine(silent, call_timeout=0.3)
+        try:
+            with pytest.raises(EngineError) as failed:
+                await asyncio.wait_for(call(engine), 20)
+            return str(failed.value)
+        finally:
+            await engine.close()
+
+    message = asyncio.run(run())
+    assert message.startswith(f"the Docker daemon at {silent} did not answer {what}")
+    assert message.endswith("within 0.3s")

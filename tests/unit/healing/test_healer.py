@@ -11,106 +11,94 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from support import FakeDaemon, proxy_cli
+from support import IMAGE_A as A
+from support import IMAGE_B as B
+from support import MemoryEngine, heal_config, heal_once, make_healer, proxy_cli
 
 from proxy.healing import healer as healer_module
 from proxy.healing.engine import Engine, EngineError
 from proxy.healing.healer import Healer, HealFailed, Result, evict
-from proxy.recipes.config import Config, parse_config
-
-A = "127.0.0.1:1/a:1"
-B = "127.0.0.1:1/b:1"
-
-
-class MemoryEngine:
-    """Images in a set; a pull of a ref in ``broken`` fails as a registry would."""
-
-    def __init__(self, broken: set[str] | None = None) -> None:
-        self.images: set[str] = set()
-        self.broken = broken or set()
-        self.pulls: list[str] = []
-        self.call_timeout = 0.0
-
-    async def image_exists(self, ref: str) -> bool:
-        return ref in self.images
-
-    async def pull(self, ref: str, auth_header: str | None, on_line: Any) -> None:
-        self.pulls.append(ref)
-        if ref in self.broken:
-            raise EngineError(f"manifest for {ref} not found: manifest unknown", 404)
-        self.images.add(ref)
-
-    async def tag(self, source: str, target: str) -> None:
-        self.images.add(target)
-
-
-def config(*entries: dict[str, Any], **heal: Any) -> Config:
-    return parse_config({"heal": heal, "images": list(entries)}, base_dir=Path("/cfg"))
-
-
-def make_healer(cfg: Config, engine: object, state: Path) -> Healer:
-    return Healer(cfg, cast(Engine, engine), "/nowhere.sock", state)
-
-
-def heal(healer: Healer, image: str) -> str | None:
-    """The failure message of one heal, or None when it worked."""
-
-    async def once() -> None:
-        await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
-
-    try:
-        asyncio.run(once())
-    except HealFailed as failure:
-        return str(failure)
-    return None
-
+from proxy.recipes.recipe import Recipe
 
 # -- a reload that changes a recipe ends its cooldown ----------------------------
 
 
 def test_a_changed_recipe_gets_its_next_try_at_once(tmp_path: Path) -> None:
     engine = MemoryEngine(broken={A, B})
-    broken = config({"match": A, "pull": True}, {"match": B, "pull": True})
+    broken = heal_config({"match": A, "pull": True}, {"match": B, "pull": True})
     healer = make_healer(broken, engine, tmp_path)
-    assert "manifest unknown" in (heal(healer, A) or "")
-    assert "manifest unknown" in (heal(healer, B) or "")
-    assert "in cooldown" in (heal(healer, A) or "")
+    assert "manifest unknown" in (heal_once(healer, A) or "")
+    assert "manifest unknown" in (heal_once(healer, B) or "")
+    assert "in cooldown" in (heal_once(healer, A) or "")
 
     healer.reconfigure(broken)  # the same file again: nothing changed, cooldowns stay
-    assert "in cooldown" in (heal(healer, A) or "")
+    assert "in cooldown" in (heal_once(healer, A) or "")
 
     engine.images.add("127.0.0.1:1/fixed:1")
-    fixed = config({"match": A, "pull": "127.0.0.1:1/fixed:1"}, {"match": B, "pull": True})
+    fixed = heal_config({"match": A, "pull": "127.0.0.1:1/fixed:1"}, {"match": B, "pull": True})
     healer.reconfigure(fixed)
-    assert A not in healer.results
-    assert heal(healer, A) is None
+    assert healer.cooldown_counts() == {A: 0, B: 1}
+    assert heal_once(healer, A) is None
     assert healer.results[A].success
-    assert "in cooldown" in (heal(healer, B) or ""), "B's recipe did not change"
+    assert "in cooldown" in (heal_once(healer, B) or ""), "B's recipe did not change"
 
 
 def test_moving_an_entry_is_not_a_change(tmp_path: Path) -> None:
     engine = MemoryEngine(broken={A})
-    first = config({"match": A, "pull": True}, {"match": B, "pull": True})
+    first = heal_config({"match": A, "pull": True}, {"match": B, "pull": True})
     healer = make_healer(first, engine, tmp_path)
-    heal(healer, A)
-    healer.reconfigure(config({"match": B, "pull": True}, {"match": A, "pull": True}))
-    assert "in cooldown" in (heal(healer, A) or "")
-    healer.reconfigure(config({"match": B, "pull": True}))
-    assert A not in healer.results, "a removed recipe's cooldown has nothing left to protect"
+    heal_once(healer, A)
+    healer.reconfigure(heal_config({"match": B, "pull": True}, {"match": A, "pull": True}))
+    assert "in cooldown" in (heal_once(healer, A) or "")
+    healer.reconfigure(heal_config({"match": B, "pull": True}))
+    assert healer.cooldown_counts() == {B: 0}, "a removed recipe's cooldown protects nothing"
+
+
+class GatedEngine(MemoryEngine):
+    """Pulls wait for ``gate``: a recipe still running when the reload comes."""
+
+    def __init__(self, broken: set[str]) -> None:
+        super().__init__(broken)
+        self.pulling = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def pull(self, ref: str, auth_header: str | None, on_line: Any) -> None:
+        self.pulling.set()
+        await self.gate.wait()
+        await super().pull(ref, auth_header, on_line)
+
+
+def test_a_reload_during_the_failing_heal_still_ends_its_cooldown(tmp_path: Path) -> None:
+    """The heal that fails after the reload records a cooldown of the old recipe;
+    it must not hold back the fixed one."""
+    fixed = "127.0.0.1:1/fixed:1"
+
+    async def run() -> Healer:
+        engine = GatedEngine(broken={A})
+        engine.images.add(fixed)
+        healer = make_healer(heal_config({"match": A, "pull": True}), engine, tmp_path)
+        first = asyncio.ensure_future(healer.heal(A, trigger="create"))
+        await asyncio.wait_for(engine.pulling.wait(), 10)
+        healer.reconfigure(heal_config({"match": A, "pull": fixed}))
+        engine.gate.set()
+        with pytest.raises(HealFailed, match="manifest unknown"):
+            await asyncio.wait_for(first, 10)
+        await asyncio.wait_for(healer.heal(A, trigger="create"), 10)
+        return healer
+
+    assert asyncio.run(run()).results[A].success
 
 
 # -- results are bounded ---------------------------------------------------------
 
 
 def result(success: bool, retry_at: float = 0.0) -> Result:
-    return Result(success, "m", "msg", 0.0, 0.0, retry_at=retry_at)
+    return Result(success, "m", "msg", 0.0, 0.0, Recipe(0, "m", "pull"), retry_at=retry_at)
 
 
 def test_evict_takes_old_successes_then_ended_cooldowns_and_never_a_running_one() -> None:
@@ -136,11 +124,13 @@ def test_the_healer_keeps_the_most_recent_results(
 ) -> None:
     monkeypatch.setattr(healer_module, "MAX_RESULTS", 3)
     engine = MemoryEngine(broken={"127.0.0.1:1/app:bad"})
-    healer = make_healer(config({"match": "127.0.0.1:1/app:{t}", "pull": True}), engine, tmp_path)
+    healer = make_healer(
+        heal_config({"match": "127.0.0.1:1/app:{t}", "pull": True}), engine, tmp_path
+    )
     images = [f"127.0.0.1:1/app:{n}" for n in range(5)]
-    heal(healer, "127.0.0.1:1/app:bad")
+    heal_once(healer, "127.0.0.1:1/app:bad")
     for image in images:
-        assert heal(healer, image) is None
+        assert heal_once(healer, image) is None
     assert list(healer.results) == ["127.0.0.1:1/app:bad", *images[-2:]]
     assert len(healer.snapshot()["last_results"]) == 3
 
@@ -152,29 +142,12 @@ def test_the_bound_is_a_thousand() -> None:
 # -- short Engine calls are bounded ----------------------------------------------
 
 
-class Silent(FakeDaemon):
-    """Accepts, reads whatever comes, never answers: a wedged dockerd."""
-
-    def serve(self, conn: socket.socket) -> None:
-        with conn:
-            while conn.recv(65536):
-                pass
-
-
-@pytest.fixture
-def silent(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "silent.sock")
-    daemon = Silent(path)
-    yield path
-    daemon.close()
-
-
 def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silent: str) -> None:
-    cfg = config({"match": A, "pull": True}, engine_timeout="300ms")
+    cfg = heal_config({"match": A, "pull": True}, engine_timeout="300ms")
     state = tmp_path / "state"
 
     async def run() -> str:
-        engine = Engine(silent)
+        engine = Engine(silent, cfg.heal.engine_timeout)
         try:
             healer = Healer(cfg, engine, silent, state)
             with pytest.raises(HealFailed) as failed:
@@ -200,9 +173,8 @@ def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silen
 
 def test_a_reload_changes_the_engine_bound(tmp_path: Path) -> None:
     engine = MemoryEngine()
-    healer = make_healer(config(engine_timeout="2s"), engine, tmp_path)
-    assert engine.call_timeout == 2.0
-    healer.reconfigure(config(engine_timeout="1m"))
+    healer = make_healer(heal_config(engine_timeout="2s"), engine, tmp_path)
+    healer.reconfigure(heal_config(engine_timeout="1m"))
     assert engine.call_timeout == 60.0
 
 
@@ -253,13 +225,13 @@ def anonymous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("anonymous")
 def test_a_cache_hit_heals_no_base(tmp_path: Path) -> None:
     engine = CachingEngine(broken={B})
-    cfg = config(
+    cfg = heal_config(
         {"match": A, "command": ["false"], "cache": True, "depends_on": [B]},
         {"match": B, "pull": True},
         cache=CACHE,
     )
     healer = make_healer(cfg, engine, tmp_path)
-    assert heal(healer, A) is None
+    assert heal_once(healer, A) is None
     assert B not in engine.pulls, "a hit needs no base"
     assert A in engine.images and healer.results[A].source == "cache"
 
@@ -268,7 +240,7 @@ def test_a_cache_hit_heals_no_base(tmp_path: Path) -> None:
 def test_force_builds_afresh_instead_of_pulling_and_still_pushes(tmp_path: Path) -> None:
     engine = CachingEngine()
     engine.images.add(A)
-    cfg = config(
+    cfg = heal_config(
         {"match": A, "command": ["true"], "cache": True, "workdir": str(tmp_path)}, cache=CACHE
     )
     healer = make_healer(cfg, engine, tmp_path)
@@ -287,7 +259,7 @@ def test_force_builds_afresh_instead_of_pulling_and_still_pushes(tmp_path: Path)
 def test_no_push_with_cache_push_false(tmp_path: Path) -> None:
     engine = CachingEngine()
     entry = {"match": A, "command": ["true"], "cache": True, "workdir": str(tmp_path)}
-    cfg = config(entry, cache=CACHE, cache_push=False)
+    cfg = heal_config(entry, cache=CACHE, cache_push=False)
     healer = make_healer(cfg, engine, tmp_path)
     engine.images.add(A)
 
@@ -325,7 +297,7 @@ def test_a_stuck_push_is_listed_does_not_hold_the_client_and_is_cancelled(
     script.write_text(f"#!/bin/sh\necho built > {tmp_path}/built\n")
     script.chmod(0o755)
     entry = {"match": A, "command": ["./build.sh"], "cache": True, "workdir": str(tmp_path)}
-    healer = make_healer(config(entry, cache=CACHE), engine, tmp_path)
+    healer = make_healer(heal_config(entry, cache=CACHE), engine, tmp_path)
 
     async def run() -> tuple[list[str], list[str], bool]:
         engine.images.add(A)  # what the recipe makes, as far as this engine can tell

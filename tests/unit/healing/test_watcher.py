@@ -70,7 +70,7 @@ def watch(tmp_path: Path, events: Handler, seconds: float) -> tuple[int, int, in
         await runner.setup()
         socket = str(tmp_path / "docker.sock")
         await web.UnixSite(runner, socket).start()
-        engine = Engine(socket)
+        engine = Engine(socket, 60.0)
         watcher = EventWatcher(
             engine, on_trigger, on_connected, first_retry=0.05, retry=0.4, stable=10.0
         )

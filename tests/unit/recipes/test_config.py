@@ -225,7 +225,7 @@ def entries(*images: dict[str, Any]) -> dict[str, Any]:
         ),
         (
             {"match": "x", "build": {"context": ".", "args": {"A": 1}}},
-            "images[1].build.args.A: expected a string, not 1",
+            "images[1].build.args.A: expected a string, not an integer",
         ),
         (
             {"match": "x", "pull": False},
@@ -507,6 +507,40 @@ def test_cache_repository_and_cached_entries() -> None:
 )
 def test_bad_proactive_settings(heal: dict[str, Any], message: str) -> None:
     fails({"heal": heal}, f"config.toml: {message}")
+
+
+@pytest.mark.parametrize(
+    ("where", "table"),
+    [
+        ("heal.engine_timeout", {"heal": {"engine_timeout": "0s"}}),
+        ("heal.timeout", {"heal": {"timeout": 0}}),
+        ("heal.reconcile_interval", {"heal": {"reconcile_interval": "0m"}}),
+        ("heal.forget_after", {"heal": {"forget_after": "0d"}}),
+        ("images[0].timeout", {"images": [{"match": "a", "pull": True, "timeout": "0s"}]}),
+    ],
+)
+def test_durations_that_bound_or_pace_something_must_be_positive(
+    where: str, table: dict[str, Any]
+) -> None:
+    """A zero timeout fails every call at once; a zero interval spins."""
+    fails(table, f"config.toml: {where}: must be more than 0s")
+
+
+def test_durations_where_zero_means_none_allow_it() -> None:
+    heal = {"failure_cooldown": "0s", "reconcile_debounce": 0}
+    config = parse({"shutdown_timeout": "0s", "heal": heal})
+    assert (config.shutdown_timeout, config.heal.failure_cooldown) == (0.0, 0.0)
+    assert config.heal.reconcile_debounce == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(123456789, "an integer"), (1.5, "a number"), (True, "a boolean"), (["s"], "an array")],
+)
+def test_a_bad_env_value_is_named_by_its_type_never_shown(value: object, kind: str) -> None:
+    """An env value is where a token goes; an error must not print it."""
+    entry = {"match": "a", "pull": True, "env": {"TOKEN": value}}
+    fails({"images": [entry]}, f"config.toml: images[0].env.TOKEN: expected a string, not {kind}")
 
 
 def test_proactive_must_be_a_boolean() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from test_cli import REFUSED
+from support import REFUSED, SELF_LOOP
 
 from proxy.recipes.config import load_config
 from proxy.service import cli
@@ -22,10 +22,11 @@ TWO = ONE + '[[images]]\nmatch = "127.0.0.1:1/b:1"\npull = true\n'
 def app(config_file: Path, config_path: str | None) -> App:
     """An App loading its config as ``serve --config CONFIG_PATH`` does."""
     unused = cast(Any, None)  # reload touches neither settings nor the listener
+    argv = ["serve"] if config_path is None else ["serve", f"--config={config_path}"]
     return App(
         cast(Settings, unused),
         load_config(config_file),
-        lambda: cli.load(config_path),
+        cli.loader(cli.parser().parse_args(argv)),
         cast(Listener, unused),
     )
 
@@ -84,7 +85,7 @@ def test_reload_warns_about_settings_bound_at_start(
     assert "shutdown_timeout changed; it takes effect only on restart" in caplog.text
 
 
-@pytest.mark.parametrize(("text", "reason"), REFUSED[:3])
+@pytest.mark.parametrize(("text", "reason"), [*REFUSED, SELF_LOOP])
 def test_reload_refuses_what_a_restart_would(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, reason: str
 ) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shlex
+import subprocess
 from pathlib import Path
 
 from proxy.recipes.config import Config, parse_config
@@ -95,6 +97,12 @@ def test_one_image_shows_captures_and_filled_command() -> None:
     text = describe(config(), "tool:2", read, no_cache)
     assert "  captures  t=2\n" in text
     assert "  command  make tool T=2 'HOME=${HOME}'\n" in text
+    # What check prints is pasted into a shell: it must parse as one.
+    (line,) = [line for line in text.splitlines() if line.startswith("  command  ")]
+    command = line.removeprefix("  command  ")
+    parsed = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    assert shlex.split(command) == ["make", "tool", "T=2", "HOME=${HOME}"]
 
 
 def test_problems_are_reported_in_the_text() -> None:

@@ -11,22 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import PYTHON_M_PROXY, REPO, wait_for
+from support import PYTHON_M_PROXY, REFUSED, REPO, SELF_LOOP, wait_for
 
 from proxy.service import cli
-
-REFUSED = [
-    ('listen = "/run/x.sock"\n', "listen: must be a unix:///absolute/path URL, not '/run/x.sock'"),
-    (
-        'upstream = "tcp://127.0.0.1:2375"\n',
-        "upstream: must be a unix:///absolute/path URL, not 'tcp://127.0.0.1:2375'",
-    ),
-    ('[metrics]\nlisten = "127.0.0.1"\n', "metrics.listen: must be HOST:PORT, not '127.0.0.1'"),
-    (
-        'socket_group = "dhp-no-such-group"\n',
-        "socket_group 'dhp-no-such-group' is not a group on this machine",
-    ),
-]
 
 
 @pytest.mark.parametrize(("text", "reason"), REFUSED)
@@ -45,6 +32,35 @@ def test_check_and_serve_refuse_the_same_configs(
         assert err.startswith("docker-heal-proxy: ") and err.endswith(f"{reason}\n"), err
         assert err.count("\n") == 1, err
     assert not sock.exists()
+
+
+def test_check_and_serve_refuse_a_proxy_of_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check`` passing a config that ``serve`` then refuses is two validations."""
+    text, reason = SELF_LOOP
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    for argv in (["check", f"--config={path}"], ["serve", f"--config={path}"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"docker-heal-proxy: {reason}\n", err
+    assert not Path("/tmp/dhp-self.sock").exists()
+
+
+def test_check_asks_the_daemon_within_engine_timeout(
+    tmp_path: Path, silent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check`` waits CHECK_WAIT at most, and less when engine_timeout says so."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'upstream = "unix://{silent}"\n[heal]\nengine_timeout = "300ms"\n'
+        '[[images]]\nmatch = "127.0.0.1:1/c:1"\ncommand = ["true"]\nproactive = true\n'
+    )
+    assert cli.main(["check", f"--config={path}"]) == 0
+    assert f"the Docker daemon at {silent} did not answer /info within 0.3s" in (
+        capsys.readouterr().out
+    )
 
 
 def test_status_watch_stops_on_sigint_even_when_started_ignoring_it(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def settings(
     env: dict[str, str] | None = None,
     is_root: bool = True,
     groups: tuple[str, ...] = (),
+    owned: tuple[str, ...] = ("/run/user/1000", "/xdg"),
     **flags: str | None,
 ) -> Settings:
     return resolve(
@@ -34,6 +35,7 @@ def settings(
         env=env or {},
         is_root=is_root,
         group_exists=lambda name: name in groups,
+        owned=lambda folder: folder in owned,
         **flags,
     )
 
@@ -61,6 +63,17 @@ def test_defaults_for_a_user_follow_xdg() -> None:
     assert plain.listen == "/home/u/.local/state/docker-heal-proxy/docker-heal-proxy.sock"
     assert "without XDG_RUNTIME_DIR" in plain.listen_note
     assert settings(env=env, is_root=False).listen_note == ""
+
+
+def test_a_runtime_dir_of_someone_elses_is_not_used() -> None:
+    """A plain ``su`` keeps the caller's XDG_RUNTIME_DIR, which the user cannot
+    write: the XDG spec says to use it only when it is the user's own folder."""
+    env = {"XDG_RUNTIME_DIR": "/run/user/0", "HOME": "/home/u"}
+    s = settings(env=env, is_root=False)
+    assert s.listen == "/home/u/.local/state/docker-heal-proxy/docker-heal-proxy.sock"
+    assert s.listen_note == " (XDG_RUNTIME_DIR /run/user/0 is not a folder of this user's)"
+    named = settings(env=env, is_root=False, listen="unix:///x/p.sock")
+    assert (named.listen, named.listen_note) == ("/x/p.sock", "")
 
 
 def test_root_ignores_the_user_runtime_dir() -> None:

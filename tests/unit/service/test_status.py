@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.healing.healer import Progress, Result
+from proxy.recipes.recipe import Recipe
 from proxy.service import status
 from proxy.wire.routes import STATUS_PATH
 
@@ -32,13 +33,16 @@ def snapshot() -> dict[str, Any]:
     running.lines.extend(["Step 1/2 : FROM base", "Step 2/2 : RUN make"])
     running.log_path = Path("/var/lib/docker-heal-proxy/logs/app-2.log")
     running.cache = "reg:5000/heal-cache:app-2-0123456789abcdef"
-    ok = Result(True, "127.0.0.1:1/app:*", "healed by images[0]", 1_700_000_000, 4.25)
+    app = Recipe(index=0, match="127.0.0.1:1/app:*", kind="command", command=("make",))
+    tool = Recipe(index=0, match="127.0.0.1:1/tool:1", kind="command", command=("make",))
+    ok = Result(True, "127.0.0.1:1/app:*", "healed by images[0]", 1_700_000_000, 4.25, app)
     hit = Result(
         True,
         "127.0.0.1:1/app:*",
         "healed from the cache reg:5000/heal-cache:app-3-0123456789abcdef",
         1_700_000_000,
         0.5,
+        app,
         source="cache",
         cache="reg:5000/heal-cache:app-3-0123456789abcdef",
     )
@@ -48,6 +52,7 @@ def snapshot() -> dict[str, Any]:
         "docker-heal-proxy: cannot heal 127.0.0.1:1/tool:1: exited with status 2\n  make: ***",
         1_700_000_100,
         1.0,
+        tool,
     )
     data = {
         "recipes": [
@@ -130,7 +135,7 @@ def test_watch_frame_shows_only_running_heals() -> None:
 def test_socket_path_precedence(
     listen: str | None, env: dict[str, str], config: str | None, expected: str
 ) -> None:
-    assert status.socket_path(listen, env, config, is_root=True) == expected
+    assert status.socket_path(listen, env, config, True, lambda _: True) == expected
 
 
 class OneShotServer:
