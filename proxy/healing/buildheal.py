@@ -14,6 +14,9 @@ Rules:
   sure of, in file order, through the healer's single flight, so a build
   and a create of the same base share one heal. Images no recipe makes are
   the daemon's business.
+- The Dockerfile is parsed in the parse process (``dockerfileparse``), never
+  on the loop; a parse too long, too slow or crashing leaves the build
+  unhealed with a log line.
 - Then the request goes upstream byte for byte: head, spooled prefix, and
   the rest of the body as it arrives, and the daemon's answer streams back.
 - A failed heal answers 500 with the reason, after the rest of the body has
@@ -41,12 +44,12 @@ from typing import IO
 from urllib.parse import parse_qs
 
 from ..recipes.config import Config
-from ..recipes.dockerfile import from_images
 from ..recipes.patterns import find_recipe
 from ..recipes.reference import InvalidReference, normalize
 from ..wire import errors
 from ..wire.connection import Exchange
 from .contextscan import DockerfileScan
+from .dockerfileparse import ParseFailed, dockerfile_images
 from .healer import Healer, HealFailed
 from .spool import Spool, write_all
 
@@ -103,7 +106,7 @@ class BuildHeal:
             text = await self._dockerfile(exchange, spool, params, name)
             if text is None:
                 return  # answered already
-            if not await self._heal(exchange, text, params):
+            if not await self._heal(exchange, text, params, name):
                 return
             await self._forward(exchange, spool)
 
@@ -147,9 +150,16 @@ class BuildHeal:
             return ""
         return scan.text
 
-    async def _heal(self, exchange: Exchange, text: str, params: BuildParams) -> bool:
+    async def _heal(self, exchange: Exchange, text: str, params: BuildParams, name: str) -> bool:
         """Make sure of every managed image the build needs; False when it answered."""
-        for image in self._managed(text, params):
+        try:
+            images = await dockerfile_images(
+                self._healer.parser, text, params.build_args, params.target
+            )
+        except ParseFailed as exc:
+            log.warning("build of %s forwarded unhealed: unparsed Dockerfile: %s", name, exc)
+            return True
+        for image in self._managed(images):
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:
@@ -167,10 +177,10 @@ class BuildHeal:
             pass
         exchange.respond(errors.error(500, message))
 
-    def _managed(self, text: str, params: BuildParams) -> list[str]:
+    def _managed(self, images: list[str]) -> list[str]:
         recipes = self._config().recipes
         found: list[str] = []
-        for image in from_images(text, params.build_args, params.target):
+        for image in images:
             try:
                 reference = normalize(image)
             except InvalidReference:
