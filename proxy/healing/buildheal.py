@@ -23,7 +23,7 @@ Rules:
   been read: a client still writing a body it cannot finish would report a
   broken pipe instead of the reason.
 - A body whose Dockerfile cannot be found (not a tar, zstd, absent, over
-  ``max_build_spool`` of body read) goes on unhealed with a log line: the
+  ``max_build_spool`` of body read or of tar decompressed) goes on unhealed with a log line: the
   build then behaves exactly as it would without the proxy.
 
 Theory of operation: ``build_params`` reads the query the way dockerd does
@@ -116,7 +116,15 @@ class BuildHeal:
         """Spool the body until the Dockerfile is read; its text, "" if not found,
         or None when the exchange is over already."""
         limit = self._config().heal.max_build_spool
-        scan = DockerfileScan(params.dockerfile, chunked=exchange.head.chunked)
+        scan = DockerfileScan(params.dockerfile, chunked=exchange.head.chunked, limit=limit)
+        try:
+            return await self._scan(exchange, spool, scan, name, limit)
+        finally:
+            scan.stop()  # a scan still in a worker thread ends at its next piece
+
+    async def _scan(
+        self, exchange: Exchange, spool: Spool, scan: DockerfileScan, name: str, limit: int
+    ) -> str | None:
         complete = False
         spooled = 0
         while not scan.done:
@@ -211,7 +219,9 @@ def _absorb(spool: IO[bytes], scan: DockerfileScan, data: bytes) -> None:
 def _rescan(spool: IO[bytes], scan: DockerfileScan, complete: bool) -> DockerfileScan:
     """A scan for the link target ``scan`` found, over the spool so far."""
     assert scan.restart is not None
-    fresh = DockerfileScan(scan.restart, chunked=scan.chunked, links=scan.links + 1)
+    fresh = DockerfileScan(
+        scan.restart, chunked=scan.chunked, limit=scan.limit, links=scan.links + 1
+    )
     spool.seek(0)
     while not fresh.done and (piece := spool.read(1 << 20)):
         fresh.feed(piece)

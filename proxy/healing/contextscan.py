@@ -20,6 +20,10 @@ Rules:
   archive only: the target, normalised inside the root, is looked for from
   the start of the archive again (``restart``), since it may come before or
   after the link. At most ``MAX_LINKS`` links are followed.
+- At most ``limit`` tar bytes are read, counted after decompression: a small
+  compressed body can stand for terabytes. ``stop`` ends a scan from
+  another thread (its build is over) between pieces of at most
+  ``INFLATE_PIECE`` bytes.
 - Anything that cannot be read (bad chunking, an unknown compression, a
   broken tar header, a Dockerfile over the cap or missing) ends in
   ``failed`` with a reason for the log: the caller then forwards the build
@@ -183,11 +187,16 @@ def _pax(records: bytes) -> dict[str, str]:
 class DockerfileScan:
     """Feed a build body; learn the Dockerfile's text, or why it was not found."""
 
-    def __init__(self, name: str | None, *, chunked: bool, links: int = 0) -> None:
+    def __init__(
+        self, name: str | None, *, chunked: bool, limit: int | None = None, links: int = 0
+    ) -> None:
         self.wanted = context_path(name or DEFAULT_NAME)
         self.fallback = context_path(DEFAULT_NAME.lower()) if self.wanted == DEFAULT_NAME else None
         self.chunked = chunked
         self.links = links
+        self.limit = limit
+        """Tar bytes (decompressed) read at most before giving up."""
+        self.tar_bytes = 0
         self.text: str | None = None
         """The Dockerfile, once read."""
         self.failed: str | None = None
@@ -225,6 +234,11 @@ class DockerfileScan:
                     return
         except (ProtocolError, ValueError, zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
             self._fail(f"the build context cannot be read: {exc}")
+
+    def stop(self) -> None:
+        """Give up, from any thread: a ``feed`` under way ends at its next piece."""
+        if not self.done:
+            self.failed = "the scan was stopped"
 
     def end(self) -> None:
         """The body is complete: whatever was not found is not there."""
@@ -271,6 +285,10 @@ class DockerfileScan:
     # -- the tar reader ----------------------------------------------------
 
     def _tar(self, data: memoryview) -> None:
+        self.tar_bytes += len(data)
+        if self.limit is not None and self.tar_bytes > self.limit:
+            self._fail(f"no Dockerfile in the first {self.limit} bytes of the tar")
+            return
         while data and not self.done and self._state != "end":
             data = _TAR_STATES[self._state](self, data)
 

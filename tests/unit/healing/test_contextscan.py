@@ -226,3 +226,36 @@ def test_base_256_sizes() -> None:
     header[148:156] = b"%06o\0 " % sum(header[:512])
     archive = bytes(header) + b"d" * 100 + bytes(412) + tar([("Dockerfile", b"FROM sized\n")])
     assert scan(chunked(archive)).text == "FROM sized\n"
+
+
+def bomb(zeros: int) -> bytes:
+    """A bzip2 body: a tar entry declaring a terabyte, then ``zeros`` zero bytes."""
+    info = tarfile.TarInfo("big.bin")
+    info.size = 1 << 40
+    compressor = bz2.BZ2Compressor()
+    out = compressor.compress(info.tobuf(tarfile.PAX_FORMAT))
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        out += compressor.compress(block)
+    return out + compressor.flush()
+
+
+def test_decompressed_bytes_count_against_the_limit() -> None:
+    body = bomb(64 << 20)
+    assert len(body) < 1 << 12
+    scan = DockerfileScan(None, chunked=False, limit=4 << 20)
+    scan.feed(body)
+    assert scan.failed == f"no Dockerfile in the first {4 << 20} bytes of the tar"
+    assert scan.tar_bytes <= (4 << 20) + (1 << 20)
+
+
+def test_a_stopped_scan_ends_at_its_next_piece() -> None:
+    class Stopping(DockerfileScan):
+        def _tar(self, data: memoryview) -> None:
+            super()._tar(data)
+            self.stop()  # as the build's handler would, from the loop's thread
+
+    scan = Stopping(None, chunked=False)
+    scan.feed(bomb(64 << 20))
+    assert scan.failed == "the scan was stopped"
+    assert scan.tar_bytes <= 1 << 20
