@@ -22,6 +22,8 @@ Rules:
 - A failed heal answers 500 with the reason, after the rest of the body has
   been read: a client still writing a body it cannot finish would report a
   broken pipe instead of the reason.
+- A spool that fails (a full disk) does not fail the build: what reached the
+  spool, then the piece in hand, then the rest go upstream unhealed.
 - A body whose Dockerfile cannot be found (not a tar, zstd, absent, over
   ``max_build_spool`` of body read or of tar decompressed) goes on unhealed with a log line: the
   build then behaves exactly as it would without the proxy.
@@ -139,12 +141,14 @@ class BuildHeal:
             spooled += len(data)
             try:
                 await spool.run(partial(_absorb, scan=scan, data=data))
-            except OSError as exc:  # what was read is lost: the build cannot go on
-                log.warning("build of %s failed: cannot spool its context: %s", name, exc)
-                await self._refuse(exchange, f"docker-heal-proxy: cannot spool the context: {exc}")
+                while scan.restart is not None:
+                    scan = await spool.run(partial(_rescan, scan=scan, complete=complete))
+            except OSError as exc:  # a full disk, say: what is on it and in hand still goes
+                log.warning(
+                    "build of %s forwarded unhealed: cannot spool its context: %s", name, exc
+                )
+                await self._forward(exchange, spool, spooled - len(data), data)
                 return None
-            while scan.restart is not None:
-                scan = await spool.run(partial(_rescan, scan=scan, complete=complete))
             if not scan.done and spooled > limit:
                 log.warning(
                     "build of %s forwarded unhealed: no Dockerfile in the first %d bytes "
@@ -197,13 +201,18 @@ class BuildHeal:
                 found.append(reference)
         return found
 
-    async def _forward(self, exchange: Exchange, spool: Spool | None) -> None:
+    async def _forward(
+        self, exchange: Exchange, spool: Spool | None, end: int | None = None, held: bytes = b""
+    ) -> None:
+        """Head, the spool's first ``end`` bytes (all by default), ``held``, then the rest."""
         if not await exchange.send(exchange.head.raw):
             return
         if spool is not None:
-            async for piece in spool.replay():
+            async for piece in spool.replay(end):
                 if not await exchange.send(piece):
                     return
+        if held and not await exchange.send(held):
+            return
         exchange.forward_rest()
 
 

@@ -15,7 +15,15 @@ Rules:
   close one a worker is still writing to (its number could be reused by
   then): a close waits for the work in flight.
 - Writes are unbuffered: a full disk shows at the write that hit it, not at
-  a later flush or at close.
+  a later flush or at close. A write may have stored part of its piece
+  then, so a replay can stop at an offset the caller knows to be whole.
+
+Theory of operation: ``Spool`` wraps one file opened by ``TemporaryFile``
+(``O_TMPFILE`` or create-and-unlink). ``run`` hands work on the file to a
+worker thread and remembers it as ``_busy``; ``close`` closes at once when
+nothing is busy, else from the busy work's done callback. ``replay`` reads
+back with ``pread`` at its own offset, so appends and reads never share a
+file position. ``sweep`` removes named leftovers at start.
 """
 
 from __future__ import annotations
@@ -85,10 +93,15 @@ class Spool:
         busy = self._busy = asyncio.ensure_future(asyncio.to_thread(work, self.file))
         return await asyncio.shield(busy)
 
-    async def replay(self) -> AsyncIterator[bytes]:
-        """The spool's bytes from the start, one bounded piece at a time."""
+    async def replay(self, end: int | None = None) -> AsyncIterator[bytes]:
+        """The spool's bytes from the start to ``end``, one bounded piece at a time."""
         offset = 0
-        while piece := await self.run(partial(_read_at, offset=offset)):
+        while end is None or offset < end:
+            piece = await self.run(partial(_read_at, offset=offset))
+            if end is not None:
+                piece = piece[: end - offset]
+            if not piece:
+                return
             offset += len(piece)
             yield piece
 
