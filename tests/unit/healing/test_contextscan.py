@@ -259,3 +259,39 @@ def test_a_stopped_scan_ends_at_its_next_piece() -> None:
     scan.feed(bomb(64 << 20))
     assert scan.failed == "the scan was stopped"
     assert scan.tar_bytes <= 1 << 20
+
+
+def with_checksum(block: bytearray) -> bytes:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_a_gnu_header_has_no_prefix_field() -> None:
+    """GNU's magic is "ustar  ": its bytes 345.. hold times, not a name prefix."""
+    archive = bytearray(tar([("Dockerfile", b"FROM gnu\n")], tarfile.GNU_FORMAT))
+    header = bytearray(archive[:512])
+    assert header[257:265] == b"ustar  \0"
+    header[345:357] = b"14712345670\0"  # an access time
+    archive[:512] = with_checksum(header)
+    scan = DockerfileScan(None, chunked=False)
+    scan.feed(bytes(archive))
+    assert scan.text == "FROM gnu\n"
+
+
+def test_numbers_are_trimmed_of_nuls_and_spaces_at_both_ends() -> None:
+    archive = bytearray(tar([("Dockerfile", b"FROM x\n")], tarfile.USTAR_FORMAT))
+    header = bytearray(archive[:512])
+    header[124:136] = b"\x00\x0000000007 \x00"  # the size, as Go still reads it
+    archive[:512] = with_checksum(header)
+    scan = DockerfileScan(None, chunked=False)
+    scan.feed(bytes(archive))
+    assert scan.text == "FROM x\n"
+
+
+def test_a_negative_pax_size_is_refused() -> None:
+    info = tarfile.TarInfo("Dockerfile")
+    info.pax_headers = {"size": "-512"}
+    scan = DockerfileScan(None, chunked=False)
+    scan.feed(tar([info]))
+    assert scan.failed == "the build context cannot be read: bad PAX size"
