@@ -72,7 +72,7 @@ from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
 from .cache import CacheObserver, RegistryCache
-from .dockerfileparse import ParseFailed, ParseProcess
+from .dockerfileparse import ParseFailed, ParseProcess, plan_problem
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
@@ -175,15 +175,6 @@ def _recipe_for(config: Config, image: str) -> Recipe | None:
     """The entry that heals ``image``, compared by content: a move in the file is no change."""
     found = find_recipe(config.recipes, image)
     return None if found is None else replace(found[0], index=0)
-
-
-def _plan_problem(image: str, recipes: tuple[Recipe, ...]) -> str | None:
-    """Why ``image`` cannot be healed at all, or None (run in the parse process)."""
-    try:
-        heal_plan(image, recipes, read_dockerfile_from_disk)
-    except (DependencyCycle, InvalidReference) as exc:
-        return str(exc)
-    return None
 
 
 def _no_dockerfile(concrete: ConcreteRecipe) -> None:
@@ -312,7 +303,7 @@ class Healer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.parser.close()
+        await self.parser.aclose()
 
     def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
         if self.inflight.get(image) is task:
@@ -365,7 +356,7 @@ class Healer:
         """Raise what ``heal_plan`` raises, its Dockerfiles parsed in the parse process."""
         recipes = self.config.recipes
         try:
-            problem = await self.parser.run(_plan_problem, image, recipes)
+            problem = await self.parser.run(plan_problem, image, recipes)
         except ParseFailed as exc:
             log.warning("heal of %s: its Dockerfiles' bases are unknown: %s", image, exc)
             await asyncio.to_thread(heal_plan, image, recipes, _no_dockerfile)

@@ -25,7 +25,7 @@ def test_images_come_from_the_worker_process() -> None:
             )
             return images, await parser.run(os.getpid)
         finally:
-            parser.close()
+            await parser.aclose()
 
     images, pid = asyncio.run(main())
     assert images == ["other:1"]
@@ -46,7 +46,7 @@ def test_the_loop_runs_while_the_worker_works_and_a_late_worker_is_replaced() ->
                 await work
             return first, await parser.run(os.getpid), ticks
         finally:
-            parser.close()
+            await parser.aclose()
 
     first, second, ticks = asyncio.run(main())
     assert ticks > 1  # the loop went on while the worker slept
@@ -61,7 +61,7 @@ def test_a_dead_worker_fails_the_call_and_is_replaced() -> None:
                 await parser.run(os._exit, 3)
             return await parser.run(int, "7")
         finally:
-            parser.close()
+            await parser.aclose()
 
     assert asyncio.run(main()) == 7
 
@@ -78,7 +78,7 @@ def test_a_cancelled_call_cannot_answer_the_next_one() -> None:
                 await work
             return await parser.run(str, "mine")
         finally:
-            parser.close()
+            await parser.aclose()
 
     assert asyncio.run(main()) == "mine"
 
@@ -90,7 +90,7 @@ def test_an_error_in_the_work_is_a_failure_with_its_reason() -> None:
             with pytest.raises(ParseFailed, match="ValueError"):
                 await parser.run(int, "x")
         finally:
-            parser.close()
+            await parser.aclose()
 
     asyncio.run(main())
 

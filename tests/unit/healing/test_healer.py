@@ -63,7 +63,10 @@ def heal(healer: Healer, image: str) -> str | None:
     """The failure message of one heal, or None when it worked."""
 
     async def once() -> None:
-        await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
+        try:
+            await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
+        finally:
+            await healer.parser.aclose()  # its worker belongs to this loop
 
     try:
         asyncio.run(once())
@@ -175,12 +178,13 @@ def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silen
 
     async def run() -> str:
         engine = Engine(silent)
+        healer = Healer(cfg, engine, silent, state)
         try:
-            healer = Healer(cfg, engine, silent, state)
             with pytest.raises(HealFailed) as failed:
                 await asyncio.wait_for(healer.heal(A, trigger="create"), 30)
             return str(failed.value)
         finally:
+            await healer.parser.aclose()
             await engine.close()
 
     started = time.monotonic()
