@@ -107,8 +107,8 @@ class HealSettings:
     must not keep a heal, and the tag's lock file, forever; streams (build,
     pull, load, push) are bounded by the recipe's ``timeout`` instead."""
     max_build_spool: int = 4 << 30
-    """Bytes of a build body read while looking for its Dockerfile before the
-    build is forwarded unhealed."""
+    """Bytes of a build body read, and of its tar once decompressed, while
+    looking for its Dockerfile before the build is forwarded unhealed."""
     cache: str | None = None
     """The registry repository heals are pulled from and pushed to (normalised)."""
     cache_push: bool = True
