@@ -672,7 +672,10 @@ def heal_once(healer: Healer, image: str) -> str | None:
     """The failure message of one heal, or None when it worked."""
 
     async def once() -> None:
-        await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
+        try:
+            await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
+        finally:
+            await healer.parser.aclose()  # its worker belongs to this loop
 
     try:
         asyncio.run(once())

@@ -14,13 +14,18 @@ Rules:
   sure of, in file order, through the healer's single flight, so a build
   and a create of the same base share one heal. Images no recipe makes are
   the daemon's business.
+- The Dockerfile is parsed in the parse process (``dockerfileparse``), never
+  on the loop; a parse too long, too slow or crashing leaves the build
+  unhealed with a log line.
 - Then the request goes upstream byte for byte: head, spooled prefix, and
   the rest of the body as it arrives, and the daemon's answer streams back.
 - A failed heal answers 500 with the reason, after the rest of the body has
   been read: a client still writing a body it cannot finish would report a
   broken pipe instead of the reason.
+- A spool that fails (a full disk) does not fail the build: what reached the
+  spool, then the piece in hand, then the rest go upstream unhealed.
 - A body whose Dockerfile cannot be found (not a tar, zstd, absent, over
-  ``max_build_spool`` of body read) goes on unhealed with a log line: the
+  ``max_build_spool`` of body read or of tar decompressed) goes on unhealed with a log line: the
   build then behaves exactly as it would without the proxy.
 
 Theory of operation: ``build_params`` reads the query the way dockerd does
@@ -41,12 +46,12 @@ from typing import IO
 from urllib.parse import parse_qs
 
 from ..recipes.config import Config
-from ..recipes.dockerfile import from_images
 from ..recipes.patterns import find_recipe
 from ..recipes.reference import InvalidReference, normalize
 from ..wire import errors
 from ..wire.connection import Exchange
 from .contextscan import DockerfileScan
+from .dockerfileparse import ParseFailed, dockerfile_images
 from .healer import Healer, HealFailed
 from .spool import Spool, write_all
 
@@ -103,7 +108,7 @@ class BuildHeal:
             text = await self._dockerfile(exchange, spool, params, name)
             if text is None:
                 return  # answered already
-            if not await self._heal(exchange, text, params):
+            if not await self._heal(exchange, text, params, name):
                 return
             await self._forward(exchange, spool)
 
@@ -113,7 +118,15 @@ class BuildHeal:
         """Spool the body until the Dockerfile is read; its text, "" if not found,
         or None when the exchange is over already."""
         limit = self._config().heal.max_build_spool
-        scan = DockerfileScan(params.dockerfile, chunked=exchange.head.chunked)
+        scan = DockerfileScan(params.dockerfile, chunked=exchange.head.chunked, limit=limit)
+        try:
+            return await self._scan(exchange, spool, scan, name, limit)
+        finally:
+            scan.stop()  # a scan still in a worker thread ends at its next piece
+
+    async def _scan(
+        self, exchange: Exchange, spool: Spool, scan: DockerfileScan, name: str, limit: int
+    ) -> str | None:
         complete = False
         spooled = 0
         while not scan.done:
@@ -128,12 +141,14 @@ class BuildHeal:
             spooled += len(data)
             try:
                 await spool.run(partial(_absorb, scan=scan, data=data))
-            except OSError as exc:  # what was read is lost: the build cannot go on
-                log.warning("build of %s failed: cannot spool its context: %s", name, exc)
-                await self._refuse(exchange, f"docker-heal-proxy: cannot spool the context: {exc}")
+                while scan.restart is not None:
+                    scan = await spool.run(partial(_rescan, scan=scan, complete=complete))
+            except OSError as exc:  # a full disk, say: what is on it and in hand still goes
+                log.warning(
+                    "build of %s forwarded unhealed: cannot spool its context: %s", name, exc
+                )
+                await self._forward(exchange, spool, spooled - len(data), data)
                 return None
-            while scan.restart is not None:
-                scan = await spool.run(partial(_rescan, scan=scan, complete=complete))
             if not scan.done and spooled > limit:
                 log.warning(
                     "build of %s forwarded unhealed: no Dockerfile in the first %d bytes "
@@ -147,9 +162,16 @@ class BuildHeal:
             return ""
         return scan.text
 
-    async def _heal(self, exchange: Exchange, text: str, params: BuildParams) -> bool:
+    async def _heal(self, exchange: Exchange, text: str, params: BuildParams, name: str) -> bool:
         """Make sure of every managed image the build needs; False when it answered."""
-        for image in self._managed(text, params):
+        try:
+            images = await dockerfile_images(
+                self._healer.parser, text, params.build_args, params.target
+            )
+        except ParseFailed as exc:
+            log.warning("build of %s forwarded unhealed: unparsed Dockerfile: %s", name, exc)
+            return True
+        for image in self._managed(images):
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:
@@ -167,10 +189,10 @@ class BuildHeal:
             pass
         exchange.respond(errors.error(500, message))
 
-    def _managed(self, text: str, params: BuildParams) -> list[str]:
+    def _managed(self, images: list[str]) -> list[str]:
         recipes = self._config().recipes
         found: list[str] = []
-        for image in from_images(text, params.build_args, params.target):
+        for image in images:
             try:
                 reference = normalize(image)
             except InvalidReference:
@@ -179,13 +201,18 @@ class BuildHeal:
                 found.append(reference)
         return found
 
-    async def _forward(self, exchange: Exchange, spool: Spool | None) -> None:
+    async def _forward(
+        self, exchange: Exchange, spool: Spool | None, end: int | None = None, held: bytes = b""
+    ) -> None:
+        """Head, the spool's first ``end`` bytes (all by default), ``held``, then the rest."""
         if not await exchange.send(exchange.head.raw):
             return
         if spool is not None:
-            async for piece in spool.replay():
+            async for piece in spool.replay(end):
                 if not await exchange.send(piece):
                     return
+        if held and not await exchange.send(held):
+            return
         exchange.forward_rest()
 
 
@@ -201,7 +228,9 @@ def _absorb(spool: IO[bytes], scan: DockerfileScan, data: bytes) -> None:
 def _rescan(spool: IO[bytes], scan: DockerfileScan, complete: bool) -> DockerfileScan:
     """A scan for the link target ``scan`` found, over the spool so far."""
     assert scan.restart is not None
-    fresh = DockerfileScan(scan.restart, chunked=scan.chunked, links=scan.links + 1)
+    fresh = DockerfileScan(
+        scan.restart, chunked=scan.chunked, limit=scan.limit, links=scan.links + 1
+    )
     spool.seek(0)
     while not fresh.done and (piece := spool.read(1 << 20)):
         fresh.feed(piece)

@@ -13,13 +13,21 @@ Rules:
   does), then a tar stream with GNU long names and PAX ``path``,
   ``linkpath`` and ``size`` records, header-only types carrying no data.
 - The Dockerfile is the first entry whose name, normalised inside the
-  context root, equals the ``dockerfile`` parameter's. As dockerd does, the
+  context root, equals the ``dockerfile`` parameter's. dockerd extracts the
+  whole archive, so a later entry of the same name replaces it there;
+  finding that out would mean reading every body to its end before
+  forwarding it, so an archive holding two Dockerfiles may heal the bases of
+  the first while the daemon builds the last (no client sends such a tar). As dockerd does, the
   default name ``Dockerfile`` falls back to ``dockerfile`` when the archive
   has no ``Dockerfile``.
 - A Dockerfile entry that is a symlink or a hard link is resolved inside the
   archive only: the target, normalised inside the root, is looked for from
   the start of the archive again (``restart``), since it may come before or
   after the link. At most ``MAX_LINKS`` links are followed.
+- At most ``limit`` tar bytes are read, counted after decompression: a small
+  compressed body can stand for terabytes. ``stop`` ends a scan from
+  another thread (its build is over) between pieces of at most
+  ``INFLATE_PIECE`` bytes.
 - Anything that cannot be read (bad chunking, an unknown compression, a
   broken tar header, a Dockerfile over the cap or missing) ends in
   ``failed`` with a reason for the log: the caller then forwards the build
@@ -149,11 +157,27 @@ def _number(field: bytes) -> int:
     """A tar numeric field: octal text, or base-256 when the top bit is set."""
     if field and field[0] & 0x80:
         return int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
-    text = field.split(b"\0", 1)[0].strip(b" ")
+    text = field.strip(b" \0")  # as Go's parseOctal: a NUL inside is an error
     try:
         return int(text, 8) if text else 0
     except ValueError:
         raise ProtocolError("not a tar header") from None
+
+
+def _signed_sum(data: bytes) -> int:
+    """The checksum some old writers computed, bytes read as signed."""
+    return sum(b - 256 if b > 127 else b for b in data)
+
+
+def _pax_size(value: str) -> int:
+    """A PAX ``size``: decimal, never negative (as Go's reader checks)."""
+    try:
+        size = int(value, 10)
+    except ValueError:
+        raise ProtocolError("bad PAX size") from None
+    if size < 0:
+        raise ProtocolError("bad PAX size")
+    return size
 
 
 def _text(field: bytes) -> str:
@@ -183,11 +207,16 @@ def _pax(records: bytes) -> dict[str, str]:
 class DockerfileScan:
     """Feed a build body; learn the Dockerfile's text, or why it was not found."""
 
-    def __init__(self, name: str | None, *, chunked: bool, links: int = 0) -> None:
+    def __init__(
+        self, name: str | None, *, chunked: bool, limit: int | None = None, links: int = 0
+    ) -> None:
         self.wanted = context_path(name or DEFAULT_NAME)
         self.fallback = context_path(DEFAULT_NAME.lower()) if self.wanted == DEFAULT_NAME else None
         self.chunked = chunked
         self.links = links
+        self.limit = limit
+        """Tar bytes (decompressed) read at most before giving up."""
+        self.tar_bytes = 0
         self.text: str | None = None
         """The Dockerfile, once read."""
         self.failed: str | None = None
@@ -225,6 +254,11 @@ class DockerfileScan:
                     return
         except (ProtocolError, ValueError, zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
             self._fail(f"the build context cannot be read: {exc}")
+
+    def stop(self) -> None:
+        """Give up, from any thread: a ``feed`` under way ends at its next piece."""
+        if not self.done:
+            self.failed = "the scan was stopped"
 
     def end(self) -> None:
         """The body is complete: whatever was not found is not there."""
@@ -271,6 +305,10 @@ class DockerfileScan:
     # -- the tar reader ----------------------------------------------------
 
     def _tar(self, data: memoryview) -> None:
+        self.tar_bytes += len(data)
+        if self.limit is not None and self.tar_bytes > self.limit:
+            self._fail(f"no Dockerfile in the first {self.limit} bytes of the tar")
+            return
         while data and not self.done and self._state != "end":
             data = _TAR_STATES[self._state](self, data)
 
@@ -289,11 +327,10 @@ class DockerfileScan:
             return
         stored = _number(block[148:156])
         rest = block[:148] + block[156:]
-        signed = sum(b - 256 if b > 127 else b for b in rest)  # old writers' variant
-        if stored not in (sum(rest) + 8 * 32, signed + 8 * 32):
+        if stored != sum(rest) + 8 * 32 and stored != _signed_sum(rest) + 8 * 32:
             raise ProtocolError("a tar header has a wrong checksum")
-        kind = block[156:157] or b"0"
-        size = int(self._pax.get("size", "")) if "size" in self._pax else _number(block[124:136])
+        kind = block[156:157]
+        size = _pax_size(self._pax["size"]) if "size" in self._pax else _number(block[124:136])
         if kind in (b"L", b"K", b"x"):
             if size > MAX_META:
                 raise ProtocolError("a tar metadata entry is too large")
@@ -306,7 +343,7 @@ class DockerfileScan:
         name = self._long_name or self._pax.get("path")
         if name is None:
             name = _text(block[0:100])
-            if block[257:262] == b"ustar" and block[345] != 0:
+            if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX: GNU has no prefix
                 name = _text(block[345:500]) + "/" + name
         link = self._long_link or self._pax.get("linkpath") or _text(block[157:257])
         self._long_name = self._long_link = None

@@ -76,6 +76,7 @@ from ..recipes.recipe import ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 from .buildcontext import read_dockerfile_from_disk
 from .cache import CacheObserver, RegistryCache, TagLocks, config_dir
+from .dockerfileparse import ParseFailed, ParseProcess, plan_problem
 from .engine import Engine, EngineError
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
@@ -186,6 +187,10 @@ def _recipe_for(config: Config, image: str) -> Recipe | None:
     return None if found is None else replace(found[0], index=0)
 
 
+def _no_dockerfile(concrete: ConcreteRecipe) -> None:
+    """A ``heal_plan`` reader for when Dockerfiles cannot be parsed: depends_on only."""
+
+
 def _file_name(image: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
     return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
@@ -218,6 +223,8 @@ class Healer:
         """Cache pushes under way, and the reference each pushes."""
         self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
+        self.parser = ParseProcess()
+        """Where Dockerfiles are parsed: never on the loop (``dockerfileparse``)."""
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
 
@@ -313,6 +320,7 @@ class Healer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.parser.aclose()
 
     def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
         if self.inflight.get(image) is task:
@@ -336,9 +344,7 @@ class Healer:
             concrete = instantiate(found[0], image, found[1])
             # Checked whole before any waiting: two heals whose Dockerfiles name
             # each other in FROM would otherwise each wait for the other forever.
-            await asyncio.to_thread(
-                heal_plan, image, self.config.recipes, read_dockerfile_from_disk
-            )
+            await self._check_plan(image)
         except (DependencyCycle, InvalidReference) as exc:
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
@@ -382,11 +388,28 @@ class Healer:
             return True
         return False
 
+    async def _check_plan(self, image: str) -> None:
+        """Raise what ``heal_plan`` raises, its Dockerfiles parsed in the parse process."""
+        recipes = self.config.recipes
+        try:
+            problem = await self.parser.run(plan_problem, image, recipes)
+        except ParseFailed as exc:
+            log.warning("heal of %s: its Dockerfiles' bases are unknown: %s", image, exc)
+            await asyncio.to_thread(heal_plan, image, recipes, _no_dockerfile)
+            return
+        if problem is not None:
+            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {problem}")
+
     async def _bases(self, concrete: ConcreteRecipe) -> None:
-        text = None
+        recipes = self.config.recipes
+        bases = dependencies(concrete, recipes, None)
         if concrete.build is not None:
             text = await asyncio.to_thread(read_dockerfile_from_disk, concrete)
-        for base in dependencies(concrete, self.config.recipes, text):
+            try:
+                bases = await self.parser.run(dependencies, concrete, recipes, text)
+            except ParseFailed as exc:
+                log.warning("heal of %s: its bases are unknown: %s", concrete.image, exc)
+        for base in bases:
             if await self._exists(base):
                 continue
             self._bases_of.setdefault(concrete.image, set()).add(base)

@@ -10,12 +10,22 @@ Rules:
 - A file left over anyway (a SIGKILL between create and unlink, on a
   filesystem without ``O_TMPFILE``) is swept when the proxy starts.
 - Reading and writing data run in worker threads, one piece of work at a
-  time. Opening and closing are a few metadata syscalls and run on the
+  time, in a small pool of their own (``WORKERS``): many builds at once
+  queue there, and never starve the default executor that heals and log
+  writers use. Opening and closing are a few metadata syscalls and run on the
   loop, so that a cancelled build can neither lose an open descriptor nor
   close one a worker is still writing to (its number could be reused by
   then): a close waits for the work in flight.
 - Writes are unbuffered: a full disk shows at the write that hit it, not at
-  a later flush or at close.
+  a later flush or at close. A write may have stored part of its piece
+  then, so a replay can stop at an offset the caller knows to be whole.
+
+Theory of operation: ``Spool`` wraps one file opened by ``TemporaryFile``
+(``O_TMPFILE`` or create-and-unlink). ``run`` hands work on the file to a
+spool thread and remembers it as ``_busy``; ``close`` closes at once when
+nothing is busy, else from the busy work's done callback. ``replay`` reads
+back with ``pread`` at its own offset, so appends and reads never share a
+file position. ``sweep`` removes named leftovers at start.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +47,12 @@ PREFIX = "build-"
 READ_PIECE = 1 << 20
 """Bytes read back from a spool file at once, when it is forwarded."""
 
+WORKERS = 4
+"""Threads for spool work, shared by every build."""
+
 T = TypeVar("T")
+
+_EXECUTOR = ThreadPoolExecutor(WORKERS, thread_name_prefix="spool")
 
 
 def spool_dir(state_dir: Path) -> Path:
@@ -82,13 +98,19 @@ class Spool:
 
     async def run(self, work: Callable[[IO[bytes]], T]) -> T:
         """``work(file)`` in a worker thread; it finishes even if the caller is cancelled."""
-        busy = self._busy = asyncio.ensure_future(asyncio.to_thread(work, self.file))
+        loop = asyncio.get_running_loop()
+        busy = self._busy = loop.run_in_executor(_EXECUTOR, work, self.file)
         return await asyncio.shield(busy)
 
-    async def replay(self) -> AsyncIterator[bytes]:
-        """The spool's bytes from the start, one bounded piece at a time."""
+    async def replay(self, end: int | None = None) -> AsyncIterator[bytes]:
+        """The spool's bytes from the start to ``end``, one bounded piece at a time."""
         offset = 0
-        while piece := await self.run(partial(_read_at, offset=offset)):
+        while end is None or offset < end:
+            piece = await self.run(partial(_read_at, offset=offset))
+            if end is not None:
+                piece = piece[: end - offset]
+            if not piece:
+                return
             offset += len(piece)
             yield piece
 

@@ -109,8 +109,8 @@ class HealSettings:
     forever; streams (build, pull, load, push) are bounded by the recipe's
     ``timeout`` instead. ``check`` waits the shorter of this and 5s."""
     max_build_spool: int = 4 << 30
-    """Bytes of a build body read while looking for its Dockerfile before the
-    build is forwarded unhealed."""
+    """Bytes of a build body read, and of its tar once decompressed, while
+    looking for its Dockerfile before the build is forwarded unhealed."""
     cache: str | None = None
     """The registry repository heals are pulled from and pushed to (normalised)."""
     cache_push: bool = True

@@ -51,6 +51,10 @@ _VARIABLE_RE = re.compile(r"\$(?:\{([A-Za-z_]\w*)(?:(:[-+])([^}]*))?\}|([A-Za-z_
 
 def from_images(text: str, build_args: Mapping[str, str], target: str | None = None) -> list[str]:
     """The images the build needs, variables expanded, stages and scratch left out."""
+    # A lone surrogate (text decoded with surrogateescape) makes the Go
+    # binding read a NULL buffer: the interpreter dies. Replaced, it is a
+    # character like any other to the builder's tokeniser.
+    text = text.encode("utf-8", "replace").decode("utf-8")
     try:
         commands = dockerfile.parse_string(text)
     except dockerfile.GoParseError:

@@ -28,6 +28,7 @@ from support import (
     Dockerd,
     MakeProxy,
     Proxy,
+    UnixHTTPConnection,
     accepting,
     build_calls,
     docker,
@@ -407,10 +408,9 @@ def test_a_failed_heal_is_answered_only_after_the_whole_body(
         sock.connect(proxy.socket)
         sock.sendall(BUILD_HEAD + chunk(context[:2048]))
         wait_for(lambda: f"heal of {BASE} failed" in proxy.log(), 30, "the heal to fail")
-        sock.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            sock.recv(1)  # no answer yet: the body is not over
-        sock.setblocking(True)
+        sock.settimeout(1)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # no answer for a while: the body is not over
         sock.settimeout(30)
         sock.sendall(chunk(context[2048:]) + b"0\r\n\r\n")
         answer = b""
@@ -420,20 +420,24 @@ def test_a_failed_heal_is_answered_only_after_the_whole_body(
     assert f"cannot heal {BASE}".encode() in answer
 
 
-def test_a_full_disk_under_the_spool_fails_the_build_with_the_reason(
+def test_a_full_disk_under_the_spool_leaves_the_build_unhealed(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
+    """The build succeeds as it would directly: nothing read is lost."""
     state = tmp_path / "state"
     state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
     try:
         proxy = make_proxy(seed_config(tmp_path, busybox))
         ctx, outside = late_dockerfile(tmp_path, 4)
+        outside.write_text(f"FROM {busybox}\nCOPY data.bin /data.bin\n")
 
-        result = docker(["build", "-f", str(outside), str(ctx)], env=legacy(proxy), check=False)
+        result = docker(
+            ["build", "-q", "-f", str(outside), str(ctx)], env=legacy(proxy), check=False
+        )
 
-        assert result.returncode != 0
-        assert b"cannot spool the context: [Errno 28] No space left on device" in result.stderr
+        assert result.returncode == 0, result.stderr.decode()
+        assert "cannot spool its context: [Errno 28] No space left on device" in proxy.log()
         assert log_problems(proxy.log()) == []
         proxy.stop()
     finally:
@@ -468,3 +472,48 @@ def test_without_a_spool_the_build_goes_on_unhealed(
 
     assert result.returncode == 0, result.stderr.decode()
     assert "forwarded unhealed: no spool file" in proxy.log()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_process(proxy: Proxy) -> int:
+    """The proxy's parse process, once a build has started it."""
+    for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if b"proxy.healing.dockerfileparse" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+    raise AssertionError("the proxy has no parse process")
+
+
+def test_a_dockerfile_slow_to_parse_neither_stalls_the_proxy_nor_heals(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The parse runs in a process of its own: pings are answered meanwhile,
+    and past its deadline the build goes on unhealed."""
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    py_build(proxy, context_tar(("Dockerfile", f"FROM {busybox}\n")), f"{AGENT}:warm")
+    parser = parse_process(proxy)
+    idle = cpu_seconds(parser)
+    remove(dockerd.env, BASE)
+    heredoc = "RUN <<EOF\n" + "x\n" * (250 << 9) + "EOF\n"  # about 6 CPU-seconds to parse
+    context = context_tar(("Dockerfile", f"FROM {BASE}\n{heredoc}"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(proxy.socket)
+        sock.sendall(BUILD_HEAD + chunk(context) + b"0\r\n\r\n")
+        wait_for(lambda: cpu_seconds(parser) > idle + 0.05, 60, "the parse to be under way")
+        conn = UnixHTTPConnection(proxy.socket, timeout=60)
+        conn.request("GET", "/_ping")
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert "unparsed Dockerfile" not in proxy.log()  # answered while it parsed
+        sock.settimeout(60)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 ")  # the daemon's own answer
+    assert "forwarded unhealed: unparsed Dockerfile: it took over 2s" in proxy.log()
+    assert line_count(tmp_path / "base.marker") == 0
+    assert accepting(proxy)

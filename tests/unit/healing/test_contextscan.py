@@ -226,3 +226,72 @@ def test_base_256_sizes() -> None:
     header[148:156] = b"%06o\0 " % sum(header[:512])
     archive = bytes(header) + b"d" * 100 + bytes(412) + tar([("Dockerfile", b"FROM sized\n")])
     assert scan(chunked(archive)).text == "FROM sized\n"
+
+
+def bomb(zeros: int) -> bytes:
+    """A bzip2 body: a tar entry declaring a terabyte, then ``zeros`` zero bytes."""
+    info = tarfile.TarInfo("big.bin")
+    info.size = 1 << 40
+    compressor = bz2.BZ2Compressor()
+    out = compressor.compress(info.tobuf(tarfile.PAX_FORMAT))
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        out += compressor.compress(block)
+    return out + compressor.flush()
+
+
+def test_decompressed_bytes_count_against_the_limit() -> None:
+    body = bomb(64 << 20)
+    assert len(body) < 1 << 12
+    scan = DockerfileScan(None, chunked=False, limit=4 << 20)
+    scan.feed(body)
+    assert scan.failed == f"no Dockerfile in the first {4 << 20} bytes of the tar"
+    assert scan.tar_bytes <= (4 << 20) + (1 << 20)
+
+
+def test_a_stopped_scan_ends_at_its_next_piece() -> None:
+    class Stopping(DockerfileScan):
+        def _tar(self, data: memoryview) -> None:
+            super()._tar(data)
+            self.stop()  # as the build's handler would, from the loop's thread
+
+    scan = Stopping(None, chunked=False)
+    scan.feed(bomb(64 << 20))
+    assert scan.failed == "the scan was stopped"
+    assert scan.tar_bytes <= 1 << 20
+
+
+def with_checksum(block: bytearray) -> bytes:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_a_gnu_header_has_no_prefix_field() -> None:
+    """GNU's magic is "ustar  ": its bytes 345.. hold times, not a name prefix."""
+    archive = bytearray(tar([("Dockerfile", b"FROM gnu\n")], tarfile.GNU_FORMAT))
+    header = bytearray(archive[:512])
+    assert header[257:265] == b"ustar  \0"
+    header[345:357] = b"14712345670\0"  # an access time
+    archive[:512] = with_checksum(header)
+    scan = DockerfileScan(None, chunked=False)
+    scan.feed(bytes(archive))
+    assert scan.text == "FROM gnu\n"
+
+
+def test_numbers_are_trimmed_of_nuls_and_spaces_at_both_ends() -> None:
+    archive = bytearray(tar([("Dockerfile", b"FROM x\n")], tarfile.USTAR_FORMAT))
+    header = bytearray(archive[:512])
+    header[124:136] = b"\x00\x0000000007 \x00"  # the size, as Go still reads it
+    archive[:512] = with_checksum(header)
+    scan = DockerfileScan(None, chunked=False)
+    scan.feed(bytes(archive))
+    assert scan.text == "FROM x\n"
+
+
+def test_a_negative_pax_size_is_refused() -> None:
+    info = tarfile.TarInfo("Dockerfile")
+    info.pax_headers = {"size": "-512"}
+    scan = DockerfileScan(None, chunked=False)
+    scan.feed(tar([info]))
+    assert scan.failed == "the build context cannot be read: bad PAX size"

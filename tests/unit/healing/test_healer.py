@@ -148,12 +148,13 @@ def test_a_wedged_daemon_fails_the_heal_and_frees_its_lock(tmp_path: Path, silen
 
     async def run() -> str:
         engine = Engine(silent, cfg.heal.engine_timeout)
+        healer = Healer(cfg, engine, silent, state)
         try:
-            healer = Healer(cfg, engine, silent, state)
             with pytest.raises(HealFailed) as failed:
                 await asyncio.wait_for(healer.heal(A, trigger="create"), 30)
             return str(failed.value)
         finally:
+            await healer.parser.aclose()
             await engine.close()
 
     started = time.monotonic()

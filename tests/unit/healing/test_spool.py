@@ -6,6 +6,7 @@ import asyncio
 import os
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -76,3 +77,20 @@ def test_sweep_removes_what_a_killed_process_left(tmp_path: Path) -> None:
     assert sweep(tmp_path) == 1
     assert [p.name for p in folder.iterdir()] == ["unrelated"]
     assert sweep(tmp_path / "never-made") == 0
+
+
+def test_spool_work_goes_on_while_the_default_executor_is_busy(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    async def main() -> bytes:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        blocker = asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+        try:
+            with Spool(tmp_path) as spool:
+                await asyncio.wait_for(spool.run(lambda f: write_all(f, b"on")), 10)
+                return b"".join([piece async for piece in spool.replay()])
+        finally:
+            release.set()
+            await blocker
+
+    assert asyncio.run(main()) == b"on"

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from proxy.recipes.dockerfile import from_images
@@ -107,3 +110,14 @@ def test_stages_after_the_target_are_not_built() -> None:
 def test_a_file_the_parser_refuses_names_nothing() -> None:
     assert from_images("", {}) == []
     assert from_images("# only a comment\n", {}) == []
+
+
+def test_a_lone_surrogate_does_not_crash_the_parser() -> None:
+    # In a child interpreter: before the fix this killed the process (SIGSEGV).
+    code = (
+        "from proxy.recipes.dockerfile import from_images\n"
+        "print(from_images('FROM \\udcff\\nCOPY --from=b\\udc80x /a /b\\n', {}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "['?', 'b?x']\n"
