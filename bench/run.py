@@ -42,7 +42,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen, procs
+from bench import loadgen, procs, soak
 
 DOCKER_CLI = "/usr/local/bin/docker"
 BIG_IMAGE = "127.0.0.1:1/bench/big:1"
@@ -1234,7 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not writing {args.out}: the run was incomplete", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    args.out.write_text(report + soak.section(args.out))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(x.ok is not False for x in b.bars) else 3
 

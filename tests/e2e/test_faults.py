@@ -1,0 +1,293 @@
+"""Faults through the real proxy and a real dockerd: nothing may leak, nothing be left behind.
+
+After each case the proxy still serves, its open descriptors (``/proc/PID/fd``)
+and its tasks (the ``debug`` count in ``GET /_heal/status``, private to the
+proxy socket) are back to their baseline, and no container is left that no
+client asked for.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import (
+    BUSYBOX,
+    Dockerd,
+    MakeProxy,
+    Proxy,
+    UnixHTTPConnection,
+    docker,
+    image_exists,
+    line_count,
+    ping,
+    remove,
+    tagging_script,
+    toml_string,
+    wait_for,
+)
+
+pytestmark = pytest.mark.daemon
+
+
+def fds(proxy: Proxy) -> int:
+    return len(os.listdir(f"/proc/{proxy.proc.pid}/fd"))
+
+
+def tasks(proxy: Proxy) -> int:
+    conn = UnixHTTPConnection(proxy.socket, timeout=10)
+    try:
+        conn.request("GET", "/_heal/status")
+        resp = conn.getresponse()
+        return int(json.loads(resp.read())["debug"]["tasks"])
+    finally:
+        conn.close()
+
+
+def usage(proxy: Proxy) -> tuple[int, int]:
+    """Descriptors first (no request of ours open), then tasks (one status request)."""
+    return fds(proxy), tasks(proxy)
+
+
+def back_to(proxy: Proxy, baseline: tuple[int, int], what: str) -> None:
+    """The proxy serves, and its descriptors and tasks return to at most ``baseline``."""
+    assert ping(proxy.socket), proxy.log()[-3000:]
+    last: list[tuple[int, int]] = []
+
+    def settled() -> bool:
+        last[:] = [usage(proxy)]
+        return last[0][0] <= baseline[0] and last[0][1] <= baseline[1]
+
+    try:
+        wait_for(settled, 15, f"fds and tasks back to {baseline} after {what}")
+    except AssertionError:
+        raise AssertionError(f"{what}: (fds, tasks) {last[0]} > baseline {baseline}") from None
+
+
+def containers(dockerd: Dockerd) -> set[str]:
+    out = docker(["ps", "-aq", "--no-trunc"], env=dockerd.env).stdout.decode()
+    return set(out.split())
+
+
+def recipe_config(tmp_path: Path, image: str, script: Path, extra: str = "") -> str:
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+{extra}
+[[images]]
+match = {toml_string(image)}
+command = [{toml_string(script)}]
+"""
+
+
+@pytest.fixture
+def sleeper(dockerd: Dockerd, busybox: str) -> Iterator[str]:
+    """A running container: something to wait on, attach to and follow logs of."""
+    out = docker(
+        [
+            "run",
+            "-d",
+            "--network=none",
+            busybox,
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 1; done",
+        ],
+        env=dockerd.env,
+    )
+    cid = out.stdout.decode().strip()
+    yield cid
+    docker(["rm", "-f", cid], env=dockerd.env, check=False)
+
+
+def _cut(path: str, data: bytes, read: int, rng: random.Random) -> None:
+    """Send ``data``, maybe read up to ``read`` bytes of the answer, and close."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(data)
+        got = 0
+        while got < read:
+            chunk = sock.recv(min(65536, read - got))
+            if not chunk:
+                break
+            got += len(chunk)
+        if rng.random() < 0.5:
+            sock.shutdown(socket.SHUT_WR)  # half-close first, sometimes
+        time.sleep(rng.random() * 0.002)
+
+
+def test_1000_clients_closing_at_random_points(
+    dockerd: Dockerd, make_proxy: MakeProxy, sleeper: str, tmp_path: Path, busybox: str
+) -> None:
+    image = "127.0.0.1:1/dhp/faults-cut:1"
+    script = tagging_script(tmp_path / "recipe.sh", tmp_path / "marker", busybox, image)
+    proxy = make_proxy(recipe_config(tmp_path, image, script))
+    before = containers(dockerd)
+    baseline = usage(proxy)
+    rng = random.Random(8)
+    create = json.dumps({"Image": BUSYBOX, "Cmd": ["true"]}).encode()
+    update = b'{"CpuShares": 512}'
+
+    def post(path: str, body: bytes) -> bytes:
+        head = f"POST {path} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+        return head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    ping_req = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
+    cases = {
+        # mid-head: never a whole request
+        "mid-head": lambda: (ping_req[: rng.randrange(1, len(ping_req) - 1)], 0),
+        # mid-body of a claimed create (nothing reaches dockerd) and of a plain request
+        "mid-body-claimed": lambda: (
+            post("/v1.41/containers/create", create)[: -rng.randrange(1, len(create))],
+            0,
+        ),
+        "mid-body-plain": lambda: (
+            post(f"/v1.41/containers/{sleeper}/update", update)[: -rng.randrange(1, len(update))],
+            0,
+        ),
+        # waiting for an answer that comes only when the container exits
+        "waiting": lambda: (post(f"/v1.41/containers/{sleeper}/wait", b""), 0),
+        # mid-answer: an image export, a log stream, an event stream
+        "mid-answer": lambda: (
+            rng.choice(
+                [
+                    f"GET /v1.41/images/{BUSYBOX}/get HTTP/1.1\r\nHost: d\r\n\r\n".encode(),
+                    f"GET /v1.41/containers/{sleeper}/logs?follow=1&stdout=1 HTTP/1.1\r\n"
+                    "Host: d\r\n\r\n".encode(),
+                    b"GET /v1.41/events HTTP/1.1\r\nHost: d\r\n\r\n",
+                ]
+            ),
+            rng.randrange(1, 400),
+        ),
+    }
+    plan = [rng.choice(list(cases)) for _ in range(1000)]
+
+    def one(kind: str) -> None:
+        data, read = cases[kind]()
+        _cut(proxy.socket, data, read, random.Random(rng.random()))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, plan))
+    back_to(proxy, baseline, "1000 cut connections")
+    assert containers(dockerd) == before
+    assert line_count(tmp_path / "marker") == 0
+
+
+def test_100_concurrent_creates_during_one_heal(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path, busybox: str
+) -> None:
+    image = "127.0.0.1:1/dhp/faults-many:1"
+    marker = tmp_path / "marker"
+    release = tmp_path / "release"
+    script = tagging_script(
+        tmp_path / "recipe.sh",
+        marker,
+        busybox,
+        image,
+        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
+    )
+    proxy = make_proxy(recipe_config(tmp_path, image, script))
+    remove(dockerd.env, image)
+    before = containers(dockerd)
+    baseline = usage(proxy)
+    body = json.dumps({"Image": image, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}})
+    created: list[str] = []
+    lock = threading.Lock()
+
+    def create(_: int) -> int:
+        conn = UnixHTTPConnection(proxy.socket, timeout=120)
+        try:
+            conn.request(
+                "POST", "/v1.41/containers/create", body, {"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            answer = resp.read()
+            if resp.status == 201:
+                with lock:
+                    created.append(json.loads(answer)["Id"])
+            return resp.status
+        finally:
+            conn.close()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(100) as pool:
+            futures = [pool.submit(create, i) for i in range(100)]
+            wait_for(lambda: line_count(marker) == 1, 30, "the recipe to start")
+            wait_for(
+                lambda: json.loads(_status(proxy))["waiters"] == 100, 30, "100 waiting creates"
+            )
+            release.touch()
+            statuses = [f.result(timeout=120) for f in futures]
+        assert statuses == [201] * 100
+        assert line_count(marker) == 1
+        assert containers(dockerd) - before == set(created) and len(created) == 100
+        back_to(proxy, baseline, "100 creates during one heal")
+    finally:
+        if created:
+            docker(["rm", "-f", *created], env=dockerd.env, check=False)
+
+
+def _status(proxy: Proxy) -> bytes:
+    conn = UnixHTTPConnection(proxy.socket, timeout=10)
+    try:
+        conn.request("GET", "/_heal/status")
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def test_sigterm_during_a_heal(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path, busybox: str
+) -> None:
+    image = "127.0.0.1:1/dhp/faults-term:1"
+    marker = tmp_path / "marker"
+    pidfile = tmp_path / "recipe.pid"
+    script = tagging_script(
+        tmp_path / "recipe.sh",
+        marker,
+        busybox,
+        image,
+        extra=f'echo $$ > "{pidfile}"\nsleep 600\n',
+    )
+    proxy = make_proxy(recipe_config(tmp_path, image, script, 'shutdown_timeout = "2s"'))
+    remove(dockerd.env, image)
+    before = containers(dockerd)
+    body = json.dumps({"Image": image, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}})
+    outcome: list[object] = []
+
+    def create() -> None:
+        conn = UnixHTTPConnection(proxy.socket, timeout=60)
+        try:
+            conn.request(
+                "POST", "/v1.41/containers/create", body, {"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            outcome.append((resp.status, resp.read()))
+        except (OSError, Exception) as exc:  # the proxy went away: that is the point
+            outcome.append(exc)
+        finally:
+            conn.close()
+
+    client = threading.Thread(target=create)
+    client.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the recipe to start")
+    recipe_pid = int(pidfile.read_text())
+    started = time.monotonic()
+    assert proxy.stop(signal.SIGTERM, timeout=30) == 0, proxy.log()[-3000:]
+    assert time.monotonic() - started < 15, "shutdown waited far past shutdown_timeout"
+    client.join(30)
+    assert not client.is_alive() and outcome
+    assert not isinstance(outcome[0], tuple) or outcome[0][0] != 201, outcome
+    wait_for(lambda: not os.path.exists(f"/proc/{recipe_pid}"), 10, "the recipe to be killed")
+    assert containers(dockerd) == before  # the create was not replayed
+    assert not image_exists(dockerd.env, image)
+    assert not os.path.exists(proxy.socket)
