@@ -12,8 +12,11 @@ import concurrent.futures
 import json
 import os
 import random
+import shutil
 import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,11 +29,13 @@ from support import (
     MakeProxy,
     Proxy,
     UnixHTTPConnection,
+    build_busybox,
     docker,
     image_exists,
     line_count,
     ping,
     remove,
+    start_proxy,
     tagging_script,
     toml_string,
     wait_for,
@@ -68,9 +73,15 @@ def back_to(proxy: Proxy, baseline: tuple[int, int], what: str) -> None:
         return last[0][0] <= baseline[0] and last[0][1] <= baseline[1]
 
     try:
-        wait_for(settled, 15, f"fds and tasks back to {baseline} after {what}")
-    except AssertionError:
-        raise AssertionError(f"{what}: (fds, tasks) {last[0]} > baseline {baseline}") from None
+        wait_for(settled, 30, f"fds and tasks back to {baseline} after {what}")
+    except TimeoutError:
+        fd_list = sorted(
+            os.readlink(f"/proc/{proxy.proc.pid}/fd/{fd}")
+            for fd in os.listdir(f"/proc/{proxy.proc.pid}/fd")
+        )
+        raise AssertionError(
+            f"{what}: (fds, tasks) {last[0]} > baseline {baseline}: {fd_list}"
+        ) from None
 
 
 def containers(dockerd: Dockerd) -> set[str]:
@@ -291,3 +302,135 @@ def test_sigterm_during_a_heal(
     assert containers(dockerd) == before  # the create was not replayed
     assert not image_exists(dockerd.env, image)
     assert not os.path.exists(proxy.socket)
+
+
+def _forget_containerd(root: Path) -> None:
+    """What a crashed daemon leaves: its containerd's pid file and sockets, stale.
+
+    dockerd 20.10 restarted on them waits for a containerd that is not there;
+    a host's reboot or its service manager clears them, so the test does too.
+    """
+    state = root / "x" / "containerd"
+    for name in (
+        "containerd.pid",
+        "containerd.sock",
+        "containerd.sock.ttrpc",
+        "containerd-debug.sock",
+    ):
+        (state / name).unlink(missing_ok=True)
+
+
+def _unmount_under(root: Path) -> None:
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _open_stream(path: str, request: bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(path)
+    sock.sendall(request)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, f"no answer to {request[:60]!r}"
+        head += chunk
+    assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 101")), head
+    return sock
+
+
+def _ends(sock: socket.socket) -> bool:
+    """Read until EOF (a reset counts): the stream ended rather than hung."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_dockerd_killed_and_restarted_mid_streams_and_heal(
+    make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A daemon of its own: the session's must not die under other tests."""
+    root = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))
+    daemon = Dockerd.start(root)
+    proxy: Proxy | None = None
+    try:
+        build_busybox(daemon.env)
+        image = "127.0.0.1:1/dhp/faults-restart:1"
+        marker = tmp_path / "marker"
+        release = tmp_path / "release"
+        script = tagging_script(
+            tmp_path / "recipe.sh",
+            marker,
+            BUSYBOX,
+            image,
+            extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
+        )
+        proxy = start_proxy(
+            tmp_path / "proxy", daemon.socket, config=recipe_config(tmp_path, image, script)
+        )
+        cat = docker(["run", "-d", "-i", "--network=none", BUSYBOX, "cat"], env=daemon.env)
+        cid = cat.stdout.decode().strip()
+        before = containers(daemon)
+        baseline = usage(proxy)
+        get = "GET {} HTTP/1.1\r\nHost: d\r\n\r\n".format
+        streams = [
+            _open_stream(proxy.socket, get("/v1.41/events").encode()),
+            _open_stream(
+                proxy.socket, get(f"/v1.41/containers/{cid}/logs?follow=1&stdout=1").encode()
+            ),
+            _open_stream(
+                proxy.socket,
+                f"POST /v1.41/containers/{cid}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\n"
+                "Host: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode(),
+            ),
+        ]
+        streams[2].sendall(b"hello\n")
+        echoed = b""
+        while b"hello" not in echoed:
+            echoed += streams[2].recv(65536)
+        body = json.dumps({"Image": image, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}})
+        outcome: list[tuple[int, bytes]] = []
+
+        def create() -> None:
+            conn = UnixHTTPConnection(proxy.socket, timeout=120)  # type: ignore[union-attr]
+            try:
+                conn.request(
+                    "POST", "/v1.41/containers/create", body, {"Content-Type": "application/json"}
+                )
+                resp = conn.getresponse()
+                outcome.append((resp.status, resp.read()))
+            finally:
+                conn.close()
+
+        client = threading.Thread(target=create)
+        client.start()
+        wait_for(lambda: line_count(marker) == 1, 30, "the recipe to start")
+
+        daemon.proc.kill()
+        daemon.proc.wait(30)
+        _forget_containerd(root)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            ended = [pool.submit(_ends, s) for s in streams]
+            assert all(f.result(timeout=20) for f in ended), "a stream outlived its daemon"
+        for s in streams:
+            s.close()
+        assert client.is_alive(), "the create waits for its heal, not for the daemon"
+
+        daemon = Dockerd.start(root)
+        release.touch()
+        client.join(60)
+        assert outcome and outcome[0][0] == 201, (outcome, proxy.log()[-4000:])
+        created = json.loads(outcome[0][1])["Id"]
+        assert containers(daemon) == before | {created}  # nothing else, no second create
+        docker(["rm", "-f", created, cid], env=daemon.env)
+        back_to(proxy, baseline, "a daemon restart under streams and a heal")
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        daemon.stop()
+        _unmount_under(root)
+        shutil.rmtree(root, ignore_errors=True)

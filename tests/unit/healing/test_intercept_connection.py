@@ -114,7 +114,7 @@ def test_create_with_expect_gets_one_100_heals_and_replays() -> None:
 
 def test_no_100_for_http_1_0() -> None:
     async def main() -> None:
-        daemon, healer, interceptor = setup()
+        daemon, _, interceptor = setup()
         daemon.healed = True
         async with rig(daemon, interceptor) as r:
             reader, writer = await r.client()
