@@ -31,6 +31,7 @@ from support import (
     UnixHTTPConnection,
     build_busybox,
     docker,
+    gated_tagging_script,
     image_exists,
     line_count,
     ping,
@@ -199,13 +200,7 @@ def test_100_concurrent_creates_during_one_heal(
     image = "127.0.0.1:1/dhp/faults-many:1"
     marker = tmp_path / "marker"
     release = tmp_path / "release"
-    script = tagging_script(
-        tmp_path / "recipe.sh",
-        marker,
-        busybox,
-        image,
-        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
-    )
+    script = gated_tagging_script(tmp_path / "recipe.sh", marker, busybox, image, release)
     proxy = make_proxy(recipe_config(tmp_path, image, script))
     remove(dockerd.env, image)
     before = containers(dockerd)
@@ -362,13 +357,7 @@ def test_dockerd_killed_and_restarted_mid_streams_and_heal(
         image = "127.0.0.1:1/dhp/faults-restart:1"
         marker = tmp_path / "marker"
         release = tmp_path / "release"
-        script = tagging_script(
-            tmp_path / "recipe.sh",
-            marker,
-            BUSYBOX,
-            image,
-            extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
-        )
+        script = gated_tagging_script(tmp_path / "recipe.sh", marker, BUSYBOX, image, release)
         proxy = start_proxy(
             tmp_path / "proxy", daemon.socket, config=recipe_config(tmp_path, image, script)
         )
