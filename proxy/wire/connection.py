@@ -603,7 +603,7 @@ class Connection(asyncio.Protocol):
             return
         if len(buf) > HOLD_HIGH:
             self.reading.pause("hold")
-        elif len(buf) < HOLD_LOW:
+        elif self.reading.reasons and len(buf) < HOLD_LOW:
             self.reading.resume("hold")
         if self.eof_pending and (not buf or self.req is IDLE):
             self.eof_pending = False
