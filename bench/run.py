@@ -507,7 +507,7 @@ def measure_proxy_profile(b: Bench) -> None:
     """
     a = b.args
     pid = b.middle_pid("proxy")
-    spy = shutil.which("py-spy")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not a.profile or not pid or not spy:
         if a.profile and pid:
             b.tables.append(
@@ -547,8 +547,31 @@ def measure_proxy_profile(b: Bench) -> None:
         "send syscall) is charged to the Python function calling it, and the event "
         "loop's recv/epoll to the loop frame."
     )
+    parts: dict[str, int] = {}
+    for frame, n in self_n.items():
+        part = next((name for key, name in PROFILE_PARTS if key in frame), "other")
+        parts[part] = parts.get(part, 0) + n
+    t.notes.append(
+        "By part (where the microseconds go): "
+        + ", ".join(
+            f"{name} {n / max(1, total):.0%}"
+            for name, n in sorted(parts.items(), key=lambda kv: -kv[1])
+        )
+        + "."
+    )
     b.raw["proxy_profile"] = {"samples": total, "self": self_n, "rps": r.rps}
     b.tables.append(t)
+
+
+PROFILE_PARTS = (
+    ("uvloop", "event loop (epoll, recv, dispatch)"),
+    ("connection.py", "data path: states and send syscalls (connection)"),
+    ("http1.py", "framing (http1)"),
+    ("metrics.py", "metrics"),
+    ("prometheus_client", "metrics"),
+    ("routes.py", "metrics"),
+)
+"""Profile frames grouped by the part of the proxy they belong to (first match wins)."""
 
 
 # ------------------------------------------- container create and heal timing
