@@ -1099,6 +1099,7 @@ def render(b: Bench, facts: dict[str, str], started: dt.datetime, took: float) -
         "sudo python bench/run.py --only measure_create,measure_heal --out /tmp/heal.md",
         "sudo python bench/run.py --seconds 1 --rounds 1 --save-mb 64 --out /tmp/quick.md",
         "sudo python bench/run.py --config my-recipes.toml   # proxy with a config",
+        "sudo python bench/soak.py          # 10 minutes, rewrites the soak section only",
         "```",
         "",
         "Exit status: 0 all bars pass, 3 a bar failed, 1 the run was incomplete (the",
