@@ -126,14 +126,16 @@ class Bench:
     def docker(
         self, target: str, *args: str, stdout: int | None = subprocess.PIPE, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run the docker CLI against one target's socket."""
-        return subprocess.run(
-            [DOCKER_CLI, *args],
-            env=self.docker_env(target),
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            check=check,
+        """Run the docker CLI against one target's socket; a failure says what the CLI said."""
+        done = subprocess.run(
+            [DOCKER_CLI, *args], env=self.docker_env(target), stdout=stdout, stderr=subprocess.PIPE
         )
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"docker {' '.join(args)} via {target} exited {done.returncode}: "
+                f"{done.stderr.decode(errors='replace').strip()}"
+            )
+        return done
 
     def api(self, target: str, method: str, path: str, body: object = None) -> tuple[int, float]:
         """One API request on a fresh connection: (status, seconds). For latency rows."""

@@ -870,7 +870,9 @@ class Connection(asyncio.Protocol):
         self.status = head.status
         if head.close:
             self.close_after = True
-        out = bytes(buf[start:] if raw_stream else buf[start : end + n])
+        stop = len(buf) if raw_stream else end + n
+        whole = start == 0 and stop == len(buf) and type(buf) is bytes  # a fresh chunk: no copy
+        out = cast(bytes, buf) if whole else bytes(buf[start:stop])
         self.resp_buf.clear()  # after the slice: ``buf`` may be this very buffer
         if capture is None:
             self._observe_exchange()
@@ -883,10 +885,13 @@ class Connection(asyncio.Protocol):
             return
         if body.done:
             self._resp("complete")
-            if capture is None:
-                self._write_answer(out)
-            else:
-                capture.buf += out  # a whole answer in one read: never over the limit
+            if capture is None:  # the usual case, kept short: a whole answer in one read
+                if self.transport is not None:
+                    self.transport.write(out)
+                self.resp_body = None
+                self._maybe_finish()
+                return
+            capture.buf += out  # a whole answer in one read: never over the limit
             self._answer_complete()
         else:
             self._resp("head")
