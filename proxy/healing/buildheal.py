@@ -44,7 +44,6 @@ from ..recipes.config import Config
 from ..recipes.dockerfile import from_images
 from ..recipes.patterns import find_recipe
 from ..recipes.reference import InvalidReference, normalize
-from ..wire import errors
 from ..wire.connection import Exchange
 from .contextscan import DockerfileScan
 from .healer import Healer, HealFailed
@@ -120,7 +119,7 @@ class BuildHeal:
             try:
                 data = await exchange.read()
             except ConnectionError as exc:
-                exchange.respond(errors.error(400, f"bad request: {exc}", close=True))
+                exchange.fail(400, f"bad request: {exc}")
                 return None
             if data is None:
                 return None  # outgrew the exchange's limit before streaming: forwarded
@@ -165,7 +164,7 @@ class BuildHeal:
                 pass
         except ConnectionError:
             pass
-        exchange.respond(errors.error(500, message))
+        exchange.fail(500, message)
 
     def _managed(self, text: str, params: BuildParams) -> list[str]:
         recipes = self._config().recipes
