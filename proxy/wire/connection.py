@@ -644,9 +644,12 @@ class Connection(asyncio.Protocol):
             self._body_done()
         if self.life is not OPEN:
             return
-        if len(buf) > HOLD_HIGH:
+        # Bytes are held only while an exchange is in progress. A head still
+        # arriving is bounded by MAX_HEAD (431), not held: pausing it would
+        # wait forever for the rest of a head over HOLD_HIGH.
+        if len(buf) > HOLD_HIGH and self.req is not IDLE:
             self.reading.pause("hold")
-        elif self.reading.reasons and len(buf) < HOLD_LOW:
+        elif self.reading.reasons and (len(buf) < HOLD_LOW or self.req is IDLE):
             self.reading.resume("hold")
         if self.eof_pending and (not buf or self.req is IDLE):
             self.eof_pending = False

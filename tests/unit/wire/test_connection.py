@@ -43,7 +43,7 @@ from proxy.wire.connection import (
     Hub,
     InvalidTransition,
 )
-from proxy.wire.http1 import RequestHead, parse_request_head
+from proxy.wire.http1 import MAX_HEAD, RequestHead, parse_request_head
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -622,6 +622,19 @@ async def streamed_body_goes_upstream_whole_after_an_early_answer() -> None:
         await close_client(r, writer)
         await daemon.close()
         assert daemon.accepted == 1
+
+
+@scenario
+async def a_head_over_the_hold_limit_is_read_whole() -> None:
+    async with rig() as r:
+        reader, writer = await r.client()
+        request = b"GET /_ping HTTP/1.1\r\nX-Registry-Config: %s\r\n\r\n" % (b"r" * 300000)
+        writer.write(request)
+        assert await asyncio.wait_for(read_answer(reader), 5) == ok()
+        writer.write(b"GET /_ping HTTP/1.1\r\nX: " + b"r" * MAX_HEAD)  # no end in sight
+        assert (await reader.read()).startswith(b"HTTP/1.1 431 ")
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == request
 
 
 # -- the client going away -------------------------------------------------------
