@@ -16,6 +16,7 @@ Rules:
   the daemon's business.
 - Then the request goes upstream byte for byte: head, spooled prefix, and
   the rest of the body as it arrives, and the daemon's answer streams back.
+- A client that left during the heal gets nothing sent upstream for it.
 - A failed heal answers 500 with the reason, after the rest of the body has
   been read: a client still writing a body it cannot finish would report a
   broken pipe instead of the reason.
@@ -103,6 +104,11 @@ class BuildHeal:
             if text is None:
                 return  # answered already
             if not await self._heal(exchange, text, params):
+                return
+            if exchange.client_gone:
+                # Left during the heal (maybe unnoticed: a client that fell
+                # behind is not read); nobody would read the build's output.
+                log.info("client gave up waiting for the build of %s; not forwarded", name)
                 return
             await self._forward(exchange, spool)
 

@@ -1258,7 +1258,9 @@ class Connection(asyncio.Protocol):
         return errors.error(status, message, head_only=self._head_only(), close=self.close_after)
 
     def local_gone(self) -> bool:
-        return self.life is not OPEN or (self.req is CLOSED and _hung_up(self.transport))
+        # Not only after EOF: a client paused for falling behind is not read,
+        # so its EOF never comes, yet its closed socket shows.
+        return self.life is not OPEN or _hung_up(self.transport)
 
     # -- observations ------------------------------------------------------
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import shutil
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,6 +16,7 @@ from inproc import Rig, read_answer, rig, run, wait_until
 from proxy.healing.healer import Healer
 from proxy.healing.intercept import Interceptor
 from proxy.recipes.config import parse_config
+from proxy.wire.connection import STREAM_LIMIT
 from proxy.wire.http1 import RequestHead
 
 CONFIG = parse_config({"images": [{"match": "app:{tag}", "command": ["true"]}]}, base_dir=Path("/"))
@@ -24,6 +29,7 @@ class FakeHealer:
     """One shielded heal per image, as ``Healer`` runs them; ``release`` ends it."""
 
     def __init__(self) -> None:
+        self.state_dir = Path("/nonexistent")  # a build test gives it a folder
         self.release = asyncio.Event()
         self.waiters = 0
         self.started: list[str] = []
@@ -44,6 +50,10 @@ class FakeHealer:
             await asyncio.shield(task)
         finally:
             self.waiters -= 1
+
+    async def ensure(self, image: str, *, trigger: str) -> str:
+        await self.heal(image, trigger=trigger)
+        return "healed"
 
     def snapshot(self) -> dict[str, Any]:
         return {"waiters": self.waiters}
@@ -158,5 +168,41 @@ def test_status_honours_connection_close_and_counts_tasks() -> None:
             assert b"\r\nConnection: close" in head
             assert json.loads(body)["debug"]["tasks"] >= 1
             await r.settled()
+
+    run(main())
+
+
+def build_request(context_size: int) -> bytes:
+    """A classic-builder ``POST /build``: a tar with ``FROM app:1`` first, then filler."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in ((b"Dockerfile", b"FROM app:1\n"), (b"filler", b"f" * context_size)):
+            info = tarfile.TarInfo(name.decode())
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    body = out.getvalue()
+    head = b"POST /v1.41/build?t=built HTTP/1.1\r\nHost: d\r\n"
+    head += b"Content-Type: application/x-tar\r\nContent-Length: %d\r\n\r\n" % len(body)
+    return head + body
+
+
+def test_build_client_gone_while_paused_during_its_heal_is_not_forwarded() -> None:
+    async def main() -> None:
+        daemon, healer, interceptor = setup()
+        healer.state_dir = Path(tempfile.mkdtemp(prefix="ic-", dir="/tmp"))
+        async with rig(daemon, interceptor) as r:
+            _, writer = await r.client()
+            writer.write(build_request(3 * STREAM_LIMIT))
+            await wait_until(lambda: healer.waiters == 1, "the build to wait for its heal")
+            (conn,) = r.hub.connections
+            # Far enough behind that the client is no longer read: its EOF cannot show.
+            await wait_until(lambda: "stream" in conn.reading.reasons, "reading to pause")
+            writer.transport.abort()
+            daemon.healed = True
+            healer.release.set()
+            await wait_until(lambda: healer.finished, "the heal to finish")
+            await r.settled()
+            assert r.daemon.received == b""  # no build replayed to nobody
+        shutil.rmtree(healer.state_dir)
 
     run(main())
