@@ -31,10 +31,12 @@ Rules:
   connection is aborted, its handler cancelled (a heal it waits for goes on:
   the healer shields it), and nothing is replayed for it.
 - The proxy answers ``100 Continue`` itself to a claimed HTTP/1.1 request
-  that asks for it, since it reads the body before the daemon sees anything;
-  the daemon's own interim answers to that request are then dropped, and a
-  captured answer never holds one. Interim answers are never an exchange's
-  status.
+  that asks for it, on the handler's first read of the body as Go's server
+  does, since the daemon sees nothing before that; the daemon's own interim
+  answers to that request are then dropped, and a captured answer never
+  holds one. A claimed body the client was never invited to send is not
+  waited for: the connection closes after the answer. Interim answers are
+  never an exchange's status.
 - A handler may read a claimed body as a stream instead of whole: bytes it
   has not read yet are held up to ``STREAM_LIMIT``, then reading pauses
   ("stream" in the client side's ``Flow``). Once a handler has started the
@@ -718,7 +720,6 @@ class Connection(asyncio.Protocol):
             self._req("claim")
             self.req_body = body
             self.expects = _wants_continue(head)
-            self._continue()
         else:
             self._req("complete")
         self.task = asyncio.get_running_loop().create_task(self._run_local(handler))
@@ -1159,13 +1160,19 @@ class Connection(asyncio.Protocol):
                 return
             self._resp("answer")
             if self.req is COLLECT_BODY or self.req is STREAM_BODY:
+                uninvited = self.expects and not self.continued
                 self._drop_body()  # answered without reading it all
+                if uninvited:
+                    # The client waits for a 100 that will not come, and may
+                    # never send the body: end the connection, as Go does.
+                    self._close()
+                    return
         self._maybe_finish()
 
     # -- what a handler may do (through ``Exchange``) --------------------------
 
     def _continue(self) -> None:
-        """A claimed body whose client waits for leave to send it."""
+        """The first read of a body whose client waits for leave to send it."""
         if self.expects and not self.continued:
             # The daemon sees nothing until the body is read, so its own
             # 100 would never come; a waiting client would stall.
@@ -1175,6 +1182,7 @@ class Connection(asyncio.Protocol):
     async def local_body(self) -> bytes | None:
         if self.resp is not LOCAL:
             return None  # too large: forwarded as it came
+        self._continue()
         while self.req is COLLECT_BODY:
             await self._wait()
         if self.resp is not LOCAL:
@@ -1204,6 +1212,7 @@ class Connection(asyncio.Protocol):
     async def local_read(self) -> bytes | None:
         if self.resp is not LOCAL:
             return None  # too large before the first read, or sent: forwarded
+        self._continue()
         if self.req is COLLECT_BODY:
             self._req("stream")
         while not self.collected and self.req is STREAM_BODY:
@@ -1331,7 +1340,8 @@ class Exchange:
 
         Unlike ``body`` nothing is held but what the handler has not read yet,
         and reading pauses while that exceeds ``STREAM_LIMIT``, so a body of
-        any size streams through flat memory. None: the body outgrew
+        any size streams through flat memory. The first read answers a
+        waiting client's ``Expect: 100-continue``. None: the body outgrew
         ``BODY_LIMIT`` before the first read and was forwarded as it came.
         Raises ConnectionError when the client ended the body early; the
         connection then closes after the handler's answer.

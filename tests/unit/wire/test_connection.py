@@ -568,6 +568,10 @@ async def streamed_body_answered_locally_drops_the_rest() -> None:
         assert (await read_answer(reader, "POST")).endswith(b'{"peeked":true}')
         writer.write(request[1000:] + PING)
         assert await read_answer(reader) == ok()
+        # A client waiting for a 100 it never got may never send its body: closed.
+        writer.write(post("/local/early", b"never sent", b"Expect: 100-continue\r\n")[:-10])
+        assert (await read_answer(reader, "POST")).endswith(b'{"early":true}')
+        assert await reader.read() == b""
         await close_client(r, writer)
         assert bytes(r.daemon.received) == PING
 
