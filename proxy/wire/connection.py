@@ -1167,6 +1167,10 @@ class Connection(asyncio.Protocol):
                     # never send the body: end the connection, as Go does.
                     self._close()
                     return
+        elif self.req is STREAM_BODY or self.collected:
+            # The handler started the request upstream: all of its body goes
+            # there, even when the daemon has answered already.
+            self.local_forward_rest()
         self._maybe_finish()
 
     # -- what a handler may do (through ``Exchange``) --------------------------

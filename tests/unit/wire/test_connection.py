@@ -608,8 +608,9 @@ async def streamed_body_goes_upstream_whole_after_an_early_answer() -> None:
         r.hub.upstream_path = daemon.path
         reader, writer = await r.client()
         sent = b""
-        # The body is the daemon's, all of it, and the next request follows it in step.
-        for query in ("forward",):
+        # With forward_rest, or returning without it: either way the body is
+        # the daemon's, all of it, and the next request follows it in step.
+        for query in ("forward", "return"):
             request = post("/local/gated?" + query, b"g" * 100000)
             writer.write(request[:2000])
             assert await read_answer(reader, "POST") == ok()
