@@ -436,6 +436,8 @@ class Connection(asyncio.Protocol):
         self.resp = IDLE
         self.used = False
         self.inbuf = bytearray()
+        self.scanned = 0
+        """Where in ``inbuf`` the search for the end of a head goes on: a line start."""
         self.eof_pending = False
         """The client half-closed; the EOF is read once the held bytes are."""
         self.reading = Flow()
@@ -619,11 +621,16 @@ class Connection(asyncio.Protocol):
                         break  # maybe the preface: wait for the rest of it
                     self._splice_h2()
                     return
-                end = find_head_end(buf)
+                end = find_head_end(buf, self.scanned)
                 if end < 0:
                     if len(buf) > MAX_HEAD:
                         self._reject(431, "request header fields too large")
+                    # A head ends at an empty line, so the next search can
+                    # start at the last line start: a head arriving in many
+                    # reads is searched once, not once per read from 0.
+                    self.scanned = max(self.scanned, buf.rfind(b"\n", self.scanned) + 1)
                     break
+                self.scanned = 0
                 raw = bytes(buf[:end])
                 del buf[:end]
                 try:

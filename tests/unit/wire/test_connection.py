@@ -43,7 +43,7 @@ from proxy.wire.connection import (
     Hub,
     InvalidTransition,
 )
-from proxy.wire.http1 import MAX_HEAD, RequestHead, parse_request_head
+from proxy.wire.http1 import MAX_HEAD, RequestHead, find_head_end, parse_request_head
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -640,6 +640,30 @@ async def a_head_over_the_hold_limit_is_read_whole() -> None:
         assert (await reader.read()).startswith(b"HTTP/1.1 431 ")
         await close_client(r, writer)
         assert bytes(r.daemon.received) == request
+
+
+@scenario
+async def a_head_in_many_reads_is_searched_once() -> None:
+    searched: list[int] = []
+
+    def counting(buf: bytes | bytearray, start: int = 0) -> int:
+        searched.append(len(buf) - start)
+        return find_head_end(buf, start)
+
+    async with rig() as r:
+        conn, client = fake_connection(r.hub)
+        request = b"GET /_ping HTTP/1.1\r\n" + b"X-Line: %s\r\n" % (b"l" * 90) * 400 + b"\r\n"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(connection, "find_head_end", counting)
+            for i in range(0, len(request), 100):
+                conn.data_received(request[i : i + 100])
+        # Each read searches its own bytes and the line it continues, no more.
+        assert sum(searched) < 3 * len(request)
+        await wait_until(lambda: client.out == ok(), "the answer")
+        assert bytes(r.daemon.received) == request
+        conn.abort()
+        conn.connection_lost(None)
+        await r.settled()
 
 
 # -- the client going away -------------------------------------------------------
