@@ -156,8 +156,8 @@ def test_cli_build_from_a_pruned_base_heals_it_first(
     assert spool_files(tmp_path, proxy) == []
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
     assert (
-        f'docker_heal_proxy_heals_total{{image="{BASE}",result="success",trigger="build",'
-        'source="recipe"} 1.0' in metrics.decode()
+        f'docker_heal_proxy_heals_total{{image="{BASE}",result="success",source="recipe",'
+        'trigger="build"} 1.0' in metrics.decode()
     )
 
 
