@@ -761,6 +761,9 @@ class Connection(asyncio.Protocol):
         self.reading.resume("connecting")
         self._observe_upstream_error("connect")
         log.warning("%s", message)
+        if self.splice is not None:
+            self._close()  # a raw stream has no 502 to give: only a close says it failed
+            return
         self._fail_answer(502, message)
 
     def _fail_answer(self, status: int, message: str) -> None:

@@ -298,6 +298,16 @@ async def h2_preface_is_spliced_whole() -> None:
         assert r.recorder.h2 == 1 and r.recorder.hijacks == 0
 
 
+@scenario
+async def h2_preface_with_the_daemon_down_closes() -> None:
+    async with rig(daemon_up=False) as r:
+        reader, writer = await r.client()
+        writer.write(H2_PREFACE)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close_client(r, writer)
+        assert r.recorder.upstream_errors == ["connect"] and r.recorder.hijacks == 0
+
+
 def upgrade_daemon(path: str, early: bool = False) -> FakeDaemon:
     """Answers 101 to the head (before any body when ``early``), then echoes raw bytes."""
 
