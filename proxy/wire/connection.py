@@ -809,6 +809,8 @@ class Connection(asyncio.Protocol):
                 return
             self._to_client(data[:n] if n < len(data) else data)
             if body.done:
+                if n < len(data):
+                    self._upstream_surplus(len(data) - n)
                 self._response_done()
         elif state is AWAIT_HEAD or state is CAPTURE_HEAD:
             if self.resp_buf:
@@ -817,7 +819,8 @@ class Connection(asyncio.Protocol):
             else:
                 self._response_head(data)  # the usual case: no copy
         else:
-            log.debug("dropping %d unsolicited bytes from the daemon", len(data))
+            self._upstream_surplus(len(data))
+            self.close_when_idle()
 
     def _response_head(self, buf: bytes | bytearray) -> None:
         """Parse the answer's head from ``buf``: ``resp_buf``, or a fresh chunk.
@@ -888,6 +891,8 @@ class Connection(asyncio.Protocol):
             return
         if body.done:
             self._resp("complete")
+            if stop < len(buf):
+                self._upstream_surplus(len(buf) - stop)
             if capture is None:  # the usual case, kept short: a whole answer in one read
                 if self.transport is not None:
                     self.transport.write(out)
@@ -919,6 +924,20 @@ class Connection(asyncio.Protocol):
         self._close_upstream()
         self.close_after = True
         self._fail_answer(502, message)
+
+    def _upstream_surplus(self, size: int) -> None:
+        """Bytes after a complete answer: the daemon's framing can no longer be trusted.
+
+        What was answered stands; the daemon connection goes, so the next
+        request cannot be answered with these bytes, and the client's
+        connection ends after the exchange in progress.
+        """
+        self._observe_upstream_error("protocol")
+        log.warning("the Docker daemon sent %d bytes after a complete answer", size)
+        self._close_upstream()
+        self.close_after = True
+        if self.req is SEND_BODY:
+            self._req("drop")  # the rest must not reach a new daemon connection
 
     def _to_client(self, data: bytes) -> None:
         capture = self.capture

@@ -203,6 +203,59 @@ async def daemon_down_gets_502_honouring_head_and_close() -> None:
         assert r.recorder.upstream_errors == ["connect", "connect"]
 
 
+class ScriptedDaemon(FakeDaemon):
+    """A daemon the test writes for by hand, at the moments it chooses."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.writers.append(writer)
+        try:
+            while data := await reader.read(65536):
+                self.received += data
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@scenario
+async def daemon_answering_twice_is_cut_off() -> None:
+    async def twice(head: RequestHead, body: bytes) -> bytes:
+        return ok() + ok(b"again")
+
+    async with rig(twice) as r:  # both answers in one read
+        reader, writer = await r.client()
+        writer.write(PING * 2)
+        assert await read_answer(reader) == ok()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING and r.recorder.upstream_errors == ["protocol"]
+    async with rig() as r:
+        r.daemon.server.close()  # type: ignore[union-attr]
+        daemon = ScriptedDaemon(r.daemon.path + "2", r.daemon.answer)
+        await daemon.start()
+        r.hub.upstream_path = daemon.path
+        for i, surplus_in in enumerate(("BODY", "IDLE")):
+            reader, writer = await r.client()
+            writer.write(PING)
+            await wait_until(lambda: bytes(daemon.received) == PING * (i + 1), "the request")
+            (conn,) = r.hub.connections
+            daemon.writers[-1].write(ok()[:-2])
+            await wait_until(lambda: conn.resp is connection.BODY, "the head to pass")
+            if surplus_in == "BODY":
+                daemon.writers[-1].write(b"OK" + ok())
+            else:
+                daemon.writers[-1].write(b"OK")
+                await wait_until(lambda: conn.resp is IDLE, "the exchange to end")
+                daemon.writers[-1].write(ok())
+            assert await read_answer(reader) == ok()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            await close_client(r, writer)
+        await daemon.close()
+        assert r.recorder.upstream_errors == ["protocol"] * 2
+
+
 @scenario
 async def daemon_closing_before_answering_gets_502() -> None:
     async def answer(head: RequestHead, body: bytes) -> None:
