@@ -688,11 +688,11 @@ class Connection(asyncio.Protocol):
         collecting = self.req is COLLECT_BODY
         self._req("body_end")
         self.req_body = None
-        if collecting:
-            if self.body_waiter is not None and not self.body_waiter.done():
-                self.body_waiter.set_result(bytes(self.collected))
-        else:
-            self._maybe_finish()
+        if collecting and self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(bytes(self.collected))
+        # A handler that forwarded or failed before reading the body has
+        # left, and only this can end the exchange.
+        self._maybe_finish()
 
     def _overflow(self) -> None:
         """A claimed request's body outgrew the limit: forward it after all."""
@@ -1081,6 +1081,10 @@ class Connection(asyncio.Protocol):
         try:
             await handler(exchange)
         except asyncio.CancelledError:
+            if self.life is OPEN and self.resp is LOCAL:
+                # Not cancelled by the client going: nobody else will answer it.
+                self.task = None
+                self.abort()
             raise
         except Exception:
             log.exception("error handling %s %s", self.head.method, self.head.path)

@@ -95,11 +95,22 @@ async def broken(exchange: Exchange) -> None:
     raise RuntimeError("a bug in a handler")
 
 
+async def ahead(exchange: Exchange) -> None:
+    """Forward a request of its own without waiting for the body."""
+    exchange.forward(PING)
+
+
+async def stall(exchange: Exchange) -> None:
+    await asyncio.Event().wait()
+
+
 HANDLERS: dict[str, Handler] = {
     "relay": relay,
     "forward": forward,
     "early": early,
     "broken": broken,
+    "ahead": ahead,
+    "stall": stall,
 }
 
 
@@ -508,6 +519,31 @@ async def local_handler_error_is_a_500() -> None:
         writer.write(b"GET /local/broken HTTP/1.1\r\n\r\n")
         answer = await read_answer(reader)
         assert answer.startswith(b"HTTP/1.1 500 ") and b"internal error" in answer
+        await close_client(r, writer)
+
+
+@scenario
+async def local_forward_before_the_body_then_the_next_request() -> None:
+    async with rig(interceptor=Claims(HANDLERS)) as r:
+        reader, writer = await r.client()
+        request = post("/local/ahead", b"body")
+        writer.write(request[:-2])
+        assert await read_answer(reader, "POST") == ok()
+        writer.write(request[-2:] + PING)
+        assert await asyncio.wait_for(read_answer(reader), 5) == ok()
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING * 2
+
+
+@scenario
+async def local_handler_cancelled_aborts_the_connection() -> None:
+    async with rig(interceptor=Claims(HANDLERS)) as r:
+        reader, writer = await r.client()
+        writer.write(b"GET /local/stall HTTP/1.1\r\n\r\n")
+        await wait_until(lambda: proxy_tasks(), "the handler to start")
+        (task,) = proxy_tasks()
+        task.cancel()  # not by the client going: by shutdown, say
+        assert await asyncio.wait_for(reader.read(), 5) == b""
         await close_client(r, writer)
 
 
