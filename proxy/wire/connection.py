@@ -288,10 +288,12 @@ class Upstream(asyncio.Protocol):
                 raise
 
     def pause_writing(self) -> None:
-        self.conn.reading.pause("daemon-full")
+        if self is self.conn.up:  # a replaced one draining must not touch the client
+            self.conn.reading.pause("daemon-full")
 
     def resume_writing(self) -> None:
-        self.conn.reading.resume("daemon-full")
+        if self is self.conn.up:
+            self.conn.reading.resume("daemon-full")
 
 
 class Flow:

@@ -669,6 +669,22 @@ def fake_connection(hub: Hub) -> tuple[Connection, FakeClient]:
 
 
 @scenario
+async def a_replaced_daemon_connection_no_longer_moves_the_client() -> None:
+    async with rig() as r:
+        conn, client = fake_connection(r.hub)
+        old = connection.Upstream(conn)
+        conn.up = connection.Upstream(conn)
+        conn.reading.pause("daemon-full")  # the current daemon connection is full
+        old.resume_writing()  # the replaced one drained its buffer
+        assert client.calls == ["pause"]
+        conn.reading.resume("daemon-full")
+        old.pause_writing()
+        assert client.calls == ["pause", "resume"]
+        conn.abort()
+        conn.connection_lost(None)
+
+
+@scenario
 async def held_bytes_pause_high_and_resume_low() -> None:
     release = [asyncio.Event(), asyncio.Event()]
 
