@@ -26,10 +26,11 @@ Rules:
   response with no length that runs until close (dockerd's 200 raw-stream
   hijack) becomes a raw ``Splice``. From then on each half-close is passed on
   with ``write_eof`` and the connection ends when both directions have.
-- A client that closes its socket (not just its sending half) is noticed at
-  once, whatever the connection is doing: nobody will read an answer, so the
-  connection is aborted, its handler cancelled (a heal it waits for goes on:
-  the healer shields it), and nothing is replayed for it.
+- A client that closes its socket (not just its sending half) is noticed as
+  soon as its EOF is read: nobody will read an answer, so the connection is
+  aborted, its handler cancelled (a heal it waits for goes on: the healer
+  shields it), and nothing is replayed for it. While reading is paused the EOF
+  waits behind the unread bytes; in a splice it is a half-close, passed on.
 - The proxy answers ``100 Continue`` itself to a claimed HTTP/1.1 request
   that asks for it, since it reads the body before the daemon sees anything;
   the daemon's own interim answers to that request are then dropped, and a
