@@ -250,15 +250,15 @@ async def daemon_answering_twice_is_cut_off() -> None:
         for i, surplus_in in enumerate(("BODY", "IDLE")):
             reader, writer = await r.client()
             writer.write(PING)
-            await wait_until(lambda: bytes(daemon.received) == PING * (i + 1), "the request")
+            await wait_until(lambda n=i + 1: bytes(daemon.received) == PING * n, "the request")
             (conn,) = r.hub.connections
             daemon.writers[-1].write(ok()[:-2])
-            await wait_until(lambda: conn.resp is connection.BODY, "the head to pass")
+            await wait_until(lambda c=conn: c.resp is connection.BODY, "the head to pass")
             if surplus_in == "BODY":
                 daemon.writers[-1].write(b"OK" + ok())
             else:
                 daemon.writers[-1].write(b"OK")
-                await wait_until(lambda: conn.resp is IDLE, "the exchange to end")
+                await wait_until(lambda c=conn: c.resp is IDLE, "the exchange to end")
                 daemon.writers[-1].write(ok())
             assert await read_answer(reader) == ok()
             assert await asyncio.wait_for(reader.read(), 5) == b""
