@@ -9,7 +9,6 @@ reaches (and so no test pins) fails the suite.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -21,6 +20,7 @@ from inproc import (
     FakeDaemon,
     Rig,
     Transitions,
+    cut,
     ok,
     proxy_tasks,
     read_answer,
@@ -835,11 +835,6 @@ async def _echo_size(head: RequestHead, body: bytes) -> bytes:
     return ok(payload)
 
 
-def _cuts(data: bytes, points: list[int]) -> list[bytes]:
-    marks = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(marks)]
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     requests=st.lists(
@@ -848,20 +843,26 @@ def _cuts(data: bytes, points: list[int]) -> list[bytes]:
         max_size=6,
     ),
     cuts=st.lists(st.integers(0, 100000), max_size=8),
+    answer_cuts=st.lists(st.integers(0, 100000), max_size=4),
     ending=st.sampled_from(["close", "half-close", "cut-sending", "cut-reading"]),
     where=st.integers(0, 100000),
 )
 def test_random_exchanges_keep_every_byte_in_order(
-    requests: list[tuple[str, int]], cuts: list[int], ending: str, where: int
+    requests: list[tuple[str, int]],
+    cuts: list[int],
+    answer_cuts: list[int],
+    ending: str,
+    where: int,
 ) -> None:
     async def main() -> None:
         built = [_request(kind, n) for kind, n in requests]
         sent = b"".join(raw for raw, _ in built)
         expected = [await _echo_size(_parse(raw), _body_of(raw)) for raw, _ in built]
         async with rig(_echo_size, Claims(HANDLERS)) as r:
+            r.daemon.cuts = answer_cuts
             reader, writer = await r.client()
             limit = where % (len(sent) + 1) if ending == "cut-sending" else len(sent)
-            for piece in _cuts(sent[:limit], cuts):
+            for piece in cut(sent[:limit], cuts):
                 writer.write(piece)
                 await asyncio.sleep(0)
             if ending == "cut-sending":
