@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -61,6 +62,12 @@ async def ping_answer(head: RequestHead, body: bytes) -> bytes | None:
     return ok()
 
 
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """``data`` in pieces at ``points`` (taken modulo its length + 1)."""
+    marks = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(marks)]
+
+
 class FakeDaemon:
     """dockerd's place: records every byte it reads, answers by script."""
 
@@ -69,6 +76,8 @@ class FakeDaemon:
         self.answer = answer
         self.at_head = at_head
         """Answer on the head, before reading the body, as a non-Go daemon may."""
+        self.cuts: list[int] = []
+        """Where answers are cut into separate writes, so the proxy reads them in pieces."""
         self.received = bytearray()
         self.requests: list[tuple[RequestHead, bytes]] = []
         self.accepted = 0
@@ -127,8 +136,10 @@ class FakeDaemon:
                 out = await self.answer(head, bytes(got))
                 if out is None:
                     return
-                writer.write(out)
-                await writer.drain()
+                for piece in cut(out, self.cuts):
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0)  # let the proxy read this piece alone
                 if isinstance(out, Closing):
                     return
         except (ConnectionError, asyncio.CancelledError):

@@ -26,10 +26,11 @@ Rules:
   response with no length that runs until close (dockerd's 200 raw-stream
   hijack) becomes a raw ``Splice``. From then on each half-close is passed on
   with ``write_eof`` and the connection ends when both directions have.
-- A client that closes its socket (not just its sending half) is noticed at
-  once, whatever the connection is doing: nobody will read an answer, so the
-  connection is aborted, its handler cancelled (a heal it waits for goes on:
-  the healer shields it), and nothing is replayed for it.
+- A client that closes its socket (not just its sending half) is noticed as
+  soon as its EOF is read: nobody will read an answer, so the connection is
+  aborted, its handler cancelled (a heal it waits for goes on: the healer
+  shields it), and nothing is replayed for it. While reading is paused the EOF
+  waits behind the unread bytes; in a splice it is a half-close, passed on.
 - The proxy answers ``100 Continue`` itself to a claimed HTTP/1.1 request
   that asks for it, on the handler's first read of the body as Go's server
   does, since the daemon sees nothing before that; the daemon's own interim
@@ -308,10 +309,12 @@ class Upstream(asyncio.Protocol):
                 raise
 
     def pause_writing(self) -> None:
-        self.conn.reading.pause("daemon-full")
+        if self is self.conn.up:  # a replaced one draining must not touch the client
+            self.conn.reading.pause("daemon-full")
 
     def resume_writing(self) -> None:
-        self.conn.daemon_room()
+        if self is self.conn.up:  # a replaced one draining must not touch the client
+            self.conn.daemon_room()
 
 
 class Flow:
@@ -751,8 +754,9 @@ class Connection(asyncio.Protocol):
         self.req_body = None
         if state is COLLECT_BODY or state is STREAM_BODY:
             self._wake()
-        else:
-            self._maybe_finish()
+        # A handler that forwarded or failed before reading the body has
+        # left, and only this can end the exchange.
+        self._maybe_finish()
 
     def _drop_body(self) -> None:
         """The rest of this request's body is read and thrown away."""
@@ -839,6 +843,9 @@ class Connection(asyncio.Protocol):
         self.reading.resume("connecting")
         self._observe_upstream_error("connect")
         log.warning("%s", message)
+        if self.splice is not None:
+            self._close()  # a raw stream has no 502 to give: only a close says it failed
+            return
         self._fail_answer(502, message)
 
     def _fail_answer(self, status: int, message: str) -> None:
@@ -884,6 +891,8 @@ class Connection(asyncio.Protocol):
                 return
             self._to_client(data[:n] if n < len(data) else data)
             if body.done:
+                if n < len(data):
+                    self._upstream_surplus(len(data) - n)
                 self._response_done()
         elif state is AWAIT_HEAD or state is CAPTURE_HEAD:
             if self.resp_buf:
@@ -892,7 +901,8 @@ class Connection(asyncio.Protocol):
             else:
                 self._response_head(data)  # the usual case: no copy
         else:
-            log.debug("dropping %d unsolicited bytes from the daemon", len(data))
+            self._upstream_surplus(len(data))
+            self.close_when_idle()
 
     def _response_head(self, buf: bytes | bytearray) -> None:
         """Parse the answer's head from ``buf``: ``resp_buf``, or a fresh chunk.
@@ -963,6 +973,8 @@ class Connection(asyncio.Protocol):
             return
         if body.done:
             self._resp("complete")
+            if stop < len(buf):
+                self._upstream_surplus(len(buf) - stop)
             if capture is None:  # the usual case, kept short: a whole answer in one read
                 if self.transport is not None:
                     self.transport.write(out)
@@ -994,6 +1006,20 @@ class Connection(asyncio.Protocol):
         self._close_upstream()
         self.close_after = True
         self._fail_answer(502, message)
+
+    def _upstream_surplus(self, size: int) -> None:
+        """Bytes after a complete answer: the daemon's framing can no longer be trusted.
+
+        What was answered stands; the daemon connection goes, so the next
+        request cannot be answered with these bytes, and the client's
+        connection ends after the exchange in progress.
+        """
+        self._observe_upstream_error("protocol")
+        log.warning("the Docker daemon sent %d bytes after a complete answer", size)
+        self._close_upstream()
+        self.close_after = True
+        if self.req is SEND_BODY:
+            self._req("drop")  # the rest must not reach a new daemon connection
 
     def _to_client(self, data: bytes) -> None:
         capture = self.capture
@@ -1142,6 +1168,10 @@ class Connection(asyncio.Protocol):
         try:
             await handler(exchange)
         except asyncio.CancelledError:
+            if self.life is OPEN and self.resp is LOCAL:
+                # Not cancelled by the client going: nobody else will answer it.
+                self.task = None
+                self.abort()
             raise
         except Exception:
             log.exception("error handling %s %s", self.head.method, self.head.path)
@@ -1218,6 +1248,12 @@ class Connection(asyncio.Protocol):
                 self.capture = None
 
     def local_forward(self, raw: bytes) -> None:
+        # A whole request of the handler's own: what is left unread of this
+        # request's body is no part of it, and must not follow it upstream.
+        if self.req is COLLECT_BODY:
+            self._drop_body()
+        else:
+            self.collected.clear()
         self._send(raw)
 
     async def local_read(self) -> bytes | None:

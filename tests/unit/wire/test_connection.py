@@ -9,7 +9,6 @@ reaches (and so no test pins) fails the suite.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -21,6 +20,7 @@ from inproc import (
     FakeDaemon,
     Rig,
     Transitions,
+    cut,
     ok,
     ping_answer,
     proxy_tasks,
@@ -125,6 +125,15 @@ async def peek(exchange: Exchange) -> None:
     exchange.reply(200, b'{"peeked":true}')
 
 
+async def ahead(exchange: Exchange) -> None:
+    """Forward a request of its own without waiting for the body."""
+    exchange.forward(PING)
+
+
+async def stall(exchange: Exchange) -> None:
+    await asyncio.Event().wait()
+
+
 HANDLERS: dict[str, Handler] = {
     "relay": relay,
     "forward": forward,
@@ -133,6 +142,8 @@ HANDLERS: dict[str, Handler] = {
     "stream": stream,
     "spool": spool,
     "peek": peek,
+    "ahead": ahead,
+    "stall": stall,
 }
 
 
@@ -236,6 +247,59 @@ async def daemon_down_gets_502_honouring_head_and_close() -> None:
         assert r.recorder.upstream_errors == ["connect", "connect"]
 
 
+class ScriptedDaemon(FakeDaemon):
+    """A daemon the test writes for by hand, at the moments it chooses."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.writers.append(writer)
+        try:
+            while data := await reader.read(65536):
+                self.received += data
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@scenario
+async def daemon_answering_twice_is_cut_off() -> None:
+    async def twice(head: RequestHead, body: bytes) -> bytes:
+        return ok() + ok(b"again")
+
+    async with rig(twice) as r:  # both answers in one read
+        reader, writer = await r.client()
+        writer.write(PING * 2)
+        assert await read_answer(reader) == ok()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING and r.recorder.upstream_errors == ["protocol"]
+    async with rig() as r:
+        r.daemon.server.close()  # type: ignore[union-attr]
+        daemon = ScriptedDaemon(r.daemon.path + "2", r.daemon.answer)
+        await daemon.start()
+        r.hub.upstream_path = daemon.path
+        for i, surplus_in in enumerate(("BODY", "IDLE")):
+            reader, writer = await r.client()
+            writer.write(PING)
+            await wait_until(lambda n=i + 1: bytes(daemon.received) == PING * n, "the request")
+            (conn,) = r.hub.connections
+            daemon.writers[-1].write(ok()[:-2])
+            await wait_until(lambda c=conn: c.resp is connection.BODY, "the head to pass")
+            if surplus_in == "BODY":
+                daemon.writers[-1].write(b"OK" + ok())
+            else:
+                daemon.writers[-1].write(b"OK")
+                await wait_until(lambda c=conn: c.resp is IDLE, "the exchange to end")
+                daemon.writers[-1].write(ok())
+            assert await read_answer(reader) == ok()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            await close_client(r, writer)
+        await daemon.close()
+        assert r.recorder.upstream_errors == ["protocol"] * 2
+
+
 @scenario
 async def daemon_closing_before_answering_gets_502() -> None:
     async def answer(head: RequestHead, body: bytes) -> None:
@@ -329,6 +393,16 @@ async def h2_preface_is_spliced_whole() -> None:
         await h2.close()
         assert bytes(h2.received) == sent
         assert r.recorder.h2 == 1 and r.recorder.hijacks == 0
+
+
+@scenario
+async def h2_preface_with_the_daemon_down_closes() -> None:
+    async with rig(daemon_up=False) as r:
+        reader, writer = await r.client()
+        writer.write(H2_PREFACE)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close_client(r, writer)
+        assert r.recorder.upstream_errors == ["connect"] and r.recorder.hijacks == 0
 
 
 def upgrade_daemon(path: str, early: bool = False) -> FakeDaemon:
@@ -478,6 +552,31 @@ async def local_handler_error_is_a_500() -> None:
         writer.write(b"GET /local/broken HTTP/1.1\r\n\r\n")
         answer = await read_answer(reader)
         assert answer.startswith(b"HTTP/1.1 500 ") and b"internal error" in answer
+        await close_client(r, writer)
+
+
+@scenario
+async def local_forward_before_the_body_then_the_next_request() -> None:
+    async with rig(interceptor=Claims(HANDLERS)) as r:
+        reader, writer = await r.client()
+        request = post("/local/ahead", b"body")
+        writer.write(request[:-2])
+        assert await read_answer(reader, "POST") == ok()
+        writer.write(request[-2:] + PING)
+        assert await asyncio.wait_for(read_answer(reader), 5) == ok()
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING * 2
+
+
+@scenario
+async def local_handler_cancelled_aborts_the_connection() -> None:
+    async with rig(interceptor=Claims(HANDLERS)) as r:
+        reader, writer = await r.client()
+        writer.write(b"GET /local/stall HTTP/1.1\r\n\r\n")
+        await wait_until(lambda: proxy_tasks(), "the handler to start")
+        (task,) = proxy_tasks()
+        task.cancel()  # not by the client going: by shutdown, say
+        assert await asyncio.wait_for(reader.read(), 5) == b""
         await close_client(r, writer)
 
 
@@ -735,6 +834,22 @@ def fake_connection(hub: Hub) -> tuple[Connection, FakeClient]:
 
 
 @scenario
+async def a_replaced_daemon_connection_no_longer_moves_the_client() -> None:
+    async with rig() as r:
+        conn, client = fake_connection(r.hub)
+        old = connection.Upstream(conn)
+        conn.up = connection.Upstream(conn)
+        conn.reading.pause("daemon-full")  # the current daemon connection is full
+        old.resume_writing()  # the replaced one drained its buffer
+        assert client.calls == ["pause"]
+        conn.reading.resume("daemon-full")
+        old.pause_writing()
+        assert client.calls == ["pause", "resume"]
+        conn.abort()
+        conn.connection_lost(None)
+
+
+@scenario
 async def held_bytes_pause_high_and_resume_low() -> None:
     release = [asyncio.Event(), asyncio.Event()]
 
@@ -885,11 +1000,6 @@ async def _echo_size(head: RequestHead, body: bytes) -> bytes:
     return ok(payload)
 
 
-def _cuts(data: bytes, points: list[int]) -> list[bytes]:
-    marks = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(marks)]
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     requests=st.lists(
@@ -898,20 +1008,26 @@ def _cuts(data: bytes, points: list[int]) -> list[bytes]:
         max_size=6,
     ),
     cuts=st.lists(st.integers(0, 100000), max_size=8),
+    answer_cuts=st.lists(st.integers(0, 100000), max_size=4),
     ending=st.sampled_from(["close", "half-close", "cut-sending", "cut-reading"]),
     where=st.integers(0, 100000),
 )
 def test_random_exchanges_keep_every_byte_in_order(
-    requests: list[tuple[str, int]], cuts: list[int], ending: str, where: int
+    requests: list[tuple[str, int]],
+    cuts: list[int],
+    answer_cuts: list[int],
+    ending: str,
+    where: int,
 ) -> None:
     async def main() -> None:
         built = [_request(kind, n) for kind, n in requests]
         sent = b"".join(raw for raw, _ in built)
         expected = [await _echo_size(_parse(raw), _body_of(raw)) for raw, _ in built]
         async with rig(_echo_size, Claims(HANDLERS)) as r:
+            r.daemon.cuts = answer_cuts
             reader, writer = await r.client()
             limit = where % (len(sent) + 1) if ending == "cut-sending" else len(sent)
-            for piece in _cuts(sent[:limit], cuts):
+            for piece in cut(sent[:limit], cuts):
                 writer.write(piece)
                 await asyncio.sleep(0)
             if ending == "cut-sending":
