@@ -46,7 +46,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen, procs
+from bench import loadgen, procs, soak
 
 DOCKER_CLI = "/usr/local/bin/docker"
 BIG_IMAGE = "127.0.0.1:1/bench/big:1"
@@ -134,14 +134,16 @@ class Bench:
     def docker(
         self, target: str, *args: str, stdout: int | None = subprocess.PIPE, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run the docker CLI against one target's socket."""
-        return subprocess.run(
-            [DOCKER_CLI, *args],
-            env=self.docker_env(target),
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            check=check,
+        """Run the docker CLI against one target's socket; a failure says what the CLI said."""
+        done = subprocess.run(
+            [DOCKER_CLI, *args], env=self.docker_env(target), stdout=stdout, stderr=subprocess.PIPE
         )
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"docker {' '.join(args)} via {target} exited {done.returncode}: "
+                f"{done.stderr.decode(errors='replace').strip()}"
+            )
+        return done
 
     def api(self, target: str, method: str, path: str, body: object = None) -> tuple[int, float]:
         """One API request on a fresh connection: (status, seconds). For latency rows."""
@@ -515,7 +517,7 @@ def measure_proxy_profile(b: Bench) -> None:
     """
     a = b.args
     pid = b.middle_pid("proxy")
-    spy = shutil.which("py-spy")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not a.profile or not pid or not spy:
         if a.profile and pid:
             b.tables.append(
@@ -555,8 +557,31 @@ def measure_proxy_profile(b: Bench) -> None:
         "send syscall) is charged to the Python function calling it, and the event "
         "loop's recv/epoll to the loop frame."
     )
+    parts: dict[str, int] = {}
+    for frame, n in self_n.items():
+        part = next((name for key, name in PROFILE_PARTS if key in frame), "other")
+        parts[part] = parts.get(part, 0) + n
+    t.notes.append(
+        "By part (where the microseconds go): "
+        + ", ".join(
+            f"{name} {n / max(1, total):.0%}"
+            for name, n in sorted(parts.items(), key=lambda kv: -kv[1])
+        )
+        + "."
+    )
     b.raw["proxy_profile"] = {"samples": total, "self": self_n, "rps": r.rps}
     b.tables.append(t)
+
+
+PROFILE_PARTS = (
+    ("uvloop", "event loop (epoll, recv, dispatch)"),
+    ("connection.py", "data path: states and send syscalls (connection)"),
+    ("http1.py", "framing (http1)"),
+    ("metrics.py", "metrics"),
+    ("prometheus_client", "metrics"),
+    ("routes.py", "metrics"),
+)
+"""Profile frames grouped by the part of the proxy they belong to (first match wins)."""
 
 
 # ------------------------------------------- container create and heal timing
@@ -1484,6 +1509,7 @@ def render(b: Bench, facts: dict[str, str], started: dt.datetime, took: float) -
         "sudo python bench/run.py --only measure_cache --out /tmp/cache.md  # docker-registry",
         "sudo python bench/run.py --seconds 1 --rounds 1 --save-mb 64 --out /tmp/quick.md",
         "sudo python bench/run.py --config my-recipes.toml   # proxy with a config",
+        "sudo python bench/soak.py          # 10 minutes, rewrites the soak section only",
         "```",
         "",
         "Exit status: 0 all bars pass, 3 a bar failed, 1 the run was incomplete (the",
@@ -1650,7 +1676,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not writing {args.out}: the run was incomplete", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    args.out.write_text(report + soak.section(args.out))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(x.ok is not False for x in b.bars) else 3
 

@@ -455,6 +455,12 @@ def tagging_script(path: Path, marker: Path, source: str, image: str, extra: str
     return write_script(path, f'echo run >> "{marker}"\n{extra}docker tag {source} {image}\n')
 
 
+def gated_tagging_script(path: Path, marker: Path, source: str, image: str, gate: Path) -> Path:
+    """``tagging_script`` that waits for the file ``gate`` first: a heal held open."""
+    extra = f'while [ ! -e "{gate}" ]; do sleep 0.05; done\n'
+    return tagging_script(path, marker, source, image, extra=extra)
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -19,6 +19,7 @@ Rules:
   unhealed with a log line.
 - Then the request goes upstream byte for byte: head, spooled prefix, and
   the rest of the body as it arrives, and the daemon's answer streams back.
+- A client that left during the heal gets nothing sent upstream for it.
 - A failed heal answers 500 with the reason, after the rest of the body has
   been read: a client still writing a body it cannot finish would report a
   broken pipe instead of the reason.
@@ -48,7 +49,6 @@ from urllib.parse import parse_qs
 from ..recipes.config import Config
 from ..recipes.patterns import find_recipe
 from ..recipes.reference import InvalidReference, normalize
-from ..wire import errors
 from ..wire.connection import Exchange
 from .contextscan import DockerfileScan
 from .dockerfileparse import ParseFailed, dockerfile_images
@@ -110,6 +110,11 @@ class BuildHeal:
                 return  # answered already
             if not await self._heal(exchange, text, params, name):
                 return
+            if exchange.client_gone:
+                # Left during the heal (maybe unnoticed: a client that fell
+                # behind is not read); nobody would read the build's output.
+                log.info("client gave up waiting for the build of %s; not forwarded", name)
+                return
             await self._forward(exchange, spool)
 
     async def _dockerfile(
@@ -133,7 +138,7 @@ class BuildHeal:
             try:
                 data = await exchange.read()
             except ConnectionError as exc:
-                exchange.respond(errors.error(400, f"bad request: {exc}", close=True))
+                exchange.fail(400, f"bad request: {exc}")
                 return None
             if data is None:
                 return None  # outgrew the exchange's limit before streaming: forwarded
@@ -187,7 +192,7 @@ class BuildHeal:
                 pass
         except ConnectionError:
             pass
-        exchange.respond(errors.error(500, message))
+        exchange.fail(500, message)
 
     def _managed(self, images: list[str]) -> list[str]:
         recipes = self._config().recipes

@@ -54,6 +54,9 @@ class RequestLog:
     def hijacked(self, delta: int) -> None:
         self.inner.hijacked(delta)
 
+    def h2_spliced(self) -> None:
+        self.inner.h2_spliced()
+
 
 RELOADABLE = frozenset({"path", "heal", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)

@@ -180,6 +180,11 @@ class Metrics:
             "Connections currently spliced raw (attach, exec, h2c).",
             registry=r,
         )
+        self.h2_connections = Counter(
+            PREFIX + "h2_connections_total",
+            "Connections that opened with the HTTP/2 preface, spliced whole to the daemon.",
+            registry=r,
+        )
         self.image_checks = Counter(
             PREFIX + "image_checks_total",
             "Creates of recipe-managed images, by whether the image was there.",
@@ -249,6 +254,9 @@ class Metrics:
 
     def hijacked(self, delta: int) -> None:
         self.hijacked_connections.inc(delta)
+
+    def h2_spliced(self) -> None:
+        self.h2_connections.inc()
 
     # -- healer and interceptor --------------------------------------------------
 
