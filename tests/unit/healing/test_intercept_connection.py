@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from inproc import Rig, read_answer, rig, run, wait_until
 
+from proxy.healing.dockerfileparse import ParseProcess
 from proxy.healing.healer import Healer
 from proxy.healing.intercept import Interceptor
 from proxy.recipes.config import parse_config
@@ -35,6 +36,7 @@ class FakeHealer:
         self.started: list[str] = []
         self.finished: list[str] = []
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.parser = ParseProcess()  # started only by a build, which closes it
 
     async def _heal(self, image: str) -> None:
         self.started.append(image)
@@ -203,6 +205,7 @@ def test_build_client_gone_while_paused_during_its_heal_is_not_forwarded() -> No
             await wait_until(lambda: healer.finished, "the heal to finish")
             await r.settled()
             assert r.daemon.received == b""  # no build replayed to nobody
+        await healer.parser.aclose()
         shutil.rmtree(healer.state_dir)
 
     run(main())
