@@ -391,6 +391,10 @@ class Healer:
     async def _check_plan(self, image: str) -> None:
         """Raise what ``heal_plan`` raises, its Dockerfiles parsed in the parse process."""
         recipes = self.config.recipes
+        if not any(recipe.kind == "build" for recipe in recipes):
+            # No Dockerfile anywhere: nothing to parse, so no worker process to start.
+            await asyncio.to_thread(heal_plan, image, recipes, _no_dockerfile)
+            return
         try:
             problem = await self.parser.run(plan_problem, image, recipes)
         except ParseFailed as exc:
