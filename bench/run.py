@@ -1396,8 +1396,8 @@ MEASUREMENTS: list[Callable[[Bench], None]] = [
     measure_create,
     measure_heal,
     measure_cache,
-    measure_proactive,
     measure_build,
+    measure_proactive,  # last: it prunes every image the others rely on
 ]
 """Run in order; append new rows here. The last four restart the proxy with a recipe
 config (and back), so they come after the rows that read the proxy's memory and profile.
