@@ -45,8 +45,14 @@ early is cut at the same place and then refused as a whole instead of waiting
 for a CRLF CRLF that may never come. ``parse_request_head`` checks a
 request head against the strict grammar with one regular expression (after
 capping its number of fields, which bounds the regex's cost) and turns it into
-a small record. ``parse_response_head`` trusts dockerd's own field lines and
-checks only what frames the body, since it runs for every answer. The caller then asks
+a small, frozen record. Docker clients send the same heads again and again
+(every CLI command starts with the same ``/_ping``, runners poll the same
+paths), so a parsed head is remembered by its exact bytes: the same bytes are
+the same head, and ``known_request_head`` lets the connection recognise a
+whole head in a fresh read without searching for its end. A daemon's answers
+are not remembered, since their ``Date`` changes every second.
+``parse_response_head`` trusts dockerd's own field lines and checks only what
+frames the body, since it runs for every answer. The caller then asks
 ``request_body`` or ``response_body`` for a ``Body``: a tiny state machine fed
 with successive chunks of the byte stream. ``Body.feed`` answers how many of
 the offered bytes belong to this body, so the caller can forward exactly those
@@ -54,11 +60,15 @@ and keep the rest for the next message. A body of ``UNTIL_CLOSE`` never ends
 by itself: the caller treats it (and any 101 Switching Protocols) as the point
 where the connection stops being HTTP and becomes a raw byte splice.
 
-Once a head has passed the grammar, header names are matched by searching a
-lower-cased copy of it, which is several times cheaper in CPython than
-splitting every line, and this runs for every request on the hot path. The
-grammar makes the search exact: every line starts after a CRLF and has its
-colon right after the name.
+Once a head has passed the grammar, the three fields that frame a message
+(``Content-Length``, ``Transfer-Encoding``, ``Connection``) are picked out of a
+lower-cased copy of it by one regular-expression scan, which is several times
+cheaper in CPython than splitting every line or searching once per name, and
+this runs for every request and every answer on the hot path. The grammar
+makes the scan exact: every line starts after a CRLF and has its colon right
+after the name. A value runs to the first CRLF, so a stray CR or LF inside a
+daemon's value (whose lines are not held to the grammar) stays in the value
+and is refused there, as a search for the CRLF would have it.
 """
 
 from __future__ import annotations
@@ -83,6 +93,11 @@ MAX_FIELDS = 2000
 grammar's repeated group costs far more per field than per byte, so a head of
 a megabyte of ``X: y`` lines is refused at once; Docker clients send about ten."""
 
+KNOWN_HEADS = 256
+"""Request heads remembered by their bytes; past this many the memo starts over."""
+KNOWN_SIZE = 4096
+"""Longest head remembered, which bounds the memo to a megabyte."""
+
 MAX_LENGTH = (1 << 63) - 1
 """Largest ``Content-Length``: Go parses it as a 63-bit unsigned number."""
 
@@ -97,8 +112,16 @@ _REQUEST = re.compile(_REQUEST_LINE + rb"\r\n" + _FIELDS)
 _STATUS = re.compile(_STATUS_LINE + rb"\r\n")
 _FIELD_LINE = re.compile(_FIELD + rb"\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TEXT + rb")?\r\n")
+_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection):[ \t]*(.*?)[ \t]*(?=\r\n)", re.DOTALL
+)
+"""The framing fields of a lower-cased head, each value stripped of spaces and tabs."""
 _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+_known: dict[bytes, RequestHead] = {}
+"""Request heads already parsed, by their exact bytes (``KNOWN_HEADS`` at most)."""
 
 
 class ProtocolError(ValueError):
@@ -146,6 +169,21 @@ def field_values(head: RequestHead, name: bytes) -> list[bytes]:
     return _values(head.raw.lower(), name)
 
 
+def _framing(fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The values of ``Content-Length``, ``Transfer-Encoding`` and ``Connection``, in order."""
+    length: list[bytes] = []
+    coding: list[bytes] = []
+    connection: list[bytes] = []
+    for name, value in fields:
+        if name == b"content-length":
+            length.append(value)
+        elif name == b"transfer-encoding":
+            coding.append(value)
+        else:
+            connection.append(value)
+    return length, coding, connection
+
+
 def _tokens(values: list[bytes]) -> set[bytes]:
     return {t.strip(b" \t") for v in values for t in v.split(b",") if t.strip(b" \t")}
 
@@ -154,13 +192,13 @@ def _content_length(values: list[bytes]) -> int | None:
     """Go's reading: repeats of one value are that value; anything else is refused."""
     if not values:
         return None
-    if len(set(values)) != 1:
-        raise ProtocolError("conflicting Content-Length headers")
     text = values[0]
+    if len(values) > 1 and values.count(text) != len(values):
+        raise ProtocolError("conflicting Content-Length headers")
     # isdigit is ASCII-only for bytes; the length check keeps int() from huge inputs.
-    if not text.isdigit() or len(text) > 19 or int(text) > MAX_LENGTH:
+    if not text.isdigit() or len(text) > 19 or (length := int(text)) > MAX_LENGTH:
         raise ProtocolError(f"bad Content-Length {_shown(text)}")
-    return int(text)
+    return length
 
 
 def _chunked(values: list[bytes], minor: bytes) -> bool:
@@ -174,20 +212,20 @@ def _chunked(values: list[bytes], minor: bytes) -> bool:
     return True
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestHead:
+    """Frozen: one parsed head serves every request of the same bytes (``known_request_head``)."""
+
     method: str
     target: str
     """The request target exactly as sent, query string included."""
+    path: str
+    """The target up to its query string."""
     raw: bytes
     content_length: int | None
     chunked: bool
     close: bool
     """The client asked to close after this exchange."""
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
 
     @property
     def query(self) -> str:
@@ -203,33 +241,49 @@ class ResponseHead:
     close: bool
 
 
-def _closes(lower: bytes, minor: bytes) -> bool:
-    if b"\r\nconnection:" not in lower:  # the common case, and cheap to rule out
+def _closes(values: list[bytes], minor: bytes) -> bool:
+    if not values:  # the common case
         return minor == b"0"
-    connection = _tokens(_values(lower, b"connection"))
+    connection = _tokens(values)
     return b"close" in connection or (minor == b"0" and b"keep-alive" not in connection)
+
+
+def known_request_head(data: bytes) -> RequestHead | None:
+    """The head that ``data`` is, whole, if the same bytes were parsed as a head before."""
+    return _known.get(data)
 
 
 def parse_request_head(raw: bytes) -> RequestHead:
     """Parse a complete request head (ending in the blank line), or refuse it."""
+    head = _known.get(raw)
+    if head is None:
+        head = _parse_request_head(raw)
+        if len(raw) <= KNOWN_SIZE:
+            if len(_known) >= KNOWN_HEADS:
+                _known.clear()  # a working set this large is not one of repeats
+            _known[raw] = head
+    return head
+
+
+def _parse_request_head(raw: bytes) -> RequestHead:
     if raw.count(b"\n") > MAX_FIELDS + 2:
         raise ProtocolError(f"more than {MAX_FIELDS} header fields")
     m = _REQUEST.fullmatch(raw)
     if m is None:
         raise ProtocolError(_grammar_fault(raw, _REQUEST_LINE, "request line"))
     method, target, minor = m.groups()
-    lower = raw.lower()
-    length = _content_length(_values(lower, b"content-length"))
-    chunked = _chunked(_values(lower, b"transfer-encoding"), minor)
+    text = target.decode("latin-1")
+    path = text.partition("?")[0]
+    fields = _FRAMING.findall(raw.lower())
+    if not fields:  # a GET of a keep-alive HTTP/1.1 client: nothing to frame
+        return RequestHead(method.decode("ascii"), text, path, raw, None, False, minor == b"0")
+    lengths, codings, connection = _framing(fields)
+    length = _content_length(lengths)
+    chunked = _chunked(codings, minor)
     if chunked and length is not None:
         raise ProtocolError("both Transfer-Encoding and Content-Length")
     return RequestHead(
-        method=method.decode("ascii"),
-        target=target.decode("latin-1"),
-        raw=raw,
-        content_length=length,
-        chunked=chunked,
-        close=_closes(lower, minor),
+        method.decode("ascii"), text, path, raw, length, chunked, _closes(connection, minor)
     )
 
 
@@ -246,14 +300,17 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     if m is None:
         raise ProtocolError(_grammar_fault(raw, _STATUS_LINE, "status line"))
     minor, status = m.groups()
-    lower = raw.lower()
-    chunked = _chunked(_values(lower, b"transfer-encoding"), minor)
+    fields = _FRAMING.findall(raw.lower())
+    if len(fields) == 1 and fields[0][0] == b"content-length":  # nearly every answer
+        return ResponseHead(int(status), raw, _content_length([fields[0][1]]), False, minor == b"0")
+    lengths, codings, connection = _framing(fields)
+    chunked = _chunked(codings, minor)
     return ResponseHead(
-        status=int(status),
-        raw=raw,
-        content_length=None if chunked else _content_length(_values(lower, b"content-length")),
-        chunked=chunked,
-        close=_closes(lower, minor),
+        int(status),
+        raw,
+        None if chunked else _content_length(lengths),
+        chunked,
+        _closes(connection, minor),
     )
 
 
@@ -405,14 +462,20 @@ def request_body(head: RequestHead) -> Body:
     return Body()
 
 
-def response_body(head: ResponseHead, request_method: str) -> Body:
+def response_length(head: ResponseHead, request_method: str) -> int | None:
+    """The body's length when the head alone fixes it; None for chunked or until close."""
     if request_method == "HEAD" or head.status < 200 or head.status in (204, 304):
-        return Body()
+        return 0
     if head.chunked:
-        return ChunkedBody()
-    if head.content_length is not None:
-        return LengthBody(head.content_length)
-    return UntilCloseBody()
+        return None
+    return head.content_length
+
+
+def response_body(head: ResponseHead, request_method: str) -> Body:
+    length = response_length(head, request_method)
+    if length is not None:
+        return LengthBody(length) if length else Body()
+    return ChunkedBody() if head.chunked else UntilCloseBody()
 
 
 def dechunk(raw: bytes) -> bytes:

@@ -9,11 +9,16 @@ network does.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.wire import http1
 from proxy.wire.http1 import (
+    KNOWN_HEADS,
+    KNOWN_SIZE,
     MAX_CHUNK_LINE,
     MAX_FIELDS,
     Body,
@@ -23,6 +28,7 @@ from proxy.wire.http1 import (
     UntilCloseBody,
     dechunk,
     find_head_end,
+    known_request_head,
     parse_request_head,
     parse_response_head,
     request_body,
@@ -570,3 +576,73 @@ def test_any_ambiguity_anywhere_in_a_head_is_refused(
     assert 0 < end <= len(head)
     with pytest.raises(ProtocolError):
         parse_request_head(stream[:end])
+
+
+# -- framing fields and remembered heads ----------------------------------------
+
+_FIELD_NAMES = st.sampled_from(
+    ["Content-Length", "content-length", "CONTENT-LENGTH", "Transfer-Encoding",
+     "transfer-encoding", "Connection", "CONNECTION", "X-Content-Length", "Content-Type",
+     "Host", "Connection-Extra"]
+)  # fmt: skip
+_FIELD_VALUES = st.text(alphabet=" \t0123456789abcCKLOSE,-", max_size=12)
+
+
+def _reading_by_lines(raw: bytes) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The framing fields as a reader that splits every line would find them."""
+    found: dict[bytes, list[bytes]] = {
+        b"content-length": [],
+        b"transfer-encoding": [],
+        b"connection": [],
+    }
+    for line in raw.lower().split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name in found:
+            found[name].append(value.strip(b" \t"))
+    return found[b"content-length"], found[b"transfer-encoding"], found[b"connection"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_FIELD_NAMES, _FIELD_VALUES), max_size=8))
+def test_the_framing_scan_reads_what_splitting_every_line_reads(
+    fields: list[tuple[str, str]],
+) -> None:
+    raw = resp("".join(f"{name}:{value}\r\n" for name, value in fields))
+    assert http1._framing(http1._FRAMING.findall(raw.lower())) == _reading_by_lines(raw)
+
+
+@pytest.mark.parametrize("value", [b"2\r3", b"2\n3", b"2\n"])
+def test_a_stray_cr_or_lf_in_a_daemon_length_is_refused_not_skipped(value: bytes) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n"
+    with pytest.raises(ProtocolError, match="bad Content-Length"):
+        parse_response_head(raw)
+
+
+def test_a_head_parsed_before_is_known_by_its_bytes_and_frozen() -> None:
+    raw = b"GET /_ping?remembered HTTP/1.1\r\nHost: docker\r\n\r\n"
+    http1._known.clear()
+    assert known_request_head(raw) is None
+    head = parse_request_head(raw)
+    assert known_request_head(raw) is head and parse_request_head(raw) is head
+    assert (head.path, head.query) == ("/_ping", "remembered")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        head.method = "POST"  # type: ignore[misc]
+    assert known_request_head(raw[:-2]) is None, "only the whole head"
+
+
+def test_refused_and_long_heads_are_never_remembered() -> None:
+    http1._known.clear()
+    refused = b"GET / HTTP/1.1\r\nHost : d\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="whitespace before a colon"):
+            parse_request_head(refused)
+    long = req("X-Registry-Config: " + "a" * KNOWN_SIZE + "\r\n", "GET /info HTTP/1.1")
+    assert parse_request_head(long).path == "/info"
+    assert known_request_head(long) is None and not http1._known
+
+
+def test_the_memo_stays_bounded() -> None:
+    http1._known.clear()
+    for i in range(KNOWN_HEADS * 3):
+        parse_request_head(b"GET /containers/%d/json HTTP/1.1\r\n\r\n" % i)
+        assert len(http1._known) <= KNOWN_HEADS
