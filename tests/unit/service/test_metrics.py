@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import generate_latest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import REPO, require
 
 from proxy import __version__
 from proxy.healing.healer import Healer
 from proxy.recipes.recipe import Recipe
-from proxy.service.metrics import PREFIX, Metrics, application
+from proxy.service.metrics import METHODS, PREFIX, Metrics, application
+from proxy.wire.routes import route
 
 
 @dataclass
@@ -38,8 +41,11 @@ class HealerState:
         return self.cooldowns
 
 
-def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(metrics.registry).decode()
+def samples(
+    metrics: Metrics | CollectorRegistry,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = metrics.registry if isinstance(metrics, Metrics) else metrics
+    text = generate_latest(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -82,6 +88,38 @@ def test_labels_are_route_templates_and_bounded_methods() -> None:
     count = PREFIX + "request_duration_seconds_count"
     assert got[(count, (("route", "/containers/{id}/json"),))] == 2
     assert all("0123abcd" not in str(key) for key in got)
+
+
+_EXCHANGES = st.lists(
+    st.tuples(
+        st.sampled_from(["GET", "HEAD", "POST", "BREW"]),
+        st.sampled_from(["/_ping", "/v1.41/containers/0123abcd/json", "/v1.41/info", "/nope"]),
+        st.sampled_from([101, 200, 404, 500]),
+        st.floats(0, 20) | st.sampled_from([0.005, 0.1, 10.0]),  # bounds land in their own bucket
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_EXCHANGES)
+def test_request_series_are_what_prometheus_client_would_write(
+    exchanges: list[tuple[str, str, int, float]],
+) -> None:
+    """The data path counts in plain numbers; the scrape must not tell the difference."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    requests = Counter(
+        PREFIX + "requests_total", "r", ["method", "route", "code"], registry=reference
+    )
+    duration = Histogram(PREFIX + "request_duration_seconds", "d", ["route"], registry=reference)
+    for method, path, status, seconds in exchanges:
+        metrics.exchange(method, path, status, seconds)
+        label = method if method in METHODS else "other"
+        requests.labels(label, route(path), str(status)).inc()
+        duration.labels(route(path)).observe(seconds)
+    ours = {k: v for k, v in samples(metrics).items() if "request" in k[0]}
+    assert ours == samples(reference)
 
 
 def test_every_metric_of_the_issue_is_exported() -> None:
