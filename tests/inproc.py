@@ -42,8 +42,12 @@ class Closing(bytes):
     """An answer after which the fake daemon closes the connection."""
 
 
+RUN_LIMIT = 60.0
+"""A scenario still running after this long hangs: it fails instead of holding the suite."""
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return uvloop.run(coro)
+    return uvloop.run(asyncio.wait_for(coro, RUN_LIMIT))
 
 
 async def wait_until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:

@@ -122,10 +122,12 @@ from .http1 import (
     ResponseHead,
     UntilCloseBody,
     find_head_end,
+    known_request_head,
     parse_request_head,
     parse_response_head,
     request_body,
     response_body,
+    response_length,
 )
 
 log = logging.getLogger(__name__)
@@ -507,6 +509,13 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
+            if self.req is IDLE and not self.inbuf and self.used and self.life is OPEN:
+                # The usual request, kept short: a head seen before, whole in
+                # this read, with nothing held. No search, no parse, no copy.
+                head = known_request_head(data)
+                if head is not None:
+                    self._start(head)
+                    return
             if self.splice is not None:
                 self.splice.from_client(data)
                 return
@@ -704,14 +713,14 @@ class Connection(asyncio.Protocol):
         self.close_after = self.close_after or head.close or self.hub.closing
         self.status = 0
         self.expects = self.continued = False
-        body = request_body(head)
-        has_body = not body.done
-        handler = self.hub.interceptor.claim(head) if self.hub.interceptor else None
+        body = request_body(head) if head.chunked or head.content_length else None
+        interceptor = self.hub.interceptor
+        handler = None if interceptor is None else interceptor.claim(head)
         if handler is None:
             # The head and as much of the body as has arrived go in one write:
             # each write wakes the daemon, and a create's body comes with its head.
             data = head.raw
-            if has_body:
+            if body is not None:
                 self._req("head")
                 self.req_body = body
                 if self.inbuf:
@@ -721,12 +730,12 @@ class Connection(asyncio.Protocol):
             else:
                 self._req("complete")
             self._send(data)
-            if has_body and body.done:
+            if body is not None and body.done:
                 self._body_done()
             return
         self._resp("claim")
         self.collected.clear()
-        if has_body:
+        if body is not None:
             self._req("claim")
             self.req_body = body
             self.expects = _wants_continue(head)
@@ -881,6 +890,13 @@ class Connection(asyncio.Protocol):
             self.splice.from_daemon(data)
             return
         state = self.resp
+        if (
+            state is AWAIT_HEAD
+            and not self.resp_buf
+            and self.capture is None
+            and self._whole_answer(data)
+        ):
+            return
         if state is BODY or state is CAPTURE_BODY:
             body = self.resp_body
             assert body is not None
@@ -904,11 +920,40 @@ class Connection(asyncio.Protocol):
             self._upstream_surplus(len(data))
             self.close_when_idle()
 
+    def _whole_answer(self, data: bytes) -> bool:
+        """The usual answer, kept short: final, whole in this one read, and not captured.
+
+        Anything else (a partial or interim answer, a stream, bytes past its
+        end, a head that does not parse) is left to ``_response_head``.
+        """
+        end = find_head_end(data)
+        if end < 0:
+            return False
+        try:
+            head = parse_response_head(data[:end])
+        except ProtocolError:
+            return False
+        assert self.head is not None
+        if head.status < 200 or head.status == 101:
+            return False
+        if response_length(head, self.head.method) != len(data) - end:
+            return False
+        # The client first, the bookkeeping after: on two cores the client
+        # reads its answer while this finishes.
+        self._write_answer(data)
+        self.status = head.status
+        if head.close:
+            self.close_after = True
+        self._observe_exchange()
+        self._resp("complete")
+        self._maybe_finish()
+        return True
+
     def _response_head(self, buf: bytes | bytearray) -> None:
         """Parse the answer's head from ``buf``: ``resp_buf``, or a fresh chunk.
 
-        A fresh chunk that holds a whole head (nearly every answer) is parsed
-        and passed on without being copied into ``resp_buf`` first.
+        A fresh chunk that holds a whole head is parsed and passed on without
+        being copied into ``resp_buf`` first.
         """
         start = 0
         while True:
@@ -975,13 +1020,10 @@ class Connection(asyncio.Protocol):
             self._resp("complete")
             if stop < len(buf):
                 self._upstream_surplus(len(buf) - stop)
-            if capture is None:  # the usual case, kept short: a whole answer in one read
-                if self.transport is not None:
-                    self.transport.write(out)
-                self.resp_body = None
-                self._maybe_finish()
-                return
-            capture.buf += out  # a whole answer in one read: never over the limit
+            if capture is None:
+                self._write_answer(out)
+            else:
+                capture.buf += out  # a whole answer in one read: never over the limit
             self._answer_complete()
         else:
             self._resp("head")

@@ -301,6 +301,32 @@ async def daemon_answering_twice_is_cut_off() -> None:
 
 
 @scenario
+async def a_head_seen_before_in_a_read_of_its_own_waits_its_turn() -> None:
+    """A whole head the proxy knows by its bytes skips the parse, never the queue."""
+    parse_request_head(PING)
+    async with rig() as r:
+        r.daemon.server.close()  # type: ignore[union-attr]
+        daemon = ScriptedDaemon(r.daemon.path + "2", r.daemon.answer)
+        await daemon.start()
+        r.hub.upstream_path = daemon.path
+        reader, writer = await r.client()
+        writer.write(PING)
+        await wait_until(lambda: bytes(daemon.received) == PING, "the first request")
+        (conn,) = r.hub.connections
+        writer.write(PING)  # whole and known, while the first is still unanswered
+        await wait_until(lambda: bytes(conn.inbuf) == PING, "the second to be held")
+        assert bytes(daemon.received) == PING
+        daemon.writers[-1].write(ok())
+        assert await read_answer(reader) == ok()
+        await wait_until(lambda: bytes(daemon.received) == PING * 2, "the second request")
+        daemon.writers[-1].write(ok())
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        await daemon.close()
+        assert r.recorder.exchanges == [("GET", "/_ping", 200)] * 2
+
+
+@scenario
 async def daemon_closing_before_answering_gets_502() -> None:
     async def answer(head: RequestHead, body: bytes) -> None:
         return None
