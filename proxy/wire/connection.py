@@ -433,6 +433,13 @@ class Connection(asyncio.Protocol):
     path runs as callbacks without a task per request.
     """
 
+    __slots__ = (
+        "capture", "close_after", "collected", "connect_task", "continued", "eof_pending",
+        "expects", "head", "hub", "inbuf", "life", "pending_eof", "pending_size", "pending_up",
+        "reading", "req", "req_body", "resp", "resp_body", "resp_buf", "scanned", "splice",
+        "started", "status", "task", "transport", "up", "up_reading", "used", "waiter",
+    )  # fmt: skip
+
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.transport: asyncio.Transport | None = None

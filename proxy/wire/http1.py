@@ -195,6 +195,10 @@ def _content_length(values: list[bytes]) -> int | None:
     text = values[0]
     if len(values) > 1 and values.count(text) != len(values):
         raise ProtocolError("conflicting Content-Length headers")
+    return _length(text)
+
+
+def _length(text: bytes) -> int:
     # isdigit is ASCII-only for bytes; the length check keeps int() from huge inputs.
     if not text.isdigit() or len(text) > 19 or (length := int(text)) > MAX_LENGTH:
         raise ProtocolError(f"bad Content-Length {_shown(text)}")
@@ -302,7 +306,7 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     minor, status = m.groups()
     fields = _FRAMING.findall(raw.lower())
     if len(fields) == 1 and fields[0][0] == b"content-length":  # nearly every answer
-        return ResponseHead(int(status), raw, _content_length([fields[0][1]]), False, minor == b"0")
+        return ResponseHead(int(status), raw, _length(fields[0][1]), False, minor == b"0")
     lengths, codings, connection = _framing(fields)
     chunked = _chunked(codings, minor)
     return ResponseHead(
