@@ -573,6 +573,120 @@ def measure_proxy_profile(b: Bench) -> None:
     b.tables.append(t)
 
 
+def measure_cpu_split(b: Bench) -> None:
+    """Where the middle's CPU per request goes, by binary, for the proxy and HAProxy.
+
+    ``perf record`` with the software clock (no hardware counters needed, so it
+    works in a VM) samples the middle's threads in kernel and user mode alike;
+    each sample is charged to the binary it ran in. The proxy's Python code all
+    runs inside CPython's interpreter, so "CPython" is the price of the data
+    path being Python, and "kernel" is the socket syscalls, wakeups and
+    context switches that any proxy pays. Shares times the CPU per request
+    measured in the same window give microseconds.
+    """
+    a = b.args
+    perf = shutil.which("perf")
+    if not a.profile or perf is None:
+        if a.profile:
+            b.tables.append(
+                Table("Where the microseconds go", ["-"], notes=["perf not on PATH (linux-perf)"])
+            )
+        return
+    targets = [t for t in ("proxy", "haproxy") if b.middle_pid(t)]
+    columns = [f"{t} {c} conn{'s' if c > 1 else ''}" for c in a.conns for t in targets]
+    shares: dict[str, dict[str, float]] = {}
+    per_request: dict[str, float] = {}
+    kernel_top: dict[str, list[tuple[str, float]]] = {}
+    for conns in a.conns:
+        for target in targets:
+            column = f"{target} {conns} conn{'s' if conns > 1 else ''}"
+            pid = b.middle_pid(target)
+            assert pid is not None
+            data = b.tmp / f"perf-{target}-{conns}.data"
+            record = subprocess.Popen(
+                [perf, "record", "-q", "-e", "cpu-clock", "-F", "1999", "-p", str(pid),
+                 "-o", str(data), "--", "sleep", str(a.warmup + a.seconds + 0.3)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            cpu = procs.CpuWindow(b.running["direct"].pid, pid)
+            r = loadgen.run_load(
+                str(b.sockets[target]), conns, a.seconds, a.warmup, a.procs, on_window=cpu
+            )
+            record.wait(timeout=60)
+            per_request[column] = cpu.middle_s / max(1, r.count) * 1e6
+            shares[column] = _perf_shares(perf, data, "dso", CPU_PARTS)
+            kernel_top[column] = _perf_top(perf, data, "[kernel.kallsyms]")
+    t = Table(
+        "Where the microseconds go: the middle's CPU per GET /_ping, by binary",
+        ["part", *columns],
+    )
+    parts = [*dict.fromkeys(name for _, name in CPU_PARTS), "other"]
+    for part in parts:
+        if any(shares[c].get(part) for c in columns):
+            t.rows.append(
+                [part]
+                + [
+                    f"{per_request[c] * shares[c].get(part, 0):.1f} µs "
+                    f"({shares[c].get(part, 0):.0%})"
+                    for c in columns
+                ]
+            )
+    t.rows.append(["**total**", *[f"**{per_request[c]:.1f} µs**" for c in columns]])
+    t.notes.append(
+        "`perf record -e cpu-clock` (the software clock, 1999 Hz) on the middle's process "
+        f"while it served the ping load for {a.warmup + a.seconds:g} s; shares by the "
+        "binary each sample ran in, times the CPU per request of the measured window. "
+        "One run per cell, not the median of the ping table, and perf's own sampling "
+        "interrupts add to every total: compare the columns with each other, and take "
+        "the ping table's CPU per request as the figure."
+    )
+    for c in columns:
+        top = ", ".join(f"`{sym}` {share:.0%}" for sym, share in kernel_top[c])
+        t.notes.append(f"Kernel's top symbols, {c}: {top}.")
+    b.raw["cpu_split"] = {"per_request_us": per_request, "shares": shares, "kernel": kernel_top}
+    b.tables.append(t)
+
+
+CPU_PARTS = (
+    ("[kernel", "kernel: socket syscalls, wakeups, context switches"),
+    ("libpython", "CPython: the proxy's Python code"),
+    ("python3", "CPython: the proxy's Python code"),
+    ("loop.cpython", "uvloop and libuv: the event loop in C"),
+    ("haproxy", "HAProxy's own code"),
+    ("libc", "libc: malloc and syscall entry"),
+)
+"""perf's binaries grouped into parts (first match wins; the rest is "other")."""
+
+_PERF_LINE = re.compile(r"^\s*([0-9.]+)%\s+(.+?)\s*$")
+
+
+def _perf_report(perf: str, data: Path, sort: str, *extra: str) -> list[tuple[float, str]]:
+    out = subprocess.run(
+        [perf, "report", "-i", str(data), "--stdio", "-q", "--sort", sort, *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [(float(m[1]) / 100, m[2]) for line in out.splitlines() if (m := _PERF_LINE.match(line))]
+
+
+def _perf_shares(
+    perf: str, data: Path, sort: str, parts: tuple[tuple[str, str], ...]
+) -> dict[str, float]:
+    grouped: dict[str, float] = {}
+    for share, name in _perf_report(perf, data, sort):
+        part = next((label for key, label in parts if key in name), "other")
+        grouped[part] = grouped.get(part, 0.0) + share
+    return grouped
+
+
+def _perf_top(perf: str, data: Path, dso: str, n: int = 3) -> list[tuple[str, float]]:
+    """The heaviest symbols of one binary, as shares of all samples."""
+    rows = _perf_report(perf, data, "sym", "--dsos", dso)
+    return [(name.removeprefix("[k] ").strip(), share) for share, name in rows[:n]]
+
+
 PROFILE_PARTS = (
     ("uvloop", "event loop (epoll, recv, dispatch)"),
     ("connection.py", "data path: states and send syscalls (connection)"),
@@ -1393,6 +1507,7 @@ MEASUREMENTS: list[Callable[[Bench], None]] = [
     measure_save,
     measure_proxy_memory,
     measure_proxy_profile,
+    measure_cpu_split,
     measure_create,
     measure_heal,
     measure_cache,
