@@ -279,7 +279,8 @@ class Metrics:
         )
         self.heal_duration = Histogram(
             PREFIX + "heal_duration_seconds",
-            "How long a recipe run took, by recipe match string and what started it.",
+            "How long a heal took (a recipe run or a cache pull), by recipe match string "
+            "and what started it.",
             ["image", "trigger"],
             buckets=HEAL_BUCKETS,
             registry=r,

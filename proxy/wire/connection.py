@@ -63,6 +63,15 @@ plain path is plain callbacks without tasks or futures, because that is what
 keeps a keep-alive ``GET /_ping`` within a few microseconds of the daemon's
 own time.
 
+Two short paths take the commonest exchange through the same tables with
+less work: a read that is exactly a head parsed before (``http1`` remembers
+heads by their bytes), arriving while both sides are IDLE and nothing is
+held, starts its exchange without a search, a parse or a copy; and an answer
+that is final, whole in one read and not captured (``_whole_answer``) is
+written to the client before it is counted, so on two cores the client reads
+while the proxy does its bookkeeping. Anything else, or anything in doubt,
+takes the general path.
+
 Request side (what the client sends)::
 
     IDLE          head -> SEND_BODY   claim -> COLLECT_BODY   complete -> DONE
