@@ -160,10 +160,12 @@ class _HealerState(Collector):
 class _Requests(Collector):
     """``requests_total`` and ``request_duration_seconds`` as plain numbers.
 
-    Every exchange of the data path lands here. The data path, the scrape and
-    everything else run on the event loop's one thread, so plain additions
-    are exact without the locks of prometheus_client's Counter and Histogram,
-    and the samples written at scrape time are the ones those would write.
+    Every exchange of the data path lands here. The data path and the scrape
+    (a synchronous ``generate_latest`` in an aiohttp handler) both run on the
+    event loop's thread, and nothing else calls ``exchange``, so plain
+    additions are exact without the locks of prometheus_client's Counter and
+    Histogram, and the samples written at scrape time are the ones those
+    would write.
     """
 
     BOUNDS = Histogram.DEFAULT_BUCKETS

@@ -69,8 +69,8 @@ heads by their bytes), arriving while both sides are IDLE and nothing is
 held, starts its exchange without a search, a parse or a copy; and an answer
 that is final, whole in one read and not captured (``_whole_answer``) is
 written to the client before it is counted, so on two cores the client reads
-while the proxy does its bookkeeping. Anything else, or anything in doubt,
-takes the general path.
+while the proxy counts it. Anything else, or anything in doubt, takes the
+general path.
 
 Request side (what the client sends)::
 
@@ -950,18 +950,18 @@ class Connection(asyncio.Protocol):
         except ProtocolError:
             return False
         assert self.head is not None
-        if head.status < 200 or head.status == 101:
+        if head.status < 200:
             return False
         if response_length(head, self.head.method) != len(data) - end:
             return False
-        # The client first, the bookkeeping after: on two cores the client
-        # reads its answer while this finishes.
-        self._write_answer(data)
         self.status = head.status
         if head.close:
             self.close_after = True
-        self._observe_exchange()
         self._resp("complete")
+        # The client first, the counting after: on two cores the client reads
+        # its answer while this finishes.
+        self._write_answer(data)
+        self._observe_exchange()
         self._maybe_finish()
         return True
 

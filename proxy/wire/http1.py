@@ -66,9 +66,12 @@ lower-cased copy of it by one regular-expression scan, which is several times
 cheaper in CPython than splitting every line or searching once per name, and
 this runs for every request and every answer on the hot path. The grammar
 makes the scan exact: every line starts after a CRLF and has its colon right
-after the name. A value runs to the first CRLF, so a stray CR or LF inside a
-daemon's value (whose lines are not held to the grammar) stays in the value
-and is refused there, as a search for the CRLF would have it.
+after the name. A daemon's answer is not held to the field grammar, but it is
+held to CRLF line ends, since a line ended by a bare LF could hide the field
+after it from the scan while Go's client reads it. A value runs to the first
+CRLF, so a stray CR inside a daemon's value stays in the value and is refused
+there. The scan is linear in the head: a value is one lazy run that stops at
+the first CRLF, with nothing after it to backtrack into.
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ a megabyte of ``X: y`` lines is refused at once; Docker clients send about ten."
 KNOWN_HEADS = 256
 """Request heads remembered by their bytes; past this many the memo starts over."""
 KNOWN_SIZE = 4096
-"""Longest head remembered, which bounds the memo to a megabyte."""
+"""Longest head remembered, which bounds the memo to about 3 MiB: each head, and
+the target and path decoded from it."""
 
 MAX_LENGTH = (1 << 63) - 1
 """Largest ``Content-Length``: Go parses it as a 63-bit unsigned number."""
@@ -113,9 +117,10 @@ _STATUS = re.compile(_STATUS_LINE + rb"\r\n")
 _FIELD_LINE = re.compile(_FIELD + rb"\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TEXT + rb")?\r\n")
 _FRAMING = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection):[ \t]*(.*?)[ \t]*(?=\r\n)", re.DOTALL
+    rb"\r\n(content-length|transfer-encoding|connection):(.*?)(?=\r\n)", re.DOTALL
 )
-"""The framing fields of a lower-cased head, each value stripped of spaces and tabs."""
+"""The framing fields of a lower-cased head, values unstripped: spaces around a
+value, matched here, would make the scan quadratic in a value of many spaces."""
 _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -174,7 +179,8 @@ def _framing(fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes
     length: list[bytes] = []
     coding: list[bytes] = []
     connection: list[bytes] = []
-    for name, value in fields:
+    for name, raw in fields:
+        value = raw.strip(b" \t")
         if name == b"content-length":
             length.append(value)
         elif name == b"transfer-encoding":
@@ -254,7 +260,7 @@ def _closes(values: list[bytes], minor: bytes) -> bool:
 
 def known_request_head(data: bytes) -> RequestHead | None:
     """The head that ``data`` is, whole, if the same bytes were parsed as a head before."""
-    return _known.get(data)
+    return _known.get(data) if len(data) <= KNOWN_SIZE else None  # a big read is a body
 
 
 def parse_request_head(raw: bytes) -> RequestHead:
@@ -295,8 +301,8 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     """Parse a complete response head (ending in the blank line), or refuse it.
 
     Responses come from dockerd, whose Go server writes well-formed field
-    lines, and this runs for every answer: so only the status line and the
-    framing fields are checked, not the whole grammar.
+    lines, and this runs for every answer: so only the status line, the line
+    ends and the framing fields are checked, not the whole grammar.
     With both framings the chunked coding wins (RFC 9112 6.3), as in Go's
     client, which is what reads these bytes after the proxy.
     """
@@ -304,9 +310,12 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     if m is None:
         raise ProtocolError(_grammar_fault(raw, _STATUS_LINE, "status line"))
     minor, status = m.groups()
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raise ProtocolError("a line ends in a bare LF")
     fields = _FRAMING.findall(raw.lower())
     if len(fields) == 1 and fields[0][0] == b"content-length":  # nearly every answer
-        return ResponseHead(int(status), raw, _length(fields[0][1]), False, minor == b"0")
+        length = _length(fields[0][1].strip(b" \t"))
+        return ResponseHead(int(status), raw, length, False, minor == b"0")
     lengths, codings, connection = _framing(fields)
     chunked = _chunked(codings, minor)
     return ResponseHead(

@@ -202,6 +202,56 @@ async def interim_answers_of_a_plain_request_pass_uncounted() -> None:
 
 
 @scenario
+async def an_interim_answer_in_a_read_of_its_own_does_not_end_the_exchange() -> None:
+    async def answer(head: RequestHead, body: bytes) -> bytes:
+        return CONTINUE + ok() if head.method == "POST" else ok()
+
+    async with rig(answer) as r:
+        r.daemon.cuts = [len(CONTINUE)]  # as Go's server writes its 100: alone
+        reader, writer = await r.client()
+        writer.write(post("/x", b"{}", b"Expect: 100-continue\r\n"))
+        assert await read_answer(reader, "POST") == CONTINUE + ok()
+        writer.write(PING)
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert r.recorder.exchanges == [("POST", "/x", 200), ("GET", "/_ping", 200)]
+
+
+@scenario
+async def a_daemon_close_in_a_whole_answer_ends_the_connection() -> None:
+    closing = ok(extra=b"Connection: close\r\n")
+
+    async def answer(head: RequestHead, body: bytes) -> bytes:
+        return closing
+
+    async with rig(answer) as r:
+        reader, writer = await r.client()
+        writer.write(PING * 2)  # pipelined: the second must never reach the daemon
+        assert await read_answer(reader) == closing
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+
+
+@scenario
+async def a_known_head_after_a_held_partial_head_is_read_as_its_rest() -> None:
+    parse_request_head(PING)
+    partial = b"GET /_ping HTTP/1.1\r\n"
+    async with rig() as r:
+        reader, writer = await r.client()
+        writer.write(PING)
+        assert await read_answer(reader) == ok()
+        (conn,) = r.hub.connections
+        writer.write(partial)
+        await wait_until(lambda: bytes(conn.inbuf) == partial, "the partial head to be held")
+        writer.write(PING)  # known whole, but here it continues the partial head
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+
+
+@scenario
 async def daemon_answering_early_drops_the_rest_of_the_body() -> None:
     async def answer(head: RequestHead, body: bytes) -> None:
         return None
