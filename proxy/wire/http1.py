@@ -66,12 +66,11 @@ lower-cased copy of it by one regular-expression scan, which is several times
 cheaper in CPython than splitting every line or searching once per name, and
 this runs for every request and every answer on the hot path. The grammar
 makes the scan exact: every line starts after a CRLF and has its colon right
-after the name. A daemon's answer is not held to the field grammar, but it is
-held to CRLF line ends, since a line ended by a bare LF could hide the field
-after it from the scan while Go's client reads it. A value runs to the first
-CRLF, so a stray CR inside a daemon's value stays in the value and is refused
-there. The scan is linear in the head: a value is one lazy run that stops at
-the first CRLF, with nothing after it to backtrack into.
+after the name. A daemon's answer is not held to the field grammar, but its
+CRs and LFs must pair up as line ends, since a line ended by a bare LF could
+hide the field after it from the scan while Go's client reads it. The scan is
+linear in the head: a value is one lazy run that stops at the first CRLF,
+with nothing after it to backtrack into.
 """
 
 from __future__ import annotations
@@ -310,8 +309,8 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     if m is None:
         raise ProtocolError(_grammar_fault(raw, _STATUS_LINE, "status line"))
     minor, status = m.groups()
-    if raw.count(b"\n") != raw.count(b"\r\n"):
-        raise ProtocolError("a line ends in a bare LF")
+    if raw.count(b"\n") != raw.count(b"\r"):  # cheaper than counting CRLFs
+        raise ProtocolError("a bare CR or LF in the head")
     fields = _FRAMING.findall(raw.lower())
     if len(fields) == 1 and fields[0][0] == b"content-length":  # nearly every answer
         length = _length(fields[0][1].strip(b" \t"))

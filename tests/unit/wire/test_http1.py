@@ -615,12 +615,16 @@ def test_the_framing_scan_reads_what_splitting_every_line_reads(
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r3\r\n\r\n", "bad Content-Length"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n3\r\n\r\n", "bare LF"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\n", "bare LF"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\n", "bare LF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r3\r\n\r\n", "bare CR or LF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n3\r\n\r\n", "bare CR or LF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\n", "bare CR or LF"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\n",
+            "bare CR or LF",
+        ),
         # Go's client reads the length after the bare LF; a scan for CRLF would not.
-        (b"HTTP/1.1 200 OK\r\nX: y\nContent-Length: 5\r\n\r\n", "bare LF"),
+        (b"HTTP/1.1 200 OK\r\nX: y\nContent-Length: 5\r\n\r\n", "bare CR or LF"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\r\n\r\n", "bare CR or LF"),
     ],
 )
 def test_a_daemon_head_a_crlf_scan_could_misread_is_refused(raw: bytes, reason: str) -> None:
