@@ -906,13 +906,6 @@ class Connection(asyncio.Protocol):
             self.splice.from_daemon(data)
             return
         state = self.resp
-        if (
-            state is AWAIT_HEAD
-            and not self.resp_buf
-            and self.capture is None
-            and self._whole_answer(data)
-        ):
-            return
         if state is BODY or state is CAPTURE_BODY:
             body = self.resp_body
             assert body is not None
@@ -936,21 +929,14 @@ class Connection(asyncio.Protocol):
             self._upstream_surplus(len(data))
             self.close_when_idle()
 
-    def _whole_answer(self, data: bytes) -> bool:
+    def _whole_answer(self, head: ResponseHead, data: bytes, end: int) -> bool:
         """The usual answer, kept short: final, whole in this one read, and not captured.
 
-        Anything else (a partial or interim answer, a stream, bytes past its
-        end, a head that does not parse) is left to ``_response_head``.
+        Anything else (an interim answer, a stream, a body still to come,
+        bytes past its end) goes on through ``_response_head``.
         """
-        end = find_head_end(data)
-        if end < 0:
-            return False
-        try:
-            head = parse_response_head(data[:end])
-        except ProtocolError:
-            return False
         assert self.head is not None
-        if head.status < 200:
+        if self.capture is not None or head.status < 200:
             return False
         if response_length(head, self.head.method) != len(data) - end:
             return False
@@ -986,6 +972,8 @@ class Connection(asyncio.Protocol):
                 head = parse_response_head(bytes(buf[start:end]))
             except ProtocolError as exc:
                 self._upstream_garbage(str(exc))
+                return
+            if start == 0 and isinstance(buf, bytes) and self._whole_answer(head, buf, end):
                 return
             if head.status == 101:
                 if self.capture is not None:
