@@ -3,13 +3,14 @@ not installed must be skipped and named, never end the run in a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from bench import run
+from bench import exchange, run
 
 
 def test_versions_of_missing_tools_do_not_raise(
@@ -29,3 +30,8 @@ def test_a_target_that_did_not_start_is_named_not_asked() -> None:
     assert run.version_of(b, "haproxy", never) == "not run (--targets)"
     b.targets.append("haproxy")
     assert run.version_of(b, "haproxy", lambda: "2.6.12") == "2.6.12"
+
+
+def test_the_in_process_exchange_passes_every_answer_whole() -> None:
+    """It raises when an answer does not reach its client whole."""
+    assert asyncio.run(exchange.per_exchange(100, 1)) > 0
