@@ -21,7 +21,7 @@ from typing import Any
 
 import uvloop
 
-from proxy.wire.connection import MACHINES, Connection, Hub, Interceptor
+from proxy.wire.connection import Connection, Hub, Interceptor
 from proxy.wire.http1 import (
     ChunkedBody,
     LengthBody,
@@ -33,6 +33,7 @@ from proxy.wire.http1 import (
     request_body,
     response_body,
 )
+from proxy.wire.states import MACHINES
 
 Answer = Callable[[RequestHead, bytes], Awaitable[bytes | None]]
 """What the fake daemon writes for a request; None closes the connection instead."""

@@ -7,9 +7,10 @@ no idea what a recipe or a heal is. The healing part plugs in through the
 ``Handler`` protocol in ``connection``, so the data path never calls upward.
 
 Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
-``routes`` (which endpoint a path is), ``errors`` (the answers the proxy
-writes itself). With I/O: ``connection`` (the asyncio protocols) and
-``listener`` (claiming the proxy's own socket).
+``states`` (the data path's state tables), ``routes`` (which endpoint a path
+is), ``errors`` (the answers the proxy writes itself). With I/O:
+``connection`` (the asyncio protocols) and ``listener`` (claiming the
+proxy's own socket).
 
 May import: the standard library only. Nothing else of the project.
 """

@@ -18,10 +18,10 @@ Rules:
   requests written while the daemon connection is still being opened) pause
   the client at a high water mark and resume it only below a low one, so
   reading does not flap around a single threshold.
-- Every change of state is a row of the tables below. An event with no row
-  is a bug in the proxy: it is logged and that one connection is aborted
-  (``Hub.strict``, set by the tests, raises instead). Nothing is dropped
-  silently.
+- Every change of state is a row of the tables in ``states``. An event with
+  no row is a bug in the proxy: it is logged and that one connection is
+  aborted (``Hub.strict``, set by the tests, raises instead). Nothing is
+  dropped silently.
 - A connection that opens with the HTTP/2 preface, a 101 answer, or a
   response with no length that runs until close (dockerd's 200 raw-stream
   hijack) becomes a raw ``Splice``. From then on each half-close is passed on
@@ -72,45 +72,8 @@ written to the client before it is counted, so on two cores the client reads
 while the proxy counts it. Anything else, or anything in doubt, takes the
 general path.
 
-Request side (what the client sends)::
-
-    IDLE          head -> SEND_BODY   claim -> COLLECT_BODY   complete -> DONE
-                  splice -> SPLICED (HTTP/2 preface)          eof -> CLOSED
-    SEND_BODY     body_end -> DONE   drop -> DISCARD_BODY   splice -> SPLICED
-                  eof -> CLOSED (passed on as a half-close)
-    COLLECT_BODY  body_end -> DONE   overflow -> SEND_BODY   drop -> DISCARD_BODY
-                  stream -> STREAM_BODY (the handler reads it as it comes)
-                  eof -> CLOSED (the claimed request can never complete: abort)
-    STREAM_BODY   body_end -> DONE   forward -> SEND_BODY (the handler sent the
-                  request upstream)   drop -> DISCARD_BODY   eof -> CLOSED (the
-                  handler's read fails, or the started request is aborted)
-    DISCARD_BODY  body_end -> DONE   eof -> CLOSED
-    DONE          next -> IDLE   splice -> SPLICED   eof -> CLOSED
-    CLOSED        splice -> SPLICED (the splice starts half-closed)
-
-Response side (what the client is owed)::
-
-    IDLE          send -> AWAIT_HEAD   claim -> LOCAL   splice -> SPLICED
-    LOCAL         send -> AWAIT_HEAD (forward)   roundtrip -> CAPTURE_HEAD
-                  answer -> DONE (the handler returned)
-    AWAIT_HEAD    interim -> AWAIT_HEAD   head -> BODY   complete -> DONE
-                  splice -> SPLICED   fail -> DONE (the proxy's own 502)
-    BODY          body_end -> DONE
-    CAPTURE_HEAD  interim -> CAPTURE_HEAD   head -> CAPTURE_BODY
-                  complete -> LOCAL   fail -> LOCAL
-    CAPTURE_BODY  body_end -> LOCAL   overflow -> BODY   fail -> LOCAL
-    DONE          next -> IDLE
-
-Splice (the half-closes of a raw byte stream)::
-
-    OPEN          client_eof -> CLIENT_SHUT   daemon_eof -> DAEMON_SHUT
-    CLIENT_SHUT   daemon_eof -> SHUT
-    DAEMON_SHUT   client_eof -> SHUT
-
-Life (the client socket; closing twice is closing once)::
-
-    OPEN          close -> CLOSING   lost -> CLOSED
-    CLOSING       lost -> CLOSED
+The four machines (request, response, splice, life) and their tables are in
+``states``; which callback fires which event is here.
 """
 
 from __future__ import annotations
@@ -138,6 +101,26 @@ from .http1 import (
     response_body,
     response_length,
 )
+from .states import (
+    AWAIT_HEAD,
+    BODY,
+    CAPTURE_BODY,
+    CAPTURE_HEAD,
+    CLOSED,
+    COLLECT_BODY,
+    DONE,
+    IDLE,
+    LOCAL,
+    MACHINES,
+    OPEN,
+    REQUEST,
+    RESPONSE,
+    SEND_BODY,
+    SHUT,
+    SPLICED,
+    STREAM_BODY,
+    InvalidTransition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,78 +139,6 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 Handler = Callable[["Exchange"], Awaitable[None]]
-
-# -- the states and their table ------------------------------------------------
-
-IDLE = "IDLE"
-SEND_BODY = "SEND_BODY"
-COLLECT_BODY = "COLLECT_BODY"
-STREAM_BODY = "STREAM_BODY"
-DISCARD_BODY = "DISCARD_BODY"
-DONE = "DONE"
-SPLICED = "SPLICED"
-CLOSED = "CLOSED"
-LOCAL = "LOCAL"
-AWAIT_HEAD = "AWAIT_HEAD"
-BODY = "BODY"
-CAPTURE_HEAD = "CAPTURE_HEAD"
-CAPTURE_BODY = "CAPTURE_BODY"
-OPEN = "OPEN"
-CLIENT_SHUT = "CLIENT_SHUT"
-DAEMON_SHUT = "DAEMON_SHUT"
-SHUT = "SHUT"
-CLOSING = "CLOSING"
-
-Table = dict[str, dict[str, str]]
-
-REQUEST: Table = {
-    IDLE: {"head": SEND_BODY, "claim": COLLECT_BODY, "complete": DONE,
-           "splice": SPLICED, "eof": CLOSED},
-    SEND_BODY: {"body_end": DONE, "drop": DISCARD_BODY, "splice": SPLICED, "eof": CLOSED},
-    COLLECT_BODY: {"body_end": DONE, "overflow": SEND_BODY, "drop": DISCARD_BODY,
-                   "stream": STREAM_BODY, "eof": CLOSED},
-    STREAM_BODY: {"body_end": DONE, "forward": SEND_BODY, "drop": DISCARD_BODY, "eof": CLOSED},
-    DISCARD_BODY: {"body_end": DONE, "eof": CLOSED},
-    DONE: {"next": IDLE, "splice": SPLICED, "eof": CLOSED},
-    SPLICED: {},
-    CLOSED: {"splice": SPLICED},
-}  # fmt: skip
-
-RESPONSE: Table = {
-    IDLE: {"send": AWAIT_HEAD, "claim": LOCAL, "splice": SPLICED},
-    LOCAL: {"send": AWAIT_HEAD, "roundtrip": CAPTURE_HEAD, "answer": DONE},
-    AWAIT_HEAD: {"interim": AWAIT_HEAD, "head": BODY, "complete": DONE,
-                 "splice": SPLICED, "fail": DONE},
-    BODY: {"body_end": DONE},
-    CAPTURE_HEAD: {"interim": CAPTURE_HEAD, "head": CAPTURE_BODY, "complete": LOCAL, "fail": LOCAL},
-    CAPTURE_BODY: {"body_end": LOCAL, "overflow": BODY, "fail": LOCAL},
-    DONE: {"next": IDLE},
-    SPLICED: {},
-}  # fmt: skip
-
-SPLICE: Table = {
-    OPEN: {"client_eof": CLIENT_SHUT, "daemon_eof": DAEMON_SHUT},
-    CLIENT_SHUT: {"daemon_eof": SHUT},
-    DAEMON_SHUT: {"client_eof": SHUT},
-    SHUT: {},
-}
-
-LIFE: Table = {
-    OPEN: {"close": CLOSING, "lost": CLOSED},
-    CLOSING: {"lost": CLOSED},
-    CLOSED: {},
-}
-
-MACHINES: dict[str, Table] = {
-    "request": REQUEST,
-    "response": RESPONSE,
-    "splice": SPLICE,
-    "life": LIFE,
-}
-
-
-class InvalidTransition(Exception):
-    """An event the current state has no row for: a bug in the proxy."""
 
 
 class Interceptor(Protocol):

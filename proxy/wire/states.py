@@ -1,0 +1,135 @@
+"""The data path's states and their transition tables, in the spirit of h11's ``_state.py``.
+
+Rules:
+- A connection is four machines: the request side (what the client sends),
+  the response side (what the client is owed), the splice (the half-closes
+  of a raw byte stream) and the life of the client socket. Each is a table
+  from a state and an event to the next state, and nothing else says how a
+  state may change: ``connection`` moves a machine only by looking its event
+  up here.
+- An event with no row is a bug in the proxy, never a peer's fault: a peer's
+  bytes are judged by ``http1`` before they become events. The connection
+  raises ``InvalidTransition`` for one, logs it and aborts that one
+  connection (under ``Hub(strict=True)``, in the tests, the error propagates).
+- States are the string constants below, compared by identity (``is``):
+  readable in a log line, as cheap as a flag on the plain path.
+- Pure: no I/O, no asyncio. A test can walk the tables without a socket.
+
+Theory of operation:
+The diagrams are the tables below, row by row: a state, then each event it
+has a row for and the state that event leads to. ``connection`` says which
+callback fires which event; how a request and its answer overlap, and what a
+plain, a local and a spliced exchange are, is told there.
+
+Request side (what the client sends)::
+
+    IDLE          head -> SEND_BODY   claim -> COLLECT_BODY   complete -> DONE
+                  splice -> SPLICED (HTTP/2 preface)          eof -> CLOSED
+    SEND_BODY     body_end -> DONE   drop -> DISCARD_BODY   splice -> SPLICED
+                  eof -> CLOSED (passed on as a half-close)
+    COLLECT_BODY  body_end -> DONE   overflow -> SEND_BODY   drop -> DISCARD_BODY
+                  stream -> STREAM_BODY (the handler reads it as it comes)
+                  eof -> CLOSED (the claimed request can never complete: abort)
+    STREAM_BODY   body_end -> DONE   forward -> SEND_BODY (the handler sent the
+                  request upstream)   drop -> DISCARD_BODY   eof -> CLOSED (the
+                  handler's read fails, or the started request is aborted)
+    DISCARD_BODY  body_end -> DONE   eof -> CLOSED
+    DONE          next -> IDLE   splice -> SPLICED   eof -> CLOSED
+    CLOSED        splice -> SPLICED (the splice starts half-closed)
+
+Response side (what the client is owed)::
+
+    IDLE          send -> AWAIT_HEAD   claim -> LOCAL   splice -> SPLICED
+    LOCAL         send -> AWAIT_HEAD (forward)   roundtrip -> CAPTURE_HEAD
+                  answer -> DONE (the handler returned)
+    AWAIT_HEAD    interim -> AWAIT_HEAD   head -> BODY   complete -> DONE
+                  splice -> SPLICED   fail -> DONE (the proxy's own 502)
+    BODY          body_end -> DONE
+    CAPTURE_HEAD  interim -> CAPTURE_HEAD   head -> CAPTURE_BODY
+                  complete -> LOCAL   fail -> LOCAL
+    CAPTURE_BODY  body_end -> LOCAL   overflow -> BODY   fail -> LOCAL
+    DONE          next -> IDLE
+
+Splice (the half-closes of a raw byte stream)::
+
+    OPEN          client_eof -> CLIENT_SHUT   daemon_eof -> DAEMON_SHUT
+    CLIENT_SHUT   daemon_eof -> SHUT
+    DAEMON_SHUT   client_eof -> SHUT
+
+Life (the client socket; closing twice is closing once)::
+
+    OPEN          close -> CLOSING   lost -> CLOSED
+    CLOSING       lost -> CLOSED
+"""
+
+from __future__ import annotations
+
+IDLE = "IDLE"
+SEND_BODY = "SEND_BODY"
+COLLECT_BODY = "COLLECT_BODY"
+STREAM_BODY = "STREAM_BODY"
+DISCARD_BODY = "DISCARD_BODY"
+DONE = "DONE"
+SPLICED = "SPLICED"
+CLOSED = "CLOSED"
+LOCAL = "LOCAL"
+AWAIT_HEAD = "AWAIT_HEAD"
+BODY = "BODY"
+CAPTURE_HEAD = "CAPTURE_HEAD"
+CAPTURE_BODY = "CAPTURE_BODY"
+OPEN = "OPEN"
+CLIENT_SHUT = "CLIENT_SHUT"
+DAEMON_SHUT = "DAEMON_SHUT"
+SHUT = "SHUT"
+CLOSING = "CLOSING"
+
+Table = dict[str, dict[str, str]]
+
+REQUEST: Table = {
+    IDLE: {"head": SEND_BODY, "claim": COLLECT_BODY, "complete": DONE,
+           "splice": SPLICED, "eof": CLOSED},
+    SEND_BODY: {"body_end": DONE, "drop": DISCARD_BODY, "splice": SPLICED, "eof": CLOSED},
+    COLLECT_BODY: {"body_end": DONE, "overflow": SEND_BODY, "drop": DISCARD_BODY,
+                   "stream": STREAM_BODY, "eof": CLOSED},
+    STREAM_BODY: {"body_end": DONE, "forward": SEND_BODY, "drop": DISCARD_BODY, "eof": CLOSED},
+    DISCARD_BODY: {"body_end": DONE, "eof": CLOSED},
+    DONE: {"next": IDLE, "splice": SPLICED, "eof": CLOSED},
+    SPLICED: {},
+    CLOSED: {"splice": SPLICED},
+}  # fmt: skip
+
+RESPONSE: Table = {
+    IDLE: {"send": AWAIT_HEAD, "claim": LOCAL, "splice": SPLICED},
+    LOCAL: {"send": AWAIT_HEAD, "roundtrip": CAPTURE_HEAD, "answer": DONE},
+    AWAIT_HEAD: {"interim": AWAIT_HEAD, "head": BODY, "complete": DONE,
+                 "splice": SPLICED, "fail": DONE},
+    BODY: {"body_end": DONE},
+    CAPTURE_HEAD: {"interim": CAPTURE_HEAD, "head": CAPTURE_BODY, "complete": LOCAL, "fail": LOCAL},
+    CAPTURE_BODY: {"body_end": LOCAL, "overflow": BODY, "fail": LOCAL},
+    DONE: {"next": IDLE},
+    SPLICED: {},
+}  # fmt: skip
+
+SPLICE: Table = {
+    OPEN: {"client_eof": CLIENT_SHUT, "daemon_eof": DAEMON_SHUT},
+    CLIENT_SHUT: {"daemon_eof": SHUT},
+    DAEMON_SHUT: {"client_eof": SHUT},
+    SHUT: {},
+}
+
+LIFE: Table = {
+    OPEN: {"close": CLOSING, "lost": CLOSED},
+    CLOSING: {"lost": CLOSED},
+    CLOSED: {},
+}
+
+MACHINES: dict[str, Table] = {
+    "request": REQUEST,
+    "response": RESPONSE,
+    "splice": SPLICE,
+    "life": LIFE,
+}
+
+
+class InvalidTransition(Exception):
+    """An event the current state has no row for: a bug in the proxy."""
