@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -34,6 +34,8 @@ from proxy.wire.http1 import (
     response_body,
 )
 from proxy.wire.states import MACHINES
+
+D = TypeVar("D", bound="FakeDaemon")
 
 Answer = Callable[[RequestHead, bytes], Awaitable[bytes | None]]
 """What the fake daemon writes for a request; None closes the connection instead."""
@@ -195,6 +197,15 @@ class Rig:
 
     async def client(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_unix_connection(self.listen)
+
+    async def swap_daemon(self, make: Callable[[str], D]) -> D:
+        """A daemon of the test's own in the rig's place: ``make`` builds it for a path."""
+        assert self.daemon.server is not None
+        self.daemon.server.close()
+        daemon = make(self.daemon.path + "2")
+        await daemon.start()
+        self.hub.upstream_path = daemon.path
+        return daemon
 
     async def settled(self) -> None:
         """Every connection gone and no task of the data path left."""

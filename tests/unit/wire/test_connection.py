@@ -265,10 +265,7 @@ async def daemon_answering_early_drops_the_rest_of_the_body() -> None:
             self.open -= 1
 
     async with rig(answer) as r:
-        r.daemon.server.close()  # type: ignore[union-attr]
-        early_daemon = Early(r.daemon.path + "2", answer)
-        await early_daemon.start()
-        r.hub.upstream_path = early_daemon.path
+        early_daemon = await r.swap_daemon(lambda path: Early(path, answer))
         reader, writer = await r.client()
         writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 413")
@@ -324,10 +321,7 @@ async def daemon_answering_twice_is_cut_off() -> None:
         await close_client(r, writer)
         assert bytes(r.daemon.received) == PING and r.recorder.upstream_errors == ["protocol"]
     async with rig() as r:
-        r.daemon.server.close()  # type: ignore[union-attr]
-        daemon = ScriptedDaemon(r.daemon.path + "2", r.daemon.answer)
-        await daemon.start()
-        r.hub.upstream_path = daemon.path
+        daemon = await r.swap_daemon(lambda path: ScriptedDaemon(path, r.daemon.answer))
         for i, surplus_in in enumerate(("BODY", "IDLE")):
             reader, writer = await r.client()
             writer.write(PING)
@@ -353,10 +347,7 @@ async def a_head_seen_before_in_a_read_of_its_own_waits_its_turn() -> None:
     """A whole head the proxy knows by its bytes skips the parse, never the queue."""
     parse_request_head(PING)
     async with rig() as r:
-        r.daemon.server.close()  # type: ignore[union-attr]
-        daemon = ScriptedDaemon(r.daemon.path + "2", r.daemon.answer)
-        await daemon.start()
-        r.hub.upstream_path = daemon.path
+        daemon = await r.swap_daemon(lambda path: ScriptedDaemon(path, r.daemon.answer))
         reader, writer = await r.client()
         writer.write(PING)
         await wait_until(lambda: bytes(daemon.received) == PING, "the first request")
@@ -452,10 +443,7 @@ async def h2_preface_is_spliced_whole() -> None:
             self.open -= 1
 
     async with rig() as r:
-        r.daemon.server.close()  # type: ignore[union-attr]
-        h2 = H2(r.daemon.path + "2", r.daemon.answer)
-        await h2.start()
-        r.hub.upstream_path = h2.path
+        h2 = await r.swap_daemon(lambda path: H2(path, r.daemon.answer))
         reader, writer = await r.client()
         sent = H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
         writer.write(sent[:5])  # a prefix of the preface: wait for the rest
@@ -775,10 +763,7 @@ async def streamed_body_goes_upstream_whole_after_an_early_answer() -> None:
             exchange.forward_rest()
 
     async with rig(interceptor=Claims({"gated": gated})) as r:
-        r.daemon.server.close()  # type: ignore[union-attr]
-        daemon = FakeDaemon(r.daemon.path + "2", ping_answer, at_head=True)
-        await daemon.start()
-        r.hub.upstream_path = daemon.path
+        daemon = await r.swap_daemon(lambda path: FakeDaemon(path, ping_answer, at_head=True))
         reader, writer = await r.client()
         sent = b""
         # With forward_rest, or returning without it: either way the body is
