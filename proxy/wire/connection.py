@@ -97,6 +97,7 @@ from .http1 import (
     known_request_head,
     parse_request_head,
     parse_response_head,
+    partial_head_fault,
     request_body,
     response_body,
     response_length,
@@ -564,10 +565,17 @@ class Connection(asyncio.Protocol):
                 if end < 0:
                     if len(buf) > MAX_HEAD:
                         self._reject(431, "request header fields too large")
+                        return
                     # A head ends at an empty line, so the next search can
                     # start at the last line start: a head arriving in many
-                    # reads is searched once, not once per read from 0.
-                    self.scanned = max(self.scanned, buf.rfind(b"\n", self.scanned) + 1)
+                    # reads is searched once, not once per read from 0. The
+                    # lines passed are whole, and judged now, as Go would.
+                    scanned = max(self.scanned, buf.rfind(b"\n", self.scanned) + 1)
+                    fault = partial_head_fault(buf, self.scanned, scanned)
+                    if fault is not None:
+                        self._reject(400, f"bad request: {fault}")
+                        return
+                    self.scanned = scanned
                     break
                 self.scanned = 0
                 raw = bytes(buf[:end])

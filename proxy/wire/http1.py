@@ -42,10 +42,12 @@ Theory of operation:
 ``find_head_end`` finds where a head ends the way Go reads lines, at the first
 empty line whether it ends in CRLF or a bare LF, so a head that Go would end
 early is cut at the same place and then refused as a whole instead of waiting
-for a CRLF CRLF that may never come. ``parse_request_head`` checks a
-request head against the strict grammar with one regular expression (after
-capping its number of fields, which bounds the regex's cost) and turns it into
-a small, frozen record. Docker clients send the same heads again and again
+for a CRLF CRLF that may never come; ``partial_head_fault`` judges the whole
+lines of a head still arriving, so a bad line is refused once it is whole,
+as Go refuses it, and not at an empty line that may never come either.
+``parse_request_head`` checks a request head against the strict grammar with
+one regular expression (after capping its number of fields, which bounds the
+regex's cost) and turns it into a small, frozen record. Docker clients send the same heads again and again
 (every CLI command starts with the same ``/_ping``, runners poll the same
 paths), so a parsed head is remembered by its exact bytes: the same bytes are
 the same head, and ``known_request_head`` lets the connection recognise a
@@ -114,6 +116,7 @@ _STATUS_LINE = rb"HTTP/1\.([01]) ([0-9]{3})(?: " + _TEXT + rb")?"
 _REQUEST = re.compile(_REQUEST_LINE + rb"\r\n" + _FIELDS)
 _STATUS = re.compile(_STATUS_LINE + rb"\r\n")
 _FIELD_LINE = re.compile(_FIELD + rb"\r\n")
+_REQUEST_LINE_ALONE = re.compile(_REQUEST_LINE)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TEXT + rb")?\r\n")
 _FRAMING = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection):(.*?)(?=\r\n)", re.DOTALL
@@ -324,6 +327,28 @@ def parse_response_head(raw: bytes) -> ResponseHead:
         chunked,
         _closes(connection, minor),
     )
+
+
+def partial_head_fault(buf: bytes | bytearray, start: int, stop: int) -> str | None:
+    """Why lines of a head still arriving already break the grammar, or None.
+
+    ``buf[start:stop]`` are whole lines, not yet judged, of a head whose empty
+    line has not come: the request line first when ``start`` is 0. Go answers
+    a bad line as soon as it has read it; judging only whole heads, the proxy
+    would wait for an empty line that a client who sent one may never send.
+    """
+    if stop <= start:
+        return None  # no line ended since the last look
+    chunk = bytes(buf[start:stop])
+    if _BARE_LF.search(chunk):
+        return "a line ends in a bare LF"
+    lines = chunk.split(b"\r\n")[:-1]
+    if start == 0 and not _REQUEST_LINE_ALONE.fullmatch(lines.pop(0)):
+        return "malformed request line"
+    for line in lines:
+        if _FIELD_LINE.fullmatch(line + b"\r\n") is None:
+            return _field_fault(line)
+    return None
 
 
 def _grammar_fault(raw: bytes, first_line: bytes, what: str) -> str:

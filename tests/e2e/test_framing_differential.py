@@ -204,6 +204,25 @@ def test_the_smuggled_create_is_refused_and_creates_nothing(
     assert docker(created, env=dockerd.env).stdout.strip() == b""
 
 
+@pytest.mark.parametrize(
+    "partial",
+    [
+        b"GARBAGE\r\n",
+        b"GET /_ping HTTP/1.1\r\nNo colon here\r\n",
+        b"GET /_ping HTTP/1.1\r\n folded\r\n",
+    ],
+)
+def test_a_bad_line_is_refused_before_the_head_ends_as_dockerd_does(
+    dockerd: Dockerd, proxy: Proxy, partial: bytes
+) -> None:
+    """Go answers these lines as soon as it has read them; a client may wait for that."""
+    direct, closed = exchange(dockerd.socket, partial)
+    assert direct.startswith(b"HTTP/1.1 400 ") and closed, "dockerd no longer answers at once"
+    got, closed = exchange(proxy.socket, partial)
+    (answer,) = answers(got)
+    assert_refused_with_400(answer, closed)
+
+
 def healing_proxy(
     make_proxy: MakeProxy, dockerd: Dockerd, busybox: str, tmp_path: Path, image: str
 ) -> tuple[Proxy, Path]:

@@ -801,6 +801,19 @@ async def a_head_over_the_hold_limit_is_read_whole() -> None:
 
 
 @scenario
+async def a_bad_line_is_refused_before_its_head_ends() -> None:
+    async with rig() as r:
+        reader, writer = await r.client()
+        writer.write(PING + b"GET /_ping HTTP/1.1\r\nHost: d\r\n")
+        assert await read_answer(reader) == ok()
+        writer.write(b"No colon\r\n")  # and nothing more: the client waits
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"without a colon" in answer
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+
+
+@scenario
 async def a_head_in_many_reads_is_searched_once() -> None:
     searched: list[int] = []
 

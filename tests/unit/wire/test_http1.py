@@ -32,6 +32,7 @@ from proxy.wire.http1 import (
     known_request_head,
     parse_request_head,
     parse_response_head,
+    partial_head_fault,
     request_body,
     response_body,
 )
@@ -668,3 +669,40 @@ def test_the_memo_stays_bounded() -> None:
     for i in range(KNOWN_HEADS * 3):
         parse_request_head(b"GET /containers/%d/json HTTP/1.1\r\n\r\n" % i)
         assert len(http1._known) <= KNOWN_HEADS
+
+
+# -- a head still arriving ---------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(strict_requests(), st.data())
+def test_no_line_of_a_head_the_grammar_takes_is_refused_early(
+    request: tuple[list[bytes], bytes], data: st.DataObject
+) -> None:
+    lines, _ = request
+    raw = b"\r\n".join(lines) + b"\r\n\r\n"
+    prefix = raw[: data.draw(st.integers(0, len(raw) - 1))]  # the empty line not yet whole
+    stop = prefix.rfind(b"\n") + 1
+    assert partial_head_fault(prefix, 0, stop) is None
+    middle = data.draw(st.integers(0, stop))
+    middle = prefix.rfind(b"\n", 0, middle) + 1  # judged in two looks, each of whole lines
+    assert partial_head_fault(prefix, 0, middle) is None
+    assert partial_head_fault(prefix, middle, stop) is None
+
+
+@pytest.mark.parametrize(
+    ("partial", "reason"),
+    [
+        (b"GARBAGE\r\n", "malformed request line"),
+        (b"GET / HTTP/1.1\r\nNo colon\r\n", "without a colon"),
+        (b"GET / HTTP/1.1\r\nHost : d\r\n", "whitespace before a colon"),
+        (b"GET / HTTP/1.1\r\n folded\r\n", "folded"),
+        (b"GET / HTTP/1.1\r\nX: a\x01b\r\nY: ", "control byte"),
+        (b"GET / HTTP/1.1\nHost: d\n", "bare LF"),
+    ],
+)
+def test_a_bad_whole_line_of_a_head_still_arriving_is_named(partial: bytes, reason: str) -> None:
+    fault = partial_head_fault(partial, 0, partial.rfind(b"\n") + 1)
+    assert fault is not None and reason in fault
+    with pytest.raises(ProtocolError, match=reason):  # the same verdict, whole
+        parse_request_head(partial[: partial.rfind(b"\n") + 1] + b"\r\n")
