@@ -194,6 +194,8 @@ class Rig:
     listen: str
     recorder: Recorder
     loop_errors: list[dict[str, Any]] = field(default_factory=list)
+    swapped: list[FakeDaemon] = field(default_factory=list)
+    """Daemons a test put in the rig's place; closed with the rig, whatever the test did."""
 
     async def client(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_unix_connection(self.listen)
@@ -203,6 +205,7 @@ class Rig:
         assert self.daemon.server is not None
         self.daemon.server.close()
         daemon = make(self.daemon.path + "2")
+        self.swapped.append(daemon)
         await daemon.start()
         self.hub.upstream_path = daemon.path
         return daemon
@@ -235,7 +238,8 @@ async def rig(
     finally:
         server.close()
         hub.abort_all()
-        await daemon.close()
+        for swapped in [daemon, *r.swapped]:
+            await swapped.close()
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()

@@ -43,16 +43,19 @@ Theory of operation:
 empty line whether it ends in CRLF or a bare LF, so a head that Go would end
 early is cut at the same place and then refused as a whole instead of waiting
 for a CRLF CRLF that may never come; ``partial_head_fault`` judges the whole
-lines of a head still arriving, so a bad line is refused once it is whole,
-as Go refuses it, and not at an empty line that may never come either.
+lines of a head still arriving, so a bad line is refused once it is whole, no
+later than Go refuses it (Go sometimes reads a byte of the next line first,
+and accepts bare LFs and folds, which the proxy refuses), and not at an empty
+line that may never come either.
 ``parse_request_head`` checks a request head against the strict grammar with
 one regular expression (after capping its number of fields, which bounds the
-regex's cost) and turns it into a small, frozen record. Docker clients send the same heads again and again
-(every CLI command starts with the same ``/_ping``, runners poll the same
-paths), so a parsed head is remembered by its exact bytes: the same bytes are
-the same head, and ``known_request_head`` lets the connection recognise a
-whole head in a fresh read without searching for its end. A daemon's answers
-are not remembered, since their ``Date`` changes every second.
+regex's cost) and turns it into a small, frozen record. Docker clients send the
+same heads again and again (every CLI command starts with the same ``/_ping``,
+runners poll the same paths), so a parsed head is remembered by its exact
+bytes: the same bytes are the same head, and ``known_request_head`` lets the
+connection recognise a whole head in a fresh read without searching for its
+end. A daemon's answers are not remembered, since their ``Date`` changes every
+second.
 ``parse_response_head`` trusts dockerd's own field lines and checks only what
 frames the body, since it runs for every answer. The caller then asks
 ``request_body`` or ``response_body`` for a ``Body``: a tiny state machine fed
@@ -117,6 +120,7 @@ _REQUEST = re.compile(_REQUEST_LINE + rb"\r\n" + _FIELDS)
 _STATUS = re.compile(_STATUS_LINE + rb"\r\n")
 _FIELD_LINE = re.compile(_FIELD + rb"\r\n")
 _REQUEST_LINE_ALONE = re.compile(_REQUEST_LINE)
+_FIELD_LINES = re.compile(rb"(?:" + _FIELD + rb"\r\n)*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TEXT + rb")?\r\n")
 _FRAMING = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection):(.*?)(?=\r\n)", re.DOTALL
@@ -334,21 +338,27 @@ def partial_head_fault(buf: bytes | bytearray, start: int, stop: int) -> str | N
 
     ``buf[start:stop]`` are whole lines, not yet judged, of a head whose empty
     line has not come: the request line first when ``start`` is 0. Go answers
-    a bad line as soon as it has read it; judging only whole heads, the proxy
-    would wait for an empty line that a client who sent one may never send.
+    a bad line once it has read it (or a byte past it); judging only whole
+    heads, the proxy would wait for an empty line a client may never send.
+    Every verdict here is the one the whole head would get.
     """
     if stop <= start:
         return None  # no line ended since the last look
+    if buf.count(b"\n", 0, stop) > MAX_FIELDS + 1:  # and the empty line still to come
+        return f"more than {MAX_FIELDS} header fields"
     chunk = bytes(buf[start:stop])
     if _BARE_LF.search(chunk):
         return "a line ends in a bare LF"
-    lines = chunk.split(b"\r\n")[:-1]
-    if start == 0 and not _REQUEST_LINE_ALONE.fullmatch(lines.pop(0)):
-        return "malformed request line"
-    for line in lines:
-        if _FIELD_LINE.fullmatch(line + b"\r\n") is None:
-            return _field_fault(line)
-    return None
+    fields = 0
+    if start == 0:
+        fields = chunk.index(b"\n") + 1
+        if not _REQUEST_LINE_ALONE.fullmatch(chunk, 0, fields - 2):
+            return "malformed request line"
+    if _FIELD_LINES.fullmatch(chunk, fields):
+        return None  # the usual case, in one match
+    lines = chunk[fields:].split(b"\r\n")[:-1]
+    bad = next(line for line in lines if not _FIELD_LINE.fullmatch(line + b"\r\n"))
+    return _field_fault(bad)
 
 
 def _grammar_fault(raw: bytes, first_line: bytes, what: str) -> str:

@@ -9,6 +9,7 @@ reaches (and so no test pins) fails the suite.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -40,7 +41,13 @@ from proxy.wire.connection import (
     Handler,
     Hub,
 )
-from proxy.wire.http1 import MAX_HEAD, RequestHead, find_head_end, parse_request_head
+from proxy.wire.http1 import (
+    MAX_HEAD,
+    RequestHead,
+    find_head_end,
+    parse_request_head,
+    partial_head_fault,
+)
 from proxy.wire.states import BODY, IDLE, SEND_BODY, InvalidTransition
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
@@ -821,15 +828,26 @@ async def a_head_in_many_reads_is_searched_once() -> None:
         searched.append(len(buf) - start)
         return find_head_end(buf, start)
 
+    judged: list[tuple[int, int]] = []
+
+    def judging(buf: bytes | bytearray, start: int, stop: int) -> str | None:
+        if stop > start:
+            judged.append((start, stop))
+        return partial_head_fault(buf, start, stop)
+
     async with rig() as r:
         conn, client = fake_connection(r.hub)
         request = b"GET /_ping HTTP/1.1\r\n" + b"X-Line: %s\r\n" % (b"l" * 90) * 400 + b"\r\n"
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(connection, "find_head_end", counting)
+            patch.setattr(connection, "partial_head_fault", judging)
             for i in range(0, len(request), 100):
                 conn.data_received(request[i : i + 100])
         # Each read searches its own bytes and the line it continues, no more.
         assert sum(searched) < 3 * len(request)
+        # And judges each whole line once, in order.
+        assert judged[0][0] == 0 and judged[-1][1] > len(request) - 200
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(judged))
         await wait_until(lambda: client.out == ok(), "the answer")
         assert bytes(r.daemon.received) == request
         conn.abort()

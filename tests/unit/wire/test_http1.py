@@ -706,3 +706,11 @@ def test_a_bad_whole_line_of_a_head_still_arriving_is_named(partial: bytes, reas
     assert fault is not None and reason in fault
     with pytest.raises(ProtocolError, match=reason):  # the same verdict, whole
         parse_request_head(partial[: partial.rfind(b"\n") + 1] + b"\r\n")
+
+
+def test_a_head_still_arriving_is_held_to_the_field_count() -> None:
+    partial = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_FIELDS + 1)
+    assert partial_head_fault(partial, 0, len(partial)) == f"more than {MAX_FIELDS} header fields"
+    with pytest.raises(ProtocolError, match="header fields"):  # the same verdict, whole
+        parse_request_head(partial + b"\r\n")
+    assert partial_head_fault(partial[:-6], 0, len(partial) - 6) is None

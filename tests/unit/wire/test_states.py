@@ -17,35 +17,43 @@ _STATE_LINE = re.compile(r"^    ([A-Z_]+)\s")
 _ROW = re.compile(r"\b([a-z_]+) -> ([A-Z_]+)\b")
 
 
-def diagram(title: str) -> Table:
-    """The rows drawn under ``title::`` in the module docstring."""
+def diagram(title: str) -> list[tuple[str, str, str]]:
+    """The rows drawn under ``title::`` in the module docstring, in order."""
     assert states.__doc__ is not None
     _, found, rest = states.__doc__.partition(title + "::\n\n")
     assert found, f"no diagram titled {title!r}"
-    rows: Table = {}
+    rows: list[tuple[str, str, str]] = []
     state = None
     for line in rest.splitlines():
         if line and not line.startswith(" "):
             break  # the next section
         if m := _STATE_LINE.match(line):
+            assert m[1] != state and all(m[1] != s for s, _, _ in rows), f"{m[1]} drawn twice"
             state = m[1]
-            rows[state] = {}
         if state is not None:
-            rows[state].update(_ROW.findall(line))
+            rows += [(state, event, target) for event, target in _ROW.findall(line)]
     return rows
 
 
-@pytest.mark.parametrize(
-    ("title", "table"),
-    [
-        ("Request side (what the client sends)", REQUEST),
-        ("Response side (what the client is owed)", RESPONSE),
-        ("Splice (the half-closes of a raw byte stream)", SPLICE),
-        ("Life (the client socket; closing twice is closing once)", LIFE),
-    ],
-)
+DIAGRAMS = {
+    "request": ("Request side (what the client sends)", REQUEST),
+    "response": ("Response side (what the client is owed)", RESPONSE),
+    "splice": ("Splice (the half-closes of a raw byte stream)", SPLICE),
+    "life": ("Life (the client socket; closing twice is closing once)", LIFE),
+}
+
+
+def test_every_machine_has_a_diagram() -> None:
+    assert DIAGRAMS.keys() == MACHINES.keys()
+    assert all(MACHINES[name] is table for name, (_, table) in DIAGRAMS.items())
+
+
+@pytest.mark.parametrize(("title", "table"), DIAGRAMS.values(), ids=DIAGRAMS.keys())
 def test_each_diagram_is_its_table(title: str, table: Table) -> None:
-    assert diagram(title) == {state: row for state, row in table.items() if row}
+    drawn = diagram(title)
+    rows = [(state, event, target) for state, row in table.items() for event, target in row.items()]
+    assert len(drawn) == len(set(drawn)), "a row drawn twice"
+    assert sorted(drawn) == sorted(rows)
 
 
 def test_every_row_leads_to_a_state_of_its_own_table() -> None:
