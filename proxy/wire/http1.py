@@ -119,7 +119,6 @@ _STATUS_LINE = rb"HTTP/1\.([01]) ([0-9]{3})(?: " + _TEXT + rb")?"
 _REQUEST = re.compile(_REQUEST_LINE + rb"\r\n" + _FIELDS)
 _STATUS = re.compile(_STATUS_LINE + rb"\r\n")
 _FIELD_LINE = re.compile(_FIELD + rb"\r\n")
-_REQUEST_LINE_ALONE = re.compile(_REQUEST_LINE)
 _FIELD_LINES = re.compile(rb"(?:" + _FIELD + rb"\r\n)*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TEXT + rb")?\r\n")
 _FRAMING = re.compile(
@@ -347,18 +346,12 @@ def partial_head_fault(buf: bytes | bytearray, start: int, stop: int) -> str | N
     if buf.count(b"\n", 0, stop) > MAX_FIELDS + 1:  # and the empty line still to come
         return f"more than {MAX_FIELDS} header fields"
     chunk = bytes(buf[start:stop])
-    if _BARE_LF.search(chunk):
-        return "a line ends in a bare LF"
-    fields = 0
-    if start == 0:
-        fields = chunk.index(b"\n") + 1
-        if not _REQUEST_LINE_ALONE.fullmatch(chunk, 0, fields - 2):
-            return "malformed request line"
-    if _FIELD_LINES.fullmatch(chunk, fields):
-        return None  # the usual case, in one match
-    lines = chunk[fields:].split(b"\r\n")[:-1]
-    bad = next(line for line in lines if not _FIELD_LINE.fullmatch(line + b"\r\n"))
-    return _field_fault(bad)
+    if start == 0:  # the request line and what followed it: a whole head but its empty line
+        head = chunk + b"\r\n"
+        if _REQUEST.fullmatch(head):
+            return None
+        return _grammar_fault(head, _REQUEST_LINE, "request line")
+    return None if _FIELD_LINES.fullmatch(chunk) else _fields_fault(chunk)
 
 
 def _grammar_fault(raw: bytes, first_line: bytes, what: str) -> str:
@@ -368,10 +361,16 @@ def _grammar_fault(raw: bytes, first_line: bytes, what: str) -> str:
     first, _, fields = raw.partition(b"\r\n")
     if not re.fullmatch(first_line, first):
         return f"malformed {what}"
-    for line in fields.split(b"\r\n")[:-2]:
-        if _FIELD_LINE.fullmatch(line + b"\r\n"):
-            continue
-        return _field_fault(line)
+    return _fields_fault(fields[:-2])  # less the empty line
+
+
+def _fields_fault(fields: bytes) -> str:
+    """Name what is wrong with field lines, each ending in CRLF, the grammar refused."""
+    if _BARE_LF.search(fields):
+        return "a line ends in a bare LF"
+    for line in fields.split(b"\r\n")[:-1]:
+        if not _FIELD_LINE.fullmatch(line + b"\r\n"):
+            return _field_fault(line)
     return "malformed head"
 
 
