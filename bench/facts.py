@@ -7,13 +7,14 @@ not come up is named as missing, never asked.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import procs
+from bench import loadgen, procs
 from bench.harness import DOCKER_CLI, Bench
 
 
@@ -41,7 +42,6 @@ def machine_facts(b: Bench) -> dict[str, str]:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    server = b.docker("direct", "version", "-f", "{{.Server.Version}}", check=False)
     driver = b.docker("direct", "info", "-f", "{{.Driver}}", check=False)
     rev = first_line(["git", "-C", str(procs.REPO), "rev-parse", "--short", "HEAD"])
     dirty = first_line(["git", "-C", str(procs.REPO), "status", "--porcelain", "--", "proxy"])
@@ -49,7 +49,7 @@ def machine_facts(b: Bench) -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "cpu": model,
         "kernel": platform.release(),
-        "dockerd": server.stdout.decode().strip() or "?",
+        "dockerd": daemon_version(b.sockets["direct"]),
         "storage driver": driver.stdout.decode().strip() or "?",
         "docker CLI": cli_version(),
         "haproxy": version_of(b, "haproxy", lambda: first_line(["haproxy", "-v"]).split(" - ")[0]),
@@ -61,6 +61,35 @@ def machine_facts(b: Bench) -> dict[str, str]:
         "proxy commit": rev
         + (" (+ uncommitted changes in proxy/)" if dirty not in ("", "?") else ""),
     }
+
+
+def daemon_version(sock: Path) -> str:
+    """The upstream daemon's ``GET /version``, as the header names it; "?" if it won't say.
+
+    The API version beside the server's: the proxy passes the API through, so a run
+    against another dockerd is compared knowing which API its clients spoke.
+    """
+    try:
+        conn = loadgen.ApiConn(str(sock))
+        try:
+            status, body = conn.call("GET", "/version")
+        finally:
+            conn.close()
+    except (OSError, loadgen.ProtocolError):
+        return "?"
+    try:
+        answer = json.loads(body) if status == 200 else None
+    except ValueError:
+        answer = None
+    return version_line(answer if isinstance(answer, dict) else {})
+
+
+def version_line(answer: dict[str, object]) -> str:
+    """``{"Version": "20.10.24", "ApiVersion": "1.41"}`` -> ``20.10.24 (API 1.41)``."""
+    server, api = answer.get("Version"), answer.get("ApiVersion")
+    if not isinstance(server, str) or not server:
+        return "?"
+    return f"{server} (API {api})" if isinstance(api, str) and api else server
 
 
 def version_of(b: Bench, target: str, version: Callable[[], str]) -> str:

@@ -35,3 +35,13 @@ def test_a_target_that_did_not_start_is_named_not_asked() -> None:
 def test_the_in_process_exchange_passes_every_answer_whole() -> None:
     """It raises when an answer does not reach its client whole."""
     assert asyncio.run(exchange.per_exchange(100, 1)) > 0
+
+
+def test_the_header_names_the_daemon_and_its_api_version() -> None:
+    assert facts.version_line({"Version": "26.1.5", "ApiVersion": "1.45"}) == "26.1.5 (API 1.45)"
+    assert facts.version_line({"Version": "20.10.24+dfsg1"}) == "20.10.24+dfsg1"
+    assert facts.version_line({"message": "page not found"}) == "?"
+
+
+def test_a_daemon_that_is_not_there_has_no_version(tmp_path: Path) -> None:
+    assert facts.daemon_version(tmp_path / "no.sock") == "?"
