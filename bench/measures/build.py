@@ -14,6 +14,7 @@ from bench.measures.appimage import APP_PRESENT, ensure_app_image, heal_config
 from bench.report import Bar, Table
 from bench.schedule import Effect, Measure, Need
 
+# The bar the proxy must meet (from the project brief).
 BAR_BUILD_RATIO = 1.15
 BUILD_TAG = "127.0.0.1:1/bench/built:1"
 

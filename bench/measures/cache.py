@@ -17,6 +17,7 @@ from bench.measures.appimage import BUSYBOX
 from bench.report import Bar, Table
 from bench.schedule import Effect, Measure, Need
 
+# The bar the proxy must meet (from the project brief).
 BAR_CACHE_RATIO = 1.2
 """A heal from the registry cache vs a plain ``docker pull`` of the same image."""
 

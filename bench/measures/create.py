@@ -12,6 +12,7 @@ from bench.measures.appimage import APP_PRESENT, APP_REPO, ensure_app_image, hea
 from bench.report import Bar, Table
 from bench.schedule import Effect, Measure, Need
 
+# The bar the proxy must meet (from the project brief).
 BAR_CREATE_ADDED_P50_US = 1000.0
 
 

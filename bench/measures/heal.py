@@ -17,6 +17,7 @@ from bench.measures.appimage import (
 from bench.report import Bar, Table
 from bench.schedule import Effect, Measure, Need
 
+# The bar the proxy must meet (from the project brief).
 BAR_HEAL_RATIO = 1.10
 """(heal-then-run - the run alone) / the recipe alone: aim 1.0, 10% for noise."""
 

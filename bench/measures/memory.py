@@ -9,7 +9,11 @@ from bench.schedule import Measure, Need
 
 
 def measure_proxy_memory(b: Bench) -> None:
-    """Peak RSS of the proxy over the whole run (VmHWM), read last on purpose."""
+    """Peak RSS of the proxy over the whole run (VmHWM).
+
+    Read after the rows that load the proxy in the run's own config and before any
+    row restarts it (a new process starts a new peak): its declaration says so.
+    """
     pid = b.middle_pid("proxy")
     if not pid:
         return

@@ -10,6 +10,7 @@ from bench.harness import Bench
 from bench.report import Bar, Table, fmt_rate, pct
 from bench.schedule import Measure
 
+# Bars the proxy must meet (from the project brief).
 BAR_RPS_RATIO_16 = 0.33
 """0.95 times 0.35x, the ratio before the data path became tables (issue 8, at 2b8adda)."""
 BAR_ADDED_P50_US = 250.0

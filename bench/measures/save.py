@@ -18,6 +18,7 @@ from bench.schedule import Measure
 
 BIG_IMAGE = "127.0.0.1:1/bench/big:1"
 """A registry-qualified name on a closed port: nothing can ever pull or push it."""
+# The bar the proxy must meet (from the project brief).
 BAR_SAVE_RATIO = 1.25
 
 
