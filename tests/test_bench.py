@@ -10,15 +10,15 @@ from typing import Any, cast
 
 import pytest
 
-from bench import exchange, run
+from bench import exchange, facts
 
 
 def test_versions_of_missing_tools_do_not_raise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
-    assert run.socat_version() == "?"
-    assert run.first_line(["haproxy", "-v"]) == "?"
+    assert facts.socat_version() == "?"
+    assert facts.first_line(["haproxy", "-v"]) == "?"
 
 
 def test_a_target_that_did_not_start_is_named_not_asked() -> None:
@@ -26,12 +26,22 @@ def test_a_target_that_did_not_start_is_named_not_asked() -> None:
         raise AssertionError("the version of a target that is not up was asked for")
 
     b = cast(Any, SimpleNamespace(unavailable={"socat": "not installed"}, targets=["direct"]))
-    assert run.version_of(b, "socat", never) == "not measured (see Not measured)"
-    assert run.version_of(b, "haproxy", never) == "not run (--targets)"
+    assert facts.version_of(b, "socat", never) == "not measured (see Not measured)"
+    assert facts.version_of(b, "haproxy", never) == "not run (--targets)"
     b.targets.append("haproxy")
-    assert run.version_of(b, "haproxy", lambda: "2.6.12") == "2.6.12"
+    assert facts.version_of(b, "haproxy", lambda: "2.6.12") == "2.6.12"
 
 
 def test_the_in_process_exchange_passes_every_answer_whole() -> None:
     """It raises when an answer does not reach its client whole."""
     assert asyncio.run(exchange.per_exchange(100, 1)) > 0
+
+
+def test_the_header_names_the_daemon_and_its_api_version() -> None:
+    assert facts.version_line({"Version": "26.1.5", "ApiVersion": "1.45"}) == "26.1.5 (API 1.45)"
+    assert facts.version_line({"Version": "20.10.24+dfsg1"}) == "20.10.24+dfsg1"
+    assert facts.version_line({"message": "page not found"}) == "?"
+
+
+def test_a_daemon_that_is_not_there_has_no_version(tmp_path: Path) -> None:
+    assert facts.daemon_version(tmp_path / "no.sock") == "?"
