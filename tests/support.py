@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from proxy.healing.engine import Engine, EngineError
-from proxy.healing.healer import Healer, HealFailed
+from proxy.healing.core.healer import Healer, HealFailed
+from proxy.healing.sources.engine import Engine, EngineError
 from proxy.recipes.config import Config, parse_config
 
 BUSYBOX = "127.0.0.1:1/dhp/busybox:1"

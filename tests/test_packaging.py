@@ -55,7 +55,7 @@ def test_the_import_contracts_are_kept(tmp_path: Path) -> None:
         ("service/check.py", "import uvloop", PURE),
         ("recipes/graph.py", "from ..healing import healer", LAYERS),
         ("wire/routes.py", "from ..recipes import reference", LAYERS),
-        ("healing/engine.py", "from ..service import metrics", LAYERS),
+        ("healing/sources/engine.py", "from ...service import metrics", LAYERS),
         ("wire/routes.py", "from .. import __main__", LAYERS),
     ],
 )

@@ -23,12 +23,12 @@ from typing import TypeVar
 import uvloop
 
 from .. import __version__
-from ..healing import proactive
-from ..healing.buildcontext import read_dockerfile_from_disk
-from ..healing.cache import config_dir, reference_for
-from ..healing.engine import Engine, EngineError
-from ..healing.healer import Healer, HealFailed
-from ..healing.inputs import InputsError
+from ..healing.background import proactive
+from ..healing.core.healer import Healer, HealFailed
+from ..healing.sources.buildcontext import read_dockerfile_from_disk
+from ..healing.sources.cache import config_dir, reference_for
+from ..healing.sources.engine import Engine, EngineError
+from ..healing.sources.inputs import InputsError
 from ..recipes.config import Config, ConfigError, load_config
 from ..recipes.graph import DependencyCycle, heal_plan
 from ..recipes.patterns import Pattern, find_recipe

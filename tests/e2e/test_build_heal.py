@@ -483,7 +483,7 @@ def parse_process(proxy: Proxy) -> int:
     """The proxy's parse process, once a build has started it."""
     for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
         for pid in (task / "children").read_text().split():
-            if b"proxy.healing.dockerfileparse" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"proxy.healing.core.dockerfileparse" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return int(pid)
     raise AssertionError("the proxy has no parse process")
 
