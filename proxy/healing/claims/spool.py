@@ -41,6 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
+from ..core.statefiles import private_dir
+
 log = logging.getLogger(__name__)
 
 PREFIX = "build-"
@@ -53,13 +55,6 @@ WORKERS = 4
 T = TypeVar("T")
 
 _EXECUTOR = ThreadPoolExecutor(WORKERS, thread_name_prefix="spool")
-
-
-def spool_dir(state_dir: Path) -> Path:
-    folder = state_dir / "spool"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder.chmod(0o700)  # an older or hand-made folder gets closed too
-    return folder
 
 
 def sweep(state_dir: Path) -> int:
@@ -92,7 +87,7 @@ class Spool:
 
     def __init__(self, state_dir: Path) -> None:
         self.file: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 (closed by close)
-            dir=spool_dir(state_dir), prefix=PREFIX, buffering=0
+            dir=private_dir(state_dir / "spool"), prefix=PREFIX, buffering=0
         )
         self._busy: asyncio.Future[Any] | None = None
 
