@@ -21,6 +21,9 @@ Rules:
   cannot be checked and is ignored, with a warning.
 - A background heal that fails is logged and left out until the next
   periodic reconcile (see ``reconcile``); creates still heal it on demand.
+- The plans a reconcile works out to order its queue (the healer's, its
+  Dockerfiles parsed in the healer's worker) are the plans its heals use:
+  nothing is worked out twice.
 
 Theory of operation: four kinds of task (the event watcher, the schedule,
 the background workers, the memory flusher) share this object's state on one
@@ -42,10 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from ...recipes.config import Config, MinFree
-from ...recipes.graph import DependencyCycle, heal_plan
+from ...recipes.graph import DependencyCycle, HealPlan
 from ...recipes.reference import InvalidReference, normalize
 from ..core.healer import Healer, HealFailed, Trigger
-from ..sources.buildcontext import read_dockerfile_from_disk
 from ..sources.engine import Engine, EngineError
 from . import memory, memoryfile
 from .reconcile import Schedule, present, queue, wanted
@@ -87,19 +89,6 @@ def unseen_root(root: str) -> str | None:
     )
 
 
-def plans(images: set[str], config: Config) -> dict[str, list[str]]:
-    """Each image's heal plan as image names, bases first (blocking: reads Dockerfiles)."""
-    found: dict[str, list[str]] = {}
-    for image in images:
-        try:
-            steps = heal_plan(image, config.recipes, read_dockerfile_from_disk)
-        except (DependencyCycle, InvalidReference) as exc:
-            log.warning("proactive heal of %s skipped: %s", image, exc)
-            continue
-        found[image] = [step.image for step in steps]
-    return found
-
-
 class Proactive:
     """Owns the proactive side of healing for the life of the process."""
 
@@ -117,6 +106,8 @@ class Proactive:
         self.last_reconcile: float | None = None
         self.reconciles = 0
         self.pending: list[str] = []
+        self.plans: dict[str, HealPlan] = {}
+        """The plan of each image the last reconcile queued."""
         self.active: set[str] = set()
         self.failed: dict[str, float] = {}
         self.disk: str | None = None
@@ -293,14 +284,31 @@ class Proactive:
         retry_after = time.monotonic() - config.heal.reconcile_interval
         self.failed = {tag: at for tag, at in self.failed.items() if at > retry_after}
         missing = wanted(config.recipes, self.memory.tags()) - have - set(self.failed)
-        found = await asyncio.to_thread(plans, missing, config)
-        steps = queue(list(found), found, have | self.active)
+        found = await self._plans(missing)
+        steps = queue(
+            list(found),
+            {image: [step.image for step in plan.steps] for image, plan in found.items()},
+            have | self.active,
+        )
+        self.plans = {
+            step.image: plan.of(step.image) for plan in found.values() for step in plan.steps
+        }
         self.pending = [image for image in steps if image not in self.failed]
         self.last_reconcile = now
         self.reconciles += 1
         if self.pending:
             log.info("reconcile: %d managed images missing: %s", len(missing), ", ".join(missing))
             self._work.set()
+
+    async def _plans(self, images: set[str]) -> dict[str, HealPlan]:
+        """Each image's heal plan; an image that cannot be healed is skipped."""
+        found: dict[str, HealPlan] = {}
+        for image in images:
+            try:
+                found[image] = await self.healer.plan(image)
+            except (DependencyCycle, InvalidReference) as exc:
+                log.warning("proactive heal of %s skipped: %s", image, exc)
+        return found
 
     # -- background heals -------------------------------------------------------
 
@@ -314,7 +322,8 @@ class Proactive:
             self.active.add(image)
             try:
                 if await self._admitted(image):
-                    await self.healer.ensure(image, trigger="proactive")
+                    plan = self.plans.get(image)
+                    await self.healer.ensure(image, trigger="proactive", plan=plan)
             except HealFailed as failure:
                 self.failed[image] = time.monotonic()
                 log.warning("proactive heal of %s failed: %s", image, str(failure).splitlines()[0])

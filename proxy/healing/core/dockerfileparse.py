@@ -1,7 +1,9 @@
 """Dockerfile parsing in a process of its own, under a deadline.
 
 Rules:
-- No Dockerfile is parsed in the proxy's process. The ``dockerfile``
+- No Dockerfile is parsed in the proxy's process, and the ``dockerfile``
+  package is never even imported there: only the worker imports it
+  (``_images``), so the proxy never maps the parser's native library. The ``dockerfile``
   package's Go parser holds the GIL for the whole parse (a thread does not
   help), its time grows far faster than the text (a 1 MiB heredoc takes
   minutes), and some text crashes the interpreter outright. A parse on the
@@ -18,8 +20,13 @@ Rules:
   killed and the call ends in ``ParseFailed``: the caller goes on without
   the images, with a log line. A killed worker's answer can never reach the
   next call; the next call starts a fresh worker.
+- The worker is handed text and reads nothing from disk: the caller reads
+  each file, so the worker needs no access to the recipes' folders.
 - Text over ``MAX_PARSED`` is not handed to the parser at all: at the
   parser's rate it could not finish in time anyway.
+- Each ``ParseProcess`` is one queue: one call at a time, in order. The
+  healer keeps one for its recipes' plans and one for client build bodies,
+  so that a stream of client builds cannot hold up a create's heal.
 - The worker ignores SIGINT (a Ctrl-C in the proxy's terminal is the
   proxy's to handle), and leaves when its stdin closes, the proxy's death
   included. Its stdout carries only answers: anything else it prints goes
@@ -43,12 +50,6 @@ import struct
 import sys
 from collections.abc import Callable, Mapping
 from typing import IO, Any, TypeVar
-
-from ...recipes.dockerfile import from_images
-from ...recipes.graph import DependencyCycle, heal_plan
-from ...recipes.recipe import Recipe
-from ...recipes.reference import InvalidReference
-from ..sources.buildcontext import read_dockerfile_from_disk
 
 log = logging.getLogger(__name__)
 
@@ -190,28 +191,26 @@ class ParseProcess:
         await self._kill()
 
 
+def _images(text: str, build_args: Mapping[str, str], target: str | None) -> list[str]:
+    """``from_images``, imported here so that only the worker process loads the parser."""
+    from ...recipes.dockerfile import from_images
+
+    return from_images(text, build_args, target)
+
+
 async def dockerfile_images(
     parser: ParseProcess, text: str, build_args: Mapping[str, str], target: str | None
 ) -> list[str]:
-    """``from_images`` in the worker; ParseFailed when the text is too long or slow."""
+    """The images ``text`` names, parsed in the worker; ParseFailed when too long or slow."""
     if len(text) > MAX_PARSED:
         raise ParseFailed(f"the Dockerfile is over {MAX_PARSED >> 10} KiB")
-    return await parser.run(from_images, text, dict(build_args), target)
-
-
-def plan_problem(image: str, recipes: tuple[Recipe, ...]) -> str | None:
-    """Why ``image`` cannot be healed at all (``heal_plan`` raises), or None.
-
-    Run in the worker: it reads and parses every Dockerfile of the chain.
-    """
-    try:
-        heal_plan(image, recipes, read_dockerfile_from_disk)
-    except (DependencyCycle, InvalidReference) as exc:
-        return str(exc)
-    return None
+    return await parser.run(_images, text, dict(build_args), target)
 
 
 if __name__ == "__main__":
+    # Loaded before "ready": the parser's import is start-up, not a call's time.
+    from ...recipes import dockerfile  # noqa: F401
+
     _answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not break the frames
     _serve(sys.stdin.buffer, _answers)

@@ -7,9 +7,12 @@ Rules:
   on: others may be waiting, and the next spawn wants the image anyway.
 - Dependencies first, each under its own single flight: the explicit
   ``depends_on`` and the ``FROM`` images of a build recipe that another
-  recipe makes. Only missing ones are healed. The whole chain is checked for
-  cycles before anything waits, since two heals whose Dockerfiles name each
-  other would wait for each other forever.
+  recipe makes. Only missing ones are healed. The whole chain is worked out
+  (``planner``), and so checked for cycles, before anything waits, since
+  two heals whose Dockerfiles name each other would wait for each other
+  forever. That plan is the heal's one plan: its bases' heals, its cache key
+  and a proactive heal's queue use it rather than working it out again. A
+  plan made from an older config (a reload since) is worked out afresh.
 - One builder per tag across processes: a lock file in ``state_dir`` is held
   while a recipe runs, shared with ``docker-heal-proxy heal``. After taking it
   the image is looked up again, since the other holder may have built it.
@@ -70,14 +73,14 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ...recipes.config import Config
-from ...recipes.graph import DependencyCycle, dependencies, heal_plan
-from ...recipes.patterns import find_recipe, instantiate
+from ...recipes.graph import DependencyCycle, HealPlan
+from ...recipes.patterns import find_recipe
 from ...recipes.recipe import ConcreteRecipe, Recipe
 from ...recipes.reference import InvalidReference, normalize
-from ..sources.buildcontext import read_dockerfile_from_disk
 from ..sources.cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from ..sources.engine import Engine, EngineError
-from .dockerfileparse import ParseFailed, ParseProcess, plan_problem
+from .dockerfileparse import ParseProcess
+from .planner import Planner
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
 from .statefiles import open_private
@@ -187,10 +190,6 @@ def _recipe_for(config: Config, image: str) -> Recipe | None:
     return None if found is None else replace(found[0], index=0)
 
 
-def _no_dockerfile(concrete: ConcreteRecipe) -> None:
-    """A ``heal_plan`` reader for when Dockerfiles cannot be parsed: depends_on only."""
-
-
 def _file_name(image: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
     return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
@@ -224,7 +223,9 @@ class Healer:
         self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
         self.parser = ParseProcess()
-        """Where Dockerfiles are parsed: never on the loop (``dockerfileparse``)."""
+        """Where client build bodies' Dockerfiles are parsed: never on the loop."""
+        self.planner = Planner()
+        """Where heal plans are worked out, in a parse queue of their own."""
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
 
@@ -239,14 +240,29 @@ class Healer:
         """Heal an image the daemon just said is missing."""
         await self._join(normalize(image), force, trigger)
 
-    async def ensure(self, image: str, *, trigger: Trigger, force: bool = False) -> str:
-        """Make sure an image exists; say whether it had to be healed."""
+    async def ensure(
+        self,
+        image: str,
+        *,
+        trigger: Trigger,
+        force: bool = False,
+        plan: HealPlan | None = None,
+    ) -> str:
+        """Make sure an image exists; say whether it had to be healed.
+
+        ``plan`` is the image's plan when the caller has worked it out already.
+        """
         image = normalize(image)
         if not force and await self._exists(image):
             return "Image is up to date"
-        if await self._join(image, force, trigger):
+        if await self._join(image, force, trigger, plan=plan):
             return "Healed by docker-heal-proxy"
         return "Image is up to date (built meanwhile by another process)"
+
+    async def plan(self, image: str) -> HealPlan:
+        """``image``'s plan by the current config (``planner``); raises
+        InvalidReference and DependencyCycle."""
+        return await self.planner.plan(image, self.config.recipes)
 
     def cooldown_counts(self) -> dict[str, int]:
         """Tags in cooldown per recipe ``match``, for the metrics gauge."""
@@ -279,17 +295,24 @@ class Healer:
     # -- single flight ---------------------------------------------------------
 
     async def _join(
-        self, image: str, force: bool, trigger: Trigger, *, waiter: bool = True
+        self,
+        image: str,
+        force: bool,
+        trigger: Trigger,
+        *,
+        waiter: bool = True,
+        plan: HealPlan | None = None,
     ) -> bool:
         """Wait for the one heal of ``image``; True if its recipe ran.
 
         ``waiter`` counts a client's request in the ``heal_waiters`` gauge; a
         heal waiting for its base, or a proactive one, is not a request.
+        ``plan``, if known, is used by a heal this call starts.
         """
         waiter = waiter and trigger != "proactive"
         task = self.inflight.get(image)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._heal(image, force))
+            task = asyncio.get_running_loop().create_task(self._heal(image, force, plan))
             self.inflight[image] = task
             self.triggers[image] = trigger
             task.add_done_callback(lambda t: self._settled(image, t))
@@ -321,6 +344,7 @@ class Healer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.parser.aclose()
+        await self.planner.aclose()
 
     def _settled(self, image: str, task: asyncio.Task[bool]) -> None:
         if self.inflight.get(image) is task:
@@ -329,7 +353,7 @@ class Healer:
         if not task.cancelled():
             task.exception()  # retrieved here, raised to every waiter by shield
 
-    async def _heal(self, image: str, force: bool) -> bool:
+    async def _heal(self, image: str, force: bool, plan: HealPlan | None) -> bool:
         previous = self.results.get(image)
         now = time.monotonic()
         if previous is not None and self._cooling(image, previous, now):
@@ -340,13 +364,14 @@ class Healer:
         found = find_recipe(self.config.recipes, image)
         if found is None:
             raise HealFailed(f"docker-heal-proxy: no recipe builds {image}")
-        try:
-            concrete = instantiate(found[0], image, found[1])
-            # Checked whole before any waiting: two heals whose Dockerfiles name
-            # each other in FROM would otherwise each wait for the other forever.
-            await self._check_plan(image)
-        except (DependencyCycle, InvalidReference) as exc:
-            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
+        if plan is None or plan.recipes is not self.config.recipes or image not in plan.found:
+            try:
+                # Worked out whole before any waiting: two heals whose Dockerfiles
+                # name each other in FROM would otherwise each wait for the other.
+                plan = await self.plan(image)
+            except (DependencyCycle, InvalidReference) as exc:
+                raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
+        concrete = plan.step
         progress = Progress(image, concrete.recipe.name, concrete.recipe.match)
         self.running[image] = progress
         cache = self._cache(concrete)
@@ -357,9 +382,9 @@ class Healer:
                 async with self._turn(image):
                     if await self._built_meanwhile(image, force):
                         return False
-                    if await self._from_cache(concrete, cache, progress, force):
+                    if await self._from_cache(plan, cache, progress, force):
                         return True
-            await self._bases(concrete)
+            await self._bases(plan)
             progress.phase = "queued"
             async with self._turn(image):
                 if await self._built_meanwhile(image, force):
@@ -388,40 +413,19 @@ class Healer:
             return True
         return False
 
-    async def _check_plan(self, image: str) -> None:
-        """Raise what ``heal_plan`` raises, its Dockerfiles parsed in the parse process."""
-        recipes = self.config.recipes
-        if not any(recipe.kind == "build" for recipe in recipes):
-            # No Dockerfile anywhere: nothing to parse, so no worker process to start.
-            await asyncio.to_thread(heal_plan, image, recipes, _no_dockerfile)
-            return
-        try:
-            problem = await self.parser.run(plan_problem, image, recipes)
-        except ParseFailed as exc:
-            log.warning("heal of %s: its Dockerfiles' bases are unknown: %s", image, exc)
-            await asyncio.to_thread(heal_plan, image, recipes, _no_dockerfile)
-            return
-        if problem is not None:
-            raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {problem}")
-
-    async def _bases(self, concrete: ConcreteRecipe) -> None:
-        recipes = self.config.recipes
-        bases = dependencies(concrete, recipes, None)
-        if concrete.build is not None:
-            text = await asyncio.to_thread(read_dockerfile_from_disk, concrete)
-            try:
-                bases = await self.parser.run(dependencies, concrete, recipes, text)
-            except ParseFailed as exc:
-                log.warning("heal of %s: its bases are unknown: %s", concrete.image, exc)
-        for base in bases:
+    async def _bases(self, plan: HealPlan) -> None:
+        image = plan.image
+        for base in plan.bases:
             if await self._exists(base):
                 continue
-            self._bases_of.setdefault(concrete.image, set()).add(base)
+            self._bases_of.setdefault(image, set()).add(base)
             try:
-                await self._join(base, False, self._trigger(concrete.image), waiter=False)
+                await self._join(
+                    base, False, self._trigger(image), waiter=False, plan=plan.of(base)
+                )
             except HealFailed as failure:
                 raise HealFailed(
-                    f"docker-heal-proxy: cannot heal {concrete.image}: its base {base} "
+                    f"docker-heal-proxy: cannot heal {image}: its base {base} "
                     f"could not be healed:\n{failure}"
                 ) from None
 
@@ -438,18 +442,18 @@ class Healer:
             repository,
             self.observer,
             idle_timeout=self.config.heal.engine_timeout,
-            recipes=self.config.recipes,
             config_dir=config_dir(self.config),
             locks=self.cache_locks,
         )
 
     async def _from_cache(
-        self, concrete: ConcreteRecipe, cache: RegistryCache, progress: Progress, force: bool
+        self, plan: HealPlan, cache: RegistryCache, progress: Progress, force: bool
     ) -> bool:
         """Whether the cache had the image. ``force`` (``heal --force``) asks for a
         fresh build: the key is still made, for the push, but nothing is pulled."""
+        concrete = plan.step
         progress.phase = "cache"
-        progress.cache = await cache.reference(concrete)
+        progress.cache = await cache.reference(plan)
         if force or progress.cache is None:
             return False
         log.info("heal of %s: trying the cache %s", concrete.image, progress.cache)

@@ -35,9 +35,11 @@ Rules:
   before the recipe even starts. A pull that makes progress is not cut.
 
 Theory of operation: ``RegistryCache`` is built per heal from the running
-config. ``reference`` computes the key (``reference_for`` in a thread: the
-heal plan and each recipe's inputs hash; the daemon's platform from
-``/version``); ``pull`` returns whether the image is now there; ``push`` is
+config. ``reference`` computes the key from the heal's plan, worked out
+once by the healer (``reference_for`` in a thread: each recipe's inputs
+hash; the daemon's platform from ``/version``); a plan whose Dockerfile
+bases are only guessed (a parse failed) gets no key, since other hosts
+would compute another; ``pull`` returns whether the image is now there; ``push`` is
 what the healer runs as a background task once the waiting clients have
 their answer. Outcomes go to a ``CacheObserver`` (the
 metrics) as ``hit``/``miss``/``error`` and ``success``/``error``.
@@ -55,10 +57,9 @@ from typing import Protocol
 
 from ...recipes.cachekey import cache_reference
 from ...recipes.config import Config
-from ...recipes.graph import heal_plan
-from ...recipes.recipe import ConcreteRecipe, Recipe
+from ...recipes.graph import HealPlan
+from ...recipes.recipe import ConcreteRecipe
 from ...recipes.reference import split
-from .buildcontext import read_dockerfile_from_disk
 from .engine import Engine, EngineError
 from .inputs import InputsError, inputs_hash
 from .registryauth import auth_for
@@ -76,17 +77,15 @@ def config_dir(config: Config) -> Path | None:
 
 def reference_for(
     repository: str,
-    recipe: ConcreteRecipe,
-    recipes: Sequence[Recipe],
+    plan: Sequence[ConcreteRecipe],
     config_dir: Path | None,
     platform: str,
 ) -> str:
-    """The cache reference of ``recipe``: what a heal pulls and ``check`` prints.
+    """The cache reference of ``plan[-1]``: what a heal pulls and ``check`` prints.
 
-    Blocking (it reads Dockerfiles and hashes inputs): run it in a thread.
+    ``plan`` is its heal plan's steps, bases first. Blocking (it hashes
+    inputs): run it in a thread.
     """
-    bases = heal_plan(recipe.image, recipes, read_dockerfile_from_disk)
-    plan = [*(base for base in bases if base.image != recipe.image), recipe]
     hashes = [inputs_hash(each.inputs_root, each.inputs) for each in plan]
     return cache_reference(repository, plan, hashes, platform, config_dir)
 
@@ -141,19 +140,22 @@ class RegistryCache:
     observer: CacheObserver | None = None
     idle_timeout: float | None = None
     """Seconds a pull may go without progress (``[heal] engine_timeout``); None: unbounded."""
-    recipes: Sequence[Recipe] = ()
-    """The config's entries: a managed base's recipe is part of the key."""
     config_dir: Path | None = None
     """The config file's folder: paths in the key are relative to it."""
     locks: TagLocks = field(default_factory=TagLocks)
     """Shared by every heal of one healer, so that they take turns per reference."""
 
-    async def reference(self, recipe: ConcreteRecipe) -> str | None:
-        """The cache reference for ``recipe`` on this daemon; None (counted) if unknowable."""
+    async def reference(self, plan: HealPlan) -> str | None:
+        """The cache reference for ``plan``'s image on this daemon; None (counted) if unknowable."""
+        recipe = plan.step
+        if plan.guessed:
+            log.warning("cache for %s not used: its Dockerfiles' bases are unknown", recipe.image)
+            self._pulled("error")
+            return None
         try:
             platform = await self.engine.platform()
             return await asyncio.to_thread(
-                reference_for, self.repository, recipe, self.recipes, self.config_dir, platform
+                reference_for, self.repository, plan.steps, self.config_dir, platform
             )
         except (InputsError, EngineError) as error:
             log.warning("cache for %s not used: %s", recipe.image, error)

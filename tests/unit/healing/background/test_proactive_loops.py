@@ -20,6 +20,7 @@ from proxy.healing.core.healer import Healer
 from proxy.healing.core.slots import Slots
 from proxy.healing.sources.engine import Engine, EngineError
 from proxy.recipes.config import Config, HealSettings, MinFree
+from proxy.recipes.graph import HealPlan, drive, walk_plan
 from proxy.recipes.recipe import Recipe
 
 GROUP = "docker.io/library/agent:g1"
@@ -79,11 +80,15 @@ class FakeEngine:
 
 
 class FakeHealer:
-    def __init__(self) -> None:
+    def __init__(self, config: Callable[[], Config]) -> None:
+        self.config = config
         self.slots = Slots(1)
         self.ensured: list[str] = []
 
-    async def ensure(self, image: str, *, trigger: str) -> str:
+    async def plan(self, image: str) -> HealPlan:
+        return drive(walk_plan(image, self.config().recipes), lambda concrete: None)
+
+    async def ensure(self, image: str, *, trigger: str, plan: HealPlan | None = None) -> str:
         self.ensured.append(image)
         return "healed"
 
@@ -105,7 +110,7 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0)
 def run_proactive(
     tmp_path: Path, engine: FakeEngine, current: list[Config], body: Callable[..., Any]
 ) -> FakeHealer:
-    healer = FakeHealer()
+    healer = FakeHealer(lambda: current[0])
 
     async def main() -> None:
         background = Proactive(

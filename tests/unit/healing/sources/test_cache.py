@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -17,6 +18,7 @@ import pytest
 
 from proxy.healing.sources.cache import RegistryCache
 from proxy.healing.sources.engine import Engine, EngineError
+from proxy.recipes.graph import HealPlan
 from proxy.recipes.recipe import ConcreteRecipe, Recipe
 
 REFERENCE = "reg:5000/heal-cache:app-1-0123456789abcdef"
@@ -69,6 +71,11 @@ def recipe(tmp_path: Path, inputs: tuple[str, ...] = ()) -> ConcreteRecipe:
     entry = Recipe(index=0, match="app:{t}", kind="command", cache=True)
     image = "docker.io/library/app:1"
     return ConcreteRecipe(entry, image, "command", workdir=tmp_path, cache=True, inputs=inputs)
+
+
+def alone(concrete: ConcreteRecipe) -> HealPlan:
+    """The plan of a recipe with no bases."""
+    return HealPlan(concrete.image, (), {concrete.image: concrete}, {concrete.image: ()})
 
 
 def cache(engine: FakeEngine, counts: Counts) -> RegistryCache:
@@ -165,16 +172,25 @@ def test_a_push_is_bounded_by_the_recipe_timeout_and_still_untagged(tmp_path: Pa
 
 def test_inputs_that_cannot_be_hashed_mean_no_cache_and_an_error(tmp_path: Path) -> None:
     engine, counts = FakeEngine(), Counts()
-    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path, ("missing/**",))))
+    found = asyncio.run(cache(engine, counts).reference(alone(recipe(tmp_path, ("missing/**",)))))
     assert found is None
     assert counts.pulls == ["error"]
 
 
 def test_the_reference_is_the_repository_and_the_key(tmp_path: Path) -> None:
     engine, counts = FakeEngine(), Counts()
-    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path)))
+    found = asyncio.run(cache(engine, counts).reference(alone(recipe(tmp_path))))
     assert found is not None and found.startswith("reg:5000/heal-cache:app-1-")
     assert counts.pulls == []
+
+
+def test_a_guessed_plan_means_no_cache_and_an_error(tmp_path: Path) -> None:
+    """A Dockerfile that could not be parsed left bases out: another host's key differs."""
+    engine, counts = FakeEngine(), Counts()
+    guessed = replace(alone(recipe(tmp_path)), guessed=True)
+    assert asyncio.run(cache(engine, counts).reference(guessed)) is None
+    assert counts.pulls == ["error"]
+    assert engine.calls == []
 
 
 def test_an_unexpected_failure_of_the_key_means_no_cache_and_an_error(
@@ -187,7 +203,7 @@ def test_an_unexpected_failure_of_the_key_means_no_cache_and_an_error(
 
     monkeypatch.setattr("proxy.healing.sources.cache.inputs_hash", broken)
     engine, counts = FakeEngine(), Counts()
-    found = asyncio.run(cache(engine, counts).reference(recipe(tmp_path, ("x",))))
+    found = asyncio.run(cache(engine, counts).reference(alone(recipe(tmp_path, ("x",)))))
     assert found is None
     assert counts.pulls == ["error"]
     assert any(record.exc_info for record in caplog.records)
