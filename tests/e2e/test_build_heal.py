@@ -480,10 +480,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def parse_process(proxy: Proxy) -> int:
-    """The proxy's parse process, once a build has started it."""
+    """The proxy's parse process for build bodies, once a build has started it."""
     for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
         for pid in (task / "children").read_text().split():
-            if b"proxy.healing.core.dockerfileparse" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"proxy.healing.core.dockerfileparse" in argv and b"builds" in argv:
                 return int(pid)
     raise AssertionError("the proxy has no parse process")
 

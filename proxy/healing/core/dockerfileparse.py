@@ -97,11 +97,12 @@ class _Worker:
         self.process = process
 
     @classmethod
-    async def start(cls) -> _Worker:
+    async def start(cls, name: str) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             __name__,
+            name,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -134,8 +135,10 @@ class _Worker:
 class ParseProcess:
     """The worker process and the calls made to it, all on one event loop."""
 
-    def __init__(self, timeout: float = PARSE_TIMEOUT) -> None:
+    def __init__(self, timeout: float = PARSE_TIMEOUT, name: str = "parse") -> None:
         self.timeout = timeout
+        self.name = name
+        """Its queue's name, the worker's one argument: ``ps`` tells the queues apart."""
         self._worker: _Worker | None = None
         self._lock = asyncio.Lock()
 
@@ -170,7 +173,7 @@ class ParseProcess:
             return worker
         await self._kill()
         try:
-            worker = self._worker = await _Worker.start()
+            worker = self._worker = await _Worker.start(self.name)
             if await worker.receive(START_TIMEOUT) != _READY:
                 raise ConnectionError
         except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:

@@ -222,7 +222,7 @@ class Healer:
         """Cache pushes under way, and the reference each pushes."""
         self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
-        self.parser = ParseProcess()
+        self.parser = ParseProcess(name="builds")
         """Where client build bodies' Dockerfiles are parsed: never on the loop."""
         self.planner = Planner()
         """Where heal plans are worked out, in a parse queue of their own."""

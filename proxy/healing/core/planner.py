@@ -40,7 +40,7 @@ class Planner:
     """Heal plans, their Dockerfiles parsed in a worker queue of their own."""
 
     def __init__(self, parser: ParseProcess | None = None) -> None:
-        self.parser = parser or ParseProcess()
+        self.parser = parser or ParseProcess(name="plans")
 
     async def plan(self, image: str, recipes: Sequence[Recipe]) -> HealPlan:
         """``image``'s plan; raises InvalidReference and DependencyCycle as ``walk_plan`` does."""
