@@ -338,6 +338,17 @@ def label_filter(label: str) -> str:
     return "?filters=" + urllib.parse.quote(json.dumps({"label": [label]}), safe="")
 
 
+def parse_workers(proxy: Proxy) -> dict[str, int]:
+    """The proxy's parse processes, by queue name."""
+    found: dict[str, int] = {}
+    for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"proxy.healing.core.dockerfileparse" in argv:
+                found[argv[-2].decode()] = int(pid)
+    return found
+
+
 def heal_status(proxy: Proxy) -> dict[str, Any]:
     """The proxy's ``GET /_heal/status``, as ``docker-heal-proxy status`` reads it."""
     conn = UnixHTTPConnection(proxy.socket, timeout=10)

@@ -10,9 +10,10 @@ Four parts, by role, each importing only the parts below it:
   images back, driven by the event ``watcher`` and the pure ``reconcile``
   and ``memory`` decisions.
 - ``core``: the heal itself. ``healer`` runs one heal per tag, bases first,
-  under a lock file and a parallelism limit (``slots``); ``runners`` runs one
-  concrete recipe; ``dockerfileparse`` parses Dockerfiles in a process of
-  its own; ``statefiles`` keeps what a heal leaves on disk private.
+  under a lock file and a parallelism limit (``slots``), from one plan per
+  heal (``planner``); ``runners`` runs one concrete recipe;
+  ``dockerfileparse`` parses Dockerfiles in worker processes; ``statefiles``
+  keeps what a heal leaves on disk private.
 - ``sources``: where images and facts come from. ``engine`` (the daemon),
   ``registryauth`` (credentials), ``buildcontext`` (the context tar),
   ``cache`` (the registry cache) and ``inputs`` (the sources' hash).

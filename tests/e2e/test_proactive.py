@@ -40,6 +40,7 @@ from support import (
     line_count,
     log_problems,
     log_size,
+    parse_workers,
     ping,
     proxy_cli,
     remove,
@@ -635,17 +636,6 @@ def build_chain(tmp_path: Path, busybox: str, depth: int) -> tuple[list[str], st
             f"build = {{ context = {toml_string(context)} }}",
         ]
     return images, "\n".join(entries) + "\n"
-
-
-def parse_workers(proxy: Proxy) -> dict[str, int]:
-    """The proxy's parse processes, by queue name."""
-    found: dict[str, int] = {}
-    for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"proxy.healing.core.dockerfileparse" in argv:
-                found[argv[-2].decode()] = int(pid)
-    return found
 
 
 def test_serve_never_loads_the_dockerfile_parser(

@@ -2,8 +2,9 @@
 
 ``healer`` is the single flight every trigger goes through; ``slots``
 bounds how many recipes run at once and lets clients ahead of background
-heals; ``runners`` runs one concrete recipe; ``dockerfileparse`` parses
-Dockerfiles in a worker process, never in the proxy's own; ``statefiles``
+heals; ``planner`` works out a heal's plan once, for the heal, its bases and
+its cache key; ``runners`` runs one concrete recipe; ``dockerfileparse``
+parses Dockerfiles in worker processes, never in the proxy's own; ``statefiles``
 keeps the logs, locks and spool folders private.
 
 Pure: none; this is where decisions become processes and files.

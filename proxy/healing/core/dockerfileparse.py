@@ -8,7 +8,7 @@ Rules:
   help), its time grows far faster than the text (a 1 MiB heredoc takes
   minutes), and some text crashes the interpreter outright. A parse on the
   loop would stall every connection the proxy carries.
-- Work runs in one worker process, one call at a time: a fresh interpreter
+- Each queue's work runs in one worker process, one call at a time: a fresh interpreter
   (``python -m`` this module), so nothing of the loop, its threads or its
   sockets is copied, and the proxy's own main script is never run again
   (``multiprocessing``'s spawn would import it). It is started when the
