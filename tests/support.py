@@ -692,7 +692,8 @@ def heal_once(healer: Healer, image: str) -> str | None:
         try:
             await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
         finally:
-            await healer.parser.aclose()  # its worker belongs to this loop
+            await healer.parser.aclose()  # their workers belong to this loop
+            await healer.planner.aclose()
 
     try:
         asyncio.run(once())
