@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from proxy.healing.engine import Engine, EngineError
-from proxy.healing.healer import Healer, HealFailed
+from proxy.healing.core.healer import Healer, HealFailed
+from proxy.healing.sources.engine import Engine, EngineError
 from proxy.recipes.config import Config, parse_config
 
 BUSYBOX = "127.0.0.1:1/dhp/busybox:1"
@@ -336,6 +336,17 @@ def label_filter(label: str) -> str:
     import urllib.parse
 
     return "?filters=" + urllib.parse.quote(json.dumps({"label": [label]}), safe="")
+
+
+def parse_workers(proxy: Proxy) -> dict[str, int]:
+    """The proxy's parse processes, by queue name."""
+    found: dict[str, int] = {}
+    for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"proxy.healing.core.dockerfileparse" in argv:
+                found[argv[-2].decode()] = int(pid)
+    return found
 
 
 def heal_status(proxy: Proxy) -> dict[str, Any]:
@@ -681,7 +692,8 @@ def heal_once(healer: Healer, image: str) -> str | None:
         try:
             await asyncio.wait_for(healer.heal(image, trigger="create"), 30)
         finally:
-            await healer.parser.aclose()  # its worker belongs to this loop
+            await healer.parser.aclose()  # their workers belong to this loop
+            await healer.planner.aclose()
 
     try:
         asyncio.run(once())

@@ -1,15 +1,31 @@
 """Healing: noticing a missing managed image, rebuilding it, replaying the request.
 
-``intercept`` claims the few requests the proxy looks into (container create,
-a pull of a managed tag, the status path) through the wire's ``Handler``
-protocol. ``healer`` runs one heal per tag, bases first, under a lock file
-and a parallelism limit; ``runners`` runs one concrete recipe (a command, a
-build, a pull or a load) and ``engine``, ``buildcontext`` and
-``registryauth`` are the daemon calls, the context tar and the credentials
-those recipes need.
+Four parts, by role, each importing only the parts below it:
 
-Pure: none; this is where the recipe core meets processes, files and the
-daemon. Decisions stay in ``recipes``; these modules carry them out.
+- ``claims``: what claims a request. ``intercept`` takes the few requests
+  the proxy looks into (container create, a pull of a managed tag, a build
+  whose base is managed, the status path) through the wire's ``Handler``
+  protocol; ``buildheal``, ``contextscan`` and ``spool`` read a build body.
+- ``background``: what heals without a request. ``proactive`` puts pruned
+  images back, driven by the event ``watcher`` and the pure ``reconcile``
+  and ``memory`` decisions.
+- ``core``: the heal itself. ``healer`` runs one heal per tag, bases first,
+  under a lock file and a parallelism limit (``slots``), from one plan per
+  heal (``planner``); ``runners`` runs one concrete recipe;
+  ``dockerfileparse`` parses Dockerfiles in worker processes; ``statefiles``
+  keeps what a heal leaves on disk private.
+- ``sources``: where images and facts come from. ``engine`` (the daemon),
+  ``registryauth`` (credentials), ``buildcontext`` (the context tar),
+  ``cache`` (the registry cache) and ``inputs`` (the sources' hash).
+
+``claims`` and ``background`` are the two kinds of trigger: both use
+``core``, neither uses the other. ``core`` uses ``sources``; nothing points
+back up (``pyproject.toml``'s import contracts).
+
+Pure: ``background.reconcile``, ``background.memory`` and
+``claims.contextscan``; this is where the recipe core meets processes,
+files and the daemon. Decisions stay in ``recipes``; these modules carry
+them out.
 
 May import: ``proxy.recipes`` and ``proxy.wire``. Never ``proxy.service``.
 """

@@ -9,7 +9,9 @@ with no daemon and no event loop, which is why ``check`` can show exactly
 what a heal would do.
 
 Pure: every module. ``config.load_config`` reads the one file it is given;
-all the meaning is in ``parse_config``, which takes text.
+all the meaning is in ``parse_config``, which takes text. ``dockerfile``
+alone loads the native Dockerfile parser, and no other module here imports
+it: ``serve`` imports the rest and parses only in its worker processes.
 
 May import: the standard library only. Never asyncio, aiohttp, aiodocker or
 uvloop, and nothing else of the project.

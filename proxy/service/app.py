@@ -23,11 +23,11 @@ from dataclasses import fields
 
 from aiohttp import web
 
-from ..healing.engine import Engine
-from ..healing.healer import Healer
-from ..healing.intercept import Interceptor
-from ..healing.proactive import Proactive
-from ..healing.spool import sweep
+from ..healing.background.proactive import Proactive
+from ..healing.claims.intercept import Interceptor
+from ..healing.claims.spool import sweep
+from ..healing.core.healer import Healer
+from ..healing.sources.engine import Engine
 from ..recipes.config import Config, ConfigError
 from ..wire.connection import Hub
 from ..wire.listener import Listener, ListenerError

@@ -25,10 +25,10 @@ Rules:
 
 Theory of operation: ``describe`` only formats; matching, filling in and
 ordering come from ``patterns`` and ``graph``, the same calls the healer
-makes, so ``check`` cannot drift from what a heal would do. Reading the
-Dockerfile and finding the cache reference (which hashes the inputs and asks
-the daemon its platform) are passed in, so the text can be produced without
-touching disk or a daemon.
+makes, so ``check`` cannot drift from what a heal would do. What each
+Dockerfile names (read and parsed by the caller) and the cache reference
+(which hashes the inputs and asks the daemon its platform) are passed in,
+so the text can be produced without touching disk or a daemon.
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ import shlex
 from collections.abc import Callable, Mapping
 
 from ..recipes.config import Config, format_duration
-from ..recipes.graph import DependencyCycle, dependencies, heal_plan
+from ..recipes.graph import DependencyCycle, NamedImages, dependencies, heal_plan
 from ..recipes.patterns import Pattern, build_spec, find_recipe, instantiate
 from ..recipes.recipe import BuildSpec, ConcreteRecipe, Recipe
 from ..recipes.reference import InvalidReference, normalize
 
-ReadDockerfile = Callable[[ConcreteRecipe], str | None]
 CacheReference = Callable[[ConcreteRecipe], str]
 """The cache reference a heal of a cached recipe would try, or why none."""
 
@@ -50,7 +49,7 @@ CacheReference = Callable[[ConcreteRecipe], str]
 def describe(
     config: Config,
     image: str | None,
-    read_dockerfile: ReadDockerfile,
+    named: NamedImages,
     cache_reference: CacheReference,
     disk: str | None = None,
 ) -> str:
@@ -61,12 +60,12 @@ def describe(
     source = f"config {config.path}" if config.path else "no config file: built-in defaults"
     notes = [f"warning: {disk}"] if disk and any(r.proactive for r in config.recipes) else []
     if image is None:
-        return "\n".join([source, *notes, *_recipes(config.recipes, read_dockerfile)])
-    lines = _image(config.recipes, image, read_dockerfile, cache_reference)
+        return "\n".join([source, *notes, *_recipes(config.recipes, named)])
+    lines = _image(config.recipes, image, named, cache_reference)
     return "\n".join([source, *notes, *lines])
 
 
-def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> list[str]:
+def _recipes(recipes: tuple[Recipe, ...], named: NamedImages) -> list[str]:
     if not recipes:
         return ["no [[images]] entries: nothing can be healed"]
     lines = [f"{len(recipes)} [[images]] entries; the first that matches an image heals it"]
@@ -78,7 +77,7 @@ def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> li
             fields.append(("bases", "found per image from the Dockerfile; see check IMAGE"))
         elif recipe.kind == "build":
             concrete = instantiate(recipe, pattern.normalized, {})
-            found = dependencies(concrete, recipes, read_dockerfile(concrete))
+            found = dependencies(concrete, recipes, named(concrete))
             bases = [base for base in found if base not in concrete.depends_on]
             fields.append(("bases", ", ".join(bases) or "none with a recipe in the Dockerfile"))
         lines += ["", f"images[{recipe.index}]  {recipe.match}", *_table(fields)]
@@ -88,7 +87,7 @@ def _recipes(recipes: tuple[Recipe, ...], read_dockerfile: ReadDockerfile) -> li
 def _image(
     recipes: tuple[Recipe, ...],
     image: str,
-    read_dockerfile: ReadDockerfile,
+    named: NamedImages,
     cache_reference: CacheReference,
 ) -> list[str]:
     try:
@@ -98,7 +97,7 @@ def _image(
             return [f"no recipe matches {image} ({normal})"]
         recipe, captures = found
         concrete = instantiate(recipe, image, captures)
-        plan = heal_plan(image, recipes, read_dockerfile)
+        plan = heal_plan(image, recipes, named)
     except (InvalidReference, DependencyCycle) as error:
         return [f"{image}: cannot heal: {error}"]
     with_captures = ", ".join(f"{name}={value}" for name, value in sorted(captures.items()))

@@ -23,14 +23,14 @@ from typing import TypeVar
 import uvloop
 
 from .. import __version__
-from ..healing import proactive
-from ..healing.buildcontext import read_dockerfile_from_disk
-from ..healing.cache import config_dir, reference_for
-from ..healing.engine import Engine, EngineError
-from ..healing.healer import Healer, HealFailed
-from ..healing.inputs import InputsError
+from ..healing.background import proactive
+from ..healing.core.healer import Healer, HealFailed
+from ..healing.sources.buildcontext import read_dockerfile_from_disk
+from ..healing.sources.cache import config_dir, reference_for
+from ..healing.sources.engine import Engine, EngineError
+from ..healing.sources.inputs import InputsError
 from ..recipes.config import Config, ConfigError, load_config
-from ..recipes.graph import DependencyCycle, heal_plan
+from ..recipes.graph import DependencyCycle, NamedImages, heal_plan, named_by
 from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
@@ -178,7 +178,9 @@ def _min_free_problem(args: argparse.Namespace, config: Config) -> str | None:
     return proactive.unseen_root(root)
 
 
-def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference:
+def _cache_reference(
+    args: argparse.Namespace, config: Config, named: NamedImages
+) -> CacheReference:
     """The key a heal would compute: the inputs hashed here, the platform asked of
     the daemon a heal would run on."""
 
@@ -190,9 +192,8 @@ def _cache_reference(args: argparse.Namespace, config: Config) -> CacheReference
             platform = uvloop.run(
                 _ask_daemon(_settings(args, config).upstream, config, Engine.platform)
             )
-            found = reference_for(
-                repository, concrete, config.recipes, config_dir(config), platform
-            )
+            plan = heal_plan(concrete.image, config.recipes, named)
+            found = reference_for(repository, plan, config_dir(config), platform)
         except InputsError as error:
             return f"none, a heal would not use the cache: {error}"
         except (EngineError, SettingsError) as error:
@@ -207,12 +208,17 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
     _settings(args, config)  # what serve would refuse at start, check refuses too
     disk = _min_free_problem(args, config)
-    reference = _cache_reference(args, config)
-    print(describe(config, args.image, read_dockerfile_from_disk, reference, disk))
+    # check parses in its own process: it is no server, and the parser would
+    # only be a worker's to load in serve (see healing.core.dockerfileparse).
+    from ..recipes.dockerfile import from_images
+
+    named = named_by(read_dockerfile_from_disk, from_images)
+    reference = _cache_reference(args, config, named)
+    print(describe(config, args.image, named, reference, disk))
     if args.image is None:
         return 0
     try:
-        plan = heal_plan(args.image, config.recipes, read_dockerfile_from_disk)
+        plan = heal_plan(args.image, config.recipes, named)
     except (DependencyCycle, InvalidReference):
         return 1
     return 0 if plan else 1

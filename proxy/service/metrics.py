@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
-from ..healing.cache import PULL_RESULTS, PUSH_RESULTS
+from ..healing.sources.cache import PULL_RESULTS, PUSH_RESULTS
 from ..recipes.recipe import Recipe
 from ..wire.routes import route
 

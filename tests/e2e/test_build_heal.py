@@ -37,6 +37,7 @@ from support import (
     line_count,
     log_problems,
     log_size,
+    parse_workers,
     remove,
     tagging_script,
     toml_string,
@@ -480,12 +481,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def parse_process(proxy: Proxy) -> int:
-    """The proxy's parse process, once a build has started it."""
-    for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            if b"proxy.healing.dockerfileparse" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return int(pid)
-    raise AssertionError("the proxy has no parse process")
+    """The proxy's parse process for build bodies, once a build has started it."""
+    workers = parse_workers(proxy)
+    assert "builds" in workers, f"the proxy has no parse process for builds: {workers}"
+    return workers["builds"]
 
 
 def test_a_dockerfile_slow_to_parse_neither_stalls_the_proxy_nor_heals(

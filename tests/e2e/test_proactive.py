@@ -8,7 +8,9 @@ daemon restart, through the reconcile that follows the reconnect).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import signal
 import socket
@@ -38,6 +40,7 @@ from support import (
     line_count,
     log_problems,
     log_size,
+    parse_workers,
     ping,
     proxy_cli,
     remove,
@@ -600,3 +603,74 @@ def test_a_pull_through_the_proxy_is_a_use_and_a_restart_is_not(
         assert saved_tags(again, tmp_path) == [groups[2], groups[1], groups[0]]
     finally:
         remove(dockerd.env, *groups)
+
+
+MODULES_AT_EXIT = """\
+import atexit, os, sys
+
+
+def _record() -> None:
+    if "serve" in sys.argv[1:2]:
+        with open(os.environ["DHP_MODULES_AT_EXIT"], "w") as out:
+            out.write("\\n".join(sorted(sys.modules)))
+
+
+atexit.register(_record)
+"""
+
+
+def build_chain(tmp_path: Path, busybox: str, depth: int) -> tuple[list[str], str]:
+    """Build recipes ``chain0`` FROM ``chain1`` ... FROM busybox; the top one proactive."""
+    images = [f"127.0.0.1:1/dhp/chain{level}:1" for level in range(depth)]
+    state = toml_string(tmp_path / "state")
+    entries = [f"state_dir = {state}", "[heal]", 'reconcile_debounce = "1s"']
+    for level, image in enumerate(images):
+        base = images[level + 1] if level + 1 < depth else busybox
+        context = tmp_path / f"chain{level}"
+        context.mkdir()
+        (context / "Dockerfile").write_text(f"FROM {base}\nLABEL level={level}\n")
+        entries += [
+            "[[images]]",
+            f"match = {toml_string(image)}",
+            f"proactive = {'true' if level == 0 else 'false'}",
+            f"build = {{ context = {toml_string(context)} }}",
+        ]
+    return images, "\n".join(entries) + "\n"
+
+
+def test_serve_never_loads_the_dockerfile_parser(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A chain healed on demand, then pruned and brought back by a reconcile: every
+    Dockerfile was parsed, and never in serve's own process."""
+    images, config = build_chain(tmp_path, busybox, 3)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(MODULES_AT_EXIT)
+    modules = tmp_path / "modules.txt"
+    env = {**os.environ, "PYTHONPATH": str(hook), "DHP_MODULES_AT_EXIT": str(modules)}
+    parser = importlib.util.find_spec("dockerfile")
+    assert parser is not None and parser.origin is not None
+    library = Path(parser.origin).name
+    proxy = make_proxy(config, env=env)
+    try:
+        result = docker_run(images[0], proxy.env, "true")
+        assert result.returncode == 0, result.stderr.decode()
+        reconciles = int(heal_status(proxy)["proactive"]["reconciles"])
+        remove(dockerd.env, *images)
+        wait_for(lambda: reconciled_after(proxy, reconciles), HEAL_TIME, "a reconcile")
+        wait_for(lambda: image_exists(dockerd.env, images[0]), HEAL_TIME, "the proactive heal")
+        wait_for(lambda: settled(proxy), HEAL_TIME, "the proactive heals to settle")
+        assert all(image_exists(dockerd.env, image) for image in images)
+
+        workers = parse_workers(proxy)
+        assert set(workers) == {"plans"}, workers  # no client build: no build queue
+        assert library in Path(f"/proc/{workers['plans']}/maps").read_text()
+        assert library not in Path(f"/proc/{proxy.proc.pid}/maps").read_text()
+        assert proxy.stop() == 0
+        loaded = modules.read_text().split()
+        assert "proxy.healing.core.planner" in loaded  # the record is serve's own
+        assert [m for m in loaded if m.split(".")[0] == "dockerfile"] == []
+        assert "proxy.recipes.dockerfile" not in loaded
+    finally:
+        remove(dockerd.env, *images)

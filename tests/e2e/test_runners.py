@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from support import Dockerd, docker, wait_for
 
-from proxy.healing import runners
-from proxy.healing.engine import Engine, EngineError
-from proxy.healing.runners import RecipeFailed, run_recipe
+from proxy.healing.core import runners
+from proxy.healing.core.runners import RecipeFailed, run_recipe
+from proxy.healing.sources.engine import Engine, EngineError
 from proxy.recipes.recipe import BuildSpec, ConcreteRecipe, Kind, Recipe
 
 

@@ -1,15 +1,24 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from proxy.recipes.graph import DependencyCycle, check_cycles, dependencies, heal_plan
+from proxy.recipes.dockerfile import from_images
+from proxy.recipes.graph import (
+    DependencyCycle,
+    NamedImages,
+    check_cycles,
+    dependencies,
+    drive,
+    heal_plan,
+    named_by,
+    walk_plan,
+)
 from proxy.recipes.patterns import instantiate
 from proxy.recipes.recipe import ConcreteRecipe, Recipe
-
-ReadDockerfile = Callable[[ConcreteRecipe], str | None]
 
 
 def pull(index: int, match: str, *depends_on: str) -> Recipe:
@@ -27,15 +36,15 @@ def build(index: int, match: str, *depends_on: str) -> Recipe:
     )
 
 
-def dockerfiles(texts: dict[int, str]) -> tuple[list[int], ReadDockerfile]:
-    """A read_dockerfile that serves texts by entry index and logs its calls."""
+def dockerfiles(texts: dict[int, str]) -> tuple[list[int], NamedImages]:
+    """Parsed Dockerfiles served by entry index, logging which were asked for."""
     calls: list[int] = []
 
     def read(concrete: ConcreteRecipe) -> str | None:
         calls.append(concrete.recipe.index)
         return texts.get(concrete.recipe.index)
 
-    return calls, read
+    return calls, named_by(read, from_images)
 
 
 def test_no_cycle_passes() -> None:
@@ -70,7 +79,8 @@ def test_dependencies_explicit_then_from_lines() -> None:
     recipes = [build(0, "app:{v}", "tools"), pull(1, "base:{t}"), pull(2, "tools")]
     concrete = instantiate(recipes[0], "app:2", {"v": "2"})
     text = "ARG V\nFROM base:$V\nFROM unknown:1\nFROM tools\nFROM app:2\nFROM Bad:x\nFROM base:2\n"
-    assert dependencies(concrete, recipes, text) == [
+    named = named_by(lambda concrete: text, from_images)(concrete)
+    assert dependencies(concrete, recipes, named) == [
         "docker.io/library/tools:latest",
         "docker.io/library/base:2",
     ]
@@ -103,3 +113,32 @@ def test_heal_plan_finds_cycles_through_templates_and_from_lines() -> None:
 def test_concrete_paths_come_from_the_recipe() -> None:
     (step,) = heal_plan("app", [build(0, "app")], lambda concrete: None)
     assert step.build is not None and step.build.context == Path("/ctx/0")
+
+
+def test_one_walk_asks_for_each_dockerfile_once_and_serves_every_base() -> None:
+    """A diamond whose root is built twice over: each Dockerfile read once, and a
+    base's plan is the plan a walk of its own would have found."""
+    recipes = [build(0, "app"), build(1, "left"), build(2, "right"), build(3, "root")]
+    texts = {0: "FROM left\nFROM right\n", 1: "FROM root", 2: "FROM root", 3: "FROM scratch"}
+    calls, named = dockerfiles(texts)
+    plan = drive(walk_plan("app", recipes), named)
+    assert sorted(calls) == [0, 1, 2, 3]
+    assert plan.bases == ("docker.io/library/left:latest", "docker.io/library/right:latest")
+    for step in plan.steps:
+        _, own = dockerfiles(texts)
+        assert plan.of(step.image).steps == heal_plan(step.image, recipes, own)
+    assert plan.step.image == "docker.io/library/app:latest"
+
+
+def test_the_graph_loads_no_parser() -> None:
+    """serve imports the graph; the parser's native library is its worker's alone."""
+    probe = (
+        "import sys\n"
+        "import proxy.recipes.graph, proxy.service.app, proxy.service.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dockerfile'"
+        " or m == 'proxy.recipes.dockerfile'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -5,6 +5,8 @@ import subprocess
 from pathlib import Path
 
 from proxy.recipes.config import Config, parse_config
+from proxy.recipes.dockerfile import from_images
+from proxy.recipes.graph import named_by
 from proxy.recipes.recipe import ConcreteRecipe, Recipe
 from proxy.service.check import describe
 
@@ -14,9 +16,12 @@ DOCKERFILES = {
 }
 
 
-def read(concrete: ConcreteRecipe) -> str | None:
+def text(concrete: ConcreteRecipe) -> str | None:
     assert concrete.build is not None
     return DOCKERFILES.get(str(concrete.build.context))
+
+
+read = named_by(text, from_images)
 
 
 def no_cache(concrete: ConcreteRecipe) -> str:

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import REPO, require
 
 from proxy import __version__
-from proxy.healing.healer import Healer
+from proxy.healing.core.healer import Healer
 from proxy.recipes.recipe import Recipe
 from proxy.service.metrics import METHODS, PREFIX, Metrics, application
 from proxy.wire.routes import route

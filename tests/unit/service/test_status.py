@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.healing.healer import Progress, Result
+from proxy.healing.core.healer import Progress, Result
 from proxy.recipes.recipe import Recipe
 from proxy.service import status
 from proxy.wire.routes import STATUS_PATH

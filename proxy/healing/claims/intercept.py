@@ -1,0 +1,221 @@
+"""The requests the proxy looks into: container create, pulls of managed tags, status.
+
+Rules:
+- Forward first. A create is sent to the daemon as it came; only when the
+  daemon answers 404 "No such image" for a tag some recipe builds does the
+  proxy heal and replay the very same bytes once. The common case (the image
+  is there) costs no extra round trip, and a prune between a check and the
+  create cannot slip through, because there is no separate check.
+- Bad input is never the proxy's business: a body that is not JSON, has no
+  ``Image``, or names an invalid reference is forwarded untouched, so the
+  daemon answers it exactly as it would without the proxy.
+- A failed heal answers 500, never 404: on 404 the docker CLI would try a
+  registry pull and print "Unable to find image", and the reason would be lost.
+- A pull of a tag that a (non-pull) recipe builds heals instead of asking a
+  registry, answering in the pull's own JSON progress format, so compose and
+  ``docker pull`` see a pull that worked, or an ``errorDetail`` that says why not.
+- A build whose context is the body, FROM an image a recipe makes, gets the
+  image healed before the daemon sees the build (``buildheal``).
+- ``/_heal/`` is the one path prefix the proxy answers itself.
+
+The pure helpers at the top decide; ``Interceptor`` does the I/O through an
+``Exchange`` (see ``connection``) and the ``Healer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ...recipes.config import Config
+from ...recipes.patterns import find_recipe
+from ...recipes.reference import normalize
+from ...wire.connection import Exchange, Handler
+from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
+from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
+from ..core.healer import Healer, HealFailed
+from .buildheal import BuildHeal, build_params
+
+log = logging.getLogger(__name__)
+
+
+class _Fields(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept, as Go's decoder sees them."""
+
+
+def image_from_create_body(body: bytes, chunked: bool) -> str | None:
+    """The ``Image`` of a create request, or None if the daemon should judge it.
+
+    Read as dockerd's Go decoder reads it: a key matches ``Image`` in any case,
+    the last match wins, and a ``null`` leaves the value before it in place.
+    """
+    try:
+        data = json.loads(dechunk(body) if chunked else body, object_pairs_hook=_Fields)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, _Fields):
+        return None
+    image: Any = None
+    for key, value in data:
+        if key.isascii() and key.lower() == "image" and value is not None:
+            image = value
+    return image if isinstance(image, str) and image else None
+
+
+def is_missing_image(head: ResponseHead, raw: bytes) -> bool:
+    """Did the daemon refuse a create because the image is not there?"""
+    if head.status != 404:
+        return False
+    body = raw[len(head.raw) :]
+    if head.chunked:
+        try:
+            body = dechunk(body)
+        except ValueError:
+            return False
+    try:
+        message = json.loads(body).get("message", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(message, str) and message.startswith("No such image")
+
+
+def progress_line(entry: dict[str, Any]) -> bytes:
+    """One line of a pull's progress stream as an HTTP chunk."""
+    data = json.dumps(entry).encode() + b"\r\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+PROGRESS_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+class Interceptor:
+    """Claims the few requests the proxy handles; everything else is forwarded."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        healer: Healer,
+        on_check: Callable[[bool], None] = lambda present: None,
+        on_used: Callable[[str], None] = lambda image: None,
+        snapshot: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self._config = config
+        self._healer = healer
+        self._on_check = on_check
+        self._on_used = on_used
+        self._snapshot = snapshot or healer.snapshot
+        self._build = BuildHeal(config, healer)
+
+    def claim(self, head: RequestHead) -> Handler | None:
+        if head.method == "POST":
+            if not self._config().recipes:
+                return None
+            path = api_path(head.path)
+            if path == "/containers/create":
+                return self.create
+            if path == "/images/create":
+                return self._pull_handler(head)
+            if path == "/build":
+                return self._build_handler(head)
+            return None
+        if head.method == "GET" and head.path == STATUS_PATH:
+            return self.status
+        return None
+
+    def _managed(self, reference: str) -> bool:
+        found = find_recipe(self._config().recipes, reference)
+        return found is not None and found[0].kind != "pull"
+
+    def _pull_handler(self, head: RequestHead) -> Handler | None:
+        if (head.chunked or head.content_length) and is_form(field_values(head, b"content-type")):
+            return self.form_pull  # dockerd reads parameters from the body too
+        reference = pulled_reference(head.query)
+        if reference is None or not self._managed(reference):
+            return None
+
+        async def pull(exchange: Exchange) -> None:
+            if await exchange.body() is not None:
+                await self.pull(exchange, reference)
+
+        return pull
+
+    async def form_pull(self, exchange: Exchange) -> None:
+        """A pull whose parameters may be in a form body: claimed once they are read."""
+        body = await exchange.body()
+        if body is None:
+            return  # over the limit: already forwarded as it came
+        form = (dechunk(body) if exchange.head.chunked else body).decode("latin-1")
+        reference = pulled_reference(exchange.head.query, form)
+        if reference is None or not self._managed(reference):
+            exchange.forward(exchange.head.raw + body)
+            return
+        await self.pull(exchange, reference)
+
+    def _build_handler(self, head: RequestHead) -> Handler | None:
+        params = build_params(head.query)
+        if params is None:
+            return None
+
+        async def build(exchange: Exchange) -> None:
+            await self._build.handle(exchange, params)
+
+        return build
+
+    async def create(self, exchange: Exchange) -> None:
+        body = await exchange.body()
+        if body is None:
+            return  # too large to be a create we understand; already forwarded
+        raw = exchange.head.raw + body
+        image = image_from_create_body(body, exchange.head.chunked)
+        if image is None or find_recipe(self._config().recipes, image) is None:
+            exchange.forward(raw)
+            return
+        answer = await exchange.roundtrip(raw)
+        if answer is None:
+            return
+        head, response = answer
+        missing = is_missing_image(head, response)
+        self._on_check(not missing)
+        if not missing:
+            if head.status == 201:
+                self._on_used(image)  # the tag exists: worth healing after a prune
+            exchange.respond(response)
+            return
+        try:
+            await self._healer.heal(image, trigger="create")
+        except HealFailed as failure:
+            exchange.fail(500, str(failure))
+            return
+        if exchange.client_gone:
+            # Replaying would create a container nobody starts, holding its name.
+            log.info("client gave up waiting for %s; its create is not replayed", image)
+            return
+        exchange.forward(raw)
+
+    async def pull(self, exchange: Exchange, reference: str) -> None:
+        """Heal a managed tag in place of a pull; the request body has been read."""
+        image = normalize(reference)  # valid: claim matched it against a recipe
+        exchange.write(PROGRESS_HEAD)
+        exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))
+        try:
+            outcome = await self._healer.ensure(image, trigger="pull")
+        except HealFailed as failure:
+            message = str(failure)
+            exchange.write(progress_line({"errorDetail": {"message": message}, "error": message}))
+        else:
+            self._on_used(image)  # a pull is a use, whether or not it had to heal
+            exchange.write(progress_line({"status": f"Status: {outcome} for {image}"}))
+        exchange.write(b"0\r\n\r\n")
+
+    async def status(self, exchange: Exchange) -> None:
+        if await exchange.body() is None:
+            return
+        snapshot = self._snapshot()
+        # Private to the proxy socket, like the rest: what a leak test counts.
+        snapshot["debug"] = {"tasks": len(asyncio.all_tasks())}
+        exchange.reply(200, json.dumps(snapshot, indent=1).encode() + b"\n")

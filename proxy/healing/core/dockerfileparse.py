@@ -1,0 +1,219 @@
+"""Dockerfile parsing in a process of its own, under a deadline.
+
+Rules:
+- No Dockerfile is parsed in the proxy's process, and the ``dockerfile``
+  package is never even imported there: only the worker imports it
+  (``_images``), so the proxy never maps the parser's native library. The ``dockerfile``
+  package's Go parser holds the GIL for the whole parse (a thread does not
+  help), its time grows far faster than the text (a 1 MiB heredoc takes
+  minutes), and some text crashes the interpreter outright. A parse on the
+  loop would stall every connection the proxy carries.
+- Each queue's work runs in one worker process, one call at a time: a fresh interpreter
+  (``python -m`` this module), so nothing of the loop, its threads or its
+  sockets is copied, and the proxy's own main script is never run again
+  (``multiprocessing``'s spawn would import it). It is started when the
+  first call needs it and says when it is ready: its start-up is not
+  counted in a call's deadline, only in ``START_TIMEOUT``, since a loaded
+  host can take seconds to start Python.
+- A call has ``timeout`` seconds (``PARSE_TIMEOUT``). Past it, when the
+  worker dies, or when the caller is cancelled mid-call, the worker is
+  killed and the call ends in ``ParseFailed``: the caller goes on without
+  the images, with a log line. A killed worker's answer can never reach the
+  next call; the next call starts a fresh worker.
+- The worker is handed text and reads nothing from disk: the caller reads
+  each file, so the worker needs no access to the recipes' folders.
+- Text over ``MAX_PARSED`` is not handed to the parser at all: at the
+  parser's rate it could not finish in time anyway.
+- Each ``ParseProcess`` is one queue: one call at a time, in order. The
+  healer keeps one for its recipes' plans and one for client build bodies,
+  so that a stream of client builds cannot hold up a create's heal.
+- The worker ignores SIGINT (a Ctrl-C in the proxy's terminal is the
+  proxy's to handle), and leaves when its stdin closes, the proxy's death
+  included. Its stdout carries only answers: anything else it prints goes
+  to stderr, the proxy's log.
+
+Theory of operation: ``ParseProcess.run`` writes one frame, a 4-byte length
+and a pickle of ``(function, args)``, to the worker's stdin; the worker
+(``_serve``) calls it and writes back a frame of ``(True, result)`` or
+``(False, reason)``. The parent reads it as an asyncio stream, so waiting
+costs neither a thread nor the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Callable, Mapping
+from typing import IO, Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+PARSE_TIMEOUT = 2.0
+"""Seconds a call may take in the worker before it is killed."""
+
+START_TIMEOUT = 30.0
+"""Seconds the worker may take to start and import the parser."""
+
+MAX_PARSED = 256 << 10
+"""The longest Dockerfile text handed to the parser."""
+
+T = TypeVar("T")
+
+_READY = "ready"
+_LENGTH = struct.Struct(">I")
+
+
+class ParseFailed(Exception):
+    """The work did not finish: too long, too slow, or the worker died."""
+
+
+def _frame(message: object) -> bytes:
+    data = pickle.dumps(message)
+    return _LENGTH.pack(len(data)) + data
+
+
+def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The worker's loop: one call at a time until its stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    answers.write(_frame(_READY))
+    answers.flush()
+    while head := requests.read(_LENGTH.size):
+        work, args = pickle.loads(requests.read(_LENGTH.unpack(head)[0]))
+        try:
+            answer: tuple[bool, Any] = (True, work(*args))
+        except Exception as exc:  # the reason goes back to the caller
+            answer = (False, f"{type(exc).__name__}: {exc}")
+        answers.write(_frame(answer))
+        answers.flush()
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, name: str) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            name,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def send(self, message: object) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(_frame(message))
+        await self.process.stdin.drain()
+
+    async def receive(self, timeout: float) -> Any:
+        """The next message; IncompleteReadError if the worker died."""
+        assert self.process.stdout is not None
+        stdout = self.process.stdout
+
+        async def frame() -> Any:
+            head = await stdout.readexactly(_LENGTH.size)
+            return pickle.loads(await stdout.readexactly(_LENGTH.unpack(head)[0]))
+
+        return await asyncio.wait_for(frame(), timeout)
+
+    async def kill(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # with the exit, this lets the transport close
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+class ParseProcess:
+    """The worker process and the calls made to it, all on one event loop."""
+
+    def __init__(self, timeout: float = PARSE_TIMEOUT, name: str = "parse") -> None:
+        self.timeout = timeout
+        self.name = name
+        """Its queue's name, the worker's one argument: ``ps`` tells the queues apart."""
+        self._worker: _Worker | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in the worker; ParseFailed when it does not finish.
+
+        ``work`` and ``args`` must pickle: ``work`` is a module-level function.
+        """
+        async with self._lock:
+            worker = await self._ready()
+            try:
+                await worker.send((work, args))
+                ok, value = await worker.receive(self.timeout)
+            except TimeoutError:
+                await self._kill()
+                raise ParseFailed(f"it took over {self.timeout:g}s") from None
+            except (asyncio.IncompleteReadError, ConnectionError):
+                await self._kill()
+                code = worker.process.returncode
+                raise ParseFailed(f"the parser process died (exit code {code})") from None
+            except BaseException:  # cancelled: its answer must not reach the next call
+                await self._kill()
+                raise
+            if not ok:
+                raise ParseFailed(value)
+            result: T = value
+            return result
+
+    async def _ready(self) -> _Worker:
+        worker = self._worker
+        if worker is not None and worker.process.returncode is None:
+            return worker
+        await self._kill()
+        try:
+            worker = self._worker = await _Worker.start(self.name)
+            if await worker.receive(START_TIMEOUT) != _READY:
+                raise ConnectionError
+        except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+            await self._kill()
+            raise ParseFailed(f"the parser process did not start: {exc}") from None
+        except BaseException:
+            await self._kill()
+            raise
+        return worker
+
+    async def _kill(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await asyncio.shield(worker.kill())
+
+    async def aclose(self) -> None:
+        """Stop the worker (shutdown)."""
+        await self._kill()
+
+
+def _images(text: str, build_args: Mapping[str, str], target: str | None) -> list[str]:
+    """``from_images``, imported here so that only the worker process loads the parser."""
+    from ...recipes.dockerfile import from_images
+
+    return from_images(text, build_args, target)
+
+
+async def dockerfile_images(
+    parser: ParseProcess, text: str, build_args: Mapping[str, str], target: str | None
+) -> list[str]:
+    """The images ``text`` names, parsed in the worker; ParseFailed when too long or slow."""
+    if len(text) > MAX_PARSED:
+        raise ParseFailed(f"the Dockerfile is over {MAX_PARSED >> 10} KiB")
+    return await parser.run(_images, text, dict(build_args), target)
+
+
+if __name__ == "__main__":
+    # Loaded before "ready": the parser's import is start-up, not a call's time.
+    from ...recipes import dockerfile  # noqa: F401
+
+    _answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must not break the frames
+    _serve(sys.stdin.buffer, _answers)
