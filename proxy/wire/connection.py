@@ -515,7 +515,6 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and self.life is OPEN:
             self.transport.write(raw)
 
-    @guarded
     def upstream_data(self, data: bytes, up: Upstream) -> None:
         if up is not self.up:
             return
