@@ -94,7 +94,6 @@ from .rules import (
     FAIL_READ,
     FINISH,
     NEXT_CLOSE,
-    NEXT_READ,
     NOTHING,
     PASS_EOF,
     bad_framing,
@@ -677,13 +676,9 @@ class Connection(asyncio.Protocol):
         """On to the next request once the exchange is over: see ``rules.finish``."""
         local = self.local
         action = finish(
-            self.req,
-            self.resp,
-            local is not None and local.task is not None,
-            self.life is OPEN,
+            self.req, self.resp, local is not None and local.task is not None, self.life is OPEN,
             self.close_after,
-            bool(self.inbuf) or self.eof_pending,
-        )
+        )  # fmt: skip
         if action is NOTHING:
             return
         if action is CLOSE:
@@ -695,8 +690,8 @@ class Connection(asyncio.Protocol):
         self.local = None
         if action is NEXT_CLOSE:
             self._close()
-        elif action is NEXT_READ:
-            self._pump()
+        elif self.inbuf or self.eof_pending:
+            self._pump()  # held while the exchange was under way
 
     # -- observations ------------------------------------------------------
 

@@ -73,9 +73,7 @@ ANSWER_CLOSE = "ANSWER_CLOSE"
 FORWARD_REST = "FORWARD_REST"
 """The handler started the request upstream: the rest of its body follows; then ``FINISH``."""
 NEXT = "NEXT"
-"""Both sides back to IDLE, ready for the next request."""
-NEXT_READ = "NEXT_READ"
-"""As ``NEXT``, then read what the client sent meanwhile."""
+"""Both sides back to IDLE; then whatever the client sent meanwhile is read."""
 NEXT_CLOSE = "NEXT_CLOSE"
 """As ``NEXT``, then close: the exchange asked for it."""
 
@@ -175,13 +173,12 @@ def local_done(req: str, resp: str, wrote: bool, expects: bool, continued: bool,
     return FINISH
 
 
-def finish(
-    req: str, resp: str, handler_runs: bool, open_: bool, close_after: bool, more: bool
-) -> str:
+def finish(req: str, resp: str, handler_runs: bool, open_: bool, close_after: bool) -> str:
     """Whether the exchange is over: both sides done and no handler running.
 
     A client that stopped sending mid-exchange is closed once it has its
-    answer. ``more``: bytes or an EOF the client sent meanwhile, read next.
+    answer; an exchange that asked for a close (its request, its answer or
+    a shutdown) gets it once it is over.
     """
     if resp is not DONE or handler_runs or not open_:
         return NOTHING
@@ -189,9 +186,7 @@ def finish(
         return CLOSE
     if req is not DONE:
         return NOTHING
-    if close_after:
-        return NEXT_CLOSE
-    return NEXT_READ if more else NEXT
+    return NEXT_CLOSE if close_after else NEXT
 
 
 def close_when_idle(spliced: bool, req: str, resp: str, used: bool) -> str:

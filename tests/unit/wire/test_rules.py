@@ -29,7 +29,6 @@ from proxy.wire.rules import (
     FORWARD_REST,
     NEXT,
     NEXT_CLOSE,
-    NEXT_READ,
     NOTHING,
     PASS_EOF,
     REJECT,
@@ -171,29 +170,28 @@ def test_local_done(
 
 
 FINISH_ROWS = [
-    # req, resp, handler runs, open, close after, more -> action
-    (DONE, DONE, False, True, False, False, NEXT),
-    (DONE, DONE, False, True, False, True, NEXT_READ),
-    (DONE, DONE, False, True, True, True, NEXT_CLOSE),
-    (DONE, DONE, False, True, True, False, NEXT_CLOSE),
-    (CLOSED, DONE, False, True, False, False, CLOSE),  # answered a client that stopped sending
-    (DONE, DONE, True, True, False, False, NOTHING),  # the handler still runs
-    (CLOSED, DONE, True, True, False, False, NOTHING),
-    (DONE, DONE, False, False, False, False, NOTHING),  # closed already
-    (DONE, BODY, False, True, False, False, NOTHING),  # the answer goes on
-    (SEND_BODY, DONE, False, True, False, False, NOTHING),  # the body goes on
-    (DISCARD_BODY, DONE, False, True, False, False, NOTHING),
-    (STREAM_BODY, DONE, False, True, False, False, NOTHING),
+    # req, resp, handler runs, open, close after -> action
+    (DONE, DONE, False, True, False, NEXT),
+    (DONE, DONE, False, True, True, NEXT_CLOSE),
+    (CLOSED, DONE, False, True, False, CLOSE),  # answered a client that stopped sending
+    (CLOSED, DONE, False, True, True, CLOSE),
+    (DONE, DONE, True, True, False, NOTHING),  # the handler still runs
+    (CLOSED, DONE, True, True, False, NOTHING),
+    (DONE, DONE, False, False, False, NOTHING),  # closed already
+    (DONE, BODY, False, True, False, NOTHING),  # the answer goes on
+    (SEND_BODY, DONE, False, True, False, NOTHING),  # the body goes on
+    (DISCARD_BODY, DONE, False, True, True, NOTHING),
+    (STREAM_BODY, DONE, False, True, False, NOTHING),
 ]
 
 
 @pytest.mark.parametrize(
-    ("req", "resp", "handler_runs", "open_", "close_after", "more", "action"), FINISH_ROWS
+    ("req", "resp", "handler_runs", "open_", "close_after", "action"), FINISH_ROWS
 )
 def test_finish(
-    req: str, resp: str, handler_runs: bool, open_: bool, close_after: bool, more: bool, action: str
+    req: str, resp: str, handler_runs: bool, open_: bool, close_after: bool, action: str
 ) -> None:
-    assert rules.finish(req, resp, handler_runs, open_, close_after, more) is action
+    assert rules.finish(req, resp, handler_runs, open_, close_after) is action
 
 
 @pytest.mark.parametrize(
@@ -220,7 +218,7 @@ def test_every_combination_has_an_action() -> None:
             assert rules.daemon_gone(req, resp, partial)[1] in ACTIONS
         for bits in itertools.product(flags, repeat=4):
             assert rules.local_done(req, resp, *bits) in ACTIONS
-            assert rules.finish(req, resp, *bits) in ACTIONS
+            assert rules.finish(req, resp, *bits[:3]) in ACTIONS
             assert rules.close_when_idle(bits[0], req, resp, bits[1]) in ACTIONS
 
 
