@@ -574,8 +574,6 @@ class Connection(asyncio.Protocol):
         A fresh chunk that holds a whole head is parsed and passed on without
         being copied into ``resp_buf`` first.
         """
-        local = self.local
-        capture = None if local is None else local.capture
         start = 0
         while True:
             end = find_head_end(buf, start)
@@ -594,6 +592,8 @@ class Connection(asyncio.Protocol):
                 return
             if start == 0 and isinstance(buf, bytes) and self._whole_answer(head, buf, end):
                 return
+            local = self.local
+            capture = None if local is None else local.capture
             if head.status == 101:
                 if capture is not None:
                     self.daemon.garbage("101 Switching Protocols to a request under check")

@@ -68,7 +68,7 @@ Life (the client socket; closing twice is closing once)::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 IDLE = "IDLE"
 SEND_BODY = "SEND_BODY"
@@ -153,14 +153,33 @@ def guarded(entry: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any
     logging it again as a protocol failure. Under ``Hub(strict=True)`` it
     propagates, so a test sees it. ``None`` stands for the answer an entry
     point gives after an abort (no ``eof_received`` keeps a socket open).
-    """
 
-    def guard(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R | None:
+    Entry points take no argument or one. The wrapper passes them on by
+    position, not as ``*args``: a call through ``*args`` costs the plain
+    path (two entry points per exchange) about a tenth of its time.
+    """
+    if entry.__code__.co_argcount == 1:
+
+        def guard0(self: Any) -> R | None:
+            try:
+                return entry(self)  # type: ignore[call-arg]
+            except InvalidTransition:
+                _unless_strict(self)
+                return None
+
+        return cast(Callable[Concatenate[Any, P], R | None], guard0)
+
+    def guard1(self: Any, arg: Any) -> R | None:
         try:
-            return entry(self, *args, **kwargs)
+            return entry(self, arg)  # type: ignore[call-arg]
         except InvalidTransition:
-            if self.hub.strict:
-                raise
+            _unless_strict(self)
             return None
 
-    return guard
+    return cast(Callable[Concatenate[Any, P], R | None], guard1)
+
+
+def _unless_strict(owner: Any) -> None:
+    """Inside the ``except`` of a guard: re-raise the error under a strict hub."""
+    if owner.hub.strict:
+        raise  # the InvalidTransition being handled
