@@ -466,7 +466,8 @@ class Connection(asyncio.Protocol):
     def _send(self, raw: bytes) -> None:
         """Write a request upstream and expect its answer on the client."""
         self._resp("send")
-        self.resp_buf.clear()
+        if self.resp_buf:  # only after an answer that broke off mid-head
+            self.resp_buf.clear()
         self.resp_body = None
         self._to_upstream(raw)
 
@@ -697,10 +698,9 @@ class Connection(asyncio.Protocol):
 
     def _observe_exchange(self) -> None:
         obs = self.hub.observer
-        if obs is not None and self.head is not None:
-            obs.exchange(
-                self.head.method, self.head.path, self.status, time.perf_counter() - self.started
-            )
+        head = self.head
+        if obs is not None and head is not None:
+            obs.exchange(head.method, head.path, self.status, time.perf_counter() - self.started)
 
     def _observe_upstream_error(self, kind: str) -> None:
         if self.hub.observer is not None:
