@@ -178,12 +178,16 @@ class Recorder:
         self.h2 += 1
 
 
+TASK_OWNERS = ("Connection.", "Daemon.", "Exchange.")
+"""The classes of the data path whose coroutines run as tasks."""
+
+
 def proxy_tasks() -> list[asyncio.Task[Any]]:
     """Tasks the data path started (connects, local exchanges), still running."""
     return [
         t
         for t in asyncio.all_tasks()
-        if not t.done() and t.get_coro().__qualname__.startswith("Connection.")  # type: ignore[union-attr]
+        if not t.done() and t.get_coro().__qualname__.startswith(TASK_OWNERS)  # type: ignore[union-attr]
     ]
 
 

@@ -54,6 +54,7 @@ def test_the_import_contracts_are_kept(tmp_path: Path) -> None:
         ("recipes/reference.py", "import asyncio", PURE),
         ("wire/http1.py", "import aiohttp", PURE),
         ("wire/states.py", "import asyncio", PURE),
+        ("wire/rules.py", "import asyncio", PURE),
         ("service/check.py", "import uvloop", PURE),
         ("recipes/graph.py", "from ..healing import healer", LAYERS),
         ("wire/routes.py", "from ..recipes import reference", LAYERS),

@@ -4,12 +4,19 @@ This part moves HTTP/1.1 exchanges and hijacked streams between a client
 connection and its own daemon connection, and says where each message ends.
 It knows the Engine API only as far as a path can tell (``routes``); it has
 no idea what a recipe or a heal is. The healing part plugs in through the
-``Handler`` protocol in ``connection``, so the data path never calls upward.
+``Interceptor`` and ``Handler`` of ``hub`` and ``local``, so the data path
+never calls upward.
 
 Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
-``states`` (the data path's state tables), ``routes`` (which endpoint a path
-is), ``errors`` (the answers the proxy writes itself). With I/O:
-``connection`` (the asyncio protocols) and ``listener`` (claiming the
+``states`` (the data path's state tables), ``rules`` (the decisions that
+span both sides of a connection), ``routes`` (which endpoint a path is),
+``errors`` (the answers the proxy writes itself). With I/O, split as h11
+splits state, readers and writers, and connection: ``connection`` (the
+client side and the plain path, run on every chunk), ``local`` (a claimed
+request's exchange, which its handler drives), ``daemon`` (opening the
+daemon connection, bytes waiting for it, its going), ``splice`` (raw
+streams), ``flow`` (pausing reading, held bytes' water marks), ``hub``
+(what a listener's connections share) and ``listener`` (claiming the
 proxy's own socket).
 
 May import: the standard library only. Nothing else of the project.

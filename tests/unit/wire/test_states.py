@@ -60,3 +60,37 @@ def test_every_row_leads_to_a_state_of_its_own_table() -> None:
     for table in MACHINES.values():
         for row in table.values():
             assert set(row.values()) <= set(table)
+
+
+class _Hub:
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+
+
+class _Entry:
+    """Entry points of no argument and of one, as the event loop calls them."""
+
+    def __init__(self, strict: bool) -> None:
+        self.hub = _Hub(strict)
+
+    @states.guarded
+    def eof(self) -> bool:
+        raise states.InvalidTransition("no 'eof' in state X")
+
+    @states.guarded
+    def data(self, data: bytes) -> int:
+        if not data:
+            raise states.InvalidTransition("no 'data' in state X")
+        return len(data)
+
+
+def test_the_guard_swallows_an_invalid_transition_unless_strict() -> None:
+    loose = _Entry(strict=False)
+    assert loose.eof() is None  # a false answer: the transport closes itself
+    assert loose.data(b"") is None
+    assert loose.data(b"abc") == 3
+    strict = _Entry(strict=True)
+    with pytest.raises(states.InvalidTransition, match="'eof'"):
+        strict.eof()
+    with pytest.raises(states.InvalidTransition, match="'data'"):
+        strict.data(b"")

@@ -1,0 +1,81 @@
+"""What every connection of one listener shares, and the two ways the rest plugs in.
+
+Rules:
+- The healing part plugs into the data path only through ``Interceptor``
+  (which requests it takes over, and the ``Handler`` that runs them) and
+  ``Observer`` (what the data path saw, for the metrics), so the wire never
+  calls upward.
+- Shutting down stops new exchanges: idle and hijacked connections close
+  at once, busy ones after their exchange (``rules.close_when_idle``).
+
+Theory of operation:
+A listener makes one ``Hub`` and hands it to each ``Connection`` it accepts;
+connections register themselves, so shutdown can reach them all and wait
+until none is left (``idle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from .http1 import RequestHead
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .local import Handler
+
+
+class Interceptor(Protocol):
+    def claim(self, head: RequestHead) -> Handler | None:
+        """The coroutine that takes this request over, or None to forward it."""
+
+
+class Observer(Protocol):
+    """Where the data path reports what it saw; the metrics module implements it."""
+
+    def exchange(self, method: str, path: str, status: int, seconds: float) -> None: ...
+    def upstream_error(self, kind: str) -> None: ...
+    def hijacked(self, delta: int) -> None: ...
+    def h2_spliced(self) -> None: ...
+
+
+class Hub:
+    """What every connection of one listener shares."""
+
+    def __init__(
+        self,
+        upstream_path: str,
+        interceptor: Interceptor | None = None,
+        observer: Observer | None = None,
+        *,
+        strict: bool = False,
+    ) -> None:
+        self.upstream_path = upstream_path
+        self.interceptor = interceptor
+        self.observer = observer
+        self.strict = strict
+        """Raise on an impossible event instead of logging it (tests)."""
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.idle.clear()
+
+    def unregister(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self.idle.set()
+
+    def shut_down(self) -> None:
+        """Stop new exchanges: idle and hijacked connections close now, busy ones after."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
