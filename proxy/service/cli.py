@@ -35,10 +35,10 @@ from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError, check_not_self
-from . import logs
+from . import logs, systemd
 from .app import App
 from .check import CacheReference, describe
-from .server import open_listener
+from .server import open_listener, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
@@ -115,8 +115,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
+    watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
+    raise_open_files_limit()
     listener = open_listener(settings)
-    return uvloop.run(App(settings, config, loader(args), listener).run())
+    return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
 
 
 def loader(args: argparse.Namespace) -> Callable[[], Config]:
@@ -294,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    except ListenerError as exc:
+    except (ListenerError, systemd.ActivationError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
