@@ -15,7 +15,9 @@ Rules:
   normalised pattern, what it runs and what it waits for. Dockerfile bases are
   listed only for placeholder-free build entries; a template's Dockerfile can
   depend on the image, so ``check IMAGE`` is the way to see those.
-- With IMAGE: the entry that matches and its captures, the recipe filled in,
+- With IMAGE: the entry that matches and its captures (and any entry above
+  it that a capture kept from matching: ``app:v{x}`` refuses ``x=..``), the
+  recipe filled in,
   the cache reference a heal would try first (for a cached entry), the heal
   order, bases first, and whether it is healed proactively after a prune. A
   bad IMAGE or a cycle is reported in the text rather than raised: it is
@@ -94,7 +96,7 @@ def _image(
         normal = normalize(image)
         found = find_recipe(recipes, normal)
         if found is None:
-            return [f"no recipe matches {image} ({normal})"]
+            return [f"no recipe matches {image} ({normal})", *_refusals(recipes, normal)]
         recipe, captures = found
         concrete = instantiate(recipe, image, captures)
         plan = heal_plan(image, recipes, named)
@@ -104,6 +106,7 @@ def _image(
     lines = [
         f"{concrete.image} is matched by {recipe.name}",
         *([f"  captures  {with_captures}"] if with_captures else []),
+        *_refusals(recipes[: recipes.index(recipe)], normal),
         "",
         "recipe, filled in:",
         *_table(
@@ -116,6 +119,12 @@ def _image(
     for step, item in enumerate(plan, 1):
         lines.append(f"  {step}. {item.image}  by images[{item.recipe.index}] ({item.kind})")
     return [*lines, "", _proactive(recipe, concrete.image)]
+
+
+def _refusals(recipes: tuple[Recipe, ...], image: str) -> list[str]:
+    """The entries of the image's shape that a capture kept from matching it."""
+    refused = ((recipe, Pattern.compile(recipe.match).refusal(image)) for recipe in recipes)
+    return [f"  {recipe.name} does not match: {reason}" for recipe, reason in refused if reason]
 
 
 def _proactive(recipe: Recipe, image: str) -> str:
