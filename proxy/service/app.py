@@ -58,7 +58,7 @@ class RequestLog:
         self.inner.h2_spliced()
 
 
-RELOADABLE = frozenset({"path", "heal", "recipes"})
+RELOADABLE = frozenset({"path", "heal", "security", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
 """Settings bound at start-up: sockets, paths, the shutdown budget, metrics."""
 

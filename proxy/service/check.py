@@ -24,6 +24,8 @@ Rules:
   exactly what ``check`` is for.
 - A ``min_free`` that cannot be checked (the daemon's root folder is not
   visible from here) is said once, under every proactive config.
+- Files root would not trust (``trust``) come first, one line each, as the
+  caller worded them: refused as root, warnings for another user.
 
 Theory of operation: ``describe`` only formats; matching, filling in and
 ordering come from ``patterns`` and ``graph``, the same calls the healer
@@ -36,7 +38,7 @@ so the text can be produced without touching disk or a daemon.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ..recipes.config import Config, format_duration
 from ..recipes.graph import DependencyCycle, NamedImages, dependencies, heal_plan
@@ -54,13 +56,17 @@ def describe(
     named: NamedImages,
     cache_reference: CacheReference,
     disk: str | None = None,
+    untrusted: Sequence[str] = (),
 ) -> str:
     """The ``check`` report: all recipes, or how ``image`` would be healed.
 
-    ``disk`` is a sentence about ``min_free`` (see the rules), or None.
+    ``disk`` is a sentence about ``min_free`` (see the rules), or None;
+    ``untrusted`` the lines about files root would not trust.
     """
     source = f"config {config.path}" if config.path else "no config file: built-in defaults"
-    notes = [f"warning: {disk}"] if disk and any(r.proactive for r in config.recipes) else []
+    notes = [*untrusted]
+    if disk and any(r.proactive for r in config.recipes):
+        notes.append(f"warning: {disk}")
     if image is None:
         return "\n".join([source, *notes, *_recipes(config.recipes, named)])
     lines = _image(config.recipes, image, named, cache_reference)
