@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from support import (
     Dockerd,
     MakeProxy,
@@ -339,14 +340,22 @@ def test_a_create_nested_as_deep_as_dockerd_reads_is_healed_like_any_other(
         remove(dockerd.env, image)
 
 
+@pytest.mark.parametrize(
+    ("ghost", "managed"),
+    [
+        ("127.0.0.1:1/ghost:1", "127.0.0.1:1/dhp/other:1"),
+        # A capture of '..' or one starting with '-' is no match: unmanaged.
+        ("127.0.0.1:1/dhp/app:v..", "127.0.0.1:1/dhp/app:v{x}"),
+        ("127.0.0.1:1/dhp/app--rf:latest", "127.0.0.1:1/dhp/app-{x}:latest"),
+    ],
+)
 def test_image_without_recipe_fails_exactly_as_without_the_proxy(
-    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path, ghost: str, managed: str
 ) -> None:
     """The proxy must be invisible for images it does not manage, even with
     recipes configured (the create is claimed, then forwarded untouched)."""
-    ghost = "127.0.0.1:1/ghost:1"
     script = write_script(tmp_path / "never.sh", f'touch "{tmp_path / "ran"}"\nexit 1\n')
-    proxy = make_proxy(command_config(tmp_path, "127.0.0.1:1/dhp/other:1", script))
+    proxy = make_proxy(command_config(tmp_path, managed, script))
     remove(dockerd.env, ghost)
 
     direct = docker_run(ghost, dockerd.env)
@@ -355,7 +364,7 @@ def test_image_without_recipe_fails_exactly_as_without_the_proxy(
     assert direct.returncode == 125
     assert proxied.returncode == direct.returncode
     first_line = direct.stderr.decode().splitlines()[0]
-    assert first_line == "Unable to find image '127.0.0.1:1/ghost:1' locally"
+    assert first_line == f"Unable to find image '{ghost}' locally"
     assert proxied.stderr.decode().splitlines()[0] == first_line
     assert not (tmp_path / "ran").exists()
 
