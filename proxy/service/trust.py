@@ -15,6 +15,8 @@ Rules:
 - Not writable by anyone else: never world-writable; group-writable only when
   every member of the group is trusted by the rule above (a root-equivalent
   group, or a user's private group).
+- A character device (``--config=/dev/null``) is judged by its owner only:
+  what root reads from it is the driver's, not text someone wrote there.
 - A folder above a checked path may be writable by others when it has the
   sticky bit (``/tmp``): then they cannot rename or remove the entry of a
   trusted owner in it. The checked path itself gets no such pass: others
@@ -74,7 +76,7 @@ def problem(checked: Checked, principals: Principals) -> str | None:
     if checked.uid not in principals.trusted:
         owner = principals.users.get(checked.uid, f"uid {checked.uid}")
         return f"{where} is owned by {owner}, not {principals.who}; fix: chown root {path}"
-    if _sticky_folder_above(checked):
+    if _sticky_folder_above(checked) or stat.S_ISCHR(mode):
         return None
     permissions = f"mode {stat.S_IMODE(mode):04o}"
     if mode & stat.S_IWOTH:

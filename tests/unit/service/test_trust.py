@@ -34,6 +34,7 @@ def fact(uid: int, gid: int, mode: int, *, above: bool = False) -> Checked:
         fact(ROOT, ROOT, 0o1777, above=True),  # /tmp above a trusted entry
         fact(ROOT, STAFF, 0o1775, above=True),
         fact(ROOT, 4242, 0o775),  # a group with no members at all
+        Checked("/dev/null", "the config file", ROOT, ROOT, stat.S_IFCHR | 0o666),
     ],
 )
 def test_trusted(checked: Checked) -> None:
