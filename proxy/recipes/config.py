@@ -35,6 +35,8 @@ Rules:
   already fetch a stored image, so a cache in front of them would only copy
   it. ``inputs`` globs are relative and never climb out with ``..``: they
   describe the entry's own sources.
+- ``[security] trust_paths`` are folders (relative to the config's) whose
+  contents root trusts without the ownership check ``check`` and start apply.
 - A placeholder-free ``depends_on`` must name an image some entry matches
   (otherwise nothing could heal it), and such entries must not form a cycle.
 
@@ -118,6 +120,14 @@ class HealSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """The ``[security]`` table."""
+
+    trust_paths: tuple[Path, ...] = ()
+    """Folders exempt from the check of what root runs; a foot-gun by design."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The config file, validated; ``Config()`` is the proxy with no file."""
 
@@ -129,6 +139,7 @@ class Config:
     state_dir: Path | None = None
     shutdown_timeout: float = 10.0
     heal: HealSettings = field(default_factory=HealSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     metrics_listen: str | None = "127.0.0.1:9478"
     recipes: tuple[Recipe, ...] = ()
 
@@ -154,6 +165,7 @@ _TOP_KEYS = (
     "state_dir",
     "shutdown_timeout",
     "heal",
+    "security",
     "metrics",
     "images",
 )
@@ -172,6 +184,7 @@ _HEAL_KEYS = (
     "cache_push",
 )
 _METRICS_KEYS = ("listen",)
+_SECURITY_KEYS = ("trust_paths",)
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
 _ENTRY_KEYS = (
     "match",
@@ -316,6 +329,11 @@ class _Reader:
         self.known(data, _TOP_KEYS, "")
         defaults = Config()
         heal = self.heal(self.table(data, "heal"))
+        security = self.table(data, "security")
+        self.known(security, _SECURITY_KEYS, "security")
+        trust_paths = self.string_list(security.get("trust_paths", []), "security.trust_paths")
+        for i, folder in enumerate(trust_paths):
+            self.string(folder, f"security.trust_paths[{i}]")
         metrics = self.table(data, "metrics")
         self.known(metrics, _METRICS_KEYS, "metrics")
         metrics_listen = defaults.metrics_listen
@@ -346,6 +364,7 @@ class _Reader:
                 data, "shutdown_timeout", "", defaults.shutdown_timeout
             ),
             heal=heal,
+            security=SecuritySettings(tuple(self.base_dir / folder for folder in trust_paths)),
             metrics_listen=metrics_listen,
             recipes=recipes,
         )

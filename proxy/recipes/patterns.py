@@ -13,9 +13,17 @@ Rules:
   ``docker.io/library/app``. While normalising, a placeholder counts as plain
   path text: ``{user}/app`` is a Docker Hub user's repository, never a
   registry; registries are written literally.
-- A placeholder captures one run of ``[A-Za-z0-9_.-]``, so it never leaves
-  its component. After ``@`` it must be the whole digest and captures
-  ``algorithm:hex``.
+- A placeholder captures text that is valid on its own in the field it
+  stands in (``reference.PIECE_GRAMMAR``): a run of host labels in the
+  registry, one path component in the repository, the start of a tag after
+  ``:``. So a capture never leaves its component, is never ``.`` or ``..``,
+  and never starts with ``-`` or ``.``: captures are filled into ``command``,
+  ``workdir``, ``build.context`` and ``load``, where ``..`` would climb out of
+  a folder and ``-rf`` would be an option. A reference whose capture would
+  break this is not matched (``app:v{x}`` does not match ``app:v..``), so the
+  image is unmanaged and the daemon's own answer goes back; ``refusal`` says
+  why, for ``check``. After ``@`` a placeholder must be the whole digest and
+  captures ``algorithm:hex``.
 - A placeholder used twice must capture the same text both times. Two
   placeholders side by side are refused: nothing says where one ends.
 - Recipes are tried in file order and the first match wins, so a specific
@@ -27,7 +35,9 @@ digest after ``@``) and parsing the result as a reference. It then normalises
 the pattern with ``reference.split``, with each placeholder replaced by an
 index marker that holds none of the characters ``split`` cuts on, and turns
 the normalised text into an anchored regex: literal text escaped, markers as
-named groups, repeats as back-references. A reference is matched by
+named groups holding the grammar of their field, repeats as
+back-references. A second, loose regex (any ``[A-Za-z0-9_.-]`` run) finds
+the captures a refused reference would have had. A reference is matched by
 normalising it and running that regex, so both sides went through the same
 rules. Compiled patterns are cached: every create request consults them.
 """
@@ -41,12 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .recipe import BuildSpec, ConcreteRecipe, Recipe
-from .reference import InvalidReference, normalize, parse, split
+from .reference import PIECE_GRAMMAR, InvalidReference, normalize, parse, split
 
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
 _MARKER_RE = re.compile(r"\{(\d+)\}")
 _VALUE = "[A-Za-z0-9_.-]+"
 _DIGEST_VALUE = "[A-Za-z0-9_+.-]+:[0-9a-f]+"
+_FIELD_NAMES = {"domain": "registry host", "path": "repository path component", "tag": "tag"}
 _SENTINEL = "0"
 _DIGEST_SENTINEL = "sha256:" + "0" * 64
 
@@ -107,6 +118,9 @@ class Pattern:
     """Docker's spelling with placeholders kept, e.g. ``docker.io/library/app:{t}``."""
     placeholders: frozenset[str]
     _regex: re.Pattern[str] = field(repr=False, compare=False)
+    _loose: re.Pattern[str] = field(repr=False, compare=False)
+    _fields: Mapping[str, str] = field(repr=False, compare=False)
+    """The field (``domain``, ``path``, ``tag``) each placeholder stands in; not digests."""
 
     @staticmethod
     def compile(match: str) -> Pattern:
@@ -130,6 +144,25 @@ class Pattern:
             return None
         found = self._regex.fullmatch(normal)
         return None if found is None else found.groupdict()
+
+    def refusal(self, reference: str) -> str | None:
+        """Why ``reference``, of this pattern's shape, is still not one of its images:
+        a capture that is not valid on its own where it stands. None otherwise."""
+        try:
+            normal = normalize(reference)
+        except InvalidReference:
+            return None
+        if self._regex.fullmatch(normal):
+            return None
+        loose = self._loose.fullmatch(normal)
+        for name, value in (loose.groupdict() if loose else {}).items():
+            place = self._fields.get(name)
+            if place is not None and not re.fullmatch(PIECE_GRAMMAR[place], value):
+                return (
+                    f"{{{name}}} would capture {value!r}, not a {_FIELD_NAMES[place]} on its "
+                    "own (a capture is never '.' or '..' and never starts with '-' or '.')"
+                )
+        return None
 
 
 @functools.cache
@@ -155,23 +188,41 @@ def _compile(match: str) -> Pattern:
     except InvalidReference as error:
         raise ValueError(f"{match!r} is not a valid image reference: {error.reason}") from None
 
+    reference = split(marked)
+    texts = {"domain": reference.domain, "path": reference.path, "tag": reference.tag or ""}
+    place_of = {int(i): place for place, text in texts.items() for i in _MARKER_RE.findall(text)}
     regex: list[str] = []
+    loose: list[str] = []
     normalized: list[str] = []
-    for position, piece in enumerate(_MARKER_RE.split(str(split(marked)))):
+    fields: dict[str, str] = {}
+    for position, piece in enumerate(_MARKER_RE.split(str(reference))):
         if position % 2 == 0:
             regex.append(re.escape(piece))
+            loose.append(re.escape(piece))
             normalized.append(piece)
             continue
         index = int(piece)
         name = names[index]
         if f"{{{name}}}" in normalized:
             regex.append(f"(?P={name})")
+            loose.append(f"(?P={name})")
+        elif index in in_digest:
+            regex.append(f"(?P<{name}>{_DIGEST_VALUE})")
+            loose.append(f"(?P<{name}>{_DIGEST_VALUE})")
         else:
-            value = _DIGEST_VALUE if index in in_digest else _VALUE
-            regex.append(f"(?P<{name}>{value})")
+            fields[name] = place_of[index]
+            regex.append(f"(?P<{name}>{PIECE_GRAMMAR[fields[name]]})")
+            loose.append(f"(?P<{name}>{_VALUE})")
         normalized.append(f"{{{name}}}")
     placeholders = frozenset(names.values())
-    return Pattern(match, "".join(normalized), placeholders, re.compile("".join(regex)))
+    return Pattern(
+        match,
+        "".join(normalized),
+        placeholders,
+        re.compile("".join(regex)),
+        re.compile("".join(loose)),
+        fields,
+    )
 
 
 def find_recipe(recipes: Sequence[Recipe], reference: str) -> tuple[Recipe, dict[str, str]] | None:

@@ -51,6 +51,15 @@ _PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_RE = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?")
 _TAG_RE = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
+
+PIECE_GRAMMAR = {
+    "domain": rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*",
+    "path": _COMPONENT,
+    "tag": r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
+}
+"""What text standing alone in a field must be, per field: host labels (or a
+port's digits), one path component, the start of a tag. None of them can be
+``.`` or ``..`` or start with ``-`` or ``.``. ``patterns`` holds captures to it."""
 _DIGEST_RE = re.compile(r"([A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*):([0-9a-f]+)")
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 _IMAGE_ID_RE = re.compile(r"[a-f0-9]{64}")

@@ -58,7 +58,7 @@ class RequestLog:
         self.inner.h2_spliced()
 
 
-RELOADABLE = frozenset({"path", "heal", "recipes"})
+RELOADABLE = frozenset({"path", "heal", "security", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
 """Settings bound at start-up: sockets, paths, the shutdown budget, metrics."""
 
@@ -72,14 +72,17 @@ class App:
         config: Config,
         load: Callable[[], Config],
         listener: Listener,
+        watchdog: float | None = None,
     ) -> None:
         """``load`` reads the config the way start-up did, so a reload finds the
         same file, or the default file if it has appeared since, and refuses
-        what start-up would (it raises ConfigError or SettingsError)."""
+        what start-up would (it raises ConfigError or SettingsError).
+        ``watchdog`` is systemd's keep-alive interval, read at start."""
         self.settings = settings
         self.config = config
         self.load = load
         self.listener = listener
+        self.watchdog = watchdog
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
@@ -132,7 +135,7 @@ class App:
                 await self._listen_metrics(runner, *settings.metrics)
             await proactive.start()
             self.proactive = proactive
-            return await serve(settings, self.listener, hub, self.reload)
+            return await serve(settings, self.listener, hub, self.reload, self.watchdog)
         finally:
             self.proactive = None
             await proactive.stop()

@@ -15,13 +15,17 @@ Rules:
   normalised pattern, what it runs and what it waits for. Dockerfile bases are
   listed only for placeholder-free build entries; a template's Dockerfile can
   depend on the image, so ``check IMAGE`` is the way to see those.
-- With IMAGE: the entry that matches and its captures, the recipe filled in,
+- With IMAGE: the entry that matches and its captures (and any entry above
+  it that a capture kept from matching: ``app:v{x}`` refuses ``x=..``), the
+  recipe filled in,
   the cache reference a heal would try first (for a cached entry), the heal
   order, bases first, and whether it is healed proactively after a prune. A
   bad IMAGE or a cycle is reported in the text rather than raised: it is
   exactly what ``check`` is for.
 - A ``min_free`` that cannot be checked (the daemon's root folder is not
   visible from here) is said once, under every proactive config.
+- Files root would not trust (``trust``) come first, one line each, as the
+  caller worded them: refused as root, warnings for another user.
 
 Theory of operation: ``describe`` only formats; matching, filling in and
 ordering come from ``patterns`` and ``graph``, the same calls the healer
@@ -34,7 +38,7 @@ so the text can be produced without touching disk or a daemon.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ..recipes.config import Config, format_duration
 from ..recipes.graph import DependencyCycle, NamedImages, dependencies, heal_plan
@@ -52,13 +56,17 @@ def describe(
     named: NamedImages,
     cache_reference: CacheReference,
     disk: str | None = None,
+    untrusted: Sequence[str] = (),
 ) -> str:
     """The ``check`` report: all recipes, or how ``image`` would be healed.
 
-    ``disk`` is a sentence about ``min_free`` (see the rules), or None.
+    ``disk`` is a sentence about ``min_free`` (see the rules), or None;
+    ``untrusted`` the lines about files root would not trust.
     """
     source = f"config {config.path}" if config.path else "no config file: built-in defaults"
-    notes = [f"warning: {disk}"] if disk and any(r.proactive for r in config.recipes) else []
+    notes = [*untrusted]
+    if disk and any(r.proactive for r in config.recipes):
+        notes.append(f"warning: {disk}")
     if image is None:
         return "\n".join([source, *notes, *_recipes(config.recipes, named)])
     lines = _image(config.recipes, image, named, cache_reference)
@@ -94,7 +102,7 @@ def _image(
         normal = normalize(image)
         found = find_recipe(recipes, normal)
         if found is None:
-            return [f"no recipe matches {image} ({normal})"]
+            return [f"no recipe matches {image} ({normal})", *_refusals(recipes, normal)]
         recipe, captures = found
         concrete = instantiate(recipe, image, captures)
         plan = heal_plan(image, recipes, named)
@@ -104,6 +112,7 @@ def _image(
     lines = [
         f"{concrete.image} is matched by {recipe.name}",
         *([f"  captures  {with_captures}"] if with_captures else []),
+        *_refusals(recipes[: recipes.index(recipe)], normal),
         "",
         "recipe, filled in:",
         *_table(
@@ -116,6 +125,12 @@ def _image(
     for step, item in enumerate(plan, 1):
         lines.append(f"  {step}. {item.image}  by images[{item.recipe.index}] ({item.kind})")
     return [*lines, "", _proactive(recipe, concrete.image)]
+
+
+def _refusals(recipes: tuple[Recipe, ...], image: str) -> list[str]:
+    """The entries of the image's shape that a capture kept from matching it."""
+    refused = ((recipe, Pattern.compile(recipe.match).refusal(image)) for recipe in recipes)
+    return [f"  {recipe.name} does not match: {reason}" for recipe, reason in refused if reason]
 
 
 def _proactive(recipe: Recipe, image: str) -> str:

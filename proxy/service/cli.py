@@ -35,10 +35,10 @@ from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError, check_not_self
-from . import logs
+from . import logs, systemd, trustscan
 from .app import App
 from .check import CacheReference, describe
-from .server import open_listener
+from .server import open_listener, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
@@ -115,8 +115,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
+    _refuse_untrusted(config, settings)
+    watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
+    raise_open_files_limit()
     listener = open_listener(settings)
-    return uvloop.run(App(settings, config, loader(args), listener).run())
+    return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
 
 
 def loader(args: argparse.Namespace) -> Callable[[], Config]:
@@ -125,7 +128,7 @@ def loader(args: argparse.Namespace) -> Callable[[], Config]:
 
     def reload() -> Config:
         config = load(args.config)
-        _settings(args, config)
+        _refuse_untrusted(config, _settings(args, config))
         return config
 
     return reload
@@ -149,6 +152,21 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
     except ListenerError as exc:
         raise SettingsError(str(exc)) from None
     return settings
+
+
+def _untrusted(config: Config, settings: Settings) -> list[str]:
+    return trustscan.untrusted(config, settings, os.environ, os.geteuid())
+
+
+def _refuse_untrusted(config: Config, settings: Settings) -> None:
+    """As root, refuse a config whose files someone else could change (see ``trust``);
+    serve, heal and reload go through here, ``check`` lists them all."""
+    if os.geteuid() != 0:
+        return
+    found = _untrusted(config, settings)
+    if found:
+        more = f" (and {len(found) - 1} more: see docker-heal-proxy check)" if found[1:] else ""
+        raise SettingsError(f"root will not run what others can change: {found[0]}{more}")
 
 
 async def _ask_daemon(
@@ -205,8 +223,13 @@ def _cache_reference(
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
-    """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask."""
-    _settings(args, config)  # what serve would refuse at start, check refuses too
+    """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask;
+    2, as serve would refuse, when root would not trust a file."""
+    settings = _settings(args, config)  # what serve would refuse at start, check refuses too
+    is_root = os.geteuid() == 0
+    untrusted = [
+        f"{'refused' if is_root else 'warning'}: {p}" for p in _untrusted(config, settings)
+    ]
     disk = _min_free_problem(args, config)
     # check parses in its own process: it is no server, and the parser would
     # only be a worker's to load in serve (see healing.core.dockerfileparse).
@@ -214,7 +237,9 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
     named = named_by(read_dockerfile_from_disk, from_images)
     reference = _cache_reference(args, config, named)
-    print(describe(config, args.image, named, reference, disk))
+    print(describe(config, args.image, named, reference, disk, untrusted))
+    if is_root and untrusted:
+        return 2
     if args.image is None:
         return 0
     try:
@@ -254,7 +279,9 @@ def _heal(args: argparse.Namespace, config: Config) -> int:
             print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
             return 1
         images = [args.image]
-    return uvloop.run(_heal_now(_settings(args, config), config, images, args.force))
+    settings = _settings(args, config)
+    _refuse_untrusted(config, settings)
+    return uvloop.run(_heal_now(settings, config, images, args.force))
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
@@ -294,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    except ListenerError as exc:
+    except (ListenerError, systemd.ActivationError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,10 @@ Rules:
   this process created, exit 0.
 - systemd hears READY=1 once we accept, STOPPING=1 when we stop, and a
   WATCHDOG=1 from the event loop itself, so a wedged loop gets restarted.
+- Every client costs two descriptors (its own connection and the daemon
+  connection pinned to it), so the soft ``RLIMIT_NOFILE`` is raised to the
+  hard one at start, as dockerd does: the usual soft 1024 would refuse the
+  500th client while the hard limit allows far more.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 
@@ -26,6 +31,19 @@ from . import systemd
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def raise_open_files_limit() -> None:
+    """Soft ``RLIMIT_NOFILE`` up to the hard limit; a refusal only costs capacity."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("open files stay limited to %d (hard limit %d): %s", soft, hard, exc)
+        return
+    log.debug("open files limit raised from %d to %d", soft, hard)
 
 
 def open_listener(settings: Settings) -> Listener:
@@ -60,8 +78,14 @@ async def _watchdog(interval: float) -> None:
 
 
 async def serve(
-    settings: Settings, listener: Listener, hub: Hub, reload: Callable[[], None]
+    settings: Settings,
+    listener: Listener,
+    hub: Hub,
+    reload: Callable[[], None],
+    watchdog: float | None = None,
 ) -> int:
+    """``watchdog`` is the interval ``systemd.watchdog_interval`` read (and
+    checked) at start, before anything was bound."""
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(
         lambda: Connection(hub), sock=listener.sock, backlog=1024
@@ -70,8 +94,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    interval = systemd.watchdog_interval()
-    watchdog = loop.create_task(_watchdog(interval)) if interval else None
+    pinger = loop.create_task(_watchdog(watchdog)) if watchdog else None
     log.info("%s", startup_line(settings, listener))
     systemd.notify("READY=1")
     try:
@@ -90,9 +113,9 @@ async def serve(
                 settings.shutdown_timeout,
             )
             hub.abort_all()
-        if watchdog is not None:
-            watchdog.cancel()
+        if pinger is not None:
+            pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+                await pinger
         listener.remove()
     return 0

@@ -8,6 +8,12 @@ Rules:
   under a terminal, a container or a unit.
 - The environment variables systemd passes are consumed: a recipe's build
   script run by the proxy must not think it is the service.
+- What systemd hands over is checked before it is used, the way
+  sd_listen_fds(3) and sd_watchdog_enabled(3) check it: a ``LISTEN_PID``,
+  ``LISTEN_FDS``, ``WATCHDOG_USEC`` or ``WATCHDOG_PID`` that is not a number,
+  and a passed socket that is not one listening Unix stream socket, stop the
+  start with a one-line ``ActivationError`` naming the variable or the socket
+  and the fix in the unit, never with a traceback from deep in the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +23,36 @@ import socket
 from collections.abc import MutableMapping
 
 LISTEN_FDS_START = 3
+_UNIT_FIX = "use one ListenStream=/run/docker-heal-proxy.sock (Accept=no) in the .socket unit"
+
+
+class ActivationError(Exception):
+    """What systemd handed the proxy cannot be used; one line, naming the fix."""
+
+
+def _number(name: str, text: str, least: int) -> int:
+    """A variable systemd sets, as the decimal it must be (sd_listen_fds(3) refuses others)."""
+    if not (text.isascii() and text.isdigit()) or int(text) < least:
+        raise ActivationError(f"{name}={text!r} is not a number of at least {least}")
+    return int(text)
+
+
+def _listening_unix_stream(sock: socket.socket) -> None:
+    """Refuse a passed socket the proxy cannot serve on, saying what it is instead."""
+    if sock.family != socket.AF_UNIX:
+        address = sock.getsockname()
+        where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else repr(address)
+        family = getattr(sock.family, "name", sock.family)
+        raise ActivationError(
+            f"systemd passed an {family} socket ({where}); "
+            f"the proxy serves a Unix stream socket only: {_UNIT_FIX}"
+        )
+    if sock.type != socket.SOCK_STREAM:
+        raise ActivationError(
+            f"systemd passed a Unix socket of type {sock.type.name}, not a stream: {_UNIT_FIX}"
+        )
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ActivationError(f"systemd passed a socket that is not listening: {_UNIT_FIX}")
 
 
 def activated_socket(env: MutableMapping[str, str] | None = None) -> socket.socket | None:
@@ -25,9 +61,26 @@ def activated_socket(env: MutableMapping[str, str] | None = None) -> socket.sock
     pid = env.pop("LISTEN_PID", None)
     count = env.pop("LISTEN_FDS", None)
     env.pop("LISTEN_FDNAMES", None)
-    if pid is None or count is None or pid != str(os.getpid()) or int(count) < 1:
+    if pid is None or count is None:
         return None
-    sock = socket.socket(fileno=LISTEN_FDS_START)
+    if _number("LISTEN_PID", pid, 1) != os.getpid():
+        return None  # meant for the process that started us
+    fds = _number("LISTEN_FDS", count, 0)
+    if fds == 0:
+        return None
+    if fds > 1:
+        raise ActivationError(f"systemd passed {fds} sockets (LISTEN_FDS={fds}): {_UNIT_FIX}")
+    try:
+        sock = socket.socket(fileno=LISTEN_FDS_START)
+    except OSError as exc:
+        raise ActivationError(
+            f"LISTEN_FDS=1, but fd {LISTEN_FDS_START} is not a socket: {exc.strerror or exc}"
+        ) from None
+    try:
+        _listening_unix_stream(sock)
+    except ActivationError:
+        sock.close()
+        raise
     os.set_inheritable(sock.fileno(), False)
     return sock
 
@@ -54,6 +107,9 @@ def watchdog_interval(env: MutableMapping[str, str] | None = None) -> float | No
     env = os.environ if env is None else env
     usec = env.get("WATCHDOG_USEC")
     pid = env.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
+    if not usec:
         return None
-    return int(usec) / 2e6
+    microseconds = _number("WATCHDOG_USEC", usec, 1)
+    if pid and _number("WATCHDOG_PID", pid, 1) != os.getpid():
+        return None
+    return microseconds / 2e6

@@ -10,7 +10,8 @@ never calls upward.
 Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
 ``states`` (the data path's state tables), ``rules`` (the decisions that
 span both sides of a connection), ``routes`` (which endpoint a path is),
-``errors`` (the answers the proxy writes itself). With I/O, split as h11
+``errors`` (the answers the proxy writes itself), ``gojson`` (client JSON
+read as dockerd's Go decoder reads it). With I/O, split as h11
 splits state, readers and writers, and connection: ``connection`` (the
 client side and the plain path, run on every chunk), ``local`` (a claimed
 request's exchange, which its handler drives), ``daemon`` (opening the

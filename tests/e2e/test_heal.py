@@ -18,10 +18,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from support import (
     Dockerd,
     MakeProxy,
     Proxy,
+    UnixHTTPConnection,
     api_calls,
     build_busybox,
     build_calls,
@@ -286,14 +288,74 @@ def test_client_that_half_closes_still_gets_its_container(
         docker(["rm", "-f", name], env=dockerd.env, check=False)
 
 
-def test_image_without_recipe_fails_exactly_as_without_the_proxy(
+def deep_create(path: str, image: str, depth: int) -> tuple[int, dict[str, object]]:
+    """A create whose body nests ``depth`` arrays and objects (the body is one),
+    in a key dockerd ignores; the status and the JSON answer."""
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    body = f'{{"Image": {json.dumps(image)}, "Cmd": ["true"], "XDeep": {inner}}}'
+    conn = UnixHTTPConnection(path, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            "/v1.41/containers/create",
+            body=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_create_nested_as_deep_as_dockerd_reads_is_healed_like_any_other(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """Python's json gave up at ~1,000 levels (a 500 and a traceback); dockerd reads
+    Go's 10,000. 5,000 deep: healed, then the same answer as direct. One past
+    Go's limit: 400 with Go's reason, as current dockerd answers (20.10 said 500)."""
+    image = "127.0.0.1:1/dhp/deep:1"
+    script = tagging_script(tmp_path / "recipe.sh", tmp_path / "marker", busybox, image)
+    proxy = make_proxy(command_config(tmp_path, image, script))
+    remove(dockerd.env, image)
+    created: list[object] = []
+    try:
+        status, answer = deep_create(proxy.socket, image, 5_000)
+        created.append(answer.get("Id"))
+        assert status == 201, answer
+        assert line_count(tmp_path / "marker") == 1
+        direct_status, direct = deep_create(dockerd.socket, image, 5_000)
+        created.append(direct.get("Id"))
+        assert (direct_status, sorted(direct)) == (status, sorted(answer))
+
+        too_deep = deep_create(proxy.socket, image, 10_001)
+        assert too_deep == (
+            400,
+            {"message": "invalid JSON: nested deeper than 10000 arrays and objects"},
+        )
+        assert "exceeded max depth" in str(deep_create(dockerd.socket, image, 10_001)[1])
+    finally:
+        for container in created:
+            if isinstance(container, str):
+                docker(["rm", "-f", container], env=dockerd.env, check=False)
+        remove(dockerd.env, image)
+
+
+@pytest.mark.parametrize(
+    ("ghost", "managed"),
+    [
+        ("127.0.0.1:1/ghost:1", "127.0.0.1:1/dhp/other:1"),
+        # A capture of '..' or one starting with '-' is no match: unmanaged.
+        ("127.0.0.1:1/dhp/app:v..", "127.0.0.1:1/dhp/app:v{x}"),
+        ("127.0.0.1:1/dhp/app--rf:latest", "127.0.0.1:1/dhp/app-{x}:latest"),
+    ],
+)
+def test_image_without_recipe_fails_exactly_as_without_the_proxy(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path, ghost: str, managed: str
 ) -> None:
     """The proxy must be invisible for images it does not manage, even with
     recipes configured (the create is claimed, then forwarded untouched)."""
-    ghost = "127.0.0.1:1/ghost:1"
     script = write_script(tmp_path / "never.sh", f'touch "{tmp_path / "ran"}"\nexit 1\n')
-    proxy = make_proxy(command_config(tmp_path, "127.0.0.1:1/dhp/other:1", script))
+    proxy = make_proxy(command_config(tmp_path, managed, script))
     remove(dockerd.env, ghost)
 
     direct = docker_run(ghost, dockerd.env)
@@ -302,7 +364,7 @@ def test_image_without_recipe_fails_exactly_as_without_the_proxy(
     assert direct.returncode == 125
     assert proxied.returncode == direct.returncode
     first_line = direct.stderr.decode().splitlines()[0]
-    assert first_line == "Unable to find image '127.0.0.1:1/ghost:1' locally"
+    assert first_line == f"Unable to find image '{ghost}' locally"
     assert proxied.stderr.decode().splitlines()[0] == first_line
     assert not (tmp_path / "ran").exists()
 

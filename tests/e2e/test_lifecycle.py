@@ -9,7 +9,9 @@ configuration that would loop into itself is refused before it can.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -22,7 +24,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BUSYBOX, Dockerd, MakeProxy, Proxy, UnixHTTPConnection, docker, ping, wait_for
+from support import (
+    BUSYBOX,
+    Dockerd,
+    MakeProxy,
+    Proxy,
+    UnixHTTPConnection,
+    docker,
+    ping,
+    require,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -145,6 +157,110 @@ def test_socket_activation_with_notify(dockerd: Dockerd, short: Path, busybox: s
             proc.wait()
         notify.close()
         log.close()
+
+
+def test_socket_activated_tcp_is_refused_in_one_line(short: Path) -> None:
+    """A .socket unit with ListenStream=127.0.0.1:PORT hands over a TCP socket: the
+    proxy says what it got and what the unit needs, with no traceback (uvloop's
+    own refusal was one). Loopback only."""
+    require("systemd-socket-activate")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "-l",
+            f"127.0.0.1:{port}",
+            *serve_argv(str(short / "unused.sock"), str(short / "no-daemon.sock")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        # The socket is systemd-socket-activate's until the first connection starts the proxy.
+        with socket.socket() as client:
+            wait_for(lambda: client.connect_ex(("127.0.0.1", port)) == 0, 20, "the TCP socket")
+            assert proc.wait(30) == 1
+        assert proc.stdout is not None
+        output = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in output, output
+    said = [line for line in output.splitlines() if "docker-heal-proxy" in line]
+    assert said == [
+        f"docker-heal-proxy: systemd passed an AF_INET socket (127.0.0.1:{port}); the proxy "
+        "serves a Unix stream socket only: use one ListenStream=/run/docker-heal-proxy.sock "
+        "(Accept=no) in the .socket unit"
+    ]
+    assert not (short / "unused.sock").exists()
+
+
+# -- descriptors ------------------------------------------------------------------
+
+CLIENTS = 2000
+
+
+@contextlib.contextmanager
+def open_files_at_least(count: int) -> Iterator[None]:
+    """This test process holds every client socket: give it room, and give the old limit back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < count:
+        pytest.skip(f"the hard limit on open files is {hard}, under {count}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_two_thousand_idle_clients_are_answered_under_a_soft_limit_of_1024(
+    make_proxy: MakeProxy,
+) -> None:
+    """Each client costs the proxy two descriptors; a soft limit of 1024, the usual
+    default, would refuse about the 500th unless the proxy raises it to the hard
+    limit, as dockerd does."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard < 2 * CLIENTS + 100:
+        pytest.skip(f"the hard limit on open files is {hard}")
+
+    def soft_1024() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    proxy = make_proxy(preexec_fn=soft_1024)
+    clients: list[socket.socket] = []
+    with open_files_at_least(CLIENTS + 200):
+        try:
+            for _ in range(CLIENTS):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                clients.append(client)
+                client.settimeout(60)
+                # A full backlog (a busy machine accepts slowly) is EAGAIN on a Unix socket.
+                wait_for(
+                    lambda c=client: c.connect_ex(proxy.socket) == 0,
+                    60,
+                    "room in the proxy's backlog",
+                )
+            # All connected and idle; now every one asks at once.
+            for client in clients:
+                client.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+            answered = 0
+            for client in clients:
+                reply = b""
+                while not reply.endswith(b"OK"):
+                    data = client.recv(4096)
+                    if not data:
+                        break
+                    reply += data
+                answered += reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"OK")
+        finally:
+            for client in clients:
+                client.close()
+    assert answered == CLIENTS, proxy.log()[-2000:]
 
 
 # -- SIGTERM ----------------------------------------------------------------------

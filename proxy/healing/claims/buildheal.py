@@ -38,7 +38,6 @@ the spool so far, which then carries on with the live body.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from urllib.parse import parse_qs
 from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
 from ...recipes.reference import InvalidReference, normalize
+from ...wire import gojson
 from ...wire.connection import Exchange
 from ..core.dockerfileparse import ParseFailed, dockerfile_images
 from ..core.healer import Healer, HealFailed
@@ -80,11 +80,11 @@ def build_params(query: str) -> BuildParams | None:
     if first("remote") is not None:
         return None
     try:
-        args = json.loads(first("buildargs") or "{}")
+        args = gojson.loads(first("buildargs") or "{}")
     except ValueError:
-        args = {}  # the daemon refuses the build and says why
+        args = None  # the daemon refuses the build and says why
     build_args = (
-        {k: v for k, v in args.items() if isinstance(v, str)} if isinstance(args, dict) else {}
+        {k: v for k, v in args if isinstance(v, str)} if isinstance(args, gojson.Members) else {}
     )
     return BuildParams(first("dockerfile"), build_args, first("target"), first("t") or "")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -613,3 +614,24 @@ def test_the_readme_many_hosts_example_is_a_valid_config() -> None:
     config = parse_config(tomllib.loads(block), base_dir=Path("/etc/docker-heal-proxy"))
     assert config.heal.cache == "registry.internal:5000/heal-cache"
     assert config.recipes[0].cache and config.recipes[0].inputs
+
+
+def test_security_trust_paths_are_folders_relative_to_the_config() -> None:
+    config = parse_config(
+        {"security": {"trust_paths": ["/srv/shared", "vendor"]}}, base_dir=Path("/etc/dhp")
+    )
+    assert config.security.trust_paths == (Path("/srv/shared"), Path("/etc/dhp/vendor"))
+    assert parse_config({}, base_dir=Path("/etc/dhp")).security.trust_paths == ()
+
+
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ({"trust_paths": [""]}, "security.trust_paths[0]: must not be empty"),
+        ({"trust_paths": "/srv"}, "security.trust_paths: expected a list of strings"),
+        ({"trust_path": ["/srv"]}, "security: unknown key 'trust_path'"),
+    ],
+)
+def test_security_mistakes_name_the_key(security: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"security": security}, base_dir=Path("/etc/dhp"))

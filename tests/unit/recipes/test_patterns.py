@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.recipes.patterns import (
@@ -205,3 +206,63 @@ def test_a_capture_that_makes_a_bad_reference_raises() -> None:
     bad = recipe("app:{t}", kind="pull", pull="app-{t}")
     with pytest.raises(InvalidReference):
         instantiate(bad, "app:UPPER", {"t": "UPPER"})
+
+
+@pytest.mark.parametrize(
+    ("match", "reference", "said"),
+    [
+        ("app:v{x}", "app:v..", "{x} would capture '..', not a tag on its own"),
+        ("app-{x}:latest", "app--rf:latest", "{x} would capture '-rf', not a repository path"),
+        ("app:{x}", "app:.x", None),  # not a tag dockerd takes: no reference at all
+        ("app:v{x}", "app:v.x", "{x} would capture '.x'"),
+        ("app-{x}:latest", "app-_x", None),  # not a name dockerd takes either
+        ("team/{x}-cache:1", "team/a--cache:1", "{x} would capture 'a-'"),
+    ],
+)
+def test_a_capture_that_is_not_valid_on_its_own_is_no_match(
+    match: str, reference: str, said: str | None
+) -> None:
+    """Captures go into command, workdir, build.context and load: '..' would climb
+    out of a folder and '-rf' would be an option. Such a reference is unmanaged."""
+    pattern = Pattern.compile(match)
+    assert pattern.match(reference) is None
+    refusal = pattern.refusal(reference)
+    assert refusal is None if said is None else refusal is not None and said in refusal
+
+
+def test_a_valid_split_is_found_when_a_greedy_one_is_not() -> None:
+    """``a-b--c``: ``{x}=a-b-`` would not do, ``{x}=a`` does."""
+    assert Pattern.compile("{x}-{y}:1").match("a-b--c:1") == {"x": "a", "y": "b--c"}
+    assert Pattern.compile("{x}-{y}:1").refusal("a-b--c:1") is None
+
+
+def test_captures_hold_to_the_grammar_of_their_field() -> None:
+    host = Pattern.compile("registry.{env}.example.com/app:{t}")
+    assert host.match("registry.prod-1.example.com/app:_1") == {"env": "prod-1", "t": "_1"}
+    assert host.match("registry.-x.example.com/app:1") is None
+    assert Pattern.compile("localhost:{port}/app").match("localhost:5000/app") == {"port": "5000"}
+
+
+TEMPLATES = ("app:{x}", "app:v{x}", "app-{x}:latest", "{x}/app:1", "team/{x}.d:1", "a.{x}.io/b")
+FOLDER_TEMPLATES = ("{x}", "{x}.d", ".{x}", "v{x}", "{x}/sub", "a-{x}/..{x}")
+
+
+@given(
+    st.sampled_from(TEMPLATES),
+    st.text(alphabet="abc019._-", min_size=1, max_size=12),
+    st.sampled_from(FOLDER_TEMPLATES),
+)
+@example("app:v{x}", "..", "{x}")
+@example("app:{x}", "a..", "{x}/sub")
+@example("{x}/app:1", "-rf", "{x}")
+def test_no_accepted_capture_leaves_the_folder_its_template_names(
+    match: str, value: str, folder: str
+) -> None:
+    """Whatever a client asks for, a capture the pattern accepts, filled into a
+    path under /srv/images, names something inside /srv/images."""
+    captures = Pattern.compile(match).match(match.replace("{x}", value))
+    if captures is None:
+        return
+    filled = Path("/srv/images") / substitute(folder, captures)
+    assert os.path.normpath(filled).startswith("/srv/images/"), (captures, filled)
+    assert not any(part.startswith("-") for part in filled.parts)

@@ -110,6 +110,43 @@ def test_one_image_shows_captures_and_filled_command() -> None:
     assert shlex.split(command) == ["make", "tool", "T=2", "HOME=${HOME}"]
 
 
+def test_check_image_says_which_capture_kept_an_entry_from_matching() -> None:
+    """``app:v..`` and ``app--rf`` are unmanaged: the daemon answers them."""
+    guarded = parse_config(
+        {
+            "images": [
+                {"match": "app:v{x}", "command": ["./build.sh", "{x}"]},
+                {"match": "app-{x}:latest", "command": ["./build.sh", "{x}"]},
+                {"match": "app{rest}:latest", "command": ["./any.sh"]},
+            ]
+        },
+        base_dir=Path("/cfg"),
+    )
+    assert describe(guarded, "app:v..", read, no_cache).splitlines()[1:] == [
+        "no recipe matches app:v.. (docker.io/library/app:v..)",
+        "  images[0] (app:v{x}) does not match: {x} would capture '..', not a tag on its own "
+        "(a capture is never '.' or '..' and never starts with '-' or '.')",
+    ]
+    text = describe(guarded, "app--rf", read, no_cache)
+    assert "no recipe matches app--rf" in text
+    assert "  images[1] (app-{x}:latest) does not match: {x} would capture '-rf'" in text
+    assert "  images[2] (app{rest}:latest) does not match: {rest} would capture '--rf'" in text
+
+
+def test_check_image_names_an_entry_above_the_match_that_a_capture_skipped() -> None:
+    two = parse_config(
+        {"images": [{"match": "app:v{x}", "pull": True}, {"match": "app:{t}", "pull": True}]},
+        base_dir=Path("/cfg"),
+    )
+    assert describe(two, "app:v..", read, no_cache).splitlines()[1:3] == [
+        "docker.io/library/app:v.. is matched by images[1] (app:{t})",
+        "  captures  t=v..",
+    ]
+    assert "  images[0] (app:v{x}) does not match: {x} would capture '..'" in describe(
+        two, "app:v..", read, no_cache
+    )
+
+
 def test_problems_are_reported_in_the_text() -> None:
     assert describe(config(), "nope", read, no_cache).endswith(
         "no recipe matches nope (docker.io/library/nope:latest)"

@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -91,6 +92,54 @@ def test_activated_socket_is_fd_3_and_accepts(tmp_path: Path) -> None:
     listening.close()
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LISTEN_PID": "x", "LISTEN_FDS": "1"}, "LISTEN_PID='x'"),
+        ({"LISTEN_PID": "-1", "LISTEN_FDS": "1"}, "LISTEN_PID='-1'"),
+        ({"LISTEN_PID": "self", "LISTEN_FDS": "one"}, "LISTEN_FDS='one'"),
+        ({"LISTEN_PID": "self", "LISTEN_FDS": "2"}, "LISTEN_FDS=2"),
+    ],
+)
+def test_malformed_activation_is_refused_naming_the_variable(
+    env: dict[str, str], named: str
+) -> None:
+    env = {k: (str(os.getpid()) if v == "self" else v) for k, v in env.items()}
+    with pytest.raises(systemd.ActivationError, match=named):
+        systemd.activated_socket(env)
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "listening", "said"),
+    [
+        (socket.AF_INET, socket.SOCK_STREAM, True, r"AF_INET socket \(127\.0\.0\.1:"),
+        (socket.AF_UNIX, socket.SOCK_DGRAM, False, "type SOCK_DGRAM"),
+        (socket.AF_UNIX, socket.SOCK_STREAM, False, "not listening"),
+    ],
+)
+def test_a_passed_socket_that_is_not_a_listening_unix_stream_is_refused(
+    family: socket.AddressFamily, kind: socket.SocketKind, listening: bool, said: str
+) -> None:
+    """uvloop would end in a traceback on any of these; the start must say what is wrong."""
+    with socket.socket(family, kind) as passed:
+        if family == socket.AF_INET:
+            passed.bind(("127.0.0.1", 0))
+        if listening:
+            passed.listen()
+        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"}
+        with on_fd_3(passed), pytest.raises(systemd.ActivationError, match=said) as refused:
+            systemd.activated_socket(env)
+        assert "ListenStream=" in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+
+def test_fd_3_that_is_no_socket_is_refused(tmp_path: Path) -> None:
+    with (tmp_path / "file").open("w") as file, on_fd_3(cast(socket.socket, file)):
+        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"}
+        with pytest.raises(systemd.ActivationError, match="fd 3 is not a socket"):
+            systemd.activated_socket(env)
+
+
 def test_notify_reaches_a_datagram_socket(notify_socket: tuple[str, socket.socket]) -> None:
     path, sock = notify_socket
     env = {"NOTIFY_SOCKET": path}
@@ -128,3 +177,17 @@ def test_notify_without_systemd_is_a_quiet_no(tmp_path: Path) -> None:
 def test_watchdog_interval_is_half_the_timeout(env: dict[str, str], interval: float | None) -> None:
     env = {k: (str(os.getpid()) if v == "self" else v) for k, v in env.items()}
     assert systemd.watchdog_interval(env) == interval
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"WATCHDOG_USEC": "30s"},
+        {"WATCHDOG_USEC": "0"},
+        {"WATCHDOG_USEC": "-5"},
+        {"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "me"},
+    ],
+)
+def test_malformed_watchdog_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(systemd.ActivationError, match="WATCHDOG_"):
+        systemd.watchdog_interval(env)

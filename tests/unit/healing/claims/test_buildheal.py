@@ -41,6 +41,16 @@ def test_build_args_the_daemon_would_refuse_count_as_none(args: str) -> None:
     assert params.build_args == {}
 
 
+def test_build_args_read_to_go_depth_and_no_further() -> None:
+    """Go reads 10,000 levels; Python's json used to raise RecursionError at ~1,000."""
+    deep = "[" * 9_999 + "]" * 9_999  # with the object around it: 10,000 levels
+    params = build_params(urlencode({"buildargs": f'{{"X": {deep}, "G": "a", "G": "b"}}'}))
+    assert params is not None and params.build_args == {"G": "b"}
+    deeper = "[" * 10_000 + "]" * 10_000
+    params = build_params(urlencode({"buildargs": f'{{"X": {deeper}, "G": "a"}}'}))
+    assert params is not None and params.build_args == {}  # the daemon refuses the build
+
+
 @pytest.mark.parametrize("remote", ["client-session", "https://example.com/ctx.git"])
 def test_a_remote_context_is_not_claimed(remote: str) -> None:
     assert build_params(urlencode({"remote": remote, "t": "x"})) is None

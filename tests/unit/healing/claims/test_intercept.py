@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.healing.claims.intercept import image_from_create_body, is_missing_image, progress_line
+from proxy.wire.gojson import TooDeep
 from proxy.wire.http1 import parse_response_head
 
 
@@ -37,6 +38,18 @@ def test_image_from_plain_and_chunked_bodies() -> None:
 def test_image_is_read_as_go_decodes_it(body: bytes, image: str | None) -> None:
     """dockerd's JSON decoder matches keys in any case and keeps the last one."""
     assert image_from_create_body(body, chunked=False) == image
+
+
+def test_an_image_beside_nesting_as_deep_as_go_reads_is_found() -> None:
+    """dockerd takes a create nested 10,000 deep; Python's json raised RecursionError
+    at ~1,000, a 500 and a traceback. One level more is refused, as Go refuses it."""
+    deep = "[" * 9_999 + "]" * 9_999  # with the object around it: 10,000 levels
+    body = f'{{"Image": "app:1", "X": {deep}}}'.encode()
+    assert image_from_create_body(body, chunked=False) == "app:1"
+    assert image_from_create_body(chunked(body, 4096), chunked=True) == "app:1"
+    deeper = f'{{"Image": "app:1", "X": [{deep}]}}'.encode()
+    with pytest.raises(TooDeep):
+        image_from_create_body(deeper, chunked=False)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,99 @@
+"""What the walker hands the rule: which paths, in which role, as written and resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.recipes.config import load_config
+from proxy.service.trustscan import gather, makefiles, shell_script
+
+
+@pytest.mark.parametrize(
+    ("argv", "index"),
+    [
+        (["bash", "build.sh", "x"], 1),
+        (["sh", "-eu", "build.sh"], 2),
+        (["bash", "-euo", "pipefail", "build.sh"], 3),
+        (["bash", "-o", "errexit", "--norc", "build.sh"], 4),
+        (["bash", "--", "-odd.sh"], 2),
+        (["bash", "-c", "make all", "name"], None),
+        (["sh", "-ec", "./build.sh"], None),
+        (["bash", "-s", "arg"], None),
+        (["bash"], None),
+        (["sh", "-"], None),
+    ],
+)
+def test_the_script_a_shell_runs(argv: list[str], index: int | None) -> None:
+    assert shell_script(argv) == index
+
+
+@pytest.mark.parametrize(
+    ("argv", "found"),
+    [
+        (["make"], (["GNUmakefile", "makefile", "Makefile"], ".")),
+        (["make", "-f", "build.mk", "all"], (["build.mk"], ".")),
+        (["make", "--file=a.mk", "-fb.mk"], (["a.mk", "b.mk"], ".")),
+        (["make", "-C", "sub", "image"], (["GNUmakefile", "makefile", "Makefile"], "./sub")),
+        (["make", "--directory=sub", "-f", "x.mk"], (["x.mk"], "./sub")),
+    ],
+)
+def test_the_makefiles_make_reads(argv: list[str], found: tuple[list[str], str]) -> None:
+    assert makefiles(argv) == found
+
+
+def test_gather_names_each_file_root_would_run(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "bin").mkdir(parents=True)
+    for name in ("build.sh", "Makefile", "bin/tool"):
+        (app / name).write_text("#!/bin/sh\n")
+        (app / name).chmod(0o755)
+    (tmp_path / "link.sh").symlink_to(app / "build.sh")
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f"""
+[[images]]
+match = "a"
+command = ["./build.sh"]
+workdir = "{app}"
+[[images]]
+match = "b"
+command = ["bash", "-e", "{tmp_path / "link.sh"}"]
+[[images]]
+match = "c"
+command = ["make", "image"]
+workdir = "app"
+[[images]]
+match = "d"
+command = ["tool"]
+env = {{ PATH = "{app / "bin"}" }}
+[[images]]
+match = "e:{{t}}"
+command = ["{app}/{{t}}/build.sh"]
+workdir = "{app}/{{t}}"
+[[images]]
+match = "f"
+pull = true
+"""
+    )
+    checked = gather(load_config(config_path), {"PATH": "/usr/bin:/bin"})
+    roles = {(c.path, c.role) for c in checked if not c.above}
+    assert roles == {
+        (str(config_path), "the config file"),
+        (str(app), "images[0].workdir"),
+        (str(app / "build.sh"), "images[0].command[0]"),
+        (str(tmp_path), "images[1].workdir"),
+        ("/usr/bin/bash", "images[1].command[0]"),
+        (str(tmp_path / "link.sh"), "images[1].command[2], the script bash runs"),
+        (str(app / "build.sh"), "images[1].command[2], the script bash runs"),  # resolved
+        (str(app), "images[2].workdir"),
+        ("/usr/bin/make", "images[2].command[0]"),
+        (str(app / "Makefile"), "images[2].command, a makefile"),
+        (str(tmp_path), "images[3].workdir"),
+        (str(app / "bin" / "tool"), "images[3].command[0]"),
+        (str(app), "images[4].workdir, up to its first placeholder"),
+        (str(app), "images[4].command[0], up to its first placeholder"),
+    }
+    above = {c.path for c in checked if c.above and c.role == "a folder above the config file"}
+    assert above == {str(folder) for folder in tmp_path.parents} | {str(tmp_path)}
