@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from releases import Release
+
 from proxy.healing.engine import Engine, EngineError
 from proxy.healing.healer import Healer, HealFailed
 from proxy.recipes.config import Config, parse_config
@@ -126,6 +128,9 @@ class Dockerd:
     root: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    release: Release
+    version: str = ""
+    """What the daemon's ``GET /version`` says it is."""
 
     @property
     def socket(self) -> str:
@@ -140,12 +145,13 @@ class Dockerd:
         return {**os.environ, "DOCKER_HOST": self.url}
 
     @classmethod
-    def start(cls, root: Path) -> Dockerd:
+    def start(cls, root: Path, release: Release) -> Dockerd:
+        """A dockerd of ``release`` on ``root``; its API version checked against the release's."""
         log_path = root / "dockerd.log"
         log = log_path.open("wb")
         proc = subprocess.Popen(
             [
-                "dockerd",
+                release.dockerd,
                 "--debug",
                 f"--data-root={root / 'data'}",
                 f"--exec-root={root / 'x'}",
@@ -157,11 +163,22 @@ class Dockerd:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "PATH": release.path},
         )
-        daemon = cls(root, proc, log_path)
+        daemon = cls(root, proc, log_path, release)
         wait_for(lambda: proc.poll() is not None or ping(daemon.socket), 60, "dockerd")
         if proc.poll() is not None:
             raise RuntimeError(f"dockerd exited: {log_path.read_text()[-2000:]}")
+        conn = UnixHTTPConnection(daemon.socket)
+        try:
+            conn.request("GET", "/version")
+            answer = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        daemon.version = answer["Version"]
+        if answer["ApiVersion"] != release.api:
+            daemon.stop()
+            raise RuntimeError(f"dockerd {release.name} speaks API {answer['ApiVersion']}")
         return daemon
 
     def stop(self) -> None:
@@ -175,7 +192,9 @@ class Dockerd:
 
 
 def busybox_context(path: Path) -> Path:
-    """A build context FROM scratch with /bin/busybox: an image a prune takes whole."""
+    """A build context FROM scratch with /bin/busybox: an image a prune takes whole.
+
+    Its ``RUN`` needs ``--network=none`` under BuildKit: the daemon has no bridge."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy("/bin/busybox", path / "busybox")
     (path / "Dockerfile").write_text(
@@ -185,11 +204,11 @@ def busybox_context(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def private_dockerd(prefix: str) -> Iterator[Dockerd]:
+def private_dockerd(prefix: str, release: Release) -> Iterator[Dockerd]:
     """A dockerd of its own (one host) with the busybox base image; gone afterwards."""
     # Short: containerd's sockets live under the exec root, and paths are limited.
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    daemon = Dockerd.start(root)
+    daemon = Dockerd.start(root, release)
     try:
         build_busybox(daemon.env)
         yield daemon
@@ -200,7 +219,8 @@ def private_dockerd(prefix: str) -> Iterator[Dockerd]:
 
 def build_busybox(env: Mapping[str, str], tag: str = BUSYBOX) -> str:
     with tempfile.TemporaryDirectory() as ctx:
-        docker(["build", "-q", "-t", tag, str(busybox_context(Path(ctx)))], env=env)
+        context = str(busybox_context(Path(ctx)))
+        docker(["build", "-q", "--network=none", "-t", tag, context], env=env)
     return tag
 
 

@@ -88,7 +88,7 @@ def seed_chain(tmp_path: Path) -> tuple[str, str, Path, str]:
     basectx = busybox_context(tmp_path / "basectx")
     script = write_script(
         tmp_path / "build-base.sh",
-        f'set -e\necho run >> "{marker}"\ndocker build -q -t {base} "{basectx}"\n',
+        f'set -e\necho run >> "{marker}"\ndocker build -q --network=none -t {base} "{basectx}"\n',
     )
     agentctx = tmp_path / "agentctx"
     agentctx.mkdir()
@@ -184,14 +184,14 @@ def test_an_unmanaged_delete_heals_nothing_and_a_managed_one_heals_once(
 
 
 def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
-    make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     """The proxy's stream is down while the image goes: the daemon is stopped,
     started on another socket (same data) to remove the image, stopped, and
     started again where the proxy looks. No event of the removal ever reaches
     the proxy; the reconcile after the reconnect must find it."""
     root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
-    daemon = Dockerd.start(root)
+    daemon = Dockerd.start(root, dockerd.release)
     side: Dockerd | None = None
     try:
         build_busybox(daemon.env)
@@ -215,12 +215,12 @@ def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
             # The same data root behind another socket: the proxy cannot see this.
             side_root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
             (side_root / "data").symlink_to(root / "data")
-            side = Dockerd.start(side_root)
+            side = Dockerd.start(side_root, dockerd.release)
             remove(side.env, image)
             side.stop()
             side = None
             shutil.rmtree(side_root, ignore_errors=True)
-            daemon = Dockerd.start(root)
+            daemon = Dockerd.start(root, dockerd.release)
             wait_for(lambda: ping(daemon.socket), 30, "dockerd again")
 
             wait_for(lambda: image_exists(daemon.env, image), HEAL_TIME, "the image to return")

@@ -287,12 +287,14 @@ def test_docker_stats_stream_delivers_samples_live(
 def test_build_progress_arrives_live(
     proxy: Proxy, busybox: str, tmp_path: Path, live: Callable[..., Live]
 ) -> None:
-    """A RUN step's first line is shown while the step still runs."""
+    """A RUN step's first line is shown while the step still runs: the classic
+    builder's progress, which is the ``/build`` response itself."""
     (tmp_path / "Dockerfile").write_text(
         f"FROM {BUSYBOX}\nRUN echo one; while [ ! -e /go ]; do sleep 0.05; done; echo two\n"
     )
     tag = f"127.0.0.1:1/dhp/progress:{uuid.uuid4().hex[:8]}"
-    build = live(["build", "--no-cache", "-t", tag, str(tmp_path)], proxy.env)
+    classic = {**proxy.env, "DOCKER_BUILDKIT": "0"}
+    build = live(["build", "--no-cache", "-t", tag, str(tmp_path)], classic)
     step: str | None = None
     try:
         build.wait_for(lambda out: b"Running in " in out and b"\none\n" in out, 60, "one")
