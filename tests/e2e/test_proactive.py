@@ -77,7 +77,10 @@ def seed_chain(tmp_path: Path) -> tuple[str, str, Path, str]:
     basectx = busybox_context(tmp_path / "basectx")
     script = write_script(
         tmp_path / "build-base.sh",
-        f'set -e\necho run >> "{marker}"\ndocker build -q --network=none -t {base} "{basectx}"\n',
+        # The classic builder: the test reads the order of the builds off
+        # dockerd's POST /build lines, which a BuildKit build does not send.
+        f'set -e\necho run >> "{marker}"\n'
+        f'DOCKER_BUILDKIT=0 docker build -q -t {base} "{basectx}"\n',
     )
     agentctx = tmp_path / "agentctx"
     agentctx.mkdir()
