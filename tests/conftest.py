@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import releases
@@ -72,7 +73,7 @@ def _release_of(item: pytest.Item) -> str | None:
     return None if callspec is None else callspec.params.get("dockerd")
 
 
-def need(what: str) -> None:
+def need(what: str) -> NoReturn:
     """A daemon test cannot run here: skipped on a developer's machine, failed in CI."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"daemon tests need {what} (CI must run them)")
@@ -92,6 +93,8 @@ def silent(tmp_path: Path) -> Iterator[str]:
 def cli_plugins() -> Iterator[Path]:
     """A ``DOCKER_CONFIG`` for the whole session whose ``cli-plugins`` are
     buildx and compose v2, as a user of today has them; ``~/.docker`` stays untouched."""
+    if os.geteuid() != 0:
+        need("root")
     try:
         plugins = releases.plugins()
     except Unavailable as error:
@@ -107,8 +110,6 @@ def cli_plugins() -> Iterator[Path]:
 @pytest.fixture(scope="session", params=RELEASES)
 def dockerd(request: pytest.FixtureRequest, cli_plugins: Path) -> Iterator[Dockerd]:
     """The session's daemon of one release (the parameter)."""
-    if os.geteuid() != 0:
-        need("root")
     try:
         release = releases.release(request.param)
     except Unavailable as error:

@@ -158,26 +158,35 @@ def _download_and_extract(work: Path) -> None:
 
 
 def _run(argv: list[str], cwd: Path) -> None:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise Unavailable(f"{argv[0]}: {error}") from error
     if result.returncode != 0:
         raise Unavailable(f"{' '.join(argv[:2])} … exited {result.returncode}: {result.stderr}")
 
 
 def host_mirror() -> tuple[str, str | None]:
-    """The Debian mirror of the machine's own apt sources, and its keyring if one is named.
-
-    The entry whose suite is the machine's release codename (``bookworm``,
-    not ``bookworm-security``) is the main archive; its ``trixie`` is beside it.
-    """
-    codename = _os_release().get("VERSION_CODENAME", "")
-    files = [Path("/etc/apt/sources.list")]
+    """The Debian mirror of the machine's own apt sources, and its keyring if one is named."""
+    paths = [Path("/etc/apt/sources.list")]
     if Path("/etc/apt/sources.list.d").is_dir():
-        files += sorted(Path("/etc/apt/sources.list.d").iterdir())
-    for path in files:
-        if not path.is_file() or path.suffix not in (".sources", ".list"):
+        paths += sorted(Path("/etc/apt/sources.list.d").iterdir())
+    sources = [(p.name, p.read_text(errors="replace")) for p in paths if p.is_file()]
+    return find_mirror(sources, _os_release().get("VERSION_CODENAME", ""))
+
+
+def find_mirror(sources: list[tuple[str, str]], codename: str) -> tuple[str, str | None]:
+    """The first ``deb`` entry for suite ``codename`` with ``main`` among apt
+    source files (name, text): the main archive (``bookworm``, not
+    ``bookworm-security``), whose ``trixie`` is beside it. Files named
+    otherwise than apt reads them (``.disabled``, say) are passed over."""
+    for name, text in sources:
+        if name.endswith(".sources"):
+            entries = _deb822(text)
+        elif name.endswith(".list"):
+            entries = _one_line(text)
+        else:
             continue
-        text = path.read_text(errors="replace")
-        entries = _deb822(text) if path.suffix == ".sources" else _one_line(text)
         for types, uris, suites, components, signed_by in entries:
             if "deb" in types and codename in suites and "main" in components and uris:
                 # A key written inline (deb822 allows it) is not a file to name.
