@@ -39,7 +39,10 @@ from support import (
     start_proxy,
 )
 
-RELEASES = releases.picked()
+try:
+    RELEASES = releases.picked()
+except Unavailable as bad:
+    raise pytest.UsageError(str(bad)) from bad
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
