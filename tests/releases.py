@@ -114,6 +114,13 @@ def plugins() -> Path:
 
 def fetch(cache: Path) -> Path:
     """The extracted trixie packages under ``cache``, fetched once."""
+    try:
+        return _fetch(cache)
+    except OSError as error:
+        raise Unavailable(f"cannot fill {cache}: {error}") from error
+
+
+def _fetch(cache: Path) -> Path:
     done = cache / SUITE
     if (done / "usr/sbin/dockerd").exists():
         return done
