@@ -129,8 +129,6 @@ class Dockerd:
     proc: subprocess.Popen[bytes]
     log_path: Path
     release: Release
-    version: str = ""
-    """What the daemon's ``GET /version`` says it is."""
 
     @property
     def socket(self) -> str:
@@ -172,13 +170,12 @@ class Dockerd:
         conn = UnixHTTPConnection(daemon.socket)
         try:
             conn.request("GET", "/version")
-            answer = json.loads(conn.getresponse().read())
+            api = json.loads(conn.getresponse().read())["ApiVersion"]
         finally:
             conn.close()
-        daemon.version = answer["Version"]
-        if answer["ApiVersion"] != release.api:
+        if api != release.api:  # the header names release.api: it must be true
             daemon.stop()
-            raise RuntimeError(f"dockerd {release.name} speaks API {answer['ApiVersion']}")
+            raise RuntimeError(f"dockerd {release.name} speaks API {api}, not {release.api}")
         return daemon
 
     def stop(self) -> None:
