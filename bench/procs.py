@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,8 +135,23 @@ def wait_ping(proc: Proc, sock: Path, timeout: float) -> None:
     )
 
 
+def dockerd_path() -> str:
+    """``PATH`` for the daemon ``TEST_DOCKERD`` names, the tests' switch: ``20.10``
+    (the machine's, the default) or ``26``, which the test harness's
+    ``tests/releases.py`` fetches (Debian 13's, unpacked into a cache folder,
+    never installed). The run's header names the daemon it got."""
+    release = os.environ.get("TEST_DOCKERD", "20.10")
+    if release not in ("20.10", "26"):
+        raise SystemExit(f"TEST_DOCKERD must be 20.10 or 26 for a benchmark, not {release!r}")
+    if str(REPO / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests"))
+    import releases
+
+    return str(releases.release(release).path)
+
+
 def start_dockerd(tmp: Path) -> tuple[Proc, Path]:
-    """Start the private daemon with a config file of its own.
+    """Start the private daemon (see ``dockerd_path``) with a config file of its own.
 
     ``--config-file`` keeps the machine's /etc/docker/daemon.json out of the run and
     gives ``set_dockerd_debug`` a file to rewrite: ``debug`` is one of the settings
@@ -144,8 +160,9 @@ def start_dockerd(tmp: Path) -> tuple[Proc, Path]:
     """
     sock = tmp / "docker.sock"
     (tmp / "daemon.json").write_text("{}\n")
+    path = dockerd_path()
     argv = [
-        "dockerd",
+        shutil.which("dockerd", path=path) or "dockerd",
         "--config-file", str(tmp / "daemon.json"),
         "--data-root", str(tmp / "data"),
         "--exec-root", str(tmp / "exec"),
@@ -154,7 +171,7 @@ def start_dockerd(tmp: Path) -> tuple[Proc, Path]:
         "--bridge=none",
         "--iptables=false",
     ]  # fmt: skip
-    p = spawn("dockerd", argv, tmp)
+    p = spawn("dockerd", argv, tmp, env={**os.environ, "PATH": path})
     p.stop_timeout = 30.0
     wait_ping(p, sock, 60)
     return p, sock

@@ -1,8 +1,11 @@
-"""Fixtures: a private dockerd per session, the proxy in front of it.
+"""Fixtures: a private dockerd per release and session, the proxy in front of it.
 
-Daemon tests need root and ``dockerd``. Outside CI a machine without them
-skips those tests; in CI (``CI=true``) that is a failure, because a green run
-that never touched a daemon proves nothing.
+Daemon tests run once per release ``TEST_DOCKERD`` picks (see ``releases``):
+the session's ``dockerd`` fixture is parametrized by release, so pytest runs
+the tests of one daemon, stops it, then those of the next. They need root,
+the release's ``dockerd`` and the CLI plugins (buildx, compose v2). Outside
+CI a machine without them skips those tests; in CI (``CI=true``) that is a
+failure, because a green run that never touched a daemon proves nothing.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+import releases
+from releases import Unavailable
 from support import (
     BUSYBOX,
     LONG_STREAM_SECONDS,
@@ -32,6 +39,11 @@ from support import (
     start_proxy,
 )
 
+try:
+    RELEASES = releases.picked()
+except Unavailable as bad:
+    raise pytest.UsageError(str(bad)) from bad
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``daemon`` exactly the tests that reach the ``dockerd`` fixture, so
@@ -39,6 +51,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "dockerd" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.daemon)
+
+
+def pytest_report_collectionfinish(items: list[pytest.Item]) -> list[str]:
+    """The header: each daemon the selected tests run against, by version and
+    API version (checked against the daemon's own answer when it starts).
+    Printed after collection, so a run without daemon tests fetches nothing,
+    and at any verbosity, ``-q`` included."""
+    used = {_release_of(item) for item in items} - {None}
+    lines = []
+    for name in RELEASES:
+        if name not in used:
+            continue
+        try:
+            found = releases.release(name)
+            lines.append(f"dockerd {name}: {found.version()} (API {found.api})")
+        except (Unavailable, OSError, subprocess.CalledProcessError) as error:
+            lines.append(f"dockerd {name}: unavailable: {error}")
+    return lines
+
+
+def _release_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("dockerd")
+
+
+def need(what: str) -> NoReturn:
+    """A daemon test cannot run here: skipped on a developer's machine, failed in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"daemon tests need {what} (CI must run them)")
+    pytest.skip(f"daemon tests need {what}")
 
 
 @pytest.fixture
@@ -51,18 +93,31 @@ def silent(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def dockerd() -> Iterator[Dockerd]:
-    missing = []
+def cli_plugins() -> Iterator[Path]:
+    """A ``DOCKER_CONFIG`` for the whole session whose ``cli-plugins`` are
+    buildx and compose v2, as a user of today has them; ``~/.docker`` stays untouched."""
     if os.geteuid() != 0:
-        missing.append("root")
-    if shutil.which("dockerd") is None:
-        missing.append("dockerd on PATH")
-    if missing:
-        reason = "daemon tests need " + " and ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (CI must run them)")
-        pytest.skip(reason)
-    with private_dockerd("dhp-") as daemon:
+        need("root")
+    try:
+        plugins = releases.plugins()
+    except Unavailable as error:
+        need(f"the docker CLI plugins: {error}")
+    folder = Path(tempfile.mkdtemp(prefix="dhp-cli-"))
+    (folder / "cli-plugins").symlink_to(plugins)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCKER_CONFIG", str(folder))
+        yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=RELEASES)
+def dockerd(request: pytest.FixtureRequest, cli_plugins: Path) -> Iterator[Dockerd]:
+    """The session's daemon of one release (the parameter)."""
+    try:
+        release = releases.release(request.param)
+    except Unavailable as error:
+        need(f"dockerd {request.param}: {error}")
+    with private_dockerd("dhp-", release) as daemon:
         yield daemon
 
 
@@ -163,13 +218,25 @@ def long_events(proxy: Proxy, dockerd: Dockerd) -> Iterator[LongStream]:
         sock.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
+OPENED_LONG_STREAMS: set[str] = set()
+"""The releases whose ``long_events`` ``open_long_streams_first`` has seen to."""
+
+
+@pytest.fixture(autouse=True)
 def open_long_streams_first(request: pytest.FixtureRequest) -> None:
-    """Open ``long_events`` before the first test when a selected test uses it, so
-    its wait overlaps the whole session instead of extending it. No test moves:
-    ``-k`` and any order still work; a session that is shorter just waits at the
-    end. If the daemon is missing or broken this does nothing: the error is kept
-    for the tests that use it, and every other test still runs."""
-    if any("long_events" in getattr(item, "fixturenames", ()) for item in request.session.items):
+    """Open ``long_events`` at the first daemon test of each release when a
+    selected test of that release uses it, so its wait overlaps the release's
+    tests instead of extending them. No test moves: ``-k`` and any order still
+    work; a session that is shorter just waits at the end. If the daemon is
+    missing or broken this does nothing: the error is kept for the tests that
+    use it, and every other test still runs."""
+    name = _release_of(request.node)
+    if name is None or name in OPENED_LONG_STREAMS:
+        return
+    OPENED_LONG_STREAMS.add(name)
+    if any(
+        "long_events" in getattr(item, "fixturenames", ()) and _release_of(item) == name
+        for item in request.session.items
+    ):
         with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
             request.getfixturevalue("long_events")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from releases import Release
+
 from proxy.healing.core.healer import Healer, HealFailed
 from proxy.healing.sources.engine import Engine, EngineError
 from proxy.recipes.config import Config, parse_config
@@ -126,6 +128,7 @@ class Dockerd:
     root: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    release: Release
 
     @property
     def socket(self) -> str:
@@ -140,12 +143,13 @@ class Dockerd:
         return {**os.environ, "DOCKER_HOST": self.url}
 
     @classmethod
-    def start(cls, root: Path) -> Dockerd:
+    def start(cls, root: Path, release: Release) -> Dockerd:
+        """A dockerd of ``release`` on ``root``; its API version checked against the release's."""
         log_path = root / "dockerd.log"
         log = log_path.open("wb")
         proc = subprocess.Popen(
             [
-                "dockerd",
+                release.dockerd,
                 "--debug",
                 f"--data-root={root / 'data'}",
                 f"--exec-root={root / 'x'}",
@@ -157,11 +161,21 @@ class Dockerd:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "PATH": release.path},
         )
-        daemon = cls(root, proc, log_path)
+        daemon = cls(root, proc, log_path, release)
         wait_for(lambda: proc.poll() is not None or ping(daemon.socket), 60, "dockerd")
         if proc.poll() is not None:
             raise RuntimeError(f"dockerd exited: {log_path.read_text()[-2000:]}")
+        conn = UnixHTTPConnection(daemon.socket)
+        try:
+            conn.request("GET", "/version")
+            api = json.loads(conn.getresponse().read())["ApiVersion"]
+        finally:
+            conn.close()
+        if api != release.api:  # the header names release.api: it must be true
+            daemon.stop()
+            raise RuntimeError(f"dockerd {release.name} speaks API {api}, not {release.api}")
         return daemon
 
     def stop(self) -> None:
@@ -175,7 +189,9 @@ class Dockerd:
 
 
 def busybox_context(path: Path) -> Path:
-    """A build context FROM scratch with /bin/busybox: an image a prune takes whole."""
+    """A build context FROM scratch with /bin/busybox: an image a prune takes whole.
+
+    Its ``RUN`` needs ``--network=none`` under BuildKit: the daemon has no bridge."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy("/bin/busybox", path / "busybox")
     (path / "Dockerfile").write_text(
@@ -185,11 +201,11 @@ def busybox_context(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def private_dockerd(prefix: str) -> Iterator[Dockerd]:
+def private_dockerd(prefix: str, release: Release) -> Iterator[Dockerd]:
     """A dockerd of its own (one host) with the busybox base image; gone afterwards."""
     # Short: containerd's sockets live under the exec root, and paths are limited.
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    daemon = Dockerd.start(root)
+    daemon = Dockerd.start(root, release)
     try:
         build_busybox(daemon.env)
         yield daemon
@@ -200,7 +216,8 @@ def private_dockerd(prefix: str) -> Iterator[Dockerd]:
 
 def build_busybox(env: Mapping[str, str], tag: str = BUSYBOX) -> str:
     with tempfile.TemporaryDirectory() as ctx:
-        docker(["build", "-q", "-t", tag, str(busybox_context(Path(ctx)))], env=env)
+        context = str(busybox_context(Path(ctx)))
+        docker(["build", "-q", "--network=none", "-t", tag, context], env=env)
     return tag
 
 
@@ -470,6 +487,20 @@ def gated_tagging_script(path: Path, marker: Path, source: str, image: str, gate
     """``tagging_script`` that waits for the file ``gate`` first: a heal held open."""
     extra = f'while [ ! -e "{gate}" ]; do sleep 0.05; done\n'
     return tagging_script(path, marker, source, image, extra=extra)
+
+
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """The value of the proxy's sample ``name`` with ``labels`` (others may be
+    there too) on its metrics listener at ``port``; None when there is none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
 
 
 def free_port() -> int:

@@ -346,11 +346,11 @@ def _ends(sock: socket.socket) -> bool:
 
 
 def test_dockerd_killed_and_restarted_mid_streams_and_heal(
-    make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     """A daemon of its own: the session's must not die under other tests."""
     root = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))
-    daemon = Dockerd.start(root)
+    daemon = Dockerd.start(root, dockerd.release)
     proxy: Proxy | None = None
     try:
         build_busybox(daemon.env)
@@ -409,7 +409,7 @@ def test_dockerd_killed_and_restarted_mid_streams_and_heal(
             s.close()
         assert client.is_alive(), "the create waits for its heal, not for the daemon"
 
-        daemon = Dockerd.start(root)
+        daemon = Dockerd.start(root, dockerd.release)
         release.touch()
         client.join(60)
         assert outcome and outcome[0][0] == 201, (outcome, proxy.log()[-4000:])

@@ -83,11 +83,15 @@ def judge(direct: list[Answer], closed: bool, expected: int, stream: bytes) -> N
 
     ``expected`` is 2 for a framed request dockerd keeps the connection open
     after (its answer, then the sentinel's), 1 for one that closes, 0 for one
-    the proxy waits to finish (dockerd must wait too: no answer, no close).
-    A single Go refusal as the first answer also agrees: Go read nothing after
-    it, so nothing can ride past the proxy.
+    the proxy waits to finish (dockerd must wait too: no close, and no answer
+    but the request's own, which a handler that never reads its body, like
+    ``/_ping``'s, gives before the body ends). A single Go refusal as the
+    first answer also agrees: Go read nothing after it, so nothing can ride
+    past the proxy.
     """
     if len(direct) == 1 and go_refusal(direct[0]) and closed:
+        return
+    if expected == 0 and len(direct) == 1 and not is_sentinel(direct[0]) and not closed:
         return
     sentinel = expected < 2 or (len(direct) == 2 and is_sentinel(direct[1]))
     assert len(direct) == expected and closed == (expected > 0) and sentinel, (
@@ -104,6 +108,7 @@ _UNFINISHED = b"GET /_ping HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n
 
 
 @example(request=_UNFINISHED)
+@example(request=_UNFINISHED.replace(b"Host: d\r\n", b"Host: d\r\nConnection: close\r\n"))
 @example(request=_UNFINISHED.replace(b"Host: d\r\n", b""))
 @example(request=_TE_ON_HTTP10)
 @example(request=SMUGGLED % (len(SMUGGLED_PAYLOADS[0]), SMUGGLED_PAYLOADS[0]))
@@ -132,11 +137,11 @@ def test_proxy_refuses_or_frames_like_dockerd(
         return
     # Unfinished even with the sentinel read as body (a large chunk size, say):
     # both wait for the rest; that silence is bounded by a short read deadline.
-    got, closed = exchange(dockerd.socket, request + SENTINEL, 1)
+    got, direct_closed = exchange(dockerd.socket, request + SENTINEL, 1)
     direct = answers(got)
-    judge(direct, closed, 0, request)
+    judge(direct, direct_closed, 0, request)
     got, closed = exchange(proxy.socket, request + SENTINEL, 1)
-    assert statuses(answers(got)) == statuses(direct) and closed == bool(direct), request
+    assert statuses(answers(got)) == statuses(direct) and closed == direct_closed, request
 
 
 _PREFIXES = ["", "/v1.41", "/v1.41.0", "/v1.41.0.0", "/v1.41.", "/v.", "/v1", "/v01.41", "/V1.41"]

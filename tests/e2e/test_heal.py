@@ -65,7 +65,7 @@ def test_seed_heals_base_then_group_once_for_20_concurrent_runs(
     # log: the group build must come after it, i.e. after the base was done.
     script = write_script(
         tmp_path / "build-base.sh",
-        f'set -e\necho run >> "{marker}"\ndocker build -q -t {base} "{basectx}"\n'
+        f'set -e\necho run >> "{marker}"\ndocker build -q --network=none -t {base} "{basectx}"\n'
         f"docker volume ls -q --filter label={done}\n",
     )
     agentctx = tmp_path / "agentctx"
@@ -89,7 +89,7 @@ args = {{ GROUP = "{{group}}" }}
     )
     try:
         # Made once directly, then lost the way a host loses it.
-        docker(["build", "-q", "-t", base, str(basectx)], env=dockerd.env)
+        docker(["build", "-q", "--network=none", "-t", base, str(basectx)], env=dockerd.env)
         docker(
             ["build", "-q", "-t", group, "-f", str(agentctx / "Dockerfile.g1"), str(agentctx)],
             env=dockerd.env,

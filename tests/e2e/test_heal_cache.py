@@ -47,7 +47,7 @@ REPOSITORY = "heal-cache"
 @pytest.fixture(scope="module")
 def host_b(dockerd: Dockerd) -> Iterator[Dockerd]:
     """A second host: a dockerd of its own, with its own data root."""
-    with private_dockerd("dhb-") as daemon:
+    with private_dockerd("dhb-", dockerd.release) as daemon:
         yield daemon
 
 

@@ -361,7 +361,10 @@ def test_everyday_cli_commands_through_the_proxy(
     tag = f"127.0.0.1:1/dhp/cli-tag:{name}"
     try:
         docker(["tag", BUSYBOX, tag], env=env)
-        cid = docker(["create", "--name", name, "--label", "dhp=cli", tag, "sleep", "30"], env=env)
+        # No network, as everywhere here: the daemon has no bridge, and 26
+        # refuses a rename of a container on the missing default network.
+        argv = ["create", "--name", name, "--network=none", "--label", "dhp=cli", tag]
+        cid = docker([*argv, "sleep", "30"], env=env)
         cid_text = cid.stdout.decode().strip()
         docker(["start", name], env=env)
         running = docker(["inspect", "-f", "{{.State.Running}}", name], env=env).stdout

@@ -17,10 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Dockerd,
     FakeDaemon,
@@ -40,6 +38,7 @@ from support import (
     line_count,
     log_problems,
     log_size,
+    metric,
     parse_workers,
     ping,
     proxy_cli,
@@ -53,16 +52,6 @@ from support import (
 
 HEAL_TIME = 120
 """Seconds a test gives a proactive heal: the debounce (5s) plus a busybox build."""
-
-
-def metric(port: int, name: str, **labels: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
 
 
 def metrics_args(port: int) -> list[str]:
@@ -91,7 +80,10 @@ def seed_chain(tmp_path: Path) -> tuple[str, str, Path, str]:
     basectx = busybox_context(tmp_path / "basectx")
     script = write_script(
         tmp_path / "build-base.sh",
-        f'set -e\necho run >> "{marker}"\ndocker build -q -t {base} "{basectx}"\n',
+        # The classic builder: the test reads the order of the builds off
+        # dockerd's POST /build lines, which a BuildKit build does not send.
+        f'set -e\necho run >> "{marker}"\n'
+        f'DOCKER_BUILDKIT=0 docker build -q -t {base} "{basectx}"\n',
     )
     agentctx = tmp_path / "agentctx"
     agentctx.mkdir()
@@ -187,14 +179,14 @@ def test_an_unmanaged_delete_heals_nothing_and_a_managed_one_heals_once(
 
 
 def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
-    make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     """The proxy's stream is down while the image goes: the daemon is stopped,
     started on another socket (same data) to remove the image, stopped, and
     started again where the proxy looks. No event of the removal ever reaches
     the proxy; the reconcile after the reconnect must find it."""
     root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
-    daemon = Dockerd.start(root)
+    daemon = Dockerd.start(root, dockerd.release)
     side: Dockerd | None = None
     try:
         build_busybox(daemon.env)
@@ -218,12 +210,12 @@ def test_a_prune_while_dockerd_restarts_is_healed_after_the_reconnect(
             # The same data root behind another socket: the proxy cannot see this.
             side_root = Path(tempfile.mkdtemp(prefix="dhr-", dir="/tmp"))
             (side_root / "data").symlink_to(root / "data")
-            side = Dockerd.start(side_root)
+            side = Dockerd.start(side_root, dockerd.release)
             remove(side.env, image)
             side.stop()
             side = None
             shutil.rmtree(side_root, ignore_errors=True)
-            daemon = Dockerd.start(root)
+            daemon = Dockerd.start(root, dockerd.release)
             wait_for(lambda: ping(daemon.socket), 30, "dockerd again")
 
             wait_for(lambda: image_exists(daemon.env, image), HEAL_TIME, "the image to return")

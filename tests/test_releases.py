@@ -1,0 +1,60 @@
+"""Where the trixie packages come from: the machine's own apt sources, read as apt reads them."""
+
+from __future__ import annotations
+
+import pytest
+from releases import Unavailable, find_mirror
+
+SECURITY = """Types: deb
+URIs: http://security.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+MAIN = """Types: deb
+# a comment inside the stanza
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+def test_the_main_archive_of_the_release_is_found_in_deb822_past_other_suites() -> None:
+    found = find_mirror([("debian.sources", SECURITY + "\n" + MAIN)], "bookworm")
+    assert found == (
+        "http://mirror.example/debian",
+        "/usr/share/keyrings/debian-archive-keyring.gpg",
+    )
+
+
+def test_one_line_entries_with_and_without_options() -> None:
+    text = (
+        "# deb http://old.example/debian bookworm main\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://a.example/debian bookworm main\n"
+    )
+    assert find_mirror([("sources.list", text)], "bookworm") == (
+        "http://a.example/debian",
+        "/k.gpg",
+    )
+    plain = "deb http://b.example/debian bookworm main non-free\n"
+    assert find_mirror([("x.list", plain)], "bookworm") == ("http://b.example/debian", None)
+
+
+def test_disabled_stanzas_files_and_inline_keys() -> None:
+    disabled = MAIN.replace("Types: deb\n", "Types: deb\nEnabled: no\n")
+    inline = MAIN.replace(
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        "Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n abc\n",
+    )
+    sources = [
+        ("debian.sources", disabled),
+        ("other.sources.disabled-by-farm", MAIN),
+        ("inline.sources", inline),
+    ]
+    assert find_mirror(sources, "bookworm") == ("http://mirror.example/debian", None)
+
+
+def test_no_entry_for_the_release_says_so() -> None:
+    with pytest.raises(Unavailable, match="no deb entry for suite 'bookworm'"):
+        find_mirror([("debian.sources", SECURITY)], "bookworm")
