@@ -169,10 +169,22 @@ def _fields(item: Recipe | ConcreteRecipe, build: BuildSpec | None) -> list[tupl
         fields.append(("inputs", " ".join(item.inputs)))
     if item.cache:
         fields.append(("cached", "yes: tries [heal] cache before running"))
+    recipe = item if isinstance(item, Recipe) else item.recipe
+    if recipe.rebuild_when == "stale":
+        sources = "its archive" if item.kind == "load" else "its inputs"
+        fields.append(("rebuilt", f"when stale: {sources} or a managed base changed"))
+        fields.append(("on stale", _ON_STALE[recipe.on_stale]))
     fields.append(("timeout", format_duration(item.timeout)))
     if isinstance(item, Recipe) and item.proactive:
         fields.append(("proactive", "yes: healed right after a prune"))
     return fields
+
+
+_ON_STALE = {
+    "rebuild": "rebuild first; if that fails, run the old image",
+    "strict": "rebuild first; if that fails, the create fails",
+    "background": "run the old image at once and rebuild behind it",
+}
 
 
 def _build(build: BuildSpec) -> str:
