@@ -43,17 +43,18 @@ def load(state_dir: Path) -> TagMemory:
         return TagMemory()
 
 
-def save(state_dir: Path, text: str) -> None:
-    """Write ``text`` (a ``TagMemory.dumps``) atomically and durably; raises OSError."""
+def save(state_dir: Path, text: str, name: str = FILE_NAME) -> None:
+    """Write ``text`` (a ``TagMemory.dumps``, or another file of ``state_dir``
+    kept the same way) atomically and durably; raises OSError."""
     with _saving:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, temporary = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=state_dir)
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=state_dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temporary, state_dir / FILE_NAME)
+            os.replace(temporary, state_dir / name)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)

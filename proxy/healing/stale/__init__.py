@@ -8,16 +8,16 @@ it, or when one of its managed bases was rebuilt (or is stale) since.
 ``decision`` is the rule, pure: from the tag's image id, the record of that
 id, the sources' current state and the same facts about its bases, it says
 fresh, stale (and why), or what it still needs to know. ``records`` is the
-image id -> (inputs hash, base ids) memory, ``recordfile`` its file in
-``state_dir``. ``tagmap`` is the tag -> image id map kept from the daemon's
-image events. ``sources`` keeps each watched tag's input files hashed,
-file by file; ``inputwatch`` feeds it from ``watchfiles`` and a periodic
-rescan. ``tracker`` owns them all for the life of the process, and is what
-the create path and the healer ask: its answers come from memory, so a
-create of a fresh image costs no daemon round trip and no file I/O.
+image id -> (inputs hash, base ids) memory, ``tagmap`` the tag -> image id
+map kept from the daemon's image events, and ``inputwatch`` keeps each
+watched tag's input files hashed, file by file, from ``watchfiles`` events
+and a periodic rescan. ``tracker`` owns them all for the life of the
+process and is what the create path and the healer ask: its answers come
+from memory, so a create of a fresh image costs no daemon round trip and no
+file I/O.
 
 Pure: ``decision``, ``records``, ``tagmap``.
 
 May import: ``proxy.recipes`` and the healing modules it names (``inputs``,
-``engine``, ``memoryfile``, ``statefiles``). Never ``proxy.service``.
+``engine``, ``memoryfile``). Never ``proxy.service``.
 """

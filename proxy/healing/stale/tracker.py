@@ -1,0 +1,327 @@
+"""Stale mode for the life of the process: what is stale now, from memory.
+
+Rules:
+- Only while some entry has ``rebuild_when = "stale"``; otherwise nothing
+  is watched, listed or recorded, and ``judge`` says fresh.
+- ``decide(tag)`` answers from memory (the tag map, the records, the hashes
+  the input watch keeps): a create of a present, fresh image costs no daemon
+  round trip and no file I/O. ``judge(tag)`` completes what memory lacks:
+  one inspect while the tag map is dirty, one inspect (for ``Created``) to
+  adopt an image the proxy did not make, or the wait for a first hash.
+- The tags watched are every placeholder-free ``match`` of a stale-mode
+  entry, and each tag the daemon has that a stale-mode template matches
+  first (``app:{group}``: the groups that exist). Each is watched with its
+  own filled-in sources.
+- ``made`` records what a heal or rebuild made, from the sources hashed
+  *before* its recipe ran (``before``). The records are written to
+  ``state_dir`` at once (a rebuild is rare; losing its record would make
+  the image look hand-built), through ``memoryfile.save``'s atomic write.
+- The tag map is relisted off the loop after an event that names no tag
+  (``tagmap``), at start and when the event stream comes back.
+- ``on_inputs_changed(tag)`` runs when a watched tag's sources changed, for
+  proactive rebuilds; ``failures`` keeps why the last stale rebuild of a
+  tag failed, for ``status``.
+
+Theory of operation: one object on one loop; its tasks are the input
+watch's and a relist task started on demand (one at a time, again if
+dirtied meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ...recipes.config import Config
+from ...recipes.patterns import Pattern, find_recipe, instantiate
+from ...recipes.reference import InvalidReference, normalize
+from .. import memoryfile
+from ..engine import Engine, EngineError
+from .decision import Decision, Fresh, Sources, Stale, Unknown, adopt, created_seconds, decide, made
+from .inputwatch import InputWatch, Target
+from .records import ImageRecord, RecordStore
+from .tagmap import TagMap
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "image-records.json"
+JUDGE_STEPS = 8
+"""Facts ``judge`` may fetch for one answer: a tag and a few bases."""
+
+
+def enabled(config: Config) -> bool:
+    return any(recipe.rebuild_when == "stale" for recipe in config.recipes)
+
+
+def load(state_dir: Path) -> RecordStore:
+    path = state_dir / FILE_NAME
+    try:
+        return RecordStore.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return RecordStore()
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read image records from %s, starting empty: %s", path, exc)
+        return RecordStore()
+
+
+class StaleTracker:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        engine: Engine,
+        state_dir: Path,
+        on_inputs_changed: Callable[[str], None] = lambda tag: None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.state_dir = state_dir
+        self.on_inputs_changed = on_inputs_changed
+        self.tags = TagMap()
+        self.records = RecordStore()
+        self.watch = InputWatch(self._changed, config().heal.inputs_rescan)
+        self.failures: dict[str, str] = {}
+        """Why the last stale rebuild of a tag failed; cleared by one that worked."""
+        self._relist: asyncio.Task[None] | None = None
+        self._retargets: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    # -- the facts decision asks for --------------------------------------------
+
+    def image_id(self, tag: str) -> str | None:
+        return self.tags.image_id(tag)
+
+    def record(self, image_id: str) -> ImageRecord | None:
+        return self.records.get(image_id)
+
+    def sources(self, tag: str) -> Sources | None:
+        return self.watch.sources.get(tag)
+
+    def stale_mode(self, tag: str) -> bool:
+        found = find_recipe(self.config().recipes, tag)
+        return found is not None and found[0].rebuild_when == "stale"
+
+    # -- what the healer, the create path and status ask ------------------------
+
+    def decide(self, tag: str) -> Decision:
+        """From memory only; ``Fresh`` for a tag not in stale mode."""
+        if not self.stale_mode(tag):
+            return Fresh()
+        return decide(tag, self)
+
+    async def judge(self, tag: str) -> Decision:
+        """``decide``, with what memory lacks fetched (see the rules)."""
+        for _ in range(JUDGE_STEPS):
+            found = self.decide(tag)
+            if not isinstance(found, Unknown):
+                return found
+            try:
+                await self._learn(found)
+            except EngineError as exc:
+                return Fresh(note=f"cannot tell whether {found.tag} is stale: {exc}")
+        return Fresh(note=f"cannot tell whether {tag} is stale yet")
+
+    async def _learn(self, unknown: Unknown) -> None:
+        tag = unknown.tag
+        if unknown.need == "hash":
+            if tag not in self.watch.targets:
+                await self._retarget(extra=(tag,))
+            await self.watch.settled(tag)
+            return
+        found = await self.engine.inspect(tag)
+        image_id = str(found["Id"]) if found is not None else ""
+        self.tags.set(tag, image_id)
+        if unknown.need == "adopt" and found is not None:
+            await self._adopt(tag, image_id, str(found.get("Created", "")))
+
+    async def _adopt(self, tag: str, image_id: str, created: str) -> None:
+        sources = await self.watch.fresh(tag) if tag in self.watch.targets else None
+        if sources is None:
+            await self._retarget(extra=(tag,))
+            sources = await self.watch.settled(tag)
+        if sources is None or sources.error is not None:
+            return  # decide says why, from the sources
+        try:
+            seconds = created_seconds(created)
+        except ValueError:
+            seconds = 0.0  # no usable time: only a rebuild can vouch for it
+        record = adopt(seconds, sources, self._base_ids(tag), time.time())
+        log.info(
+            "stale mode: adopted %s (%s) %s",
+            tag,
+            image_id[:19],
+            f"as stale: {record.reason}" if record.reason else "as fresh",
+        )
+        await self._put(image_id, record)
+
+    def _base_ids(self, tag: str) -> dict[str, str]:
+        """The managed bases of ``tag`` known to the tag map, with their ids now.
+
+        The record of its previous image names them; a first one has none yet.
+        """
+        image_id = self.tags.ids.get(tag, "")
+        previous = self.records.get(image_id) if image_id else None
+        bases = previous.bases if previous is not None else {}
+        return {base: self.tags.ids[base] for base in bases if self.tags.ids.get(base)}
+
+    async def made(self, tag: str, before: Sources | None, bases: Mapping[str, str]) -> None:
+        """A heal or rebuild made ``tag`` from ``before`` on ``bases`` (tag -> id)."""
+        if before is None or before.error is not None or not self.stale_mode(tag):
+            return
+        try:
+            found = await self.engine.inspect(tag)
+        except EngineError as exc:
+            log.warning("stale mode: cannot record what %s is now: %s", tag, exc)
+            return
+        if found is None:
+            return
+        image_id = str(found["Id"])
+        self.tags.set(tag, image_id)
+        self.failures.pop(tag, None)
+        await self._put(image_id, made(before, bases, time.time()))
+        if tag not in self.watch.targets:
+            await self._retarget()
+
+    async def base_ids(self, bases: list[str]) -> dict[str, str]:
+        """The image ids of ``bases`` now (one inspect each), for ``made``."""
+        ids: dict[str, str] = {}
+        for base in bases:
+            try:
+                found = await self.engine.inspect(base)
+            except EngineError:
+                continue
+            if found is not None:
+                ids[base] = str(found["Id"])
+        return ids
+
+    async def before(self, tag: str) -> Sources | None:
+        """A stale-mode tag's sources hashed whole, now: before (and after) a recipe."""
+        if not self.stale_mode(tag):
+            return None
+        if tag not in self.watch.targets:
+            await self._retarget(extra=(tag,))
+        return await self.watch.fresh(tag)
+
+    def failed(self, tag: str, reason: str) -> None:
+        self.failures[tag] = reason
+
+    def stale(self) -> dict[str, str]:
+        """Each watched tag that is stale now, and why (from memory)."""
+        found: dict[str, str] = {}
+        for tag in sorted(self.watch.targets):
+            decision = self.decide(tag)
+            if isinstance(decision, Stale):
+                found[tag] = decision.reason
+        return found
+
+    def view(self) -> dict[str, Any]:
+        problems = {
+            tag: s.error for tag, s in sorted(self.watch.sources.items()) if s.error is not None
+        }
+        return {
+            "enabled": enabled(self.config()),
+            "watched": sorted(self.watch.targets),
+            "stale": self.stale(),
+            "inputs_problems": problems,
+            "failed_rebuilds": dict(sorted(self.failures.items())),
+            "tag_map": "relisting" if self.tags.dirty else "current",
+            "records": len(self.records.records),
+        }
+
+    # -- events, lifecycle --------------------------------------------------------
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        """One image event from the stream the proxy follows."""
+        if not self._started:
+            return
+        known = set(self.tags.ids)
+        if self.tags.event(event):
+            self._relist_soon()
+        elif set(self.tags.ids) - known:
+            task = asyncio.get_running_loop().create_task(self._retarget())
+            self._retargets.add(task)
+            task.add_done_callback(self._retargets.discard)
+
+    def connected(self) -> None:
+        """The event stream (re)opened: what happened meanwhile is unknown."""
+        if self._started:
+            self.tags.dirty = True
+            self.tags.generation += 1
+            self._relist_soon()
+
+    async def start(self) -> None:
+        self.records = await asyncio.to_thread(load, self.state_dir)
+        self.watch.start()
+        self._started = True
+        await self.reconfigure()
+
+    async def reconfigure(self) -> None:
+        """After a reload: the rescan period and the tags to watch."""
+        self.watch.rescan = self.config().heal.inputs_rescan
+        if enabled(self.config()):
+            self._relist_soon()
+        await self._retarget()
+
+    async def stop(self) -> None:
+        self._started = False
+        tasks = [*self._retargets, *([self._relist] if self._relist is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.watch.stop()
+
+    def _relist_soon(self) -> None:
+        if self._relist is None or self._relist.done():
+            self._relist = asyncio.get_running_loop().create_task(self._relisting())
+
+    async def _relisting(self) -> None:
+        while self.tags.dirty and enabled(self.config()):
+            generation = self.tags.listing()
+            try:
+                images = await self.engine.list_images()
+            except EngineError as exc:
+                log.warning("stale mode: cannot list images: %s", exc)
+                return  # until the next event or reconnection; judge inspects meanwhile
+            self.tags.listed(images, generation)
+        await self._retarget()
+
+    def targets(self, extra: tuple[str, ...] = ()) -> dict[str, Target]:
+        """Each stale-mode tag to watch, with its filled-in sources."""
+        recipes = self.config().recipes
+        if not enabled(self.config()):
+            return {}
+        tags = {
+            normalize(recipe.match)
+            for recipe in recipes
+            if recipe.rebuild_when == "stale" and not Pattern.compile(recipe.match).is_template
+        }
+        tags.update(tag for tag in (*self.tags.ids, *extra) if self.stale_mode(tag))
+        found: dict[str, Target] = {}
+        for tag in tags:
+            match = find_recipe(recipes, tag)
+            if match is None:
+                continue
+            try:
+                found[tag] = instantiate(match[0], tag, match[1]).sources
+            except InvalidReference:
+                continue
+        return found
+
+    async def _retarget(self, extra: tuple[str, ...] = ()) -> None:
+        await self.watch.track(self.targets(extra))
+
+    def _changed(self, tag: str) -> None:
+        self.on_inputs_changed(tag)
+
+    async def _put(self, image_id: str, record: ImageRecord) -> None:
+        self.records.put(image_id, record)
+        try:
+            await asyncio.to_thread(
+                memoryfile.save, self.state_dir, self.records.dumps(), FILE_NAME
+            )
+            self.records.dirty = False
+        except OSError as exc:
+            log.warning("cannot save image records in %s: %s", self.state_dir, exc)
