@@ -9,6 +9,7 @@ Rules:
   a tag now has. Each of those makes the map dirty: it is relisted (off the
   loop), and until then ``image_id`` answers None (not known) for every tag,
   so a create of a stale-mode tag does one inspect rather than trust it.
+  What that inspect found holds until the next event that dirties the map.
 - The map starts dirty: nothing is known before the first listing.
 - A listing is a snapshot begun at one moment. Events that arrive while it
   is under way are kept and applied again on top of it, and one that made
@@ -51,10 +52,12 @@ class TagMap:
     generation: int = 0
     """Counts the events that made the map dirty."""
     _since_listing: list[tuple[str, str]] = field(default_factory=list)
+    _confirmed: set[str] = field(default_factory=set)
+    """Tags set since the map was last dirtied: known even while it is."""
 
     def image_id(self, tag: str) -> str | None:
         """The id ``tag`` points to, "" if none, None while the map is dirty."""
-        if self.dirty:
+        if self.dirty and tag not in self._confirmed:
             return None
         return self.ids.get(tag, "")
 
@@ -70,10 +73,15 @@ class TagMap:
                 self._since_listing.append(found)
             return False
         if action in DIRTYING:
-            self.dirty = True
-            self.generation += 1
+            self.dirtied()
             return True
         return False
+
+    def dirtied(self) -> None:
+        """Something moved that no event named: nothing is known until relisted."""
+        self.dirty = True
+        self.generation += 1
+        self._confirmed.clear()
 
     def listing(self) -> int:
         """A listing begins: the generation to hand back to ``listed``."""
@@ -90,11 +98,19 @@ class TagMap:
                     ids[normalize(tag)] = str(image_id)
                 except InvalidReference:
                     continue  # "<none>:<none>" on old daemons
-        ids.update(self._since_listing)
+        for tag, image_id in self._since_listing:
+            if image_id:
+                ids[tag] = image_id
+            else:
+                ids.pop(tag, None)
         self.ids = ids
         self.dirty = self.generation != generation
 
     def set(self, tag: str, image_id: str) -> None:
         """What a heal made or an inspect found ``tag`` to be now."""
-        self.ids[tag] = image_id
+        if image_id:
+            self.ids[tag] = image_id
+        else:
+            self.ids.pop(tag, None)
+        self._confirmed.add(tag)
         self._since_listing.append((tag, image_id))

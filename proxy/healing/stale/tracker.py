@@ -248,8 +248,7 @@ class StaleTracker:
     def connected(self) -> None:
         """The event stream (re)opened: what happened meanwhile is unknown."""
         if self._started:
-            self.tags.dirty = True
-            self.tags.generation += 1
+            self.tags.dirtied()
             self._relist_soon()
 
     async def start(self) -> None:

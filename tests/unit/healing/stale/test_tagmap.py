@@ -66,3 +66,14 @@ def test_other_events_and_odd_ones_change_nothing() -> None:
     assert not tags.event(tag_event("Not Valid", "sha256:1"))
     assert not tags.event({"Type": "image", "Action": "save"})
     assert tags.ids == {} and not tags.dirty
+
+
+def test_an_inspect_while_dirty_answers_for_its_tag_until_the_next_dirtying_event() -> None:
+    tags = TagMap()
+    tags.set(APP, "sha256:1")
+    assert tags.image_id(APP) == "sha256:1"
+    assert tags.image_id("docker.io/library/other:latest") is None
+    tags.event({"Type": "image", "Action": "delete", "Actor": {"ID": "sha256:1"}})
+    assert tags.image_id(APP) is None
+    tags.set(APP, "")
+    assert tags.image_id(APP) == "" and APP not in tags.ids
