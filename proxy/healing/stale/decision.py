@@ -30,7 +30,7 @@ tracker answers from its memory and the tests from dicts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -44,10 +44,11 @@ class Sources:
 
     entries: Entries
     error: str | None = None
+    hash: str = field(init=False, compare=False)
+    """Taken once here: a create compares it, and must not hash on the way."""
 
-    @property
-    def hash(self) -> str:
-        return tree_hash(self.entries)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash", tree_hash(self.entries))
 
 
 @dataclass(frozen=True)

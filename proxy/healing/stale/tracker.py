@@ -241,9 +241,7 @@ class StaleTracker:
         if self.tags.event(event):
             self._relist_soon()
         elif set(self.tags.ids) - known:
-            task = asyncio.get_running_loop().create_task(self._retarget())
-            self._retargets.add(task)
-            task.add_done_callback(self._retargets.discard)
+            self._retarget_soon()
 
     def connected(self) -> None:
         """The event stream (re)opened: what happened meanwhile is unknown."""
@@ -255,14 +253,16 @@ class StaleTracker:
         self.records = await asyncio.to_thread(load, self.state_dir)
         self.watch.start()
         self._started = True
-        await self.reconfigure()
-
-    async def reconfigure(self) -> None:
-        """After a reload: the rescan period and the tags to watch."""
-        self.watch.rescan = self.config().heal.inputs_rescan
         if enabled(self.config()):
             self._relist_soon()
         await self._retarget()
+
+    def reconfigure(self) -> None:
+        """After a reload: the rescan period, the tags to watch, a fresh listing."""
+        self.watch.rescan = self.config().heal.inputs_rescan
+        self.tags.dirtied()
+        self._relist_soon()
+        self._retarget_soon()
 
     async def stop(self) -> None:
         self._started = False
@@ -308,6 +308,11 @@ class StaleTracker:
             except InvalidReference:
                 continue
         return found
+
+    def _retarget_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._retarget())
+        self._retargets.add(task)
+        task.add_done_callback(self._retargets.discard)
 
     async def _retarget(self, extra: tuple[str, ...] = ()) -> None:
         await self.watch.track(self.targets(extra))
