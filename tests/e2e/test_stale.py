@@ -69,7 +69,8 @@ def build_context(folder: Path, message: str = "v1", base: str = BUSYBOX) -> Pat
     (folder / "src").mkdir(parents=True, exist_ok=True)
     (folder / "src" / "msg").write_text(message + "\n")
     (folder / "data").mkdir(exist_ok=True)
-    (folder / "Dockerfile").write_text(f"FROM {base}\nCOPY src/msg /msg\n")
+    # The label keeps other tests' build cache out: a cache hit has an older Created.
+    (folder / "Dockerfile").write_text(f"FROM {base}\nLABEL test={folder}\nCOPY src/msg /msg\n")
     return folder
 
 

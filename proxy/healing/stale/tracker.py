@@ -12,12 +12,18 @@ Rules:
   entry, and each tag the daemon has that a stale-mode template matches
   first (``app:{group}``: the groups that exist). Each is watched with its
   own filled-in sources.
+- An adoption never replaces a record: a heal that made the image records
+  it while its tag event may already be adopting it, and the heal knows
+  (a build cache hit has an old ``Created``).
 - ``made`` records what a heal or rebuild made, from the sources hashed
   *before* its recipe ran (``before``). The records are written to
   ``state_dir`` at once (a rebuild is rare; losing its record would make
   the image look hand-built), through ``memoryfile.save``'s atomic write.
 - The tag map is relisted off the loop after an event that names no tag
-  (``tagmap``), at start and when the event stream comes back.
+  (``tagmap``), at start and when the event stream comes back. After each
+  listing, and each tag event that moved a watched tag, what is not known
+  about the watched tags is learnt (an adoption, say), so ``status`` and
+  the ``stale_images`` gauge are right before anyone runs the image.
 - ``on_inputs_changed(tag)`` runs when a watched tag's sources changed, for
   proactive rebuilds; ``failures`` keeps why the last stale rebuild of a
   tag failed, for ``status``.
@@ -149,6 +155,8 @@ class StaleTracker:
         except ValueError:
             seconds = 0.0  # no usable time: only a rebuild can vouch for it
         record = adopt(seconds, sources, self._base_ids(tag), time.time())
+        if self.records.get(image_id) is not None:
+            return  # a heal recorded it meanwhile: it knows better than a Created time
         log.info(
             "stale mode: adopted %s (%s) %s",
             tag,
@@ -237,11 +245,11 @@ class StaleTracker:
         """One image event from the stream the proxy follows."""
         if not self._started:
             return
-        known = set(self.tags.ids)
+        before = dict(self.tags.ids)
         if self.tags.event(event):
             self._relist_soon()
-        elif set(self.tags.ids) - known:
-            self._retarget_soon()
+        elif self.tags.ids != before:
+            self._retarget_soon()  # a new tag to watch, or a watched one moved
 
     def connected(self) -> None:
         """The event stream (re)opened: what happened meanwhile is unknown."""
@@ -315,7 +323,13 @@ class StaleTracker:
         task.add_done_callback(self._retargets.discard)
 
     async def _retarget(self, extra: tuple[str, ...] = ()) -> None:
+        """Watch what is to be watched, and learn what the watched tags are now:
+        an image first seen (tagged by hand, loaded) is adopted here, off any
+        create, so ``status`` can say it is stale before anyone runs it."""
         await self.watch.track(self.targets(extra))
+        for tag in sorted(self.watch.targets):
+            if isinstance(self.decide(tag), Unknown) and not self.tags.dirty:
+                await self.judge(tag)
 
     def _changed(self, tag: str) -> None:
         self.on_inputs_changed(tag)
