@@ -137,7 +137,7 @@ def adopt(created: float, sources: Sources, bases: Mapping[str, str], now: float
     files = {path: file_key(entry) for path, entry in sources.entries.items()}
     newer = sorted(path for path, entry in sources.entries.items() if entry.mtime > created)
     reason = f"built before {newer[0]} last changed (adopted stale)" if newer else ""
-    return ImageRecord("" if newer else sources.hash, files, dict(bases), now, reason)
+    return ImageRecord("" if newer else sources.hash, files, dict(bases), now, reason, True)
 
 
 def made(sources: Sources, bases: Mapping[str, str], now: float) -> ImageRecord:

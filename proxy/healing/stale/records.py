@@ -50,6 +50,8 @@ class ImageRecord:
     """Wall-clock time of the record."""
     reason: str = ""
     """Why an adopted image is stale; empty for any other."""
+    adopted: bool = False
+    """Built by someone else, judged by its ``Created`` time."""
 
     def view(self) -> dict[str, Any]:
         data: dict[str, Any] = {"inputs": self.inputs, "bases": dict(self.bases), "made": self.made}
@@ -57,6 +59,8 @@ class ImageRecord:
             data["files"] = dict(self.files)
         if self.reason:
             data["reason"] = self.reason
+        if self.adopted:
+            data["adopted"] = True
         return data
 
 
@@ -116,12 +120,15 @@ def _record(raw: object) -> ImageRecord:
     if not isinstance(raw, dict):
         raise ValueError("a record is not an object")
     made, inputs, reason = raw.get("made"), raw.get("inputs"), raw.get("reason", "")
+    adopted = raw.get("adopted", False)
     if (
         not isinstance(made, int | float)
         or isinstance(made, bool)
         or not isinstance(inputs, str)
         or not isinstance(reason, str)
+        or not isinstance(adopted, bool)
     ):
         raise ValueError("a record lacks its inputs hash or time")
     files = _strings(raw["files"]) if "files" in raw else None
-    return ImageRecord(inputs, files, _strings(raw.get("bases", {})), float(made), reason)
+    bases = _strings(raw.get("bases", {}))
+    return ImageRecord(inputs, files, bases, float(made), reason, adopted)

@@ -48,7 +48,7 @@ from ...recipes.reference import InvalidReference, normalize
 from .. import memoryfile
 from ..engine import Engine, EngineError
 from .decision import Decision, Fresh, Sources, Stale, Unknown, adopt, created_seconds, decide, made
-from .inputwatch import InputWatch, Target
+from .inputwatch import InputWatch, Target, hash_whole
 from .records import ImageRecord, RecordStore
 from .tagmap import TagMap
 
@@ -94,6 +94,8 @@ class StaleTracker:
         self._relist: asyncio.Task[None] | None = None
         self._retargets: set[asyncio.Task[None]] = set()
         self._started = False
+        self.persist = True
+        """False for ``check``, which looks and must change nothing."""
 
     # -- the facts decision asks for --------------------------------------------
 
@@ -229,10 +231,16 @@ class StaleTracker:
         problems = {
             tag: s.error for tag, s in sorted(self.watch.sources.items()) if s.error is not None
         }
+        adopted = {}
+        for tag in sorted(self.watch.targets):
+            record = self.records.get(self.tags.ids.get(tag, ""))
+            if record is not None and record.adopted:
+                adopted[tag] = f"stale: {record.reason}" if record.reason else "fresh"
         return {
             "enabled": enabled(self.config()),
             "watched": sorted(self.watch.targets),
             "stale": self.stale(),
+            "adopted": adopted,
             "inputs_problems": problems,
             "failed_rebuilds": dict(sorted(self.failures.items())),
             "tag_map": "relisting" if self.tags.dirty else "current",
@@ -336,6 +344,8 @@ class StaleTracker:
 
     async def _put(self, image_id: str, record: ImageRecord) -> None:
         self.records.put(image_id, record)
+        if not self.persist:
+            return
         try:
             await asyncio.to_thread(
                 memoryfile.save, self.state_dir, self.records.dumps(), FILE_NAME
@@ -343,3 +353,16 @@ class StaleTracker:
             self.records.dirty = False
         except OSError as exc:
             log.warning("cannot save image records in %s: %s", self.state_dir, exc)
+
+
+async def judge_now(config: Config, engine: Engine, state_dir: Path, tag: str) -> Decision:
+    """What a running proxy would decide for ``tag``, from the daemon, the records
+    in ``state_dir`` and the files as they are now; writes nothing (``check``)."""
+    tracker = StaleTracker(lambda: config, engine, state_dir)
+    tracker.persist = False
+    tracker.records = await asyncio.to_thread(load, state_dir)
+    tracker.tags.listed(await engine.list_images(), tracker.tags.listing())
+    tracker.watch.targets = tracker.targets((tag,))
+    for watched, target in tracker.watch.targets.items():
+        tracker.watch.sources[watched] = await asyncio.to_thread(hash_whole, target)
+    return await tracker.judge(tag)

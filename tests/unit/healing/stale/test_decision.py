@@ -125,7 +125,7 @@ def test_sources_that_cannot_be_hashed_make_nothing_stale() -> None:
 def test_an_image_built_by_hand_after_the_last_change_is_adopted_fresh() -> None:
     now = Sources({"src/a": entry("1", mtime=100.0), "src/b": entry("1", mtime=90.0)})
     fresh = adopt(created=150.0, sources=now, bases={}, now=200.0)
-    assert fresh.inputs == now.hash and not fresh.reason
+    assert fresh.inputs == now.hash and not fresh.reason and fresh.adopted
     stale = adopt(created=95.0, sources=now, bases={}, now=200.0)
     assert stale.reason == "built before src/a last changed (adopted stale)"
     facts = World(ids={APP: "sha256:h"}, records={"sha256:h": stale}, current={APP: now})

@@ -16,6 +16,7 @@ def test_records_read_back_as_written() -> None:
     store = RecordStore()
     store.put("sha256:1", record())
     store.put("sha256:2", record(reason="built before src/a last changed (adopted stale)"))
+    store.put("sha256:3", ImageRecord("sha256:y", None, {}, 1.0, adopted=True))
     assert store.dirty
     again = RecordStore.loads(store.dumps())
     assert again.records == store.records and not again.dirty
