@@ -221,7 +221,7 @@ class Interceptor:
         tracker = self._healer.stale
         if tracker is None:
             return True
-        tag = normalize(image)
+        tag = tracker.tag(image)
         decision = tracker.decide(tag)
         if isinstance(decision, Unknown):
             decision = await tracker.judge(tag)

@@ -136,6 +136,8 @@ class InputWatch:
         self.rescan = rescan
         self.sources: dict[str, Sources] = {}
         self.targets: dict[str, Target] = {}
+        self.version = 0
+        """Counts every change of ``sources`` (see ``TagMap.version``)."""
         self._watching = Folders(frozenset(), frozenset())
         self._watchers: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[str, frozenset[str] | None]] = asyncio.Queue()
@@ -156,6 +158,7 @@ class InputWatch:
 
     async def track(self, targets: Mapping[str, Target]) -> None:
         """Watch these tags' inputs from now on; new or changed ones are hashed."""
+        self.version += 1
         for tag in set(self.targets) - set(targets):
             self.sources.pop(tag, None)
         for tag, target in targets.items():
@@ -234,6 +237,7 @@ class InputWatch:
             if self.targets.get(tag) != target:
                 continue  # re-targeted meanwhile; its own hash is queued
             self.sources[tag] = after
+            self.version += 1
             self.hashed.set()
             self.hashed = asyncio.Event()
             if before is not None and (before.hash, before.error) != (after.hash, after.error):

@@ -72,11 +72,14 @@ class RecordStore:
     cap: int = CAP
     max_files: int = MAX_FILES
     dirty: bool = False
+    version: int = 0
+    """Counts every change (see ``TagMap.version``)."""
 
     def get(self, image_id: str) -> ImageRecord | None:
         return self.records.get(image_id)
 
     def put(self, image_id: str, record: ImageRecord) -> None:
+        self.version += 1
         self.records.pop(image_id, None)  # re-inserted last: the order is the age
         self.records[image_id] = record
         while len(self.records) > self.cap:

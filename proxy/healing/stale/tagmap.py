@@ -51,6 +51,8 @@ class TagMap:
     dirty: bool = True
     generation: int = 0
     """Counts the events that made the map dirty."""
+    version: int = 0
+    """Counts every change, so a decision drawn from the map can be kept until one."""
     _since_listing: list[tuple[str, str]] = field(default_factory=list)
     _confirmed: set[str] = field(default_factory=set)
     """Tags set since the map was last dirtied: known even while it is."""
@@ -70,6 +72,7 @@ class TagMap:
             found = _tag_of(event)
             if found is not None:
                 self.ids[found[0]] = found[1]
+                self.version += 1
                 self._since_listing.append(found)
             return False
         if action in DIRTYING:
@@ -81,6 +84,7 @@ class TagMap:
         """Something moved that no event named: nothing is known until relisted."""
         self.dirty = True
         self.generation += 1
+        self.version += 1
         self._confirmed.clear()
 
     def listing(self) -> int:
@@ -105,6 +109,7 @@ class TagMap:
                 ids.pop(tag, None)
         self.ids = ids
         self.dirty = self.generation != generation
+        self.version += 1
 
     def set(self, tag: str, image_id: str) -> None:
         """What a heal made or an inspect found ``tag`` to be now."""
@@ -114,3 +119,4 @@ class TagMap:
             self.ids.pop(tag, None)
         self._confirmed.add(tag)
         self._since_listing.append((tag, image_id))
+        self.version += 1

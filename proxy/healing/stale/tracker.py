@@ -8,6 +8,9 @@ Rules:
   round trip and no file I/O. ``judge(tag)`` completes what memory lacks:
   one inspect while the tag map is dirty, one inspect (for ``Created``) to
   adopt an image the proxy did not make, or the wait for a first hash.
+- A decision is kept with the versions of the facts it came from (the tag
+  map's, the records', the hashes', the config's); until one changes, a
+  create of the same tag reads it back rather than walk the rule again.
 - The tags watched are every placeholder-free ``match`` of a stale-mode
   entry, and each tag the daemon has that a stale-mode template matches
   first (``app:{group}``: the groups that exist). Each is watched with its
@@ -55,6 +58,8 @@ from .tagmap import TagMap
 log = logging.getLogger(__name__)
 
 FILE_NAME = "image-records.json"
+MEMO_CAP = 4096
+"""Tags whose normal form and mode are kept, at most; past it they start over."""
 JUDGE_STEPS = 8
 """Facts ``judge`` may fetch for one answer: a tag and a few bases."""
 
@@ -96,6 +101,15 @@ class StaleTracker:
         self._started = False
         self.persist = True
         """False for ``check``, which looks and must change nothing."""
+        self._modes: dict[str, bool] = {}
+        """``stale_mode`` by tag, for the config in ``_modes_of``: matching a tag
+        against the recipes costs more than the whole rest of a decision."""
+        self._modes_of: Config | None = None
+        self._tags: dict[str, str] = {}
+        """Normalised tags by the reference a create names, for the same reason."""
+        self._decided: dict[str, tuple[tuple[int, int, int, int], Decision]] = {}
+        """The last decision per tag, and the versions of the facts it was drawn
+        from: a create of an unchanged tag reads it back (see the rules)."""
 
     # -- the facts decision asks for --------------------------------------------
 
@@ -109,16 +123,44 @@ class StaleTracker:
         return self.watch.sources.get(tag)
 
     def stale_mode(self, tag: str) -> bool:
-        found = find_recipe(self.config().recipes, tag)
-        return found is not None and found[0].rebuild_when == "stale"
+        config = self.config()
+        if config is not self._modes_of:
+            self._modes.clear()
+            self._modes_of = config
+        mode = self._modes.get(tag)
+        if mode is None:
+            found = find_recipe(config.recipes, tag)
+            mode = found is not None and found[0].rebuild_when == "stale"
+            if len(self._modes) >= MEMO_CAP:
+                self._modes.clear()
+            self._modes[tag] = mode
+        return mode
+
+    def tag(self, reference: str) -> str:
+        """``reference`` normalised, from memory when a create named it before;
+        raises InvalidReference."""
+        tag = self._tags.get(reference)
+        if tag is None:
+            tag = normalize(reference)
+            if len(self._tags) >= MEMO_CAP:
+                self._tags.clear()
+            self._tags[reference] = tag
+        return tag
 
     # -- what the healer, the create path and status ask ------------------------
 
     def decide(self, tag: str) -> Decision:
         """From memory only; ``Fresh`` for a tag not in stale mode."""
-        if not self.stale_mode(tag):
-            return Fresh()
-        return decide(tag, self)
+        config = self.config()
+        key = (self.tags.version, self.records.version, self.watch.version, id(config))
+        kept = self._decided.get(tag)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        found = decide(tag, self) if self.stale_mode(tag) else Fresh()
+        if len(self._decided) >= MEMO_CAP:
+            self._decided.clear()
+        self._decided[tag] = (key, found)
+        return found
 
     async def judge(self, tag: str) -> Decision:
         """``decide``, with what memory lacks fetched (see the rules)."""
