@@ -17,10 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Dockerd,
     FakeDaemon,
@@ -40,6 +38,7 @@ from support import (
     line_count,
     log_problems,
     log_size,
+    metric,
     parse_workers,
     ping,
     proxy_cli,
@@ -53,16 +52,6 @@ from support import (
 
 HEAL_TIME = 120
 """Seconds a test gives a proactive heal: the debounce (5s) plus a busybox build."""
-
-
-def metric(port: int, name: str, **labels: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
 
 
 def metrics_args(port: int) -> list[str]:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
 from support import (
     BUSYBOX,
     Dockerd,
@@ -26,10 +24,12 @@ from support import (
     docker,
     docker_run,
     free_port,
+    heal_settings,
     heal_status,
     is_build_of,
     line_count,
     log_size,
+    metric,
     proxy_cli,
     remove,
     toml_string,
@@ -54,16 +54,6 @@ def prints(proxy: Proxy, image: str) -> str:
     return result.stdout.decode().strip()
 
 
-def metric(port: int, name: str, **labels: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
-
-
 def build_context(folder: Path, message: str = "v1", base: str = BUSYBOX) -> Path:
     """A context whose image prints ``src/msg`` (copied to /msg), FROM ``base``."""
     (folder / "src").mkdir(parents=True, exist_ok=True)
@@ -75,12 +65,8 @@ def build_context(folder: Path, message: str = "v1", base: str = BUSYBOX) -> Pat
 
 
 def build_config(tmp_path: Path, image: str, ctx: Path, *extra: str, **heal: str) -> str:
-    settings = "".join(f"{key} = {toml_string(value)}\n" for key, value in heal.items())
     lines = "".join(f"{line}\n" for line in extra)
-    return f"""
-state_dir = {toml_string(tmp_path / "state")}
-[heal]
-{settings}
+    return f"""{heal_settings(tmp_path, **heal)}
 [[images]]
 match = {toml_string(image)}
 rebuild_when = "stale"
@@ -160,7 +146,7 @@ build = {{ context = {toml_string(agentctx)}, args = {{ GROUP = "{{group}}" }} }
     assert stale_tags(proxy) == {}
 
 
-def command_recipe(tmp_path: Path, image: str, *extra: str) -> tuple[str, Path, Path]:
+def command_recipe(tmp_path: Path, image: str, *extra: str, **heal: str) -> tuple[str, Path, Path]:
     """A command recipe that builds ``image`` from ``src/msg`` and fails when it says
     "broken". Returns the config, the source folder and the run marker."""
     work = tmp_path / "work"
@@ -173,8 +159,7 @@ def command_recipe(tmp_path: Path, image: str, *extra: str) -> tuple[str, Path, 
         f"docker build -q -t {image} .\n",
     )
     lines = "".join(f"{line}\n" for line in extra)
-    config = f"""
-state_dir = {toml_string(tmp_path / "state")}
+    config = f"""{heal_settings(tmp_path, **heal)}
 [[images]]
 match = {toml_string(image)}
 rebuild_when = "stale"
@@ -185,16 +170,25 @@ workdir = {toml_string(work)}
     return config, work, marker
 
 
+def edited_after_a_run(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path, image: str, text: str, *extra: str
+) -> tuple[Proxy, Path]:
+    """A command recipe's image run once (v1), then its source edited to ``text``
+    and seen by the proxy. Returns the proxy and the recipe's run marker."""
+    config, work, marker = command_recipe(tmp_path, image, *extra)
+    remove(dockerd.env, image)
+    proxy = make_proxy(config)
+    assert prints(proxy, image) == "v1"
+    edit(work / "src" / "msg", text)
+    wait_for(lambda: image in stale_tags(proxy), 30, "the proxy to see the edit")
+    return proxy, marker
+
+
 def test_a_failed_rebuild_runs_the_old_image_under_rebuild(
     dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     image = "127.0.0.1:1/dhp/stale-fail:latest"
-    config, work, marker = command_recipe(tmp_path, image)
-    remove(dockerd.env, image)
-    proxy = make_proxy(config)
-    assert prints(proxy, image) == "v1"
-    edit(work / "src" / "msg", "broken")
-    wait_for(lambda: image in stale_tags(proxy), 30, "the proxy to see the edit")
+    proxy, marker = edited_after_a_run(dockerd, make_proxy, tmp_path, image, "broken")
     assert prints(proxy, image) == "v1", "the old image still works"
     assert line_count(marker) == 2
     failed = heal_status(proxy)["stale"]["failed_rebuilds"][image]
@@ -205,12 +199,8 @@ def test_a_failed_rebuild_fails_the_create_under_strict(
     dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     image = "127.0.0.1:1/dhp/stale-strict:latest"
-    config, work, marker = command_recipe(tmp_path, image, 'on_stale = "strict"')
-    remove(dockerd.env, image)
-    proxy = make_proxy(config)
-    assert prints(proxy, image) == "v1"
-    edit(work / "src" / "msg", "broken")
-    wait_for(lambda: image in stale_tags(proxy), 30, "the proxy to see the edit")
+    strict = 'on_stale = "strict"'
+    proxy, marker = edited_after_a_run(dockerd, make_proxy, tmp_path, image, "broken", strict)
     result = docker_run(image, proxy.env, "cat", "/msg")
     assert result.returncode != 0
     assert "the sources are broken" in result.stderr.decode()
@@ -222,12 +212,8 @@ def test_background_runs_the_old_image_at_once_and_rebuilds_behind_it(
     dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     image = "127.0.0.1:1/dhp/stale-background:latest"
-    config, work, marker = command_recipe(tmp_path, image, 'on_stale = "background"')
-    remove(dockerd.env, image)
-    proxy = make_proxy(config)
-    assert prints(proxy, image) == "v1"
-    edit(work / "src" / "msg", "v2")
-    wait_for(lambda: image in stale_tags(proxy), 30, "the proxy to see the edit")
+    behind = 'on_stale = "background"'
+    proxy, marker = edited_after_a_run(dockerd, make_proxy, tmp_path, image, "v2", behind)
     assert prints(proxy, image) == "v1", "background runs the old image at once"
     wait_for(lambda: line_count(marker) == 2 and stale_tags(proxy) == {}, REBUILD_TIME, "rebuild")
     assert prints(proxy, image) == "v2"
@@ -237,8 +223,7 @@ def test_proactive_rebuilds_with_no_client(
     dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     image = "127.0.0.1:1/dhp/stale-proactive:latest"
-    config, work, marker = command_recipe(tmp_path, image, "proactive = true")
-    config = config.replace("[[images]]", '[heal]\ninputs_debounce = "1s"\n[[images]]', 1)
+    config, work, marker = command_recipe(tmp_path, image, "proactive = true", inputs_debounce="1s")
     remove(dockerd.env, image)
     proxy = make_proxy(config)
     wait_for(lambda: line_count(marker) == 1, REBUILD_TIME, "the proactive first build")

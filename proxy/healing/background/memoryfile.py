@@ -22,25 +22,36 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .memory import TagMemory
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 FILE_NAME = "remembered-tags.json"
 _saving = threading.Lock()
 
 
 def load(state_dir: Path) -> TagMemory:
-    path = state_dir / FILE_NAME
+    return read(state_dir, FILE_NAME, TagMemory.loads, TagMemory, "remembered tags")
+
+
+def read(
+    state_dir: Path, name: str, loads: Callable[[str], T], empty: Callable[[], T], what: str
+) -> T:
+    """A file of ``state_dir`` kept this way, read with ``loads``; ``empty()``, with
+    a warning, when it cannot be read."""
+    path = state_dir / name
     try:
-        return TagMemory.loads(path.read_text(encoding="utf-8"))
+        return loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return TagMemory()
+        return empty()
     except (OSError, ValueError) as exc:
-        log.warning("cannot read remembered tags from %s, starting empty: %s", path, exc)
-        return TagMemory()
+        log.warning("cannot read %s from %s, starting empty: %s", what, path, exc)
+        return empty()
 
 
 def save(state_dir: Path, text: str, name: str = FILE_NAME) -> None:

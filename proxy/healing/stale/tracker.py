@@ -69,14 +69,7 @@ def enabled(config: Config) -> bool:
 
 
 def load(state_dir: Path) -> RecordStore:
-    path = state_dir / FILE_NAME
-    try:
-        return RecordStore.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return RecordStore()
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read image records from %s, starting empty: %s", path, exc)
-        return RecordStore()
+    return memoryfile.read(state_dir, FILE_NAME, RecordStore.loads, RecordStore, "image records")
 
 
 class StaleTracker:
