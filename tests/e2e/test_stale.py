@@ -146,6 +146,30 @@ build = {{ context = {toml_string(agentctx)}, args = {{ GROUP = "{{group}}" }} }
     assert stale_tags(proxy) == {}
 
 
+def test_a_build_from_a_stale_base_rebuilds_the_base_first(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    base = "127.0.0.1:1/dhp/stale-buildbase:latest"
+    built = "127.0.0.1:1/dhp/stale-client:1"
+    basectx = build_context(tmp_path / "basectx", "base-v1")
+    client = tmp_path / "client"
+    client.mkdir()
+    (client / "Dockerfile").write_text(f"FROM {base}\nRUN cp /msg /copied\n")
+    remove(dockerd.env, base)
+    proxy = make_proxy(build_config(tmp_path, base, basectx))
+    classic = {**proxy.env, "DOCKER_BUILDKIT": "0"}  # the body carries the Dockerfile
+    docker(["build", "-q", "-t", built, str(client)], env=classic)
+    assert docker_run(built, dockerd.env, "cat", "/copied").stdout.decode().strip() == "base-v1"
+
+    edit(basectx / "src" / "msg", "base-v2")
+    wait_for(lambda: base in stale_tags(proxy), 30, "the proxy to see the edit")
+    since = log_size(dockerd.log_path)
+    docker(["build", "-q", "-t", built, str(client)], env=classic)
+    assert len(build_calls(dockerd, base, since)) == 1, "the base was not rebuilt first"
+    assert docker_run(built, dockerd.env, "cat", "/copied").stdout.decode().strip() == "base-v2"
+    assert stale_tags(proxy) == {}
+
+
 def command_recipe(tmp_path: Path, image: str, *extra: str, **heal: str) -> tuple[str, Path, Path]:
     """A command recipe that builds ``image`` from ``src/msg`` and fails when it says
     "broken". Returns the config, the source folder and the run marker."""
