@@ -57,10 +57,10 @@ from ...recipes.patterns import find_recipe
 from ...recipes.reference import InvalidReference, normalize
 from ..core.healer import Healer, HealFailed, Trigger
 from ..sources.engine import Engine, EngineError
-from . import memory, memoryfile
-from .reconcile import Schedule, present, queue, wanted
 from ..stale import tracker as stale_mode
 from ..stale.tracker import StaleTracker
+from . import memory, memoryfile
+from .reconcile import Schedule, present, queue, wanted
 from .watcher import EventWatcher
 
 log = logging.getLogger(__name__)

@@ -46,8 +46,8 @@ from ...wire.connection import Exchange, Handler
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
 from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
-from .buildheal import BuildHeal, build_params
 from ..stale.decision import Stale, Unknown
+from .buildheal import BuildHeal, build_params
 
 log = logging.getLogger(__name__)
 

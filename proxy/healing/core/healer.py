@@ -90,12 +90,12 @@ from ...recipes.recipe import ConcreteRecipe, Recipe
 from ...recipes.reference import InvalidReference, normalize
 from ..sources.cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from ..sources.engine import Engine, EngineError
+from ..stale.decision import Sources, Stale
+from ..stale.tracker import StaleTracker
 from .dockerfileparse import ParseProcess
 from .planner import Planner
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
-from ..stale.decision import Sources, Stale
-from ..stale.tracker import StaleTracker
 from .statefiles import open_private
 
 log = logging.getLogger(__name__)

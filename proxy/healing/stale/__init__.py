@@ -18,6 +18,7 @@ file I/O.
 
 Pure: ``decision``, ``records``, ``tagmap``.
 
-May import: ``proxy.recipes`` and the healing modules it names (``inputs``,
-``engine``, ``memoryfile``). Never ``proxy.service``.
+May import: ``healing.sources`` (``inputs``, ``engine``), ``healing.core``
+(its state files) and ``proxy.recipes``. Never ``healing.claims`` nor
+``healing.background``, ``proxy.wire`` nor ``proxy.service``.
 """

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from ..inputs import Entries, tree_hash
+from ..sources.inputs import Entries, tree_hash
 from .records import ImageRecord, file_key
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import watchfiles
 
-from ..inputs import FileEntry, InputsError, file_entry, input_entries, named
+from ..sources.inputs import FileEntry, InputsError, file_entry, input_entries, named
 from .decision import Sources
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..inputs import FileEntry
+from ..sources.inputs import FileEntry
 
 CAP = 1000
 MAX_FILES = 100_000

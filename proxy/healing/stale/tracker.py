@@ -21,7 +21,7 @@ Rules:
 - ``made`` records what a heal or rebuild made, from the sources hashed
   *before* its recipe ran (``before``). The records are written to
   ``state_dir`` at once (a rebuild is rare; losing its record would make
-  the image look hand-built), through ``memoryfile.save``'s atomic write.
+  the image look hand-built), as a state file (``core.statefiles``).
 - The tag map is relisted off the loop after an event that names no tag
   (``tagmap``), at start and when the event stream comes back. After each
   listing, and each tag event that moved a watched tag, what is not known
@@ -41,15 +41,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ...recipes.config import Config
 from ...recipes.patterns import Pattern, find_recipe, instantiate
 from ...recipes.reference import InvalidReference, normalize
-from .. import memoryfile
-from ..engine import Engine, EngineError
+from ..core.statefiles import read_state, save_state
+from ..sources.engine import Engine, EngineError
 from .decision import Decision, Fresh, Sources, Stale, Unknown, adopt, created_seconds, decide, made
 from .inputwatch import InputWatch, Target, hash_whole
 from .records import ImageRecord, RecordStore
@@ -69,7 +69,7 @@ def enabled(config: Config) -> bool:
 
 
 def load(state_dir: Path) -> RecordStore:
-    return memoryfile.read(state_dir, FILE_NAME, RecordStore.loads, RecordStore, "image records")
+    return read_state(state_dir, FILE_NAME, RecordStore.loads, RecordStore, "image records")
 
 
 class StaleTracker:
@@ -230,7 +230,7 @@ class StaleTracker:
         if tag not in self.watch.targets:
             await self._retarget()
 
-    async def base_ids(self, bases: list[str]) -> dict[str, str]:
+    async def base_ids(self, bases: Iterable[str]) -> dict[str, str]:
         """The image ids of ``bases`` now (one inspect each), for ``made``."""
         ids: dict[str, str] = {}
         for base in bases:
@@ -382,9 +382,7 @@ class StaleTracker:
         if not self.persist:
             return
         try:
-            await asyncio.to_thread(
-                memoryfile.save, self.state_dir, self.records.dumps(), FILE_NAME
-            )
+            await asyncio.to_thread(save_state, self.state_dir, FILE_NAME, self.records.dumps())
             self.records.dirty = False
         except OSError as exc:
             log.warning("cannot save image records in %s: %s", self.state_dir, exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy.healing.inputs import FileEntry
+from proxy.healing.sources.inputs import FileEntry
 from proxy.healing.stale.decision import (
     Fresh,
     Sources,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.healing.inputs import inputs_hash
+from proxy.healing.sources.inputs import inputs_hash
 from proxy.healing.stale.inputwatch import InputWatch, folders, hash_whole, rehash
 
 GLOBS = ("src/**/*.py", "Dockerfile", "conf")
