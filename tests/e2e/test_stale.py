@@ -96,6 +96,14 @@ def test_one_rebuild_for_a_changed_input(
     assert prints(proxy, image) == "v1"
     assert image_id(dockerd.env, image) == first
     assert build_calls(dockerd, image, since) == [], "an unchanged input rebuilt"
+    # A create of the fresh image is judged from memory: no inspect, no image list.
+    wait_for(lambda: heal_status(proxy)["stale"]["tag_map"] == "current", 30, "the tag map")
+    calls = log_size(dockerd.log_path)
+    created = docker(["create", "--network=none", image, "true"], env=proxy.env)
+    asked = [call.path for call in api_calls(dockerd, calls)]
+    docker(["rm", created.stdout.decode().strip()], env=dockerd.env)
+    assert "/containers/create" in asked
+    assert not [path for path in asked if path.startswith("/images")], asked
     (ctx / "data" / "db").write_text("written at run time, not an input\n")
 
     edit(ctx / "src" / "msg", "v2")
