@@ -15,6 +15,9 @@ Rules:
   entry, and each tag the daemon has that a stale-mode template matches
   first (``app:{group}``: the groups that exist). Each is watched with its
   own filled-in sources.
+- An adopted image is judged by its own inputs: which managed bases it was
+  built on is not known, so a base rebuilt after it counts only from its
+  first rebuild by the proxy.
 - An adoption never replaces a record: a heal that made the image records
   it while its tag event may already be adopting it, and the heal knows
   (a build cache hit has an old ``Created``).
@@ -191,7 +194,7 @@ class StaleTracker:
             seconds = created_seconds(created)
         except ValueError:
             seconds = 0.0  # no usable time: only a rebuild can vouch for it
-        record = adopt(seconds, sources, self._base_ids(tag), time.time())
+        record = adopt(seconds, sources, {}, time.time())
         if self.records.get(image_id) is not None:
             return  # a heal recorded it meanwhile: it knows better than a Created time
         log.info(
@@ -201,16 +204,6 @@ class StaleTracker:
             f"as stale: {record.reason}" if record.reason else "as fresh",
         )
         await self._put(image_id, record)
-
-    def _base_ids(self, tag: str) -> dict[str, str]:
-        """The managed bases of ``tag`` known to the tag map, with their ids now.
-
-        The record of its previous image names them; a first one has none yet.
-        """
-        image_id = self.tags.ids.get(tag, "")
-        previous = self.records.get(image_id) if image_id else None
-        bases = previous.bases if previous is not None else {}
-        return {base: self.tags.ids[base] for base in bases if self.tags.ids.get(base)}
 
     async def made(self, tag: str, before: Sources | None, bases: Mapping[str, str]) -> None:
         """A heal or rebuild made ``tag`` from ``before`` on ``bases`` (tag -> id)."""
