@@ -218,7 +218,7 @@ def measure_stale(b: Bench) -> None:
         "less moved by other load than a latency.",
         "Edit to fresh: a `command` recipe (`docker build` of busybox + `src/msg`, legacy "
         'builder), `proactive = true`, `inputs_debounce = "1s"`; from writing `src/msg` to '
-        "the tag naming a new image: the watch's 0.2 s batching, the debounce, the build.",
+        "the tag naming a new image: the watch's 0.25 s batching, the debounce, the build.",
     ]
     b.tables.append(table)
     b.raw["stale"] = {
