@@ -102,6 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--proactive-rounds", type=int, default=3, help="prune rounds with and without proactive"
     )
+    p.add_argument("--stale-rounds", type=int, default=5, help="edits timed to a fresh image")
     p.add_argument(
         "--only",
         type=lambda s: [x for x in s.split(",") if x],

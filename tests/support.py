@@ -387,6 +387,28 @@ def events_lines(resp: http.client.HTTPResponse) -> Iterator[dict[str, object]]:
 # -- helpers for the heal end-to-end tests -------------------------------------
 
 
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample of the proxy's ``/metrics`` on ``port``, or None if it is not there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def heal_settings(tmp_path: Path, **heal: str | int) -> str:
+    """The top of a test config: ``state_dir`` in ``tmp_path``, and ``[heal]``."""
+    settings = "".join(f"{key} = {json.dumps(value)}\n" for key, value in heal.items())
+    return f"""
+state_dir = {toml_string(tmp_path / "state")}
+[heal]
+{settings}"""
+
+
 def toml_string(value: object) -> str:
     """A TOML basic string (JSON's escaping is a subset TOML accepts) for a path or name."""
     return json.dumps(str(value))
@@ -394,11 +416,7 @@ def toml_string(value: object) -> str:
 
 def command_config(tmp_path: Path, image: str, script: Path, **heal: str | int) -> str:
     """A config whose one recipe runs ``script`` to make ``image``; ``heal`` is ``[heal]``."""
-    settings = "".join(f"{key} = {json.dumps(value)}\n" for key, value in heal.items())
-    return f"""
-state_dir = {toml_string(tmp_path / "state")}
-[heal]
-{settings}
+    return f"""{heal_settings(tmp_path, **heal)}
 [[images]]
 match = {toml_string(image)}
 command = [{toml_string(script)}]

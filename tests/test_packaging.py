@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 PURE = "The pure modules do no asynchronous I/O"
 LAYERS = "The service uses healing; healing uses the wire and the recipe core, which use nothing"
-HEALING = "Healing's triggers use its core, which uses its sources; nothing points back"
+HEALING = (
+    "Healing's triggers use its core and stale mode, which use its sources; nothing points back"
+)
 TRIGGERS = "The two kinds of trigger, claims and background heals, are independent"
 
 
@@ -56,6 +58,7 @@ def test_the_import_contracts_are_kept(tmp_path: Path) -> None:
         ("wire/states.py", "import asyncio", PURE),
         ("wire/rules.py", "import asyncio", PURE),
         ("service/check.py", "import uvloop", PURE),
+        ("healing/stale/decision.py", "import asyncio", PURE),
         ("recipes/graph.py", "from ..healing import healer", LAYERS),
         ("wire/routes.py", "from ..recipes import reference", LAYERS),
         ("healing/sources/engine.py", "from ...service import metrics", LAYERS),
@@ -64,6 +67,8 @@ def test_the_import_contracts_are_kept(tmp_path: Path) -> None:
         ("healing/core/slots.py", "from ..background import reconcile", HEALING),
         ("healing/sources/engine.py", "from ..core import slots", HEALING),
         ("healing/sources/inputs.py", "from ..claims import spool", HEALING),
+        ("healing/stale/tracker.py", "from ..background import proactive", HEALING),
+        ("healing/sources/inputs.py", "from ..stale import decision", HEALING),
         ("healing/claims/spool.py", "from ..background import memory", TRIGGERS),
         ("healing/background/reconcile.py", "from ..claims import contextscan", TRIGGERS),
     ],

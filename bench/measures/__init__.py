@@ -19,6 +19,7 @@ from bench.measures import (
     proactive,
     profile,
     save,
+    stale,
 )
 from bench.schedule import Measure
 
@@ -32,6 +33,7 @@ MEASUREMENTS: tuple[Measure[Bench], ...] = (
     heal.MEASURE,
     cache.MEASURE,
     build.MEASURE,
+    stale.MEASURE,
     proactive.MEASURE,
 )
 """Append new rows here; where one must run relative to others, say so in its declaration."""

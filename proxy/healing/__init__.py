@@ -1,6 +1,6 @@
 """Healing: noticing a missing managed image, rebuilding it, replaying the request.
 
-Four parts, by role, each importing only the parts below it:
+Five parts, by role, each importing only the parts below it:
 
 - ``claims``: what claims a request. ``intercept`` takes the few requests
   the proxy looks into (container create, a pull of a managed tag, a build
@@ -14,16 +14,24 @@ Four parts, by role, each importing only the parts below it:
   heal (``planner``); ``runners`` runs one concrete recipe;
   ``dockerfileparse`` parses Dockerfiles in worker processes; ``statefiles``
   keeps what a heal leaves on disk private.
+- ``stale``: stale mode, beside the core. What is stale now (an image whose
+  sources or managed bases changed since it was built), from memory: the
+  ``decision`` rule, the image ``records``, the ``tagmap`` kept from image
+  events, the ``inputwatch`` keeping input hashes current, and the
+  ``tracker`` owning them. The core asks it and records in it; it keeps
+  its records as the core's state files.
 - ``sources``: where images and facts come from. ``engine`` (the daemon),
   ``registryauth`` (credentials), ``buildcontext`` (the context tar),
   ``cache`` (the registry cache) and ``inputs`` (the sources' hash).
 
 ``claims`` and ``background`` are the two kinds of trigger: both use
-``core``, neither uses the other. ``core`` uses ``sources``; nothing points
-back up (``pyproject.toml``'s import contracts).
+``core`` and ``stale``, neither uses the other. ``core`` and ``stale`` use
+each other and ``sources``; nothing points back up (``pyproject.toml``'s
+import contracts).
 
-Pure: ``background.reconcile``, ``background.memory`` and
-``claims.contextscan``; this is where the recipe core meets processes,
+Pure: ``background.reconcile``, ``background.memory``,
+``claims.contextscan`` and ``stale``'s ``decision``, ``records`` and
+``tagmap``; this is where the recipe core meets processes,
 files and the daemon. Decisions stay in ``recipes``; these modules carry
 them out.
 

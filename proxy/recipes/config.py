@@ -37,6 +37,12 @@ Rules:
   describe the entry's own sources.
 - ``[security] trust_paths`` are folders (relative to the config's) whose
   contents root trusts without the ownership check ``check`` and start apply.
+- ``rebuild_when = "stale"`` needs sources to compare: a ``command`` or
+  ``build`` entry must name its ``inputs`` (never the whole build context by
+  default, which may hold data written at run time), a ``load`` entry's source
+  is its archive, and a ``pull`` entry is refused (the registry decides what a
+  tag is). ``on_stale`` only means something with ``rebuild_when = "stale"``,
+  so it is refused without it.
 - A placeholder-free ``depends_on`` must name an image some entry matches
   (otherwise nothing could heal it), and such entries must not form a cycle.
 
@@ -55,12 +61,14 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from .graph import DependencyCycle, check_cycles
 from .patterns import Pattern, escape, find_recipe, placeholders_in
-from .recipe import Kind, Recipe
+from .recipe import Kind, OnStale, RebuildWhen, Recipe
 from .reference import InvalidReference, normalize, parse
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 class ConfigError(ValueError):
@@ -117,6 +125,12 @@ class HealSettings:
     """The registry repository heals are pulled from and pushed to (normalised)."""
     cache_push: bool = True
     """False makes this host pull-only, for hosts that hold no push credentials."""
+    inputs_rescan: float = 300.0
+    """How often every stale-mode entry's inputs are hashed again whole, in case
+    the file watcher missed a change."""
+    inputs_debounce: float = 5.0
+    """How long a ``proactive`` stale-mode entry's inputs must be quiet before
+    the background rebuild starts (one rebuild per edit session, not per save)."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,8 @@ _HEAL_KEYS = (
     "max_build_spool",
     "cache",
     "cache_push",
+    "inputs_rescan",
+    "inputs_debounce",
 )
 _METRICS_KEYS = ("listen",)
 _SECURITY_KEYS = ("trust_paths",)
@@ -196,7 +212,11 @@ _ENTRY_KEYS = (
     "proactive",
     "cache",
     "inputs",
+    "rebuild_when",
+    "on_stale",
 )
+_REBUILD_WHEN: tuple[RebuildWhen, ...] = ("missing", "stale")
+_ON_STALE: tuple[OnStale, ...] = ("rebuild", "strict", "background")
 _CACHED_KINDS: tuple[Kind, ...] = ("command", "build")
 _BUILD_KEYS = ("context", "dockerfile", "args", "target")
 
@@ -407,6 +427,12 @@ class _Reader:
             cache_push=self.boolean(
                 table.get("cache_push", defaults.cache_push), "heal.cache_push"
             ),
+            inputs_rescan=self.optional_duration(
+                table, "inputs_rescan", "heal", defaults.inputs_rescan, positive=True
+            ),
+            inputs_debounce=self.optional_duration(
+                table, "inputs_debounce", "heal", defaults.inputs_debounce
+            ),
         )
 
     def at_least_one(self, table: Mapping[str, Any], key: str, default: int) -> int:
@@ -495,6 +521,7 @@ class _Reader:
                 name = min(missing)
                 self.fail(where, f"placeholder {{{name}}} in {label} is not captured by match")
         proactive = self.boolean(raw.get("proactive", False), f"{where}.proactive")
+        rebuild_when, on_stale = self.staleness(raw, where, kinds[0], bool(inputs))
         return Recipe(
             index=index,
             match=match,
@@ -510,7 +537,40 @@ class _Reader:
             proactive=proactive,
             cache=cache,
             inputs=tuple(inputs),
+            rebuild_when=rebuild_when,
+            on_stale=on_stale,
         )
+
+    def staleness(
+        self, raw: Mapping[str, Any], where: str, kind: Kind, has_inputs: bool
+    ) -> tuple[RebuildWhen, OnStale]:
+        """``rebuild_when`` and ``on_stale``, refused where no source could be compared."""
+        rebuild_when = self.choice(raw, "rebuild_when", where, _REBUILD_WHEN)
+        on_stale = self.choice(raw, "on_stale", where, _ON_STALE)
+        if rebuild_when == "stale" and kind == "pull":
+            self.fail(
+                f"{where}.rebuild_when",
+                'a pull entry cannot be "stale": the registry decides what its tag is',
+            )
+        if rebuild_when == "stale" and kind in _CACHED_KINDS and not has_inputs:
+            self.fail(
+                f"{where}.rebuild_when",
+                f'"stale" needs the {kind} entry\'s sources: list them in inputs',
+            )
+        if "on_stale" in raw and rebuild_when != "stale":
+            self.fail(f"{where}.on_stale", 'applies only with rebuild_when = "stale"')
+        return rebuild_when, on_stale
+
+    def choice(
+        self, raw: Mapping[str, Any], key: str, where: str, choices: tuple[_Choice, ...]
+    ) -> _Choice:
+        """One of ``choices`` (the first is the default)."""
+        value = raw.get(key, choices[0])
+        for choice in choices:
+            if value == choice:
+                return choice
+        listed = ", ".join(f'"{choice}"' for choice in choices)
+        self.fail(f"{where}.{key}", f"expected one of {listed}, not {value!r}")
 
     @staticmethod
     def kinds_problem(kinds: list[Kind]) -> str:

@@ -12,12 +12,15 @@ Rules:
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 Kind = Literal["command", "build", "pull", "load"]
+RebuildWhen = Literal["missing", "stale"]
+OnStale = Literal["rebuild", "strict", "background"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,12 @@ class Recipe:
     """Whether heals of this entry go through ``[heal] cache`` first."""
     inputs: tuple[str, ...] = ()
     """Globs, relative to the workdir or build context, whose files go into the cache key."""
+    rebuild_when: RebuildWhen = "missing"
+    """``stale``: an image whose inputs or managed bases changed since it was built
+    is rebuilt too, not only a missing one."""
+    on_stale: OnStale = "rebuild"
+    """What a create of a stale image does: wait for the rebuild (falling back to
+    the old image if it fails), fail if it fails, or run the old image at once."""
 
     @property
     def name(self) -> str:
@@ -87,3 +96,11 @@ class ConcreteRecipe:
     def inputs_root(self) -> Path:
         """Where ``inputs`` globs start: the build context, else the workdir."""
         return self.build.context if self.build is not None else self.workdir
+
+    @property
+    def sources(self) -> tuple[Path, tuple[str, ...]]:
+        """The folder and globs whose files an image of this recipe is made from:
+        a ``load`` entry's archive, else its ``inputs``."""
+        if self.load is not None:
+            return self.load.parent, (glob.escape(self.load.name),)
+        return self.inputs_root, self.inputs

@@ -28,6 +28,7 @@ from ..healing.claims.intercept import Interceptor
 from ..healing.claims.spool import sweep
 from ..healing.core.healer import Healer
 from ..healing.sources.engine import Engine
+from ..healing.stale.tracker import StaleTracker
 from ..recipes.config import Config, ConfigError
 from ..wire.connection import Hub
 from ..wire.listener import Listener, ListenerError
@@ -86,6 +87,7 @@ class App:
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
+        self.stale: StaleTracker | None = None
 
     def reload(self) -> None:
         try:
@@ -103,25 +105,32 @@ class App:
             self.metrics.recipes_configured(config.recipes)
         if self.proactive is not None:
             self.proactive.reconfigure()
+        if self.stale is not None:
+            self.stale.reconfigure()
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
         settings = self.settings
         sweep(settings.state_dir)
         engine = Engine(settings.upstream, self.config.heal.engine_timeout)
-        metrics = self.metrics = Metrics(lambda: self.healer, lambda: self.proactive)
+        metrics = self.metrics = Metrics(
+            lambda: self.healer, lambda: self.proactive, lambda: self.stale
+        )
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
             self.config, engine, settings.upstream, settings.state_dir, metrics
         )
-        proactive = Proactive(lambda: self.config, healer, engine, settings.state_dir)
+        stale = StaleTracker(lambda: self.config, engine, settings.state_dir)
+        healer.stale = stale
+        proactive = Proactive(lambda: self.config, healer, engine, settings.state_dir, stale)
         healer.on_healed = proactive.healed
+        stale.on_inputs_changed = proactive.inputs_changed
         interceptor = Interceptor(
             lambda: self.config,
             healer,
             metrics.image_checked,
             proactive.used,
-            lambda: {**healer.snapshot(), "proactive": proactive.view()},
+            lambda: {**healer.snapshot(), "proactive": proactive.view(), "stale": stale.view()},
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
         hub = Hub(settings.upstream, interceptor, observer)
@@ -133,13 +142,17 @@ class App:
                 )
                 await runner.setup()
                 await self._listen_metrics(runner, *settings.metrics)
+            await stale.start()
+            self.stale = stale
             await proactive.start()
             self.proactive = proactive
             return await serve(settings, self.listener, hub, self.reload, self.watchdog)
         finally:
-            self.proactive = None
+            self.proactive = self.stale = None
             await proactive.stop()
+            await stale.stop()
             await healer.cancel()  # before the engine they talk through goes
+            await interceptor.aclose()
             if runner is not None:
                 await runner.cleanup()
             await engine.close()

@@ -22,6 +22,10 @@ Rules:
   order, bases first, and whether it is healed proactively after a prune. A
   bad IMAGE or a cycle is reported in the text rather than raised: it is
   exactly what ``check`` is for.
+- With IMAGE of a ``rebuild_when = "stale"`` entry: whether the image the tag
+  names now is stale and why (the first input that differs, a base rebuilt
+  after it), as a running proxy would judge it from the records in
+  ``state_dir`` and the files as they are now.
 - A ``min_free`` that cannot be checked (the daemon's root folder is not
   visible from here) is said once, under every proactive config.
 - Files root would not trust (``trust``) come first, one line each, as the
@@ -48,6 +52,8 @@ from ..recipes.reference import InvalidReference, normalize
 
 CacheReference = Callable[[ConcreteRecipe], str]
 """The cache reference a heal of a cached recipe would try, or why none."""
+Staleness = Callable[[str], str]
+"""Whether the image a stale-mode tag names now is stale, and why, in a few words."""
 
 
 def describe(
@@ -57,11 +63,13 @@ def describe(
     cache_reference: CacheReference,
     disk: str | None = None,
     untrusted: Sequence[str] = (),
+    staleness: Staleness | None = None,
 ) -> str:
     """The ``check`` report: all recipes, or how ``image`` would be healed.
 
     ``disk`` is a sentence about ``min_free`` (see the rules), or None;
-    ``untrusted`` the lines about files root would not trust.
+    ``untrusted`` the lines about files root would not trust; ``staleness``
+    answers for an image of a stale-mode entry (see the rules).
     """
     source = f"config {config.path}" if config.path else "no config file: built-in defaults"
     notes = [*untrusted]
@@ -69,7 +77,7 @@ def describe(
         notes.append(f"warning: {disk}")
     if image is None:
         return "\n".join([source, *notes, *_recipes(config.recipes, named)])
-    lines = _image(config.recipes, image, named, cache_reference)
+    lines = _image(config.recipes, image, named, cache_reference, staleness)
     return "\n".join([source, *notes, *lines])
 
 
@@ -97,6 +105,7 @@ def _image(
     image: str,
     named: NamedImages,
     cache_reference: CacheReference,
+    staleness: Staleness | None,
 ) -> list[str]:
     try:
         normal = normalize(image)
@@ -124,7 +133,10 @@ def _image(
     ]
     for step, item in enumerate(plan, 1):
         lines.append(f"  {step}. {item.image}  by images[{item.recipe.index}] ({item.kind})")
-    return [*lines, "", _proactive(recipe, concrete.image)]
+    lines += ["", _proactive(recipe, concrete.image)]
+    if recipe.rebuild_when == "stale" and staleness is not None:
+        lines.append(f"stale: {staleness(concrete.image)}")
+    return lines
 
 
 def _refusals(recipes: tuple[Recipe, ...], image: str) -> list[str]:
@@ -169,10 +181,22 @@ def _fields(item: Recipe | ConcreteRecipe, build: BuildSpec | None) -> list[tupl
         fields.append(("inputs", " ".join(item.inputs)))
     if item.cache:
         fields.append(("cached", "yes: tries [heal] cache before running"))
+    recipe = item if isinstance(item, Recipe) else item.recipe
+    if recipe.rebuild_when == "stale":
+        sources = "its archive" if item.kind == "load" else "its inputs"
+        fields.append(("rebuilt", f"when stale: {sources} or a managed base changed"))
+        fields.append(("on stale", _ON_STALE[recipe.on_stale]))
     fields.append(("timeout", format_duration(item.timeout)))
     if isinstance(item, Recipe) and item.proactive:
         fields.append(("proactive", "yes: healed right after a prune"))
     return fields
+
+
+_ON_STALE = {
+    "rebuild": "rebuild first; if that fails, run the old image",
+    "strict": "rebuild first; if that fails, the create fails",
+    "background": "run the old image at once and rebuild behind it",
+}
 
 
 def _build(build: BuildSpec) -> str:

@@ -29,6 +29,8 @@ from ..healing.sources.buildcontext import read_dockerfile_from_disk
 from ..healing.sources.cache import config_dir, reference_for
 from ..healing.sources.engine import Engine, EngineError
 from ..healing.sources.inputs import InputsError
+from ..healing.stale.decision import Fresh, Stale
+from ..healing.stale.tracker import judge_now
 from ..recipes.config import Config, ConfigError, load_config
 from ..recipes.graph import DependencyCycle, NamedImages, heal_plan, named_by
 from ..recipes.patterns import Pattern, find_recipe
@@ -37,7 +39,7 @@ from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError, check_not_self
 from . import logs, systemd, trustscan
 from .app import App
-from .check import CacheReference, describe
+from .check import CacheReference, Staleness, describe
 from .server import open_listener, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
 
@@ -222,6 +224,30 @@ def _cache_reference(
     return reference
 
 
+def _staleness(args: argparse.Namespace, config: Config) -> Staleness:
+    """Whether an image is stale, as a running proxy would judge it now."""
+
+    def staleness(image: str) -> str:
+        try:
+            settings = _settings(args, config)
+            found = uvloop.run(
+                _ask_daemon(
+                    settings.upstream,
+                    config,
+                    lambda engine: judge_now(config, engine, settings.state_dir, image),
+                )
+            )
+        except (EngineError, SettingsError) as error:
+            return f"cannot tell: {error}"
+        if isinstance(found, Stale):
+            return f"yes, {found.reason}"
+        if isinstance(found, Fresh) and found.note:
+            return f"cannot tell: {found.note}"
+        return "no"
+
+    return staleness
+
+
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask;
     2, as serve would refuse, when root would not trust a file."""
@@ -237,7 +263,8 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
     named = named_by(read_dockerfile_from_disk, from_images)
     reference = _cache_reference(args, config, named)
-    print(describe(config, args.image, named, reference, disk, untrusted))
+    stale = _staleness(args, config)
+    print(describe(config, args.image, named, reference, disk, untrusted, stale))
     if is_root and untrusted:
         return 2
     if args.image is None:

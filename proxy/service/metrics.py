@@ -62,7 +62,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 HEAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf"))
 UPSTREAM_ERROR_KINDS = ("connect", "protocol", "closed")
 """The kinds ``connection`` reports; listed so each series starts at zero."""
-TRIGGERS = ("create", "pull", "build", "proactive")
+TRIGGERS = ("create", "pull", "build", "proactive", "stale")
 """What can start a heal in the proxy; each series starts at zero. ``cli``
 heals (``docker-heal-proxy heal``) run in a process of their own, which has
 no metrics: a ``cli`` series here could never move."""
@@ -93,6 +93,10 @@ class ProactiveView(Protocol):
     def events_up(self) -> bool: ...
 
     @property
+    def following(self) -> bool:
+        """Whether the image events are followed (proactive or stale-mode entries)."""
+
+    @property
     def last_reconcile(self) -> float | None: ...
 
     def blocked(self) -> dict[str, bool]: ...
@@ -113,21 +117,43 @@ class _ProactiveState(Collector):
         for reason in BLOCK_REASONS:
             blocked.add_metric([reason], int(reasons.get(reason, False)))
         yield blocked
-        if view is None or not view.enabled:
-            return  # no stream to be down: its alert must not fire on proxies without proactive
+        if view is None or not view.following:
+            return  # no stream to be down: its alert must not fire on proxies that need none
         stream = GaugeMetricFamily(
             PREFIX + "events_stream_up",
-            "1 while the proxy follows the daemon's image events (with proactive recipes only).",
+            "1 while the proxy follows the daemon's image events "
+            "(with proactive or stale-mode recipes only).",
         )
         stream.add_metric([], int(view.events_up))
         yield stream
-        if view.last_reconcile is not None:
+        if view.enabled and view.last_reconcile is not None:
             last = GaugeMetricFamily(
                 PREFIX + "last_reconcile_timestamp_seconds",
                 "When the images were last compared with the remembered managed tags (Unix time).",
             )
             last.add_metric([], view.last_reconcile)
             yield last
+
+
+class StaleView(Protocol):
+    """What a scrape reads of stale mode; None before start-up."""
+
+    def stale(self) -> dict[str, str]: ...
+
+
+class _StaleState(Collector):
+    def __init__(self, stale: Callable[[], StaleView | None]) -> None:
+        self._stale = stale
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        view = self._stale()
+        gauge = GaugeMetricFamily(
+            PREFIX + "stale_images",
+            "Managed tags (rebuild_when = stale) whose image is stale now: its inputs "
+            "or a managed base changed since it was built.",
+        )
+        gauge.add_metric([], len(view.stale()) if view is not None else 0)
+        yield gauge
 
 
 class _HealerState(Collector):
@@ -231,6 +257,7 @@ class Metrics:
         self,
         healer: Callable[[], HealerView | None] = lambda: None,
         proactive: Callable[[], ProactiveView | None] = lambda: None,
+        stale: Callable[[], StaleView | None] = lambda: None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -292,6 +319,7 @@ class Metrics:
         ).set(1)
         r.register(_HealerState(healer))
         r.register(_ProactiveState(proactive))
+        r.register(_StaleState(stale))
         for kind in UPSTREAM_ERROR_KINDS:
             self.upstream_errors.labels(kind)
         for result in ("present", "missing"):

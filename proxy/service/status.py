@@ -146,6 +146,30 @@ def _proactive(snapshot: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _stale(snapshot: Mapping[str, Any]) -> list[str]:
+    """Stale mode: each stale tag and the first input that differs, adoptions,
+    failed rebuilds and inputs that cannot be hashed; only when it is on."""
+    view = snapshot.get("stale")
+    if not isinstance(view, Mapping) or not view.get("enabled"):
+        return []
+    watched = view.get("watched") or []
+    stale: Mapping[str, str] = view.get("stale") or {}
+    lines = ["", f"Stale mode: {len(watched)} tags watched, {len(stale)} stale"]
+    sections = (
+        ("stale (rebuilt by the next create)", stale),
+        ("adopted (built by hand; judged by Created)", view.get("adopted") or {}),
+        ("rebuilds that failed (the old image runs)", view.get("failed_rebuilds") or {}),
+        ("inputs that cannot be hashed", view.get("inputs_problems") or {}),
+    )
+    for title, entries in sections:
+        if entries:
+            lines.append(f"  {title}:")
+            lines += [
+                f"    {tag}  {(str(why).splitlines() or [''])[0]}" for tag, why in entries.items()
+            ]
+    return lines
+
+
 def render(snapshot: Mapping[str, Any]) -> str:
     """The whole state: recipes, running heals with their last lines, last results,
     and proactive healing when it is on."""
@@ -171,6 +195,7 @@ def render(snapshot: Mapping[str, Any]) -> str:
         )
         lines += [f"      {line}" for line in message[1:]]
     lines += _proactive(snapshot)
+    lines += _stale(snapshot)
     return "\n".join(lines) + "\n"
 
 

@@ -83,7 +83,7 @@ def test_the_benchmarks_own_rows_run_as_declared() -> None:
     assert order(MEASUREMENTS) == list(MEASUREMENTS)
     assert order(MEASUREMENTS)[-1].name == "measure_proactive"
     reversed_run = names(order(list(reversed(MEASUREMENTS))))
-    for needs_images in ("measure_create", "measure_heal", "measure_build"):
+    for needs_images in ("measure_create", "measure_heal", "measure_build", "measure_stale"):
         assert reversed_run.index(needs_images) < reversed_run.index("measure_proactive")
     assert reversed_run.index("measure_save") < reversed_run.index("measure_proxy_memory")
     for restarts in ("measure_create", "measure_heal", "measure_cache", "measure_build"):

@@ -24,6 +24,13 @@ Rules:
 - The plans a reconcile works out to order its queue (the healer's, its
   Dockerfiles parsed in the healer's worker) are the plans its heals use:
   nothing is worked out twice.
+- Stale mode: the event stream runs while any entry has ``rebuild_when =
+  "stale"`` too, proactive or not, and hands every image event to the
+  tracker. A ``proactive`` stale-mode tag whose inputs changed is queued
+  ``inputs_debounce`` seconds after the last change (one rebuild per burst
+  of saves), and each reconcile queues the proactive tags found stale
+  (changes made while the proxy was down). They go through the same
+  workers, slots and ``min_free`` as every background heal.
 
 Theory of operation: four kinds of task (the event watcher, the schedule,
 the background workers, the memory flusher) share this object's state on one
@@ -40,15 +47,18 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ...recipes.config import Config, MinFree
 from ...recipes.graph import DependencyCycle, HealPlan
+from ...recipes.patterns import find_recipe
 from ...recipes.reference import InvalidReference, normalize
 from ..core.healer import Healer, HealFailed, Trigger
 from ..sources.engine import Engine, EngineError
+from ..stale import tracker as stale_mode
+from ..stale.tracker import StaleTracker
 from . import memory, memoryfile
 from .reconcile import Schedule, present, queue, wanted
 from .watcher import EventWatcher
@@ -67,6 +77,11 @@ FLUSH_EVERY = 30.0
 
 def enabled(config: Config) -> bool:
     return any(recipe.proactive for recipe in config.recipes)
+
+
+def events_wanted(config: Config) -> bool:
+    """Whether the image events are followed: for reconciles, or stale mode's tag map."""
+    return enabled(config) or stale_mode.enabled(config)
 
 
 def disk_usage(path: str) -> tuple[int, int] | None:
@@ -93,16 +108,22 @@ class Proactive:
     """Owns the proactive side of healing for the life of the process."""
 
     def __init__(
-        self, config: Callable[[], Config], healer: Healer, engine: Engine, state_dir: Path
+        self,
+        config: Callable[[], Config],
+        healer: Healer,
+        engine: Engine,
+        state_dir: Path,
+        stale: StaleTracker | None = None,
     ) -> None:
         self.config = config
         self.healer = healer
         self.engine = engine
         self.state_dir = state_dir
+        self.stale = stale
         self.memory = memory.TagMemory()
         heal = config().heal
         self.schedule = Schedule(quiet=heal.reconcile_debounce, interval=heal.reconcile_interval)
-        self.watcher = EventWatcher(engine, self._event, self._connected)
+        self.watcher = EventWatcher(engine, self._event, self._connected, on_event=self._image)
         self.last_reconcile: float | None = None
         self.reconciles = 0
         self.pending: list[str] = []
@@ -116,7 +137,11 @@ class Proactive:
         self._root: str | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
-        """The event watcher and the schedule, while enabled."""
+        """The schedule, while enabled."""
+        self._events: asyncio.Task[None] | None = None
+        """The event watcher, while events are wanted (``events_wanted``)."""
+        self._debounce: dict[str, asyncio.TimerHandle] = {}
+        """Stale-mode tags whose inputs changed, each queued when its timer fires."""
         self._workers: list[asyncio.Task[None]] = []
         self._retiring: set[asyncio.Task[None]] = set()
         """Tasks cancelled by a reload, kept until they end so none is lost."""
@@ -143,14 +168,18 @@ class Proactive:
         return bool(self._loops) and enabled(self.config())
 
     @property
+    def following(self) -> bool:
+        return self._events is not None
+
+    @property
     def events_up(self) -> bool:
-        return self.enabled and self.watcher.up
+        return self.following and self.watcher.up
 
     def blocked(self) -> dict[str, bool]:
         return {"min_free": self.disk is not None}
 
     def health(self) -> dict[str, object]:
-        if not self.enabled:
+        if not self.following:
             return {}
         return {"events": self.watcher.view()}
 
@@ -180,16 +209,20 @@ class Proactive:
         self.schedule.quiet = config.heal.reconcile_debounce
         self.failed.clear()
         self._recheck.set()  # waiting heals look again: at min_free, or at being off
+        if events_wanted(config) and self._events is None:
+            self._events = self._spawn("event watcher", self.watcher.run)
+        elif not events_wanted(config) and self._events is not None:
+            self._retire(self._events)
+            self._events = None
+            self.watcher.up, self.watcher.detail = False, "off: no proactive or stale-mode entry"
         if not enabled(config):
             self.pending.clear()
             self.disk = None
             self._retire(*self._loops, *self._workers)
             self._loops.clear()
             self._workers.clear()
-            self.watcher.up, self.watcher.detail = False, "off: no proactive entry"
             return
         if not self._loops:
-            self._loops.append(self._spawn("event watcher", self.watcher.run))
             self._loops.append(self._spawn("reconcile schedule", self._schedule_loop))
         while len(self._workers) < config.heal.background_parallel:
             self._workers.append(self._spawn("background worker", self._worker))
@@ -200,11 +233,16 @@ class Proactive:
 
     async def stop(self) -> None:
         flusher = [self._flusher] if self._flusher is not None else []
-        tasks = [*flusher, *self._loops, *self._workers, *self._retiring]
+        events = [self._events] if self._events is not None else []
+        tasks = [*flusher, *events, *self._loops, *self._workers, *self._retiring]
         for task in tasks:
             task.cancel()
+        for handle in self._debounce.values():
+            handle.cancel()
+        self._debounce.clear()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._flusher = None
+        self._events = None
         self._loops.clear()
         self._workers.clear()
         await self._flush()
@@ -248,6 +286,33 @@ class Proactive:
         self._root = None  # a restarted daemon may have a new root folder
         self.schedule.request()
         self._wake.set()
+        if self.stale is not None:
+            self.stale.connected()
+
+    def _image(self, event: Mapping[str, Any]) -> None:
+        if self.stale is not None:
+            self.stale.event(event)
+
+    def inputs_changed(self, image: str) -> None:
+        """A stale-mode tag's inputs changed: queue its rebuild once they are
+        quiet, if its entry is proactive."""
+        config = self.config()
+        found = find_recipe(config.recipes, image)
+        if found is None or not found[0].proactive or not self._loops:
+            return
+        handle = self._debounce.pop(image, None)
+        if handle is not None:
+            handle.cancel()
+        loop = asyncio.get_running_loop()
+        delay = config.heal.inputs_debounce
+        self._debounce[image] = loop.call_later(delay, self._rebuild_due, image)
+
+    def _rebuild_due(self, image: str) -> None:
+        del self._debounce[image]
+        if image not in self.pending and image not in self.active:
+            log.info("inputs of %s quiet for a while: rebuilding it in the background", image)
+            self.pending.append(image)
+            self._work.set()
 
     async def _schedule_loop(self) -> None:
         while True:
@@ -293,6 +358,7 @@ class Proactive:
         self.plans = {
             step.image: plan.of(step.image) for plan in found.values() for step in plan.steps
         }
+        steps += [image for image in self._stale_proactive() if image not in steps]
         self.pending = [image for image in steps if image not in self.failed]
         self.last_reconcile = now
         self.reconciles += 1
@@ -310,6 +376,19 @@ class Proactive:
                 log.warning("proactive heal of %s skipped: %s", image, exc)
         return found
 
+    def _stale_proactive(self) -> list[str]:
+        """Proactive tags stale now (changed while nobody watched), not under way."""
+        if self.stale is None:
+            return []
+        recipes = self.config().recipes
+        return [
+            image
+            for image in self.stale.stale()
+            if image not in self.active
+            and (found := find_recipe(recipes, image)) is not None
+            and found[0].proactive
+        ]
+
     # -- background heals -------------------------------------------------------
 
     async def _worker(self) -> None:
@@ -326,6 +405,8 @@ class Proactive:
                     await self.healer.ensure(image, trigger="proactive", plan=plan)
             except HealFailed as failure:
                 self.failed[image] = time.monotonic()
+                if self.stale is not None:
+                    self.stale.failed(image, str(failure))
                 log.warning("proactive heal of %s failed: %s", image, str(failure).splitlines()[0])
             finally:
                 self.active.discard(image)

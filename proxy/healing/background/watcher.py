@@ -2,7 +2,9 @@
 
 Rules:
 - Events are a trigger only (see ``reconcile``): each one that may mean an
-  image went away is passed to ``on_trigger`` with no name attached.
+  image went away is passed to ``on_trigger`` with no name attached. Every
+  event also goes to ``on_event`` whole: stale mode keeps its tag map
+  from them (``stale.tagmap``).
 - The stream is (re)opened with ``since`` set to just before the attempt, so
   an event between the last one seen and the new stream is replayed, not lost.
 - The stream is up, and ``on_connected`` runs, only once ``/events`` answered
@@ -27,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..sources.engine import Engine, EngineError
 from .reconcile import is_trigger
@@ -48,6 +51,7 @@ class EventWatcher:
         on_trigger: Callable[[], None],
         on_connected: Callable[[], None],
         *,
+        on_event: Callable[[Mapping[str, Any]], None] = lambda event: None,
         first_retry: float = FIRST_RETRY,
         retry: float = RETRY,
         stable: float = STABLE,
@@ -55,6 +59,7 @@ class EventWatcher:
         self.engine = engine
         self.on_trigger = on_trigger
         self.on_connected = on_connected
+        self.on_event = on_event
         self.first_retry, self.retry, self.stable = first_retry, retry, stable
         self.up = False
         self.detail = "not connected yet"
@@ -77,6 +82,7 @@ class EventWatcher:
             since = time.time() - 1  # dockerd's clock has whole-second events
             try:
                 async for event in self.engine.image_events(since, self._opened):
+                    self.on_event(event)
                     if is_trigger(event):
                         self.on_trigger()
                 problem = "the daemon closed the event stream"

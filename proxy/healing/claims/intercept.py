@@ -18,6 +18,12 @@ Rules:
   ``docker pull`` see a pull that worked, or an ``errorDetail`` that says why not.
 - A build whose context is the body, FROM an image a recipe makes, gets the
   image healed before the daemon sees the build (``buildheal``).
+- A create of a stale-mode tag asks the stale tracker first, from memory
+  (one inspect only while its tag map is being relisted). A stale image is
+  rebuilt before the create goes on (``on_stale = "rebuild"``, falling back
+  to the old image if the rebuild fails, and ``"strict"``, failing the
+  create with the reason), or the create goes on at once and the rebuild
+  runs behind it (``"background"``).
 - ``/_heal/`` is the one path prefix the proxy answers itself.
 
 The pure helpers at the top decide; ``Interceptor`` does the I/O through an
@@ -40,6 +46,7 @@ from ...wire.connection import Exchange, Handler
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
 from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
+from ..stale.decision import Stale, Unknown
 from .buildheal import BuildHeal, build_params
 
 log = logging.getLogger(__name__)
@@ -112,6 +119,8 @@ class Interceptor:
         self._on_used = on_used
         self._snapshot = snapshot or healer.snapshot
         self._build = BuildHeal(config, healer)
+        self._behind: set[asyncio.Task[None]] = set()
+        """Rebuilds of ``on_stale = "background"`` under way, kept until they end."""
 
     def claim(self, head: RequestHead) -> Handler | None:
         if head.method == "POST":
@@ -178,8 +187,11 @@ class Interceptor:
         except gojson.TooDeep as exc:
             exchange.fail(400, f"invalid JSON: {exc}")
             return
-        if image is None or find_recipe(self._config().recipes, image) is None:
+        found = None if image is None else find_recipe(self._config().recipes, image)
+        if image is None or found is None:
             exchange.forward(raw)
+            return
+        if found[0].rebuild_when == "stale" and not await self._fresh(exchange, image):
             return
         answer = await exchange.roundtrip(raw)
         if answer is None:
@@ -202,6 +214,52 @@ class Interceptor:
             log.info("client gave up waiting for %s; its create is not replayed", image)
             return
         exchange.forward(raw)
+
+    async def _fresh(self, exchange: Exchange, image: str) -> bool:
+        """Rebuild a stale image as its entry's ``on_stale`` says; False when the
+        create is answered already (or its client has gone)."""
+        tracker = self._healer.stale
+        if tracker is None:
+            return True
+        tag = tracker.tag(image)
+        decision = tracker.decide(tag)
+        if isinstance(decision, Unknown):
+            decision = await tracker.judge(tag)
+        if not isinstance(decision, Stale):
+            return True
+        found = find_recipe(self._config().recipes, tag)
+        on_stale = found[0].on_stale if found is not None else "rebuild"
+        log.info("%s is stale (%s): %s", tag, decision.reason, on_stale)
+        if on_stale == "background":
+            task = asyncio.get_running_loop().create_task(self._rebuild_behind(tag))
+            self._behind.add(task)
+            task.add_done_callback(self._behind.discard)
+            return True
+        try:
+            await self._healer.rebuild(tag, trigger="stale")
+        except HealFailed as failure:
+            tracker.failed(tag, str(failure))
+            if on_stale == "strict":
+                exchange.fail(500, str(failure))
+                return False
+            log.warning("rebuild of stale %s failed; the old image runs: %s", tag, failure)
+        if exchange.client_gone:
+            log.info("client gave up waiting for %s; its create is not sent", tag)
+            return False
+        return True
+
+    async def _rebuild_behind(self, tag: str) -> None:
+        tracker = self._healer.stale
+        try:
+            await self._healer.rebuild(tag, trigger="stale")
+        except HealFailed as failure:
+            if tracker is not None:
+                tracker.failed(tag, str(failure))
+            log.warning("background rebuild of stale %s failed: %s", tag, failure)
+
+    async def aclose(self) -> None:
+        """Wait for the rebuilds running behind creates (the healer cancels them)."""
+        await asyncio.gather(*self._behind, return_exceptions=True)
 
     async def pull(self, exchange: Exchange, reference: str) -> None:
         """Heal a managed tag in place of a pull; the request body has been read."""

@@ -28,10 +28,11 @@ Rules:
 - Each heal keeps its output in a log file and its last lines in memory, for
   the error message and the status view.
 - Each heal has a trigger (``create``, ``pull``, ``build``, ``proactive``,
-  ``cli``) for the metrics. A client that joins a proactive heal makes it its
-  own: the heal is counted under the client's trigger, since someone waited
-  for it. Each heal also has a source (``recipe`` or ``cache``): where its
-  image came from.
+  ``cli``, ``stale``: a create's rebuild of a stale image) for the metrics.
+  A client that joins a proactive heal makes it its own: the heal is
+  counted under the client's trigger, since someone waited for it. Each
+  heal also has a source (``recipe`` or ``cache``): where its image came
+  from.
 - A tag a heal produced (by its recipe or from the cache) is reported to
   ``on_healed`` with its trigger, so that the tags of pattern recipes can be
   remembered for proactive heals (a proactive heal is no sign that anyone
@@ -46,6 +47,16 @@ Rules:
   what was asked for) but still pushes. After a recipe run the push
   is a task of its own, started once the result is recorded, so waiting
   clients are answered first; shutdown cancels it like a heal.
+
+Stale mode (``stale``): with a tracker, a present image whose entry has
+``rebuild_when = "stale"`` and whose sources or bases changed is rebuilt by
+``rebuild`` (and by ``ensure``), through the same single flight: "built
+meanwhile" then means "fresh meanwhile". Bases that are present but stale
+are rebuilt first, as missing ones are healed. A heal of a stale-mode tag
+hashes its sources before anything runs and records the image it made
+against that hash; it hashes them again after, and an edit made meanwhile
+is reported to the tracker, so one more rebuild follows (never a record
+of a tree the build may not have seen).
 
 A reload swaps ``config``; heals already running keep the concrete recipe
 they started with. A result remembers the recipe that produced it, and a
@@ -67,7 +78,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -79,6 +90,8 @@ from ...recipes.recipe import ConcreteRecipe, Recipe
 from ...recipes.reference import InvalidReference, normalize
 from ..sources.cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from ..sources.engine import Engine, EngineError
+from ..stale.decision import Sources, Stale
+from ..stale.tracker import StaleTracker
 from .dockerfileparse import ParseProcess
 from .planner import Planner
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
@@ -97,7 +110,7 @@ class HealFailed(Exception):
     """A heal did not produce its image; the text is what the client sees."""
 
 
-Trigger = Literal["create", "pull", "build", "proactive", "cli"]
+Trigger = Literal["create", "pull", "build", "proactive", "cli", "stale"]
 """What started a heal; a label of the heal metrics."""
 
 Source = Literal["recipe", "cache"]
@@ -228,6 +241,10 @@ class Healer:
         """Where heal plans are worked out, in a parse queue of their own."""
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
+        self.stale: StaleTracker | None = None
+        """Stale mode's facts, when the proxy runs one (``docker-heal-proxy heal`` does not)."""
+        self._rebuilds: set[str] = set()
+        """Tags whose heal under way is a rebuild of a stale image."""
 
     def reconfigure(self, config: Config) -> None:
         self.slots.resize(config.heal.max_parallel)
@@ -240,6 +257,10 @@ class Healer:
         """Heal an image the daemon just said is missing."""
         await self._join(normalize(image), force, trigger)
 
+    async def rebuild(self, image: str, *, trigger: Trigger) -> bool:
+        """Rebuild a present image found stale; False if it was fresh meanwhile."""
+        return await self._join(normalize(image), False, trigger, rebuild=True)
+
     async def ensure(
         self,
         image: str,
@@ -248,16 +269,28 @@ class Healer:
         force: bool = False,
         plan: HealPlan | None = None,
     ) -> str:
-        """Make sure an image exists; say whether it had to be healed.
+        """Make sure an image exists, and is fresh in stale mode; say what it took.
 
         ``plan`` is the image's plan when the caller has worked it out already.
         """
         image = normalize(image)
         if not force and await self._exists(image):
-            return "Image is up to date"
+            stale = await self._stale(image)
+            if stale is None:
+                return "Image is up to date"
+            if await self._join(image, False, trigger, plan=plan, rebuild=True):
+                return f"Rebuilt by docker-heal-proxy: {stale}"
+            return "Image is up to date (rebuilt meanwhile)"
         if await self._join(image, force, trigger, plan=plan):
             return "Healed by docker-heal-proxy"
         return "Image is up to date (built meanwhile by another process)"
+
+    async def _stale(self, image: str) -> str | None:
+        """Why the present ``image`` must be rebuilt, or None."""
+        if self.stale is None:
+            return None
+        found = await self.stale.judge(image)
+        return found.reason if isinstance(found, Stale) else None
 
     async def plan(self, image: str) -> HealPlan:
         """``image``'s plan by the current config (``planner``); raises
@@ -302,6 +335,7 @@ class Healer:
         *,
         waiter: bool = True,
         plan: HealPlan | None = None,
+        rebuild: bool = False,
     ) -> bool:
         """Wait for the one heal of ``image``; True if its recipe ran.
 
@@ -315,6 +349,8 @@ class Healer:
             task = asyncio.get_running_loop().create_task(self._heal(image, force, plan))
             self.inflight[image] = task
             self.triggers[image] = trigger
+            if rebuild:
+                self._rebuilds.add(image)
             task.add_done_callback(lambda t: self._settled(image, t))
         elif trigger != "proactive":
             self._relabel(image, trigger)
@@ -350,6 +386,7 @@ class Healer:
         if self.inflight.get(image) is task:
             del self.inflight[image]
             del self.triggers[image]
+            self._rebuilds.discard(image)
         if not task.cancelled():
             task.exception()  # retrieved here, raised to every waiter by shield
 
@@ -376,6 +413,8 @@ class Healer:
         self.running[image] = progress
         cache = self._cache(concrete)
         try:
+            # Before anything runs: an edit made from here on leads to one more rebuild.
+            before = await self.stale.before(image) if self.stale is not None else None
             # A cache hit needs no bases, so the cache comes before healing any.
             if cache is not None:
                 progress.phase = "queued"
@@ -383,6 +422,7 @@ class Healer:
                     if await self._built_meanwhile(image, force):
                         return False
                     if await self._from_cache(plan, cache, progress, force):
+                        await self._made(image, before, plan.bases)
                         return True
             await self._bases(plan)
             progress.phase = "queued"
@@ -390,7 +430,8 @@ class Healer:
                 if await self._built_meanwhile(image, force):
                     return False
                 await self._run(concrete, progress, cache)
-                return True
+            await self._made(image, before, plan.bases)
+            return True
         except OSError as exc:  # the state directory: logs and lock files
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: {exc}") from None
         finally:
@@ -408,25 +449,48 @@ class Healer:
             yield
 
     async def _built_meanwhile(self, image: str, force: bool) -> bool:
-        if not force and await self._exists(image):
+        if force or not await self._exists(image):
+            return False
+        if image not in self._rebuilds:
             log.info("heal of %s: built meanwhile by another process", image)
+            return True
+        if await self._stale(image) is None:
+            log.info("rebuild of %s: fresh meanwhile", image)
             return True
         return False
 
+    async def _made(self, image: str, before: Sources | None, bases: Sequence[str]) -> None:
+        """Record what a heal made (stale mode), and hash its sources again: an
+        edit made while it ran must lead to one more rebuild."""
+        if self.stale is None or before is None:
+            return
+        await self.stale.made(image, before, await self.stale.base_ids(bases))
+        after = await self.stale.before(image)
+        if after is not None and after.hash != before.hash:
+            log.info("rebuild of %s: its inputs changed while it ran; one more follows", image)
+            self.stale.on_inputs_changed(image)
+
     async def _bases(self, plan: HealPlan) -> None:
+        """Heal the managed bases that are missing, and rebuild those that are stale."""
         image = plan.image
         for base in plan.bases:
-            if await self._exists(base):
+            rebuild = await self._exists(base)
+            if rebuild and await self._stale(base) is None:
                 continue
             self._bases_of.setdefault(image, set()).add(base)
             try:
                 await self._join(
-                    base, False, self._trigger(image), waiter=False, plan=plan.of(base)
+                    base,
+                    False,
+                    self._trigger(image),
+                    waiter=False,
+                    plan=plan.of(base),
+                    rebuild=rebuild,
                 )
             except HealFailed as failure:
                 raise HealFailed(
                     f"docker-heal-proxy: cannot heal {image}: its base {base} "
-                    f"could not be healed:\n{failure}"
+                    f"could not be {'rebuilt' if rebuild else 'healed'}:\n{failure}"
                 ) from None
 
     async def settle(self) -> None:

@@ -251,6 +251,15 @@ class Engine:
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineError(f"lost dockerd's events at {self.socket_path}: {exc}") from None
 
+    async def inspect(self, ref: str) -> Mapping[str, Any] | None:
+        """``GET /images/{ref}/json``, or None when no image has that name."""
+        try:
+            return dict(await self._call(f"an inspect of {ref}", self._docker.images.inspect(ref)))
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def image_id(self, ref: str) -> str:
         """The ID of the image ``ref`` names now, to pin it while it is pushed."""
         found = await self._call(f"an inspect of {ref}", self._docker.images.inspect(ref))

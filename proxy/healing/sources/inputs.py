@@ -14,9 +14,12 @@ Rules:
   path through it: it may lead out of the tree, or round in a loop.
 - A folder that cannot be listed is an error, like a file that cannot be
   read: skipping it would leave its files out of the key.
-- Each file contributes ``relative path \\0 mode \\0 size \\0 content``, in
-  order of path (``/``-separated). The size keeps one file's content from
-  passing for the next file's path.
+- Each file is hashed on its own into an entry (mode, size, sha256 of its
+  content), and the inputs hash is a sha256 over ``relative path \\0 mode \\0
+  size \\0 content hex`` lines in order of path (``/``-separated). One
+  changed file is then re-hashed alone (``file_entry``) and the whole hash
+  recomputed from the entries kept (``tree_hash``), which is what keeps a
+  watched tree's hash current at the cost of the change, not of the tree.
 - The mode is the one git would record: ``100755`` if any execute bit is
   set, else ``100644``, and ``120000`` for a symlink, whose content is its
   target (it is not followed). Hosts check the same sources out under
@@ -46,7 +49,8 @@ import glob
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -139,30 +143,83 @@ def input_files(root: Path, patterns: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def _record(digest: hashlib._Hash, root: Path, relative: str) -> None:
+@dataclass(frozen=True)
+class FileEntry:
+    """What one input file adds to the hash, and when it last changed."""
+
+    mode: bytes
+    size: int
+    digest: str
+    """sha256 hex of the content (of the target, for a symlink)."""
+    mtime: float
+    """Not hashed: a checkout touches every file. Only adoption reads it."""
+
+
+Entries = Mapping[str, FileEntry]
+"""Input files by relative path: a recipe's sources, file by file."""
+
+
+def file_entry(root: Path, relative: str) -> FileEntry | None:
+    """The entry of one file, or None for a kind that is skipped; raises OSError."""
     path = root / relative
     info = path.lstat()
+    digest = hashlib.sha256()
     if stat.S_ISLNK(info.st_mode):
         target = os.fsencode(os.readlink(path))
-        digest.update(b"%s\x00120000\x00%d\x00" % (os.fsencode(relative), len(target)) + target)
-        return
+        digest.update(target)
+        return FileEntry(b"120000", len(target), digest.hexdigest(), info.st_mtime)
     if not stat.S_ISREG(info.st_mode):
-        return
-    mode = b"100755" if info.st_mode & 0o111 else b"100644"
-    digest.update(b"%s\x00%s\x00%d\x00" % (os.fsencode(relative), mode, info.st_size))
+        return None
+    size = 0
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
+            size += len(chunk)
+    mode = b"100755" if info.st_mode & 0o111 else b"100644"
+    return FileEntry(mode, size, digest.hexdigest(), info.st_mtime)
+
+
+def input_entries(root: Path, patterns: Sequence[str]) -> dict[str, FileEntry]:
+    """Every file the globs name, with its entry; raises InputsError."""
+    entries: dict[str, FileEntry] = {}
+    try:
+        for relative in input_files(root, patterns):
+            entry = file_entry(root, relative)
+            if entry is not None:
+                entries[relative] = entry
+    except OSError as error:
+        raise _unreadable(error) from None
+    return entries
+
+
+def tree_hash(entries: Entries) -> str:
+    """``sha256:<hex>`` over the entries in path order; "" for none at all."""
+    if not entries:
+        return ""
+    digest = hashlib.sha256()
+    for relative in sorted(entries):
+        entry = entries[relative]
+        digest.update(
+            b"%s\x00%s\x00%d\x00%s\n"
+            % (os.fsencode(relative), entry.mode, entry.size, entry.digest.encode())
+        )
+    return f"sha256:{digest.hexdigest()}"
+
+
+def named(patterns: Sequence[str], relative: str) -> bool:
+    """Whether a file at ``relative`` would be one of the inputs: a glob names
+    it or a folder it is in. Symlinked folders on the way are not checked; the
+    full rescan corrects that rare case."""
+    path = relative.split("/")
+    for pattern in patterns:
+        parts = [part for part in pattern.split("/") if part not in ("", ".")]
+        if any(_matches(parts, path[:end]) for end in range(len(path) + 1)):
+            return True
+    return False
 
 
 def inputs_hash(root: Path, patterns: Sequence[str]) -> str:
     """``sha256:<hex>`` of the files ``patterns`` name under ``root``; "" for no globs."""
     if not patterns:
         return ""
-    digest = hashlib.sha256()
-    try:
-        for relative in input_files(root, patterns):
-            _record(digest, root, relative)
-    except OSError as error:
-        raise _unreadable(error) from None
-    return f"sha256:{digest.hexdigest()}"
+    return tree_hash(input_entries(root, patterns))

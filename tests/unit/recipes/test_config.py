@@ -635,3 +635,68 @@ def test_security_trust_paths_are_folders_relative_to_the_config() -> None:
 def test_security_mistakes_name_the_key(security: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config({"security": security}, base_dir=Path("/etc/dhp"))
+
+
+def test_stale_mode_is_opt_in_per_entry() -> None:
+    config = parse(
+        {
+            "heal": {"inputs_rescan": "1m", "inputs_debounce": "2s"},
+            "images": [
+                {"match": "a", "command": ["x"]},
+                {
+                    "match": "b",
+                    "build": {"context": "."},
+                    "inputs": ["src"],
+                    "rebuild_when": "stale",
+                },
+                {"match": "c", "load": "c.tar", "rebuild_when": "stale", "on_stale": "strict"},
+            ],
+        }
+    )
+    assert [(r.rebuild_when, r.on_stale) for r in config.recipes] == [
+        ("missing", "rebuild"),
+        ("stale", "rebuild"),
+        ("stale", "strict"),
+    ]
+    assert (config.heal.inputs_rescan, config.heal.inputs_debounce) == (60.0, 2.0)
+    assert (HealSettings().inputs_rescan, HealSettings().inputs_debounce) == (300.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"pull": True, "rebuild_when": "stale"},
+            'images[0].rebuild_when: a pull entry cannot be "stale"',
+        ),
+        (
+            {"command": ["x"], "rebuild_when": "stale"},
+            """images[0].rebuild_when: "stale" needs the command entry's sources: list them""",
+        ),
+        (
+            {"build": {"context": "."}, "rebuild_when": "stale"},
+            """images[0].rebuild_when: "stale" needs the build entry's sources: list them""",
+        ),
+        (
+            {"command": ["x"], "rebuild_when": "changed"},
+            """images[0].rebuild_when: expected one of "missing", "stale", not 'changed'""",
+        ),
+        (
+            {"command": ["x"], "inputs": ["x"], "rebuild_when": "stale", "on_stale": 1},
+            """images[0].on_stale: expected one of "rebuild", "strict", "background", not 1""",
+        ),
+        (
+            {"command": ["x"], "on_stale": "strict"},
+            'images[0].on_stale: applies only with rebuild_when = "stale"',
+        ),
+    ],
+)
+def test_stale_mode_needs_sources_to_compare(entry: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse({"images": [{"match": "app", **entry}]})
+    assert str(raised.value).startswith(f"config.toml: {message}")
+
+
+def test_bad_inputs_rescan() -> None:
+    message = "config.toml: heal.inputs_rescan: must be more than 0s"
+    fails({"heal": {"inputs_rescan": "0s"}}, message)

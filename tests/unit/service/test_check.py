@@ -216,3 +216,25 @@ def test_a_cached_entry_shows_its_inputs_and_the_cache_reference_tried_first() -
     assert "  inputs   src/**\n  cached   yes: tries [heal] cache before running\n" in listing
     text = describe(cached, "app:3", read, reference)
     assert "\n  cache key  reg:5000/heal-cache:key-of-3\n" in text
+
+
+def test_a_stale_mode_entry_says_when_and_how_it_is_rebuilt() -> None:
+    stale = parse_config(
+        {
+            "images": [
+                {
+                    "match": "agent",
+                    "build": {"context": "agent"},
+                    "inputs": ["src"],
+                    "rebuild_when": "stale",
+                    "on_stale": "strict",
+                },
+                {"match": "other", "command": ["x"]},
+            ]
+        },
+        base_dir=Path("/cfg"),
+    )
+    text = describe(stale, None, lambda concrete: None, no_cache)
+    assert "  rebuilt   when stale: its inputs or a managed base changed\n" in text
+    assert "  on stale  rebuild first; if that fails, the create fails\n" in text
+    assert text.count("when stale") == 1

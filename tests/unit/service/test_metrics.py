@@ -268,6 +268,7 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
 @dataclass
 class ProactiveState:
     enabled: bool = True
+    following: bool = True
     events_up: bool = False
     last_reconcile: float | None = None
     reasons: dict[str, bool] = field(default_factory=dict)
@@ -289,10 +290,31 @@ def test_proactive_gauges_follow_the_watcher_at_scrape_time() -> None:
     assert got[(PREFIX + "events_stream_up", ())] == 1
     assert got[(PREFIX + "last_reconcile_timestamp_seconds", ())] == 1700000000.5
     assert got[(PREFIX + "proactive_blocked", (("reason", "min_free"),))] == 1
-    state.enabled = False
+    state.enabled = False  # stale mode alone: the stream, but no reconcile
+    got = samples(metrics)
+    assert got[(PREFIX + "events_stream_up", ())] == 1
+    assert (PREFIX + "last_reconcile_timestamp_seconds", ()) not in got
+    state.following = False
     got = samples(metrics)
     assert (PREFIX + "events_stream_up", ()) not in got
     assert got[(PREFIX + "proactive_blocked", (("reason", "min_free"),))] == 1
+
+
+@dataclass
+class StaleState:
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def stale(self) -> dict[str, str]:
+        return self.tags
+
+
+def test_the_stale_images_gauge_counts_the_stale_tags_at_scrape_time() -> None:
+    state = StaleState()
+    metrics = Metrics(stale=lambda: state)
+    assert samples(metrics)[(PREFIX + "stale_images", ())] == 0
+    state.tags["docker.io/library/app:latest"] = "src/msg changed"
+    assert samples(metrics)[(PREFIX + "stale_images", ())] == 1
+    assert samples(Metrics())[(PREFIX + "stale_images", ())] == 0
 
 
 def test_health_carries_detail_without_being_decided_by_it() -> None:

@@ -284,3 +284,21 @@ def test_render_shows_proactive_state_when_enabled() -> None:
 def test_render_lists_cache_pushes_under_way() -> None:
     snapshot = {"in_progress": [], "cache_pushes": ["reg:5000/heal-cache:app-1-0123"]}
     assert "Cache pushes under way: reg:5000/heal-cache:app-1-0123" in status.render(snapshot)
+
+
+def test_render_lists_stale_tags_adoptions_and_failed_rebuilds() -> None:
+    view = {
+        "enabled": True,
+        "watched": ["a:1", "b:1", "c:1"],
+        "stale": {"a:1": "src/msg changed", "c:1": "built before x last changed (adopted stale)"},
+        "adopted": {"b:1": "fresh", "c:1": "stale: built before x last changed (adopted stale)"},
+        "failed_rebuilds": {"a:1": "docker-heal-proxy: cannot heal a:1: exit 3\nmore"},
+        "inputs_problems": {},
+    }
+    text = status.render({"stale": view})
+    assert "Stale mode: 3 tags watched, 2 stale\n" in text
+    assert "  stale (rebuilt by the next create):\n    a:1  src/msg changed\n" in text
+    assert "    b:1  fresh\n" in text
+    assert "  rebuilds that failed (the old image runs):\n    a:1  docker-heal-proxy" in text
+    assert "more" not in text and "cannot be hashed" not in text
+    assert "Stale mode" not in status.render({"stale": {"enabled": False}})

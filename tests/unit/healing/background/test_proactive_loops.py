@@ -235,3 +235,35 @@ def test_a_heal_waiting_for_disk_space_gives_up_when_a_create_healed_the_image(
 
     healer = run_proactive(tmp_path, engine, [settings(min_free=MinFree(percent=100.0))], body)
     assert healer.ensured == []
+
+
+def test_inputs_changed_queues_one_rebuild_once_they_are_quiet(tmp_path: Path) -> None:
+    """Stale mode: a burst of saves leads to one background rebuild, debounce after the
+    last; an entry that is not proactive is left to the next create."""
+    stale = Recipe(index=1, match="plain:1", kind="command", command=("x",))
+    config = Config(
+        heal=HealSettings(inputs_debounce=0.2, min_free=MinFree(percent=0.0)),
+        recipes=(STATIC, stale),
+    )
+    engine = FakeEngine(tmp_path)
+    engine.exists = True
+    engine.images = [{"RepoTags": ["static:1", "plain:1"]}]
+    static = "docker.io/library/static:1"
+
+    async def body(background: Proactive) -> None:
+        await until(lambda: background.reconciles == 1, "the start-up reconcile")
+        started = time.monotonic()
+        for _ in range(3):
+            background.inputs_changed(static)
+            background.inputs_changed("docker.io/library/plain:1")
+            await asyncio.sleep(0.1)
+        assert healer_of(background).ensured == [], "queued before the inputs were quiet"
+        await until(lambda: healer_of(background).ensured == [static], "the rebuild")
+        assert time.monotonic() - started >= 0.2 + 0.2
+
+    healer = run_proactive(tmp_path, engine, [config], body)
+    assert healer.ensured == [static]
+
+
+def healer_of(background: Proactive) -> FakeHealer:
+    return cast(FakeHealer, background.healer)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.healing.sources.inputs import InputsError, input_files, inputs_hash
+from proxy.healing.sources.inputs import (
+    InputsError,
+    file_entry,
+    input_entries,
+    input_files,
+    inputs_hash,
+    named,
+    tree_hash,
+)
 
 
 @pytest.fixture
@@ -35,12 +43,41 @@ def test_globs_name_files_sorted_and_folders_whole(tree: Path) -> None:
     assert input_files(tree, ["src"]) == ["src/lib/.hidden", "src/main.py"]
 
 
-def test_the_hash_is_path_mode_size_content_in_path_order(tree: Path) -> None:
+def test_the_hash_is_path_mode_size_content_digest_in_path_order(tree: Path) -> None:
     expected = hashlib.sha256()
     for name in ("Dockerfile", "src/main.py"):
         content = (tree / name).read_bytes()
-        expected.update(b"%s\x00100644\x00%d\x00%s" % (name.encode(), len(content), content))
+        digest = hashlib.sha256(content).hexdigest().encode()
+        expected.update(b"%s\x00100644\x00%d\x00%s\n" % (name.encode(), len(content), digest))
     assert inputs_hash(tree, ["src/*.py", "Dockerfile"]) == f"sha256:{expected.hexdigest()}"
+
+
+def test_one_changed_file_is_rehashed_alone(tree: Path) -> None:
+    entries = input_entries(tree, GLOBS)
+    (tree / "src" / "main.py").write_text("print(2)\n")
+    changed = file_entry(tree, "src/main.py")
+    assert changed is not None and changed != entries["src/main.py"]
+    assert tree_hash({**entries, "src/main.py": changed}) == inputs_hash(tree, GLOBS)
+
+
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [
+        ("src/main.py", True),
+        ("src/lib/.hidden", False),
+        ("Dockerfile", True),
+        ("src/other.txt", False),
+        ("unrelated.txt", False),
+    ],
+)
+def test_named_says_whether_a_path_is_an_input(relative: str, expected: bool) -> None:
+    assert named(["src/*.py", "Dockerfile"], relative) is expected
+
+
+def test_a_named_folder_names_every_file_under_it() -> None:
+    assert named(["src"], "src/lib/deep/x")
+    assert named(["src/."], "src/x")
+    assert not named(["src"], "srcx/y")
 
 
 def test_content_path_and_exec_bit_change_the_hash_and_nothing_else_does(tree: Path) -> None:
