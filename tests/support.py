@@ -507,20 +507,6 @@ def gated_tagging_script(path: Path, marker: Path, source: str, image: str, gate
     return tagging_script(path, marker, source, image, extra=extra)
 
 
-def metric(port: int, name: str, **labels: str) -> float | None:
-    """The value of the proxy's sample ``name`` with ``labels`` (others may be
-    there too) on its metrics listener at ``port``; None when there is none."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
-
-
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
