@@ -48,7 +48,9 @@ class SessionHeal:
             return None
         dockerfile = text.decode("utf-8", "surrogateescape")
         images = await dockerfile_images(self._healer.parser, dockerfile, {}, None, open_args=True)
-        for image in managed(recipes, images):
+        needed = managed(recipes, images)
+        log.debug("a BuildKit build's Dockerfile is held; managed images: %s", needed or "none")
+        for image in needed:
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:
