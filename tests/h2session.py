@@ -26,6 +26,7 @@ from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, Setting
 from hypothesis import strategies as st
 
 from proxy.wire import fsutil
+from proxy.wire.fsutil import varint
 from proxy.wire.grpcmessages import message
 from proxy.wire.sessionrelay import PREFACE
 
@@ -34,15 +35,6 @@ DAEMON = "daemon"
 DOCKERFILE_STREAM = 3
 CONTEXT_STREAM = 5
 DIFFCOPY = "/moby.filesync.v1.FileSync/DiffCopy"
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def field_bytes(number: int, data: bytes) -> bytes:

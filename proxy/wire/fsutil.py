@@ -132,7 +132,8 @@ def read_packet(message: bytes | memoryview) -> Packet:
     return Packet(kind, ident, data, path)
 
 
-def _encode_varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf varint."""
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -144,4 +145,4 @@ def _encode_varint(value: int) -> bytes:
 def err_packet(message: str) -> bytes:
     """An ERR packet with ``message``: fsutil's receiver fails with "error from sender: ..."."""
     text = message.encode()
-    return b"\x08" + _encode_varint(ERR) + b"\x22" + _encode_varint(len(text)) + text
+    return b"\x08" + varint(ERR) + b"\x22" + varint(len(text)) + text

@@ -34,6 +34,7 @@ from support import (
     tagging_script,
     usage,
     wait_for,
+    write_script,
 )
 
 pytestmark = [pytest.mark.daemon, pytest.mark.usefixtures("cli_plugins")]
@@ -64,6 +65,15 @@ def dockerfile(base: str) -> str:
     return f"FROM {base}\nCOPY a.txt /a.txt\n"
 
 
+def context(tmp_path: Path, base: str) -> Path:
+    """A build context FROM ``base`` that copies one file: no RUN (no bridge)."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile(base))
+    (ctx / "a.txt").write_text("hello\n")
+    return ctx
+
+
 @pytest.fixture
 def case(dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path) -> Iterator[Case]:
     token = uuid.uuid4().hex[:12]
@@ -71,10 +81,7 @@ def case(dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path) -> Iterator[Ca
     marker = tmp_path / "runs"
     script = tagging_script(tmp_path / "make-base.sh", marker, BUSYBOX, base)
     proxy = make_proxy(command_config(tmp_path, base, script))
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(dockerfile(base))
-    (ctx / "a.txt").write_text("hello\n")
+    ctx = context(tmp_path, base)
     made = Case(dockerd, proxy, base, marker, ctx, f"dhp/bkchild:{token}")
     remove(dockerd.env, base)
     yield made
@@ -154,14 +161,9 @@ def test_a_broken_base_recipe_fails_the_build_with_the_proxy_reason(
     dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
     base = f"dhp/bkbroken:{uuid.uuid4().hex[:12]}"
-    script = tmp_path / "broken.sh"
-    script.write_text("#!/bin/sh\necho 'the base recipe broke here' >&2\nexit 3\n")
-    script.chmod(0o755)
+    script = write_script(tmp_path / "broken.sh", "echo 'the base recipe broke here' >&2\nexit 3\n")
     proxy = make_proxy(command_config(tmp_path, base, script))
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(dockerfile(base))
-    (ctx / "a.txt").write_text("hello\n")
+    ctx = context(tmp_path, base)
     baseline = warm_up(proxy, ctx)
     result = run(["docker", "build", str(ctx)], proxy)
     err = result.stderr.decode()
@@ -178,10 +180,7 @@ def test_twenty_concurrent_builds_heal_the_base_once(
     marker, gate = tmp_path / "runs", tmp_path / "gate"
     script = gated_tagging_script(tmp_path / "make.sh", marker, BUSYBOX, base, gate)
     proxy = make_proxy(command_config(tmp_path, base, script))
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(dockerfile(base))
-    (ctx / "a.txt").write_text("hello\n")
+    ctx = context(tmp_path, base)
     baseline = warm_up(proxy, ctx)
     results: list[subprocess.CompletedProcess[bytes]] = []
 
