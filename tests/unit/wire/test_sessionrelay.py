@@ -277,6 +277,10 @@ def _gives_up_and_flushes(
 FAULTS = {
     "headers on the held stream": (CLIENT, "headers"),
     "rst_stream on the held stream": (DAEMON, RstStreamFrame(DOCKERFILE_STREAM, 8).serialize()),
+    "a header block hpack cannot decode": (
+        DAEMON,
+        HeadersFrame(11, b"\xff\xff\xff\x7f", flags=["END_HEADERS"]).serialize(),
+    ),
     "an unknown frame type": (DAEMON, b"\x00\x00\x01\xee\x00\x00\x00\x00\x00\x00"),
     "a frame header that breaks a rule": (DAEMON, b"\x00\x00\x00\x04\x00\x00\x00\x00\x03"),
 }
