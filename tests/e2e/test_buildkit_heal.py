@@ -37,8 +37,6 @@ from support import (
     write_script,
 )
 
-# buildx comes with the dockerd 26 harness of issue 17 (``releases``, ``cli_plugins``).
-pytest.importorskip("releases", reason="needs buildx: the dockerd 26 harness (issue 17)")
 pytestmark = [pytest.mark.daemon, pytest.mark.usefixtures("cli_plugins")]
 
 
