@@ -164,6 +164,7 @@ class Recorder:
         self.upstream_errors: list[str] = []
         self.hijacks = 0
         self.h2 = 0
+        self.sessions_given_up = 0
 
     def exchange(self, method: str, path: str, status: int, seconds: float) -> None:
         self.exchanges.append((method, path, status))
@@ -177,8 +178,11 @@ class Recorder:
     def h2_spliced(self) -> None:
         self.h2 += 1
 
+    def session_gave_up(self) -> None:
+        self.sessions_given_up += 1
 
-TASK_OWNERS = ("Connection.", "Daemon.", "Exchange.")
+
+TASK_OWNERS = ("Connection.", "Daemon.", "Exchange.", "BuildSession.")
 """The classes of the data path whose coroutines run as tasks."""
 
 

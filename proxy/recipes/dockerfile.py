@@ -26,6 +26,10 @@ Rules:
   declared above it. ``--from`` values expand in the same scope.
 - With a ``target``, stages after the target stage are not built, so their
   images are not needed.
+- ``open_args``: the build args are not known (a BuildKit build, whose args
+  travel apart from its Dockerfile). An image whose reference uses an ARG
+  declared with no default could be anything, so it is left out, with a
+  debug line; every other image is named as above.
 - Images come back as written once expanded, in file order, each once:
   normalising and deciding which ones matter is the caller's business.
 
@@ -40,16 +44,21 @@ recognise it; COPY and RUN flags are searched for image references. Nested
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import shlex
 from collections.abc import Iterator, Mapping
 
 import dockerfile
 
+log = logging.getLogger(__name__)
+
 _VARIABLE_RE = re.compile(r"\$(?:\{([A-Za-z_]\w*)(?:(:[-+])([^}]*))?\}|([A-Za-z_]\w*))", re.ASCII)
 
 
-def from_images(text: str, build_args: Mapping[str, str], target: str | None = None) -> list[str]:
+def from_images(
+    text: str, build_args: Mapping[str, str], target: str | None = None, open_args: bool = False
+) -> list[str]:
     """The images the build needs, variables expanded, stages and scratch left out."""
     # A lone surrogate (text decoded with surrogateescape) makes the Go
     # binding read a NULL buffer: the interpreter dies. Replaced, it is a
@@ -60,11 +69,17 @@ def from_images(text: str, build_args: Mapping[str, str], target: str | None = N
     except dockerfile.GoParseError:
         return []
     scope: dict[str, str] = {}
+    unset: set[str] = set()
     stages: set[str] = set()
     images: list[str] = []
     seen_from = False
 
     def note(reference: str) -> None:
+        if open_args:
+            needed = {m[1] or m[4] for m in _VARIABLE_RE.finditer(reference)} & unset
+            if needed:
+                log.debug("%s left unhealed: it needs the build arg %s", reference, min(needed))
+                return
         image = _expand(reference, scope)
         if image and image.lower() not in (*stages, "scratch") and not image.isdigit():
             images.append(image)
@@ -81,7 +96,7 @@ def from_images(text: str, build_args: Mapping[str, str], target: str | None = N
             if len(words) >= 3 and words[1].lower() == "as":
                 stages.add(words[2].lower())
         elif keyword == "ARG" and not seen_from:
-            _declare(command.value, scope, build_args)
+            _declare(command.value, scope, build_args, unset)
         elif keyword in ("COPY", "RUN"):
             for reference in _flag_images(command.flags):
                 note(reference)
@@ -101,18 +116,23 @@ def _flag_images(flags: tuple[str, ...]) -> Iterator[str]:
                     yield mounted
 
 
-def _declare(words: tuple[str, ...], scope: dict[str, str], build_args: Mapping[str, str]) -> None:
-    """Add ``ARG NAME[=default] ...`` to the scope FROM lines expand in."""
+def _declare(
+    words: tuple[str, ...], scope: dict[str, str], build_args: Mapping[str, str], unset: set[str]
+) -> None:
+    """Add ``ARG NAME[=default] ...`` to the scope FROM lines expand in; ``unset``: no value."""
     for word in words:
         try:
             unquoted = shlex.split(word)
         except ValueError:  # unbalanced quotes: the builder refuses the file anyway
             continue
         name, has_default, default = " ".join(unquoted).partition("=")
+        unset.discard(name)
         if name in build_args:
             scope[name] = build_args[name]
         elif has_default:
             scope[name] = _expand(default, scope)
+        else:
+            unset.add(name)
 
 
 def _expand(word: str, scope: Mapping[str, str]) -> str:

@@ -58,6 +58,9 @@ class RequestLog:
     def h2_spliced(self) -> None:
         self.inner.h2_spliced()
 
+    def session_gave_up(self) -> None:
+        self.inner.session_gave_up()
+
 
 RELOADABLE = frozenset({"path", "heal", "security", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
@@ -133,7 +136,7 @@ class App:
             lambda: {**healer.snapshot(), "proactive": proactive.view(), "stale": stale.view()},
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
-        hub = Hub(settings.upstream, interceptor, observer)
+        hub = Hub(settings.upstream, interceptor, observer, sessions=interceptor.sessions)
         runner: web.AppRunner | None = None
         try:
             if settings.metrics is not None:

@@ -281,6 +281,11 @@ class Metrics:
             "Connections that opened with the HTTP/2 preface, spliced whole to the daemon.",
             registry=r,
         )
+        self.session_fail_open = Counter(
+            PREFIX + "build_session_fail_open_total",
+            "BuildKit /session connections the proxy stopped reading along (spliced as they are).",
+            registry=r,
+        )
         self.image_checks = Counter(
             PREFIX + "image_checks_total",
             "Creates of recipe-managed images, by whether the image was there.",
@@ -339,6 +344,9 @@ class Metrics:
 
     def h2_spliced(self) -> None:
         self.h2_connections.inc()
+
+    def session_gave_up(self) -> None:
+        self.session_fail_open.inc()
 
     # -- healer and interceptor --------------------------------------------------
 

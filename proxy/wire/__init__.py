@@ -11,14 +11,17 @@ Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
 ``states`` (the data path's state tables), ``rules`` (the decisions that
 span both sides of a connection), ``routes`` (which endpoint a path is),
 ``errors`` (the answers the proxy writes itself), ``gojson`` (client JSON
-read as dockerd's Go decoder reads it). With I/O, split as h11
-splits state, readers and writers, and connection: ``connection`` (the
-client side and the plain path, run on every chunk), ``local`` (a claimed
-request's exchange, which its handler drives), ``daemon`` (opening the
-daemon connection, bytes waiting for it, its going), ``splice`` (raw
-streams), ``flow`` (pausing reading, held bytes' water marks), ``hub``
-(what a listener's connections share) and ``listener`` (claiming the
-proxy's own socket).
+read as dockerd's Go decoder reads it), ``sessionrelay`` (reading
+BuildKit's ``/session`` along and holding a Dockerfile's end) with
+``grpcmessages`` and ``fsutil`` (the messages and packets it reads). With
+I/O, split as h11 splits state, readers and writers, and connection:
+``connection`` (the client side and the plain path, run on every chunk),
+``local`` (a claimed request's exchange, which its handler drives),
+``daemon`` (opening the daemon connection, bytes waiting for it, its
+going), ``splice`` (raw streams), ``buildsession`` (the splice of a
+``/session``, read along), ``flow`` (pausing reading, held bytes' water
+marks), ``hub`` (what a listener's connections share) and ``listener``
+(claiming the proxy's own socket).
 
 May import: the standard library only. Nothing else of the project.
 """

@@ -65,6 +65,7 @@ import time
 from typing import cast
 
 from . import errors
+from .buildsession import BuildSession
 from .daemon import Daemon, Upstream
 from .flow import HOLD_HIGH, HOLD_LOW, STREAM_LIMIT, Flow, Held
 from .http1 import (
@@ -85,6 +86,7 @@ from .http1 import (
 )
 from .hub import Hub, Interceptor, Observer
 from .local import CAPTURE_LIMIT, Exchange, Handler, hung_up, wants_continue
+from .routes import api_path
 from .rules import (
     ABORT,
     CLOSE,
@@ -268,6 +270,7 @@ class Connection(asyncio.Protocol):
         self.life = self._fire("life", self.life, "lost")
         if self.splice is not None:
             self._observe_hijacked(-1)
+            self.splice.lost()
         local = self.local
         if local is not None and local.task is not None:
             local.task.cancel()
@@ -569,6 +572,13 @@ class Connection(asyncio.Protocol):
         self._maybe_finish()
         return True
 
+    def _upgraded(self) -> Splice:
+        """The splice a 101 starts: BuildKit's ``/session`` is read along, if the hub asks."""
+        sessions, head = self.hub.sessions, self.head
+        if sessions is not None and head is not None and api_path(head.path) == "/session":
+            return BuildSession(self, sessions)
+        return Splice(self)
+
     def _response_head(self, buf: bytes | bytearray) -> None:
         """Parse the answer's head from ``buf``: ``resp_buf``, or a fresh chunk.
 
@@ -601,11 +611,14 @@ class Connection(asyncio.Protocol):
                     return
                 self.status = 101
                 self._observe_exchange()
-                rest = bytes(buf[start:])
+                answer, after = bytes(buf[start:end]), bytes(buf[end:])
                 self.resp_buf.clear()
                 self._resp("splice")
-                self._write_answer(rest)
-                Splice.enter(self)
+                self._write_answer(answer)
+                splice = self._upgraded()
+                splice.enter()
+                if after:  # the new protocol's first bytes, in the 101's read
+                    splice.from_daemon(after)
                 return
             if head.status >= 200:
                 break
@@ -637,7 +650,7 @@ class Connection(asyncio.Protocol):
         if raw_stream:
             self._resp("splice")
             self._write_answer(out)
-            Splice.enter(self)
+            Splice(self).enter()
             return
         if body.done:
             self._resp("complete")

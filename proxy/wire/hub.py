@@ -2,7 +2,8 @@
 
 Rules:
 - The healing part plugs into the data path only through ``Interceptor``
-  (which requests it takes over, and the ``Handler`` that runs them) and
+  (which requests it takes over, and the ``Handler`` that runs them),
+  ``BuildSessions`` (the verdict on a BuildKit build's held Dockerfile) and
   ``Observer`` (what the data path saw, for the metrics), so the wire never
   calls upward.
 - Shutting down stops new exchanges: idle and hijacked connections close
@@ -31,6 +32,16 @@ class Interceptor(Protocol):
         """The coroutine that takes this request over, or None to forward it."""
 
 
+class BuildSessions(Protocol):
+    """Where the Dockerfile a BuildKit session holds goes (``buildsession``)."""
+
+    limit: int
+    """The largest Dockerfile read along, in bytes; a larger one is not held."""
+
+    async def held(self, text: bytes) -> str | None:
+        """None lets the build read its Dockerfile; a message fails the build with it."""
+
+
 class Observer(Protocol):
     """Where the data path reports what it saw; the metrics module implements it."""
 
@@ -38,6 +49,7 @@ class Observer(Protocol):
     def upstream_error(self, kind: str) -> None: ...
     def hijacked(self, delta: int) -> None: ...
     def h2_spliced(self) -> None: ...
+    def session_gave_up(self) -> None: ...
 
 
 class Hub:
@@ -49,11 +61,13 @@ class Hub:
         interceptor: Interceptor | None = None,
         observer: Observer | None = None,
         *,
+        sessions: BuildSessions | None = None,
         strict: bool = False,
     ) -> None:
         self.upstream_path = upstream_path
         self.interceptor = interceptor
         self.observer = observer
+        self.sessions = sessions
         self.strict = strict
         """Raise on an impossible event instead of logging it (tests)."""
         self.connections: set[Connection] = set()

@@ -38,23 +38,22 @@ class Splice:
         self.conn = conn
         self.state = OPEN
 
-    @classmethod
-    def enter(cls, conn: Connection) -> Splice:
+    def enter(self) -> None:
         """The response side is SPLICED already; the request side follows."""
+        conn = self.conn
         client_shut = conn.req is CLOSED or conn.eof_pending
         conn._req("splice")
         conn.eof_pending = False
         conn.req_body = None
-        splice = conn.splice = cls(conn)
+        conn.splice = self
         conn._observe_hijacked(1)
         if conn.inbuf:
             held = bytes(conn.inbuf)
             conn.inbuf.clear()
-            conn._to_upstream(held)
+            self.from_client(held)
         conn.hold.update(0)
         if client_shut:
-            splice.client_eof()
-        return splice
+            self.client_eof()
 
     @classmethod
     def h2(cls, conn: Connection) -> None:
@@ -64,7 +63,7 @@ class Splice:
         conn._resp("splice")
         if conn.hub.observer is not None:
             conn.hub.observer.h2_spliced()
-        cls.enter(conn)
+        cls(conn).enter()
 
     def from_client(self, data: bytes) -> None:
         self.conn._to_upstream(data)
@@ -73,6 +72,9 @@ class Splice:
         transport = self.conn.transport
         if transport is not None:
             transport.write(data)
+
+    def lost(self) -> None:
+        """The connection is gone: a plain splice has nothing of its own to stop."""
 
     def client_eof(self) -> bool:
         self.state = self.conn._fire("splice", self.state, "client_eof")

@@ -29,60 +29,21 @@ from support import (
     MakeProxy,
     Proxy,
     UnixHTTPConnection,
+    back_to,
     build_busybox,
     docker,
     gated_tagging_script,
     image_exists,
     line_count,
-    ping,
     remove,
     start_proxy,
     tagging_script,
     toml_string,
+    usage,
     wait_for,
 )
 
 pytestmark = pytest.mark.daemon
-
-
-def fds(proxy: Proxy) -> int:
-    return len(os.listdir(f"/proc/{proxy.proc.pid}/fd"))
-
-
-def tasks(proxy: Proxy) -> int:
-    conn = UnixHTTPConnection(proxy.socket, timeout=10)
-    try:
-        conn.request("GET", "/_heal/status")
-        resp = conn.getresponse()
-        return int(json.loads(resp.read())["debug"]["tasks"])
-    finally:
-        conn.close()
-
-
-def usage(proxy: Proxy) -> tuple[int, int]:
-    """Descriptors first (no request of ours open), then tasks (one status request)."""
-    return fds(proxy), tasks(proxy)
-
-
-def back_to(proxy: Proxy, baseline: tuple[int, int], what: str) -> None:
-    """The proxy serves, and its descriptors and tasks return to at most ``baseline``."""
-    assert ping(proxy.socket), proxy.log()[-3000:]
-    last: list[tuple[int, int]] = []
-
-    def settled() -> bool:
-        last[:] = [usage(proxy)]
-        return last[0][0] <= baseline[0] and last[0][1] <= baseline[1]
-
-    try:
-        wait_for(settled, 30, f"fds and tasks back to {baseline} after {what}")
-    except TimeoutError:
-        fd_list = sorted(
-            os.readlink(f"/proc/{proxy.proc.pid}/fd/{fd}")
-            for fd in os.listdir(f"/proc/{proxy.proc.pid}/fd")
-        )
-        raise AssertionError(
-            f"{what}: (fds, tasks) {last[0]} > baseline {baseline}: {fd_list}"
-        ) from None
 
 
 def containers(dockerd: Dockerd) -> set[str]:

@@ -5,6 +5,8 @@ pulls, builds and status requests that healing cares about and lets every
 other request pass untouched. ``buildheal`` takes a ``POST /build`` over:
 its body goes to a nameless ``spool`` file while ``contextscan`` finds the
 Dockerfile in it, and the managed bases are healed before the build goes on.
+``sessionheal`` is the wire's ``BuildSessions``: the verdict on a BuildKit
+build's Dockerfile, held on its ``/session``, once its bases are healed.
 
 Pure: ``contextscan`` (bytes in, a Dockerfile out; no I/O of its own).
 

@@ -39,7 +39,7 @@ the spool so far, which then carries on with the live body.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import IO
@@ -47,6 +47,7 @@ from urllib.parse import parse_qs
 
 from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
+from ...recipes.recipe import Recipe
 from ...recipes.reference import InvalidReference, normalize
 from ...wire import gojson
 from ...wire.connection import Exchange
@@ -176,7 +177,7 @@ class BuildHeal:
         except ParseFailed as exc:
             log.warning("build of %s forwarded unhealed: unparsed Dockerfile: %s", name, exc)
             return True
-        for image in self._managed(images):
+        for image in managed(self._config().recipes, images):
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:
@@ -194,18 +195,6 @@ class BuildHeal:
             pass
         exchange.fail(500, message)
 
-    def _managed(self, images: list[str]) -> list[str]:
-        recipes = self._config().recipes
-        found: list[str] = []
-        for image in images:
-            try:
-                reference = normalize(image)
-            except InvalidReference:
-                continue  # the build will say so far better
-            if find_recipe(recipes, reference) is not None:
-                found.append(reference)
-        return found
-
     async def _forward(
         self, exchange: Exchange, spool: Spool | None, end: int | None = None, held: bytes = b""
     ) -> None:
@@ -219,6 +208,19 @@ class BuildHeal:
         if held and not await exchange.send(held):
             return
         exchange.forward_rest()
+
+
+def managed(recipes: Sequence[Recipe], images: list[str]) -> list[str]:
+    """The images, normalised, that a recipe makes; the rest are the daemon's business."""
+    found: list[str] = []
+    for image in images:
+        try:
+            reference = normalize(image)
+        except InvalidReference:
+            continue  # the build will say so far better
+        if find_recipe(recipes, reference) is not None:
+            found.append(reference)
+    return found
 
 
 def _absorb(spool: IO[bytes], scan: DockerfileScan, data: bytes) -> None:

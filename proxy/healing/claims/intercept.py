@@ -48,6 +48,7 @@ from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
 from ..stale.decision import Stale, Unknown
 from .buildheal import BuildHeal, build_params
+from .sessionheal import SessionHeal
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class Interceptor:
         self._build = BuildHeal(config, healer)
         self._behind: set[asyncio.Task[None]] = set()
         """Rebuilds of ``on_stale = "background"`` under way, kept until they end."""
+        self.sessions = SessionHeal(config, healer)
+        """The verdict on a BuildKit build's held Dockerfile, for the wire's hub."""
 
     def claim(self, head: RequestHead) -> Handler | None:
         if head.method == "POST":

@@ -194,20 +194,26 @@ class ParseProcess:
         await self._kill()
 
 
-def _images(text: str, build_args: Mapping[str, str], target: str | None) -> list[str]:
+def _images(
+    text: str, build_args: Mapping[str, str], target: str | None, open_args: bool
+) -> list[str]:
     """``from_images``, imported here so that only the worker process loads the parser."""
     from ...recipes.dockerfile import from_images
 
-    return from_images(text, build_args, target)
+    return from_images(text, build_args, target, open_args)
 
 
 async def dockerfile_images(
-    parser: ParseProcess, text: str, build_args: Mapping[str, str], target: str | None
+    parser: ParseProcess,
+    text: str,
+    build_args: Mapping[str, str],
+    target: str | None,
+    open_args: bool = False,
 ) -> list[str]:
     """The images ``text`` names, parsed in the worker; ParseFailed when too long or slow."""
     if len(text) > MAX_PARSED:
         raise ParseFailed(f"the Dockerfile is over {MAX_PARSED >> 10} KiB")
-    return await parser.run(_images, text, dict(build_args), target)
+    return await parser.run(_images, text, dict(build_args), target, open_args)
 
 
 if __name__ == "__main__":

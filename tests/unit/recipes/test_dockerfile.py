@@ -121,3 +121,10 @@ def test_a_lone_surrogate_does_not_crash_the_parser() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "['?', 'b?x']\n"
+
+
+def test_with_open_args_an_image_that_needs_an_arg_without_default_is_left_out() -> None:
+    text = "ARG A\nARG B=b\nARG C\nARG C=c\nFROM x:${A}\nFROM y:$B\nFROM z:${C}\nFROM w:${A:-1}\n"
+    assert from_images(text, {}, open_args=True) == ["y:b", "z:c"]
+    assert from_images(text, {}) == ["x:", "y:b", "z:c", "w:1"]
+    assert from_images(text, {"A": "2"}, open_args=True) == ["x:2", "y:b", "z:c", "w:2"]

@@ -20,7 +20,12 @@ _ROW = re.compile(r"\b([a-z_]+) -> ([A-Z_]+)\b")
 def diagram(title: str) -> list[tuple[str, str, str]]:
     """The rows drawn under ``title::`` in the module docstring, in order."""
     assert states.__doc__ is not None
-    _, found, rest = states.__doc__.partition(title + "::\n\n")
+    return diagram_of(states.__doc__, title)
+
+
+def diagram_of(doc: str, title: str) -> list[tuple[str, str, str]]:
+    """The rows drawn under ``title::`` in a module docstring, in order."""
+    _, found, rest = doc.partition(title + "::\n\n")
     assert found, f"no diagram titled {title!r}"
     rows: list[tuple[str, str, str]] = []
     state = None
