@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from releases import Unavailable, find_mirror
+from releases import Unavailable, find_mirror, is_buildx_default
 
 SECURITY = """Types: deb
 URIs: http://security.example/debian-security
@@ -58,3 +58,15 @@ def test_disabled_stanzas_files_and_inline_keys() -> None:
 def test_no_entry_for_the_release_says_so() -> None:
     with pytest.raises(Unavailable, match="no deb entry for suite 'bookworm'"):
         find_mirror([("debian.sources", SECURITY)], "bookworm")
+
+
+@pytest.mark.parametrize(
+    ("version", "buildx"),
+    [("20.10.24+dfsg1", False), ("22.06.0-beta.0", False), ("23.0.0", True), ("28.2.2", True)],
+)
+def test_a_cli_of_23_or_newer_builds_with_buildx(version: str, buildx: bool) -> None:
+    assert is_buildx_default(version) is buildx
+
+
+def test_a_version_without_a_major_is_not_taken_for_new() -> None:
+    assert not is_buildx_default("dev")
