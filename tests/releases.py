@@ -196,7 +196,9 @@ def _download_and_extract(work: Path) -> None:
         # Root writes into root's folders; apt's own user could not.
         "-oAPT::Sandbox::User=root",
     ]
-    _run(["apt-get", "-q", *apt, "update"], work)
+    # An index that could not be fetched is an error, not a warning: else the
+    # download after it says only that the packages cannot be located.
+    _run(["apt-get", "-q", *apt, "--error-on=any", "update"], work)
     _run(["apt-get", "-q", *apt, "download", *PACKAGES], work / "debs")
     debs = sorted((work / "debs").glob("*.deb"))
     if len(debs) != len(PACKAGES):
@@ -211,7 +213,8 @@ def _run(argv: list[str], cwd: Path) -> None:
     except (OSError, subprocess.TimeoutExpired) as error:
         raise Unavailable(f"{argv[0]}: {error}") from error
     if result.returncode != 0:
-        raise Unavailable(f"{' '.join(argv[:2])} … exited {result.returncode}: {result.stderr}")
+        verb = " ".join(word for word in argv if not word.startswith("-"))
+        raise Unavailable(f"{verb} exited {result.returncode}: {result.stderr.strip()}")
 
 
 def host_mirror() -> tuple[str, str | None]:
