@@ -126,7 +126,10 @@ def cli() -> tuple[Path, str]:
     """The docker CLI every test runs, and its version: PATH's when new enough, else the fetch's."""
     found = shutil.which("docker")
     if found is not None:
-        version = cli_version(found)
+        try:
+            version = cli_version(found)
+        except Unavailable:
+            version = ""  # one that cannot say is not taken
         if is_buildx_default(version):
             return Path(found), version
     fetched = fetch(cache_root()) / CLI
@@ -161,8 +164,13 @@ def fetch(cache: Path) -> Path:
         raise Unavailable(f"cannot fill {cache}: {error}") from error
 
 
+def folder(cache: Path) -> Path:
+    """Where in ``cache`` the extracted packages are: named by the package list."""
+    return cache / f"{SUITE}-{hashlib.sha256(' '.join(PACKAGES).encode()).hexdigest()[:12]}"
+
+
 def _fetch(cache: Path) -> Path:
-    done = cache / f"{SUITE}-{hashlib.sha256(' '.join(PACKAGES).encode()).hexdigest()[:12]}"
+    done = folder(cache)
     if done.exists():
         return done
     cache.mkdir(parents=True, exist_ok=True)
