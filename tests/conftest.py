@@ -3,9 +3,10 @@
 Daemon tests run once per release ``TEST_DOCKERD`` picks (see ``releases``):
 the session's ``dockerd`` fixture is parametrized by release, so pytest runs
 the tests of one daemon, stops it, then those of the next. They need root,
-the release's ``dockerd`` and the CLI plugins (buildx, compose v2). Outside
-CI a machine without them skips those tests; in CI (``CI=true``) that is a
-failure, because a green run that never touched a daemon proves nothing.
+the release's ``dockerd``, a CLI of 23 or newer and its plugins (buildx,
+compose v2; ``docker_cli``). Outside CI a machine without them skips those
+tests; in CI (``CI=true``) that is a failure, because a green run that never
+touched a daemon proves nothing.
 """
 
 from __future__ import annotations
