@@ -3,9 +3,10 @@
 Daemon tests run once per release ``TEST_DOCKERD`` picks (see ``releases``):
 the session's ``dockerd`` fixture is parametrized by release, so pytest runs
 the tests of one daemon, stops it, then those of the next. They need root,
-the release's ``dockerd`` and the CLI plugins (buildx, compose v2). Outside
-CI a machine without them skips those tests; in CI (``CI=true``) that is a
-failure, because a green run that never touched a daemon proves nothing.
+the release's ``dockerd``, a CLI of 23 or newer and its plugins (buildx,
+compose v2; ``docker_cli``). Outside CI a machine without them skips those
+tests; in CI (``CI=true``) that is a failure, because a green run that never
+touched a daemon proves nothing.
 """
 
 from __future__ import annotations
@@ -54,12 +55,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_report_collectionfinish(items: list[pytest.Item]) -> list[str]:
-    """The header: each daemon the selected tests run against, by version and
-    API version (checked against the daemon's own answer when it starts).
+    """The header: the docker CLI, and each daemon the selected tests run
+    against by version and API version (checked against the daemon's own
+    answer when it starts).
     Printed after collection, so a run without daemon tests fetches nothing,
     and at any verbosity, ``-q`` included."""
     used = {_release_of(item) for item in items} - {None}
     lines = []
+    if used:
+        try:
+            cli, version = releases.cli()
+            lines.append(f"docker CLI: {version} ({cli})")
+        except Unavailable as error:
+            lines.append(f"docker CLI: unavailable: {error}")
     for name in RELEASES:
         if name not in used:
             continue
@@ -93,25 +101,31 @@ def silent(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def cli_plugins() -> Iterator[Path]:
-    """A ``DOCKER_CONFIG`` for the whole session whose ``cli-plugins`` are
-    buildx and compose v2, as a user of today has them; ``~/.docker`` stays untouched."""
+def docker_cli() -> Iterator[Path]:
+    """The session's docker CLI, as a user of today has it: 23 or newer (see
+    ``releases.cli``) first on ``PATH``, so every ``docker`` a test, compose v2 or
+    a recipe runs is that one, and a ``DOCKER_CONFIG`` whose ``cli-plugins`` are
+    buildx and compose v2. ``~/.docker`` and the machine's PATH stay untouched."""
     if os.geteuid() != 0:
         need("root")
     try:
         plugins = releases.plugins()
+        cli, _ = releases.cli()
     except Unavailable as error:
-        need(f"the docker CLI plugins: {error}")
+        need(f"the docker CLI and its plugins: {error}")
     folder = Path(tempfile.mkdtemp(prefix="dhp-cli-"))
     (folder / "cli-plugins").symlink_to(plugins)
+    (folder / "bin").mkdir()
+    (folder / "bin/docker").symlink_to(cli)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DOCKER_CONFIG", str(folder))
+        patch.setenv("PATH", f"{folder / 'bin'}:{os.environ.get('PATH', os.defpath)}")
         yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=RELEASES)
-def dockerd(request: pytest.FixtureRequest, cli_plugins: Path) -> Iterator[Dockerd]:
+def dockerd(request: pytest.FixtureRequest, docker_cli: Path) -> Iterator[Dockerd]:
     """The session's daemon of one release (the parameter)."""
     try:
         release = releases.release(request.param)

@@ -13,10 +13,15 @@ Rules:
 - The CLI plugins of the same fetch (``docker-buildx`` 0.13, ``docker-compose``
   2.26) serve the CLI for both releases, through ``DOCKER_CONFIG/cli-plugins``:
   ``docker build`` is BuildKit and ``docker compose`` is v2, as for a user today.
+- The CLI is one for every ``docker`` the tests run: the one on PATH when it is
+  23 or newer (whose ``docker build`` is buildx), else the fetch's own
+  (``docker-cli`` 26.1.5): Debian 12's ``docker.io`` CLI is 20.10, whose
+  ``docker build`` is the classic builder whatever plugins it is given.
 - A release that cannot be had fails the run in CI and skips its tests
   elsewhere (see ``conftest``), with the reason.
 
-Theory of operation: ``fetch(cache)`` fills ``cache/trixie`` once, under a
+Theory of operation: ``fetch(cache)`` fills ``cache/trixie-<packages>`` (named
+by the package list, so a list that grows gets a folder of its own) once, under a
 lock (several test runs may share the cache), in a scratch folder renamed
 into place when complete, so a fetch cut short leaves nothing that looks
 done. ``Release.path`` is the ``PATH`` a dockerd of that release starts
@@ -27,6 +32,7 @@ with: its own binaries first (``dockerd`` finds ``containerd``,
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -39,9 +45,13 @@ PICKS = {"20.10": ("20.10",), "26": ("26",), "both": ("20.10", "26")}
 """``TEST_DOCKERD`` values and the releases each runs."""
 
 SUITE = "trixie"
-PACKAGES = ("docker.io", "containerd", "tini", "docker-buildx", "docker-compose")
+PACKAGES = ("docker.io", "docker-cli", "containerd", "tini", "docker-buildx", "docker-compose")
 PLUGINS = "usr/libexec/docker/cli-plugins"
 """Where, in the extracted packages, the CLI plugins are."""
+CLI = "usr/bin/docker"
+"""Where, in the extracted packages, the CLI is."""
+CLI_SINCE = 23
+"""The first CLI major version whose ``docker build`` is buildx (BuildKit) by default."""
 
 API = {"20.10": "1.41", "26": "1.45"}
 """The Engine API version each release speaks: named in the pytest header,
@@ -112,6 +122,40 @@ def plugins() -> Path:
     return fetch(cache_root()) / PLUGINS
 
 
+def cli() -> tuple[Path, str]:
+    """The docker CLI every test runs, and its version: PATH's when new enough, else the fetch's."""
+    found = shutil.which("docker")
+    if found is not None:
+        try:
+            version = cli_version(found)
+        except Unavailable:
+            version = ""  # one that cannot say is not taken
+        if is_buildx_default(version):
+            return Path(found), version
+    fetched = fetch(cache_root()) / CLI
+    return fetched, cli_version(str(fetched))
+
+
+def cli_version(path: str) -> str:
+    """What ``docker --version`` says its version is (it needs no daemon)."""
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise Unavailable(f"{path} --version: {error}") from error
+    match = re.search(r"version ([^,\s]+)", out)
+    if match is None:
+        raise Unavailable(f"{path} --version said {out.strip()!r}")
+    return match.group(1)
+
+
+def is_buildx_default(version: str) -> bool:
+    """Whether a CLI of ``version`` (``20.10.24+dfsg1``, ``28.2.2``) builds with buildx."""
+    major = re.match(r"(\d+)\.", version)
+    return major is not None and int(major.group(1)) >= CLI_SINCE
+
+
 def fetch(cache: Path) -> Path:
     """The extracted trixie packages under ``cache``, fetched once."""
     try:
@@ -120,14 +164,19 @@ def fetch(cache: Path) -> Path:
         raise Unavailable(f"cannot fill {cache}: {error}") from error
 
 
+def folder(cache: Path) -> Path:
+    """Where in ``cache`` the extracted packages are: named by the package list."""
+    return cache / f"{SUITE}-{hashlib.sha256(' '.join(PACKAGES).encode()).hexdigest()[:12]}"
+
+
 def _fetch(cache: Path) -> Path:
-    done = cache / SUITE
-    if (done / "usr/sbin/dockerd").exists():
+    done = folder(cache)
+    if done.exists():
         return done
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / f"{SUITE}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (done / "usr/sbin/dockerd").exists():
+        if done.exists():
             return done
         work = Path(tempfile.mkdtemp(prefix=f"{SUITE}-", dir=cache))
         try:
@@ -155,7 +204,9 @@ def _download_and_extract(work: Path) -> None:
         # Root writes into root's folders; apt's own user could not.
         "-oAPT::Sandbox::User=root",
     ]
-    _run(["apt-get", "-q", *apt, "update"], work)
+    # An index that could not be fetched is an error, not a warning: else the
+    # download after it says only that the packages cannot be located.
+    _run(["apt-get", "-q", *apt, "--error-on=any", "update"], work)
     _run(["apt-get", "-q", *apt, "download", *PACKAGES], work / "debs")
     debs = sorted((work / "debs").glob("*.deb"))
     if len(debs) != len(PACKAGES):
@@ -170,7 +221,8 @@ def _run(argv: list[str], cwd: Path) -> None:
     except (OSError, subprocess.TimeoutExpired) as error:
         raise Unavailable(f"{argv[0]}: {error}") from error
     if result.returncode != 0:
-        raise Unavailable(f"{' '.join(argv[:2])} … exited {result.returncode}: {result.stderr}")
+        verb = " ".join(word for word in argv if not word.startswith("-"))
+        raise Unavailable(f"{verb} exited {result.returncode}: {result.stderr.strip()}")
 
 
 def host_mirror() -> tuple[str, str | None]:

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import http.server
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -112,7 +113,8 @@ def credentials(folder: Path, registry: str, helper: str | None = None) -> dict[
     else:
         settings = {"credHelpers": {registry: helper}}
     (folder / "config.json").write_text(json.dumps(settings))
-    return {"DOCKER_CONFIG": str(folder), "PATH": f"{folder}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    # The helper first, then the session's PATH: its docker CLI is the one recipes run.
+    return {"DOCKER_CONFIG": str(folder), "PATH": f"{folder}:{os.environ['PATH']}"}
 
 
 def host_proxy(
