@@ -37,7 +37,7 @@ from support import (
     write_script,
 )
 
-pytestmark = [pytest.mark.daemon, pytest.mark.usefixtures("cli_plugins")]
+pytestmark = [pytest.mark.daemon, pytest.mark.usefixtures("docker_cli")]
 
 
 @dataclass
