@@ -67,7 +67,7 @@ from typing import cast
 from . import errors
 from .buildsession import BuildSession
 from .daemon import Daemon, Upstream
-from .flow import HOLD_HIGH, HOLD_LOW, STREAM_LIMIT, Flow, Held
+from .flow import HOLD_HIGH, HOLD_LOW, Flow, Held
 from .http1 import (
     MAX_HEAD,
     Body,
@@ -84,8 +84,8 @@ from .http1 import (
     response_body,
     response_length,
 )
-from .hub import Hub, Interceptor, Observer
-from .local import CAPTURE_LIMIT, Exchange, Handler, hung_up, wants_continue
+from .hub import Hub
+from .local import CAPTURE_LIMIT, Exchange, hung_up, wants_continue
 from .routes import api_path
 from .rules import (
     ABORT,
@@ -121,20 +121,6 @@ from .states import (
     InvalidTransition,
     guarded,
 )
-
-__all__ = [
-    "CAPTURE_LIMIT",
-    "H2_PREFACE",
-    "HOLD_HIGH",
-    "STREAM_LIMIT",
-    "Connection",
-    "Exchange",
-    "Handler",
-    "Hub",
-    "Interceptor",
-    "Observer",
-    "Upstream",
-]
 
 log = logging.getLogger(__name__)
 
