@@ -135,7 +135,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "close_after", "daemon", "eof_pending", "head", "hold", "hub", "inbuf", "life", "local",
+        "close_after", "daemon", "eof_held", "head", "hold", "hub", "inbuf", "life", "local",
         "reading", "req", "req_body", "resp", "resp_body", "resp_buf", "scanned", "splice",
         "started", "status", "transport", "up", "used",
     )  # fmt: skip
@@ -150,8 +150,8 @@ class Connection(asyncio.Protocol):
         self.inbuf = bytearray()
         self.scanned = 0
         """Where in ``inbuf`` the search for the end of a head goes on: a line start."""
-        self.eof_pending = False
-        """The client half-closed; the EOF is read once the held bytes are."""
+        self.eof_held = False
+        """The client half-closed; its EOF is read after the bytes ``hold`` counts, in order."""
         self.reading = Flow()
         """Why the client side is not read."""
         self.hold = Held(self.reading, "hold", HOLD_HIGH, HOLD_LOW)
@@ -217,7 +217,7 @@ class Connection(asyncio.Protocol):
             self.splice.from_client(data)
             return
         body = self.req_body
-        if body is not None and not self.inbuf and not self.eof_pending:
+        if body is not None and not self.inbuf and not self.eof_held:
             # Mid-body (an upload, a build context): the bytes go on as they
             # came, not copied through ``inbuf``. Two fresh copies of every
             # read tripled the proxy's CPU per uploaded byte.
@@ -248,7 +248,7 @@ class Connection(asyncio.Protocol):
             # not replay a create nobody would start.
             self.abort()
             return False
-        self.eof_pending = True
+        self.eof_held = True
         self._pump()
         return self.life is OPEN
 
@@ -362,8 +362,8 @@ class Connection(asyncio.Protocol):
         # arriving is bounded by MAX_HEAD (431), not held: pausing it would
         # wait forever for the rest of a head over HOLD_HIGH.
         self.hold.update(0 if self.req is IDLE else len(buf))
-        if self.eof_pending and (not buf or self.req is IDLE):
-            self.eof_pending = False
+        if self.eof_held and (not buf or self.req is IDLE):
+            self.eof_held = False
             self._client_eof()
 
     def _client_eof(self) -> None:
@@ -465,7 +465,7 @@ class Connection(asyncio.Protocol):
         if up is not None and up.transport is not None:
             up.transport.write(data)
         else:
-            self.daemon.hold(data)
+            self.daemon.write_when_open(data)
 
     # -- answers -----------------------------------------------------------
 
@@ -690,7 +690,7 @@ class Connection(asyncio.Protocol):
         self.local = None
         if action is NEXT_CLOSE:
             self._close()
-        elif self.inbuf or self.eof_pending:
+        elif self.inbuf or self.eof_held:
             self._pump()  # held while the exchange was under way
 
     # -- observations ------------------------------------------------------
