@@ -29,8 +29,11 @@ if __package__ in (None, ""):  # run as ``python bench/exchange.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.service.metrics import Metrics
-from proxy.wire.connection import Connection, Handler, Hub, Upstream
+from proxy.wire.connection import Connection
+from proxy.wire.daemon import Upstream
 from proxy.wire.http1 import RequestHead
+from proxy.wire.hub import Hub
+from proxy.wire.local import Handler
 
 REQUEST = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
 ANSWER = (

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from proxy.wire.connection import Connection, Hub, Interceptor
+from proxy.wire.connection import Connection
 from proxy.wire.http1 import (
     ChunkedBody,
     LengthBody,
@@ -33,6 +33,7 @@ from proxy.wire.http1 import (
     request_body,
     response_body,
 )
+from proxy.wire.hub import Hub, Interceptor
 from proxy.wire.states import MACHINES
 
 D = TypeVar("D", bound="FakeDaemon")

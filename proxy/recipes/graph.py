@@ -131,8 +131,17 @@ class HealPlan:
     """Every image of the chain that a recipe makes, filled in."""
     needs: Mapping[str, tuple[str, ...]]
     """Each of those images' dependencies (``dependencies``), in order."""
-    guessed: bool = False
-    """Some Dockerfile of the chain could not be parsed: its bases were left out."""
+    unknown: frozenset[str] = frozenset()
+    """The images whose Dockerfile could not be parsed: their bases were left out."""
+
+    @property
+    def guessed(self) -> bool:
+        """Some Dockerfile of this image's own chain could not be parsed.
+
+        Asked of each step's plan (``of``): a base whose chain was parsed whole is
+        not guessed because an image built on it was.
+        """
+        return any(step.image in self.unknown for step in self.steps)
 
     @property
     def step(self) -> ConcreteRecipe:

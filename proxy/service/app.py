@@ -30,7 +30,7 @@ from ..healing.core.healer import Healer
 from ..healing.sources.engine import Engine
 from ..healing.stale.tracker import StaleTracker
 from ..recipes.config import Config, ConfigError
-from ..wire.connection import Hub
+from ..wire.hub import Hub
 from ..wire.listener import Listener, ListenerError
 from .metrics import Metrics, application
 from .server import serve

@@ -334,7 +334,7 @@ class Metrics:
         for result in PUSH_RESULTS:
             self.cache_pushes.labels(result)
 
-    # -- connection.Observer (``exchange`` is ``_Requests.exchange``) ------------
+    # -- hub.Observer (``exchange`` is ``_Requests.exchange``) ------------
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors.labels(kind).inc()

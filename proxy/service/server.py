@@ -25,7 +25,8 @@ import resource
 import signal
 from collections.abc import Callable
 
-from ..wire.connection import Connection, Hub
+from ..wire.connection import Connection
+from ..wire.hub import Hub
 from ..wire.listener import Listener, adopt, check_upstream_peer, claim
 from . import systemd
 from .settings import Settings

@@ -38,7 +38,7 @@ The parts, by how often they run:
   tasks or futures, and one class, because that is what keeps a keep-alive
   ``GET /_ping`` within a few microseconds of the daemon's own time: each
   hop to another object would be paid per chunk. That is why this class
-  (about 570 lines) and this module (about 710) are over the ~400 and ~600
+  (about 580 lines) and this module (about 710) are over the ~400 and ~600
   the rest of ``wire`` keeps to: split further, the hot path would either
   pay a call per chunk or be one class spread over two files;
 - ``local``, once per claimed request: the handler's operations;
@@ -67,7 +67,7 @@ from typing import cast
 from . import errors
 from .buildsession import BuildSession
 from .daemon import Daemon, Upstream
-from .flow import HOLD_HIGH, HOLD_LOW, STREAM_LIMIT, Flow, Held
+from .flow import HOLD_HIGH, HOLD_LOW, Flow, Held
 from .http1 import (
     MAX_HEAD,
     Body,
@@ -84,8 +84,8 @@ from .http1 import (
     response_body,
     response_length,
 )
-from .hub import Hub, Interceptor, Observer
-from .local import CAPTURE_LIMIT, Exchange, Handler, hung_up, wants_continue
+from .hub import Hub
+from .local import CAPTURE_LIMIT, Exchange, hung_up, wants_continue
 from .routes import api_path
 from .rules import (
     ABORT,
@@ -122,20 +122,6 @@ from .states import (
     guarded,
 )
 
-__all__ = [
-    "CAPTURE_LIMIT",
-    "H2_PREFACE",
-    "HOLD_HIGH",
-    "STREAM_LIMIT",
-    "Connection",
-    "Exchange",
-    "Handler",
-    "Hub",
-    "Interceptor",
-    "Observer",
-    "Upstream",
-]
-
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -149,7 +135,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "close_after", "daemon", "eof_pending", "head", "hold", "hub", "inbuf", "life", "local",
+        "close_after", "daemon", "eof_held", "head", "hold", "hub", "inbuf", "life", "local",
         "reading", "req", "req_body", "resp", "resp_body", "resp_buf", "scanned", "splice",
         "started", "status", "transport", "up", "used",
     )  # fmt: skip
@@ -164,8 +150,8 @@ class Connection(asyncio.Protocol):
         self.inbuf = bytearray()
         self.scanned = 0
         """Where in ``inbuf`` the search for the end of a head goes on: a line start."""
-        self.eof_pending = False
-        """The client half-closed; the EOF is read once the held bytes are."""
+        self.eof_held = False
+        """The client half-closed; its EOF is read after the bytes ``hold`` counts, in order."""
         self.reading = Flow()
         """Why the client side is not read."""
         self.hold = Held(self.reading, "hold", HOLD_HIGH, HOLD_LOW)
@@ -231,7 +217,7 @@ class Connection(asyncio.Protocol):
             self.splice.from_client(data)
             return
         body = self.req_body
-        if body is not None and not self.inbuf and not self.eof_pending:
+        if body is not None and not self.inbuf and not self.eof_held:
             # Mid-body (an upload, a build context): the bytes go on as they
             # came, not copied through ``inbuf``. Two fresh copies of every
             # read tripled the proxy's CPU per uploaded byte.
@@ -262,7 +248,7 @@ class Connection(asyncio.Protocol):
             # not replay a create nobody would start.
             self.abort()
             return False
-        self.eof_pending = True
+        self.eof_held = True
         self._pump()
         return self.life is OPEN
 
@@ -376,8 +362,8 @@ class Connection(asyncio.Protocol):
         # arriving is bounded by MAX_HEAD (431), not held: pausing it would
         # wait forever for the rest of a head over HOLD_HIGH.
         self.hold.update(0 if self.req is IDLE else len(buf))
-        if self.eof_pending and (not buf or self.req is IDLE):
-            self.eof_pending = False
+        if self.eof_held and (not buf or self.req is IDLE):
+            self.eof_held = False
             self._client_eof()
 
     def _client_eof(self) -> None:
@@ -479,7 +465,7 @@ class Connection(asyncio.Protocol):
         if up is not None and up.transport is not None:
             up.transport.write(data)
         else:
-            self.daemon.hold(data)
+            self.daemon.write_when_open(data)
 
     # -- answers -----------------------------------------------------------
 
@@ -704,7 +690,7 @@ class Connection(asyncio.Protocol):
         self.local = None
         if action is NEXT_CLOSE:
             self._close()
-        elif self.inbuf or self.eof_pending:
+        elif self.inbuf or self.eof_held:
             self._pump()  # held while the exchange was under way
 
     # -- observations ------------------------------------------------------

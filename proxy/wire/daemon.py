@@ -93,8 +93,9 @@ class Daemon:
         self.pending_eof = False
         self.held = Held(conn.reading, "connecting", HOLD_HIGH, HOLD_LOW)
 
-    def hold(self, data: bytes) -> None:
-        """No daemon connection to write to: keep ``data`` for the one being opened."""
+    def write_when_open(self, data: bytes) -> None:
+        """No daemon connection to write to: keep ``data`` for the one being opened
+        (opening one if none is), as ``write_eof`` keeps a half-close."""
         self.pending.append(data)
         self.pending_size += len(data)
         self.held.update(self.pending_size)

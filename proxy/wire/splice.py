@@ -41,9 +41,9 @@ class Splice:
     def enter(self) -> None:
         """The response side is SPLICED already; the request side follows."""
         conn = self.conn
-        client_shut = conn.req is CLOSED or conn.eof_pending
+        client_shut = conn.req is CLOSED or conn.eof_held
         conn._req("splice")
-        conn.eof_pending = False
+        conn.eof_held = False
         conn.req_body = None
         conn.splice = self
         conn._observe_hijacked(1)

@@ -67,6 +67,7 @@ Life (the client socket; closing twice is closing once)::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -158,7 +159,11 @@ def guarded(entry: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any
     position, not as ``*args``: a call through ``*args`` costs the plain
     path (two entry points per exchange) about a tenth of its time.
     """
-    if entry.__code__.co_argcount == 1:
+    code = entry.__code__
+    plain = not (code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
+    if code.co_argcount not in (1, 2) or code.co_kwonlyargcount or entry.__defaults__ or not plain:
+        raise TypeError(f"{entry.__name__}: an entry point takes no argument or one, by position")
+    if code.co_argcount == 1:
 
         def guard0(self: Any) -> R | None:
             try:

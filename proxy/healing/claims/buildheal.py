@@ -50,7 +50,7 @@ from ...recipes.patterns import find_recipe
 from ...recipes.recipe import Recipe
 from ...recipes.reference import InvalidReference, normalize
 from ...wire import gojson
-from ...wire.connection import Exchange
+from ...wire.local import Exchange
 from ..core.dockerfileparse import ParseFailed, dockerfile_images
 from ..core.healer import Healer, HealFailed
 from .contextscan import DockerfileScan

@@ -42,8 +42,8 @@ from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
 from ...recipes.reference import normalize
 from ...wire import gojson
-from ...wire.connection import Exchange, Handler
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
+from ...wire.local import Exchange, Handler
 from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
 from ..stale.decision import Stale, Unknown

@@ -9,9 +9,11 @@ Rules:
 - Recipe plans have a parse queue of their own: a client's build body,
   parsed in the other queue, never waits ahead of a create's heal here.
 - A Dockerfile that cannot be parsed in time costs its bases, not the heal:
-  the step counts only its ``depends_on``, with a log line, and the plan is
-  marked ``guessed`` (the cache then stays out of it, since a key without
-  the bases is not the key other hosts compute).
+  the step counts only its ``depends_on``, with a log line, and is marked
+  ``unknown``: the plan of that image and of every image built on it is
+  ``guessed``, and the cache stays out of those heals, since a key without
+  the bases is not the key other hosts compute. The bases below it, their
+  Dockerfiles parsed, keep theirs.
 - A build recipe anywhere is what starts the worker; a config without one
   never starts it.
 
@@ -45,7 +47,7 @@ class Planner:
     async def plan(self, image: str, recipes: Sequence[Recipe]) -> HealPlan:
         """``image``'s plan; raises InvalidReference and DependencyCycle as ``walk_plan`` does."""
         walk = walk_plan(image, recipes)
-        guessed = False
+        unknown: set[str] = set()
         try:
             step = next(walk)
             while True:
@@ -55,11 +57,12 @@ class Planner:
                     log.warning(
                         "heal of %s: its Dockerfile's bases are unknown: %s", step.image, exc
                     )
-                    named, guessed = None, True
+                    named = None
+                    unknown.add(step.image)
                 step = walk.send(named)
         except StopIteration as done:
             plan: HealPlan = done.value
-        return replace(plan, guessed=True) if guessed else plan
+        return replace(plan, unknown=frozenset(unknown)) if unknown else plan
 
     async def _named(self, step: ConcreteRecipe) -> list[str] | None:
         """What ``step``'s Dockerfile names; None when it cannot be read (the

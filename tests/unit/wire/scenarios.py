@@ -17,8 +17,10 @@ from typing import Any, cast
 import pytest
 from inproc import FakeDaemon, Rig, run
 
-from proxy.wire.connection import Connection, Exchange, Handler, Hub
+from proxy.wire.connection import Connection
 from proxy.wire.http1 import RequestHead
+from proxy.wire.hub import Hub
+from proxy.wire.local import Exchange, Handler
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

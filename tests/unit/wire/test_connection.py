@@ -40,7 +40,7 @@ from scenarios import (
 )
 
 from proxy.wire import connection
-from proxy.wire.connection import HOLD_HIGH
+from proxy.wire.flow import HOLD_HIGH
 from proxy.wire.http1 import (
     MAX_HEAD,
     RequestHead,

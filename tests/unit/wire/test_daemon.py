@@ -21,8 +21,8 @@ from scenarios import (
     scenario_test,
 )
 
-from proxy.wire import connection
-from proxy.wire.connection import HOLD_HIGH
+from proxy.wire.daemon import Upstream
+from proxy.wire.flow import HOLD_HIGH
 from proxy.wire.http1 import RequestHead
 from proxy.wire.states import BODY, IDLE
 
@@ -137,8 +137,8 @@ async def daemon_closing_before_answering_gets_502() -> None:
 async def a_replaced_daemon_connection_no_longer_moves_the_client() -> None:
     async with rig() as r:
         conn, client = fake_connection(r.hub)
-        old = connection.Upstream(conn)
-        conn.up = connection.Upstream(conn)
+        old = Upstream(conn)
+        conn.up = Upstream(conn)
         conn.reading.pause("daemon-full")  # the current daemon connection is full
         old.resume_writing()  # the replaced one drained its buffer
         assert client.calls == ["pause"]

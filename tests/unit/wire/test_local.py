@@ -25,8 +25,8 @@ from scenarios import (
     scenario_test,
 )
 
-from proxy.wire.connection import CAPTURE_LIMIT, Exchange
 from proxy.wire.http1 import RequestHead
+from proxy.wire.local import CAPTURE_LIMIT, Exchange
 from proxy.wire.states import SEND_BODY
 
 

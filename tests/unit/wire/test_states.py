@@ -99,3 +99,20 @@ def test_the_guard_swallows_an_invalid_transition_unless_strict() -> None:
         strict.eof()
     with pytest.raises(states.InvalidTransition, match="'data'"):
         strict.data(b"")
+
+
+def test_the_guard_refuses_an_entry_point_it_would_call_wrongly() -> None:
+    """It passes zero or one argument by position: anything else is refused where
+    it is written, not with a TypeError the first time the loop calls it."""
+
+    def two(self: object, data: bytes, up: object) -> None: ...
+
+    def default(self: object, data: bytes = b"") -> None: ...
+
+    def keyword(self: object, *, data: bytes) -> None: ...
+
+    def rest(self: object, *data: bytes) -> None: ...
+
+    for entry in (two, default, keyword, rest):
+        with pytest.raises(TypeError, match=entry.__name__):
+            states.guarded(entry)

@@ -17,7 +17,7 @@ from proxy.healing.claims.intercept import Interceptor
 from proxy.healing.core.dockerfileparse import ParseProcess
 from proxy.healing.core.healer import Healer
 from proxy.recipes.config import parse_config
-from proxy.wire.connection import STREAM_LIMIT
+from proxy.wire.flow import STREAM_LIMIT
 from proxy.wire.http1 import RequestHead
 
 CONFIG = parse_config({"images": [{"match": "app:{tag}", "command": ["true"]}]}, base_dir=Path("/"))

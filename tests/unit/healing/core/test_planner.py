@@ -19,7 +19,7 @@ import pytest
 from support import MemoryEngine, make_healer
 
 from proxy.healing.background.proactive import Proactive
-from proxy.healing.core.dockerfileparse import ParseProcess
+from proxy.healing.core.dockerfileparse import MAX_PARSED, ParseProcess
 from proxy.healing.core.healer import Healer
 from proxy.healing.core.planner import Planner
 from proxy.healing.sources.engine import Engine
@@ -146,3 +146,23 @@ def test_a_reconcile_heals_with_the_plans_it_worked_out(
     asyncio.run(main())
     assert engine.built == [f"docker.io/library/app{n}:1" for n in (2, 1, 0)]
     assert parses == Counter({("plans", text): 1 for text in texts.values()})
+
+
+def test_an_unparsed_dockerfile_leaves_only_the_plans_above_it_guessed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The top's Dockerfile is too large to parse, its base named in ``depends_on``:
+    the top's plan is guessed, and so without the cache, but its base's plan, every
+    Dockerfile of which was parsed, keeps its key."""
+    texts, entries = chain(tmp_path, 2)
+    (tmp_path / "ctx0" / "Dockerfile").write_text(texts["app0"] + "#" * (MAX_PARSED + 1) + "\n")
+    entries[0]["depends_on"] = ["app1:1"]
+    config = parse_config({"images": entries}, base_dir=tmp_path)
+    healer, parses = counted_healer(config, BuildingEngine(tmp_path), tmp_path, monkeypatch)
+
+    plan = asyncio.run(healer.plan("app0:1"))
+
+    assert plan.bases == ("docker.io/library/app1:1",)
+    assert plan.guessed
+    assert not plan.of("docker.io/library/app1:1").guessed
+    assert parses == Counter({("plans", texts["app1"]): 1})

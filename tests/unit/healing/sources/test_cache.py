@@ -187,7 +187,9 @@ def test_the_reference_is_the_repository_and_the_key(tmp_path: Path) -> None:
 def test_a_guessed_plan_means_no_cache_and_an_error(tmp_path: Path) -> None:
     """A Dockerfile that could not be parsed left bases out: another host's key differs."""
     engine, counts = FakeEngine(), Counts()
-    guessed = replace(alone(recipe(tmp_path)), guessed=True)
+    plan = alone(recipe(tmp_path))
+    guessed = replace(plan, unknown=frozenset({plan.image}))
+    assert guessed.guessed
     assert asyncio.run(cache(engine, counts).reference(guessed)) is None
     assert counts.pulls == ["error"]
     assert engine.calls == []
