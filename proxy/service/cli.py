@@ -17,6 +17,7 @@ import signal
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +26,7 @@ import uvloop
 from .. import __version__
 from ..healing.background import proactive
 from ..healing.core.healer import Healer, HealFailed
+from ..healing.core.statefiles import StateDirError, prepare_state_dir
 from ..healing.sources.buildcontext import read_dockerfile_from_disk
 from ..healing.sources.cache import config_dir, reference_for
 from ..healing.sources.engine import Engine, EngineError
@@ -118,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
     _refuse_untrusted(config, settings)
+    settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
     raise_open_files_limit()
     listener = open_listener(settings)
@@ -169,6 +172,12 @@ def _refuse_untrusted(config: Config, settings: Settings) -> None:
     if found:
         more = f" (and {len(found) - 1} more: see docker-heal-proxy check)" if found[1:] else ""
         raise SettingsError(f"root will not run what others can change: {found[0]}{more}")
+
+
+def _private_state(settings: Settings) -> Settings:
+    """``settings`` with ``state_dir`` made, checked and resolved (``statefiles``):
+    before anything is written there, by ``serve`` or a local ``heal``."""
+    return replace(settings, state_dir=prepare_state_dir(settings.state_dir))
 
 
 async def _ask_daemon(
@@ -308,6 +317,7 @@ def _heal(args: argparse.Namespace, config: Config) -> int:
         images = [args.image]
     settings = _settings(args, config)
     _refuse_untrusted(config, settings)
+    settings = _private_state(settings)
     return uvloop.run(_heal_now(settings, config, images, args.force))
 
 
@@ -348,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    except (ListenerError, systemd.ActivationError) as exc:
+    except (ListenerError, systemd.ActivationError, StateDirError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -258,6 +258,7 @@ class Metrics:
         healer: Callable[[], HealerView | None] = lambda: None,
         proactive: Callable[[], ProactiveView | None] = lambda: None,
         stale: Callable[[], StaleView | None] = lambda: None,
+        spooled: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -314,6 +315,17 @@ class Metrics:
             buckets=HEAL_BUCKETS,
             registry=r,
         )
+        self.builds_over_spool_budget = Counter(
+            PREFIX + "builds_over_spool_budget_total",
+            "Builds forwarded unhealed because all builds' spools together would pass "
+            "[heal] max_build_spool_total.",
+            registry=r,
+        )
+        Gauge(
+            PREFIX + "build_spool_bytes",
+            "Bytes of build bodies spooled now, by all builds, against max_build_spool_total.",
+            registry=r,
+        ).set_function(spooled)
         Gauge(PREFIX + "build_info", "The proxy's version.", ["version"], registry=r).labels(
             __version__
         ).set(1)
@@ -367,6 +379,9 @@ class Metrics:
 
     def cache_pushed(self, result: str) -> None:
         self.cache_pushes.labels(result).inc()
+
+    def build_over_spool_budget(self) -> None:
+        self.builds_over_spool_budget.inc()
 
     def image_checked(self, present: bool) -> None:
         self.image_checks.labels("present" if present else "missing").inc()

@@ -112,13 +112,14 @@ class Interceptor:
         on_check: Callable[[bool], None] = lambda present: None,
         on_used: Callable[[str], None] = lambda image: None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
+        on_over_budget: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         self._healer = healer
         self._on_check = on_check
         self._on_used = on_used
         self._snapshot = snapshot or healer.snapshot
-        self._build = BuildHeal(config, healer)
+        self.build = BuildHeal(config, healer, on_over_budget)
         self._behind: set[asyncio.Task[None]] = set()
         """Rebuilds of ``on_stale = "background"`` under way, kept until they end."""
 
@@ -173,7 +174,7 @@ class Interceptor:
             return None
 
         async def build(exchange: Exchange) -> None:
-            await self._build.handle(exchange, params)
+            await self.build.handle(exchange, params)
 
         return build
 

@@ -70,12 +70,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import hashlib
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -92,11 +88,13 @@ from ..sources.cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from ..sources.engine import Engine, EngineError
 from ..stale.decision import Sources, Stale
 from ..stale.tracker import StaleTracker
+from . import retention
 from .dockerfileparse import ParseProcess
+from .lockfiles import try_lock
 from .planner import Planner
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
-from .statefiles import open_private
+from .statefiles import LogFile, tag_file_name
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +199,6 @@ def _recipe_for(config: Config, image: str) -> Recipe | None:
     """The entry that heals ``image``, compared by content: a move in the file is no change."""
     found = find_recipe(config.recipes, image)
     return None if found is None else replace(found[0], index=0)
-
-
-def _file_name(image: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
-    return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
 
 
 class Healer:
@@ -538,23 +531,42 @@ class Healer:
             push.add_done_callback(lambda task: self.pushes.pop(task, None))
 
     async def _run_recipe(self, concrete: ConcreteRecipe, progress: Progress) -> None:
+        """The recipe run, then ``tidy`` (after the transcript is closed: it is the
+        newest, and kept); a cancelled run (shutdown) leaves tidying to the next start."""
+        try:
+            await self._transcribed(concrete, progress)
+        except HealFailed:
+            await asyncio.to_thread(self.tidy)
+            raise
+        await asyncio.to_thread(self.tidy)
+
+    def tidy(self) -> None:
+        """``retention``'s tidying of ``state_dir``, by the current config (blocking)."""
+        config = self.config
+        retention.tidy(
+            self.state_dir,
+            config.heal.keep_logs,
+            lambda tag: find_recipe(config.recipes, tag) is not None,
+        )
+
+    async def _transcribed(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe
-        logs = self.state_dir / "logs"  # made private by the runner's transcript
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
+        name = retention.log_name(tag_file_name(concrete.image), time.time())
+        transcript = await LogFile.create(self.state_dir, name)
+        progress.log_path = transcript.path
         progress.phase = "running"
         log.info("heal of %s started: %s (%s)", concrete.image, recipe.name, concrete.kind)
         try:
             await run_recipe(
                 concrete,
                 upstream=self.upstream,
-                log_path=progress.log_path,
+                log=transcript,
                 engine=self.engine,
                 on_line=progress.lines.append,
             )
         except RecipeFailed as failure:
             duration = progress.elapsed()
-            message = self._failure_message(concrete, failure, progress.log_path)
+            message = self._failure_message(concrete, failure, transcript.path)
             self._record(
                 concrete.image,
                 Result(
@@ -573,6 +585,8 @@ class Healer:
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
             raise HealFailed(message) from None
+        finally:
+            await transcript.close()
         self._succeeded(concrete, progress.elapsed(), "recipe", progress.cache)
 
     def _succeeded(
@@ -624,17 +638,10 @@ class Healer:
 
     @contextlib.asynccontextmanager
     async def _lock(self, image: str) -> AsyncIterator[None]:
-        """The cross-process lock for one tag, shared with ``docker-heal-proxy heal``."""
-        fd = open_private(self.state_dir / "locks" / f"{_file_name(image)}.lock", os.O_RDWR)
+        """The cross-process lock for one tag (``lockfiles``), polled: flock has no wake-up."""
+        while (fd := try_lock(self.state_dir, image)) is None:
+            await asyncio.sleep(LOCK_POLL)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        raise
-                await asyncio.sleep(LOCK_POLL)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
