@@ -71,7 +71,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -90,7 +89,7 @@ from ..stale.decision import Sources, Stale
 from ..stale.tracker import StaleTracker
 from . import retention
 from .dockerfileparse import ParseProcess
-from .lockfiles import try_lock
+from .lockfiles import LockFile
 from .planner import Planner
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
@@ -639,9 +638,10 @@ class Healer:
     @contextlib.asynccontextmanager
     async def _lock(self, image: str) -> AsyncIterator[None]:
         """The cross-process lock for one tag (``lockfiles``), polled: flock has no wake-up."""
-        while (fd := try_lock(self.state_dir, image)) is None:
-            await asyncio.sleep(LOCK_POLL)
+        lock = LockFile(self.state_dir, image)
         try:
+            while not lock.take():
+                await asyncio.sleep(LOCK_POLL)
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the lock
+            lock.close()

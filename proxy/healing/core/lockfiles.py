@@ -57,30 +57,41 @@ def _still_named(folder: int, name: str, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def try_lock(state_dir: Path, image: str) -> int | None:
-    """A descriptor holding ``image``'s lock, or None when another holds it.
+class LockFile:
+    """One tag's lock file, held open while its taker waits for the lock."""
 
-    Closing the descriptor releases the lock.
-    """
-    name = tag_file_name(image) + SUFFIX
-    folder = open_folder(state_dir, FOLDER)
-    try:
-        while True:
-            fd = open_in(folder, name, os.O_RDWR | os.O_CREAT, state_dir / FOLDER)
+    def __init__(self, state_dir: Path, image: str) -> None:
+        self.state_dir = state_dir
+        self.image = image
+        self.name = tag_file_name(image) + SUFFIX
+        self.fd = self._open()
+
+    def _open(self) -> int:
+        folder = open_folder(self.state_dir, FOLDER)
+        try:
+            return open_in(folder, self.name, os.O_RDWR | os.O_CREAT, self.state_dir / FOLDER)
+        finally:
+            os.close(folder)
+
+    def take(self) -> bool:
+        """Take the lock without waiting; False when another holds it."""
+        while _locked(self.fd):
+            folder = open_folder(self.state_dir, FOLDER)
             try:
-                if not _locked(fd):
-                    os.close(fd)
-                    return None
-                if _still_named(folder, name, fd):
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, image.encode(), 0)
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # removed while we waited for it: lock the new one
-    finally:
-        os.close(folder)
+                named = _still_named(folder, self.name, self.fd)
+            finally:
+                os.close(folder)
+            if named:
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, self.image.encode(), 0)
+                return True
+            os.close(self.fd)  # removed while we waited for it: lock the new one
+            self.fd = self._open()
+        return False
+
+    def close(self) -> None:
+        """Release the lock, if taken, with the descriptor."""
+        os.close(self.fd)
 
 
 def remove_unused(state_dir: Path, healed: Callable[[str], bool]) -> int:

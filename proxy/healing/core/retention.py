@@ -32,13 +32,18 @@ from .statefiles import LOG_FOLDER, open_folder
 log = logging.getLogger(__name__)
 
 STAMP = "%Y%m%dT%H%M%S"
-"""How a transcript's name says when its heal began (UTC)."""
-_LOG_NAME = re.compile(r"(?P<tag>.+-[0-9a-f]{8})-(?P<stamp>\d{8}T\d{6})(?:-[0-9a-f]+)?\.log")
+"""How a transcript's name says when its heal began (UTC), then milliseconds:
+heals of one tag a second apart (``heal --force`` in a loop) still sort."""
+_LOG_NAME = re.compile(r"(?P<tag>.+-[0-9a-f]{8})-(?P<stamp>\d{8}T\d{6}\.\d{3})(?:-[0-9a-f]+)?\.log")
+
+
+def _stamp(when: float) -> str:
+    return f"{time.strftime(STAMP, time.gmtime(when))}.{int(when * 1000) % 1000:03d}"
 
 
 def log_name(tag_file: str, started: float) -> str:
     """The name (without ``.log``) of a transcript of a heal that began at ``started``."""
-    return f"{tag_file}-{time.strftime(STAMP, time.gmtime(started))}"
+    return f"{tag_file}-{_stamp(started)}"
 
 
 def expired(names: Iterable[str], keep: KeepLogs, now: float) -> list[str]:
@@ -48,7 +53,7 @@ def expired(names: Iterable[str], keep: KeepLogs, now: float) -> list[str]:
         found = _LOG_NAME.fullmatch(name)
         if found is not None:
             by_tag.setdefault(found["tag"], []).append((found["stamp"], name))
-    oldest = time.strftime(STAMP, time.gmtime(now - keep.max_age))
+    oldest = _stamp(now - keep.max_age)
     gone: list[str] = []
     for logs in by_tag.values():
         logs.sort(reverse=True)

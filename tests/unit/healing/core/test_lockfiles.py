@@ -18,24 +18,26 @@ def lock_path(state: Path, image: str) -> Path:
     return state / "locks" / f"{tag_file_name(image)}.lock"
 
 
+def taken(state: Path, image: str) -> lockfiles.LockFile:
+    lock = lockfiles.LockFile(state, image)
+    assert lock.take()
+    return lock
+
+
 def test_one_holder_at_a_time_and_the_file_names_its_tag(tmp_path: Path) -> None:
-    held = lockfiles.try_lock(tmp_path, A)
-    assert held is not None
-    assert lockfiles.try_lock(tmp_path, A) is None
+    held = taken(tmp_path, A)
+    waiting = lockfiles.LockFile(tmp_path, A)
+    assert not waiting.take()
     assert lock_path(tmp_path, A).read_text() == A
-    os.close(held)
-    again = lockfiles.try_lock(tmp_path, A)
-    assert again is not None
-    os.close(again)
+    held.close()
+    assert waiting.take()
+    waiting.close()
 
 
 def test_unused_locks_of_unhealed_tags_go_and_the_rest_stay(tmp_path: Path) -> None:
     for image in (A, B):
-        fd = lockfiles.try_lock(tmp_path, image)
-        assert fd is not None
-        os.close(fd)
-    held = lockfiles.try_lock(tmp_path, "example.com/held:1")
-    assert held is not None
+        taken(tmp_path, image).close()
+    held = taken(tmp_path, "example.com/held:1")
     legacy = tmp_path / "locks" / "from-an-older-version.lock"
     legacy.touch()
     removed = lockfiles.remove_unused(tmp_path, lambda tag: tag == A)
@@ -43,7 +45,7 @@ def test_unused_locks_of_unhealed_tags_go_and_the_rest_stay(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == sorted(
         [lock_path(tmp_path, A).name, lock_path(tmp_path, "example.com/held:1").name]
     )
-    os.close(held)
+    held.close()
 
 
 def test_a_taker_of_a_removed_file_locks_the_new_one(
@@ -60,10 +62,10 @@ def test_a_taker_of_a_removed_file_locks_the_new_one(
             lock_path(tmp_path, B).unlink()
         return real(fd)
 
+    waiting = lockfiles.LockFile(tmp_path, B)  # opened, and then removed before its flock
     monkeypatch.setattr(lockfiles, "_locked", removed_meanwhile)
-    fd = lockfiles.try_lock(tmp_path, B)
-    assert fd is not None and removals
+    assert waiting.take() and removals
     named = lock_path(tmp_path, B).stat()
-    assert (os.fstat(fd).st_ino, os.fstat(fd).st_nlink) == (named.st_ino, 1)
-    assert lockfiles.try_lock(tmp_path, B) is None
-    os.close(fd)
+    assert (os.fstat(waiting.fd).st_ino, os.fstat(waiting.fd).st_nlink) == (named.st_ino, 1)
+    assert not lockfiles.LockFile(tmp_path, B).take()
+    waiting.close()

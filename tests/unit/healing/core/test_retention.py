@@ -6,6 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from support import IMAGE_A as A
+from support import MemoryEngine, heal_config, heal_once, make_healer
+
 from proxy.healing.core import lockfiles, retention
 from proxy.healing.core.statefiles import tag_file_name
 from proxy.recipes.config import KeepLogs
@@ -48,9 +51,23 @@ def test_tidy_removes_logs_and_unused_locks(tmp_path: Path) -> None:
     for each in names:
         (logs / each).write_text("transcript")
     for image in ("example.com/app:1", "example.com/gone:1"):
-        fd = lockfiles.try_lock(tmp_path, image)
-        assert fd is not None
-        os.close(fd)
+        lock = lockfiles.LockFile(tmp_path, image)
+        assert lock.take()
+        lock.close()
     retention.tidy(tmp_path, KeepLogs(last=3), lambda tag: tag == "example.com/app:1")
     assert sorted(os.listdir(logs)) == sorted(names[:3])
     assert os.listdir(tmp_path / "locks") == [f"{APP}.lock"]
+
+
+def test_logs_past_keep_logs_are_removed_after_a_heal(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    config = heal_config({"match": A, "pull": True}, keep_logs={"last": 2})
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    earlier = [retention.log_name(tag_file_name(A), time.time() - h * 3600) for h in (1, 2, 3)]
+    for each in earlier:
+        (logs / f"{each}.log").write_text("an earlier heal")
+    assert heal_once(make_healer(config, engine, tmp_path), A) is None
+    kept = sorted(os.listdir(logs))
+    assert len(kept) == 2 and kept[0] == f"{earlier[0]}.log"
+    assert f"produced {A}" in (logs / kept[1]).read_text()

@@ -293,22 +293,21 @@ def test_a_planted_lock_link_fails_the_heal_and_leaves_its_target(
     assert engine.pulls == [] and untouched(target)
 
 
-def test_a_planted_log_file_link_is_passed_by(tmp_path: Path, target: Path) -> None:
-    """A transcript's name is predictable; one that exists was not made by this
-    heal, so the heal writes under another name and goes on."""
+def test_a_planted_log_file_link_is_passed_by(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transcript's name is predictable (here: fixed); one that exists was not
+    made by this heal, so the heal writes under another name and goes on."""
+    monkeypatch.setattr(retention, "log_name", lambda tag, started: f"{tag}-predicted")
     state = statefiles.prepare_state_dir(tmp_path / "state")
     (state / "logs").mkdir(mode=0o700)
-    now = time.time()
-    planted = {
-        retention.log_name(statefiles.tag_file_name(A), now + delta) + ".log"
-        for delta in range(-1, 15)  # fewer than keep_logs keeps: all stay
-    }
-    for name in planted:
-        (state / "logs" / name).symlink_to(target / "file")
+    planted = f"{statefiles.tag_file_name(A)}-predicted.log"
+    (state / "logs" / planted).symlink_to(target / "file")
     engine, failure = heal_with_pull(state)
     assert failure is None and engine.pulls == [A]
-    written = [p for p in (state / "logs").iterdir() if p.name not in planted]
+    written = [p for p in (state / "logs").iterdir() if p.name != planted]
     assert len(written) == 1 and not written[0].is_symlink()
+    assert written[0].name.startswith(f"{statefiles.tag_file_name(A)}-predicted-")
     assert f"produced {A}" in written[0].read_text()
     assert untouched(target)
 
