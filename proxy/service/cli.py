@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import os
 import signal
 import stat
@@ -19,7 +20,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import uvloop
 
@@ -39,7 +41,8 @@ from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError, check_not_self
-from . import logs, systemd, trustscan
+from ..wire.routes import HEAL_PATH
+from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .check import CacheReference, Staleness, describe
 from .server import open_listener, raise_open_files_limit
@@ -103,11 +106,16 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("image", nargs="?", metavar="IMAGE")
     check.add_argument("--upstream", help="unix:///path of the Docker daemon (cache key, min_free)")
 
-    heal = add("heal", "heal an image now, through the same path as the proxy")
+    heal = add("heal", "heal an image now, in the running proxy (else in this process)")
     heal.add_argument("image", nargs="?", metavar="IMAGE")
     heal.add_argument("--all", action="store_true", help="every non-pattern recipe that is missing")
     heal.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    heal.add_argument("--upstream", help="unix:///path of the Docker daemon's socket")
+    heal.add_argument(
+        "--listen", help="unix:///path of the proxy's socket (default: DOCKER_HOST, then config)"
+    )
+    heal.add_argument(
+        "--upstream", help="unix:///path of the Docker daemon's socket (when no proxy answers)"
+    )
 
     status = add("status", "show recipes, running heals and last results of a running proxy")
     status.add_argument(
@@ -305,28 +313,74 @@ async def _heal_now(settings: Settings, config: Config, images: list[str], force
 
 
 def _heal(args: argparse.Namespace, config: Config) -> int:
+    """In the running proxy when one answers, so that the heal shares its locks,
+    state and metrics; in this process only when none does, and then it says so."""
     if args.all == bool(args.image):
         print("docker-heal-proxy: heal takes an IMAGE or --all", file=sys.stderr)
         return 2
     if args.all:
         images = [r.match for r in config.recipes if not Pattern.compile(r.match).is_template]
     else:
-        if find_recipe(config.recipes, args.image) is None:
-            print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
-            return 1
         images = [args.image]
+    path = _proxy_socket(args, config)
+    try:
+        return _heal_in_proxy(path, images, args.force)
+    except proxyclient.NoProxy as exc:
+        why = str(exc)
     settings = _settings(args, config)
-    _refuse_untrusted(config, settings)
+    _refuse_untrusted(config, settings)  # the recipes run here, as this user
     settings = _private_state(settings)
+    print(
+        f"docker-heal-proxy: no proxy answers ({why}); healing in this process, "
+        f"with the locks in {settings.state_dir}",
+        file=sys.stderr,
+    )
+    if not args.all and find_recipe(config.recipes, args.image) is None:
+        print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
+        return 1
     return uvloop.run(_heal_now(settings, config, images, args.force))
+
+
+def _heal_in_proxy(path: str, images: list[str], force: bool) -> int:
+    """Each heal asked of the proxy at ``path``; raises NoProxy before the first
+    answer only, so a fallback never repeats a heal the proxy ran."""
+    failed = 0
+    for image in images:
+        query = urlencode({"image": image, **({"force": "1"} if force else {})})
+        try:
+            status, body = proxyclient.ask(path, "POST", f"{HEAL_PATH}?{query}", None)
+        except proxyclient.AskError as exc:
+            if isinstance(exc, proxyclient.NoProxy) and image == images[0]:
+                raise
+            print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+            return 1
+        answer = _json_object(body)
+        if status == 200:
+            print(f"{answer.get('image', image)}: {answer.get('outcome', '?')}")
+        else:
+            print(answer.get("message") or f"{path} answered {status}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _proxy_socket(args: argparse.Namespace, config: Config) -> str:
+    return proxyclient.socket_path(
+        args.listen, os.environ, config.listen, os.geteuid() == 0, _owned_folder
+    )
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
     from . import status
 
-    path = status.socket_path(
-        args.listen, os.environ, config.listen, os.geteuid() == 0, _owned_folder
-    )
+    path = _proxy_socket(args, config)
     if args.watch:
         # Ctrl-C is how a watch ends, even when started from a background job or
         # a supervisor that ignores SIGINT: children inherit that, and it

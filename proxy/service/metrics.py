@@ -62,10 +62,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 HEAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf"))
 UPSTREAM_ERROR_KINDS = ("connect", "protocol", "closed")
 """The kinds ``connection`` reports; listed so each series starts at zero."""
-TRIGGERS = ("create", "pull", "build", "proactive", "stale")
-"""What can start a heal in the proxy; each series starts at zero. ``cli``
-heals (``docker-heal-proxy heal``) run in a process of their own, which has
-no metrics: a ``cli`` series here could never move."""
+TRIGGERS = ("create", "pull", "build", "proactive", "stale", "cli")
+"""What can start a heal in the proxy; each series starts at zero. ``cli`` is
+``docker-heal-proxy heal``, which asks the running proxy to heal."""
 BLOCK_REASONS = ("min_free",)
 """Why proactive heals can be held back; each series starts at zero."""
 
