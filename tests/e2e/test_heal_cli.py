@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from support import (
     REPO,
     Dockerd,
     MakeProxy,
+    Proxy,
     docker,
     gated_tagging_script,
     image_exists,
@@ -246,23 +248,64 @@ def holds_open(pid: int, folder: Path) -> bool:
     return False
 
 
+def heal_beside_a_spawn(
+    proxy: Proxy,
+    image: str,
+    marker: Path,
+    release: Path,
+    args: list[str],
+    waiting: Callable[[int], bool],
+    what: str,
+) -> tuple[str, str]:
+    """``heal IMAGE ARGS`` while a ``docker run`` through ``proxy`` heals it with
+    a recipe held until ``release``: released once ``waiting(pid)`` says the
+    shell's heal waits; its stdout and stderr, the spawn having worked."""
+    spawn = subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        env=proxy.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    heal = None
+    try:
+        wait_for(lambda: line_count(marker) == 1, 20, "the proxy's heal to start")
+        heal = subprocess.Popen(
+            [*PYTHON_M_PROXY, "heal", image, *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pid = heal.pid
+        wait_for(lambda: heal.poll() is not None or waiting(pid), 20, what)
+        assert heal.poll() is None, heal.communicate()
+        release.touch()
+        out, err = heal.communicate(timeout=60)
+        spawned_out, spawned_err = spawn.communicate(timeout=60)
+    finally:
+        release.touch()
+        for proc in (spawn, heal):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert spawn.returncode == 0, spawned_err.decode()
+    assert spawned_out.decode().strip() == "ok"
+    assert heal.returncode == 0, err
+    return out, err
+
+
 def test_a_local_heal_waits_for_the_proxys_heal_of_the_same_tag(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
-    """A cron ``heal`` that finds no proxy at its socket (here: none at the
-    default path), during a heal by a proxy with the same ``state_dir``, must
+    """A cron ``heal`` that finds no proxy at its socket, during a heal by a proxy with the same ``state_dir``, must
     wait on the shared lock and then find the image, not run the recipe a
     second time."""
     image = "127.0.0.1:1/dhp/clilocked:1"
     marker = tmp_path / "marker"
     release = tmp_path / "release"
-    script = tagging_script(
-        tmp_path / "recipe.sh",
-        marker,
-        busybox,
-        image,
-        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
-    )
+    script = gated_tagging_script(tmp_path / "recipe.sh", marker, busybox, image, release)
     state = tmp_path / "state"
     proxy = make_proxy(
         f"""
@@ -275,51 +318,20 @@ command = [{toml_string(script)}]
     config = Path(proxy.socket).parent / "config.toml"
     remove(dockerd.env, image)
 
-    spawn = subprocess.Popen(
-        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
-        env=proxy.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    out, err = heal_beside_a_spawn(
+        proxy,
+        image,
+        marker,
+        release,
+        [
+            f"--config={config}",
+            f"--upstream={dockerd.url}",
+            f"--listen=unix://{tmp_path / 'no-proxy.sock'}",
+        ],
+        lambda pid: holds_open(pid, state / "locks"),
+        "the CLI heal to wait on the lock",
     )
-    heal = None
-    try:
-        wait_for(lambda: line_count(marker) == 1, 20, "the proxy's heal to start")
-        heal = subprocess.Popen(
-            [
-                *PYTHON_M_PROXY,
-                "heal",
-                image,
-                f"--config={config}",
-                f"--upstream={dockerd.url}",
-                f"--listen=unix://{tmp_path / 'no-proxy.sock'}",
-            ],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        pid = heal.pid
-        wait_for(
-            lambda: heal.poll() is not None or holds_open(pid, state / "locks"),
-            20,
-            "the CLI heal to wait on the lock",
-        )
-        assert heal.poll() is None, heal.communicate()
-        release.touch()
-        out, err = heal.communicate(timeout=60)
-        spawned_out, spawned_err = spawn.communicate(timeout=60)
-    finally:
-        release.touch()
-        for proc in (spawn, heal):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
-    assert spawn.returncode == 0, spawned_err.decode()
-    assert spawned_out.decode().strip() == "ok"
-    assert heal.returncode == 0, err
     assert "built meanwhile by another process" in err
     assert f"{image}: Image is up to date (built meanwhile by another process)" in out
     assert line_count(marker) == 1, "the CLI reran a recipe the proxy was running"
@@ -342,43 +354,16 @@ def test_heal_from_a_shell_runs_in_the_proxy_and_joins_its_heal(
     elsewhere.write_text(f"state_dir = {toml_string(tmp_path / 'user-state')}\n{recipe}")
     remove(dockerd.env, image)
 
-    spawn = subprocess.Popen(
-        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
-        env=proxy.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    out, err = heal_beside_a_spawn(
+        proxy,
+        image,
+        marker,
+        release,
+        [f"--config={elsewhere}", f"--listen={proxy.url}"],
+        lambda pid: fetch(proxy.socket).get("waiters") == 2,
+        "the shell's heal to wait in the proxy, beside the create",
     )
-    heal = None
-    try:
-        wait_for(lambda: line_count(marker) == 1, 20, "the proxy's heal to start")
-        heal = subprocess.Popen(
-            [*PYTHON_M_PROXY, "heal", image, f"--config={elsewhere}", f"--listen={proxy.url}"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_for(
-            lambda: heal.poll() is not None or fetch(proxy.socket).get("waiters") == 2,
-            20,
-            "the shell's heal to wait in the proxy, beside the create",
-        )
-        assert heal.poll() is None, heal.communicate()
-        release.touch()
-        out, err = heal.communicate(timeout=60)
-        spawned_out, spawned_err = spawn.communicate(timeout=60)
-    finally:
-        release.touch()
-        for proc in (spawn, heal):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
-    assert spawn.returncode == 0, spawned_err.decode()
-    assert spawned_out.decode().strip() == "ok"
-    assert heal.returncode == 0, err
     assert out == f"{image}: Healed by docker-heal-proxy\n"
     assert "no proxy answers" not in err
     assert line_count(marker) == 1
