@@ -299,9 +299,9 @@ def heal_beside_a_spawn(
 def test_a_local_heal_waits_for_the_proxys_heal_of_the_same_tag(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
-    """A cron ``heal`` that finds no proxy at its socket, during a heal by a proxy with the same ``state_dir``, must
-    wait on the shared lock and then find the image, not run the recipe a
-    second time."""
+    """A cron ``heal`` that finds no proxy at its socket, during a heal by a
+    proxy with the same ``state_dir``, must wait on the shared lock and then
+    find the image, not run the recipe a second time."""
     image = "127.0.0.1:1/dhp/clilocked:1"
     marker = tmp_path / "marker"
     release = tmp_path / "release"
