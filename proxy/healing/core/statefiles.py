@@ -150,14 +150,16 @@ def prepare_state_dir(path: Path) -> Path:
     """``path`` made and checked as the module rules say; its real path, for every later open."""
     euid = os.geteuid()
     absolute = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(absolute))  # a link may name it: its target is what is used
     try:
-        os.close(open_folder(absolute))
+        os.close(open_folder(real))
     except UnsafeStateFile as exc:
         raise StateDirError(f"state_dir {path}: {exc}") from None
     except OSError as exc:
         raise StateDirError(f"cannot make state_dir {path}: {exc.strerror or exc}") from None
-    real = Path(os.path.realpath(absolute))
-    for folder in dict.fromkeys([*absolute.parents, *real.parents]):
+    # The links on the way count as much as the folders: whoever may change one
+    # chooses where state_dir is.
+    for folder in dict.fromkeys([absolute, *absolute.parents, *real.parents]):
         st = os.lstat(folder)
         if stat.S_ISLNK(st.st_mode):
             why = None if st.st_uid in (0, euid) else f"is a link owned by uid {st.st_uid}"

@@ -194,6 +194,19 @@ def test_state_dir_is_made_private_and_resolved(tmp_path: Path) -> None:
     state = statefiles.prepare_state_dir(tmp_path / "link" / "state")
     assert state == tmp_path / "real" / "state"
     assert mode(state) == 0o700 and state.stat().st_uid == os.geteuid()
+    (tmp_path / "state-link").symlink_to(state)  # a state_dir named by a link of root's
+    assert statefiles.prepare_state_dir(tmp_path / "state-link") == state
+
+
+def test_a_link_on_the_way_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the link away")
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real")
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(statefiles.StateDirError, match=f"{link} is a link owned by uid 65534"):
+        statefiles.prepare_state_dir(link)
 
 
 def test_a_wider_state_dir_is_narrowed(tmp_path: Path) -> None:
