@@ -149,10 +149,13 @@ class HealSettings:
 
 @dataclass(frozen=True)
 class SecuritySettings:
-    """The ``[security]`` table."""
+    """The ``[security]`` table: what root trusts, and who runs what."""
 
     trust_paths: tuple[Path, ...] = ()
     """Folders exempt from the check of what root runs; a foot-gun by design."""
+    parse_user: str = "nobody"
+    """The user the Dockerfile parse worker becomes when the proxy is root: it
+    parses clients' text."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ _HEAL_KEYS = (
     "inputs_debounce",
 )
 _METRICS_KEYS = ("listen",)
-_SECURITY_KEYS = ("trust_paths",)
+_SECURITY_KEYS = ("trust_paths", "parse_user")
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
 _ENTRY_KEYS = (
     "match",
@@ -400,7 +403,12 @@ class _Reader:
                 data, "shutdown_timeout", "", defaults.shutdown_timeout
             ),
             heal=heal,
-            security=SecuritySettings(tuple(self.base_dir / folder for folder in trust_paths)),
+            security=SecuritySettings(
+                trust_paths=tuple(self.base_dir / folder for folder in trust_paths),
+                parse_user=self.string(
+                    security.get("parse_user", SecuritySettings.parse_user), "security.parse_user"
+                ),
+            ),
             metrics_listen=metrics_listen,
             recipes=recipes,
         )

@@ -14,6 +14,7 @@ import argparse
 import grp
 import json
 import os
+import pwd
 import signal
 import stat
 import sys
@@ -59,6 +60,14 @@ T = TypeVar("T")
 def _group_exists(name: str) -> bool:
     try:
         grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
     except KeyError:
         return False
     return True
@@ -159,6 +168,7 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         is_root=os.geteuid() == 0,
         group_exists=_group_exists,
         owned=_owned_folder,
+        user_exists=_user_exists,
     )
     try:
         check_not_self(settings.listen, settings.upstream)

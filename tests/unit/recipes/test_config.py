@@ -15,6 +15,7 @@ from proxy.recipes.config import (
     HealSettings,
     KeepLogs,
     MinFree,
+    SecuritySettings,
     format_duration,
     load_config,
     parse_config,
@@ -341,6 +342,15 @@ def test_max_build_spool_total_is_a_size() -> None:
     assert parse({"heal": {"max_build_spool_total": "1GiB"}}).heal.max_build_spool_total == 1 << 30
     with pytest.raises(ConfigError, match=r"heal\.max_build_spool_total"):
         parse({"heal": {"max_build_spool_total": "lots"}})
+
+
+def test_security_parse_user() -> None:
+    assert parse({}).security == SecuritySettings(parse_user="nobody")
+    assert parse({"security": {"parse_user": "dhp-parse"}}).security.parse_user == "dhp-parse"
+    with pytest.raises(ConfigError, match=r"security\.parse_user"):
+        parse({"security": {"parse_user": ""}})
+    with pytest.raises(ConfigError, match=r"security: unknown key 'user'"):
+        parse({"security": {"user": "x"}})
 
 
 def test_keep_logs() -> None:
