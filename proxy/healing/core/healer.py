@@ -14,8 +14,9 @@ Rules:
   and a proactive heal's queue use it rather than working it out again. A
   plan made from an older config (a reload since) is worked out afresh.
 - One builder per tag across processes: a lock file in ``state_dir`` is held
-  while a recipe runs, shared with ``docker-heal-proxy heal``. After taking it
-  the image is looked up again, since the other holder may have built it.
+  while a recipe runs (``lockfiles``), shared with a ``docker-heal-proxy
+  heal`` that found no proxy to ask. After taking it the image is looked up
+  again, since the other holder may have built it.
 - A ``max_parallel`` slot is taken last, after the bases and the lock: a heal
   waiting for either holds none, so a chain deeper than the limit cannot
   deadlock and a tag another process is building blocks no other tag.
@@ -25,8 +26,10 @@ Rules:
 - A recipe that fails puts its tag in cooldown: for ``failure_cooldown`` the
   same failure is returned at once, naming when the next try is allowed,
   rather than rerunning a broken build for every spawn.
-- Each heal keeps its output in a log file and its last lines in memory, for
-  the error message and the status view.
+- Each heal keeps its output in a new log file and its last lines in memory,
+  for the error message and the status view. After each recipe run
+  ``retention`` applies ``keep_logs`` and drops the lock files of tags no
+  recipe heals any more.
 - Each heal has a trigger (``create``, ``pull``, ``build``, ``proactive``,
   ``cli``, ``stale``: a create's rebuild of a stale image) for the metrics.
   A client that joins a proactive heal makes it its own: the heal is
