@@ -361,8 +361,9 @@ def parse_workers(proxy: Proxy) -> dict[str, int]:
     for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
         for pid in (task / "children").read_text().split():
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"proxy.healing.core.dockerfileparse" in argv:
-                found[argv[-2].decode()] = int(pid)
+            if b"proxy.healing.core.dockerfileparse" in argv:  # ... MODULE QUEUE USER
+                module = argv.index(b"proxy.healing.core.dockerfileparse")
+                found[argv[module + 1].decode()] = int(pid)
     return found
 
 

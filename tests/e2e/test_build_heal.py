@@ -14,6 +14,8 @@ import gzip
 import io
 import lzma
 import os
+import pwd
+import signal
 import socket
 import stat
 import subprocess
@@ -517,6 +519,46 @@ def test_a_dockerfile_slow_to_parse_neither_stalls_the_proxy_nor_heals(
     assert "forwarded unhealed: unparsed Dockerfile: it took over 2s" in proxy.log()
     assert line_count(tmp_path / "base.marker") == 0
     assert accepting(proxy)
+
+
+def status_uids(pid: int) -> list[int]:
+    """The real, effective, saved and file-system uids, from ``/proc/PID/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(word) for word in line.split()[1:]]
+    raise AssertionError(f"no Uid in /proc/{pid}/status")
+
+
+def test_a_parser_that_crashes_leaves_the_proxy_serving_and_is_replaced(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The worker runs as nobody, not root. Killed by SIGSEGV mid-parse (what
+    a parser crash looks like), its build goes on unhealed with the reason;
+    the proxy answers meanwhile, and the next build gets a new worker."""
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    py_build(proxy, context_tar(("Dockerfile", f"FROM {busybox}\n")), f"{AGENT}:warm")
+    parser = parse_process(proxy)
+    assert status_uids(parser) == [pwd.getpwnam("nobody").pw_uid] * 4
+    idle = cpu_seconds(parser)
+    remove(dockerd.env, BASE)
+    heredoc = "RUN <<EOF\n" + "x\n" * (250 << 9) + "EOF\n"  # seconds to parse
+    context = context_tar(("Dockerfile", f"FROM {BASE}\n{heredoc}"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(proxy.socket)
+        sock.sendall(BUILD_HEAD + chunk(context) + b"0\r\n\r\n")
+        wait_for(lambda: cpu_seconds(parser) > idle + 0.05, 60, "the parse to be under way")
+        os.kill(parser, signal.SIGSEGV)
+        sock.settimeout(60)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 ")  # the daemon's own answer
+    assert "unparsed Dockerfile: the parser process died (exit code -" in proxy.log()  # by a signal
+    assert accepting(proxy)
+    tag = f"{AGENT}:after"
+    assert tag in py_build(proxy, context_tar(("Dockerfile", DOCKERFILE)), tag)
+    assert line_count(tmp_path / "base.marker") == 1  # healed: a new worker parsed it
+    assert parse_process(proxy) != parser
 
 
 def metric(port: int, name: str) -> float:

@@ -230,9 +230,10 @@ class Healer:
         """Cache pushes under way, and the reference each pushes."""
         self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
-        self.parser = ParseProcess(name="builds")
+        parse_user = config.security.parse_user  # bound at start, as the workers are
+        self.parser = ParseProcess(name="builds", user=parse_user)
         """Where client build bodies' Dockerfiles are parsed: never on the loop."""
-        self.planner = Planner()
+        self.planner = Planner(ParseProcess(name="plans", user=parse_user))
         """Where heal plans are worked out, in a parse queue of their own."""
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
