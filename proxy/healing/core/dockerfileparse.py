@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -296,9 +297,13 @@ async def dockerfile_images(
 
 
 if __name__ == "__main__":
-    # Loaded before "ready": the parser's import is start-up, not a call's time,
-    # and it is done while the worker may still read the proxy's own files.
+    # Loaded before "ready": the parser's import is start-up, not a call's time.
+    # And before the worker changes user: the proxy's files may be where only
+    # root reads. Requests name this module's functions by its own name, not
+    # as __main__, so it is imported under that name too.
     from ...recipes import dockerfile  # noqa: F401
+
+    importlib.import_module(__spec__.name)
 
     try:
         _unprivileged(sys.argv[2])

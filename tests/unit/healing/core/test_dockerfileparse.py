@@ -8,12 +8,16 @@ import os
 import pickle
 import pwd
 import resource
+import shutil
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import proxy
 from proxy.healing.core.dockerfileparse import (
     CPU_SECONDS,
     MAX_PARSED,
@@ -224,3 +228,35 @@ def test_an_answer_is_json_and_a_worker_that_sends_other_is_dropped() -> None:
 
     first, second, five = asyncio.run(main())
     assert first != second and five == 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
+def test_the_worker_works_when_only_root_can_read_the_proxy(tmp_path: Path) -> None:
+    """A virtualenv under /root, say: the worker must have loaded all it needs
+    before it becomes nobody."""
+    hidden = tmp_path / "root-only"  # under pytest's 0700 folder: nobody cannot enter
+    shutil.copytree(Path(proxy.__file__).parent, hidden / "proxy")
+    code = (
+        "import asyncio, os, proxy\n"
+        "from proxy.healing.core.dockerfileparse import ParseProcess, dockerfile_images\n"
+        "async def main():\n"
+        "    parser = ParseProcess()\n"
+        "    try:\n"
+        "        images = await dockerfile_images(parser, 'FROM base:1\\n', {}, None)\n"
+        "        readable = await parser.run(os.access, proxy.__file__, os.R_OK)\n"
+        "        return images, readable, await parser.run(os.geteuid)\n"
+        "    finally:\n"
+        "        await parser.aclose()\n"
+        "print(proxy.__file__, *asyncio.run(main()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=hidden,
+        env={**os.environ, "PYTHONPATH": str(hidden)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert done.stdout == f"{hidden / 'proxy' / '__init__.py'} ['base:1'] False {nobody}\n"
