@@ -775,3 +775,11 @@ class OneShotServer:
 def http_response(status_line: str, body: bytes) -> bytes:
     head = f"HTTP/1.1 {status_line}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     return head.encode() + body
+
+
+def proc_ids(pid: int, field: str = "Uid") -> list[int]:
+    """The real, effective, saved and file-system ids (``Uid`` or ``Gid``) of ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return [int(word) for word in line.split()[1:]]
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

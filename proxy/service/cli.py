@@ -20,6 +20,7 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -57,17 +58,10 @@ COMMANDS = ("serve", "check", "heal", "status")
 T = TypeVar("T")
 
 
-def _group_exists(name: str) -> bool:
+def _known(lookup: Callable[[str], object], name: str) -> bool:
+    """Whether ``lookup`` (``grp.getgrnam``, ``pwd.getpwnam``) finds ``name``."""
     try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
+        lookup(name)
     except KeyError:
         return False
     return True
@@ -166,9 +160,9 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         metrics_listen=getattr(args, "metrics_listen", None),
         env=os.environ,
         is_root=os.geteuid() == 0,
-        group_exists=_group_exists,
+        group_exists=partial(_known, grp.getgrnam),
         owned=_owned_folder,
-        user_exists=_user_exists,
+        user_exists=partial(_known, pwd.getpwnam),
     )
     try:
         check_not_self(settings.listen, settings.upstream)

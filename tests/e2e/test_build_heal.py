@@ -40,6 +40,7 @@ from support import (
     log_problems,
     log_size,
     parse_workers,
+    proc_ids,
     remove,
     tagging_script,
     toml_string,
@@ -521,14 +522,6 @@ def test_a_dockerfile_slow_to_parse_neither_stalls_the_proxy_nor_heals(
     assert accepting(proxy)
 
 
-def status_uids(pid: int) -> list[int]:
-    """The real, effective, saved and file-system uids, from ``/proc/PID/status``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return [int(word) for word in line.split()[1:]]
-    raise AssertionError(f"no Uid in /proc/{pid}/status")
-
-
 def test_a_parser_that_crashes_leaves_the_proxy_serving_and_is_replaced(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
@@ -538,7 +531,7 @@ def test_a_parser_that_crashes_leaves_the_proxy_serving_and_is_replaced(
     proxy = make_proxy(seed_config(tmp_path, busybox))
     py_build(proxy, context_tar(("Dockerfile", f"FROM {busybox}\n")), f"{AGENT}:warm")
     parser = parse_process(proxy)
-    assert status_uids(parser) == [pwd.getpwnam("nobody").pw_uid] * 4
+    assert proc_ids(parser) == [pwd.getpwnam("nobody").pw_uid] * 4
     idle = cpu_seconds(parser)
     remove(dockerd.env, BASE)
     heredoc = "RUN <<EOF\n" + "x\n" * (250 << 9) + "EOF\n"  # seconds to parse

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import proc_ids
 
 import proxy
 from proxy.healing.core.dockerfileparse import (
@@ -117,14 +118,6 @@ def test_text_over_the_cap_is_not_parsed() -> None:
     asyncio.run(main())
 
 
-def status_ids(pid: int, field: str) -> list[int]:
-    """The real, effective, saved and file-system ids of ``Uid:`` or ``Gid:``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return [int(word) for word in line.split()[1:]]
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
 def test_as_root_the_worker_runs_as_the_parse_user_with_no_groups() -> None:
     async def main() -> tuple[list[str], list[int], list[int], list[int]]:
@@ -133,7 +126,7 @@ def test_as_root_the_worker_runs_as_the_parse_user_with_no_groups() -> None:
             images = await dockerfile_images(parser, "FROM base:1\n", {}, None)
             pid = await parser.run(os.getpid)  # read while it lives
             groups = await parser.run(os.getgroups)
-            return images, status_ids(pid, "Uid"), status_ids(pid, "Gid"), groups
+            return images, proc_ids(pid, "Uid"), proc_ids(pid, "Gid"), groups
         finally:
             await parser.aclose()
 
