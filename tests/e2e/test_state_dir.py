@@ -56,7 +56,7 @@ def test_serve_refuses_a_state_dir_another_user_owns(dockerd: Dockerd, tmp_path:
     assert result.returncode == 1
     assert result.stderr == (
         f"docker-heal-proxy: state_dir {state}: {state} is owned by uid 65534, "
-        "not by this user (uid 0); remove it\n"
+        "not by this user (uid 0); chown it, or choose another state_dir\n"
     )
     assert not (tmp_path / "proxy.sock").exists()
 

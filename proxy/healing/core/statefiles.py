@@ -173,7 +173,7 @@ def prepare_state_dir(path: Path) -> Path:
     return real
 
 
-def _checked(fd: int, name: Path, kind: int) -> int:
+def _checked(fd: int, name: Path, kind: int, fix: str = "remove it") -> int:
     """``fd``, once it is a ``kind`` of this user's with one name; else closed, and why."""
     st = os.fstat(fd)
     why = None
@@ -185,7 +185,7 @@ def _checked(fd: int, name: Path, kind: int) -> int:
         why = "has other names (hard links)"
     if why is not None:
         os.close(fd)
-        raise UnsafeStateFile(f"{name} {why}; remove it")
+        raise UnsafeStateFile(f"{name} {why}; {fix}")
     wanted = PRIVATE_DIR if kind == stat.S_IFDIR else PRIVATE_FILE
     if stat.S_IMODE(st.st_mode) != wanted:
         try:
@@ -231,7 +231,7 @@ def open_folder(state_dir: Path, *names: str) -> int:
         fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise _no_link(exc, state_dir) from None
-    fd = _checked(fd, state_dir, stat.S_IFDIR)
+    fd = _checked(fd, state_dir, stat.S_IFDIR, "chown it, or choose another state_dir")
     path = state_dir
     for name in names:
         path = path / name
