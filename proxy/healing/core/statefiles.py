@@ -19,6 +19,15 @@ Rules:
   made 0700 and files 0600 explicitly, and ones an earlier run left wider are
   narrowed. ``open_private`` and ``open_folder`` are the one way into
   ``state_dir``, for every part that keeps a file there.
+- A state file (the remembered tags, say) is replaced whole, never left
+  half-written where the next start reads: the text goes to a new temporary
+  file of its own, is flushed to the disk, and only then renamed over the
+  old one (``renameat``, within the folder's descriptor); a save that fails
+  removes its temporary file. Saves run one at a time, in the order they
+  began: a save cancelled by its caller goes on in its thread, and a second
+  one must neither race it nor be overwritten by it. A state file that is
+  missing or unreadable reads as empty, with a warning: losing it costs a
+  rebuild, never a start. These are blocking calls, meant for a thread.
 - A transcript is never written on the event loop's thread. A noisy build
   prints thousands of lines a second; written one by one on the loop, a slow
   disk would stall every client connection. Lines are queued and written in
@@ -272,6 +281,44 @@ def open_private(state_dir: Path, relative: str, flags: int) -> int:
         return open_in(folder, name, flags, state_dir.joinpath(*folders))
     finally:
         os.close(folder)
+
+
+def read_state(
+    state_dir: Path, name: str, loads: Callable[[str], T], empty: Callable[[], T], what: str
+) -> T:
+    """The state file ``name``, read with ``loads``; ``empty()``, with a warning,
+    when it cannot be read."""
+    try:
+        with open(open_private(state_dir, name, os.O_RDONLY), encoding="utf-8") as handle:
+            return loads(handle.read())
+    except FileNotFoundError:
+        return empty()
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s from %s, starting empty: %s", what, state_dir / name, exc)
+        return empty()
+
+
+def save_state(state_dir: Path, name: str, text: str) -> None:
+    """Replace the state file ``name`` with ``text``, atomically and durably;
+    raises OSError."""
+    with _saving:
+        folder = open_folder(state_dir)
+        try:
+            temporary = f".{name}.{secrets.token_hex(6)}"
+            fd = open_in(folder, temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, state_dir)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=folder)
+                raise
+            os.fsync(folder)  # the rename itself survives a power cut
+        finally:
+            os.close(folder)
 
 
 def tag_file_name(image: str) -> str:
