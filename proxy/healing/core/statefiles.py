@@ -19,10 +19,11 @@ Rules:
   made 0700 and files 0600 explicitly, and ones an earlier run left wider are
   narrowed. ``open_private`` and ``open_folder`` are the one way into
   ``state_dir``, for every part that keeps a file there.
-- A state file (the remembered tags, say) is replaced whole, never left
-  half-written where the next start reads: the text goes to a new temporary
-  file of its own, is flushed to the disk, and only then renamed over the
-  old one (``renameat``, within the folder's descriptor); a save that fails
+- A state file (the remembered tags, the image records of stale mode) is
+  replaced whole, never left half-written where the next start reads: the
+  text goes to a new temporary file of its own, is flushed to the disk, and
+  only then renamed over the old one (``renameat``, within the folder's
+  descriptor); a save that fails
   removes its temporary file. Saves run one at a time, in the order they
   began: a save cancelled by its caller goes on in its thread, and a second
   one must neither race it nor be overwritten by it. A state file that is
@@ -43,15 +44,6 @@ Rules:
 - A disk that never returns does not hold up the heal or the exit: ``close``
   waits ``CLOSE_WAIT``, and the writes run on daemon threads, which neither
   the loop's shutdown nor the interpreter's exit waits for.
-- A state file (the remembered tags, the image records of stale mode) is
-  replaced whole, never left half-written where the next start reads: the
-  text goes to a temporary file of its own (``mkstemp``, 0600), is flushed
-  to the disk, and only then renamed over the old one; a save that fails
-  removes its temporary file. Saves run one at a time, in the order they
-  began: a save cancelled by its caller goes on in its thread, and a second
-  one must neither race it nor be overwritten by it. A state file that is
-  missing or unreadable reads as empty, with a warning: losing it costs a
-  rebuild, never a start. These are blocking calls, meant for a thread.
 
 Theory of operation: ``LogFile.write`` appends to a list and wakes a drain
 task; the drain joins what has queued and hands it to a worker thread, so
@@ -75,7 +67,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -92,44 +83,6 @@ QUEUE_CAP = 4 * 1024 * 1024
 """Characters of transcript waiting for the disk, at most."""
 CLOSE_WAIT = 10.0
 """Seconds ``close`` waits for the queue to reach the disk."""
-
-
-def read_state(
-    state_dir: Path, name: str, loads: Callable[[str], T], empty: Callable[[], T], what: str
-) -> T:
-    """The state file ``name``, read with ``loads``; ``empty()``, with a warning,
-    when it cannot be read."""
-    path = state_dir / name
-    try:
-        return loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return empty()
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s from %s, starting empty: %s", what, path, exc)
-        return empty()
-
-
-def save_state(state_dir: Path, name: str, text: str) -> None:
-    """Replace the state file ``name`` with ``text``, atomically and durably;
-    raises OSError."""
-    with _saving:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=state_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, state_dir / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        directory = os.open(state_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
 
 
 class StateDirError(Exception):
