@@ -361,8 +361,9 @@ def parse_workers(proxy: Proxy) -> dict[str, int]:
     for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
         for pid in (task / "children").read_text().split():
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"proxy.healing.core.dockerfileparse" in argv:
-                found[argv[-2].decode()] = int(pid)
+            if b"proxy.healing.core.dockerfileparse" in argv:  # ... MODULE QUEUE USER
+                module = argv.index(b"proxy.healing.core.dockerfileparse")
+                found[argv[module + 1].decode()] = int(pid)
     return found
 
 
@@ -777,3 +778,50 @@ def back_to(proxy: Proxy, baseline: tuple[int, int], what: str) -> None:
         raise AssertionError(
             f"{what}: (fds, tasks) {last[0]} > baseline {baseline}: {fd_list}"
         ) from None
+
+
+class OneShotServer:
+    """A Unix socket that answers each connection with a canned HTTP response."""
+
+    def __init__(self, path: str, response: bytes) -> None:
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.response = response
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data)
+                conn.sendall(self.response)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+def http_response(status_line: str, body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status_line}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+def proc_ids(pid: int, field: str = "Uid") -> list[int]:
+    """The real, effective, saved and file-system ids (``Uid`` or ``Gid``) of ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return [int(word) for word in line.split()[1:]]
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

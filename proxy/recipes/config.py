@@ -76,6 +76,16 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class KeepLogs:
+    """``heal.keep_logs``: which heal transcripts stay in ``state_dir/logs``."""
+
+    last: int = 20
+    """The newest this many per tag."""
+    max_age: float = 14 * 86400.0
+    """And of those, none older than this many seconds."""
+
+
+@dataclass(frozen=True)
 class MinFree:
     """The ``heal.min_free`` floor: a share of the disk or a number of bytes."""
 
@@ -121,6 +131,10 @@ class HealSettings:
     max_build_spool: int = 4 << 30
     """Bytes of a build body read, and of its tar once decompressed, while
     looking for its Dockerfile before the build is forwarded unhealed."""
+    max_build_spool_total: int = 16 << 30
+    """Bytes spooled by all builds at once; a build that would pass it is
+    forwarded unhealed, so concurrent builds cannot fill the disk."""
+    keep_logs: KeepLogs = KeepLogs()
     cache: str | None = None
     """The registry repository heals are pulled from and pushed to (normalised)."""
     cache_push: bool = True
@@ -135,10 +149,13 @@ class HealSettings:
 
 @dataclass(frozen=True)
 class SecuritySettings:
-    """The ``[security]`` table."""
+    """The ``[security]`` table: what root trusts, and who runs what."""
 
     trust_paths: tuple[Path, ...] = ()
     """Folders exempt from the check of what root runs; a foot-gun by design."""
+    parse_user: str = "nobody"
+    """The user the Dockerfile parse worker becomes when the proxy is root: it
+    parses clients' text."""
 
 
 @dataclass(frozen=True)
@@ -194,13 +211,15 @@ _HEAL_KEYS = (
     "background_parallel",
     "min_free",
     "max_build_spool",
+    "max_build_spool_total",
+    "keep_logs",
     "cache",
     "cache_push",
     "inputs_rescan",
     "inputs_debounce",
 )
 _METRICS_KEYS = ("listen",)
-_SECURITY_KEYS = ("trust_paths",)
+_SECURITY_KEYS = ("trust_paths", "parse_user")
 _KINDS: tuple[Kind, ...] = ("command", "build", "pull", "load")
 _ENTRY_KEYS = (
     "match",
@@ -384,7 +403,12 @@ class _Reader:
                 data, "shutdown_timeout", "", defaults.shutdown_timeout
             ),
             heal=heal,
-            security=SecuritySettings(tuple(self.base_dir / folder for folder in trust_paths)),
+            security=SecuritySettings(
+                trust_paths=tuple(self.base_dir / folder for folder in trust_paths),
+                parse_user=self.string(
+                    security.get("parse_user", SecuritySettings.parse_user), "security.parse_user"
+                ),
+            ),
             metrics_listen=metrics_listen,
             recipes=recipes,
         )
@@ -423,6 +447,10 @@ class _Reader:
             ),
             min_free=min_free,
             max_build_spool=self.optional_size(table, "max_build_spool", defaults.max_build_spool),
+            max_build_spool_total=self.optional_size(
+                table, "max_build_spool_total", defaults.max_build_spool_total
+            ),
+            keep_logs=self.keep_logs(table.get("keep_logs", {})),
             cache=self.cache_repository(table["cache"]) if "cache" in table else None,
             cache_push=self.boolean(
                 table.get("cache_push", defaults.cache_push), "heal.cache_push"
@@ -435,11 +463,27 @@ class _Reader:
             ),
         )
 
-    def at_least_one(self, table: Mapping[str, Any], key: str, default: int) -> int:
+    def at_least_one(
+        self, table: Mapping[str, Any], key: str, default: int, where: str = "heal"
+    ) -> int:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(f"heal.{key}", f"expected a whole number of at least 1, not {value!r}")
+            self.fail(_at(where, key), f"expected a whole number of at least 1, not {value!r}")
         return value
+
+    def keep_logs(self, value: object) -> KeepLogs:
+        """``{ last = 20, max_age = "14d" }``; either may be left out."""
+        where = "heal.keep_logs"
+        if not isinstance(value, Mapping):
+            self.fail(where, 'expected a table like { last = 20, max_age = "14d" }')
+        self.known(value, ("last", "max_age"), where)
+        defaults = KeepLogs()
+        return KeepLogs(
+            last=self.at_least_one(value, "last", defaults.last, where),
+            max_age=self.optional_duration(
+                value, "max_age", where, defaults.max_age, positive=True
+            ),
+        )
 
     def cache_repository(self, value: object) -> str:
         """The repository heals are cached in, normalised; a tag or digest is refused,

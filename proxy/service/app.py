@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -117,12 +118,16 @@ class App:
         sweep(settings.state_dir)
         engine = Engine(settings.upstream, self.config.heal.engine_timeout)
         metrics = self.metrics = Metrics(
-            lambda: self.healer, lambda: self.proactive, lambda: self.stale
+            lambda: self.healer,
+            lambda: self.proactive,
+            lambda: self.stale,
+            lambda: interceptor.build.budget.used,
         )
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
             self.config, engine, settings.upstream, settings.state_dir, metrics
         )
+        await asyncio.to_thread(healer.tidy)
         stale = StaleTracker(lambda: self.config, engine, settings.state_dir)
         healer.stale = stale
         proactive = Proactive(lambda: self.config, healer, engine, settings.state_dir, stale)
@@ -134,6 +139,7 @@ class App:
             metrics.image_checked,
             proactive.used,
             lambda: {**healer.snapshot(), "proactive": proactive.view(), "stale": stale.view()},
+            metrics.build_over_spool_budget,
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
         hub = Hub(settings.upstream, interceptor, observer, sessions=interceptor.sessions)

@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import os
+import pwd
 import signal
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import uvloop
 
 from .. import __version__
 from ..healing.background import proactive
 from ..healing.core.healer import Healer, HealFailed
+from ..healing.core.statefiles import StateDirError, prepare_state_dir
 from ..healing.sources.buildcontext import read_dockerfile_from_disk
 from ..healing.sources.cache import config_dir, reference_for
 from ..healing.sources.engine import Engine, EngineError
@@ -37,7 +43,8 @@ from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
 from ..wire.listener import ListenerError, check_not_self
-from . import logs, systemd, trustscan
+from ..wire.routes import HEAL_PATH
+from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .check import CacheReference, Staleness, describe
 from .server import open_listener, raise_open_files_limit
@@ -51,9 +58,10 @@ COMMANDS = ("serve", "check", "heal", "status")
 T = TypeVar("T")
 
 
-def _group_exists(name: str) -> bool:
+def _known(lookup: Callable[[str], object], name: str) -> bool:
+    """Whether ``lookup`` (``grp.getgrnam``, ``pwd.getpwnam``) finds ``name``."""
     try:
-        grp.getgrnam(name)
+        lookup(name)
     except KeyError:
         return False
     return True
@@ -101,11 +109,16 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("image", nargs="?", metavar="IMAGE")
     check.add_argument("--upstream", help="unix:///path of the Docker daemon (cache key, min_free)")
 
-    heal = add("heal", "heal an image now, through the same path as the proxy")
+    heal = add("heal", "heal an image now, in the running proxy (else in this process)")
     heal.add_argument("image", nargs="?", metavar="IMAGE")
     heal.add_argument("--all", action="store_true", help="every non-pattern recipe that is missing")
     heal.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    heal.add_argument("--upstream", help="unix:///path of the Docker daemon's socket")
+    heal.add_argument(
+        "--listen", help="unix:///path of the proxy's socket (default: DOCKER_HOST, then config)"
+    )
+    heal.add_argument(
+        "--upstream", help="unix:///path of the Docker daemon's socket (when no proxy answers)"
+    )
 
     status = add("status", "show recipes, running heals and last results of a running proxy")
     status.add_argument(
@@ -118,6 +131,7 @@ def parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _settings(args, config)
     _refuse_untrusted(config, settings)
+    settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
     raise_open_files_limit()
     listener = open_listener(settings)
@@ -146,8 +160,9 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         metrics_listen=getattr(args, "metrics_listen", None),
         env=os.environ,
         is_root=os.geteuid() == 0,
-        group_exists=_group_exists,
+        group_exists=partial(_known, grp.getgrnam),
         owned=_owned_folder,
+        user_exists=partial(_known, pwd.getpwnam),
     )
     try:
         check_not_self(settings.listen, settings.upstream)
@@ -169,6 +184,12 @@ def _refuse_untrusted(config: Config, settings: Settings) -> None:
     if found:
         more = f" (and {len(found) - 1} more: see docker-heal-proxy check)" if found[1:] else ""
         raise SettingsError(f"root will not run what others can change: {found[0]}{more}")
+
+
+def _private_state(settings: Settings) -> Settings:
+    """``settings`` with ``state_dir`` made, checked and resolved (``statefiles``):
+    before anything is written there, by ``serve`` or a local ``heal``."""
+    return replace(settings, state_dir=prepare_state_dir(settings.state_dir))
 
 
 async def _ask_daemon(
@@ -296,27 +317,74 @@ async def _heal_now(settings: Settings, config: Config, images: list[str], force
 
 
 def _heal(args: argparse.Namespace, config: Config) -> int:
+    """In the running proxy when one answers, so that the heal shares its locks,
+    state and metrics; in this process only when none does, and then it says so."""
     if args.all == bool(args.image):
         print("docker-heal-proxy: heal takes an IMAGE or --all", file=sys.stderr)
         return 2
     if args.all:
         images = [r.match for r in config.recipes if not Pattern.compile(r.match).is_template]
     else:
-        if find_recipe(config.recipes, args.image) is None:
-            print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
-            return 1
         images = [args.image]
+    path = _proxy_socket(args, config)
+    try:
+        return _heal_in_proxy(path, images, args.force)
+    except proxyclient.NoProxy as exc:
+        why = str(exc)
     settings = _settings(args, config)
-    _refuse_untrusted(config, settings)
+    _refuse_untrusted(config, settings)  # the recipes run here, as this user
+    settings = _private_state(settings)
+    print(
+        f"docker-heal-proxy: no proxy answers ({why}); healing in this process, "
+        f"with the locks in {settings.state_dir}",
+        file=sys.stderr,
+    )
+    if not args.all and find_recipe(config.recipes, args.image) is None:
+        print(f"docker-heal-proxy: no recipe matches {args.image}", file=sys.stderr)
+        return 1
     return uvloop.run(_heal_now(settings, config, images, args.force))
+
+
+def _heal_in_proxy(path: str, images: list[str], force: bool) -> int:
+    """Each heal asked of the proxy at ``path``; raises NoProxy before the first
+    answer only, so a fallback never repeats a heal the proxy ran."""
+    failed = 0
+    for image in images:
+        query = urlencode({"image": image, **({"force": "1"} if force else {})})
+        try:
+            status, body = proxyclient.ask(path, "POST", f"{HEAL_PATH}?{query}", None)
+        except proxyclient.AskError as exc:
+            if isinstance(exc, proxyclient.NoProxy) and image == images[0]:
+                raise
+            print(f"docker-heal-proxy: {exc}", file=sys.stderr)
+            return 1
+        answer = _json_object(body)
+        if status == 200:
+            print(f"{answer.get('image', image)}: {answer.get('outcome', '?')}")
+        else:
+            print(answer.get("message") or f"{path} answered {status}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _proxy_socket(args: argparse.Namespace, config: Config) -> str:
+    return proxyclient.socket_path(
+        args.listen, os.environ, config.listen, os.geteuid() == 0, _owned_folder
+    )
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
     from . import status
 
-    path = status.socket_path(
-        args.listen, os.environ, config.listen, os.geteuid() == 0, _owned_folder
-    )
+    path = _proxy_socket(args, config)
     if args.watch:
         # Ctrl-C is how a watch ends, even when started from a background job or
         # a supervisor that ignores SIGINT: children inherit that, and it
@@ -348,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    except (ListenerError, systemd.ActivationError) as exc:
+    except (ListenerError, systemd.ActivationError, StateDirError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

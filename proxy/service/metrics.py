@@ -62,10 +62,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 HEAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, float("inf"))
 UPSTREAM_ERROR_KINDS = ("connect", "protocol", "closed")
 """The kinds ``connection`` reports; listed so each series starts at zero."""
-TRIGGERS = ("create", "pull", "build", "proactive", "stale")
-"""What can start a heal in the proxy; each series starts at zero. ``cli``
-heals (``docker-heal-proxy heal``) run in a process of their own, which has
-no metrics: a ``cli`` series here could never move."""
+TRIGGERS = ("create", "pull", "build", "proactive", "stale", "cli")
+"""What can start a heal in the proxy; each series starts at zero. ``cli`` is
+``docker-heal-proxy heal``, which asks the running proxy to heal."""
 BLOCK_REASONS = ("min_free",)
 """Why proactive heals can be held back; each series starts at zero."""
 
@@ -258,6 +257,7 @@ class Metrics:
         healer: Callable[[], HealerView | None] = lambda: None,
         proactive: Callable[[], ProactiveView | None] = lambda: None,
         stale: Callable[[], StaleView | None] = lambda: None,
+        spooled: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -319,6 +319,17 @@ class Metrics:
             buckets=HEAL_BUCKETS,
             registry=r,
         )
+        self.builds_over_spool_budget = Counter(
+            PREFIX + "builds_over_spool_budget_total",
+            "Builds forwarded unhealed because all builds' spools together would pass "
+            "[heal] max_build_spool_total.",
+            registry=r,
+        )
+        Gauge(
+            PREFIX + "build_spool_bytes",
+            "Bytes of build bodies spooled now, by all builds, against max_build_spool_total.",
+            registry=r,
+        ).set_function(spooled)
         Gauge(PREFIX + "build_info", "The proxy's version.", ["version"], registry=r).labels(
             __version__
         ).set(1)
@@ -375,6 +386,9 @@ class Metrics:
 
     def cache_pushed(self, result: str) -> None:
         self.cache_pushes.labels(result).inc()
+
+    def build_over_spool_budget(self) -> None:
+        self.builds_over_spool_budget.inc()
 
     def image_checked(self, present: bool) -> None:
         self.image_checks.labels("present" if present else "missing").inc()

@@ -110,6 +110,7 @@ def resolve(
     is_root: bool,
     group_exists: Callable[[str], bool],
     owned: Callable[[str], bool],
+    user_exists: Callable[[str], bool] = lambda name: True,
 ) -> Settings:
     listen_url, note = listen or config.listen or "", ""
     if not listen_url:
@@ -121,6 +122,12 @@ def resolve(
         group = "docker"
     elif group is not None and not group_exists(group):
         raise SettingsError(f"socket_group {group!r} is not a group on this machine")
+    parse_user = config.security.parse_user
+    if is_root and not user_exists(parse_user):  # only root changes user
+        raise SettingsError(
+            f"[security] parse_user {parse_user!r} is not a user on this machine "
+            "(the Dockerfile parser runs as it)"
+        )
     return Settings(
         listen=unix_path(listen_url, "listen"),
         upstream=unix_path(upstream_url, "upstream"),

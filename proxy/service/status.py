@@ -7,29 +7,25 @@ Rules:
 - ``render`` is pure: a snapshot (the JSON ``Healer.snapshot`` returns) in,
   text out. It tolerates missing keys, since the snapshot crossed a process
   boundary and may come from another version of the proxy.
-- The socket is found like the docker CLI finds its daemon: ``--listen``
-  first, then ``DOCKER_HOST`` (a host pointed at the proxy has it set), then
-  the config's ``listen``, then the built-in default.
+- The socket is found like the docker CLI finds its daemon
+  (``proxyclient.socket_path``).
 - ``--watch`` redraws once a second until Ctrl-C. An error while fetching
   (say the proxy is restarting) is shown in the frame, not fatal: a watch
   should outlive a restart. On a terminal a frame replaces the last one; into
   a pipe frames are appended, so the output stays readable in a log.
 
-Theory: a small blocking HTTP/1.1 client (``http.client`` over AF_UNIX) is
-enough: one request per frame, no keep-alive, no event loop.
+Theory: one blocking request per frame (``proxyclient.ask``), no event loop.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from ..wire.routes import STATUS_PATH
-from .settings import default_listen, unix_docker_host, unix_path
+from .proxyclient import AskError, ask
 
 CLEAR = "\x1b[H\x1b[2J"
 """Cursor home, then erase the screen: a full redraw without flicker-prone scrolling."""
@@ -39,54 +35,14 @@ class StatusError(Exception):
     """The status could not be fetched; the text says why, for a person."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def socket_path(
-    listen: str | None,
-    env: Mapping[str, str],
-    config_listen: str | None,
-    is_root: bool,
-    owned: Callable[[str], bool],
-) -> str:
-    """The proxy's socket path, by the precedence in the module rules."""
-    url = listen or unix_docker_host(env) or config_listen or ""
-    if not url:
-        url, _ = default_listen(env, is_root, owned)
-    return unix_path(url, "listen")
-
-
 def fetch(path: str, timeout: float = 10) -> dict[str, Any]:
     """The snapshot the proxy at ``path`` serves."""
-    conn = _UnixConnection(path, timeout)
     try:
-        conn.request("GET", STATUS_PATH, headers={"Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-    except OSError as exc:
-        raise StatusError(f"cannot reach the proxy at {path}: {exc}") from None
-    except http.client.HTTPException as exc:
-        raise StatusError(f"the proxy at {path} did not answer HTTP: {exc!r}") from None
-    finally:
-        conn.close()
-    if response.status != 200:
-        hint = ""
-        if response.status == 404:
-            hint = " (is this the Docker daemon's socket rather than the proxy's?)"
-        raise StatusError(f"{path} answered {STATUS_PATH} with {response.status}{hint}")
+        status, body = ask(path, "GET", STATUS_PATH, timeout)
+    except AskError as exc:
+        raise StatusError(str(exc)) from None
+    if status != 200:
+        raise StatusError(f"{path} answered {STATUS_PATH} with {status}")
     try:
         data = json.loads(body)
     except ValueError as exc:

@@ -40,7 +40,10 @@ import re
 from urllib.parse import parse_qs
 
 STATUS_PATH = "/_heal/status"
-"""The one path the proxy answers itself, on its own socket only."""
+"""The proxy's state (``GET``), answered by the proxy itself, on its own socket only."""
+HEAL_PATH = "/_heal/heal"
+"""``POST ?image=IMAGE[&force=1]``: a heal run by the proxy for ``docker-heal-proxy
+heal``, so that a shell's heal shares the service's locks and metrics."""
 
 _VERSION = re.compile(r"/v[0-9.]+(?=/)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")

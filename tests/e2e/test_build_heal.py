@@ -14,6 +14,8 @@ import gzip
 import io
 import lzma
 import os
+import pwd
+import signal
 import socket
 import stat
 import subprocess
@@ -38,6 +40,7 @@ from support import (
     log_problems,
     log_size,
     parse_workers,
+    proc_ids,
     remove,
     tagging_script,
     toml_string,
@@ -464,7 +467,8 @@ def test_the_base_named_by_a_build_arg_is_healed(
 def test_without_a_spool_the_build_goes_on_unhealed(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
-    (tmp_path / "state").write_text("a file where the state folder should be")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "spool").write_text("a file where the spool folder should be")
     proxy = make_proxy(seed_config(tmp_path, busybox))
     ctx, _ = late_dockerfile(tmp_path, 4)
     (ctx / "Dockerfile").write_text(f"FROM {busybox}\nCOPY data.bin /data.bin\n")
@@ -516,3 +520,117 @@ def test_a_dockerfile_slow_to_parse_neither_stalls_the_proxy_nor_heals(
     assert "forwarded unhealed: unparsed Dockerfile: it took over 2s" in proxy.log()
     assert line_count(tmp_path / "base.marker") == 0
     assert accepting(proxy)
+
+
+def test_a_parser_that_crashes_leaves_the_proxy_serving_and_is_replaced(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """The worker runs as nobody, not root. Killed by SIGSEGV mid-parse (what
+    a parser crash looks like), its build goes on unhealed with the reason;
+    the proxy answers meanwhile, and the next build gets a new worker."""
+    proxy = make_proxy(seed_config(tmp_path, busybox))
+    py_build(proxy, context_tar(("Dockerfile", f"FROM {busybox}\n")), f"{AGENT}:warm")
+    parser = parse_process(proxy)
+    assert proc_ids(parser) == [pwd.getpwnam("nobody").pw_uid] * 4
+    idle = cpu_seconds(parser)
+    remove(dockerd.env, BASE)
+    heredoc = "RUN <<EOF\n" + "x\n" * (250 << 9) + "EOF\n"  # seconds to parse
+    context = context_tar(("Dockerfile", f"FROM {BASE}\n{heredoc}"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(proxy.socket)
+        sock.sendall(BUILD_HEAD + chunk(context) + b"0\r\n\r\n")
+        wait_for(lambda: cpu_seconds(parser) > idle + 0.05, 60, "the parse to be under way")
+        os.kill(parser, signal.SIGSEGV)
+        sock.settimeout(60)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 ")  # the daemon's own answer
+    assert "unparsed Dockerfile: the parser process died (exit code -" in proxy.log()  # by a signal
+    assert accepting(proxy)
+    tag = f"{AGENT}:after"
+    assert tag in py_build(proxy, context_tar(("Dockerfile", DOCKERFILE)), tag)
+    assert line_count(tmp_path / "base.marker") == 1  # healed: a new worker parsed it
+    assert parse_process(proxy) != parser
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample of the proxy's metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in the metrics")
+
+
+def chunked_answer(sock: socket.socket) -> bytes:
+    """A whole chunked answer (a build's JSON stream), read to its last chunk."""
+    answer = b""
+    while not answer.endswith(b"0\r\n\r\n") and (data := sock.recv(65536)):
+        answer += data
+    return answer
+
+
+def test_builds_past_the_total_spool_budget_go_on_unhealed(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """Three builds spool 400 KiB each, one after the other, under a total of
+    1 MiB: the third would pass it, so it goes on unhealed at once; the first
+    two heal their bases once their Dockerfiles arrive."""
+    port = free_port()
+    bases = [f"127.0.0.1:1/dhp/spoolbase-{n}:1" for n in "abc"]
+    recipes = "".join(
+        f"[[images]]\nmatch = {toml_string(base)}\ncommand = [{toml_string(script)}]\n"
+        for base, script in (
+            (base, tagging_script(tmp_path / f"{n}.sh", tmp_path / f"{n}.marker", busybox, base))
+            for n, base in zip("abc", bases, strict=True)
+        )
+    )
+    proxy = make_proxy(
+        f"state_dir = {toml_string(tmp_path / 'state')}\n"
+        f'[heal]\nmax_build_spool_total = "1MiB"\n{recipes}',
+        args=[f"--metrics-listen=127.0.0.1:{port}"],
+    )
+    remove(dockerd.env, *bases)
+    data = 400 << 10
+    bodies = [context_tar(("data.bin", "x" * data), ("Dockerfile", f"FROM {b}\n")) for b in bases]
+    socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in bases]
+    try:
+        for n, (sock, body) in enumerate(zip(socks, bodies, strict=True)):
+            sock.connect(proxy.socket)
+            sock.sendall(BUILD_HEAD + chunk(body[: 512 + data]))
+            if n < 2:
+                wait_for(
+                    lambda n=n: (
+                        metric(port, "docker_heal_proxy_build_spool_bytes") >= (n + 1) * data
+                    ),
+                    30,
+                    f"build {n + 1} to be spooled",
+                )
+        wait_for(lambda: "max_build_spool_total" in proxy.log(), 30, "the third to go on")
+        for sock in socks:
+            sock.settimeout(60)
+        # The third first: what it spooled before it went over is its share of
+        # the budget until its request has gone upstream and its spool is closed.
+        socks[2].sendall(chunk(bodies[2][512 + data :]) + b"0\r\n\r\n")
+        third = chunked_answer(socks[2])
+        framed = len(chunk(bodies[0][: 512 + data]))  # what each spooled: chunk framing too
+        wait_for(
+            lambda: metric(port, "docker_heal_proxy_build_spool_bytes") == 2 * framed,
+            30,
+            "the third's spool to be closed",
+        )
+        for sock, body in zip(socks[:2], bodies[:2], strict=True):
+            sock.sendall(chunk(body[512 + data :]) + b"0\r\n\r\n")
+        answers = [*(chunked_answer(sock) for sock in socks[:2]), third]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert [line_count(tmp_path / f"{n}.marker") for n in "abc"] == [1, 1, 0]
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+    assert b"errorDetail" not in answers[0] and b"errorDetail" not in answers[1]
+    assert b"errorDetail" in answers[2]  # the daemon's own answer: it has no such base
+    assert metric(port, "docker_heal_proxy_builds_over_spool_budget_total") == 1
+    assert metric(port, "docker_heal_proxy_build_spool_bytes") == 0
+    assert spool_files(tmp_path, proxy) == []
+    assert log_problems(proxy.log()) == []

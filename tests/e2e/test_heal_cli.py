@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from support import (
     REPO,
     Dockerd,
     MakeProxy,
+    Proxy,
     docker,
+    gated_tagging_script,
     image_exists,
     line_count,
     proxy_cli,
@@ -28,6 +31,8 @@ from support import (
     wait_for,
     write_script,
 )
+
+from proxy.service.status import fetch
 
 BASE = "127.0.0.1:1/dhp/clibase:latest"
 
@@ -164,24 +169,30 @@ def test_heal_command_heals_one_image_and_fails_with_the_reason(
     )
     remove(dockerd.env, good, bad)
     upstream = f"--upstream={dockerd.url}"
+    no_proxy = f"--listen=unix://{tmp_path / 'no-proxy.sock'}"
 
-    healed = proxy_cli("heal", good, f"--config={config}", upstream)
+    healed = proxy_cli("heal", good, f"--config={config}", upstream, no_proxy)
     assert healed.returncode == 0, healed.stderr
     assert image_exists(dockerd.env, good)
     assert line_count(marker) == 1
+    assert (
+        f"no proxy answers (cannot reach the proxy at {tmp_path / 'no-proxy.sock'}: "
+        f"No such file or directory); healing in this process, with the locks in "
+        f"{tmp_path / 'state'}" in healed.stderr
+    )
 
-    present = proxy_cli("heal", good, f"--config={config}", upstream)
+    present = proxy_cli("heal", good, f"--config={config}", upstream, no_proxy)
     assert present.returncode == 0, present.stderr
     assert "up to date" in present.stdout
     assert line_count(marker) == 1, "heal rebuilt an image that was there"
 
-    failed = proxy_cli("heal", bad, f"--config={config}", upstream)
+    failed = proxy_cli("heal", bad, f"--config={config}", upstream, no_proxy)
     assert failed.returncode == 1
     assert f"cannot heal {bad}" in failed.stderr
     assert "boom" in failed.stderr
     assert not image_exists(dockerd.env, bad)
 
-    unknown = proxy_cli("heal", "127.0.0.1:1/ghost:1", f"--config={config}", upstream)
+    unknown = proxy_cli("heal", "127.0.0.1:1/ghost:1", f"--config={config}", upstream, no_proxy)
     assert unknown.returncode == 1
     assert "no recipe matches" in unknown.stderr
 
@@ -206,7 +217,13 @@ def test_heal_all_heals_every_missing_concrete_recipe(
     remove(dockerd.env, *missing)
     docker(["tag", busybox, present], env=dockerd.env)
 
-    result = proxy_cli("heal", "--all", f"--config={config}", f"--upstream={dockerd.url}")
+    result = proxy_cli(
+        "heal",
+        "--all",
+        f"--config={config}",
+        f"--upstream={dockerd.url}",
+        f"--listen=unix://{tmp_path / 'no-proxy.sock'}",
+    )
 
     assert result.returncode == 0, result.stderr
     for image in missing:
@@ -231,21 +248,64 @@ def holds_open(pid: int, folder: Path) -> bool:
     return False
 
 
-def test_cli_heal_waits_for_the_proxys_heal_of_the_same_tag(
+def heal_beside_a_spawn(
+    proxy: Proxy,
+    image: str,
+    marker: Path,
+    release: Path,
+    args: list[str],
+    waiting: Callable[[int], bool],
+    what: str,
+) -> tuple[str, str]:
+    """``heal IMAGE ARGS`` while a ``docker run`` through ``proxy`` heals it with
+    a recipe held until ``release``: released once ``waiting(pid)`` says the
+    shell's heal waits; its stdout and stderr, the spawn having worked."""
+    spawn = subprocess.Popen(
+        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
+        env=proxy.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    heal = None
+    try:
+        wait_for(lambda: line_count(marker) == 1, 20, "the proxy's heal to start")
+        heal = subprocess.Popen(
+            [*PYTHON_M_PROXY, "heal", image, *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pid = heal.pid
+        wait_for(lambda: heal.poll() is not None or waiting(pid), 20, what)
+        assert heal.poll() is None, heal.communicate()
+        release.touch()
+        out, err = heal.communicate(timeout=60)
+        spawned_out, spawned_err = spawn.communicate(timeout=60)
+    finally:
+        release.touch()
+        for proc in (spawn, heal):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert spawn.returncode == 0, spawned_err.decode()
+    assert spawned_out.decode().strip() == "ok"
+    assert heal.returncode == 0, err
+    return out, err
+
+
+def test_a_local_heal_waits_for_the_proxys_heal_of_the_same_tag(
     dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
 ) -> None:
-    """A cron ``heal`` during a spawn-driven heal must wait on the shared lock
-    and then find the image, not run the recipe a second time."""
+    """A cron ``heal`` that finds no proxy at its socket, during a heal by a
+    proxy with the same ``state_dir``, must wait on the shared lock and then
+    find the image, not run the recipe a second time."""
     image = "127.0.0.1:1/dhp/clilocked:1"
     marker = tmp_path / "marker"
     release = tmp_path / "release"
-    script = tagging_script(
-        tmp_path / "recipe.sh",
-        marker,
-        busybox,
-        image,
-        extra=f'while [ ! -e "{release}" ]; do sleep 0.05; done\n',
-    )
+    script = gated_tagging_script(tmp_path / "recipe.sh", marker, busybox, image, release)
     state = tmp_path / "state"
     proxy = make_proxy(
         f"""
@@ -258,44 +318,59 @@ command = [{toml_string(script)}]
     config = Path(proxy.socket).parent / "config.toml"
     remove(dockerd.env, image)
 
-    spawn = subprocess.Popen(
-        ["docker", "run", "--rm", "--network=none", image, "echo", "ok"],
-        env=proxy.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    out, err = heal_beside_a_spawn(
+        proxy,
+        image,
+        marker,
+        release,
+        [
+            f"--config={config}",
+            f"--upstream={dockerd.url}",
+            f"--listen=unix://{tmp_path / 'no-proxy.sock'}",
+        ],
+        lambda pid: holds_open(pid, state / "locks"),
+        "the CLI heal to wait on the lock",
     )
-    heal = None
-    try:
-        wait_for(lambda: line_count(marker) == 1, 20, "the proxy's heal to start")
-        heal = subprocess.Popen(
-            [*PYTHON_M_PROXY, "heal", image, f"--config={config}", f"--upstream={dockerd.url}"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        pid = heal.pid
-        wait_for(
-            lambda: heal.poll() is not None or holds_open(pid, state / "locks"),
-            20,
-            "the CLI heal to wait on the lock",
-        )
-        assert heal.poll() is None, heal.communicate()
-        release.touch()
-        out, err = heal.communicate(timeout=60)
-        spawned_out, spawned_err = spawn.communicate(timeout=60)
-    finally:
-        release.touch()
-        for proc in (spawn, heal):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
-    assert spawn.returncode == 0, spawned_err.decode()
-    assert spawned_out.decode().strip() == "ok"
-    assert heal.returncode == 0, err
     assert "built meanwhile by another process" in err
     assert f"{image}: Image is up to date (built meanwhile by another process)" in out
     assert line_count(marker) == 1, "the CLI reran a recipe the proxy was running"
+
+
+def test_heal_from_a_shell_runs_in_the_proxy_and_joins_its_heal(
+    dockerd: Dockerd, busybox: str, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """``heal`` asks the proxy, which joins it to the create's heal of the same
+    tag: one recipe run. Its own config names another ``state_dir`` (a user's
+    ``~/.local/state``, say), so a heal in its own process would take another
+    lock and run the recipe a second time."""
+    image = "127.0.0.1:1/dhp/clijoined:1"
+    marker = tmp_path / "marker"
+    release = tmp_path / "release"
+    script = gated_tagging_script(tmp_path / "recipe.sh", marker, busybox, image, release)
+    recipe = f"[[images]]\nmatch = {toml_string(image)}\ncommand = [{toml_string(script)}]\n"
+    proxy = make_proxy(f"state_dir = {toml_string(tmp_path / 'state')}\n{recipe}")
+    elsewhere = tmp_path / "user.toml"
+    elsewhere.write_text(f"state_dir = {toml_string(tmp_path / 'user-state')}\n{recipe}")
+    remove(dockerd.env, image)
+
+    out, err = heal_beside_a_spawn(
+        proxy,
+        image,
+        marker,
+        release,
+        [f"--config={elsewhere}", f"--listen={proxy.url}"],
+        lambda pid: fetch(proxy.socket).get("waiters") == 2,
+        "the shell's heal to wait in the proxy, beside the create",
+    )
+
+    assert out == f"{image}: Healed by docker-heal-proxy\n"
+    assert "no proxy answers" not in err
+    assert line_count(marker) == 1
+    assert not (tmp_path / "user-state").exists()
+
+    unknown = proxy_cli("heal", "127.0.0.1:1/ghost:1", f"--listen={proxy.url}")
+    assert (unknown.returncode, unknown.stderr) == (
+        1,
+        "docker-heal-proxy: no recipe matches 127.0.0.1:1/ghost:1\n",
+    )

@@ -15,6 +15,7 @@ from support import Dockerd, docker, wait_for
 
 from proxy.healing.core import runners
 from proxy.healing.core.runners import RecipeFailed, run_recipe
+from proxy.healing.core.statefiles import LogFile
 from proxy.healing.sources.engine import Engine, EngineError
 from proxy.recipes.recipe import BuildSpec, ConcreteRecipe, Kind, Recipe
 
@@ -37,16 +38,21 @@ def with_engine(dockerd: Dockerd, use: Callable[[Engine], Coroutine[Any, Any, An
 def heal(
     dockerd: Dockerd, concrete: ConcreteRecipe, log: Path, lines: list[str] | None = None
 ) -> None:
-    with_engine(
-        dockerd,
-        lambda engine: run_recipe(
-            concrete,
-            upstream=dockerd.socket,
-            log_path=log,
-            engine=engine,
-            on_line=None if lines is None else lines.append,
-        ),
-    )
+    async def run(engine: Engine) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        transcript = LogFile(open(log, "a", encoding="utf-8"), log)  # noqa: SIM115 (closed below)
+        try:
+            await run_recipe(
+                concrete,
+                upstream=dockerd.socket,
+                log=transcript,
+                engine=engine,
+                on_line=None if lines is None else lines.append,
+            )
+        finally:
+            await transcript.close()
+
+    with_engine(dockerd, run)
 
 
 def failure(dockerd: Dockerd, concrete: ConcreteRecipe, log: Path) -> RecipeFailed:

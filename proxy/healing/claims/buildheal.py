@@ -24,7 +24,9 @@ Rules:
   been read: a client still writing a body it cannot finish would report a
   broken pipe instead of the reason.
 - A spool that fails (a full disk) does not fail the build: what reached the
-  spool, then the piece in hand, then the rest go upstream unhealed.
+  spool, then the piece in hand, then the rest go upstream unhealed. So does
+  a piece the total budget of all builds' spools cannot take
+  (``[heal] max_build_spool_total``), with a log line and ``on_over_budget``.
 - A body whose Dockerfile cannot be found (not a tar, zstd, absent, over
   ``max_build_spool`` of body read or of tar decompressed) goes on unhealed with a log line: the
   build then behaves exactly as it would without the proxy.
@@ -54,7 +56,7 @@ from ...wire.local import Exchange
 from ..core.dockerfileparse import ParseFailed, dockerfile_images
 from ..core.healer import Healer, HealFailed
 from .contextscan import DockerfileScan
-from .spool import Spool, write_all
+from .spool import Budget, Spool, write_all
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +95,22 @@ def build_params(query: str) -> BuildParams | None:
 class BuildHeal:
     """The ``POST /build`` handler: spool, find the bases, heal them, forward."""
 
-    def __init__(self, config: Callable[[], Config], healer: Healer) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        healer: Healer,
+        on_over_budget: Callable[[], None] = lambda: None,
+    ) -> None:
         self._config = config
         self._healer = healer
+        self._on_over_budget = on_over_budget
+        self.budget = Budget(lambda: config().heal.max_build_spool_total)
+        """Bytes all builds' spools hold at once."""
 
     async def handle(self, exchange: Exchange, params: BuildParams) -> None:
         name = params.tag or "an untagged image"
         try:
-            spool = Spool(self._healer.state_dir)
+            spool = Spool(self._healer.state_dir, self.budget)
         except OSError as exc:
             log.warning("build of %s forwarded unhealed: no spool file: %s", name, exc)
             await self._forward(exchange, None)
@@ -145,6 +155,16 @@ class BuildHeal:
                 return None  # outgrew the exchange's limit before streaming: forwarded
             complete = not data
             spooled += len(data)
+            if not spool.reserve(len(data)):
+                log.warning(
+                    "build of %s forwarded unhealed: builds spool %d bytes already, and this "
+                    "piece would pass [heal] max_build_spool_total",
+                    name,
+                    self.budget.used,
+                )
+                self._on_over_budget()
+                await self._forward(exchange, spool, spooled - len(data), data)
+                return None
             try:
                 await spool.run(partial(_absorb, scan=scan, data=data))
                 while scan.restart is not None:

@@ -24,7 +24,11 @@ Rules:
   to the old image if the rebuild fails, and ``"strict"``, failing the
   create with the reason), or the create goes on at once and the rebuild
   runs behind it (``"background"``).
-- ``/_heal/`` is the one path prefix the proxy answers itself.
+- ``/_heal/`` is the one path prefix the proxy answers itself: the status
+  (``GET /_heal/status``) and a heal asked for from a shell
+  (``POST /_heal/heal?image=IMAGE[&force=1]``, ``docker-heal-proxy heal``),
+  which joins the single flight like any client: 200 with the outcome, 400
+  for an image no recipe heals, 500 with the reason of a failed heal.
 
 The pure helpers at the top decide; ``Interceptor`` does the I/O through an
 ``Exchange`` (see ``connection``) and the ``Healer``.
@@ -37,14 +41,15 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
-from ...recipes.reference import normalize
+from ...recipes.reference import InvalidReference, normalize
 from ...wire import gojson
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
 from ...wire.local import Exchange, Handler
-from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
+from ...wire.routes import HEAL_PATH, STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
 from ..stale.decision import Stale, Unknown
 from .buildheal import BuildHeal, build_params
@@ -113,13 +118,14 @@ class Interceptor:
         on_check: Callable[[bool], None] = lambda present: None,
         on_used: Callable[[str], None] = lambda image: None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
+        on_over_budget: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         self._healer = healer
         self._on_check = on_check
         self._on_used = on_used
         self._snapshot = snapshot or healer.snapshot
-        self._build = BuildHeal(config, healer)
+        self.build = BuildHeal(config, healer, on_over_budget)
         self._behind: set[asyncio.Task[None]] = set()
         """Rebuilds of ``on_stale = "background"`` under way, kept until they end."""
         self.sessions = SessionHeal(config, healer)
@@ -127,6 +133,8 @@ class Interceptor:
 
     def claim(self, head: RequestHead) -> Handler | None:
         if head.method == "POST":
+            if head.path == HEAL_PATH:
+                return self.heal
             if not self._config().recipes:
                 return None
             path = api_path(head.path)
@@ -176,7 +184,7 @@ class Interceptor:
             return None
 
         async def build(exchange: Exchange) -> None:
-            await self._build.handle(exchange, params)
+            await self.build.handle(exchange, params)
 
         return build
 
@@ -278,6 +286,28 @@ class Interceptor:
             self._on_used(image)  # a pull is a use, whether or not it had to heal
             exchange.write(progress_line({"status": f"Status: {outcome} for {image}"}))
         exchange.write(b"0\r\n\r\n")
+
+    async def heal(self, exchange: Exchange) -> None:
+        """A heal asked for by ``docker-heal-proxy heal``, run here with the service's state."""
+        if await exchange.body() is None:
+            return
+        params = parse_qs(exchange.head.query)
+        image = (params.get("image") or [""])[0]
+        force = (params.get("force") or [""])[0] in ("1", "true")
+        try:
+            reference = normalize(image)
+        except InvalidReference as exc:
+            exchange.fail(400, f"docker-heal-proxy: cannot heal {image!r}: {exc}")
+            return
+        if find_recipe(self._config().recipes, reference) is None:
+            exchange.fail(400, f"docker-heal-proxy: no recipe matches {image}")
+            return
+        try:
+            outcome = await self._healer.ensure(reference, trigger="cli", force=force)
+        except HealFailed as failure:
+            exchange.fail(500, str(failure))
+            return
+        exchange.reply(200, json.dumps({"image": reference, "outcome": outcome}).encode() + b"\n")
 
     async def status(self, exchange: Exchange) -> None:
         if await exchange.body() is None:

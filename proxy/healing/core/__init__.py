@@ -4,8 +4,10 @@
 bounds how many recipes run at once and lets clients ahead of background
 heals; ``planner`` works out a heal's plan once, for the heal, its bases and
 its cache key; ``runners`` runs one concrete recipe; ``dockerfileparse``
-parses Dockerfiles in worker processes, never in the proxy's own; ``statefiles``
-keeps the logs, locks and spool folders private.
+parses Dockerfiles in worker processes, never in the proxy's own, as an
+unprivileged user; ``statefiles`` is the one way into ``state_dir`` (private,
+never through a link), ``lockfiles`` keeps one builder per tag across
+processes and ``retention`` decides which transcripts and lock files stay.
 
 Pure: none; this is where decisions become processes and files.
 

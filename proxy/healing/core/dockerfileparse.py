@@ -31,20 +31,36 @@ Rules:
   proxy's to handle), and leaves when its stdin closes, the proxy's death
   included. Its stdout carries only answers: anything else it prints goes
   to stderr, the proxy's log.
+- The worker is trusted with nothing. It parses text any client of the
+  socket can send, with a parser whose own documentation says some input
+  crashes the interpreter. Started by root, it drops to an unprivileged
+  user (``[security] parse_user``, ``nobody`` by default) once the parser
+  is imported (the proxy's virtualenv may be where only root can read),
+  before it says it is ready. It runs under ``RLIMIT_AS`` (``MEMORY``: Go's
+  runtime needs most of a GiB of address space to start) and, per call,
+  ``RLIMIT_CPU`` (``CPU_SECONDS`` more than it has used). Its answers are
+  JSON, never pickle: a worker taken over by its input could otherwise make
+  the proxy run code as root. Requests still go as pickles: the worker
+  trusts its parent, not the other way round.
 
 Theory of operation: ``ParseProcess.run`` writes one frame, a 4-byte length
 and a pickle of ``(function, args)``, to the worker's stdin; the worker
-(``_serve``) calls it and writes back a frame of ``(True, result)`` or
-``(False, reason)``. The parent reads it as an asyncio stream, so waiting
-costs neither a thread nor the loop.
+(``_serve``) calls it and writes back a frame of JSON, ``[true, result]`` or
+``[false, reason]``. The parent reads it as an asyncio stream, so waiting
+costs neither a thread nor the loop, and checks its shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
+import json
 import logging
 import os
 import pickle
+import pwd
+import resource
 import signal
 import struct
 import sys
@@ -62,6 +78,18 @@ START_TIMEOUT = 30.0
 MAX_PARSED = 256 << 10
 """The longest Dockerfile text handed to the parser."""
 
+MEMORY = 2 << 30
+"""The worker's ``RLIMIT_AS``: Go's runtime fails to start threads under ~800 MiB."""
+
+CPU_SECONDS = 10
+"""CPU seconds one call may use before the kernel stops the worker (SIGXCPU);
+beyond ``PARSE_TIMEOUT``, which the parent enforces on the wall clock."""
+
+DEFAULT_USER = "nobody"
+
+EXIT_WAIT = 1.0
+"""Seconds a worker that died is given to be reaped, for its exit code."""
+
 T = TypeVar("T")
 
 _READY = "ready"
@@ -72,23 +100,53 @@ class ParseFailed(Exception):
     """The work did not finish: too long, too slow, or the worker died."""
 
 
-def _frame(message: object) -> bytes:
-    data = pickle.dumps(message)
+def _framed(data: bytes) -> bytes:
     return _LENGTH.pack(len(data)) + data
+
+
+def _answer(value: object) -> bytes:
+    return _framed(json.dumps(value).encode())
+
+
+def _unprivileged(user: str) -> None:
+    """Become ``user`` (groups and all) when root; raises KeyError for no such user."""
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _limited() -> None:
+    """The address-space bound, for the worker's whole life."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+
+
+def _cpu_bound() -> None:
+    """``CPU_SECONDS`` more than used so far: the soft limit, raised call by call."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = int(used.ru_utime + used.ru_stime) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = spent + CPU_SECONDS
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """The worker's loop: one call at a time until its stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    answers.write(_frame(_READY))
+    answers.write(_answer(_READY))
     answers.flush()
     while head := requests.read(_LENGTH.size):
         work, args = pickle.loads(requests.read(_LENGTH.unpack(head)[0]))
+        _cpu_bound()
         try:
-            answer: tuple[bool, Any] = (True, work(*args))
+            answer = [True, work(*args)]
         except Exception as exc:  # the reason goes back to the caller
-            answer = (False, f"{type(exc).__name__}: {exc}")
-        answers.write(_frame(answer))
+            answer = [False, f"{type(exc).__name__}: {exc}"]
+        answers.write(_answer(answer))
         answers.flush()
 
 
@@ -97,12 +155,13 @@ class _Worker:
         self.process = process
 
     @classmethod
-    async def start(cls, name: str) -> _Worker:
+    async def start(cls, name: str, user: str) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             __name__,
             name,
+            user,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -110,19 +169,34 @@ class _Worker:
 
     async def send(self, message: object) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write(_frame(message))
+        self.process.stdin.write(_framed(pickle.dumps(message)))
         await self.process.stdin.drain()
 
     async def receive(self, timeout: float) -> Any:
-        """The next message; IncompleteReadError if the worker died."""
+        """The next message (JSON); IncompleteReadError if the worker died,
+        ParseFailed if what it wrote is not JSON."""
         assert self.process.stdout is not None
         stdout = self.process.stdout
 
         async def frame() -> Any:
             head = await stdout.readexactly(_LENGTH.size)
-            return pickle.loads(await stdout.readexactly(_LENGTH.unpack(head)[0]))
+            data = await stdout.readexactly(_LENGTH.unpack(head)[0])
+            try:
+                return json.loads(data)
+            except ValueError:
+                raise ParseFailed("the parser process answered with something not JSON") from None
 
         return await asyncio.wait_for(frame(), timeout)
+
+    async def exited(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for a worker that closed its answers to exit.
+
+        A kill right away would race the exit: the kill's own check reaps the
+        process before asyncio's watcher does, which then reports 255, not
+        the worker's exit code.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
 
     async def kill(self) -> None:
         if self.process.stdin is not None:
@@ -135,35 +209,44 @@ class _Worker:
 class ParseProcess:
     """The worker process and the calls made to it, all on one event loop."""
 
-    def __init__(self, timeout: float = PARSE_TIMEOUT, name: str = "parse") -> None:
+    def __init__(
+        self, timeout: float = PARSE_TIMEOUT, name: str = "parse", user: str = DEFAULT_USER
+    ) -> None:
         self.timeout = timeout
         self.name = name
-        """Its queue's name, the worker's one argument: ``ps`` tells the queues apart."""
+        """Its queue's name, the worker's first argument: ``ps`` tells the queues apart."""
+        self.user = user
+        """Who the worker runs as, when the proxy is root."""
         self._worker: _Worker | None = None
         self._lock = asyncio.Lock()
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)`` in the worker; ParseFailed when it does not finish.
 
-        ``work`` and ``args`` must pickle: ``work`` is a module-level function.
+        ``work`` and ``args`` must pickle (``work`` is a module-level function),
+        and what it returns must be JSON: a list comes back a list, a tuple too.
         """
         async with self._lock:
             worker = await self._ready()
             try:
                 await worker.send((work, args))
-                ok, value = await worker.receive(self.timeout)
+                answer = await worker.receive(self.timeout)
+                if not (isinstance(answer, list) and len(answer) == 2):
+                    raise ParseFailed(f"the parser process answered {answer!r:.100}")
+                ok, value = answer
             except TimeoutError:
                 await self._kill()
                 raise ParseFailed(f"it took over {self.timeout:g}s") from None
             except (asyncio.IncompleteReadError, ConnectionError):
+                await worker.exited(EXIT_WAIT)
                 await self._kill()
                 code = worker.process.returncode
                 raise ParseFailed(f"the parser process died (exit code {code})") from None
-            except BaseException:  # cancelled: its answer must not reach the next call
+            except BaseException:  # cancelled, or a bad answer: none may reach the next call
                 await self._kill()
                 raise
-            if not ok:
-                raise ParseFailed(value)
+            if ok is not True:
+                raise ParseFailed(str(value)[:500])
             result: T = value
             return result
 
@@ -173,7 +256,7 @@ class ParseProcess:
             return worker
         await self._kill()
         try:
-            worker = self._worker = await _Worker.start(self.name)
+            worker = self._worker = await _Worker.start(self.name, self.user)
             if await worker.receive(START_TIMEOUT) != _READY:
                 raise ConnectionError
         except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
@@ -213,13 +296,26 @@ async def dockerfile_images(
     """The images ``text`` names, parsed in the worker; ParseFailed when too long or slow."""
     if len(text) > MAX_PARSED:
         raise ParseFailed(f"the Dockerfile is over {MAX_PARSED >> 10} KiB")
-    return await parser.run(_images, text, dict(build_args), target, open_args)
+    images = await parser.run(_images, text, dict(build_args), target, open_args)
+    if not (isinstance(images, list) and all(isinstance(image, str) for image in images)):
+        raise ParseFailed("the parser process answered with something not a list of names")
+    return images
 
 
 if __name__ == "__main__":
     # Loaded before "ready": the parser's import is start-up, not a call's time.
+    # And before the worker changes user: the proxy's files may be where only
+    # root reads. Requests name this module's functions by its own name, not
+    # as __main__, so it is imported under that name too.
     from ...recipes import dockerfile  # noqa: F401
 
+    importlib.import_module(__spec__.name)
+
+    try:
+        _unprivileged(sys.argv[2])
+    except KeyError:
+        sys.exit(f"docker-heal-proxy: parse_user {sys.argv[2]!r} is not a user on this machine")
+    _limited()
     _answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not break the frames
     _serve(sys.stdin.buffer, _answers)

@@ -14,8 +14,9 @@ Rules:
   and a proactive heal's queue use it rather than working it out again. A
   plan made from an older config (a reload since) is worked out afresh.
 - One builder per tag across processes: a lock file in ``state_dir`` is held
-  while a recipe runs, shared with ``docker-heal-proxy heal``. After taking it
-  the image is looked up again, since the other holder may have built it.
+  while a recipe runs (``lockfiles``), shared with a ``docker-heal-proxy
+  heal`` that found no proxy to ask. After taking it the image is looked up
+  again, since the other holder may have built it.
 - A ``max_parallel`` slot is taken last, after the bases and the lock: a heal
   waiting for either holds none, so a chain deeper than the limit cannot
   deadlock and a tag another process is building blocks no other tag.
@@ -25,8 +26,10 @@ Rules:
 - A recipe that fails puts its tag in cooldown: for ``failure_cooldown`` the
   same failure is returned at once, naming when the next try is allowed,
   rather than rerunning a broken build for every spawn.
-- Each heal keeps its output in a log file and its last lines in memory, for
-  the error message and the status view.
+- Each heal keeps its output in a new log file and its last lines in memory,
+  for the error message and the status view. After each recipe run
+  ``retention`` applies ``keep_logs`` and drops the lock files of tags no
+  recipe heals any more.
 - Each heal has a trigger (``create``, ``pull``, ``build``, ``proactive``,
   ``cli``, ``stale``: a create's rebuild of a stale image) for the metrics.
   A client that joins a proactive heal makes it its own: the heal is
@@ -70,12 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import hashlib
 import logging
-import os
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -92,11 +90,13 @@ from ..sources.cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from ..sources.engine import Engine, EngineError
 from ..stale.decision import Sources, Stale
 from ..stale.tracker import StaleTracker
+from . import retention
 from .dockerfileparse import ParseProcess
+from .lockfiles import LockFile
 from .planner import Planner
 from .runners import TAIL_LINES, RecipeFailed, run_recipe
 from .slots import Slots
-from .statefiles import open_private
+from .statefiles import LogFile, tag_file_name
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +203,6 @@ def _recipe_for(config: Config, image: str) -> Recipe | None:
     return None if found is None else replace(found[0], index=0)
 
 
-def _file_name(image: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
-    return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
-
-
 class Healer:
     """The one place heals start, so that one tag never has two at once."""
 
@@ -235,9 +230,10 @@ class Healer:
         """Cache pushes under way, and the reference each pushes."""
         self.cache_locks = TagLocks()
         self.slots = Slots(config.heal.max_parallel)
-        self.parser = ParseProcess(name="builds")
+        parse_user = config.security.parse_user  # bound at start, as the workers are
+        self.parser = ParseProcess(name="builds", user=parse_user)
         """Where client build bodies' Dockerfiles are parsed: never on the loop."""
-        self.planner = Planner()
+        self.planner = Planner(ParseProcess(name="plans", user=parse_user))
         """Where heal plans are worked out, in a parse queue of their own."""
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
@@ -538,23 +534,42 @@ class Healer:
             push.add_done_callback(lambda task: self.pushes.pop(task, None))
 
     async def _run_recipe(self, concrete: ConcreteRecipe, progress: Progress) -> None:
+        """The recipe run, then ``tidy`` (after the transcript is closed: it is the
+        newest, and kept); a cancelled run (shutdown) leaves tidying to the next start."""
+        try:
+            await self._transcribed(concrete, progress)
+        except HealFailed:
+            await asyncio.to_thread(self.tidy)
+            raise
+        await asyncio.to_thread(self.tidy)
+
+    def tidy(self) -> None:
+        """``retention``'s tidying of ``state_dir``, by the current config (blocking)."""
+        config = self.config
+        retention.tidy(
+            self.state_dir,
+            config.heal.keep_logs,
+            lambda tag: find_recipe(config.recipes, tag) is not None,
+        )
+
+    async def _transcribed(self, concrete: ConcreteRecipe, progress: Progress) -> None:
         recipe = concrete.recipe
-        logs = self.state_dir / "logs"  # made private by the runner's transcript
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        progress.log_path = logs / f"{_file_name(concrete.image)}-{stamp}.log"
+        name = retention.log_name(tag_file_name(concrete.image), time.time())
+        transcript = await LogFile.create(self.state_dir, name)
+        progress.log_path = transcript.path
         progress.phase = "running"
         log.info("heal of %s started: %s (%s)", concrete.image, recipe.name, concrete.kind)
         try:
             await run_recipe(
                 concrete,
                 upstream=self.upstream,
-                log_path=progress.log_path,
+                log=transcript,
                 engine=self.engine,
                 on_line=progress.lines.append,
             )
         except RecipeFailed as failure:
             duration = progress.elapsed()
-            message = self._failure_message(concrete, failure, progress.log_path)
+            message = self._failure_message(concrete, failure, transcript.path)
             self._record(
                 concrete.image,
                 Result(
@@ -573,6 +588,8 @@ class Healer:
                 "heal of %s failed after %.1fs: %s", concrete.image, duration, failure.reason
             )
             raise HealFailed(message) from None
+        finally:
+            await transcript.close()
         self._succeeded(concrete, progress.elapsed(), "recipe", progress.cache)
 
     def _succeeded(
@@ -624,17 +641,11 @@ class Healer:
 
     @contextlib.asynccontextmanager
     async def _lock(self, image: str) -> AsyncIterator[None]:
-        """The cross-process lock for one tag, shared with ``docker-heal-proxy heal``."""
-        fd = open_private(self.state_dir / "locks" / f"{_file_name(image)}.lock", os.O_RDWR)
+        """The cross-process lock for one tag (``lockfiles``), polled: flock has no wake-up."""
+        lock = LockFile(self.state_dir, image)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        raise
+            while not lock.take():
                 await asyncio.sleep(LOCK_POLL)
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the lock
+            lock.close()

@@ -42,7 +42,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import suppress
-from pathlib import Path
 
 from ...recipes.recipe import ConcreteRecipe
 from ...recipes.reference import split
@@ -236,25 +235,20 @@ async def run_recipe(
     recipe: ConcreteRecipe,
     *,
     upstream: str,
-    log_path: Path,
+    log: LogFile,
     engine: Engine,
     on_line: Callable[[str], None] | None = None,
 ) -> None:
     """Run ``recipe`` to produce ``recipe.image``; raise ``RecipeFailed`` if it does not.
 
-    The log at ``log_path`` is appended to, so a caller reusing a path keeps
-    the history of earlier attempts.
+    Its transcript goes to ``log``, which the caller opened and closes.
     """
-    log = await LogFile.open(log_path)
+    transcript = _Transcript(log, on_line)
+    transcript.note(f"{recipe.recipe.name}: {recipe.kind} recipe for {recipe.image}")
+    started = time.monotonic()
     try:
-        transcript = _Transcript(log, on_line)
-        transcript.note(f"{recipe.recipe.name}: {recipe.kind} recipe for {recipe.image}")
-        started = time.monotonic()
-        try:
-            await _run_checked(recipe, upstream, engine, transcript)
-        except RecipeFailed as failure:
-            transcript.note(f"failed after {time.monotonic() - started:.1f}s: {failure.reason}")
-            raise
-        transcript.note(f"produced {recipe.image} in {time.monotonic() - started:.1f}s")
-    finally:
-        await log.close()
+        await _run_checked(recipe, upstream, engine, transcript)
+    except RecipeFailed as failure:
+        transcript.note(f"failed after {time.monotonic() - started:.1f}s: {failure.reason}")
+        raise
+    transcript.note(f"produced {recipe.image} in {time.monotonic() - started:.1f}s")

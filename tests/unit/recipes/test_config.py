@@ -13,7 +13,9 @@ from proxy.recipes.config import (
     Config,
     ConfigError,
     HealSettings,
+    KeepLogs,
     MinFree,
+    SecuritySettings,
     format_duration,
     load_config,
     parse_config,
@@ -333,6 +335,37 @@ def test_max_build_spool_is_a_size() -> None:
     assert parse({}).heal.max_build_spool == 4 << 30
     with pytest.raises(ConfigError, match=r"heal\.max_build_spool"):
         parse({"heal": {"max_build_spool": "lots"}})
+
+
+def test_max_build_spool_total_is_a_size() -> None:
+    assert parse({}).heal.max_build_spool_total == 16 << 30
+    assert parse({"heal": {"max_build_spool_total": "1GiB"}}).heal.max_build_spool_total == 1 << 30
+    with pytest.raises(ConfigError, match=r"heal\.max_build_spool_total"):
+        parse({"heal": {"max_build_spool_total": "lots"}})
+
+
+def test_security_parse_user() -> None:
+    assert parse({}).security == SecuritySettings(parse_user="nobody")
+    assert parse({"security": {"parse_user": "dhp-parse"}}).security.parse_user == "dhp-parse"
+    with pytest.raises(ConfigError, match=r"security\.parse_user"):
+        parse({"security": {"parse_user": ""}})
+    with pytest.raises(ConfigError, match=r"security: unknown key 'user'"):
+        parse({"security": {"user": "x"}})
+
+
+def test_keep_logs() -> None:
+    assert parse({}).heal.keep_logs == KeepLogs(last=20, max_age=14 * 86400.0)
+    keep = parse({"heal": {"keep_logs": {"last": 5, "max_age": "2d"}}}).heal.keep_logs
+    assert keep == KeepLogs(last=5, max_age=2 * 86400.0)
+    assert parse({"heal": {"keep_logs": {"last": 3}}}).heal.keep_logs.max_age == 14 * 86400.0
+    for bad, where in (
+        (5, "heal.keep_logs"),
+        ({"last": 0}, "heal.keep_logs.last"),
+        ({"max_age": "0s"}, "heal.keep_logs.max_age"),
+        ({"count": 3}, "heal.keep_logs"),
+    ):
+        with pytest.raises(ConfigError, match=rf"{where}\b"):
+            parse({"heal": {"keep_logs": bad}})
 
 
 @given(st.integers(min_value=0, max_value=10**9))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.recipes.config import Config
+from proxy.recipes.config import Config, SecuritySettings
 from proxy.service.settings import (
     DEFAULT_UPSTREAM,
     Settings,
@@ -28,6 +28,7 @@ def settings(
     is_root: bool = True,
     groups: tuple[str, ...] = (),
     owned: tuple[str, ...] = ("/run/user/1000", "/xdg"),
+    users: tuple[str, ...] = ("nobody",),
     **flags: str | None,
 ) -> Settings:
     return resolve(
@@ -36,6 +37,7 @@ def settings(
         is_root=is_root,
         group_exists=lambda name: name in groups,
         owned=lambda folder: folder in owned,
+        user_exists=lambda name: name in users,
         **flags,
     )
 
@@ -137,6 +139,15 @@ def test_a_named_socket_group_must_exist() -> None:
     """Refused here, before the socket is bound, so ``check`` refuses it too."""
     with pytest.raises(SettingsError, match="socket_group 'ops' is not a group on this machine"):
         settings(Config(socket_group="ops"), groups=("docker",))
+
+
+def test_the_parse_user_must_exist_when_root() -> None:
+    """Refused at start (and by ``check`` and a reload), not at the first build."""
+    parser = Config(security=SecuritySettings(parse_user="parser"))
+    with pytest.raises(SettingsError, match="parse_user 'parser' is not a user on this machine"):
+        settings(parser)
+    settings(parser, users=("parser",))
+    settings(parser, is_root=False, env={"HOME": "/home/u"})  # a user cannot change user
 
 
 def test_config_values_pass_through() -> None:

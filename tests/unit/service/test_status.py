@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import OneShotServer, http_response
 
 from proxy.healing.core.healer import Progress, Result
 from proxy.recipes.recipe import Recipe
@@ -121,60 +120,6 @@ def test_watch_frame_shows_only_running_heals() -> None:
     assert frame.startswith("docker-heal-proxy status at 12:00:00")
     assert "Step 1/2 : FROM base" in frame
     assert "Recipes" not in frame and "Last results" not in frame
-
-
-@pytest.mark.parametrize(
-    ("listen", "env", "config", "expected"),
-    [
-        ("unix:///a.sock", {"DOCKER_HOST": "unix:///b.sock"}, "unix:///c.sock", "/a.sock"),
-        (None, {"DOCKER_HOST": "unix:///b.sock"}, "unix:///c.sock", "/b.sock"),
-        (None, {"DOCKER_HOST": "tcp://h:2375"}, "unix:///c.sock", "/c.sock"),
-        (None, {}, None, "/run/docker-heal-proxy.sock"),
-    ],
-)
-def test_socket_path_precedence(
-    listen: str | None, env: dict[str, str], config: str | None, expected: str
-) -> None:
-    assert status.socket_path(listen, env, config, True, lambda _: True) == expected
-
-
-class OneShotServer:
-    """A Unix socket that answers each connection with a canned HTTP response."""
-
-    def __init__(self, path: str, response: bytes) -> None:
-        self.requests: list[bytes] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(8)
-        self.response = response
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                self.requests.append(data)
-                conn.sendall(self.response)
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(5)
-
-
-def http_response(status_line: str, body: bytes) -> bytes:
-    head = f"HTTP/1.1 {status_line}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    return head.encode() + body
 
 
 @pytest.fixture

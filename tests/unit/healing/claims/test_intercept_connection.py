@@ -36,6 +36,7 @@ class FakeHealer:
         self.started: list[str] = []
         self.finished: list[str] = []
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.ensured: list[tuple[str, str, bool]] = []
         self.parser = ParseProcess()  # started only by a build, which closes it
 
     async def _heal(self, image: str) -> None:
@@ -53,7 +54,8 @@ class FakeHealer:
         finally:
             self.waiters -= 1
 
-    async def ensure(self, image: str, *, trigger: str) -> str:
+    async def ensure(self, image: str, *, trigger: str, force: bool = False) -> str:
+        self.ensured.append((image, trigger, force))
         await self.heal(image, trigger=trigger)
         return "healed"
 
@@ -170,6 +172,35 @@ def test_status_honours_connection_close_and_counts_tasks() -> None:
             assert b"\r\nConnection: close" in head
             assert json.loads(body)["debug"]["tasks"] >= 1
             await r.settled()
+
+    run(main())
+
+
+def test_a_heal_asked_on_the_socket_runs_in_the_healer_and_never_reaches_the_daemon() -> None:
+    async def ask(r: Rig, query: str) -> tuple[bytes, Any]:
+        reader, writer = await r.client()
+        writer.write(b"POST /_heal/heal?%s HTTP/1.1\r\nConnection: close\r\n\r\n" % query.encode())
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        return head.split(b"\r\n")[0], json.loads(body)
+
+    async def main() -> None:
+        _, healer, interceptor = setup()
+        healer.release.set()
+        async with rig(interceptor=interceptor) as r:
+            assert await ask(r, "image=app:1&force=1") == (
+                b"HTTP/1.1 200 OK",
+                {"image": "docker.io/library/app:1", "outcome": "healed"},
+            )
+            assert await ask(r, "image=other:1") == (
+                b"HTTP/1.1 400 Bad Request",
+                {"message": "docker-heal-proxy: no recipe matches other:1"},
+            )
+            line, answer = await ask(r, "image=UPPER:1")
+            assert line == b"HTTP/1.1 400 Bad Request"
+            assert answer["message"].startswith("docker-heal-proxy: cannot heal 'UPPER:1': ")
+            await r.settled()
+            assert r.daemon.requests == []
+        assert healer.ensured == [("docker.io/library/app:1", "cli", True)]
 
     run(main())
 

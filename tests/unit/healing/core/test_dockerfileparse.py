@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pickle
+import pwd
+import resource
+import shutil
+import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from support import proc_ids
 
+import proxy
 from proxy.healing.core.dockerfileparse import (
+    CPU_SECONDS,
     MAX_PARSED,
+    MEMORY,
     ParseFailed,
     ParseProcess,
     dockerfile_images,
@@ -103,3 +116,140 @@ def test_text_over_the_cap_is_not_parsed() -> None:
         assert parser._worker is None  # nothing was started for it
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
+def test_as_root_the_worker_runs_as_the_parse_user_with_no_groups() -> None:
+    async def main() -> tuple[list[str], list[int], list[int], list[int]]:
+        parser = ParseProcess()
+        try:
+            images = await dockerfile_images(parser, "FROM base:1\n", {}, None)
+            pid = await parser.run(os.getpid)  # read while it lives
+            groups = await parser.run(os.getgroups)
+            return images, proc_ids(pid, "Uid"), proc_ids(pid, "Gid"), groups
+        finally:
+            await parser.aclose()
+
+    images, uids, gids, groups = asyncio.run(main())
+    nobody = pwd.getpwnam("nobody")
+    assert images == ["base:1"]
+    assert uids == [nobody.pw_uid] * 4 and nobody.pw_uid != 0
+    assert gids == [nobody.pw_gid] * 4
+    assert groups == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
+def test_a_parse_user_that_does_not_exist_fails_the_start_with_a_reason() -> None:
+    async def main() -> None:
+        parser = ParseProcess(user="no-such-user-here")
+        try:
+            with pytest.raises(ParseFailed, match="did not start"):
+                await parser.run(os.getpid)
+        finally:
+            await parser.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_worker_parses_under_its_memory_and_cpu_bounds() -> None:
+    """Go's runtime needs most of a GiB of address space: a normal Dockerfile
+    and the longest one handed over must still parse under the bound."""
+    normal = (
+        "ARG BASE=base\nFROM $BASE:1 AS build\nRUN make\nFROM scratch\nCOPY --from=build /a /a\n"
+    )
+    longest = "FROM base:2\n" + "RUN true\n" * ((MAX_PARSED - 12) // 9)
+
+    async def main() -> tuple[list[str], list[str], tuple[int, int], tuple[int, int]]:
+        parser = ParseProcess(timeout=60)
+        try:
+            return (
+                await dockerfile_images(parser, normal, {}, None),
+                await dockerfile_images(parser, longest, {}, None),
+                await parser.run(resource.getrlimit, resource.RLIMIT_AS),
+                await parser.run(resource.getrlimit, resource.RLIMIT_CPU),
+            )
+        finally:
+            await parser.aclose()
+
+    normal_images, longest_images, memory, cpu = asyncio.run(main())
+    assert (normal_images, longest_images) == (["base:1"], ["base:2"])
+    assert memory == [MEMORY, MEMORY] and MEMORY >= 1 << 30
+    assert 0 < cpu[0] <= CPU_SECONDS + 60  # what the calls so far used, and one call's more
+
+
+def test_a_memory_bomb_is_stopped_by_the_bound_and_the_worker_goes_on() -> None:
+    """Each ARG doubles the last: 2**40 KB unbounded. Under ``RLIMIT_AS`` it ends
+    in MemoryError within a second, and the next call is answered."""
+    bomb = "ARG A0=" + "x" * 1000 + "\n"
+    bomb += "".join(f"ARG A{i + 1}=${{A{i}}}${{A{i}}}\n" for i in range(40)) + "FROM $A40\n"
+
+    async def main() -> list[str]:
+        parser = ParseProcess(timeout=60)
+        try:
+            with pytest.raises(ParseFailed, match="MemoryError"):
+                await dockerfile_images(parser, bomb, {}, None)
+            return await dockerfile_images(parser, "FROM after:1\n", {}, None)
+        finally:
+            await parser.aclose()
+
+    assert asyncio.run(main()) == ["after:1"]
+
+
+def test_an_answer_is_json_and_a_worker_that_sends_other_is_dropped() -> None:
+    """A worker its input took over could send a pickle: it is never loaded,
+    and that worker is replaced."""
+    planted = pickle.dumps([True, "a pickle"])
+
+    async def main() -> tuple[int, int, int]:
+        parser = ParseProcess()
+        try:
+            first = await parser.run(os.getpid)
+            links = {}
+            for fd in await parser.run(os.listdir, "/proc/self/fd"):
+                with contextlib.suppress(ParseFailed):  # the listing's own descriptor
+                    links[fd] = await parser.run(os.readlink, f"/proc/self/fd/{fd}")
+            assert parser._worker is not None  # the pipe the parent reads answers from:
+            ours = parser._worker.process._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
+            pipe = f"pipe:[{os.fstat(ours.get_extra_info('pipe').fileno()).st_ino}]"
+            (answers,) = [int(fd) for fd, to in links.items() if to == pipe and fd != "1"]
+            frame = struct.pack(">I", len(planted)) + planted
+            with pytest.raises(ParseFailed, match="not JSON"):
+                await parser.run(os.write, answers, frame)
+            return first, await parser.run(os.getpid), await parser.run(int, "5")
+        finally:
+            await parser.aclose()
+
+    first, second, five = asyncio.run(main())
+    assert first != second and five == 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
+def test_the_worker_works_when_only_root_can_read_the_proxy(tmp_path: Path) -> None:
+    """A virtualenv under /root, say: the worker must have loaded all it needs
+    before it becomes nobody."""
+    hidden = tmp_path / "root-only"  # under pytest's 0700 folder: nobody cannot enter
+    shutil.copytree(Path(proxy.__file__).parent, hidden / "proxy")
+    code = (
+        "import asyncio, os, proxy\n"
+        "from proxy.healing.core.dockerfileparse import ParseProcess, dockerfile_images\n"
+        "async def main():\n"
+        "    parser = ParseProcess()\n"
+        "    try:\n"
+        "        images = await dockerfile_images(parser, 'FROM base:1\\n', {}, None)\n"
+        "        readable = await parser.run(os.access, proxy.__file__, os.R_OK)\n"
+        "        return images, readable, await parser.run(os.geteuid)\n"
+        "    finally:\n"
+        "        await parser.aclose()\n"
+        "print(proxy.__file__, *asyncio.run(main()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=hidden,
+        env={**os.environ, "PYTHONPATH": str(hidden)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert done.stdout == f"{hidden / 'proxy' / '__init__.py'} ['base:1'] False {nobody}\n"

@@ -14,8 +14,10 @@ import pytest
 from support import IMAGE_A as A
 from support import MemoryEngine, heal_config, heal_once, make_healer, wait_for
 
-from proxy.healing.core import healer as healer_module
-from proxy.healing.core import statefiles
+from proxy.healing.background import memoryfile
+from proxy.healing.background.memory import TagMemory
+from proxy.healing.claims import spool
+from proxy.healing.core import retention, statefiles
 from proxy.healing.core.statefiles import QUEUE_CAP, LogFile
 
 
@@ -37,7 +39,7 @@ def test_logs_and_locks_are_private(tmp_path: Path) -> None:
     # Left wide by an earlier version: both folders, and a lock file.
     (state / "logs").mkdir(parents=True, mode=0o755)
     (state / "locks").mkdir(mode=0o755)
-    stale = state / "locks" / f"{healer_module._file_name(A)}.lock"
+    stale = state / "locks" / f"{statefiles.tag_file_name(A)}.lock"
     stale.touch(mode=0o644)
     assert mode(stale) == 0o644
     engine = MemoryEngine(broken={A})
@@ -80,7 +82,7 @@ def test_a_noisy_heal_does_not_stall_the_loop() -> None:
     disk = SlowDisk()
 
     async def run() -> None:
-        log = LogFile(disk, "slow.log")  # type: ignore[arg-type]
+        log = LogFile(disk, Path("slow.log"))  # type: ignore[arg-type]
         for n in range(2000):
             log.write(f"line {n}\n")
             if n % 100 == 0:
@@ -107,7 +109,7 @@ def test_a_full_disk_costs_the_log_not_the_heal(caplog: pytest.LogCaptureFixture
     disk = FullDisk()
 
     async def run() -> None:
-        log = LogFile(disk, "full.log")  # type: ignore[arg-type]
+        log = LogFile(disk, Path("full.log"))  # type: ignore[arg-type]
         log.write("line 0\n")
         await asyncio.to_thread(disk.tried.wait, 10)  # the disk has refused a write
         log.write("line 1\n")
@@ -146,7 +148,7 @@ def test_a_hung_disk_bounds_the_queue_and_says_what_it_dropped() -> None:
     flood = 3 * QUEUE_CAP // len(line)
 
     async def run() -> None:
-        log = LogFile(disk, "hung.log")  # type: ignore[arg-type]
+        log = LogFile(disk, Path("hung.log"))  # type: ignore[arg-type]
         log.write("first\n")
         await asyncio.to_thread(disk.entered.wait, 10)  # "first" is stuck on the disk
         for _ in range(flood):
@@ -169,7 +171,7 @@ def test_close_gives_up_on_a_disk_that_never_returns(
     disk = HungDisk()
 
     async def run() -> None:
-        log = LogFile(disk, "stuck.log")  # type: ignore[arg-type]
+        log = LogFile(disk, Path("stuck.log"))  # type: ignore[arg-type]
         log.write("line\n")
         await asyncio.to_thread(disk.entered.wait, 10)
         await log.close()
@@ -181,3 +183,165 @@ def test_close_gives_up_on_a_disk_that_never_returns(
     finally:
         disk.release.set()  # let the stuck writer end, and close the file behind it
     wait_for(lambda: disk.closed, 10, "the file closed once the write returned")
+
+
+# -- state_dir: checked at start, and never reached through a link -------------
+
+
+def test_state_dir_is_made_private_and_resolved(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    state = statefiles.prepare_state_dir(tmp_path / "link" / "state")
+    assert state == tmp_path / "real" / "state"
+    assert mode(state) == 0o700 and state.stat().st_uid == os.geteuid()
+    (tmp_path / "state-link").symlink_to(state)  # a state_dir named by a link of root's
+    assert statefiles.prepare_state_dir(tmp_path / "state-link") == state
+
+
+def test_a_link_on_the_way_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the link away")
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real")
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(statefiles.StateDirError, match=f"{link} is a link owned by uid 65534"):
+        statefiles.prepare_state_dir(link)
+
+
+def test_a_wider_state_dir_is_narrowed(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o755)
+    statefiles.prepare_state_dir(tmp_path / "state")
+    assert mode(tmp_path / "state") == 0o700
+
+
+def test_a_state_dir_another_user_owns_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the folder away")
+    (tmp_path / "state").mkdir(mode=0o700)
+    os.chown(tmp_path / "state", 65534, 65534)
+    with pytest.raises(statefiles.StateDirError, match="owned by uid 65534, not by this user"):
+        statefiles.prepare_state_dir(tmp_path / "state")
+
+
+def test_a_folder_above_writable_by_others_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(statefiles.StateDirError, match=f"{shared} is writable by others"):
+        statefiles.prepare_state_dir(shared / "state")
+    shared.chmod(0o1777)  # sticky, like /tmp: others cannot rename what is ours
+    assert statefiles.prepare_state_dir(shared / "state") == shared / "state"
+
+
+def test_a_folder_above_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the folder away")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(statefiles.StateDirError, match=f"{theirs} is owned by uid 65534"):
+        statefiles.prepare_state_dir(theirs / "state")
+
+
+def test_the_folder_rule_row_by_row() -> None:
+    def st(mode: int, uid: int = 0, gid: int = 0) -> os.stat_result:
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 0, uid, gid, 0, 0, 0, 0))
+
+    rule = statefiles.unsafe_folder
+    assert rule(st(0o755), 1000) is None
+    assert rule(st(0o755, uid=1000), 1000) is None
+    assert rule(st(0o755, uid=1001), 1000) == "is owned by uid 1001"
+    assert rule(st(0o775, gid=0), 1000) is None  # root's group: root already
+    assert rule(st(0o775, gid=50), 1000) == "is writable by others and has no sticky bit"
+    assert rule(st(0o757), 1000) == "is writable by others and has no sticky bit"
+    assert rule(st(0o1777), 1000) is None
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    """What a planted link points at: it must come out as it went in."""
+    folder = tmp_path / "target"
+    folder.mkdir(mode=0o755)
+    (folder / "file").write_text("untouched")
+    (folder / "file").chmod(0o644)
+    return folder
+
+
+def untouched(target: Path) -> bool:
+    return (
+        mode(target) == 0o755
+        and mode(target / "file") == 0o644
+        and (target / "file").read_text() == "untouched"
+        and sorted(p.name for p in target.iterdir()) == ["file"]
+    )
+
+
+def heal_with_pull(state: Path) -> tuple[MemoryEngine, str | None]:
+    engine = MemoryEngine()
+    healer = make_healer(heal_config({"match": A, "pull": True}), engine, state)
+    return engine, heal_once(healer, A)
+
+
+def test_a_planted_logs_link_fails_the_heal_and_leaves_its_target(
+    tmp_path: Path, target: Path
+) -> None:
+    state = statefiles.prepare_state_dir(tmp_path / "state")
+    (state / "logs").symlink_to(target)
+    engine, failure = heal_with_pull(state)
+    assert failure is not None
+    assert f"{state / 'logs'} is a symbolic link or not what it should be; remove it" in failure
+    assert engine.pulls == [] and untouched(target)
+
+
+def test_a_planted_lock_link_fails_the_heal_and_leaves_its_target(
+    tmp_path: Path, target: Path
+) -> None:
+    state = statefiles.prepare_state_dir(tmp_path / "state")
+    (state / "locks").mkdir(mode=0o700)
+    lock = state / "locks" / f"{statefiles.tag_file_name(A)}.lock"
+    lock.symlink_to(target / "file")
+    engine, failure = heal_with_pull(state)
+    assert failure is not None and f"{lock} is a symbolic link" in failure
+    assert engine.pulls == [] and untouched(target)
+
+
+def test_a_planted_log_file_link_is_passed_by(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transcript's name is predictable (here: fixed); one that exists was not
+    made by this heal, so the heal writes under another name and goes on."""
+    monkeypatch.setattr(retention, "log_name", lambda tag, started: f"{tag}-predicted")
+    state = statefiles.prepare_state_dir(tmp_path / "state")
+    (state / "logs").mkdir(mode=0o700)
+    planted = f"{statefiles.tag_file_name(A)}-predicted.log"
+    (state / "logs" / planted).symlink_to(target / "file")
+    engine, failure = heal_with_pull(state)
+    assert failure is None and engine.pulls == [A]
+    written = [p for p in (state / "logs").iterdir() if p.name != planted]
+    assert len(written) == 1 and not written[0].is_symlink()
+    assert written[0].name.startswith(f"{statefiles.tag_file_name(A)}-predicted-")
+    assert f"produced {A}" in written[0].read_text()
+    assert untouched(target)
+
+
+def test_a_planted_spool_link_fails_the_spool_and_leaves_its_target(
+    tmp_path: Path, target: Path
+) -> None:
+    state = statefiles.prepare_state_dir(tmp_path / "state")
+    (state / "spool").symlink_to(target)
+    (target / f"{spool.PREFIX}left").write_text("not the sweep's")
+    with pytest.raises(OSError, match="spool is a symbolic link"):
+        spool.Spool(state)
+    assert spool.sweep(state) == 0
+    (target / f"{spool.PREFIX}left").unlink()
+    assert untouched(target)
+
+
+def test_a_planted_remembered_tags_link_is_not_followed(tmp_path: Path, target: Path) -> None:
+    state = statefiles.prepare_state_dir(tmp_path / "state")
+    (state / memoryfile.FILE_NAME).symlink_to(target / "file")
+    assert memoryfile.load(state).tags() == []
+    memoryfile.save(state, TagMemory().dumps())  # replaces the link, writes nothing through it
+    assert not (state / memoryfile.FILE_NAME).is_symlink()
+    assert untouched(target)
