@@ -131,6 +131,7 @@ class App:
             metrics.image_checked,
             proactive.used,
             lambda: {**healer.snapshot(), "proactive": proactive.view(), "stale": stale.view()},
+            stale,
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
         hub = Hub(settings.upstream, interceptor, observer)

@@ -47,6 +47,7 @@ from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
 from ...wire.routes import STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
 from ..stale.decision import Stale, Unknown
+from ..stale.tracker import StaleTracker
 from .buildheal import BuildHeal, build_params
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,11 @@ class Interceptor:
         on_check: Callable[[bool], None] = lambda present: None,
         on_used: Callable[[str], None] = lambda image: None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
+        stale: StaleTracker | None = None,
     ) -> None:
         self._config = config
         self._healer = healer
+        self._stale = stale
         self._on_check = on_check
         self._on_used = on_used
         self._snapshot = snapshot or healer.snapshot
@@ -218,7 +221,7 @@ class Interceptor:
     async def _fresh(self, exchange: Exchange, image: str) -> bool:
         """Rebuild a stale image as its entry's ``on_stale`` says; False when the
         create is answered already (or its client has gone)."""
-        tracker = self._healer.stale
+        tracker = self._stale
         if tracker is None:
             return True
         tag = tracker.tag(image)
@@ -249,7 +252,7 @@ class Interceptor:
         return True
 
     async def _rebuild_behind(self, tag: str) -> None:
-        tracker = self._healer.stale
+        tracker = self._stale
         try:
             await self._healer.rebuild(tag, trigger="stale")
         except HealFailed as failure:
