@@ -14,20 +14,21 @@ Five parts, by role, each importing only the parts below it:
   heal (``planner``); ``runners`` runs one concrete recipe;
   ``dockerfileparse`` parses Dockerfiles in worker processes; ``statefiles``
   keeps what a heal leaves on disk private.
-- ``stale``: stale mode, beside the core. What is stale now (an image whose
+- ``stale``: stale mode, above the core. What is stale now (an image whose
   sources or managed bases changed since it was built), from memory: the
   ``decision`` rule, the image ``records``, the ``tagmap`` kept from image
   events, the ``inputwatch`` keeping input hashes current, and the
-  ``tracker`` owning them. The core asks it and records in it; it keeps
-  its records as the core's state files.
+  ``tracker`` owning them. The tracker answers the core's ``StaleMode``
+  protocol (what is stale, what a heal made), so the core never imports
+  it; it keeps its records as the core's state files.
 - ``sources``: where images and facts come from. ``engine`` (the daemon),
   ``registryauth`` (credentials), ``buildcontext`` (the context tar),
   ``cache`` (the registry cache) and ``inputs`` (the sources' hash).
 
 ``claims`` and ``background`` are the two kinds of trigger: both use
-``core`` and ``stale``, neither uses the other. ``core`` and ``stale`` use
-each other and ``sources``; nothing points back up (``pyproject.toml``'s
-import contracts).
+``stale`` and ``core``, neither uses the other. ``stale`` uses ``core``,
+both use ``sources``; nothing points back up (``pyproject.toml``'s import
+contracts).
 
 Pure: ``background.reconcile``, ``background.memory``,
 ``claims.contextscan`` and ``stale``'s ``decision``, ``records`` and

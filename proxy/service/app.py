@@ -140,6 +140,7 @@ class App:
             proactive.used,
             lambda: {**healer.snapshot(), "proactive": proactive.view(), "stale": stale.view()},
             metrics.build_over_spool_budget,
+            stale,
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
         hub = Hub(settings.upstream, interceptor, observer, sessions=interceptor.sessions)

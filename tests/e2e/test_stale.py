@@ -59,8 +59,13 @@ def build_context(folder: Path, message: str = "v1", base: str = BUSYBOX) -> Pat
     (folder / "src").mkdir(parents=True, exist_ok=True)
     (folder / "src" / "msg").write_text(message + "\n")
     (folder / "data").mkdir(exist_ok=True)
-    # The label keeps other tests' build cache out: a cache hit has an older Created.
-    (folder / "Dockerfile").write_text(f"FROM {base}\nLABEL test={folder}\nCOPY src/msg /msg\n")
+    # Other tests' build cache is kept out: a cache hit has an older Created. The
+    # label does it for the classic builder; BuildKit keys a COPY by content, not
+    # by a label, so a file naming the folder is copied first.
+    (folder / "folder").write_text(f"{folder}\n")
+    (folder / "Dockerfile").write_text(
+        f"FROM {base}\nLABEL test={folder}\nCOPY folder /folder\nCOPY src/msg /msg\n"
+    )
     return folder
 
 

@@ -28,7 +28,8 @@ Rules:
   "stale"`` too, proactive or not, and hands every image event to the
   tracker. A ``proactive`` stale-mode tag whose inputs changed is queued
   ``inputs_debounce`` seconds after the last change (one rebuild per burst
-  of saves), and each reconcile queues the proactive tags found stale
+  of saves; none if a reload turns ``proactive`` off meanwhile), and each
+  reconcile queues the proactive tags found stale
   (changes made while the proxy was down). They go through the same
   workers, slots and ``min_free`` as every background heal.
 
@@ -217,6 +218,7 @@ class Proactive:
             self.watcher.up, self.watcher.detail = False, "off: no proactive or stale-mode entry"
         if not enabled(config):
             self.pending.clear()
+            self._cancel_quiet_timers()
             self.disk = None
             self._retire(*self._loops, *self._workers)
             self._loops.clear()
@@ -237,9 +239,7 @@ class Proactive:
         tasks = [*flusher, *events, *self._loops, *self._workers, *self._retiring]
         for task in tasks:
             task.cancel()
-        for handle in self._debounce.values():
-            handle.cancel()
-        self._debounce.clear()
+        self._cancel_quiet_timers()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._flusher = None
         self._events = None
@@ -306,6 +306,12 @@ class Proactive:
         loop = asyncio.get_running_loop()
         delay = config.heal.inputs_debounce
         self._debounce[image] = loop.call_later(delay, self._rebuild_due, image)
+
+    def _cancel_quiet_timers(self) -> None:
+        """No rebuild waits for its inputs to be quiet any more (stop, or proactive off)."""
+        for handle in self._debounce.values():
+            handle.cancel()
+        self._debounce.clear()
 
     def _rebuild_due(self, image: str) -> None:
         del self._debounce[image]

@@ -52,6 +52,7 @@ from ...wire.local import Exchange, Handler
 from ...wire.routes import HEAL_PATH, STATUS_PATH, api_path, is_form, pulled_reference
 from ..core.healer import Healer, HealFailed
 from ..stale.decision import Stale, Unknown
+from ..stale.tracker import StaleTracker
 from .buildheal import BuildHeal, build_params
 from .sessionheal import SessionHeal
 
@@ -119,9 +120,11 @@ class Interceptor:
         on_used: Callable[[str], None] = lambda image: None,
         snapshot: Callable[[], dict[str, Any]] | None = None,
         on_over_budget: Callable[[], None] = lambda: None,
+        stale: StaleTracker | None = None,
     ) -> None:
         self._config = config
         self._healer = healer
+        self._stale = stale
         self._on_check = on_check
         self._on_used = on_used
         self._snapshot = snapshot or healer.snapshot
@@ -229,7 +232,7 @@ class Interceptor:
     async def _fresh(self, exchange: Exchange, image: str) -> bool:
         """Rebuild a stale image as its entry's ``on_stale`` says; False when the
         create is answered already (or its client has gone)."""
-        tracker = self._healer.stale
+        tracker = self._stale
         if tracker is None:
             return True
         tag = tracker.tag(image)
@@ -260,7 +263,7 @@ class Interceptor:
         return True
 
     async def _rebuild_behind(self, tag: str) -> None:
-        tracker = self._healer.stale
+        tracker = self._stale
         try:
             await self._healer.rebuild(tag, trigger="stale")
         except HealFailed as failure:

@@ -11,8 +11,9 @@ processes and ``retention`` decides which transcripts and lock files stay.
 
 Pure: none; this is where decisions become processes and files.
 
-May import: ``healing.sources``, ``healing.stale`` (a heal asks it what is
-stale and records what it made) and ``proxy.recipes``. Never
+May import: ``healing.sources`` and ``proxy.recipes``. Never
+``healing.stale`` (a heal asks stale mode what is stale, and tells it what
+it made, through ``healer.StaleMode``, a protocol the core owns),
 ``healing.claims`` nor ``healing.background`` (they use the core, not the
 other way round), ``proxy.wire`` nor ``proxy.service``.
 """

@@ -51,15 +51,16 @@ Rules:
   is a task of its own, started once the result is recorded, so waiting
   clients are answered first; shutdown cancels it like a heal.
 
-Stale mode (``stale``): with a tracker, a present image whose entry has
+Stale mode (``stale``): with a ``StaleMode`` (stale mode's tracker, which
+sits above the core and answers this small protocol the core owns), a present image whose entry has
 ``rebuild_when = "stale"`` and whose sources or bases changed is rebuilt by
 ``rebuild`` (and by ``ensure``), through the same single flight: "built
 meanwhile" then means "fresh meanwhile". Bases that are present but stale
 are rebuilt first, as missing ones are healed. A heal of a stale-mode tag
-hashes its sources before anything runs and records the image it made
-against that hash; it hashes them again after, and an edit made meanwhile
-is reported to the tracker, so one more rebuild follows (never a record
-of a tree the build may not have seen).
+asks for its sources' hash before anything runs (``before``) and hands it
+back with the image it made (``made``): stale mode records the image
+against that hash, hashes again, and an edit made meanwhile leads to one
+more rebuild (never a record of a tree the build may not have seen).
 
 A reload swaps ``config``; heals already running keep the concrete recipe
 they started with. A result remembers the recipe that produced it, and a
@@ -79,7 +80,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from ...recipes.config import Config
 from ...recipes.graph import DependencyCycle, HealPlan
@@ -88,8 +89,6 @@ from ...recipes.recipe import ConcreteRecipe, Recipe
 from ...recipes.reference import InvalidReference, normalize
 from ..sources.cache import CacheObserver, RegistryCache, TagLocks, config_dir
 from ..sources.engine import Engine, EngineError
-from ..stale.decision import Sources, Stale
-from ..stale.tracker import StaleTracker
 from . import retention
 from .dockerfileparse import ParseProcess
 from .lockfiles import LockFile
@@ -121,6 +120,22 @@ class HealObserver(CacheObserver, Protocol):
     def heal_finished(
         self, match: str, success: bool, seconds: float, trigger: Trigger, source: Source
     ) -> None: ...
+
+
+S = TypeVar("S")
+
+
+class StaleMode(Protocol[S]):
+    """What a heal asks stale mode; ``S`` is its sources' state, opaque here."""
+
+    async def reason(self, tag: str) -> str | None:
+        """Why the present ``tag`` must be rebuilt; None if fresh or not in stale mode."""
+
+    async def before(self, tag: str) -> S | None:
+        """``tag``'s sources, hashed now: before its recipe runs."""
+
+    async def made(self, tag: str, before: S, bases: Sequence[str]) -> None:
+        """A heal made ``tag`` from ``before``, on ``bases``: record it, hash again."""
 
 
 @dataclass
@@ -237,7 +252,7 @@ class Healer:
         """Where heal plans are worked out, in a parse queue of their own."""
         self._bases_of: dict[str, set[str]] = {}
         """The bases each heal under way waits for, to relabel a chain a client joins."""
-        self.stale: StaleTracker | None = None
+        self.stale: StaleMode[Any] | None = None
         """Stale mode's facts, when the proxy runs one (``docker-heal-proxy heal`` does not)."""
         self._rebuilds: set[str] = set()
         """Tags whose heal under way is a rebuild of a stale image."""
@@ -283,10 +298,7 @@ class Healer:
 
     async def _stale(self, image: str) -> str | None:
         """Why the present ``image`` must be rebuilt, or None."""
-        if self.stale is None:
-            return None
-        found = await self.stale.judge(image)
-        return found.reason if isinstance(found, Stale) else None
+        return None if self.stale is None else await self.stale.reason(image)
 
     async def plan(self, image: str) -> HealPlan:
         """``image``'s plan by the current config (``planner``); raises
@@ -455,16 +467,10 @@ class Healer:
             return True
         return False
 
-    async def _made(self, image: str, before: Sources | None, bases: Sequence[str]) -> None:
-        """Record what a heal made (stale mode), and hash its sources again: an
-        edit made while it ran must lead to one more rebuild."""
-        if self.stale is None or before is None:
-            return
-        await self.stale.made(image, before, await self.stale.base_ids(bases))
-        after = await self.stale.before(image)
-        if after is not None and after.hash != before.hash:
-            log.info("rebuild of %s: its inputs changed while it ran; one more follows", image)
-            self.stale.on_inputs_changed(image)
+    async def _made(self, image: str, before: object | None, bases: Sequence[str]) -> None:
+        """Tell stale mode what a heal made, from the sources hashed before it ran."""
+        if self.stale is not None and before is not None:
+            await self.stale.made(image, before, bases)
 
     async def _bases(self, plan: HealPlan) -> None:
         """Heal the managed bases that are missing, and rebuild those that are stale."""

@@ -12,7 +12,9 @@ image id -> (inputs hash, base ids) memory, ``tagmap`` the tag -> image id
 map kept from the daemon's image events, and ``inputwatch`` keeps each
 watched tag's input files hashed, file by file, from ``watchfiles`` events
 and a periodic rescan. ``tracker`` owns them all for the life of the
-process and is what the create path and the healer ask: its answers come
+process and is what the create path and the healer ask (the healer
+through its ``StaleMode`` protocol, so the core never imports stale mode):
+its answers come
 from memory, so a create of a fresh image costs no daemon round trip and no
 file I/O.
 

@@ -21,7 +21,7 @@ Rules:
 
 Theory of operation: ``track`` sets what is watched; when the set of
 folders changes, the ``watchfiles`` tasks are started again over the new
-set (one recursive, one not). Their batches, and the rescan timer, feed
+set (one recursive, one not), one change of set at a time. Their batches, and the rescan timer, feed
 one queue of (tag, changed paths or None for all) that a single worker
 drains, so two hashes of one tag never race.
 """
@@ -147,6 +147,7 @@ class InputWatch:
         self._watchers: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[str, frozenset[str] | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._rewatching = asyncio.Lock()
         self.hashed = asyncio.Event()
         """Set whenever a hash finished; ``settled`` waits on it."""
 
@@ -171,9 +172,16 @@ class InputWatch:
                 self.sources.pop(tag, None)
                 self._queue.put_nowait((tag, None))
         self.targets = dict(targets)
-        wanted = await asyncio.to_thread(folders, self.targets.values())
-        if wanted != self._watching:
-            await self._watch(wanted)
+        await self._rewatch()
+
+    async def _rewatch(self, restart: bool = False) -> None:
+        """Watch the folders the targets reach now, if they differ from those
+        watched (or ``restart``). One at a time: two at once would each start
+        watchers, and the first's would run on, unstopped."""
+        async with self._rewatching:
+            wanted = await asyncio.to_thread(folders, self.targets.values())
+            if restart or wanted != self._watching:
+                await self._watch(wanted)
 
     async def fresh(self, tag: str) -> Sources | None:
         """The tag's sources hashed whole now, bypassing the watcher (a rebuild
@@ -224,9 +232,8 @@ class InputWatch:
             await asyncio.sleep(self.rescan)
             for tag in self.targets:
                 self._queue.put_nowait((tag, None))
-            wanted = await asyncio.to_thread(folders, self.targets.values())
-            if wanted != self._watching or not all(not t.done() for t in self._watchers):
-                await self._watch(wanted)  # folders made since, or a watch that ended
+            # Folders made since, or a watch that ended.
+            await self._rewatch(restart=any(t.done() for t in self._watchers))
 
     async def _worker(self) -> None:
         while True:

@@ -21,8 +21,10 @@ Rules:
 - An adoption never replaces a record: a heal that made the image records
   it while its tag event may already be adopting it, and the heal knows
   (a build cache hit has an old ``Created``).
-- ``made`` records what a heal or rebuild made, from the sources hashed
-  *before* its recipe ran (``before``). The records are written to
+- The tracker is the healer's ``StaleMode`` (``core.healer``): ``reason``,
+  ``before`` and ``made``. ``made`` records what a heal or rebuild made,
+  from the sources hashed *before* its recipe ran (``before``), and hashes
+  them again: a change meanwhile goes to ``on_inputs_changed``. The records are written to
   ``state_dir`` at once (a rebuild is rare; losing its record would make
   the image look hand-built), as a state file (``core.statefiles``).
 - The tag map is relisted off the loop after an event that names no tag
@@ -44,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +207,22 @@ class StaleTracker:
         )
         await self._put(image_id, record)
 
-    async def made(self, tag: str, before: Sources | None, bases: Mapping[str, str]) -> None:
-        """A heal or rebuild made ``tag`` from ``before`` on ``bases`` (tag -> id)."""
-        if before is None or before.error is not None or not self.stale_mode(tag):
+    async def reason(self, tag: str) -> str | None:
+        """Why the present ``tag`` must be rebuilt, or None (``judge``; the healer asks)."""
+        found = await self.judge(tag)
+        return found.reason if isinstance(found, Stale) else None
+
+    async def made(self, tag: str, before: Sources, bases: Sequence[str]) -> None:
+        """A heal or rebuild made ``tag`` from ``before`` on ``bases``: record it, then
+        hash the sources again; an edit made while it ran leads to one more rebuild."""
+        await self._record(tag, before, bases)
+        after = await self.before(tag)
+        if after is not None and after.hash != before.hash:
+            log.info("rebuild of %s: its inputs changed while it ran; one more follows", tag)
+            self.on_inputs_changed(tag)
+
+    async def _record(self, tag: str, before: Sources, bases: Sequence[str]) -> None:
+        if before.error is not None or not self.stale_mode(tag):
             return
         try:
             found = await self.engine.inspect(tag)
@@ -219,12 +234,12 @@ class StaleTracker:
         image_id = str(found["Id"])
         self.tags.set(tag, image_id)
         self.failures.pop(tag, None)
-        await self._put(image_id, made(before, bases, time.time()))
+        await self._put(image_id, made(before, await self._base_ids(bases), time.time()))
         if tag not in self.watch.targets:
             await self._retarget()
 
-    async def base_ids(self, bases: Iterable[str]) -> dict[str, str]:
-        """The image ids of ``bases`` now (one inspect each), for ``made``."""
+    async def _base_ids(self, bases: Iterable[str]) -> dict[str, str]:
+        """The image ids of ``bases`` now (one inspect each), for the record."""
         ids: dict[str, str] = {}
         for base in bases:
             try:

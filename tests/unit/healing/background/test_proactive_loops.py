@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -267,3 +268,29 @@ def test_inputs_changed_queues_one_rebuild_once_they_are_quiet(tmp_path: Path) -
 
 def healer_of(background: Proactive) -> FakeHealer:
     return cast(FakeHealer, background.healer)
+
+
+def test_a_reload_that_turns_proactive_off_drops_the_rebuilds_waiting_for_quiet(
+    tmp_path: Path,
+) -> None:
+    """Stale mode: a change seen just before a reload that turns ``proactive`` off is
+    not queued once its debounce ends: nothing background runs, nothing shows queued."""
+    on = Config(
+        heal=HealSettings(inputs_debounce=0.2, min_free=MinFree(percent=0.0)), recipes=(STATIC,)
+    )
+    off = replace(on, recipes=(replace(STATIC, proactive=False),))
+    current = [on]
+    engine = FakeEngine(tmp_path)
+    engine.exists = True
+    engine.images = [{"RepoTags": ["static:1"]}]
+
+    async def body(background: Proactive) -> None:
+        await until(lambda: background.reconciles == 1, "the start-up reconcile")
+        background.inputs_changed("docker.io/library/static:1")
+        current[0] = off
+        background.reconfigure()
+        await asyncio.sleep(0.2 + 0.3)  # past the debounce: what it would have queued
+        assert background.view()["queued"] == []
+
+    healer = run_proactive(tmp_path, engine, current, body)
+    assert healer.ensured == []

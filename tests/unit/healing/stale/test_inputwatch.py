@@ -113,3 +113,32 @@ async def the_rescan_finds_it(tree: Path) -> None:
         assert watch.sources["app"].hash == inputs_hash(tree, ("data/big",))
     finally:
         await watch.stop()
+
+
+def test_tracks_at_once_leave_one_watch_per_kind(tree: Path) -> None:
+    """Two retargets at once (a burst of tag events) must not each start watchers and
+    leave the first's running, holding inotify watches nothing stops."""
+    asyncio.run(tracks_at_once(tree))
+
+
+def follows() -> list[asyncio.Task[object]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "InputWatch._follow"
+    ]
+
+
+async def tracks_at_once(tree: Path) -> None:
+    watch = InputWatch(lambda tag: None, rescan=3600)
+    watch.start()
+    try:
+        await watch.track({"app": (tree, GLOBS)})
+        await asyncio.gather(
+            watch.track({"app": (tree, ("src/**/*.py",))}),
+            watch.track({"app": (tree, ("conf", "Dockerfile"))}),
+        )
+        assert len(follows()) == len(watch._watchers)
+    finally:
+        await watch.stop()
+    assert follows() == []

@@ -71,7 +71,7 @@ def test_a_made_image_is_fresh_until_an_input_changes(tmp_path: Path) -> None:
     async def body(tracker: StaleTracker, engine: FakeEngine) -> None:
         before = await tracker.before(APP)
         engine.images[APP] = {"Id": "sha256:1", "Created": "2000-01-01T00:00:00Z"}
-        await tracker.made(APP, before, {})
+        await tracker.made(APP, before, ())
         calls = engine.inspects
         assert tracker.decide(APP) == Fresh()
         assert engine.inspects == calls  # from memory
@@ -103,7 +103,7 @@ def test_a_dirty_map_costs_one_inspect_and_a_relist(tmp_path: Path) -> None:
     async def body(tracker: StaleTracker, engine: FakeEngine) -> None:
         before = await tracker.before(APP)
         engine.images[APP] = {"Id": "sha256:1", "Created": "2000-01-01T00:00:00Z"}
-        await tracker.made(APP, before, {})
+        await tracker.made(APP, before, ())
         tracker.event({"Type": "image", "Action": "load", "Actor": {"ID": "x"}})
         assert tracker.tags.image_id(APP) is None
         calls = engine.inspects
@@ -129,5 +129,29 @@ def test_a_tag_event_of_a_template_entry_starts_watching_that_tag(tmp_path: Path
             while GROUP not in tracker.watch.targets:
                 await asyncio.sleep(0.02)
         assert tracker.decide("docker.io/library/plain:latest") == Fresh()
+
+    run(tmp_path, body)
+
+
+def test_an_edit_while_a_recipe_ran_is_reported_once_the_image_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """The record keeps the hash taken before the recipe ran; an edit made while it ran
+    is reported (``on_inputs_changed``), so one more rebuild follows."""
+    changed: list[str] = []
+
+    async def body(tracker: StaleTracker, engine: FakeEngine) -> None:
+        tracker.on_inputs_changed = changed.append
+        tracker.watch.on_change = lambda tag: None  # the file watch's own report aside
+        before = await tracker.before(APP)
+        engine.images[APP] = {"Id": "sha256:1", "Created": "2000-01-01T00:00:00Z"}
+        await tracker.made(APP, before, ())
+        assert changed == []  # nothing moved while it ran
+        before = await tracker.before(APP)
+        (tmp_path / "src" / "msg").write_text("v2, saved mid-build\n")
+        engine.images[APP] = {"Id": "sha256:2", "Created": "2000-01-01T00:00:00Z"}
+        await tracker.made(APP, before, ())
+        assert changed == [APP]
+        assert load(tmp_path / "state").get("sha256:2") is not None
 
     run(tmp_path, body)
