@@ -59,8 +59,13 @@ def build_context(folder: Path, message: str = "v1", base: str = BUSYBOX) -> Pat
     (folder / "src").mkdir(parents=True, exist_ok=True)
     (folder / "src" / "msg").write_text(message + "\n")
     (folder / "data").mkdir(exist_ok=True)
-    # The label keeps other tests' build cache out: a cache hit has an older Created.
-    (folder / "Dockerfile").write_text(f"FROM {base}\nLABEL test={folder}\nCOPY src/msg /msg\n")
+    # A cache hit has an older Created, so no other context's cache may serve this one.
+    # The label alone keeps it out of the classic builder's cache only: BuildKit keys
+    # a layer by its parent and contents, not the labels; copying the Dockerfile (which
+    # names the folder) makes the layers this context's own under either builder.
+    (folder / "Dockerfile").write_text(
+        f"FROM {base}\nLABEL test={folder}\nCOPY Dockerfile /Dockerfile\nCOPY src/msg /msg\n"
+    )
     return folder
 
 
