@@ -336,15 +336,20 @@ class StaleTracker:
             self._relist = asyncio.get_running_loop().create_task(self._relisting())
 
     async def _relisting(self) -> None:
-        while self.tags.dirty and enabled(self.config()):
-            generation = self.tags.listing()
-            try:
-                images = await self.engine.list_images()
-            except EngineError as exc:
-                log.warning("stale mode: cannot list images: %s", exc)
-                return  # until the next event or reconnection; judge inspects meanwhile
-            self.tags.listed(images, generation)
-        await self._retarget()
+        while True:
+            while self.tags.dirty and enabled(self.config()):
+                generation = self.tags.listing()
+                try:
+                    images = await self.engine.list_images()
+                except EngineError as exc:
+                    log.warning("stale mode: cannot list images: %s", exc)
+                    return  # until the next event or reconnection; judge inspects meanwhile
+                self.tags.listed(images, generation)
+            await self._retarget()
+            # An event that dirtied the map during the retarget found this task
+            # running and started none: relist for it here, or nothing would.
+            if not (self.tags.dirty and enabled(self.config())):
+                return
 
     def targets(self, extra: tuple[str, ...] = ()) -> dict[str, Target]:
         """Each stale-mode tag to watch, with its filled-in sources."""

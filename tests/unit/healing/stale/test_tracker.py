@@ -117,6 +117,45 @@ def test_a_dirty_map_costs_one_inspect_and_a_relist(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+class GatedEngine(FakeEngine):
+    """Inspects wait for ``gate``; ``asked`` is set when one does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def inspect(self, ref: str) -> Mapping[str, Any] | None:
+        self.asked.set()
+        await self.gate.wait()
+        return await super().inspect(ref)
+
+
+def test_a_map_dirtied_while_a_relist_adopts_is_relisted_again(tmp_path: Path) -> None:
+    """The event stream connecting (as it does at start) while the first relist is
+    still adopting what it found must not leave the map dirty for good."""
+
+    async def main() -> None:
+        engine = GatedEngine()
+        engine.images[APP] = {"Id": "sha256:1", "Created": "2000-01-01T00:00:00Z"}
+        settings = config(tmp_path)
+        tracker = StaleTracker(lambda: settings, engine, tmp_path / "state")  # type: ignore[arg-type]
+        starting = asyncio.create_task(tracker.start())
+        try:
+            async with asyncio.timeout(10):
+                await engine.asked.wait()  # listed; the relist is adopting APP
+            tracker.connected()
+            engine.gate.set()
+            async with asyncio.timeout(10):
+                await starting
+                while tracker.tags.dirty:
+                    await asyncio.sleep(0.02)
+        finally:
+            await tracker.stop()
+
+    asyncio.run(main())
+
+
 def test_a_tag_event_of_a_template_entry_starts_watching_that_tag(tmp_path: Path) -> None:
     async def body(tracker: StaleTracker, engine: FakeEngine) -> None:
         async with asyncio.timeout(10):
