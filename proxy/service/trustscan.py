@@ -225,6 +225,7 @@ def principals(settings: Settings, euid: int, gids: Iterable[int]) -> Principals
         named = " or ".join(f"a member of group {name}" for name in equivalent.values())
         who = f"root or {named}" if named else "root"
     else:
+        equivalent = {}
         trusted = frozenset({0, euid})
         who = f"root or {users.get(euid, f'uid {euid}')}"
     wanted = set(gids)
@@ -234,6 +235,8 @@ def principals(settings: Settings, euid: int, gids: Iterable[int]) -> Principals
         who=who,
         users=users,
         groups={gid: _group_name(gid) for gid in wanted},
+        equivalent=frozenset(equivalent),
+        primary={account.pw_uid: account.pw_gid for account in accounts},
     )
 
 
