@@ -12,9 +12,12 @@ Rules:
   group that may write the daemon's socket, or the proxy's own: its members
   can already run anything as root through Docker). Run as another user,
   only root and that user count.
-- Not writable by anyone else: never world-writable; group-writable only when
-  every member of the group is trusted by the rule above (a root-equivalent
-  group, or a user's private group).
+- Not writable by anyone else: never world-writable; group-writable only by
+  a root-equivalent group, or by the owner's own primary group (a user's
+  private group, the umask 002 layout) while every member it lists is
+  trusted. Any other group is refused whoever is in it today: membership is
+  read once, at the check, one ``usermod -aG`` changes it, and a user
+  database that does not enumerate (LDAP) hides members.
 - A character device (``--config=/dev/null``) is judged by its owner only:
   what root reads from it is the driver's, not text someone wrote there.
 - A folder above a checked path may be writable by others when it has the
@@ -63,6 +66,10 @@ class Principals:
     """The trusted owners in words: ``root or a member of group docker``."""
     users: Mapping[int, str]
     groups: Mapping[int, str]
+    equivalent: frozenset[int]
+    """gids of the root-equivalent groups (none for a run as another user)."""
+    primary: Mapping[int, int]
+    """uid -> primary gid, to know an owner's own group."""
 
 
 def _sticky_folder_above(checked: Checked) -> bool:
@@ -81,9 +88,16 @@ def problem(checked: Checked, principals: Principals) -> str | None:
     permissions = f"mode {stat.S_IMODE(mode):04o}"
     if mode & stat.S_IWOTH:
         return f"{where} is writable by every user ({permissions}); fix: chmod o-w {path}"
+    if not mode & stat.S_IWGRP or checked.gid in principals.equivalent:
+        return None
+    group = principals.groups.get(checked.gid, f"gid {checked.gid}")
+    if principals.primary.get(checked.uid) != checked.gid:
+        return (
+            f"{where} is writable by group {group} ({permissions}), neither "
+            f"root-equivalent nor its owner's own; fix: chmod g-w {path}"
+        )
     outsiders = principals.members.get(checked.gid, frozenset()) - principals.trusted
-    if mode & stat.S_IWGRP and outsiders:
-        group = principals.groups.get(checked.gid, f"gid {checked.gid}")
+    if outsiders:
         names = ", ".join(sorted(principals.users.get(uid, f"uid {uid}") for uid in outsiders))
         return (
             f"{where} is writable by group {group} ({permissions}), which has {names}; "

@@ -14,9 +14,10 @@ Rules:
 - A template (``/srv/{group}/build.sh``) is checked up to its first
   component with a placeholder, as a folder: what a capture fills in below
   it lives there.
-- A path that does not exist, or that this user cannot look at, is not
-  checked: there is nothing to trust yet, and a heal of it fails with its
-  own reason.
+- A file that does not exist yet has the folders above it checked: whoever
+  can write them could put it there after the check, for the next heal to
+  run. A path this user cannot look at is not checked: a heal of it fails
+  with its own reason.
 - Trusted when run as root: root and the members of the groups that may
   write the daemon's socket or the proxy's own (``socket_group``). As
   another user: root and that user.
@@ -166,8 +167,8 @@ def _recipe(recipe: Recipe, env: Mapping[str, str]) -> Iterator[Checked]:
         if base is None and not os.path.isabs(path):
             continue
         full = os.path.normpath(os.path.join(base or "/", path))
-        if os.path.isfile(full):
-            yield from _chain(full, role)
+        if os.path.isfile(full) or not os.path.lexists(full):
+            yield from _chain(full, role)  # a file not there yet: its folders
 
 
 def gather(config: Config, env: Mapping[str, str]) -> list[Checked]:
@@ -224,6 +225,7 @@ def principals(settings: Settings, euid: int, gids: Iterable[int]) -> Principals
         named = " or ".join(f"a member of group {name}" for name in equivalent.values())
         who = f"root or {named}" if named else "root"
     else:
+        equivalent = {}
         trusted = frozenset({0, euid})
         who = f"root or {users.get(euid, f'uid {euid}')}"
     wanted = set(gids)
@@ -233,6 +235,8 @@ def principals(settings: Settings, euid: int, gids: Iterable[int]) -> Principals
         who=who,
         users=users,
         groups={gid: _group_name(gid) for gid in wanted},
+        equivalent=frozenset(equivalent),
+        primary={account.pw_uid: account.pw_gid for account in accounts},
     )
 
 

@@ -8,14 +8,16 @@ import pytest
 
 from proxy.service.trust import Checked, Principals, exempt, problem, problems
 
-ROOT, APP, MALLORY, SERVICE = 0, 1000, 1001, 998
+ROOT, APP, MALLORY, SERVICE, OPS = 0, 1000, 1001, 998, 1002
 DOCKER, APP_GROUP, STAFF = 109, 1000, 50
 PRINCIPALS = Principals(
-    trusted=frozenset({ROOT, APP}),  # APP is in group docker
+    trusted=frozenset({ROOT, APP, OPS}),  # APP and OPS are in group docker
     members={DOCKER: frozenset({APP}), APP_GROUP: frozenset({APP}), STAFF: frozenset({MALLORY})},
     who="root or a member of group docker",
-    users={ROOT: "root", APP: "app", MALLORY: "mallory"},
+    users={ROOT: "root", APP: "app", MALLORY: "mallory", OPS: "ops"},
     groups={DOCKER: "docker", APP_GROUP: "app", STAFF: "staff"},
+    equivalent=frozenset({DOCKER}),
+    primary={ROOT: ROOT, APP: APP_GROUP, MALLORY: STAFF, OPS: STAFF},
 )
 FILE, FOLDER = stat.S_IFREG, stat.S_IFDIR
 
@@ -33,7 +35,6 @@ def fact(uid: int, gid: int, mode: int, *, above: bool = False) -> Checked:
         fact(APP, DOCKER, 0o775),  # root-equivalent group
         fact(ROOT, ROOT, 0o1777, above=True),  # /tmp above a trusted entry
         fact(ROOT, STAFF, 0o1775, above=True),
-        fact(ROOT, 4242, 0o775),  # a group with no members at all
         Checked("/dev/null", "the config file", ROOT, ROOT, stat.S_IFCHR | 0o666),
     ],
 )
@@ -57,11 +58,21 @@ def test_trusted(checked: Checked) -> None:
         ),
         (fact(ROOT, ROOT, 0o777, above=True), "writable by every user (mode 0777)"),
         (
-            fact(APP, STAFF, 0o775),
+            fact(OPS, STAFF, 0o775),  # its owner's own group, but mallory is in it
             "/srv/x (images[0].command[0]) is writable by group staff (mode 0775), "
             "which has mallory; fix: chmod g-w /srv/x",
         ),
+        (fact(APP, STAFF, 0o775), "writable by group staff (mode 0775), neither"),
         (fact(ROOT, ROOT, 0o1777), "writable by every user (mode 1777)"),  # a sticky workdir
+        # Members seen today are no promise: a group with none, or only trusted
+        # ones, gains a member with one usermod, or has some the user database
+        # does not list (LDAP without enumeration).
+        (
+            fact(ROOT, 4242, 0o775),
+            "/srv/x (images[0].command[0]) is writable by group gid 4242 (mode 0775), "
+            "neither root-equivalent nor its owner's own; fix: chmod g-w /srv/x",
+        ),
+        (fact(ROOT, APP_GROUP, 0o775), "writable by group app (mode 0775), neither"),
     ],
 )
 def test_refused_with_the_path_and_the_fix(checked: Checked, said: str) -> None:

@@ -97,3 +97,30 @@ pull = true
     }
     above = {c.path for c in checked if c.above and c.role == "a folder above the config file"}
     assert above == {str(folder) for folder in tmp_path.parents} | {str(tmp_path)}
+
+
+def test_a_file_not_there_yet_has_its_folders_checked(tmp_path: Path) -> None:
+    """Whoever can write the folder can put the script there after the check,
+    and the next heal runs it as root: the folders above stand for it."""
+    (tmp_path / "app").mkdir()
+    later = tmp_path / "drop"
+    later.mkdir()
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f"""
+[[images]]
+match = "a"
+command = ["{later}/build.sh"]
+workdir = "{tmp_path / "app"}"
+[[images]]
+match = "b"
+command = ["sh", "{later}/run.sh"]
+workdir = "{tmp_path / "app"}"
+"""
+    )
+    checked = gather(load_config(config_path), {"PATH": "/usr/bin:/bin"})
+    roles = {c.role for c in checked if c.above and c.path == str(later)}
+    assert roles == {
+        "a folder above images[0].command[0]",
+        "a folder above images[1].command[1], the script sh runs",
+    }
