@@ -28,11 +28,13 @@ CPU_PARTS: Parts = (
 
 PROFILE_PARTS: Parts = (
     ("uvloop", "event loop (epoll, recv, dispatch)"),
-    ("connection.py", "data path: states and send syscalls (connection)"),
     ("http1.py", "framing (http1)"),
+    ("routes.py", "metrics"),
+    # The rest of the wire: connection.py and the objects split out of it
+    # (local, daemon, flow, splice, hub, rules, states), one part as before.
+    ("proxy/wire/", "data path: states and send syscalls (connection)"),
     ("metrics.py", "metrics"),
     ("prometheus_client", "metrics"),
-    ("routes.py", "metrics"),
 )
 """Profile frames grouped by the part of the proxy they belong to (first match wins)."""
 

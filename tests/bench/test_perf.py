@@ -65,15 +65,17 @@ def test_py_spy_stacks_charge_their_leaf() -> None:
         "<module> (m.py:1);run (a.py:2);data_received (proxy/wire/connection.py:10) 7\n"
         "<module> (m.py:1);data_received (proxy/wire/connection.py:12) 3\n"
         "<module> (m.py:1);feed (proxy/wire/http1.py:5) 5\n"
+        "<module> (m.py:1);flush (proxy/wire/flow.py:7) 2\n"
         "a line py-spy did not write\n"
     )
     total, self_n = spy_self_counts(raw)
-    assert total == 15
+    assert total == 17
     assert self_n == {
         "data_received (proxy/wire/connection.py)": 10,
         "feed (proxy/wire/http1.py)": 5,
+        "flush (proxy/wire/flow.py)": 2,
     }
     assert group(self_n.items(), PROFILE_PARTS) == {
-        "data path: states and send syscalls (connection)": 10,
+        "data path: states and send syscalls (connection)": 12,
         "framing (http1)": 5,
     }
