@@ -88,13 +88,23 @@ def check_cycles(recipes: Sequence[Recipe]) -> None:
 
 
 def named_by(read_dockerfile: ReadDockerfile, parse: Parse) -> NamedImages:
-    """Read, then parse, in the caller's own thread (``check``, ``heal``'s report)."""
+    """Read, then parse, in the caller's own thread (``check``, ``heal``'s report).
+
+    Each step is read and parsed once however often it is asked for: ``check``
+    walks one chain for its plan, its cache reference and its report, and a
+    Dockerfile it cannot use is warned about once, not once a walk.
+    """
+    known: dict[tuple[int, str], list[str] | None] = {}
 
     def named(concrete: ConcreteRecipe) -> list[str] | None:
-        text = read_dockerfile(concrete)
-        if text is None or concrete.build is None:
-            return None
-        return parse(text, concrete.build.args, concrete.build.target)
+        key = (concrete.recipe.index, concrete.image)
+        if key not in known:
+            text = read_dockerfile(concrete)
+            build = concrete.build
+            known[key] = (
+                None if text is None or build is None else parse(text, build.args, build.target)
+            )
+        return known[key]
 
     return named
 

@@ -29,6 +29,7 @@ import uvloop
 
 from .. import __version__
 from ..healing.background import proactive
+from ..healing.core.dockerfileparse import MAX_PARSED, ParseFailed, within_limit
 from ..healing.core.healer import Healer, HealFailed
 from ..healing.core.statefiles import StateDirError, prepare_state_dir
 from ..healing.sources.buildcontext import read_dockerfile_from_disk
@@ -269,6 +270,20 @@ def _staleness(args: argparse.Namespace, config: Config) -> Staleness:
     return staleness
 
 
+def _dockerfile_for_check(concrete: ConcreteRecipe) -> str | None:
+    """What the service would parse of a build's Dockerfile; a text it would
+    not parse leaves the bases unknown, as in the service, and says so."""
+    text = read_dockerfile_from_disk(concrete, limit=MAX_PARSED)
+    try:
+        return None if text is None else within_limit(text)
+    except ParseFailed as exc:
+        print(
+            f"warning: {concrete.image}: its Dockerfile's bases are unknown: {exc}",
+            file=sys.stderr,
+        )
+        return None
+
+
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask;
     2, as serve would refuse, when root would not trust a file."""
@@ -282,7 +297,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     # only be a worker's to load in serve (see healing.core.dockerfileparse).
     from ..recipes.dockerfile import from_images
 
-    named = named_by(read_dockerfile_from_disk, from_images)
+    named = named_by(_dockerfile_for_check, from_images)
     reference = _cache_reference(args, config, named)
     stale = _staleness(args, config)
     print(describe(config, args.image, named, reference, disk, untrusted, stale))

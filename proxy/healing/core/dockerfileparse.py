@@ -286,6 +286,13 @@ def _images(
     return from_images(text, build_args, target, open_args)
 
 
+def within_limit(text: str) -> str:
+    """``text``, or ParseFailed when it is longer than the parser is ever given."""
+    if len(text) > MAX_PARSED:
+        raise ParseFailed(f"the Dockerfile is over {MAX_PARSED >> 10} KiB")
+    return text
+
+
 async def dockerfile_images(
     parser: ParseProcess,
     text: str,
@@ -294,9 +301,7 @@ async def dockerfile_images(
     open_args: bool = False,
 ) -> list[str]:
     """The images ``text`` names, parsed in the worker; ParseFailed when too long or slow."""
-    if len(text) > MAX_PARSED:
-        raise ParseFailed(f"the Dockerfile is over {MAX_PARSED >> 10} KiB")
-    images = await parser.run(_images, text, dict(build_args), target, open_args)
+    images = await parser.run(_images, within_limit(text), dict(build_args), target, open_args)
     if not (isinstance(images, list) and all(isinstance(image, str) for image in images)):
         raise ParseFailed("the parser process answered with something not a list of names")
     return images

@@ -33,7 +33,7 @@ from dataclasses import replace
 from ...recipes.graph import HealPlan, walk_plan
 from ...recipes.recipe import ConcreteRecipe, Recipe
 from ..sources.buildcontext import read_dockerfile_from_disk
-from .dockerfileparse import ParseFailed, ParseProcess, dockerfile_images
+from .dockerfileparse import MAX_PARSED, ParseFailed, ParseProcess, dockerfile_images
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Planner:
         """What ``step``'s Dockerfile names; None when it cannot be read (the
         build will say why); ParseFailed when it cannot be parsed."""
         build = step.build
-        text = await asyncio.to_thread(read_dockerfile_from_disk, step)
+        text = await asyncio.to_thread(read_dockerfile_from_disk, step, limit=MAX_PARSED)
         if text is None or build is None:
             return None
         return await dockerfile_images(self.parser, text, build.args, build.target)

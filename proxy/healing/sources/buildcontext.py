@@ -50,16 +50,20 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
 
 
-def read_dockerfile_from_disk(concrete: ConcreteRecipe) -> str | None:
-    """The build's Dockerfile text, or None if it is not a build or cannot be read.
+def read_dockerfile_from_disk(concrete: ConcreteRecipe, *, limit: int) -> str | None:
+    """The build's Dockerfile text, at most ``limit`` bytes and one more, or None
+    if it is not a build or cannot be read.
 
     An unreadable Dockerfile only hides bases; the build itself will report it.
+    The byte past ``limit`` is what tells the caller the file is too big to
+    parse, without reading a file of any size into memory to find out.
     """
     if concrete.build is None:
         return None
     try:
         path = concrete.build.context / concrete.build.dockerfile
-        return path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as file:
+            return file.read(limit + 1).decode("utf-8", errors="replace")
     except OSError:
         return None
 

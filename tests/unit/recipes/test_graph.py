@@ -142,3 +142,11 @@ def test_the_graph_loads_no_parser() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_each_step_is_read_and_parsed_once() -> None:
+    calls, named = dockerfiles({0: "FROM base\n", 1: "FROM scratch\n"})
+    recipes = [build(0, "app"), build(1, "base")]
+    for _ in range(3):
+        heal_plan("app", recipes, named)
+    assert calls == [0, 1]

@@ -83,3 +83,15 @@ def test_status_watch_stops_on_sigint_even_when_started_ignoring_it(tmp_path: Pa
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait()
+
+
+def test_check_names_a_dockerfile_too_big_to_parse_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service leaves such a build's bases unknown; ``check`` says so, once."""
+    (tmp_path / "Dockerfile").write_text("FROM base\n" + "# padding\n" * 30_000)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[[images]]\nmatch = "big"\nbuild = {{ context = "{tmp_path}" }}\n')
+    assert cli.main(["check", f"--config={path}", "big"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bases are unknown: the Dockerfile is over 256 KiB") == 1, err

@@ -168,6 +168,12 @@ def test_dockerfile_elsewhere_is_kept(tmp_path: Path) -> None:
 
 def test_read_dockerfile_from_disk_without_a_file() -> None:
     pulled = instantiate(Recipe(index=0, match="a", kind="pull", pull="a"), "a", {})
-    assert read_dockerfile_from_disk(pulled) is None
+    assert read_dockerfile_from_disk(pulled, limit=10) is None
     missing = Recipe(index=0, match="a", kind="build", build={"context": "/nonexistent/dhp"})
-    assert read_dockerfile_from_disk(instantiate(missing, "a", {})) is None
+    assert read_dockerfile_from_disk(instantiate(missing, "a", {}), limit=10) is None
+
+
+def test_read_dockerfile_from_disk_reads_one_byte_past_the_limit(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM a\n" * 1000)
+    recipe = Recipe(index=0, match="a", kind="build", build={"context": str(tmp_path)})
+    assert read_dockerfile_from_disk(instantiate(recipe, "a", {}), limit=10) == "FROM a\nFROM"
