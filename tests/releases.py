@@ -156,12 +156,22 @@ def is_buildx_default(version: str) -> bool:
     return major is not None and int(major.group(1)) >= CLI_SINCE
 
 
+_FAILED: dict[Path, Unavailable] = {}
+"""A fetch that failed, by cache: the run's later asks get the same answer at
+once, rather than a second download that fails the same way minutes later."""
+
+
 def fetch(cache: Path) -> Path:
-    """The extracted trixie packages under ``cache``, fetched once."""
+    """The extracted trixie packages under ``cache``, fetched once, tried once."""
+    if cache in _FAILED:
+        raise _FAILED[cache]
     try:
         return _fetch(cache)
     except OSError as error:
-        raise Unavailable(f"cannot fill {cache}: {error}") from error
+        _FAILED[cache] = Unavailable(f"cannot fill {cache}: {error}")
+    except Unavailable as error:
+        _FAILED[cache] = error
+    raise _FAILED[cache]
 
 
 def folder(cache: Path) -> Path:

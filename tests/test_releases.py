@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import releases
 from releases import CLI, Unavailable, cli, find_mirror, folder, is_buildx_default
 
 SECURITY = """Types: deb
@@ -112,3 +113,19 @@ def test_no_cli_on_path_is_the_fetched_one(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert cli() == (fetched, "26.1.5+dfsg1")
+
+
+def test_a_failed_fetch_is_tried_once_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries: list[Path] = []
+
+    def failing(work: Path) -> None:
+        tries.append(work)
+        raise Unavailable("no deb entry for suite 'trixie'")
+
+    monkeypatch.setattr(releases, "_download_and_extract", failing)
+    for _ in range(2):
+        with pytest.raises(Unavailable, match="trixie"):
+            releases.fetch(tmp_path)
+    assert len(tries) == 1
