@@ -9,9 +9,12 @@ Rules:
   minutes), and some text crashes the interpreter outright. A parse on the
   loop would stall every connection the proxy carries.
 - Each queue's work runs in one worker process, one call at a time: a fresh interpreter
-  (``python -m`` this module), so nothing of the loop, its threads or its
+  (``python -P -m`` this module), so nothing of the loop, its threads or its
   sockets is copied, and the proxy's own main script is never run again
-  (``multiprocessing``'s spawn would import it). It is started when the
+  (``multiprocessing``'s spawn would import it). ``-P`` keeps the working
+  folder off ``sys.path``: the worker imports as root, and a ``serve`` started
+  by hand in ``/tmp`` or a user's checkout would otherwise run any module
+  someone planted there. It is started when the
   first call needs it and says when it is ready: its start-up is not
   counted in a call's deadline, only in ``START_TIMEOUT``, since a loaded
   host can take seconds to start Python.
@@ -158,6 +161,7 @@ class _Worker:
     async def start(cls, name: str, user: str) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the working folder first on sys.path: see the rules
             "-m",
             __name__,
             name,

@@ -253,3 +253,26 @@ def test_the_worker_works_when_only_root_can_read_the_proxy(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     nobody = pwd.getpwnam("nobody").pw_uid
     assert done.stdout == f"{hidden / 'proxy' / '__init__.py'} ['base:1'] False {nobody}\n"
+
+
+def test_the_worker_imports_nothing_from_the_folder_it_was_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m`` puts the working folder first on ``sys.path``: a ``serve``
+    started by hand in ``/tmp`` or a user's checkout would have its root worker
+    run whatever module that user planted there (before it becomes nobody)."""
+    marker = tmp_path / "ran"
+    (tmp_path / "resource.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    async def main() -> list[str]:
+        parser = ParseProcess()
+        try:
+            return await dockerfile_images(parser, "FROM base:1\n", {}, None)
+        finally:
+            await parser.aclose()
+
+    assert asyncio.run(main()) == ["base:1"]
+    assert not marker.exists()
