@@ -32,8 +32,11 @@ Rules:
   so that a stream of client builds cannot hold up a create's heal.
 - The worker ignores SIGINT (a Ctrl-C in the proxy's terminal is the
   proxy's to handle), and leaves when its stdin closes, the proxy's death
-  included. Its stdout carries only answers: anything else it prints goes
-  to stderr, the proxy's log.
+  included. It runs in a session of its own, without the proxy's
+  controlling terminal: one taken over by its input could otherwise type
+  into root's shell (``TIOCSTI`` on its stderr) when ``serve`` runs in one.
+  Its stdout carries only answers: anything else it prints goes to stderr,
+  the proxy's log.
 - The worker is trusted with nothing. It parses text any client of the
   socket can send, with a parser whose own documentation says some input
   crashes the interpreter. Started by root, it drops to an unprivileged
@@ -168,6 +171,7 @@ class _Worker:
             user,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # no controlling terminal: see the rules
         )
         return cls(process)
 

@@ -276,3 +276,19 @@ def test_the_worker_imports_nothing_from_the_folder_it_was_started_in(
 
     assert asyncio.run(main()) == ["base:1"]
     assert not marker.exists()
+
+
+def test_the_worker_has_a_session_of_its_own() -> None:
+    """A worker its input took over, nobody though it is, must not share the
+    proxy's controlling terminal: TIOCSTI on it (its stderr, when ``serve`` runs
+    in root's shell) would type commands into that shell."""
+
+    async def main() -> int:
+        parser = ParseProcess()
+        try:
+            return await parser.run(os.getsid, 0)
+        finally:
+            await parser.aclose()
+
+    worker_session = asyncio.run(main())
+    assert worker_session not in (os.getsid(0), os.getpid())
