@@ -46,8 +46,10 @@ Rules:
   runtime needs most of a GiB of address space to start) and, per call,
   ``RLIMIT_CPU`` (``CPU_SECONDS`` more than it has used). Its answers are
   JSON, never pickle: a worker taken over by its input could otherwise make
-  the proxy run code as root. Requests still go as pickles: the worker
-  trusts its parent, not the other way round.
+  the proxy run code as root. Nor may an answer cost the proxy more than a
+  failed call: one announced longer than ``MAX_ANSWER`` is not read, and one
+  nested too deep for ``json.loads`` is not JSON. Requests still go as
+  pickles: the worker trusts its parent, not the other way round.
 
 Theory of operation: ``ParseProcess.run`` writes one frame, a 4-byte length
 and a pickle of ``(function, args)``, to the worker's stdin; the worker
@@ -83,6 +85,11 @@ START_TIMEOUT = 30.0
 
 MAX_PARSED = 256 << 10
 """The longest Dockerfile text handed to the parser."""
+
+MAX_ANSWER = 16 << 20
+"""The longest answer the parent reads from the worker, which says how long
+its answer is: the names parsed from at most ``MAX_PARSED`` of text and one
+request's build args are far shorter."""
 
 MEMORY = 2 << 30
 """The worker's ``RLIMIT_AS``: Go's runtime fails to start threads under ~800 MiB."""
@@ -182,16 +189,19 @@ class _Worker:
 
     async def receive(self, timeout: float) -> Any:
         """The next message (JSON); IncompleteReadError if the worker died,
-        ParseFailed if what it wrote is not JSON."""
+        ParseFailed if what it wrote is not JSON, or longer than ``MAX_ANSWER``."""
         assert self.process.stdout is not None
         stdout = self.process.stdout
 
         async def frame() -> Any:
             head = await stdout.readexactly(_LENGTH.size)
-            data = await stdout.readexactly(_LENGTH.unpack(head)[0])
+            (length,) = _LENGTH.unpack(head)
+            if length > MAX_ANSWER:
+                raise ParseFailed(f"the parser process answered {length} bytes, too long")
+            data = await stdout.readexactly(length)
             try:
                 return json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # json.loads recurses on nesting
                 raise ParseFailed("the parser process answered with something not JSON") from None
 
         return await asyncio.wait_for(frame(), timeout)

@@ -21,6 +21,7 @@ from support import proc_ids
 import proxy
 from proxy.healing.core.dockerfileparse import (
     CPU_SECONDS,
+    MAX_ANSWER,
     MAX_PARSED,
     MEMORY,
     ParseFailed,
@@ -195,31 +196,43 @@ def test_a_memory_bomb_is_stopped_by_the_bound_and_the_worker_goes_on() -> None:
     assert asyncio.run(main()) == ["after:1"]
 
 
-def test_an_answer_is_json_and_a_worker_that_sends_other_is_dropped() -> None:
-    """A worker its input took over could send a pickle: it is never loaded,
-    and that worker is replaced."""
-    planted = pickle.dumps([True, "a pickle"])
+async def _answers_fd(parser: ParseProcess) -> int:
+    """The worker's descriptor of the pipe the parent reads its answers from,
+    so that a test can have it write a frame as a worker taken over would."""
+    links = {}
+    for fd in await parser.run(os.listdir, "/proc/self/fd"):
+        with contextlib.suppress(ParseFailed):  # the listing's own descriptor
+            links[fd] = await parser.run(os.readlink, f"/proc/self/fd/{fd}")
+    assert parser._worker is not None
+    ours = parser._worker.process._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
+    pipe = f"pipe:[{os.fstat(ours.get_extra_info('pipe').fileno()).st_ino}]"
+    (answers,) = [int(fd) for fd, to in links.items() if to == pipe and fd != "1"]
+    return answers
+
+
+def _planted(frame: bytes, failure: str) -> tuple[int, int, int]:
+    """A worker writes ``frame`` as its answer: the call fails with ``failure``,
+    and the next calls go to a fresh worker (pids before and after, and 5)."""
 
     async def main() -> tuple[int, int, int]:
         parser = ParseProcess()
         try:
             first = await parser.run(os.getpid)
-            links = {}
-            for fd in await parser.run(os.listdir, "/proc/self/fd"):
-                with contextlib.suppress(ParseFailed):  # the listing's own descriptor
-                    links[fd] = await parser.run(os.readlink, f"/proc/self/fd/{fd}")
-            assert parser._worker is not None  # the pipe the parent reads answers from:
-            ours = parser._worker.process._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
-            pipe = f"pipe:[{os.fstat(ours.get_extra_info('pipe').fileno()).st_ino}]"
-            (answers,) = [int(fd) for fd, to in links.items() if to == pipe and fd != "1"]
-            frame = struct.pack(">I", len(planted)) + planted
-            with pytest.raises(ParseFailed, match="not JSON"):
+            answers = await _answers_fd(parser)
+            with pytest.raises(ParseFailed, match=failure):
                 await parser.run(os.write, answers, frame)
             return first, await parser.run(os.getpid), await parser.run(int, "5")
         finally:
             await parser.aclose()
 
-    first, second, five = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_an_answer_is_json_and_a_worker_that_sends_other_is_dropped() -> None:
+    """A worker its input took over could send a pickle: it is never loaded,
+    and that worker is replaced."""
+    planted = pickle.dumps([True, "a pickle"])
+    first, second, five = _planted(struct.pack(">I", len(planted)) + planted, "not JSON")
     assert first != second and five == 5
 
 
@@ -292,3 +305,19 @@ def test_the_worker_has_a_session_of_its_own() -> None:
 
     worker_session = asyncio.run(main())
     assert worker_session not in (os.getsid(0), os.getpid())
+
+
+def test_an_answer_nested_too_deep_for_the_json_reader_is_a_failure() -> None:
+    """``json.loads`` recurses: a worker taken over could answer with nesting
+    that raises RecursionError in the proxy, which no caller expects."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    first, second, five = _planted(struct.pack(">I", len(deep)) + deep, "not JSON")
+    assert first != second and five == 5
+
+
+def test_an_answer_announced_longer_than_any_honest_one_is_not_read() -> None:
+    """The length comes from the worker: the parent must not buffer gigabytes
+    on its word until the deadline."""
+    head = struct.pack(">I", MAX_ANSWER + 1)
+    first, second, five = _planted(head, "too long")
+    assert first != second and five == 5
