@@ -124,3 +124,46 @@ workdir = "{tmp_path / "app"}"
         "a folder above images[0].command[0]",
         "a folder above images[1].command[1], the script sh runs",
     }
+
+
+def test_the_path_folders_searched_before_the_program_are_checked(tmp_path: Path) -> None:
+    """A ``docker`` dropped in a folder exec tries first is the one that runs:
+    every folder on ``PATH`` up to the program's is checked as itself (no
+    sticky pass: others may add a name to a sticky folder), with the folders
+    above it; relative ones are where exec looks, in the workdir."""
+    app = tmp_path / "app"
+    (app / "tools").mkdir(parents=True)
+    early, real, after = tmp_path / "early", tmp_path / "real", tmp_path / "after"
+    for folder in (early, real, after):
+        folder.mkdir()
+    (real / "tool").write_text("#!/bin/sh\n")
+    (real / "tool").chmod(0o755)
+    missing = tmp_path / "missing"
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f"""
+[[images]]
+match = "a"
+command = ["tool"]
+workdir = "{app}"
+env = {{ PATH = "{early}:{missing}:tools:{real}:{after}" }}
+[[images]]
+match = "b"
+command = ["absent"]
+workdir = "{app}"
+env = {{ PATH = "{early}:{after}" }}
+"""
+    )
+    checked = gather(load_config(config_path), {})
+    roles = {(c.path, c.role) for c in checked if not c.above}
+    before = f"images[0].command[0], a folder on PATH searched before {real / 'tool'}"
+    searched = "images[1].command[0], a folder on PATH it is searched in"
+    assert {role for role in roles if "PATH" in role[1]} == {
+        (str(early), before),
+        (str(app / "tools"), before),
+        (str(early), searched),
+        (str(after), searched),
+    }
+    assert (str(real / "tool"), "images[0].command[0]") in roles
+    above_missing = {c.path for c in checked if c.above and c.role == f"a folder above {before}"}
+    assert str(tmp_path) in above_missing  # whoever may make it there could put a tool in it
