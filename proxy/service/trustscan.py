@@ -20,8 +20,10 @@ Rules:
   it lives there.
 - A file that does not exist yet has the folders above it checked: whoever
   can write them could put it there after the check, for the next heal to
-  run. A path this user cannot look at is not checked: a heal of it fails
-  with its own reason.
+  run. The first of them that is there is checked as itself, without the
+  sticky pass of a folder above: the sticky bit keeps others from renaming
+  an entry that is there, not from making one that is not. A path this user
+  cannot look at is not checked: a heal of it fails with its own reason.
 - Trusted when run as root: root and the members of the groups that may
   write the daemon's socket or the proxy's own (``socket_group``). As
   another user: root and that user.
@@ -63,27 +65,31 @@ def _literal(template: str) -> tuple[str, bool]:
     return "/".join(fixed), True
 
 
-def _stat(path: str, role: str, above: bool) -> Checked | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return Checked(path, role, st.st_uid, st.st_gid, st.st_mode, above)
-
-
 def _chain(path: str, role: str) -> Iterator[Checked]:
     """``path`` and every folder above it, as written and as resolved."""
     for variant in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
-        candidates = [(variant, role, False)]
-        folder = os.path.dirname(variant)
+        missing = False
+        where = variant
         while True:
-            candidates.append((folder, f"a folder above {role}", True))
-            if folder == "/":
+            try:
+                st = os.stat(where)
+            except FileNotFoundError:
+                missing = True
+            except OSError:
+                missing = False  # not ours to look at: a heal of it fails on its own
+            else:
+                if where == variant:
+                    yield Checked(where, role, st.st_uid, st.st_gid, st.st_mode)
+                elif missing:  # the first folder that is there: names can be made in it
+                    made = f"where {role}, not there yet, would be made"
+                    yield Checked(where, made, st.st_uid, st.st_gid, st.st_mode)
+                else:
+                    above = f"a folder above {role}"
+                    yield Checked(where, above, st.st_uid, st.st_gid, st.st_mode, True)
+                missing = False
+            if where == "/":
                 break
-            folder = os.path.dirname(folder)
-        for where, what, above in candidates:
-            if (found := _stat(where, what, above)) is not None:
-                yield found
+            where = os.path.dirname(where)
 
 
 def shell_script(args: list[str]) -> int | None:

@@ -90,6 +90,7 @@ pull = true
         (str(app), "images[2].workdir"),
         ("/usr/bin/make", "images[2].command[0]"),
         (str(app / "Makefile"), "images[2].command, a makefile"),
+        (str(app), "where images[2].command, a makefile, not there yet, would be made"),
         (str(tmp_path), "images[3].workdir"),
         (str(app / "bin" / "tool"), "images[3].command[0]"),
         (str(app), "images[4].workdir, up to its first placeholder"),
@@ -119,11 +120,13 @@ workdir = "{tmp_path / "app"}"
 """
     )
     checked = gather(load_config(config_path), {"PATH": "/usr/bin:/bin"})
-    roles = {c.role for c in checked if c.above and c.path == str(later)}
+    roles = {c.role for c in checked if not c.above and c.path == str(later)}
     assert roles == {
-        "a folder above images[0].command[0]",
-        "a folder above images[1].command[1], the script sh runs",
+        "where images[0].command[0], not there yet, would be made",
+        "where images[1].command[1], the script sh runs, not there yet, would be made",
     }
+    above = {c.role for c in checked if c.above and c.path == str(tmp_path)}
+    assert "a folder above images[0].command[0]" in above
 
 
 def test_the_path_folders_searched_before_the_program_are_checked(tmp_path: Path) -> None:
@@ -161,9 +164,40 @@ env = {{ PATH = "{early}:{after}" }}
     assert {role for role in roles if "PATH" in role[1]} == {
         (str(early), before),
         (str(app / "tools"), before),
+        (str(tmp_path), f"where {before}, not there yet, would be made"),  # for {missing}
         (str(early), searched),
         (str(after), searched),
     }
     assert (str(real / "tool"), "images[0].command[0]") in roles
-    above_missing = {c.path for c in checked if c.above and c.role == f"a folder above {before}"}
-    assert str(tmp_path) in above_missing  # whoever may make it there could put a tool in it
+
+
+def test_a_sticky_folder_where_a_missing_path_would_be_made_is_checked_as_itself(
+    tmp_path: Path,
+) -> None:
+    """The sticky bit keeps others from renaming an entry that is there; it does
+    not keep them from making one that is not: a ``bin`` on PATH, or a script,
+    not there yet under ``/tmp`` is theirs to make first."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f"""
+[[images]]
+match = "a"
+command = ["{shared}/work/build.sh"]
+workdir = "{tmp_path}"
+[[images]]
+match = "b"
+command = ["true"]
+workdir = "{tmp_path}"
+env = {{ PATH = "{shared}/bin:/usr/bin:/bin" }}
+"""
+    )
+    checked = gather(load_config(config_path), {})
+    as_itself = {c.role for c in checked if c.path == str(shared) and not c.above}
+    assert as_itself == {
+        "where images[0].command[0], not there yet, would be made",
+        "where images[1].command[0], a folder on PATH searched before /usr/bin/true, "
+        "not there yet, would be made",
+    }
