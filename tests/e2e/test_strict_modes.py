@@ -303,3 +303,27 @@ def test_a_path_folder_another_user_can_write_before_the_program_is_refused(
     checked = proxy_cli("check", f"--config={config}")
     assert checked.returncode == 2, checked
     assert f"refused: {early} (" in checked.stdout
+
+
+def test_a_script_not_there_yet_in_a_sticky_folder_is_refused(
+    dockerd: Dockerd, make_user: Callable[..., User], base: Path
+) -> None:
+    """``/tmp`` is sticky: no one may rename root's entries in it, but anyone
+    may make one that is not there, here the script the next heal would run."""
+    shared = base / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    script = shared / "build.sh"
+    config = base / "config.toml"
+    config.write_text(
+        f"state_dir = {toml_string(base / 'state')}\n"
+        f'[[images]]\nmatch = "127.0.0.1:1/dhp/trust:1"\n'
+        f"command = [{toml_string(script)}]\nworkdir = {toml_string(base)}\n"
+    )
+    assert make_user().can_write(shared)
+    checked = proxy_cli("check", f"--config={config}")
+    assert checked.returncode == 2, checked
+    assert (
+        f"refused: {shared} (where images[0].command[0], not there yet, would be made) "
+        "is writable by every user (mode 1777)"
+    ) in checked.stdout
