@@ -32,7 +32,9 @@ Rules:
   so that a stream of client builds cannot hold up a create's heal.
 - The worker ignores SIGINT (a Ctrl-C in the proxy's terminal is the
   proxy's to handle), and leaves when its stdin closes, the proxy's death
-  included. It runs in a session of its own, without the proxy's
+  included. It gets none of the proxy's environment but Python's settings
+  and the locale (a unit's ``Environment=`` may hold what recipes need, a
+  proxy password say). It runs in a session of its own, without the proxy's
   controlling terminal: one taken over by its input could otherwise type
   into root's shell (``TIOCSTI`` on its stderr) when ``serve`` runs in one.
   Its stdout carries only answers: anything else it prints goes to stderr,
@@ -163,6 +165,12 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         answers.flush()
 
 
+def _worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What of the proxy's environment the worker gets: Python's own settings
+    (``PYTHONPATH`` may be how it finds this package) and the locale."""
+    return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k == "LANG"}
+
+
 class _Worker:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -179,6 +187,7 @@ class _Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # no controlling terminal: see the rules
+            env=_worker_env(os.environ),
         )
         return cls(process)
 

@@ -321,3 +321,24 @@ def test_an_answer_announced_longer_than_any_honest_one_is_not_read() -> None:
     head = struct.pack(">I", MAX_ANSWER + 1)
     first, second, five = _planted(head, "too long")
     assert first != second and five == 5
+
+
+def test_the_worker_gets_none_of_the_proxys_environment_but_pythons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A unit's ``Environment=`` may hold what recipes need (a proxy's password
+    in ``HTTPS_PROXY``); the worker, trusted with nothing, needs none of it."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy:3128")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+
+    async def main() -> list[str | None]:
+        parser = ParseProcess()
+        try:
+            return [
+                await parser.run(os.getenv, "HTTPS_PROXY"),
+                await parser.run(os.getenv, "PYTHONDONTWRITEBYTECODE"),
+            ]
+        finally:
+            await parser.aclose()
+
+    assert asyncio.run(main()) == [None, "1"]
