@@ -46,7 +46,9 @@ Rules:
   is imported (the proxy's virtualenv may be where only root can read),
   before it says it is ready. It runs under ``RLIMIT_AS`` (``MEMORY``: Go's
   runtime needs most of a GiB of address space to start) and, per call,
-  ``RLIMIT_CPU`` (``CPU_SECONDS`` more than it has used). Its answers are
+  ``RLIMIT_CPU`` (``CPU_SECONDS`` more than it has used), with no core
+  dumps: a crash is something its input may cause, and a core would be a
+  copy of that input (a client's Dockerfile) left on disk. Its answers are
   JSON, never pickle: a worker taken over by its input could otherwise make
   the proxy run code as root. Nor may an answer cost the proxy more than a
   failed call: one announced longer than ``MAX_ANSWER`` is not read, and one
@@ -134,8 +136,9 @@ def _unprivileged(user: str) -> None:
 
 
 def _limited() -> None:
-    """The address-space bound, for the worker's whole life."""
+    """The address-space bound, and no core dumps, for the worker's whole life."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _cpu_bound() -> None:

@@ -160,22 +160,25 @@ def test_the_worker_parses_under_its_memory_and_cpu_bounds() -> None:
     )
     longest = "FROM base:2\n" + "RUN true\n" * ((MAX_PARSED - 12) // 9)
 
-    async def main() -> tuple[list[str], list[str], tuple[int, int], tuple[int, int]]:
+    async def main() -> tuple[list[str], list[str], list[tuple[int, int]]]:
         parser = ParseProcess(timeout=60)
         try:
             return (
                 await dockerfile_images(parser, normal, {}, None),
                 await dockerfile_images(parser, longest, {}, None),
-                await parser.run(resource.getrlimit, resource.RLIMIT_AS),
-                await parser.run(resource.getrlimit, resource.RLIMIT_CPU),
+                [
+                    await parser.run(resource.getrlimit, which)
+                    for which in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_CORE)
+                ],
             )
         finally:
             await parser.aclose()
 
-    normal_images, longest_images, memory, cpu = asyncio.run(main())
+    normal_images, longest_images, (memory, cpu, core) = asyncio.run(main())
     assert (normal_images, longest_images) == (["base:1"], ["base:2"])
     assert memory == [MEMORY, MEMORY] and MEMORY >= 1 << 30
     assert 0 < cpu[0] <= CPU_SECONDS + 60  # what the calls so far used, and one call's more
+    assert core == [0, 0]  # a crash, which its input may cause, leaves no copy of that input
 
 
 def test_a_memory_bomb_is_stopped_by_the_bound_and_the_worker_goes_on() -> None:
