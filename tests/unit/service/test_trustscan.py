@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.recipes.config import load_config
+from proxy.service.trust import Checked
 from proxy.service.trustscan import gather, makefiles, shell_script
 
 
@@ -129,6 +130,14 @@ workdir = "{tmp_path / "app"}"
     assert "a folder above images[0].command[0]" in above
 
 
+def _gather_images(tmp_path: Path, *images: str) -> list[Checked]:
+    """``gather`` of a config whose ``images`` are these inline tables, with no PATH
+    of the proxy's own: each recipe names the one its command gets."""
+    config_path = tmp_path / "config.toml"
+    config_path.write_text("images = [\n" + "".join(f"{table},\n" for table in images) + "]\n")
+    return gather(load_config(config_path), {})
+
+
 def test_the_path_folders_searched_before_the_program_are_checked(tmp_path: Path) -> None:
     """A ``docker`` dropped in a folder exec tries first is the one that runs:
     every folder on ``PATH`` up to the program's is checked as itself (no
@@ -142,22 +151,13 @@ def test_the_path_folders_searched_before_the_program_are_checked(tmp_path: Path
     (real / "tool").write_text("#!/bin/sh\n")
     (real / "tool").chmod(0o755)
     missing = tmp_path / "missing"
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(
-        f"""
-[[images]]
-match = "a"
-command = ["tool"]
-workdir = "{app}"
-env = {{ PATH = "{early}:{missing}:tools:{real}:{after}" }}
-[[images]]
-match = "b"
-command = ["absent"]
-workdir = "{app}"
-env = {{ PATH = "{early}:{after}" }}
-"""
+    checked = _gather_images(
+        tmp_path,
+        f'{{ match = "a", command = ["tool"], workdir = "{app}", '
+        f'env = {{ PATH = "{early}:{missing}:tools:{real}:{after}" }} }}',
+        f'{{ match = "b", command = ["absent"], workdir = "{app}", '
+        f'env = {{ PATH = "{early}:{after}" }} }}',
     )
-    checked = gather(load_config(config_path), {})
     roles = {(c.path, c.role) for c in checked if not c.above}
     before = f"images[0].command[0], a folder on PATH searched before {real / 'tool'}"
     searched = "images[1].command[0], a folder on PATH it is searched in"
@@ -180,21 +180,12 @@ def test_a_sticky_folder_where_a_missing_path_would_be_made_is_checked_as_itself
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(
-        f"""
-[[images]]
-match = "a"
-command = ["{shared}/work/build.sh"]
-workdir = "{tmp_path}"
-[[images]]
-match = "b"
-command = ["true"]
-workdir = "{tmp_path}"
-env = {{ PATH = "{shared}/bin:/usr/bin:/bin" }}
-"""
+    checked = _gather_images(
+        tmp_path,
+        f'{{ match = "a", command = ["{shared}/work/build.sh"], workdir = "{tmp_path}" }}',
+        f'{{ match = "b", command = ["true"], workdir = "{tmp_path}", '
+        f'env = {{ PATH = "{shared}/bin:/usr/bin:/bin" }} }}',
     )
-    checked = gather(load_config(config_path), {})
     as_itself = {c.role for c in checked if c.path == str(shared) and not c.above}
     assert as_itself == {
         "where images[0].command[0], not there yet, would be made",
