@@ -4,7 +4,11 @@ Rules:
 - ``status`` and ``heal`` find the socket the same way (``socket_path``):
   ``--listen`` first, then ``DOCKER_HOST`` (a host pointed at the proxy has it
   set), then the config's ``listen``, then the built-in default, as the
-  docker CLI finds its daemon.
+  docker CLI finds its daemon. For a user other than root that default is
+  their own socket, or the service's (``/run``) when theirs is not there: a
+  user in the docker group with no proxy of their own is served by the
+  service, and a ``heal`` that missed it would run beside the service's heal
+  of the same tag, under locks of its own.
 - "No proxy answers" is told apart from a proxy that answered badly: no
   socket, a refused connection, or a 404 (the daemon's own socket, or a proxy
   too old for the path) is ``NoProxy``, which lets ``heal`` go on in its own
@@ -17,6 +21,7 @@ enough: one request per call, no keep-alive, no event loop.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 from collections.abc import Callable, Mapping
 
@@ -53,12 +58,15 @@ def socket_path(
     config_listen: str | None,
     is_root: bool,
     owned: Callable[[str], bool],
+    exists: Callable[[str], bool] = os.path.exists,
 ) -> str:
     """The proxy's socket path, by the precedence in the module rules."""
     url = listen or unix_docker_host(env) or config_listen or ""
-    if not url:
-        url, _ = default_listen(env, is_root, owned)
-    return unix_path(url, "listen")
+    if url:
+        return unix_path(url, "listen")
+    own = unix_path(default_listen(env, is_root, owned)[0], "listen")
+    service = unix_path(default_listen(env, True, owned)[0], "listen")
+    return service if not exists(own) and exists(service) else own
 
 
 def ask(path: str, method: str, target: str, timeout: float | None) -> tuple[int, bytes]:

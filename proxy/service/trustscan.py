@@ -8,6 +8,10 @@ Rules:
   first operand; there is none after ``-c`` or ``-s``), the makefiles ``make``
   reads (``-f FILE``, else the default names in the workdir or ``-C DIR``),
   each if it exists; the workdir itself; and every folder above each.
+- For a bare ``command[0]``, also each ``PATH`` folder exec tries before the
+  one it is found in (all of them when it is found in none), as itself: a
+  program of that name dropped there is the one that runs. A relative one is
+  in the workdir, where exec looks after its ``chdir``.
 - A path is checked as written (each folder on the way, links followed as
   exec follows them) and as its real path, so neither a link nor what it
   points to can be swapped by someone else.
@@ -16,8 +20,10 @@ Rules:
   it lives there.
 - A file that does not exist yet has the folders above it checked: whoever
   can write them could put it there after the check, for the next heal to
-  run. A path this user cannot look at is not checked: a heal of it fails
-  with its own reason.
+  run. The first of them that is there is checked as itself, without the
+  sticky pass of a folder above: the sticky bit keeps others from renaming
+  an entry that is there, not from making one that is not. A path this user
+  cannot look at is not checked: a heal of it fails with its own reason.
 - Trusted when run as root: root and the members of the groups that may
   write the daemon's socket or the proxy's own (``socket_group``). As
   another user: root and that user.
@@ -59,27 +65,31 @@ def _literal(template: str) -> tuple[str, bool]:
     return "/".join(fixed), True
 
 
-def _stat(path: str, role: str, above: bool) -> Checked | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return Checked(path, role, st.st_uid, st.st_gid, st.st_mode, above)
-
-
 def _chain(path: str, role: str) -> Iterator[Checked]:
     """``path`` and every folder above it, as written and as resolved."""
     for variant in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
-        candidates = [(variant, role, False)]
-        folder = os.path.dirname(variant)
+        missing = False
+        where = variant
         while True:
-            candidates.append((folder, f"a folder above {role}", True))
-            if folder == "/":
+            try:
+                st = os.stat(where)
+            except FileNotFoundError:
+                missing = True
+            except OSError:
+                missing = False  # not ours to look at: a heal of it fails on its own
+            else:
+                if where == variant:
+                    yield Checked(where, role, st.st_uid, st.st_gid, st.st_mode)
+                elif missing:  # the first folder that is there: names can be made in it
+                    made = f"where {role}, not there yet, would be made"
+                    yield Checked(where, made, st.st_uid, st.st_gid, st.st_mode)
+                else:
+                    above = f"a folder above {role}"
+                    yield Checked(where, above, st.st_uid, st.st_gid, st.st_mode, True)
+                missing = False
+            if where == "/":
                 break
-            folder = os.path.dirname(folder)
-        for where, what, above in candidates:
-            if (found := _stat(where, what, above)) is not None:
-                yield found
+            where = os.path.dirname(where)
 
 
 def shell_script(args: list[str]) -> int | None:
@@ -127,17 +137,24 @@ def makefiles(args: list[str]) -> tuple[list[str], str]:
     return named or list(_MAKEFILES), directory
 
 
-def _program(name: str, workdir: str | None, search: str) -> str | None:
-    """Where exec finds ``command[0]``: a path against the workdir, a name on PATH."""
+def _program(name: str, workdir: str | None, search: str) -> tuple[str | None, list[str]]:
+    """Where exec finds ``command[0]`` (a path against the workdir, a name on
+    PATH), and the PATH folders it tries first: all of them when it finds none."""
     if "/" in name:
         if workdir is None and not os.path.isabs(name):
-            return None
-        return os.path.join(workdir or "/", name)
-    for folder in search.split(os.pathsep):
-        candidate = os.path.join(folder or ".", name)
+            return None, []
+        return os.path.join(workdir or "/", name), []
+    tried: list[str] = []
+    for entry in search.split(os.pathsep):
+        if not os.path.isabs(entry or "."):
+            if workdir is None:
+                continue  # in a workdir filled in at the heal: checked up to it
+            entry = os.path.join(workdir, entry)  # exec looks there after the chdir
+        candidate = os.path.join(entry, name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate if os.path.isabs(candidate) else None
-    return None
+            return candidate, tried
+        tried.append(os.path.normpath(entry))
+    return None, tried
 
 
 def _recipe(recipe: Recipe, env: Mapping[str, str]) -> Iterator[Checked]:
@@ -152,9 +169,12 @@ def _recipe(recipe: Recipe, env: Mapping[str, str]) -> Iterator[Checked]:
     texts = [text if complete else "" for text, complete in map(_literal, recipe.command)]
     files: list[tuple[str, str]] = []  # (path as written, role)
     search = recipe.env.get("PATH", env.get("PATH", os.defpath))
-    program = _program(texts[0], base, search) if texts[0] else None
+    program, tried = _program(texts[0], base, search) if texts[0] else (None, [])
     if program is not None:
         files.append((program, f"{where}.command[0]"))
+    searched = f"searched before {program}" if program else "it is searched in"
+    for folder in dict.fromkeys(tried):
+        yield from _chain(folder, f"{where}.command[0], a folder on PATH {searched}")
     name = os.path.basename(texts[0])
     if name in _SHELLS and (script := shell_script(texts)) is not None:
         files.append((texts[script], f"{where}.command[{script}], the script {name} runs"))

@@ -267,3 +267,63 @@ def test_check_as_another_user_warns_of_files_neither_root_nor_they_own(
         f"warning: {lay.script} (images[0].command[0]) is owned by {owner.name}, "
         f"not root or {runner.name}"
     ) in result.stdout
+
+
+def test_a_path_folder_another_user_can_write_before_the_program_is_refused(
+    dockerd: Dockerd, make_user: Callable[..., User], base: Path
+) -> None:
+    """``command = ["tool"]`` finds a root-owned ``tool`` in a later PATH folder;
+    the user who can write an earlier one could drop a ``tool`` there, and the
+    next heal would run theirs as root."""
+    early, real = base / "early", base / "real"
+    for folder in (early, real):
+        folder.mkdir()
+        folder.chmod(0o755)
+    write_script(real / "tool", "exit 1\n")
+    config = base / "config.toml"
+    config.write_text(
+        f"state_dir = {toml_string(base / 'state')}\n"
+        f'[[images]]\nmatch = "127.0.0.1:1/dhp/trust:1"\ncommand = ["tool"]\n'
+        f"workdir = {toml_string(base)}\n"
+        f"env = {{ PATH = {toml_string(f'{early}:{real}')} }}\n"
+    )
+    assert proxy_cli("check", f"--config={config}").returncode == 0
+    user = make_user()
+    os.chown(early, user.uid, -1)
+    assert user.can_write(early)
+
+    served = proxy_cli(*serve_argv(dockerd, config, base / "p.sock"), timeout=60)
+    assert served.returncode == 2, served
+    [line] = served.stderr.splitlines()
+    assert line.startswith(
+        f"docker-heal-proxy: root will not run what others can change: {early} "
+        f"(images[0].command[0], a folder on PATH searched before {real / 'tool'}) "
+        f"is owned by {user.name}"
+    ), line
+    checked = proxy_cli("check", f"--config={config}")
+    assert checked.returncode == 2, checked
+    assert f"refused: {early} (" in checked.stdout
+
+
+def test_a_script_not_there_yet_in_a_sticky_folder_is_refused(
+    dockerd: Dockerd, make_user: Callable[..., User], base: Path
+) -> None:
+    """``/tmp`` is sticky: no one may rename root's entries in it, but anyone
+    may make one that is not there, here the script the next heal would run."""
+    shared = base / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    script = shared / "build.sh"
+    config = base / "config.toml"
+    config.write_text(
+        f"state_dir = {toml_string(base / 'state')}\n"
+        f'[[images]]\nmatch = "127.0.0.1:1/dhp/trust:1"\n'
+        f"command = [{toml_string(script)}]\nworkdir = {toml_string(base)}\n"
+    )
+    assert make_user().can_write(shared)
+    checked = proxy_cli("check", f"--config={config}")
+    assert checked.returncode == 2, checked
+    assert (
+        f"refused: {shared} (where images[0].command[0], not there yet, would be made) "
+        "is writable by every user (mode 1777)"
+    ) in checked.stdout

@@ -9,9 +9,12 @@ Rules:
   minutes), and some text crashes the interpreter outright. A parse on the
   loop would stall every connection the proxy carries.
 - Each queue's work runs in one worker process, one call at a time: a fresh interpreter
-  (``python -m`` this module), so nothing of the loop, its threads or its
+  (``python -P -m`` this module), so nothing of the loop, its threads or its
   sockets is copied, and the proxy's own main script is never run again
-  (``multiprocessing``'s spawn would import it). It is started when the
+  (``multiprocessing``'s spawn would import it). ``-P`` keeps the working
+  folder off ``sys.path``: the worker imports as root, and a ``serve`` started
+  by hand in ``/tmp`` or a user's checkout would otherwise run any module
+  someone planted there. It is started when the
   first call needs it and says when it is ready: its start-up is not
   counted in a call's deadline, only in ``START_TIMEOUT``, since a loaded
   host can take seconds to start Python.
@@ -29,8 +32,13 @@ Rules:
   so that a stream of client builds cannot hold up a create's heal.
 - The worker ignores SIGINT (a Ctrl-C in the proxy's terminal is the
   proxy's to handle), and leaves when its stdin closes, the proxy's death
-  included. Its stdout carries only answers: anything else it prints goes
-  to stderr, the proxy's log.
+  included. It gets none of the proxy's environment but Python's settings
+  and the locale (a unit's ``Environment=`` may hold what recipes need, a
+  proxy password say). It runs in a session of its own, without the proxy's
+  controlling terminal: one taken over by its input could otherwise type
+  into root's shell (``TIOCSTI`` on its stderr) when ``serve`` runs in one.
+  Its stdout carries only answers: anything else it prints goes to stderr,
+  the proxy's log.
 - The worker is trusted with nothing. It parses text any client of the
   socket can send, with a parser whose own documentation says some input
   crashes the interpreter. Started by root, it drops to an unprivileged
@@ -38,10 +46,14 @@ Rules:
   is imported (the proxy's virtualenv may be where only root can read),
   before it says it is ready. It runs under ``RLIMIT_AS`` (``MEMORY``: Go's
   runtime needs most of a GiB of address space to start) and, per call,
-  ``RLIMIT_CPU`` (``CPU_SECONDS`` more than it has used). Its answers are
+  ``RLIMIT_CPU`` (``CPU_SECONDS`` more than it has used), with no core
+  dumps: a crash is something its input may cause, and a core would be a
+  copy of that input (a client's Dockerfile) left on disk. Its answers are
   JSON, never pickle: a worker taken over by its input could otherwise make
-  the proxy run code as root. Requests still go as pickles: the worker
-  trusts its parent, not the other way round.
+  the proxy run code as root. Nor may an answer cost the proxy more than a
+  failed call: one announced longer than ``MAX_ANSWER`` is not read, and one
+  nested too deep for ``json.loads`` is not JSON. Requests still go as
+  pickles: the worker trusts its parent, not the other way round.
 
 Theory of operation: ``ParseProcess.run`` writes one frame, a 4-byte length
 and a pickle of ``(function, args)``, to the worker's stdin; the worker
@@ -77,6 +89,11 @@ START_TIMEOUT = 30.0
 
 MAX_PARSED = 256 << 10
 """The longest Dockerfile text handed to the parser."""
+
+MAX_ANSWER = 16 << 20
+"""The longest answer the parent reads from the worker, which says how long
+its answer is: the names parsed from at most ``MAX_PARSED`` of text and one
+request's build args are far shorter."""
 
 MEMORY = 2 << 30
 """The worker's ``RLIMIT_AS``: Go's runtime fails to start threads under ~800 MiB."""
@@ -119,8 +136,9 @@ def _unprivileged(user: str) -> None:
 
 
 def _limited() -> None:
-    """The address-space bound, for the worker's whole life."""
+    """The address-space bound, and no core dumps, for the worker's whole life."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _cpu_bound() -> None:
@@ -150,6 +168,12 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         answers.flush()
 
 
+def _worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What of the proxy's environment the worker gets: Python's own settings
+    (``PYTHONPATH`` may be how it finds this package) and the locale."""
+    return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k == "LANG"}
+
+
 class _Worker:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -158,12 +182,15 @@ class _Worker:
     async def start(cls, name: str, user: str) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the working folder first on sys.path: see the rules
             "-m",
             __name__,
             name,
             user,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # no controlling terminal: see the rules
+            env=_worker_env(os.environ),
         )
         return cls(process)
 
@@ -174,16 +201,19 @@ class _Worker:
 
     async def receive(self, timeout: float) -> Any:
         """The next message (JSON); IncompleteReadError if the worker died,
-        ParseFailed if what it wrote is not JSON."""
+        ParseFailed if what it wrote is not JSON, or longer than ``MAX_ANSWER``."""
         assert self.process.stdout is not None
         stdout = self.process.stdout
 
         async def frame() -> Any:
             head = await stdout.readexactly(_LENGTH.size)
-            data = await stdout.readexactly(_LENGTH.unpack(head)[0])
+            (length,) = _LENGTH.unpack(head)
+            if length > MAX_ANSWER:
+                raise ParseFailed(f"the parser process answered {length} bytes, too long")
+            data = await stdout.readexactly(length)
             try:
                 return json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # json.loads recurses on nesting
                 raise ParseFailed("the parser process answered with something not JSON") from None
 
         return await asyncio.wait_for(frame(), timeout)

@@ -112,17 +112,35 @@ def prepare_state_dir(path: Path) -> Path:
     """``path`` made and checked as the module rules say; its real path, for every later open."""
     euid = os.geteuid()
     absolute = Path(os.path.abspath(path))
-    real = Path(os.path.realpath(absolute))  # a link may name it: its target is what is used
+    # The way is judged before anything is made, opened or narrowed on it (a
+    # refused state_dir leaves the machine as it was), and again once what was
+    # missing is made, before the folder itself is opened and narrowed.
+    _refuse_unsafe_way(path, absolute, euid)
     try:
+        Path(os.path.realpath(absolute)).mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        real = _refuse_unsafe_way(path, absolute, euid)
         os.close(open_folder(real))
     except UnsafeStateFile as exc:
         raise StateDirError(f"state_dir {path}: {exc}") from None
     except OSError as exc:
         raise StateDirError(f"cannot make state_dir {path}: {exc.strerror or exc}") from None
+    return real
+
+
+def _refuse_unsafe_way(path: Path, absolute: Path, euid: int) -> Path:
+    """The real path of ``absolute``, once no folder or link on the way to it
+    lets another user choose what it is; raises StateDirError. What is not
+    there yet is skipped: it is made by this user."""
+    real = Path(os.path.realpath(absolute))  # a link may name it: its target is what is used
     # The links on the way count as much as the folders: whoever may change one
-    # chooses where state_dir is.
+    # chooses where state_dir is. The folder itself is open_folder's to judge.
     for folder in dict.fromkeys([absolute, *absolute.parents, *real.parents]):
-        st = os.lstat(folder)
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            continue
+        if folder == absolute and not stat.S_ISLNK(st.st_mode):
+            continue
         if stat.S_ISLNK(st.st_mode):
             why = None if st.st_uid in (0, euid) else f"is a link owned by uid {st.st_uid}"
         else:

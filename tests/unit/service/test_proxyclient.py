@@ -46,3 +46,24 @@ def test_an_answer_that_is_not_http_is_an_error_not_no_proxy(tmp_path: Path) -> 
         assert not isinstance(caught.value, proxyclient.NoProxy)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("there", "expected"),
+    [
+        ({"/run/user/1000/docker-heal-proxy.sock"}, "/run/user/1000/docker-heal-proxy.sock"),
+        ({"/run/docker-heal-proxy.sock"}, "/run/docker-heal-proxy.sock"),
+        (
+            {"/run/user/1000/docker-heal-proxy.sock", "/run/docker-heal-proxy.sock"},
+            "/run/user/1000/docker-heal-proxy.sock",
+        ),
+        (set(), "/run/user/1000/docker-heal-proxy.sock"),
+    ],
+)
+def test_a_user_with_no_proxy_of_their_own_asks_the_service(there: set[str], expected: str) -> None:
+    """A user in the docker group runs ``heal`` with nothing naming a socket:
+    asking only their own default would find no proxy while the service runs,
+    and heal here with locks of their own, beside the service's heal of the tag."""
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000"}
+    found = proxyclient.socket_path(None, env, None, False, lambda _: True, there.__contains__)
+    assert found == expected

@@ -21,6 +21,7 @@ from support import proc_ids
 import proxy
 from proxy.healing.core.dockerfileparse import (
     CPU_SECONDS,
+    MAX_ANSWER,
     MAX_PARSED,
     MEMORY,
     ParseFailed,
@@ -159,22 +160,25 @@ def test_the_worker_parses_under_its_memory_and_cpu_bounds() -> None:
     )
     longest = "FROM base:2\n" + "RUN true\n" * ((MAX_PARSED - 12) // 9)
 
-    async def main() -> tuple[list[str], list[str], tuple[int, int], tuple[int, int]]:
+    async def main() -> tuple[list[str], list[str], list[tuple[int, int]]]:
         parser = ParseProcess(timeout=60)
         try:
             return (
                 await dockerfile_images(parser, normal, {}, None),
                 await dockerfile_images(parser, longest, {}, None),
-                await parser.run(resource.getrlimit, resource.RLIMIT_AS),
-                await parser.run(resource.getrlimit, resource.RLIMIT_CPU),
+                [
+                    await parser.run(resource.getrlimit, which)
+                    for which in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_CORE)
+                ],
             )
         finally:
             await parser.aclose()
 
-    normal_images, longest_images, memory, cpu = asyncio.run(main())
+    normal_images, longest_images, (memory, cpu, core) = asyncio.run(main())
     assert (normal_images, longest_images) == (["base:1"], ["base:2"])
     assert memory == [MEMORY, MEMORY] and MEMORY >= 1 << 30
     assert 0 < cpu[0] <= CPU_SECONDS + 60  # what the calls so far used, and one call's more
+    assert core == [0, 0]  # a crash, which its input may cause, leaves no copy of that input
 
 
 def test_a_memory_bomb_is_stopped_by_the_bound_and_the_worker_goes_on() -> None:
@@ -195,31 +199,43 @@ def test_a_memory_bomb_is_stopped_by_the_bound_and_the_worker_goes_on() -> None:
     assert asyncio.run(main()) == ["after:1"]
 
 
-def test_an_answer_is_json_and_a_worker_that_sends_other_is_dropped() -> None:
-    """A worker its input took over could send a pickle: it is never loaded,
-    and that worker is replaced."""
-    planted = pickle.dumps([True, "a pickle"])
+async def _answers_fd(parser: ParseProcess) -> int:
+    """The worker's descriptor of the pipe the parent reads its answers from,
+    so that a test can have it write a frame as a worker taken over would."""
+    links = {}
+    for fd in await parser.run(os.listdir, "/proc/self/fd"):
+        with contextlib.suppress(ParseFailed):  # the listing's own descriptor
+            links[fd] = await parser.run(os.readlink, f"/proc/self/fd/{fd}")
+    assert parser._worker is not None
+    ours = parser._worker.process._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
+    pipe = f"pipe:[{os.fstat(ours.get_extra_info('pipe').fileno()).st_ino}]"
+    (answers,) = [int(fd) for fd, to in links.items() if to == pipe and fd != "1"]
+    return answers
+
+
+def _planted(frame: bytes, failure: str) -> tuple[int, int, int]:
+    """A worker writes ``frame`` as its answer: the call fails with ``failure``,
+    and the next calls go to a fresh worker (pids before and after, and 5)."""
 
     async def main() -> tuple[int, int, int]:
         parser = ParseProcess()
         try:
             first = await parser.run(os.getpid)
-            links = {}
-            for fd in await parser.run(os.listdir, "/proc/self/fd"):
-                with contextlib.suppress(ParseFailed):  # the listing's own descriptor
-                    links[fd] = await parser.run(os.readlink, f"/proc/self/fd/{fd}")
-            assert parser._worker is not None  # the pipe the parent reads answers from:
-            ours = parser._worker.process._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
-            pipe = f"pipe:[{os.fstat(ours.get_extra_info('pipe').fileno()).st_ino}]"
-            (answers,) = [int(fd) for fd, to in links.items() if to == pipe and fd != "1"]
-            frame = struct.pack(">I", len(planted)) + planted
-            with pytest.raises(ParseFailed, match="not JSON"):
+            answers = await _answers_fd(parser)
+            with pytest.raises(ParseFailed, match=failure):
                 await parser.run(os.write, answers, frame)
             return first, await parser.run(os.getpid), await parser.run(int, "5")
         finally:
             await parser.aclose()
 
-    first, second, five = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_an_answer_is_json_and_a_worker_that_sends_other_is_dropped() -> None:
+    """A worker its input took over could send a pickle: it is never loaded,
+    and that worker is replaced."""
+    planted = pickle.dumps([True, "a pickle"])
+    first, second, five = _planted(struct.pack(">I", len(planted)) + planted, "not JSON")
     assert first != second and five == 5
 
 
@@ -253,3 +269,79 @@ def test_the_worker_works_when_only_root_can_read_the_proxy(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     nobody = pwd.getpwnam("nobody").pw_uid
     assert done.stdout == f"{hidden / 'proxy' / '__init__.py'} ['base:1'] False {nobody}\n"
+
+
+def test_the_worker_imports_nothing_from_the_folder_it_was_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m`` puts the working folder first on ``sys.path``: a ``serve``
+    started by hand in ``/tmp`` or a user's checkout would have its root worker
+    run whatever module that user planted there (before it becomes nobody)."""
+    marker = tmp_path / "ran"
+    (tmp_path / "resource.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    async def main() -> list[str]:
+        parser = ParseProcess()
+        try:
+            return await dockerfile_images(parser, "FROM base:1\n", {}, None)
+        finally:
+            await parser.aclose()
+
+    assert asyncio.run(main()) == ["base:1"]
+    assert not marker.exists()
+
+
+def test_the_worker_has_a_session_of_its_own() -> None:
+    """A worker its input took over, nobody though it is, must not share the
+    proxy's controlling terminal: TIOCSTI on it (its stderr, when ``serve`` runs
+    in root's shell) would type commands into that shell."""
+
+    async def main() -> int:
+        parser = ParseProcess()
+        try:
+            return await parser.run(os.getsid, 0)
+        finally:
+            await parser.aclose()
+
+    worker_session = asyncio.run(main())
+    assert worker_session not in (os.getsid(0), os.getpid())
+
+
+def test_an_answer_nested_too_deep_for_the_json_reader_is_a_failure() -> None:
+    """``json.loads`` recurses: a worker taken over could answer with nesting
+    that raises RecursionError in the proxy, which no caller expects."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    first, second, five = _planted(struct.pack(">I", len(deep)) + deep, "not JSON")
+    assert first != second and five == 5
+
+
+def test_an_answer_announced_longer_than_any_honest_one_is_not_read() -> None:
+    """The length comes from the worker: the parent must not buffer gigabytes
+    on its word until the deadline."""
+    head = struct.pack(">I", MAX_ANSWER + 1)
+    first, second, five = _planted(head, "too long")
+    assert first != second and five == 5
+
+
+def test_the_worker_gets_none_of_the_proxys_environment_but_pythons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A unit's ``Environment=`` may hold what recipes need (a proxy's password
+    in ``HTTPS_PROXY``); the worker, trusted with nothing, needs none of it."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy:3128")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+
+    async def main() -> list[str | None]:
+        parser = ParseProcess()
+        try:
+            return [
+                await parser.run(os.getenv, "HTTPS_PROXY"),
+                await parser.run(os.getenv, "PYTHONDONTWRITEBYTECODE"),
+            ]
+        finally:
+            await parser.aclose()
+
+    assert asyncio.run(main()) == [None, "1"]

@@ -234,6 +234,42 @@ def test_a_folder_above_writable_by_others_is_refused(tmp_path: Path) -> None:
     assert statefiles.prepare_state_dir(shared / "state") == shared / "state"
 
 
+def test_a_refused_state_dir_is_neither_made_nor_narrowed(tmp_path: Path) -> None:
+    """The folders on the way are judged before anything is made or changed:
+    a refusal leaves the machine as it found it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "kept").mkdir(mode=0o755)
+    for name in ("kept", "new/state"):
+        with pytest.raises(statefiles.StateDirError, match="writable by others"):
+            statefiles.prepare_state_dir(shared / name)
+    assert mode(shared / "kept") == 0o755
+    assert os.listdir(shared) == ["kept"]
+
+
+def test_a_link_planted_in_a_sticky_folder_leaves_its_target_as_it_was(tmp_path: Path) -> None:
+    """``state_dir = /tmp/heal-state``, and another user made that name a link
+    to a folder of root's first (``/etc``): it is refused, and the folder keeps
+    its mode, rather than being made 0700 before the refusal."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the link away")
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = tmp_path / "etc"
+    target.mkdir(mode=0o755)
+    (shared / "heal-state").symlink_to(target)
+    os.lchown(shared / "heal-state", 65534, 65534)
+    (shared / "later").symlink_to(target / "made")  # not there yet: not made either
+    os.lchown(shared / "later", 65534, 65534)
+    for name in ("heal-state", "later"):
+        with pytest.raises(statefiles.StateDirError, match="is a link owned by uid 65534"):
+            statefiles.prepare_state_dir(shared / name)
+    assert mode(target) == 0o755
+    assert os.listdir(target) == []
+
+
 def test_a_folder_above_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give the folder away")
