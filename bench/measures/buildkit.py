@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from bench import procs
 from bench.harness import DOCKER_CLI, Bench
 from bench.measures.appimage import APP_PRESENT, ensure_app_image, heal_config
-from bench.report import Bar, Table
+from bench.report import Bar, runs_table
 from bench.schedule import Effect, Measure, Need
 
 # The bar the proxy must meet (issue 18).
@@ -84,21 +83,10 @@ def measure_buildkit(b: Bench) -> None:
             for t in ("direct", "proxy"):
                 n += 1
                 times[t].append(buildkit_once(b, t, n))
-    chosen = {t: statistics.median(v) for t, v in times.items()}
-    ratio = chosen["proxy"] / chosen["direct"]
-    table = Table(
-        f"BuildKit docker build with a {a.build_mb} MiB context, no heal needed",
-        ["target", "median s", "runs (s)", "vs direct"],
+    table, chosen = runs_table(
+        f"BuildKit docker build with a {a.build_mb} MiB context, no heal needed", times
     )
-    for t, runs in times.items():
-        table.rows.append(
-            [
-                t,
-                f"{chosen[t]:.2f}",
-                ", ".join(f"{x:.2f}" for x in runs),
-                f"{chosen[t] / chosen['direct']:.2f}x",
-            ]
-        )
+    ratio = chosen["proxy"] / chosen["direct"]
     table.notes.append(
         f"`docker build -q` with buildx (the docker driver) of a {a.build_mb} MiB random file "
         f"that the Dockerfile copies, FROM the recipe-managed {APP_PRESENT}; before every "
