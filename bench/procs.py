@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.loadgen import request_once
 
@@ -143,11 +144,21 @@ def dockerd_path() -> str:
     release = os.environ.get("TEST_DOCKERD", "20.10")
     if release not in ("20.10", "26"):
         raise SystemExit(f"TEST_DOCKERD must be 20.10 or 26 for a benchmark, not {release!r}")
+    return str(_releases().release(release).path)
+
+
+def cli_plugins() -> Path:
+    """The folder holding ``docker-buildx``, as the tests fetch it (``releases.plugins``)."""
+    return Path(_releases().plugins())
+
+
+def _releases() -> Any:
+    """The test harness's ``tests/releases.py``, which fetches daemons and CLI plugins."""
     if str(REPO / "tests") not in sys.path:
         sys.path.insert(0, str(REPO / "tests"))
     import releases
 
-    return str(releases.release(release).path)
+    return releases
 
 
 def start_dockerd(tmp: Path) -> tuple[Proc, Path]:

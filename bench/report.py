@@ -8,6 +8,7 @@ people comparing runs, so a change here is a change of docs/benchmarks.md.
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from dataclasses import dataclass, field
 
 
@@ -50,6 +51,22 @@ class Bar:
         if self.aim and self.ok is False:
             return "not yet"
         return {True: "PASS", False: "FAIL", None: "not measured"}[self.ok]
+
+
+def runs_table(title: str, times: dict[str, list[float]]) -> tuple[Table, dict[str, float]]:
+    """A table of timed runs per target, direct first, and each target's median."""
+    chosen = {t: statistics.median(v) for t, v in times.items()}
+    table = Table(title, ["target", "median s", "runs (s)", "vs direct"])
+    for t, runs in times.items():
+        table.rows.append(
+            [
+                t,
+                f"{chosen[t]:.2f}",
+                ", ".join(f"{x:.2f}" for x in runs),
+                f"{chosen[t] / chosen['direct']:.2f}x",
+            ]
+        )
+    return table, chosen
 
 
 def fmt_rate(x: float) -> str:

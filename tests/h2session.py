@@ -22,7 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 from hypothesis import strategies as st
 
 from proxy.wire import fsutil
@@ -154,13 +160,17 @@ def session(
     ignore: bool | None = None,
     listed: bool = True,
     context_dockerfile: bool = True,
+    cached: bool = False,
+    name: str | None = None,
 ) -> Session:
     """A build's session: a Dockerfile DiffCopy and a context DiffCopy, health checks between.
 
     ``listed=False``: the file the daemon asks for (``followpaths``) is not in the listing.
+    ``cached=True``: dockerd 20.10's repeated build: the daemon has the listed Dockerfile
+    already, asks only for the ignore file (if any), and sends its FIN (tagged ``fin``).
     """
     s = Session()
-    s.name = draw(st.sampled_from(["Dockerfile", "build.Dockerfile", "dockerfile"]))
+    s.name = name or draw(st.sampled_from(["Dockerfile", "build.Dockerfile", "dockerfile"]))
     s.dockerfile = draw(st.binary(max_size=300)) or b"FROM base\n"
     with_ignore = draw(st.booleans()) if ignore is None else ignore
     w = Writer(s, draw(st.sampled_from([None, 0, 1024, 8192])))
@@ -175,6 +185,9 @@ def session(
     ids = {name: i for i, name in enumerate(entries)}
     listing = [stat(name, i, 10) for i, name in enumerate(entries)] + [stat(None, 0)]
     w.messages(CLIENT, DOCKERFILE_STREAM, listing, cut)
+    if cached:
+        cached_rest(w, s, ids, with_ignore, cut)
+        return s
     w.session.add(
         DAEMON,
         DataFrame(DOCKERFILE_STREAM, b"".join(message(req(i)) for i in ids.values())).serialize(),
@@ -222,6 +235,23 @@ def session(
     w.headers(CLIENT, CONTEXT_STREAM, [("grpc-status", "0")], end=True)
     w.health(9)
     return s
+
+
+def cached_rest(w: Writer, s: Session, ids: dict[str, int], with_ignore: bool, cut: int) -> None:
+    """The Dockerfile stream after its listing when the daemon keeps the Dockerfile: its FIN."""
+    ignore = s.name + ".dockerignore"
+    if with_ignore:
+        w.session.add(DAEMON, DataFrame(DOCKERFILE_STREAM, message(req(ids[ignore]))).serialize())
+        w.messages(
+            CLIENT, DOCKERFILE_STREAM, [data(ids[ignore], b"*.log\n"), data(ids[ignore], b"")], cut
+        )
+    w.health(7)
+    w.session.add(DAEMON, DataFrame(DOCKERFILE_STREAM, message(FIN)).serialize(), "fin")
+    w.messages(CLIENT, DOCKERFILE_STREAM, [FIN], 0)
+    w.headers(CLIENT, DOCKERFILE_STREAM, [("grpc-status", "0")], end=True)
+    w.session.add(CLIENT, RstStreamFrame(DOCKERFILE_STREAM, 0).serialize())
+    w.session.add(DAEMON, RstStreamFrame(DOCKERFILE_STREAM, 0).serialize())
+    w.health(9)
 
 
 @st.composite

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bench.harness import Bench
 from bench.measures import (
     build,
+    buildkit,
     cache,
     cpu_split,
     create,
@@ -33,6 +34,7 @@ MEASUREMENTS: tuple[Measure[Bench], ...] = (
     heal.MEASURE,
     cache.MEASURE,
     build.MEASURE,
+    buildkit.MEASURE,
     stale.MEASURE,
     proactive.MEASURE,
 )

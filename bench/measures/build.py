@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from bench import procs
 from bench.harness import DOCKER_CLI, Bench
 from bench.measures.appimage import APP_PRESENT, ensure_app_image, heal_config
-from bench.report import Bar, Table
+from bench.report import Bar, runs_table
 from bench.schedule import Effect, Measure, Need
 
 # The bar the proxy must meet (from the project brief).
@@ -93,21 +92,10 @@ def build_row(b: Bench, outside: bool) -> float:
             rss_peak = max(rss_peak, sampler.peak_kb)
         else:
             times["proxy"].append(build_once(b, "proxy", outside))
-    chosen = {t: statistics.median(v) for t, v in times.items()}
     where = " and `-f` outside it (Dockerfile last)" if outside else ""
-    table = Table(
-        f"docker build with a {a.build_mb} MiB context{where}, no heal needed",
-        ["target", "median s", "runs (s)", "vs direct"],
+    table, chosen = runs_table(
+        f"docker build with a {a.build_mb} MiB context{where}, no heal needed", times
     )
-    for t, runs in times.items():
-        table.rows.append(
-            [
-                t,
-                f"{chosen[t]:.2f}",
-                ", ".join(f"{x:.2f}" for x in runs),
-                f"{chosen[t] / chosen['direct']:.2f}x",
-            ]
-        )
     table.notes.append(
         f"`DOCKER_BUILDKIT=0 docker build -q` (the classic builder, as CLI 28 without buildx "
         f"uses) of a {a.build_mb} MiB random file and a Dockerfile FROM the recipe-managed "

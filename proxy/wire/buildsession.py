@@ -8,6 +8,10 @@ Rules:
   ``held``): None releases it, a message refuses it (the build fails with
   that message), an exception gives up (flush and splice). Other streams
   keep flowing meanwhile, BuildKit's health checks among them.
+- The relay remembers each Dockerfile it saw in the hub's ``dockerfiles``
+  under the session's shared key (the ``/session`` request's
+  ``X-Docker-Expose-Session-Sharedkey``), for a later build of the same
+  folder whose daemon does not ask for the unchanged file (dockerd 20.10).
 - Giving up is counted (``Observer.session_gave_up``) and logged at debug,
   with the relay's reason; the build then does what it would without the
   proxy.
@@ -28,6 +32,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from .http1 import field_values
 from .sessionrelay import SPLICED, Hold, SessionRelay
 from .splice import Splice
 
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
     from .hub import BuildSessions
 
 log = logging.getLogger(__name__)
+
+SHARED_KEY = b"x-docker-expose-session-sharedkey"
+"""The session's shared key: the folder's, under which the relay remembers its Dockerfile."""
 
 
 class BuildSession(Splice):
@@ -46,7 +54,9 @@ class BuildSession(Splice):
     def __init__(self, conn: Connection, sessions: BuildSessions) -> None:
         super().__init__(conn)
         self.sessions = sessions
-        self.relay = SessionRelay(sessions.limit)
+        head = conn.head
+        key = field_values(head, SHARED_KEY)[:1] if head is not None else []
+        self.relay = SessionRelay(sessions.limit, conn.hub.dockerfiles, key[0] if key else b"")
         self.tasks: set[asyncio.Task[None]] = set()
         self.told = False
         """Whether giving up was counted and logged."""

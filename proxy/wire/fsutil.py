@@ -2,7 +2,8 @@
 
 Rules:
 - Read only what the session relay needs: a packet's type, its ID, a STAT's
-  path and a DATA packet's bytes. Writing is one packet: the ERR that fails a
+  path (and its Stat as sent, to know the file again) and a DATA packet's
+  bytes. Writing is one packet: the ERR that fails a
   transfer with the proxy's reason.
 - A packet that is not what fsutil (tonistiigi/fsutil, ``types.Packet``)
   writes raises ``PacketError``; the relay then fails open. That covers bad
@@ -59,6 +60,8 @@ class Packet:
     """A DATA packet's bytes, or an ERR packet's text; empty for a file's end."""
     path: bytes | None
     """A STAT packet's path; ``None`` for the empty STAT that ends the listing."""
+    stat: bytes = b""
+    """A STAT packet's Stat message as sent: what fsutil compares to call a file unchanged."""
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -115,6 +118,7 @@ def read_packet(message: bytes | memoryview) -> Packet:
     kind = ident = 0
     data = b""
     path: bytes | None = None
+    stat = b""
     for number, wire, value in _fields(memoryview(message)):
         if _PACKET_FIELDS.get(number) != wire:
             raise PacketError(f"packet field {number} of wire type {wire}")
@@ -122,6 +126,7 @@ def read_packet(message: bytes | memoryview) -> Packet:
             case 1, int():
                 kind = value
             case 2, memoryview():
+                stat = bytes(value)
                 path = _stat_path(value)
             case 3, int():
                 ident = value
@@ -129,7 +134,7 @@ def read_packet(message: bytes | memoryview) -> Packet:
                 data = bytes(value)
     if kind > ERR:
         raise PacketError(f"packet type {kind}")
-    return Packet(kind, ident, data, path)
+    return Packet(kind, ident, data, path, stat)
 
 
 def varint(value: int) -> bytes:

@@ -21,6 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from .http1 import RequestHead
+from .sessionmemory import DockerfileMemory
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -68,6 +69,8 @@ class Hub:
         self.interceptor = interceptor
         self.observer = observer
         self.sessions = sessions
+        self.dockerfiles = DockerfileMemory()
+        """The Dockerfiles BuildKit sessions sent, for builds that do not send them again."""
         self.strict = strict
         """Raise on an impossible event instead of logging it (tests)."""
         self.connections: set[Connection] = set()

@@ -19,12 +19,21 @@ Rules:
   later DATA frame of that stream. The Dockerfile's ID is that of the STAT
   whose path is the stream's first ``followpaths`` value (else
   ``Dockerfile``). Until its frame is whole, a DATA frame of that stream
-  waits; every other frame is passed on as its bytes come. The held text is
-  capped (the caller's ``limit``); a larger Dockerfile fails open.
+  waits, from either side; every other frame is passed on as its bytes
+  come. The held text is capped (the caller's ``limit``); a larger
+  Dockerfile fails open.
+- A Dockerfile the daemon does not ask for: dockerd 20.10 keeps the last
+  one of each folder and asks (REQ) only for a file whose listed Stat
+  changed, so a repeated build lists it and ends the exchange with the
+  daemon's FIN at once. Then the text is the one ``sessionmemory`` kept for
+  this session's shared key, file name and Stat, and the frame held is the
+  daemon's FIN (the transfer, so the read of the Dockerfile, is not over
+  until the CLI answers it). With no such text the relay fails open.
 - A hold ends with ``release`` (the held frames go on unchanged) or
-  ``refuse`` (they are replaced with one fsutil ERR packet, whose text the
-  CLI prints). The frontend reads the Dockerfile, and so resolves its bases,
-  only once the transfer is complete, so a held end is a build waiting.
+  ``refuse`` (one fsutil ERR packet goes to the daemon in the CLI's name,
+  in place of the held end, and the CLI prints its text). The frontend
+  reads the Dockerfile, and so resolves its bases, only once the transfer
+  is complete, so a held end is a build waiting.
 - Fail open. Anything unexpected (a decode error, an unknown frame type or
   packet shape, a compressed gRPC message, HEADERS or RST_STREAM on a held
   stream, an end of file inside a frame or during a hold) and the caller's
@@ -41,7 +50,8 @@ frame header still arriving, the frame whose payload is arriving and how it
 is read. A frame is *passed* (its bytes are forwarded as they come),
 *inspected* (forwarded as they come and copied, to be decoded once whole:
 HEADERS, CONTINUATION, SETTINGS) or *collected* (kept until whole, then
-forwarded or held: the CLI's DATA frames of a tracked stream). Forwarded
+forwarded or held: DATA frames of a tracked stream, either side's, and
+the daemon's connection WINDOW_UPDATEs while it owes a debt). Forwarded
 bytes of one read are runs of that read, so a read that holds nothing comes
 out as the very same bytes object.
 
@@ -50,17 +60,30 @@ The daemon's request headers name the streams to track: each becomes a
 DATA payloads into gRPC messages, and each message is one fsutil packet:
 STATs give the Dockerfile its ID, DATA packets of that ID add to its text,
 the empty one ends it and puts the frame on hold (a ``Hold`` for the
-caller). Holding reorders only DATA frames of one stream behind the frames
+caller). A second deframer reads the daemon's packets: its REQs, and a FIN
+that comes with the Dockerfile never asked for, which is then held with
+the text remembered for it. Holding reorders only DATA frames of one stream behind the frames
 of other streams, which HTTP/2 allows; a header block of that stream would
 break the order the hpack tables depend on, so one makes the relay give up.
 
 A replacement ERR packet is sent in one DATA frame, after the held frame's
 bytes that precede the end packet (whole messages of the Dockerfile). It is
 padded to the size of what it replaces where it can be (up to 255 bytes of
-padding), so the CLI's flow-control window stays in step with the daemon's;
-a reason longer than what it replaces takes a few hundred bytes of window
-the CLI never spent, which the connection has: the Dockerfile goes first,
-before any context transfer.
+padding), so the CLI's flow-control window stays in step with the daemon's.
+Where the two still differ, the connection's window is put right: bytes
+the daemon got that the CLI never sent (a longer reason, or the whole ERR
+when the hold was the daemon's FIN) are a debt taken out of the daemon's
+next connection WINDOW_UPDATEs to the CLI (one that the debt covers whole
+is dropped, as an increment of 0 is an error); bytes the CLI sent that the
+daemon never got are given back to the CLI in a WINDOW_UPDATE of the
+proxy's own. The stream's own window needs nothing: the refusal ends it.
+Until the daemon's next update, the CLI may believe in up to that debt
+more window than the daemon grants; it sends nothing meanwhile (the build
+failed), and the connection's window is far larger.
+
+A frame the relay writes of its own (released, refused, a WINDOW_UPDATE)
+goes out at the side's next frame boundary: while a frame is being passed
+on as its bytes come, it waits in ``queued`` for that frame's end.
 
 Relay::
 
@@ -70,6 +93,7 @@ Relay::
 Transfer (one Dockerfile stream)::
 
     COLLECTING  end -> HELD   absent -> DONE (no such file in the listing)
+                cached -> HELD (the daemon's FIN, its Dockerfile unasked for)
                 closed -> DONE (the stream ended or was reset)
     HELD        release -> DONE   refuse -> DONE
     DONE
@@ -91,10 +115,12 @@ from hyperframe.frame import (
     HeadersFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from . import fsutil
 from .grpcmessages import CARRIED, Deframer, MessageError, message
+from .sessionmemory import DockerfileMemory
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
@@ -115,7 +141,7 @@ Table = dict[str, dict[str, str]]
 
 RELAY: Table = {RELAYING: {"give_up": SPLICED}, SPLICED: {}}
 TRANSFER: Table = {
-    COLLECTING: {"end": HELD, "absent": DONE, "closed": DONE},
+    COLLECTING: {"end": HELD, "cached": HELD, "absent": DONE, "closed": DONE},
     HELD: {"release": DONE, "refuse": DONE},
     DONE: {},
 }
@@ -189,7 +215,8 @@ class _Side:
     """One direction's reading position in the HTTP/2 byte stream."""
 
     __slots__ = (
-        "block", "body", "decoder", "frame", "head", "mode", "out", "pos", "preface", "remaining",
+        "block", "body", "decoder", "frame", "head", "mode", "out", "pos", "preface", "queued",
+        "remaining",
     )  # fmt: skip
 
     def __init__(self, preface: bytes) -> None:
@@ -207,6 +234,13 @@ class _Side:
         """Bytes this side sent, for the other side."""
         self.pos = 0
         """How far the read being relayed is consumed (forwarded, kept or held)."""
+        self.queued: list[bytes] = []
+        """Frames of the relay's own for the other side, waiting for this frame's end."""
+
+    @property
+    def between_frames(self) -> bool:
+        """Whether a whole frame can go out now: nothing of the current one has."""
+        return self.frame is None or self.mode == _COLLECT
 
     def pending(self) -> bytes:
         """What this side sent that is neither forwarded nor held: a header or collected frame."""
@@ -219,14 +253,23 @@ class _Transfer:
     """One Dockerfile stream: its file's ID and text, and what is held of it."""
 
     __slots__ = (
-        "deframer", "end_stream", "file", "flow", "held", "name", "prefix", "state", "text",
+        "by_daemon", "deframer", "end_stream", "file", "flow", "held", "name", "prefix", "replies",
+        "requested", "stat", "state", "text",
     )  # fmt: skip
 
     def __init__(self, name: bytes) -> None:
         self.name = name
         self.state = COLLECTING
         self.deframer = Deframer(MESSAGE_LIMIT)
+        self.replies = Deframer(MESSAGE_LIMIT)
+        """The daemon's messages on the stream: its REQs and its FIN."""
         self.file: int | None = None
+        self.stat = b""
+        """The Dockerfile's Stat as listed."""
+        self.requested = False
+        """Whether the daemon asked for the Dockerfile (else it has it already)."""
+        self.by_daemon = False
+        """Whether the held frames are the daemon's (its FIN), not the CLI's (the end)."""
         self.text = bytearray()
         self.held: list[bytes] = []
         self.flow = 0
@@ -239,10 +282,20 @@ class _Transfer:
 class SessionRelay:
     """Both directions of one ``/session`` connection after its 101."""
 
-    __slots__ = ("_client", "_daemon", "_holds", "_limit", "_transfers", "reason", "state")
+    __slots__ = (
+        "_client", "_daemon", "_debt", "_holds", "_key", "_limit", "_memory", "_transfers",
+        "reason", "state",
+    )  # fmt: skip
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self, limit: int, memory: DockerfileMemory | None = None, key: bytes = b""
+    ) -> None:
+        """``memory`` is shared by every session; ``key`` is this one's shared key."""
         self._limit = limit
+        self._memory = memory if memory is not None else DockerfileMemory()
+        self._key = key
+        self._debt = 0
+        """Connection window the daemon's updates owe back: bytes the CLI never sent."""
         self._client = _Side(b"")
         self._daemon = _Side(PREFACE)
         self._transfers: dict[int, _Transfer] = {}
@@ -276,8 +329,7 @@ class SessionRelay:
         """Let a held Dockerfile's end go on to the daemon, unchanged."""
         transfer = self._end_hold(stream, "release")
         if transfer is not None:
-            for frame in transfer.held:
-                self._client.out.add(frame)
+            self._emit(self._daemon if transfer.by_daemon else self._client, *transfer.held)
 
     def refuse(self, stream: int, reason: str) -> None:
         """Fail the Dockerfile's transfer with ``reason`` instead of its end."""
@@ -285,14 +337,36 @@ class SessionRelay:
         if transfer is None:
             return
         err = message(fsutil.err_packet(reason))
-        if transfer.prefix is None:
-            for frame in transfer.held:
-                self._client.out.add(frame)
-            self._client.out.add(_data_frame(stream, err, 0, transfer.end_stream))
-            return
-        data = transfer.prefix + err
-        padding = min(transfer.flow - len(data) - 1, MAX_PADDING)
-        self._client.out.add(_data_frame(stream, data, padding, transfer.end_stream))
+        if transfer.by_daemon:
+            # The daemon waits for the CLI's FIN: the ERR comes first, and the
+            # CLI's answer to the FIN that now goes on finds the stream failed.
+            self._replace(stream, err, 0, False, 0)
+            self._emit(self._daemon, *transfer.held)
+        elif transfer.prefix is None:
+            self._emit(self._client, *transfer.held)
+            self._replace(stream, err, 0, transfer.end_stream, 0)
+        else:
+            data = transfer.prefix + err
+            padding = min(transfer.flow - len(data) - 1, MAX_PADDING)
+            self._replace(stream, data, padding, transfer.end_stream, transfer.flow)
+
+    def _replace(self, stream: int, data: bytes, padding: int, end: bool, spent: int) -> None:
+        """Send the daemon a DATA frame in the CLI's name, for ``spent`` held bytes of window."""
+        frame = _data_frame(stream, data, padding, end)
+        self._emit(self._client, frame)
+        sent = len(frame) - FRAME_HEADER
+        if sent > spent:
+            self._debt += sent - spent
+        elif spent > sent:
+            self._emit(self._daemon, WindowUpdateFrame(0, spent - sent).serialize())
+
+    def _emit(self, side: _Side, *frames: bytes) -> None:
+        """Frames in ``side``'s name: out now, or at the end of the frame being passed on."""
+        if side.between_frames and not side.queued:
+            for frame in frames:
+                side.out.add(frame)
+        else:
+            side.queued += frames
 
     def client_eof(self) -> None:
         self._eof(self._client)
@@ -305,8 +379,7 @@ class SessionRelay:
         self.state = _fire(RELAY, self.state, "give_up")
         self.reason = reason
         for transfer in self._transfers.values():
-            for frame in transfer.held:
-                self._client.out.add(frame)
+            self._emit(self._daemon if transfer.by_daemon else self._client, *transfer.held)
         self._transfers.clear()
         self._holds.clear()
         for side in (self._client, self._daemon):
@@ -341,6 +414,13 @@ class SessionRelay:
                     self.give_up(str(exc) or type(exc).__name__)
                 except fsutil.PacketError as exc:
                     self.give_up(f"an fsutil packet: {exc}")
+            if side.pos < len(view) and side.queued:  # spliced while a frame was passing
+                end = side.pos + min(side.remaining, len(view) - side.pos)
+                out.span(side.pos, end)
+                side.remaining -= end - side.pos
+                side.pos = end
+                if not side.remaining:
+                    self._flush_queued(side)
             if side.pos < len(view):
                 out.span(side.pos, len(view))
         finally:
@@ -409,8 +489,10 @@ class SessionRelay:
             return _INSPECT
         if isinstance(frame, SettingsFrame):
             return _INSPECT
-        if transfer is not None and side is self._client and isinstance(frame, DataFrame):
+        if transfer is not None and isinstance(frame, DataFrame):
             return _COLLECT
+        if self._debt and side is self._daemon and isinstance(frame, WindowUpdateFrame):
+            return _COLLECT if frame.stream_id == 0 else _PASS
         return _PASS
 
     def _complete(self, side: _Side) -> None:
@@ -418,6 +500,7 @@ class SessionRelay:
         frame, mode = side.frame, side.mode
         side.frame = None
         assert frame is not None
+        self._flush_queued(side)
         if mode == _PASS:
             return
         if mode == _INSPECT:
@@ -430,9 +513,29 @@ class SessionRelay:
             return
         raw = bytes(side.body)
         frame.parse_body(memoryview(raw)[FRAME_HEADER:])
-        assert isinstance(frame, DataFrame)
-        self._data(frame, raw)
+        if isinstance(frame, WindowUpdateFrame):
+            self._window(frame, raw)
+        elif side is self._client:
+            assert isinstance(frame, DataFrame)
+            self._data(frame, raw)
+        else:
+            assert isinstance(frame, DataFrame)
+            self._reply(frame, raw)
         side.body.clear()
+
+    def _flush_queued(self, side: _Side) -> None:
+        for frame in side.queued:
+            side.out.add(frame)
+        side.queued.clear()
+
+    def _window(self, frame: WindowUpdateFrame, raw: bytes) -> None:
+        """The daemon's connection WINDOW_UPDATE, less what it owes for bytes the CLI never sent."""
+        paid = min(self._debt, frame.window_increment)
+        self._debt -= paid
+        if paid == 0:
+            self._daemon.out.add(raw)
+        elif frame.window_increment > paid:
+            self._daemon.out.add(WindowUpdateFrame(0, frame.window_increment - paid).serialize())
 
     def _settings(self, side: _Side, frame: SettingsFrame) -> None:
         size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
@@ -487,7 +590,7 @@ class SessionRelay:
                 self._packet(frame.stream_id, transfer, fsutil.read_packet(packet), start, frame)
                 if transfer.state is not COLLECTING:
                     break
-        if transfer.state is HELD:
+        if transfer.state is HELD and not transfer.by_daemon:
             transfer.held.append(raw)
             transfer.flow += len(raw) - FRAME_HEADER
             transfer.end_stream = transfer.end_stream or "END_STREAM" in frame.flags
@@ -502,6 +605,7 @@ class SessionRelay:
         if packet.type == fsutil.STAT:
             if packet.path == transfer.name:
                 transfer.file = packet.id
+                transfer.stat = packet.stat
             elif packet.path is None and transfer.file is None:
                 self._transfers.pop(stream)
                 transfer.state = _fire(TRANSFER, transfer.state, "absent")
@@ -515,8 +619,38 @@ class SessionRelay:
             return
         transfer.state = _fire(TRANSFER, transfer.state, "end")
         transfer.prefix = None if start == CARRIED else bytes(frame.data[:start])
-        name = transfer.name.decode(errors="replace")
-        self._holds.append(Hold(stream, name, bytes(transfer.text)))
+        text = bytes(transfer.text)
+        self._memory.remember(self._key, transfer.name, transfer.stat, text)
+        self._holds.append(Hold(stream, transfer.name.decode(errors="replace"), text))
+
+    def _reply(self, frame: DataFrame, raw: bytes) -> None:
+        """A whole DATA frame of a tracked stream from the daemon: its REQs, then its FIN."""
+        stream = frame.stream_id
+        transfer = self._transfers.get(stream)
+        if transfer is not None and transfer.state is COLLECTING:
+            for _, packet in transfer.replies.feed(frame.data):
+                self._asked(stream, transfer, fsutil.read_packet(packet))
+                if transfer.state is not COLLECTING:
+                    break
+        if transfer is not None and transfer.state is HELD and transfer.by_daemon:
+            transfer.held.append(raw)
+            return
+        self._daemon.out.add(raw)
+
+    def _asked(self, stream: int, transfer: _Transfer, packet: fsutil.Packet) -> None:
+        """A packet of the daemon's: a REQ of the Dockerfile, or a FIN that never asked for it."""
+        if packet.type == fsutil.REQ and packet.id == transfer.file:
+            transfer.requested = True
+        if packet.type != fsutil.FIN:
+            return
+        if transfer.requested or transfer.file is None:
+            raise _Unexpected("the daemon's FIN before the Dockerfile's end")
+        text = self._memory.recall(self._key, transfer.name, transfer.stat)
+        if text is None:
+            raise _Unexpected("an unchanged Dockerfile the daemon kept and the proxy never saw")
+        transfer.state = _fire(TRANSFER, transfer.state, "cached")
+        transfer.by_daemon = True
+        self._holds.append(Hold(stream, transfer.name.decode(errors="replace"), text))
 
 
 def _fire(table: Table, state: str, event: str) -> str:

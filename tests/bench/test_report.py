@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bench.report import Bar, Table, render
+from bench.report import Bar, Table, render, runs_table
 
 
 def test_a_table_is_markdown_with_its_notes_under_it() -> None:
@@ -37,3 +37,12 @@ def test_the_page_has_the_header_bars_tables_and_what_was_not_measured_in_order(
     order = [lines.index(x) for x in ("## Bars", "## Ping", "## Not measured")]
     assert order == sorted(order)
     assert lines.index("## Setup and how to rerun") > order[-1]
+
+
+def test_a_runs_table_gives_each_target_its_median_against_direct() -> None:
+    table, chosen = runs_table("t", {"direct": [2.0, 1.0, 3.0], "proxy": [4.0, 2.2, 2.4]})
+    assert chosen == {"direct": 2.0, "proxy": 2.4}
+    assert table.rows == [
+        ["direct", "2.00", "2.00, 1.00, 3.00", "1.00x"],
+        ["proxy", "2.40", "4.00, 2.20, 2.40", "1.20x"],
+    ]

@@ -112,6 +112,32 @@ def test_a_build_from_a_pruned_managed_base_heals_it_once(case: Case) -> None:
     back_to(case.proxy, baseline, "a healed BuildKit build")
 
 
+def test_a_repeated_build_of_the_unchanged_folder_heals_the_base_again(case: Case) -> None:
+    """dockerd 20.10 does not send an unchanged Dockerfile again: the proxy's memory serves."""
+    warm_up(case.proxy, case.ctx)
+    healed_once(case, case.build())
+    remove(case.dockerd.env, case.base)
+    again = case.build()
+    assert again.returncode == 0, again.stderr.decode()
+    assert line_count(case.marker) == 2
+    assert image_exists(case.dockerd.env, case.base)
+
+
+def test_a_repeated_build_of_the_unchanged_folder_fails_with_the_proxy_reason(
+    case: Case, tmp_path: Path
+) -> None:
+    """On dockerd 20.10 the refusal takes the place of the CLI's answer to the daemon's FIN."""
+    warm_up(case.proxy, case.ctx)
+    healed_once(case, case.build())
+    remove(case.dockerd.env, case.base)
+    write_script(tmp_path / "make-base.sh", "echo 'the base recipe broke here' >&2\nexit 3\n")
+    again = case.build()
+    err = again.stderr.decode()
+    assert again.returncode != 0
+    assert "failed to read dockerfile: error from sender: docker-heal-proxy: cannot heal" in err
+    assert "the base recipe broke here" in err, err
+
+
 def test_with_a_dockerignore_beside_the_dockerfile(case: Case) -> None:
     (case.ctx / "Dockerfile.dockerignore").write_text("*.log\n")
     (case.ctx / "x.log").write_text("left out\n")

@@ -50,6 +50,10 @@ Rules:
   what was asked for) but still pushes. After a recipe run the push
   is a task of its own, started once the result is recorded, so waiting
   clients are answered first; shutdown cancels it like a heal.
+- Shutdown (``cancel``) stops every heal and push under way, and starts no
+  heal after it: one asked for from then on (a background rebuild whose
+  task first ran after the cancel) fails at once, or shutdown would wait
+  for a whole recipe run nobody stops.
 
 Stale mode (``stale``): with a ``StaleMode`` (stale mode's tracker, which
 sits above the core and answers this small protocol the core owns), a present image whose entry has
@@ -256,6 +260,8 @@ class Healer:
         """Stale mode's facts, when the proxy runs one (``docker-heal-proxy heal`` does not)."""
         self._rebuilds: set[str] = set()
         """Tags whose heal under way is a rebuild of a stale image."""
+        self.cancelled = False
+        """Shutting down: no heal starts any more."""
 
     def reconfigure(self, config: Config) -> None:
         self.slots.resize(config.heal.max_parallel)
@@ -354,6 +360,8 @@ class Healer:
         waiter = waiter and trigger != "proactive"
         task = self.inflight.get(image)
         if task is None:
+            if self.cancelled:
+                raise HealFailed(f"docker-heal-proxy: not healing {image}: shutting down")
             task = asyncio.get_running_loop().create_task(self._heal(image, force, plan))
             self.inflight[image] = task
             self.triggers[image] = trigger
@@ -383,6 +391,7 @@ class Healer:
 
     async def cancel(self) -> None:
         """Stop every heal and cache push (shutdown): recipes' process groups are killed."""
+        self.cancelled = True
         tasks = [*self.inflight.values(), *self.pushes]
         for task in tasks:
             task.cancel()

@@ -12,13 +12,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.wire import fsutil, grpcmessages
+from proxy.wire.sessionmemory import DockerfileMemory
 from proxy.wire.sessionrelay import (
     HELD,
+    MAX_PADDING,
     RELAY,
     RELAYING,
     SPLICED,
@@ -27,7 +29,7 @@ from proxy.wire.sessionrelay import (
     SessionRelay,
 )
 from tests import h2session
-from tests.h2session import CLIENT, DAEMON, DOCKERFILE_STREAM, Session
+from tests.h2session import CLIENT, CONTEXT_STREAM, DAEMON, DOCKERFILE_STREAM, Session
 from tests.unit.wire.test_states import diagram_of
 
 LIMIT = 256 << 10
@@ -421,3 +423,185 @@ def test_each_diagram_is_its_table(title: str, table: dict[str, dict[str, str]])
     rows = [(state, event, target) for state, row in table.items() for event, target in row.items()]
     assert sorted(drawn) == sorted(rows)
     assert HELD in table or RELAYING in table
+
+
+KEY = b"ctx:65e6234cef8e64dd"
+
+
+def listed_stat(s: Session) -> bytes:
+    """The Stat the generated sessions list the Dockerfile with (the ID is not part of it)."""
+    return fsutil.read_packet(h2session.stat(s.name, 0, 10)).stat
+
+
+def remembering(s: Session, text: bytes, stat: bytes | None = None) -> DockerfileMemory:
+    memory = DockerfileMemory()
+    memory.remember(KEY, s.name.encode(), listed_stat(s) if stat is None else stat, text)
+    return memory
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(s=h2session.session(cached=True), data=st.data())
+def test_an_unasked_dockerfile_holds_the_daemons_fin(s: Session, data: st.DataObject) -> None:
+    """dockerd 20.10's repeated build: the text is the one remembered, the FIN waits for it."""
+    cuts = data.draw(h2session.deliveries(s))
+    run = Run()
+    run.relay = SessionRelay(LIMIT, remembering(s, b"FROM kept\n"), KEY)
+    hold = None
+    for side, chunk in cuts:
+        run.feed(side, chunk)
+        if (new := run.relay.next_hold()) is not None:
+            hold = new
+            assert s.tagged("fin") not in run.out[DAEMON]
+            skip = len(h2session.PREFACE)
+            missing = _missing(bytes(run.fed[DAEMON][skip:]), bytes(run.out[DAEMON][skip:]))
+            assert [f for at, f in missing if at >= 0] == [s.tagged("fin")]
+            run.relay.release(hold.stream)
+            run.drain()
+    assert run.relay.state is RELAYING, run.relay.reason
+    assert hold == Hold(DOCKERFILE_STREAM, s.name, b"FROM kept\n")
+    assert by_stream(bytes(run.out[DAEMON]), False) == by_stream(bytes(run.fed[DAEMON]), False)
+    assert run.out[CLIENT] == run.fed[CLIENT]
+
+
+@pytest.mark.parametrize("memory", ["empty", "another stat", "another key"])
+@settings(max_examples=15, deadline=None)
+@given(s=h2session.session(cached=True), data=st.data())
+def test_an_unasked_dockerfile_never_seen_fails_open(
+    memory: str, s: Session, data: st.DataObject
+) -> None:
+    run = Run()
+    kept = {
+        "empty": DockerfileMemory(),
+        "another stat": remembering(s, b"FROM old\n", listed_stat(s) + b"\x18\x01"),
+        "another key": remembering(s, b"FROM other\n"),
+    }[memory]
+    run.relay = SessionRelay(LIMIT, kept, b"ctx:another" if memory == "another key" else KEY)
+    for side, chunk in data.draw(h2session.deliveries(s)):
+        run.feed(side, chunk)
+    assert run.relay.next_hold() is None
+    assert run.relay.state is SPLICED
+    assert "never saw" in run.relay.reason
+    assert run.out[CLIENT] == run.fed[CLIENT]
+    assert run.out[DAEMON] == run.fed[DAEMON]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=h2session.session(), data=st.data())
+def test_a_dockerfile_seen_whole_serves_the_next_build_of_its_folder(
+    first: Session, data: st.DataObject
+) -> None:
+    memory = DockerfileMemory()
+    run = Run()
+    run.relay = SessionRelay(LIMIT, memory, KEY)
+    for side, chunk in data.draw(h2session.deliveries(first)):
+        run.feed(side, chunk)
+        while (hold := run.relay.next_hold()) is not None:
+            run.relay.release(hold.stream)
+    again = Run()
+    again.relay = SessionRelay(LIMIT, memory, KEY)
+    holds = []
+    for seg in data.draw(h2session.session(cached=True, name=first.name)).segments:
+        again.feed(seg.side, seg.raw)
+        while (hold := again.relay.next_hold()) is not None:
+            holds.append(hold.text)
+            again.relay.release(hold.stream)
+    assert holds == [first.dockerfile], again.relay.reason
+
+
+def _window_increments(raw: bytes, preface: bool) -> int:
+    total = 0
+    for f in frames(raw, preface):
+        if f[3] == 8 and f[5:9] == b"\x00\x00\x00\x00":
+            total += int.from_bytes(f[9:13], "big") & 0x7FFFFFFF
+    return total
+
+
+def _data_payloads(raw: bytes) -> int:
+    return sum(len(f) - 9 for f in frames(raw, False) if f[3] == 0)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), reason=st.sampled_from(["", "x", "broke " * 5, "a long reason " * 80]))
+def test_a_refusal_keeps_the_connection_window_in_step(
+    cached: bool, data: st.DataObject, reason: str
+) -> None:
+    """However long the ERR frame is against what it replaces, once the daemon has given back
+    every byte it received, the CLI has been given back every byte it sent: no more (it would
+    overflow the daemon's window), no less (it would shrink for good)."""
+    s = data.draw(h2session.session(cached=cached))
+    run = Run()
+    run.relay = SessionRelay(LIMIT, remembering(s, b"FROM kept\n"), KEY)
+    for side, chunk in data.draw(h2session.deliveries(s)):
+        run.feed(side, chunk)
+        if (hold := run.relay.next_hold()) is not None:
+            run.relay.refuse(hold.stream, reason)
+            run.drain()
+    assert run.relay.state is RELAYING, run.relay.reason
+    received = _data_payloads(bytes(run.out[CLIENT]))
+    sent = _data_payloads(bytes(run.fed[CLIENT]))
+    _gives_back(run, received, sent, data.draw(st.lists(st.integers(1, 40), max_size=5)))
+
+
+def _gives_back(run: Run, received: int, sent: int, pieces: list[int]) -> None:
+    """The daemon gives back ``received`` in updates of ``pieces`` and the rest: the CLI
+    must get ``sent`` back in all."""
+    given = _window_increments(bytes(run.fed[DAEMON]), True)  # the daemon's own, before
+    for size in pieces:
+        if received > size:
+            run.feed(DAEMON, WindowUpdateFrame(0, size).serialize())
+            received -= size
+    run.feed(DAEMON, WindowUpdateFrame(0, received).serialize())
+    assert _window_increments(bytes(run.out[DAEMON]), True) - given == sent
+
+
+def _held_with_more(after: int) -> tuple[Run, Hold]:
+    """A Dockerfile's end held, and ``after`` bytes of another file's data held behind it."""
+    s = Session()
+    w = h2session.Writer(s, None)
+    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
+    listing = [h2session.stat("Dockerfile", 0, 10), h2session.stat("big", 1, after)]
+    w.messages(CLIENT, DOCKERFILE_STREAM, [*listing, h2session.stat(None, 0)], 0)
+    ask = grpcmessages.message(h2session.req(0)) + grpcmessages.message(h2session.req(1))
+    s.add(DAEMON, DataFrame(DOCKERFILE_STREAM, ask).serialize())
+    file = [h2session.data(0, b"FROM base\n"), h2session.data(0, b"")]
+    w.messages(CLIENT, DOCKERFILE_STREAM, file, 0)
+    w.messages(CLIENT, DOCKERFILE_STREAM, [h2session.data(1, b"x" * after)], 0)
+    run = Run()
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    hold = run.relay.next_hold()
+    assert hold is not None and run.relay.holding
+    return run, hold
+
+
+@pytest.mark.parametrize("end", ["release", "refuse", "give_up"])
+def test_what_the_relay_writes_waits_for_the_frame_passing_through(end: str) -> None:
+    """A frame of another stream half passed on when the hold ends: the held frames (or the
+    ERR) go out after it, not inside it."""
+    run, hold = _held_with_more(10)
+    other = DataFrame(CONTEXT_STREAM, b"y" * 300).serialize()
+    run.feed(CLIENT, other[:100])
+    {
+        "release": lambda: run.relay.release(hold.stream),
+        "refuse": lambda: run.relay.refuse(hold.stream, "no"),
+        "give_up": lambda: run.relay.give_up("parse timeout"),
+    }[end]()
+    run.drain()
+    run.feed(CLIENT, other[100:])
+    out = bytes(run.out[CLIENT])
+    assert _whole_prefix(out) == len(out)
+    assert frames(out, False)[-1] != other
+    assert out.index(other) < len(out) - len(other)  # it went out whole, before what waited
+
+
+def test_a_refusal_gives_back_the_window_of_held_bytes_the_daemon_never_gets() -> None:
+    """More held after the end than padding can stand for: the CLI gets it back from the proxy."""
+    run, hold = _held_with_more(600)
+    assert hold is not None and run.relay.holding
+    run.relay.refuse(hold.stream, "no")
+    run.drain()
+    received = _data_payloads(bytes(run.out[CLIENT]))
+    sent = _data_payloads(bytes(run.fed[CLIENT]))
+    assert sent - received > MAX_PADDING
+    _gives_back(run, received, sent, [])

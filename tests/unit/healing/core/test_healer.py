@@ -73,6 +73,23 @@ class GatedEngine(MemoryEngine):
         await super().pull(ref, auth_header, on_line)
 
 
+def test_a_heal_asked_for_after_shutdown_began_never_starts(tmp_path: Path) -> None:
+    """An ``on_stale = "background"`` rebuild's task, created before ``cancel`` and first run
+    after it, must not start a recipe that nothing would stop (shutdown waits for it)."""
+    engine = GatedEngine(broken=set())
+    healer = make_healer(heal_config({"match": A, "pull": True}), engine, tmp_path)
+
+    async def run() -> bool:
+        behind = asyncio.get_running_loop().create_task(healer.heal(A, trigger="stale"))
+        await healer.cancel()
+        with pytest.raises(HealFailed, match="shutting down"):
+            await asyncio.wait_for(behind, 5)
+        return engine.pulling.is_set()
+
+    assert asyncio.run(run()) is False
+    assert healer.inflight == {}
+
+
 def test_a_reload_during_the_failing_heal_still_ends_its_cooldown(tmp_path: Path) -> None:
     """The heal that fails after the reload records a cooldown of the old recipe;
     it must not hold back the fixed one."""
