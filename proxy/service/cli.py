@@ -50,6 +50,7 @@ from .app import App
 from .check import CacheReference, Staleness, describe
 from .server import open_listener, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
+from .terminaltext import harmless, harmless_lines
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
 CHECK_WAIT = 5.0
@@ -374,10 +375,12 @@ def _heal_in_proxy(path: str, images: list[str], force: bool) -> int:
             print(f"docker-heal-proxy: {exc}", file=sys.stderr)
             return 1
         answer = _json_object(body)
+        # The answer names the tag and, on failure, the recipe's last lines: shown, not obeyed.
         if status == 200:
-            print(f"{answer.get('image', image)}: {answer.get('outcome', '?')}")
+            print(harmless(f"{answer.get('image', image)}: {answer.get('outcome', '?')}"))
         else:
-            print(answer.get("message") or f"{path} answered {status}", file=sys.stderr)
+            message = str(answer.get("message") or f"{path} answered {status}")
+            print(harmless_lines(message.splitlines()), end="", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
