@@ -676,6 +676,11 @@ REFUSED = [
         'socket_group = "dhp-no-such-group"\n',
         "socket_group 'dhp-no-such-group' is not a group on this machine",
     ),
+    (
+        '[security]\nparse_user = "root"\n',
+        "[security] parse_user 'root' has uid 0: the Dockerfile parser would stay root; "
+        'name an unprivileged user (the default is "nobody")',
+    ),
 ]
 """Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
 

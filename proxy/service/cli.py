@@ -69,6 +69,14 @@ def _known(lookup: Callable[[str], object], name: str) -> bool:
     return True
 
 
+def _uid_of(user: str) -> int | None:
+    """``user``'s uid, or None when there is no such user."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
 def _owned_folder(path: str) -> bool:
     """Whether ``path`` is a folder of this user's: the XDG runtime folder's rule."""
     try:
@@ -164,7 +172,7 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         is_root=os.geteuid() == 0,
         group_exists=partial(_known, grp.getgrnam),
         owned=_owned_folder,
-        user_exists=partial(_known, pwd.getpwnam),
+        user_uid=_uid_of,
     )
     try:
         check_not_self(settings.listen, settings.upstream)

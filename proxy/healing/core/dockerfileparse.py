@@ -126,10 +126,14 @@ def _answer(value: object) -> bytes:
 
 
 def _unprivileged(user: str) -> None:
-    """Become ``user`` (groups and all) when root; raises KeyError for no such user."""
+    """Become ``user`` (groups and all) when root; raises KeyError for no such user,
+    PermissionError for one with uid 0 (the config's load refuses it; this is
+    for an account changed since)."""
     if os.geteuid() != 0:
         return
     entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        raise PermissionError(f"parse_user {user!r} has uid 0: the parser would stay root")
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -350,6 +354,8 @@ if __name__ == "__main__":
         _unprivileged(sys.argv[2])
     except KeyError:
         sys.exit(f"docker-heal-proxy: parse_user {sys.argv[2]!r} is not a user on this machine")
+    except PermissionError as refused:
+        sys.exit(f"docker-heal-proxy: {refused}")
     _limited()
     _answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not break the frames

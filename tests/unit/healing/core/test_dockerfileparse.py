@@ -152,6 +152,21 @@ def test_a_parse_user_that_does_not_exist_fails_the_start_with_a_reason() -> Non
     asyncio.run(main())
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
+def test_a_parse_user_with_uid_0_fails_the_start_rather_than_stay_root() -> None:
+    """The config's load refuses it; an account given uid 0 since is refused here."""
+
+    async def main() -> None:
+        parser = ParseProcess(user="root")
+        try:
+            with pytest.raises(ParseFailed, match="did not start"):
+                await parser.run(os.getpid)
+        finally:
+            await parser.aclose()
+
+    asyncio.run(main())
+
+
 def test_the_worker_parses_under_its_memory_and_cpu_bounds() -> None:
     """Go's runtime needs most of a GiB of address space: a normal Dockerfile
     and the longest one handed over must still parse under the bound."""
