@@ -32,6 +32,7 @@ from ..healing.background import proactive
 from ..healing.core.dockerfileparse import MAX_PARSED, ParseFailed, within_limit
 from ..healing.core.healer import Healer, HealFailed
 from ..healing.core.statefiles import StateDirError, prepare_state_dir
+from ..healing.sources import openfiles
 from ..healing.sources.buildcontext import read_dockerfile_from_disk
 from ..healing.sources.cache import config_dir, reference_for
 from ..healing.sources.engine import Engine, EngineError
@@ -48,7 +49,7 @@ from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .check import CacheReference, Staleness, describe
-from .server import open_listener, raise_open_files_limit
+from .server import open_listener
 from .settings import Settings, SettingsError, resolve
 from .terminaltext import harmless, harmless_lines
 
@@ -143,7 +144,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     _refuse_untrusted(config, settings)
     settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
-    raise_open_files_limit()
+    openfiles.raise_for_the_proxy()  # see openfiles: as dockerd does
     listener = open_listener(settings)
     return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
 
