@@ -42,14 +42,14 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 
 from ...recipes.recipe import ConcreteRecipe
 from ...recipes.reference import split
 from ..sources import openfiles
 from ..sources.buildcontext import ContextError, stream_context
-from ..sources.engine import Engine, EngineError, iter_lines
+from ..sources.engine import Engine, EngineError, iter_lines, stream_chunks
 from ..sources.registryauth import auth_for
 from .statefiles import LogFile
 
@@ -137,13 +137,8 @@ async def _stop_group(proc: asyncio.subprocess.Process, pump: asyncio.Task[None]
             pump.cancel()
 
 
-async def _chunks(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    while chunk := await stream.read(1 << 16):
-        yield chunk
-
-
 async def _pump(stream: asyncio.StreamReader, transcript: _Transcript) -> None:
-    async for line in iter_lines(_chunks(stream)):
+    async for line in iter_lines(stream_chunks(stream)):
         transcript.line(line)
 
 
