@@ -142,31 +142,28 @@ def test_as_root_the_worker_runs_as_the_parse_user_with_no_groups() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
-def test_a_parse_user_that_does_not_exist_fails_the_start_with_a_reason() -> None:
+@pytest.mark.parametrize(
+    ("user", "reason"),
+    [
+        ("no-such-user-here", "parse_user 'no-such-user-here' is not a user on this machine"),
+        # The config's load refuses it; an account given uid 0 since is refused here.
+        ("root", "parse_user 'root' has uid 0: the parser would stay root"),
+    ],
+)
+def test_a_parse_user_the_worker_cannot_become_fails_the_start_with_a_reason(
+    caplog: pytest.LogCaptureFixture, user: str, reason: str
+) -> None:
     async def main() -> None:
-        parser = ParseProcess(user="no-such-user-here")
+        parser = ParseProcess(user=user)
         try:
             with pytest.raises(ParseFailed, match="did not start"):
                 await parser.run(os.getpid)
         finally:
             await parser.aclose()
 
-    asyncio.run(main())
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
-def test_a_parse_user_with_uid_0_fails_the_start_rather_than_stay_root() -> None:
-    """The config's load refuses it; an account given uid 0 since is refused here."""
-
-    async def main() -> None:
-        parser = ParseProcess(user="root")
-        try:
-            with pytest.raises(ParseFailed, match="did not start"):
-                await parser.run(os.getpid)
-        finally:
-            await parser.aclose()
-
-    asyncio.run(main())
+    with caplog.at_level("WARNING", logger="proxy.healing.core.dockerfileparse.worker"):
+        asyncio.run(main())
+    assert f"parse worker: {f'docker-heal-proxy: {reason}'!r}" in caplog.messages
 
 
 def test_the_worker_parses_under_its_memory_and_cpu_bounds() -> None:
