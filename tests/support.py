@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import http.client
 import json
 import os
@@ -674,6 +676,11 @@ REFUSED = [
         'socket_group = "dhp-no-such-group"\n',
         "socket_group 'dhp-no-such-group' is not a group on this machine",
     ),
+    (
+        '[security]\nparse_user = "root"\n',
+        "[security] parse_user 'root' has uid 0: the Dockerfile parser would stay root; "
+        'name an unprivileged user (the default is "nobody")',
+    ),
 ]
 """Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
 
@@ -687,6 +694,26 @@ SELF_LOOP = (
 
 
 IMAGE_A = "127.0.0.1:1/a:1"
+
+
+@functools.cache
+def tags_sharing_a_short_hash(digits: int = 8) -> tuple[str, str]:
+    """Two tags whose file names agree but for the hash, and whose SHA-256
+    agrees in its first ``digits`` hex digits: what a caller of the socket can
+    find against a victim's tag when names carry a short hash. Both are longer
+    than the readable part keeps, so with 8 digits their names were one."""
+    prefix = "example.com/" + "a" * 100 + ":"
+    seen: dict[str, str] = {}
+    n = 0
+    while True:
+        tag = f"{prefix}{n}"
+        short = hashlib.sha256(tag.encode()).hexdigest()[:digits]
+        if short in seen:
+            return seen[short], tag
+        seen[short] = tag
+        n += 1
+
+
 IMAGE_B = "127.0.0.1:1/b:1"
 """Images the in-memory healer tests heal (a registry that is never asked)."""
 

@@ -32,6 +32,7 @@ from ..healing.background import proactive
 from ..healing.core.dockerfileparse import MAX_PARSED, ParseFailed, within_limit
 from ..healing.core.healer import Healer, HealFailed
 from ..healing.core.statefiles import StateDirError, prepare_state_dir
+from ..healing.sources import openfiles
 from ..healing.sources.buildcontext import read_dockerfile_from_disk
 from ..healing.sources.cache import config_dir, reference_for
 from ..healing.sources.engine import Engine, EngineError
@@ -48,8 +49,9 @@ from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .check import CacheReference, Staleness, describe
-from .server import open_listener, raise_open_files_limit
+from .server import open_listener
 from .settings import Settings, SettingsError, resolve
+from .terminaltext import harmless, harmless_lines
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
 CHECK_WAIT = 5.0
@@ -66,6 +68,14 @@ def _known(lookup: Callable[[str], object], name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _uid_of(user: str) -> int | None:
+    """``user``'s uid, or None when there is no such user."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
 
 
 def _owned_folder(path: str) -> bool:
@@ -134,7 +144,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     _refuse_untrusted(config, settings)
     settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
-    raise_open_files_limit()
+    openfiles.raise_for_the_proxy()  # see openfiles: as dockerd does
     listener = open_listener(settings)
     return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
 
@@ -163,7 +173,7 @@ def _settings(args: argparse.Namespace, config: Config) -> Settings:
         is_root=os.geteuid() == 0,
         group_exists=partial(_known, grp.getgrnam),
         owned=_owned_folder,
-        user_exists=partial(_known, pwd.getpwnam),
+        user_uid=_uid_of,
     )
     try:
         check_not_self(settings.listen, settings.upstream)
@@ -374,10 +384,12 @@ def _heal_in_proxy(path: str, images: list[str], force: bool) -> int:
             print(f"docker-heal-proxy: {exc}", file=sys.stderr)
             return 1
         answer = _json_object(body)
+        # The answer names the tag and, on failure, the recipe's last lines: shown, not obeyed.
         if status == 200:
-            print(f"{answer.get('image', image)}: {answer.get('outcome', '?')}")
+            print(harmless(f"{answer.get('image', image)}: {answer.get('outcome', '?')}"))
         else:
-            print(answer.get("message") or f"{path} answered {status}", file=sys.stderr)
+            message = str(answer.get("message") or f"{path} answered {status}")
+            print(harmless_lines(message.splitlines()), end="", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

@@ -10,10 +10,6 @@ Rules:
   this process created, exit 0.
 - systemd hears READY=1 once we accept, STOPPING=1 when we stop, and a
   WATCHDOG=1 from the event loop itself, so a wedged loop gets restarted.
-- Every client costs two descriptors (its own connection and the daemon
-  connection pinned to it), so the soft ``RLIMIT_NOFILE`` is raised to the
-  hard one at start, as dockerd does: the usual soft 1024 would refuse the
-  500th client while the hard limit allows far more.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import signal
 from collections.abc import Callable
 
@@ -32,19 +27,6 @@ from . import systemd
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def raise_open_files_limit() -> None:
-    """Soft ``RLIMIT_NOFILE`` up to the hard limit; a refusal only costs capacity."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError) as exc:
-        log.warning("open files stay limited to %d (hard limit %d): %s", soft, hard, exc)
-        return
-    log.debug("open files limit raised from %d to %d", soft, hard)
 
 
 def open_listener(settings: Settings) -> Listener:

@@ -110,7 +110,7 @@ def resolve(
     is_root: bool,
     group_exists: Callable[[str], bool],
     owned: Callable[[str], bool],
-    user_exists: Callable[[str], bool] = lambda name: True,
+    user_uid: Callable[[str], int | None] = lambda name: None,
 ) -> Settings:
     listen_url, note = listen or config.listen or "", ""
     if not listen_url:
@@ -123,10 +123,16 @@ def resolve(
     elif group is not None and not group_exists(group):
         raise SettingsError(f"socket_group {group!r} is not a group on this machine")
     parse_user = config.security.parse_user
-    if is_root and not user_exists(parse_user):  # only root changes user
+    parse_uid = user_uid(parse_user)
+    if parse_uid is None and is_root:  # only root changes user
         raise SettingsError(
             f"[security] parse_user {parse_user!r} is not a user on this machine "
             "(the Dockerfile parser runs as it)"
+        )
+    if parse_uid == 0:  # whoever checks: the service that reads this config may be root
+        raise SettingsError(
+            f"[security] parse_user {parse_user!r} has uid 0: the Dockerfile parser would "
+            'stay root; name an unprivileged user (the default is "nobody")'
         )
     return Settings(
         listen=unix_path(listen_url, "listen"),

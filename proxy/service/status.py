@@ -13,6 +13,10 @@ Rules:
   (say the proxy is restarting) is shown in the frame, not fatal: a watch
   should outlive a restart. On a terminal a frame replaces the last one; into
   a pipe frames are appended, so the output stays readable in a log.
+- What the proxy sent is shown, never obeyed: each line goes through
+  ``terminaltext`` (a build's output or a tag can hold escape sequences, and
+  anyone who can reach the socket can start a build). Only ``CLEAR``, which
+  is this module's own, reaches the terminal as a control sequence.
 
 Theory: one blocking request per frame (``proxyclient.ask``), no event loop.
 """
@@ -26,6 +30,7 @@ from typing import Any, TextIO
 
 from ..wire.routes import STATUS_PATH
 from .proxyclient import AskError, ask
+from .terminaltext import harmless_lines
 
 CLEAR = "\x1b[H\x1b[2J"
 """Cursor home, then erase the screen: a full redraw without flicker-prone scrolling."""
@@ -152,13 +157,13 @@ def render(snapshot: Mapping[str, Any]) -> str:
         lines += [f"      {line}" for line in message[1:]]
     lines += _proactive(snapshot)
     lines += _stale(snapshot)
-    return "\n".join(lines) + "\n"
+    return harmless_lines(lines)
 
 
 def render_watch(snapshot: Mapping[str, Any], when: str) -> str:
     """One frame of ``--watch``: only the heals that are running, and when."""
     header = f"docker-heal-proxy status at {when} (Ctrl-C to stop)"
-    return "\n".join([header, "", *_running(snapshot)]) + "\n"
+    return harmless_lines([header, "", *_running(snapshot)])
 
 
 def watch(
@@ -175,7 +180,7 @@ def watch(
         try:
             frame = render_watch(fetch(path), clock())
         except StatusError as exc:
-            frame = f"docker-heal-proxy status at {clock()}\n\n{exc}\n"
+            frame = harmless_lines([f"docker-heal-proxy status at {clock()}", "", str(exc)])
         out.write(CLEAR + frame if tty else frame + "\n")
         out.flush()
         sleep(interval)

@@ -74,7 +74,7 @@ def test_units_say_what_the_issue_asks() -> None:
     assert svc["Service.ReadWritePaths"] == ["/var/lib/docker-heal-proxy"]
     assert svc["Service.StateDirectory"] == ["docker-heal-proxy"]
     assert svc["Service.PrivateTmp"] == ["yes"]
-    assert svc["Service.LimitNOFILE"] == ["1048576"]
+    assert svc["Service.LimitNOFILE"] == ["1024:1048576"]  # soft: what recipes get back
     dropin = unit_entries(UNITS / "host-service-dropin.conf")
     assert dropin["Service.Environment"] == ["DOCKER_HOST=unix:///run/docker-heal-proxy.sock"]
 

@@ -37,8 +37,17 @@ Rules:
   proxy password say). It runs in a session of its own, without the proxy's
   controlling terminal: one taken over by its input could otherwise type
   into root's shell (``TIOCSTI`` on its stderr) when ``serve`` runs in one.
-  Its stdout carries only answers: anything else it prints goes to stderr,
-  the proxy's log.
+  Its stdout carries only answers: anything else it prints goes to stderr.
+- The worker's stderr is a pipe the proxy reads, never the proxy's own
+  stderr (its log): a worker taken over by its input could otherwise write
+  lines that look like the proxy's. Each line is logged under the worker's
+  own logger (``dockerfileparse.worker``) with its queue's name, quoted and
+  escaped (``%r``: no newline or escape sequence of its own), cut at
+  ``STDERR_LINE`` bytes, and at most ``STDERR_LINES`` lines in a worker's
+  life; past that, one line says the rest is dropped, and the pipe is still
+  drained so that the worker never blocks on it. A worker that is killed
+  has its last words (a crash's) read to the pipe's end, for ``EXIT_WAIT``
+  at most.
 - The worker is trusted with nothing. It parses text any client of the
   socket can send, with a parser whose own documentation says some input
   crashes the interpreter. Started by root, it drops to an unprivileged
@@ -105,7 +114,17 @@ beyond ``PARSE_TIMEOUT``, which the parent enforces on the wall clock."""
 DEFAULT_USER = "nobody"
 
 EXIT_WAIT = 1.0
-"""Seconds a worker that died is given to be reaped, for its exit code."""
+"""Seconds a worker that died is given to be reaped, for its exit code, and
+for its last words on stderr to be logged."""
+
+STDERR_LINE = 1000
+"""Bytes of one line of the worker's stderr logged; a longer one is cut in pieces."""
+
+STDERR_LINES = 100
+"""Lines of the worker's stderr logged in its life: a Go panic's first lines
+say what happened, and a flood from a worker taken over must not fill the log."""
+
+worker_log = logging.getLogger(f"{__name__}.worker")
 
 T = TypeVar("T")
 
@@ -126,10 +145,14 @@ def _answer(value: object) -> bytes:
 
 
 def _unprivileged(user: str) -> None:
-    """Become ``user`` (groups and all) when root; raises KeyError for no such user."""
+    """Become ``user`` (groups and all) when root; raises KeyError for no such user,
+    PermissionError for one with uid 0 (the config's load refuses it; this is
+    for an account changed since)."""
     if os.geteuid() != 0:
         return
     entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        raise PermissionError(f"parse_user {user!r} has uid 0: the parser would stay root")
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -174,9 +197,25 @@ def _worker_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LC_")) or k == "LANG"}
 
 
+async def _relay_stderr(stream: asyncio.StreamReader, name: str) -> None:
+    """The worker's stderr, line by line into ``worker_log``, bounded (see the rules)."""
+    # Imported here: the worker imports this module too and needs no HTTP client.
+    from ..sources.engine import iter_lines, stream_chunks
+
+    logged = 0
+    async for line in iter_lines(stream_chunks(stream), STDERR_LINE):
+        if logged < STDERR_LINES:
+            worker_log.warning("%s worker: %r", name, line)
+        elif logged == STDERR_LINES:
+            worker_log.warning("%s worker: more on its stderr, not logged", name)
+        logged += 1
+
+
 class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
         self.process = process
+        assert process.stderr is not None
+        self.relay = asyncio.create_task(_relay_stderr(process.stderr, name))
 
     @classmethod
     async def start(cls, name: str, user: str) -> _Worker:
@@ -189,10 +228,11 @@ class _Worker:
             user,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,  # not the proxy's log: see the rules
             start_new_session=True,  # no controlling terminal: see the rules
             env=_worker_env(os.environ),
         )
-        return cls(process)
+        return cls(process, name)
 
     async def send(self, message: object) -> None:
         assert self.process.stdin is not None
@@ -234,6 +274,10 @@ class _Worker:
         if self.process.returncode is None:
             self.process.kill()
         await self.process.wait()
+        # Its last words, unless something it left behind holds the pipe open.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.relay), EXIT_WAIT)
+        self.relay.cancel()
 
 
 class ParseProcess:
@@ -350,6 +394,8 @@ if __name__ == "__main__":
         _unprivileged(sys.argv[2])
     except KeyError:
         sys.exit(f"docker-heal-proxy: parse_user {sys.argv[2]!r} is not a user on this machine")
+    except PermissionError as refused:
+        sys.exit(f"docker-heal-proxy: {refused}")
     _limited()
     _answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not break the frames

@@ -13,7 +13,9 @@ Rules:
 - Lock files of tags no recipe heals any more are removed (at start and
   after each heal), so a failing pattern tag leaves nothing behind
   once its recipe is gone. A file whose tag cannot be read (an older
-  version's, empty) is removed too: it is made again when needed.
+  version's, empty) is removed too: it is made again when needed. So is one
+  whose name is not its tag's (an older version's, whose names carried a
+  32-bit hash): nobody takes it any more, and it would be kept for ever.
 
 Theory of operation: blocking calls on descriptors from ``statefiles``,
 meant for a thread or for the loop when they cannot block (``LOCK_NB``).
@@ -123,7 +125,7 @@ def _remove_if_unused(folder: int, name: str, where: Path, healed: Callable[[str
         if not _locked(fd) or not _still_named(folder, name, fd):
             return False
         tag = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-        if tag and healed(tag):
+        if tag and name == tag_file_name(tag) + SUFFIX and healed(tag):
             return False
         os.unlink(name, dir_fd=folder)
         return True

@@ -8,6 +8,10 @@ Rules:
   not from the file's times: the name says when the heal began, a copy or a
   ``touch`` does not change it, and the rule stays a pure function of names.
   A file in ``logs`` that is not named so is left alone.
+- Names older versions wrote (a 32-bit tag hash, ``statefiles.OLD_TAG_HASH_HEX``)
+  are recognised too. They form groups of their own, apart from the same
+  tag's new names, and nothing is added to them any more, so they go by
+  ``max_age`` (and a group's count past ``last`` goes at once).
 - Tidying runs at start and after each heal, in a thread.
   It never fails anything: what cannot be removed is logged and left.
 
@@ -27,14 +31,17 @@ from pathlib import Path
 
 from ...recipes.config import KeepLogs
 from . import lockfiles
-from .statefiles import LOG_FOLDER, open_folder
+from .statefiles import LOG_FOLDER, OLD_TAG_HASH_HEX, TAG_HASH_HEX, open_folder
 
 log = logging.getLogger(__name__)
 
 STAMP = "%Y%m%dT%H%M%S"
 """How a transcript's name says when its heal began (UTC), then milliseconds:
 heals of one tag a second apart (``heal --force`` in a loop) still sort."""
-_LOG_NAME = re.compile(r"(?P<tag>.+-[0-9a-f]{8})-(?P<stamp>\d{8}T\d{6}\.\d{3})(?:-[0-9a-f]+)?\.log")
+_LOG_NAME = re.compile(
+    rf"(?P<tag>.+-(?:[0-9a-f]{{{TAG_HASH_HEX}}}|[0-9a-f]{{{OLD_TAG_HASH_HEX}}}))"
+    r"-(?P<stamp>\d{8}T\d{6}\.\d{3})(?:-[0-9a-f]+)?\.log"
+)
 
 
 def _stamp(when: float) -> str:

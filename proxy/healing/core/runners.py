@@ -17,6 +17,8 @@ Rules:
   alone (``NOTIFY_SOCKET``, ``LISTEN_*``, ``WATCHDOG_*``), plus the recipe's
   ``env``, plus ``DOCKER_HOST`` naming the upstream socket: a ``docker
   build`` inside the recipe must reach dockerd directly, not the proxy.
+  It gets the open-files limit the proxy started with, not the one the
+  proxy raised for itself (``openfiles``).
 - A command gets its own session and so its own process group. When it is
   stopped, or when its first process exits, the whole group is sent SIGTERM,
   then SIGKILL after ``KILL_GRACE`` seconds. Leftovers would otherwise keep
@@ -40,13 +42,14 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 
 from ...recipes.recipe import ConcreteRecipe
 from ...recipes.reference import split
+from ..sources import openfiles
 from ..sources.buildcontext import ContextError, stream_context
-from ..sources.engine import Engine, EngineError, iter_lines
+from ..sources.engine import Engine, EngineError, iter_lines, stream_chunks
 from ..sources.registryauth import auth_for
 from .statefiles import LogFile
 
@@ -134,13 +137,8 @@ async def _stop_group(proc: asyncio.subprocess.Process, pump: asyncio.Task[None]
             pump.cancel()
 
 
-async def _chunks(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    while chunk := await stream.read(1 << 16):
-        yield chunk
-
-
 async def _pump(stream: asyncio.StreamReader, transcript: _Transcript) -> None:
-    async for line in iter_lines(_chunks(stream)):
+    async for line in iter_lines(stream_chunks(stream)):
         transcript.line(line)
 
 
@@ -156,6 +154,7 @@ async def _run_command(recipe: ConcreteRecipe, upstream: str, transcript: _Trans
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=openfiles.for_children(),
         )
     except OSError as exc:
         # The file name tells a missing program from a missing workdir.

@@ -292,10 +292,20 @@ def save_state(state_dir: Path, name: str, text: str) -> None:
             os.close(folder)
 
 
+TAG_HASH_HEX = 32
+"""Hex digits of a tag's SHA-256 in its file names: 128 bits. The readable part
+is lossy (cut at 100 characters, symbols folded), so the hash alone keeps tags
+apart, and a tag is chosen by whoever can reach the socket. With 32 bits (8
+digits, as older versions wrote) a tag sharing a victim's lock and log group
+was a minute's search; with 128 bits no search reaches one."""
+OLD_TAG_HASH_HEX = 8
+"""What older versions wrote, still recognised so that their files expire."""
+
+
 def tag_file_name(image: str) -> str:
     """A file name for a tag's state: readable, and unique by a hash of the whole tag."""
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", image)[:100]
-    return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:8]}"
+    return f"{readable}-{hashlib.sha256(image.encode()).hexdigest()[:TAG_HASH_HEX]}"
 
 
 LOG_FOLDER = "logs"

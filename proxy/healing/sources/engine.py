@@ -62,6 +62,12 @@ class EngineError(Exception):
         self.status = status
 
 
+async def stream_chunks(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """What ``stream`` (a child's pipe) gives until its end, as it comes."""
+    while chunk := await stream.read(1 << 16):
+        yield chunk
+
+
 async def iter_lines(chunks: AsyncIterable[bytes], limit: int = _MAX_LINE) -> AsyncIterator[str]:
     """Decoded lines of a byte stream, without their line endings.
 

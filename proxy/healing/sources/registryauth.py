@@ -50,6 +50,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from . import openfiles
+
 log = logging.getLogger(__name__)
 
 HELPER_TIMEOUT = 10.0
@@ -174,6 +176,7 @@ def _run_helper(name: str, server: str) -> subprocess.CompletedProcess[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=openfiles.for_children(),  # the limit the proxy started with
     )
     try:
         stdout, stderr = proc.communicate(server.encode(), timeout=HELPER_TIMEOUT)

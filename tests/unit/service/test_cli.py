@@ -6,12 +6,21 @@ gets as far as binding a socket, so no daemon is needed.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import PYTHON_M_PROXY, REFUSED, REPO, SELF_LOOP, wait_for
+from support import (
+    PYTHON_M_PROXY,
+    REFUSED,
+    REPO,
+    SELF_LOOP,
+    OneShotServer,
+    http_response,
+    wait_for,
+)
 
 from proxy.service import cli
 
@@ -95,3 +104,17 @@ def test_check_names_a_dockerfile_too_big_to_parse_once(
     assert cli.main(["check", f"--config={path}", "big"]) == 0
     err = capsys.readouterr().err
     assert err.count("bases are unknown: the Dockerfile is over 256 KiB") == 1, err
+
+
+def test_heal_through_the_proxy_shows_a_failure_without_obeying_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The proxy's answer to ``heal`` carries the recipe's last lines."""
+    path = str(tmp_path / "p.sock")
+    message = json.dumps({"message": "cannot heal app:1\n  \x1b]0;owned\x07\x1b[2J"})
+    server = OneShotServer(path, http_response("500 Internal Server Error", message.encode()))
+    try:
+        assert cli._heal_in_proxy(path, ["app:1"], force=False) == 1
+    finally:
+        server.close()
+    assert capsys.readouterr().err == "cannot heal app:1\n  ^[]0;owned^G^[[2J\n"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,25 +43,3 @@ def test_a_socket_systemd_handed_over_needs_no_note() -> None:
         assert startup_line(SETTINGS, Listener(sock, "", inode=None)) == (
             "listening on <activated socket>, forwarding to /var/run/docker.sock"
         )
-
-
-def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
-    """In a process of its own, so this one's limit stays. The Go runtime inside
-    the ``dockerfile`` package raises the limit once, at some moment after its
-    import; the test waits for that to be over before it lowers the limit, so
-    only the proxy's own raise can lift it again."""
-    script = """
-import resource, time
-from proxy.service.server import raise_open_files_limit
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-deadline = time.monotonic() + 5
-while resource.getrlimit(resource.RLIMIT_NOFILE)[0] != hard and time.monotonic() < deadline:
-    time.sleep(0.01)
-resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
-raise_open_files_limit()
-print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout == "True\n", result.stderr

@@ -6,7 +6,9 @@ getting it wrong silently points the proxy at the wrong daemon or socket.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -28,7 +30,7 @@ def settings(
     is_root: bool = True,
     groups: tuple[str, ...] = (),
     owned: tuple[str, ...] = ("/run/user/1000", "/xdg"),
-    users: tuple[str, ...] = ("nobody",),
+    users: Mapping[str, int] = MappingProxyType({"nobody": 65534}),
     **flags: str | None,
 ) -> Settings:
     return resolve(
@@ -37,7 +39,7 @@ def settings(
         is_root=is_root,
         group_exists=lambda name: name in groups,
         owned=lambda folder: folder in owned,
-        user_exists=lambda name: name in users,
+        user_uid=users.get,
         **flags,
     )
 
@@ -146,8 +148,21 @@ def test_the_parse_user_must_exist_when_root() -> None:
     parser = Config(security=SecuritySettings(parse_user="parser"))
     with pytest.raises(SettingsError, match="parse_user 'parser' is not a user on this machine"):
         settings(parser)
-    settings(parser, users=("parser",))
+    settings(parser, users={"parser": 999})
     settings(parser, is_root=False, env={"HOME": "/home/u"})  # a user cannot change user
+
+
+@pytest.mark.parametrize("is_root", [True, False])
+def test_a_parse_user_with_uid_0_is_refused(is_root: bool) -> None:
+    """It would leave the parser root: refused at start, by a reload and by
+    ``check``, whoever runs it (the service that reads the config may be root)."""
+    toor = Config(security=SecuritySettings(parse_user="toor"))
+    with pytest.raises(SettingsError) as refused:
+        settings(toor, users={"toor": 0}, is_root=is_root, env={"HOME": "/home/u"})
+    assert str(refused.value) == (
+        "[security] parse_user 'toor' has uid 0: the Dockerfile parser would stay root; "
+        'name an unprivileged user (the default is "nobody")'
+    )
 
 
 def test_config_values_pass_through() -> None:

@@ -247,3 +247,20 @@ def test_render_lists_stale_tags_adoptions_and_failed_rebuilds() -> None:
     assert "  rebuilds that failed (the old image runs):\n    a:1  docker-heal-proxy" in text
     assert "more" not in text and "cannot be hashed" not in text
     assert "Stale mode" not in status.render({"stale": {"enabled": False}})
+
+
+def test_escape_sequences_from_a_build_are_shown_not_sent_to_the_terminal() -> None:
+    """A build's output, its tag and its failure reach whoever runs ``status``:
+    an escape sequence in them must arrive as text, and a newline must not make
+    a line the reader would take for the proxy's own."""
+    data = snapshot()
+    data["in_progress"][0]["last_lines"] = ["\x1b]0;owned\x07\x1b[2JStep 3/3", "x\rok"]
+    data["in_progress"][0]["image"] = "app:1\nHeals in progress: none"
+    data["last_results"]["127.0.0.1:1/tool:1"]["message"] = "exit 2\n\x9b2J\x1b[1A"
+    for text in (status.render(data), status.render_watch(data, "T")):
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+        assert "    | ^[]0;owned^G^[[2JStep 3/3" in text
+        assert "    | x^Mok" in text
+        assert "  app:1^JHeals in progress: none  running" in text
+        assert "\nHeals in progress: none" not in text
+    assert "      <U+009B>2J^[[1A" in status.render(data)

@@ -24,6 +24,8 @@ from proxy.healing.core.dockerfileparse import (
     MAX_ANSWER,
     MAX_PARSED,
     MEMORY,
+    STDERR_LINE,
+    STDERR_LINES,
     ParseFailed,
     ParseProcess,
     dockerfile_images,
@@ -140,16 +142,28 @@ def test_as_root_the_worker_runs_as_the_parse_user_with_no_groups() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root changes user")
-def test_a_parse_user_that_does_not_exist_fails_the_start_with_a_reason() -> None:
+@pytest.mark.parametrize(
+    ("user", "reason"),
+    [
+        ("no-such-user-here", "parse_user 'no-such-user-here' is not a user on this machine"),
+        # The config's load refuses it; an account given uid 0 since is refused here.
+        ("root", "parse_user 'root' has uid 0: the parser would stay root"),
+    ],
+)
+def test_a_parse_user_the_worker_cannot_become_fails_the_start_with_a_reason(
+    caplog: pytest.LogCaptureFixture, user: str, reason: str
+) -> None:
     async def main() -> None:
-        parser = ParseProcess(user="no-such-user-here")
+        parser = ParseProcess(user=user)
         try:
             with pytest.raises(ParseFailed, match="did not start"):
                 await parser.run(os.getpid)
         finally:
             await parser.aclose()
 
-    asyncio.run(main())
+    with caplog.at_level("WARNING", logger="proxy.healing.core.dockerfileparse.worker"):
+        asyncio.run(main())
+    assert f"parse worker: {f'docker-heal-proxy: {reason}'!r}" in caplog.messages
 
 
 def test_the_worker_parses_under_its_memory_and_cpu_bounds() -> None:
@@ -345,3 +359,48 @@ def test_the_worker_gets_none_of_the_proxys_environment_but_pythons(
             await parser.aclose()
 
     assert asyncio.run(main()) == [None, "1"]
+
+
+def worker_writes_to_stderr(*writes: bytes) -> None:
+    """Each of ``writes`` written to the worker's fd 2 by the worker itself."""
+
+    async def main() -> None:
+        parser = ParseProcess(name="build")
+        try:
+            for data in writes:
+                await parser.run(os.write, 2, data)
+        finally:
+            await parser.aclose()  # reads its stderr to the end
+
+    asyncio.run(main())
+
+
+def test_the_workers_stderr_is_logged_as_its_own_never_written_to_the_proxys(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A worker taken over by its input must not write lines into the proxy's
+    log that read as the proxy's own."""
+    fake = b"2026-12-07 02:00:00 ERROR proxy.service: \x1b[2Kheal of app:1 succeeded"
+    with caplog.at_level("WARNING", logger="proxy.healing.core.dockerfileparse.worker"):
+        worker_writes_to_stderr(fake + b"\nsecond\rline\n")
+    assert "heal of app:1" not in capfd.readouterr().err
+    worker = [r for r in caplog.records if r.name == "proxy.healing.core.dockerfileparse.worker"]
+    assert [r.getMessage() for r in worker] == [
+        "build worker: '2026-12-07 02:00:00 ERROR proxy.service: \\x1b[2Kheal of app:1 succeeded'",
+        "build worker: 'second\\rline'",
+    ]
+
+
+def test_the_workers_stderr_is_bounded_in_line_length_and_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cut at ``STDERR_LINE`` bytes, at most ``STDERR_LINES`` lines, then one
+    line saying the rest is dropped; the worker never blocks on the pipe."""
+    flood = b"x" * (STDERR_LINE + 10) + b"\n" + b"y\n" * (4 * STDERR_LINES)
+    with caplog.at_level("WARNING", logger="proxy.healing.core.dockerfileparse.worker"):
+        worker_writes_to_stderr(flood, b"z" * (1 << 20))
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith(".worker")]
+    assert messages[0] == f"build worker: '{'x' * STDERR_LINE}'"
+    assert messages[1] == f"build worker: '{'x' * 10}'"
+    assert messages[2:STDERR_LINES] == ["build worker: 'y'"] * (STDERR_LINES - 2)
+    assert messages[STDERR_LINES:] == ["build worker: more on its stderr, not logged"]

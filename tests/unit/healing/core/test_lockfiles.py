@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support import tags_sharing_a_short_hash
 
 from proxy.healing.core import lockfiles
 from proxy.healing.core.statefiles import tag_file_name
@@ -69,3 +70,22 @@ def test_a_taker_of_a_removed_file_locks_the_new_one(
     assert (os.fstat(waiting.fd).st_ino, os.fstat(waiting.fd).st_nlink) == (named.st_ino, 1)
     assert not lockfiles.LockFile(tmp_path, B).take()
     waiting.close()
+
+
+def test_a_crafted_tag_does_not_hold_its_victims_lock(tmp_path: Path) -> None:
+    victim, crafted = tags_sharing_a_short_hash()
+    held = taken(tmp_path, crafted)
+    assert lockfiles.LockFile(tmp_path, victim).take()
+    held.close()
+
+
+def test_a_lock_file_named_by_an_older_version_goes_though_its_tag_is_healed(
+    tmp_path: Path,
+) -> None:
+    """Its name carries a 32-bit hash, so nobody takes it again: kept because
+    its tag is still healed, it would stay for ever."""
+    taken(tmp_path, A).close()
+    older = lock_path(tmp_path, A).with_name(f"example.com_app_1-{'0' * 8}.lock")
+    older.write_text(A)
+    assert lockfiles.remove_unused(tmp_path, lambda tag: tag == A) == 1
+    assert list((tmp_path / "locks").iterdir()) == [lock_path(tmp_path, A)]

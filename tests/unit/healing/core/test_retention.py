@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from support import IMAGE_A as A
-from support import MemoryEngine, heal_config, heal_once, make_healer
+from support import MemoryEngine, heal_config, heal_once, make_healer, tags_sharing_a_short_hash
 
 from proxy.healing.core import lockfiles, retention
 from proxy.healing.core.statefiles import tag_file_name
@@ -41,6 +41,23 @@ def test_a_random_suffix_still_counts_and_foreign_files_are_left() -> None:
     assert retention.expired(
         [suffixed, plain, "notes.txt", "x.log"], KeepLogs(last=1, max_age=DAY), NOW
     ) == [plain]
+
+
+def test_a_crafted_tag_does_not_share_its_victims_log_group() -> None:
+    """With ``last=1`` a heal of the crafted tag would expire the victim's log."""
+    victim, crafted = (tag_file_name(tag) for tag in tags_sharing_a_short_hash())
+    logs = [name(victim, 0.2), name(crafted, 0.1)]
+    assert retention.expired(logs, KeepLogs(last=1, max_age=DAY), NOW) == []
+
+
+def test_logs_named_by_an_older_version_still_expire() -> None:
+    """Names with the 32-bit hash older versions wrote: a group of their own."""
+    older = "example.com_app_1-0123abcd"
+    logs = [name(older, 0.1), name(older, 0.2), name(older, 2), name(APP, 0.3)]
+    gone = retention.expired(logs, KeepLogs(last=2, max_age=DAY), NOW)
+    assert gone == sorted([name(older, 2)])
+    gone = retention.expired(logs, KeepLogs(last=1, max_age=DAY), NOW)
+    assert gone == sorted([name(older, 0.2), name(older, 2)])
 
 
 def test_tidy_removes_logs_and_unused_locks(tmp_path: Path) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 from support import IMAGE_A as A
-from support import MemoryEngine, heal_config, heal_once, make_healer, wait_for
+from support import (
+    MemoryEngine,
+    heal_config,
+    heal_once,
+    make_healer,
+    tags_sharing_a_short_hash,
+    wait_for,
+)
 
 from proxy.healing.background import memoryfile
 from proxy.healing.background.memory import TagMemory
@@ -381,3 +388,12 @@ def test_a_planted_remembered_tags_link_is_not_followed(tmp_path: Path, target: 
     memoryfile.save(state, TagMemory().dumps())  # replaces the link, writes nothing through it
     assert not (state / memoryfile.FILE_NAME).is_symlink()
     assert untouched(target)
+
+
+def test_tags_a_32_bit_hash_would_confuse_get_names_of_their_own() -> None:
+    """Older names carried 8 hex digits of the hash: a pair of tags sharing one
+    (a victim's and a crafted one) was a second's search away, and shared a
+    lock file and a log group."""
+    first, second = tags_sharing_a_short_hash()
+    assert statefiles.tag_file_name(first) != statefiles.tag_file_name(second)
+    assert len(statefiles.tag_file_name(first).rsplit("-", 1)[1]) == statefiles.TAG_HASH_HEX
