@@ -43,6 +43,11 @@ Rules:
   is its archive, and a ``pull`` entry is refused (the registry decides what a
   tag is). ``on_stale`` only means something with ``rebuild_when = "stale"``,
   so it is refused without it.
+- ``[[listeners]]``, ``[policies.NAME]`` and ``[audit]`` are kept here as the
+  raw tables they are (a list of tables, a table of tables, a table): each
+  is read by the part that uses it (``service.settings`` the listeners, the
+  policy module the policies, the audit log its own), with the same one-line
+  errors, so this module only checks that they are tables.
 - A placeholder-free ``depends_on`` must name an image some entry matches
   (otherwise nothing could heal it), and such entries must not form a cycle.
 
@@ -173,6 +178,12 @@ class Config:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     metrics_listen: str | None = "127.0.0.1:9478"
     recipes: tuple[Recipe, ...] = ()
+    listeners: tuple[Mapping[str, Any], ...] = ()
+    """The raw ``[[listeners]]`` entries (see ``service.settings``)."""
+    policies: Mapping[str, Any] = field(default_factory=dict)
+    """The raw ``[policies.NAME]`` tables, by name."""
+    audit: Mapping[str, Any] = field(default_factory=dict)
+    """The raw ``[audit]`` table."""
 
 
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|d|h|m|s))+", re.ASCII)
@@ -199,6 +210,9 @@ _TOP_KEYS = (
     "security",
     "metrics",
     "images",
+    "listeners",
+    "policies",
+    "audit",
 )
 _HEAL_KEYS = (
     "timeout",
@@ -385,6 +399,15 @@ class _Reader:
             self.fail("images", "expected [[images]] entries")
         recipes = tuple(self.recipe(index, entry, heal) for index, entry in enumerate(images))
         self.check_dependencies(recipes)
+        listeners = data.get("listeners", [])
+        if not isinstance(listeners, list) or not all(
+            isinstance(entry, Mapping) for entry in listeners
+        ):
+            self.fail("listeners", "expected [[listeners]] entries")
+        policies = self.table(data, "policies")
+        for name, policy in policies.items():
+            if not isinstance(policy, Mapping):
+                self.fail(f"policies.{name}", "expected a table")
         return Config(
             listen=self.optional_socket(data, "listen"),
             upstream=self.optional_socket(data, "upstream"),
@@ -411,6 +434,9 @@ class _Reader:
             ),
             metrics_listen=metrics_listen,
             recipes=recipes,
+            listeners=tuple(listeners),
+            policies=policies,
+            audit=self.table(data, "audit"),
         )
 
     def heal(self, table: Mapping[str, Any]) -> HealSettings:

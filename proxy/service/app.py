@@ -62,6 +62,10 @@ class RequestLog:
     def session_gave_up(self) -> None:
         self.inner.session_gave_up()
 
+    def policy_denied(self, listener: str, policy: str, route: str) -> None:
+        log.debug("listener %s: policy %s refused %s", listener, policy, route)
+        self.inner.policy_denied(listener, policy, route)
+
 
 RELOADABLE = frozenset({"path", "heal", "security", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)

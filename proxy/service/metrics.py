@@ -281,6 +281,12 @@ class Metrics:
             "Connections that opened with the HTTP/2 preface, spliced whole to the daemon.",
             registry=r,
         )
+        self.policy_denials = Counter(
+            PREFIX + "policy_denials_total",
+            "Requests a listener's policy refused, by listener, policy and route template.",
+            ["listener", "policy", "route"],
+            registry=r,
+        )
         self.session_fail_open = Counter(
             PREFIX + "build_session_fail_open_total",
             "BuildKit /session connections the proxy stopped reading along (spliced as they are).",
@@ -358,6 +364,9 @@ class Metrics:
 
     def session_gave_up(self) -> None:
         self.session_fail_open.inc()
+
+    def policy_denied(self, listener: str, policy: str, route: str) -> None:
+        self.policy_denials.labels(listener, policy, route).inc()
 
     # -- healer and interceptor --------------------------------------------------
 
