@@ -328,6 +328,13 @@ def unix_socket_path(url: str) -> str:
     return rest
 
 
+def parse_socket_mode(value: object) -> int:
+    """An octal string as chmod takes it; raises ValueError for anything else."""
+    if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):
+        raise ValueError(f'expected an octal string like "0660", not {value!r}')
+    return int(value, 8)
+
+
 def host_port(value: str) -> tuple[str, int]:
     """Where a ``HOST:PORT`` listens; an empty host is every address."""
     host, sep, port = value.rpartition(":")
@@ -788,6 +795,7 @@ class _Reader:
             self.fail(_at("heal", key), str(error))
 
     def socket_mode(self, value: object) -> int:
-        if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):
-            self.fail("socket_mode", f'expected an octal string like "0660", not {value!r}')
-        return int(value, 8)
+        try:
+            return parse_socket_mode(value)
+        except ValueError as error:
+            self.fail("socket_mode", str(error))

@@ -31,10 +31,12 @@ from ..healing.core.healer import Healer
 from ..healing.sources.engine import Engine
 from ..healing.stale.tracker import StaleTracker
 from ..recipes.config import Config, ConfigError
-from ..wire.hub import Hub
-from ..wire.listener import Listener, ListenerError
+from ..wire.hub import Hub, Judge, Observer
+from ..wire.listener import ListenerError
+from ..wire.peer import ClientRule
+from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
-from .server import serve
+from .server import Opened, close_listeners, serve
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ class App:
         settings: Settings,
         config: Config,
         load: Callable[[], Config],
-        listener: Listener,
+        listeners: list[Opened],
         watchdog: float | None = None,
     ) -> None:
         """``load`` reads the config the way start-up did, so a reload finds the
@@ -90,7 +92,7 @@ class App:
         self.settings = settings
         self.config = config
         self.load = load
-        self.listener = listener
+        self.listeners = listeners
         self.watchdog = watchdog
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
@@ -147,7 +149,9 @@ class App:
             stale,
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
-        hub = Hub(settings.upstream, interceptor, observer, sessions=interceptor.sessions)
+        served = [
+            (opened, self._hub(opened[0], interceptor, observer)) for opened in self.listeners
+        ]
         runner: web.AppRunner | None = None
         try:
             if settings.metrics is not None:
@@ -160,7 +164,7 @@ class App:
             self.stale = stale
             await proactive.start()
             self.proactive = proactive
-            return await serve(settings, self.listener, hub, self.reload, self.watchdog)
+            return await serve(settings, served, self.reload, self.watchdog)
         finally:
             self.proactive = self.stale = None
             await proactive.stop()
@@ -171,13 +175,29 @@ class App:
                 await runner.cleanup()
             await engine.close()
 
+    def _hub(self, of: ListenerSettings, interceptor: Interceptor, observer: Observer) -> Hub:
+        """One listener's hub: its policy, and the client rules that pick another by peer."""
+        return Hub(
+            self.settings.upstream,
+            interceptor,
+            observer,
+            sessions=interceptor.sessions,
+            name=of.name,
+            policy=self._policy(of.policy),
+            clients=tuple(
+                ClientRule(rule.uids, rule.gids, self._policy(rule.policy)) for rule in of.clients
+            ),
+        )
+
+    def _policy(self, name: str) -> Judge | None:
+        return None if name == FULL else self.settings.policies[name]
+
     async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
         """Start-up fails whole: a busy port also gives the Docker socket back."""
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
-            self.listener.sock.close()
-            self.listener.remove()
+            close_listeners(listener for _, listener in self.listeners)
             raise ListenerError(
                 f"cannot listen for metrics on {host}:{port}: "
                 f"{os.strerror(exc.errno) if exc.errno else exc}"

@@ -47,7 +47,7 @@ from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .check import CacheReference, Staleness, describe
-from .server import open_listener, raise_open_files_limit
+from .server import open_listeners, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
@@ -134,8 +134,8 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
     raise_open_files_limit()
-    listener = open_listener(settings)
-    return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
+    listeners = open_listeners(settings)
+    return uvloop.run(App(settings, config, loader(args), listeners, watchdog).run())
 
 
 def loader(args: argparse.Namespace) -> Callable[[], Config]:

@@ -1,4 +1,4 @@
-"""The access check of one connection: its policy judges each request head, and the audit log hears each exchange.
+"""One connection's access check: its policy judges each head, its audit log hears each exchange.
 
 Rules:
 - A connection has a ``Gate`` only when its listener has a policy for its
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from .access import AccessRecord, Peer, Verdict
-from .http1 import RequestHead
+from .http1 import RequestHead, field_values
 from .peer import SocketLike, read_peer
 
 if TYPE_CHECKING:
@@ -101,7 +101,9 @@ class Gate:
         refused: Handler | None = None
         policy = self.policy
         if policy is not None:
-            verdict = policy.judge(head.method, head.target)
+            method = head.method
+            types = field_values(head, b"content-type") if method == "POST" else None
+            verdict = policy.judge(method, head.target, types)
             if verdict.denied:
                 if verdict.mode == "enforce":
                     observer = hub.observer

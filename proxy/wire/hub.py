@@ -22,6 +22,7 @@ until none is left (``idle``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .access import AccessRecord, Peer, Verdict
@@ -65,8 +66,12 @@ class Judge(Protocol):
     @property
     def name(self) -> str: ...
 
-    def judge(self, method: str, target: str) -> Verdict:
-        """``target`` is the raw request target, query string included."""
+    def judge(
+        self, method: str, target: str, content_types: Sequence[bytes] | None = None
+    ) -> Verdict:
+        """``target`` is the raw request target, query string included;
+        ``content_types`` the ``Content-Type`` values of a POST (a build's
+        options may be in a form body)."""
 
 
 class Auditor(Protocol):

@@ -13,7 +13,6 @@ from proxy.recipes.config import load_config
 from proxy.service import cli
 from proxy.service.app import App
 from proxy.service.settings import Settings
-from proxy.wire.listener import Listener
 
 ONE = '[[images]]\nmatch = "127.0.0.1:1/a:1"\npull = true\n'
 TWO = ONE + '[[images]]\nmatch = "127.0.0.1:1/b:1"\npull = true\n'
@@ -27,7 +26,7 @@ def app(config_file: Path, config_path: str | None) -> App:
         cast(Settings, unused),
         load_config(config_file),
         cli.loader(cli.parser().parse_args(argv)),
-        cast(Listener, unused),
+        [],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame
@@ -31,9 +32,13 @@ class FakePolicy:
     refuse: frozenset[str] = frozenset({"/deny"})
     name: str = "fake"
     judged: list[str] = field(default_factory=list)
+    types: list[Sequence[bytes] | None] = field(default_factory=list)
 
-    def judge(self, method: str, target: str) -> Verdict:
+    def judge(
+        self, method: str, target: str, content_types: Sequence[bytes] | None = None
+    ) -> Verdict:
         self.judged.append(f"{method} {target}")
+        self.types.append(content_types)
         path = target.partition("?")[0]
         denied = path in self.refuse
         return Verdict(
@@ -83,6 +88,7 @@ async def a_refused_head_never_reaches_the_daemon_and_the_connection_goes_on() -
         assert r.recorder.denials == [("ci", "fake", "POST /deny")]
         assert r.recorder.exchanges == [("POST", "/deny", 403), ("GET", "/_ping", 200)]
         assert policy.judged == ["POST /deny", "GET /_ping"]
+        assert policy.types == [[], None]  # a POST's Content-Type values: none sent
 
 
 @scenario
@@ -166,7 +172,7 @@ async def an_exchange_cut_short_is_recorded_without_a_status() -> None:
         return None
 
     async with rig(never, name="ci", auditor=auditor) as r:
-        reader, writer = await r.client()
+        _, writer = await r.client()
         writer.write(PING)
         await wait_until(lambda: r.daemon.received, "the request upstream")
         writer.close()
@@ -237,4 +243,6 @@ def test_a_refusal_names_the_listener_before_the_policy() -> None:
     verdict = FakePolicy().judge("POST", "/deny")
     assert refusal("ci", verdict) == DENIED
     bare = Verdict("p", "enforce", "GET other", None, True)
-    assert refusal("x", bare) == 'docker-heal-proxy: listener "x": policy "p" does not allow GET other'
+    assert (
+        refusal("x", bare) == 'docker-heal-proxy: listener "x": policy "p" does not allow GET other'
+    )
