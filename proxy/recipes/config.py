@@ -173,6 +173,8 @@ class Config:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     metrics_listen: str | None = "127.0.0.1:9478"
     recipes: tuple[Recipe, ...] = ()
+    audit: Mapping[str, Any] = field(default_factory=dict)
+    """The ``[audit]`` table as written; ``service.auditconfig`` reads it."""
 
 
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|d|h|m|s))+", re.ASCII)
@@ -199,6 +201,7 @@ _TOP_KEYS = (
     "security",
     "metrics",
     "images",
+    "audit",
 )
 _HEAL_KEYS = (
     "timeout",
@@ -411,6 +414,7 @@ class _Reader:
             ),
             metrics_listen=metrics_listen,
             recipes=recipes,
+            audit=self.table(data, "audit"),
         )
 
     def heal(self, table: Mapping[str, Any]) -> HealSettings:

@@ -12,6 +12,11 @@ Rules:
   under live connections would drop them): a reload that changes one is
   still taken, and logs that the change waits for a restart. A config the
   next start would refuse is refused whole, keeping the running one.
+- The audit log is opened before anything else starts (a log that cannot be
+  opened stops start-up, as a busy socket does) and is the last thing
+  closed, once the connections whose lines it takes have ended. A SIGHUP
+  reopens it before the config is read, so logrotate's rename is followed
+  even when the reload is refused; ``[audit]`` itself is bound at start-up.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from ..healing.stale.tracker import StaleTracker
 from ..recipes.config import Config, ConfigError
 from ..wire.hub import Hub
 from ..wire.listener import Listener, ListenerError
+from .auditconfig import AuditSettings
+from .auditsink import AuditError, AuditSink
 from .metrics import Metrics, application
 from .server import serve
 from .settings import Settings, SettingsError
@@ -92,8 +99,12 @@ class App:
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
         self.stale: StaleTracker | None = None
+        self.audit: AuditSink | None = None
+        """The listeners' ``Auditor`` while running, when ``[audit]`` asks for one."""
 
     def reload(self) -> None:
+        if self.audit is not None:
+            self.audit.reopen()
         try:
             config = self.load()
         except (ConfigError, SettingsError) as exc:
@@ -115,6 +126,17 @@ class App:
 
     async def run(self) -> int:
         settings = self.settings
+        if settings.audit is not None:
+            self.audit = self._open_audit(settings.audit)
+        try:
+            return await self._run()
+        finally:
+            if self.audit is not None:
+                await asyncio.to_thread(self.audit.close)
+                self.audit = None
+
+    async def _run(self) -> int:
+        settings = self.settings
         sweep(settings.state_dir)
         engine = Engine(settings.upstream, self.config.heal.engine_timeout)
         metrics = self.metrics = Metrics(
@@ -122,6 +144,7 @@ class App:
             lambda: self.proactive,
             lambda: self.stale,
             lambda: interceptor.build.budget.used,
+            lambda: self.audit.dropped if self.audit is not None else 0,
         )
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
@@ -167,13 +190,24 @@ class App:
                 await runner.cleanup()
             await engine.close()
 
+    def _open_audit(self, audit: AuditSettings) -> AuditSink:
+        """Start-up fails whole: a log that cannot be opened gives the socket back."""
+        try:
+            return AuditSink.open(audit)
+        except AuditError:
+            self._give_back_socket()
+            raise
+
+    def _give_back_socket(self) -> None:
+        self.listener.sock.close()
+        self.listener.remove()
+
     async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
         """Start-up fails whole: a busy port also gives the Docker socket back."""
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
-            self.listener.sock.close()
-            self.listener.remove()
+            self._give_back_socket()
             raise ListenerError(
                 f"cannot listen for metrics on {host}:{port}: "
                 f"{os.strerror(exc.errno) if exc.errno else exc}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..recipes.config import Config, unix_socket_path
 from ..recipes.config import host_port as parse_host_port
+from .auditconfig import AuditSettings, audit_settings
 
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 
@@ -41,6 +42,8 @@ class Settings:
     state_dir: Path
     listen_note: str = ""
     """Why the socket is where it is, when that may surprise (for the start-up line)."""
+    audit: AuditSettings | None = None
+    """The audit log, or None for none."""
 
 
 def unix_path(url: str, what: str) -> str:
@@ -128,6 +131,10 @@ def resolve(
             f"[security] parse_user {parse_user!r} is not a user on this machine "
             "(the Dockerfile parser runs as it)"
         )
+    try:
+        audit = audit_settings(config.audit)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     return Settings(
         listen=unix_path(listen_url, "listen"),
         upstream=unix_path(upstream_url, "upstream"),
@@ -137,4 +144,5 @@ def resolve(
         metrics=host_port(metrics, "metrics listen") if metrics else None,
         state_dir=config.state_dir or default_state_dir(env, is_root),
         listen_note=note,
+        audit=audit,
     )
