@@ -674,6 +674,10 @@ REFUSED = [
         'socket_group = "dhp-no-such-group"\n',
         "socket_group 'dhp-no-such-group' is not a group on this machine",
     ),
+    (
+        '[audit]\npath = "audit.jsonl"\n',
+        "[audit] path must be an absolute file path or \"journal\", not 'audit.jsonl'",
+    ),
 ]
 """Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
 

@@ -227,7 +227,10 @@ class AuditSink:
         self._wake.set()
 
     def close(self) -> None:
-        """Write what is queued, then stop; blocks, so the app calls it off the loop."""
+        """Write what is queued, then stop; blocks, so the app calls it off the loop.
+        Once only: a second call returns at once."""
+        if self._closing.is_set():
+            return
         self._closing.set()
         self._wake.set()
         self._thread.join(CLOSE_WAIT)
