@@ -12,6 +12,11 @@ Rules:
   under live connections would drop them): a reload that changes one is
   still taken, and logs that the change waits for a restart. A config the
   next start would refuse is refused whole, keeping the running one.
+- The audit log is opened before anything else starts (a log that cannot be
+  opened stops start-up, as a busy socket does) and is the last thing
+  closed, once the connections whose lines it takes have ended. A SIGHUP
+  reopens it before the config is read, so logrotate's rename is followed
+  even when the reload is refused; ``[audit]`` itself is bound at start-up.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from ..recipes.config import Config, ConfigError
 from ..wire.hub import Hub, Judge, Observer
 from ..wire.listener import ListenerError
 from ..wire.peer import ClientRule
+from .auditconfig import AuditSettings
+from .auditsink import AuditError, AuditSink
 from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
 from .server import Opened, close_listeners, serve
@@ -98,8 +105,12 @@ class App:
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
         self.stale: StaleTracker | None = None
+        self.audit: AuditSink | None = None
+        """The listeners' ``Auditor`` while running, when ``[audit]`` asks for one."""
 
     def reload(self) -> None:
+        if self.audit is not None:
+            self.audit.reopen()
         try:
             config = self.load()
         except (ConfigError, SettingsError) as exc:
@@ -121,6 +132,17 @@ class App:
 
     async def run(self) -> int:
         settings = self.settings
+        if settings.audit is not None:
+            self.audit = self._open_audit(settings.audit)
+        try:
+            return await self._run()
+        finally:
+            if self.audit is not None:
+                await asyncio.to_thread(self.audit.close)
+                self.audit = None
+
+    async def _run(self) -> int:
+        settings = self.settings
         sweep(settings.state_dir)
         engine = Engine(settings.upstream, self.config.heal.engine_timeout)
         metrics = self.metrics = Metrics(
@@ -128,6 +150,7 @@ class App:
             lambda: self.proactive,
             lambda: self.stale,
             lambda: interceptor.build.budget.used,
+            lambda: self.audit.dropped if self.audit is not None else 0,
         )
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
@@ -187,10 +210,19 @@ class App:
             clients=tuple(
                 ClientRule(rule.uids, rule.gids, self._policy(rule.policy)) for rule in of.clients
             ),
+            auditor=self.audit,
         )
 
     def _policy(self, name: str) -> Judge | None:
         return None if name == FULL else self.settings.policies[name]
+
+    def _open_audit(self, audit: AuditSettings) -> AuditSink:
+        """Start-up fails whole: a log that cannot be opened gives the sockets back."""
+        try:
+            return AuditSink.open(audit)
+        except AuditError:
+            close_listeners(listener for _, listener in self.listeners)
+            raise
 
     async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
         """Start-up fails whole: a busy port also gives the Docker socket back."""

@@ -46,6 +46,8 @@ from ..wire.listener import ListenerError, check_not_self
 from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
+from .auditlines import allow_list, allow_toml
+from .auditsink import AuditError
 from .check import CacheReference, Staleness, describe
 from .server import open_listeners, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
@@ -108,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
     check = add("check", "validate the config; with IMAGE, show how it would be healed")
     check.add_argument("image", nargs="?", metavar="IMAGE")
     check.add_argument("--upstream", help="unix:///path of the Docker daemon (cache key, min_free)")
+    check.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="print the allow list the traffic in this audit log needs (- reads stdin)",
+    )
+    check.add_argument("--listener", metavar="NAME", help="with --audit-log: this listener only")
 
     heal = add("heal", "heal an image now, in the running proxy (else in this process)")
     heal.add_argument("image", nargs="?", metavar="IMAGE")
@@ -272,6 +280,8 @@ def _staleness(args: argparse.Namespace, config: Config) -> Staleness:
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask;
     2, as serve would refuse, when root would not trust a file."""
+    if args.audit_log is not None or args.listener is not None:
+        return _allow_from_log(args)
     settings = _settings(args, config)  # what serve would refuse at start, check refuses too
     is_root = os.geteuid() == 0
     untrusted = [
@@ -295,6 +305,25 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     except (DependencyCycle, InvalidReference):
         return 1
     return 0 if plan else 1
+
+
+def _allow_from_log(args: argparse.Namespace) -> int:
+    """``check --audit-log``: the ``allow`` list for a policy, from the traffic a
+    log holds (the ``discovery`` profile's purpose); it reads no daemon and no config."""
+    if args.audit_log is None or args.image is not None:
+        print("docker-heal-proxy: check takes IMAGE or --audit-log FILE", file=sys.stderr)
+        return 2
+    try:
+        if args.audit_log == "-":
+            harvest = allow_list(sys.stdin, args.listener)
+        else:
+            with open(args.audit_log, encoding="utf-8", errors="replace") as lines:
+                harvest = allow_list(lines, args.listener)
+    except OSError as exc:
+        print(f"docker-heal-proxy: cannot read {args.audit_log}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(allow_toml(harvest, args.audit_log, args.listener), end="")
+    return 0
 
 
 async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
@@ -416,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    except (ListenerError, systemd.ActivationError, StateDirError) as exc:
+    except (ListenerError, systemd.ActivationError, StateDirError, AuditError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

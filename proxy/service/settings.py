@@ -19,6 +19,7 @@ from pathlib import Path
 from ..recipes.config import Config, unix_socket_path
 from ..recipes.config import host_port as parse_host_port
 from ..wire.policy import Policy, policies_from_config
+from .auditconfig import AuditSettings, audit_settings
 from .listeners import DEFAULT, FULL, ListenerSettings, listeners
 
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
@@ -47,6 +48,8 @@ class Settings:
     """Every listener, ``default`` (``listen``, ``socket_mode``, ``socket_group``) first."""
     policies: Mapping[str, Policy] = field(default_factory=dict)
     """Every policy by name, shipped ones included; ``full`` is none."""
+    audit: AuditSettings | None = None
+    """The audit log, or None for none."""
 
 
 def unix_path(url: str, what: str) -> str:
@@ -140,6 +143,7 @@ def resolve(
     try:
         policies = policies_from_config(config.policies)
         every = listeners(default, config.listeners, upstream_path, policies, group_exists)
+        audit = audit_settings(config.audit)
     except ValueError as exc:  # ListenersError among them
         raise SettingsError(str(exc)) from None
     return Settings(
@@ -153,4 +157,5 @@ def resolve(
         listen_note=note,
         listeners=every,
         policies=policies,
+        audit=audit,
     )

@@ -160,7 +160,7 @@ class Gate:
                 listener=self.hub.name,
                 peer=self.peer,
                 method=head.method,
-                path=head.path,
+                path=head.target,
                 verdict=self.verdict,
                 status=status,
                 seconds=seconds,

@@ -170,11 +170,19 @@ def test_runner_runs_attached_and_execs_and_refuses_the_rest(
     assert "dhp-nope" not in docker(["network", "ls"], env=p.env).stdout.decode()
 
 
-def test_audit_mode_lets_everything_through(
-    make_proxy: MakeProxy, folder: Path, stopped: str
+def audit_lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_audit_mode_lets_everything_through_and_the_log_says_what_enforce_would_refuse(
+    make_proxy: MakeProxy, folder: Path, stopped: str, tmp_path: Path
 ) -> None:
-    config = '[policies.watch]\nextends = "runner"\nmode = "audit"\n' + listener(
-        folder, "ci", "watch"
+    log = tmp_path / "audit.jsonl"
+    config = (
+        f'[audit]\npath = "{log}"\n'
+        '[policies.watch]\nextends = "runner"\nmode = "audit"\n' + listener(folder, "ci", "watch")
     )
     p = make_proxy(config)
     env = host(folder, "ci")
@@ -183,7 +191,26 @@ def test_audit_mode_lets_everything_through(
     network = f"dhp-audit-{os.getpid()}"
     docker(["network", "create", network], env=env)
     docker(["network", "rm", network], env=p.env)
-    assert "would_deny" not in p.log() or True
+    wanted = {"GET /containers/{id}/archive", "POST /networks/create"}
+
+    def denied() -> dict[str, dict[str, object]]:
+        lines = audit_lines(log)
+        return {str(line["route"]): line for line in lines if line["decision"] == "would_deny"}
+
+    wait_for(lambda: wanted <= set(denied()), 10, "the audit lines of what enforce refuses")
+    line = denied()["POST /networks/create"]
+    assert (line["listener"], line["policy"], line["mode"], line["status"]) == (
+        "ci",
+        "watch",
+        "audit",
+        201,
+    )
+    assert line["uid"] == os.getuid() and line["exe"] == os.path.realpath(
+        shutil.which("docker") or ""
+    )
+    removed = [x for x in audit_lines(log) if x["listener"] == "default"]
+    assert [x["route"] for x in removed if x["method"] == "DELETE"] == ["DELETE /networks/{id}"]
+    assert all(x["decision"] == "allow" and x["policy"] == "full" for x in removed)
 
 
 def test_peer_rules_give_a_second_user_its_own_policy_on_roots_socket(

@@ -73,6 +73,7 @@ def test_units_say_what_the_issue_asks() -> None:
     assert svc["Service.ProtectSystem"] == ["strict"]
     assert svc["Service.ReadWritePaths"] == ["/var/lib/docker-heal-proxy"]
     assert svc["Service.StateDirectory"] == ["docker-heal-proxy"]
+    assert svc["Service.LogsDirectory"] == ["docker-heal-proxy"]  # the audit log's folder
     assert svc["Service.PrivateTmp"] == ["yes"]
     assert svc["Service.LimitNOFILE"] == ["1048576"]
     dropin = unit_entries(UNITS / "host-service-dropin.conf")
