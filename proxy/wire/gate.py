@@ -123,6 +123,16 @@ class Gate:
             return refused
         return None if interceptor is None else interceptor.claim(head)
 
+    def refuses(self, method: str, target: str) -> str | None:
+        """The refusal ``enforce`` gives ``method target``; None when allowed, or only warned of."""
+        policy = self.policy
+        if policy is None:
+            return None
+        verdict = policy.judge(method, target, [])
+        if not verdict.denied or verdict.mode != "enforce":
+            return None
+        return refusal(self.hub.name, verdict)
+
     def h2_refusal(self) -> bytes:
         """What a client opening with the HTTP/2 preface reads before the connection closes."""
         hub = self.hub
