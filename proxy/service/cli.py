@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
@@ -49,6 +50,7 @@ from .app import App
 from .auditlines import allow_list, allow_toml
 from .auditsink import AuditError
 from .check import CacheReference, Staleness, describe
+from .listeners import warnings
 from .server import open_listeners, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
 
@@ -287,6 +289,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     untrusted = [
         f"{'refused' if is_root else 'warning'}: {p}" for p in _untrusted(config, settings)
     ]
+    access = _access_warnings(config, settings)
     disk = _min_free_problem(args, config)
     # check parses in its own process: it is no server, and the parser would
     # only be a worker's to load in serve (see healing.core.dockerfileparse).
@@ -295,7 +298,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     named = named_by(read_dockerfile_from_disk, from_images)
     reference = _cache_reference(args, config, named)
     stale = _staleness(args, config)
-    print(describe(config, args.image, named, reference, disk, untrusted, stale))
+    print(describe(config, args.image, named, reference, disk, [*untrusted, *access], stale))
     if is_root and untrusted:
         return 2
     if args.image is None:
@@ -305,6 +308,29 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     except (DependencyCycle, InvalidReference):
         return 1
     return 0 if plan else 1
+
+
+def _groups_of(uid: int) -> frozenset[int] | None:
+    """A user's groups, primary and supplementary, as the group database says."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    members = (group.gr_gid for group in grp.getgrall() if user.pw_name in group.gr_mem)
+    return frozenset({user.pw_gid, *members})
+
+
+def _access_warnings(config: Config, settings: Settings) -> list[str]:
+    """``check``'s warnings about the listeners (see ``listeners.warnings``)."""
+    root_groups: dict[int, str] = {}
+    with contextlib.suppress(KeyError):
+        root_groups[grp.getgrnam("docker").gr_gid] = "docker"
+    with contextlib.suppress(OSError, KeyError):
+        gid = os.stat(settings.upstream).st_gid
+        root_groups.setdefault(gid, grp.getgrgid(gid).gr_name)
+    return warnings(
+        settings.listeners, config.listeners, settings.policies, root_groups, _groups_of
+    )
 
 
 def _allow_from_log(args: argparse.Namespace) -> int:

@@ -14,7 +14,12 @@ Rules:
   are tried in order, and a caller none names gets the listener's policy.
 - Names and socket paths are unique, none is the daemon's socket, and every
   policy named exists: each mistake is one line naming the entry and key.
-- Pure: the caller says which groups exist and which policies there are.
+- ``check`` warns of what a config cannot enforce: a restricted uid or gid
+  that is in ``docker`` (or the daemon socket's group) reaches the daemon
+  without the proxy; ``socket_mode`` and ``socket_group`` are the unit's
+  under socket activation; a policy allowing BuildKit allows host networking.
+- Pure: the caller says which groups exist, who is in them, and which
+  policies there are.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from ..recipes.config import parse_socket_mode, unix_socket_path
 from ..wire.peer import ClientRule
+from ..wire.policy import Policy
 
 DEFAULT = "default"
 FULL = "full"
@@ -33,6 +39,8 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """A ``FileDescriptorName=`` (no ``:``), short enough for a metric label."""
 _KEYS = ("name", "listen", "socket_mode", "socket_group", "policy", "clients")
 _CLIENT_KEYS = ("uids", "gids", "policy")
+BUILDKIT = ("/session", "/grpc")
+"""BuildKit's routes: a build's options (``--network host`` among them) travel inside them."""
 
 
 class ListenersError(ValueError):
@@ -157,3 +165,63 @@ def listeners(
             raise _fail(f"{where}.listen", f"{upstream} is the daemon's socket (upstream)")
         found.append(listener)
     return tuple(found)
+
+
+def warnings(
+    found: tuple[ListenerSettings, ...],
+    entries: tuple[Mapping[str, Any], ...],
+    policies: Mapping[str, Policy],
+    root_groups: Mapping[int, str],
+    groups_of: Callable[[int], frozenset[int] | None],
+) -> list[str]:
+    """What ``check`` warns of: a policy that binds nobody, settings systemd overrides, BuildKit.
+
+    ``root_groups`` are the groups that reach the daemon's socket directly
+    (``docker``, the socket's own group) by gid; ``groups_of`` gives a uid's
+    groups, or None for a uid no user has.
+    """
+    lines: list[str] = []
+    used: set[str] = set()
+    for listener in found:
+        where = f"listeners.{listener.name}"
+        used.add(listener.policy)
+        group = listener.socket_group
+        if listener.policy != FULL and group in root_groups.values():
+            lines.append(
+                f"warning: {where}: members of socket_group {group} reach the daemon's "
+                f"socket directly; policy {listener.policy} binds none of them"
+            )
+        for index, rule in enumerate(listener.clients):
+            used.add(rule.policy)
+            if rule.policy == FULL:
+                continue
+            at = f"{where}.clients[{index}]"
+            for uid in sorted(rule.uids):
+                held = (groups_of(uid) or frozenset()) & root_groups.keys()
+                if held:
+                    name = root_groups[min(held)]
+                    lines.append(
+                        f"warning: {at}: uid {uid} is in group {name}, which reaches the "
+                        f"daemon's socket directly; policy {rule.policy} does not bind it"
+                    )
+            for gid in sorted(rule.gids & root_groups.keys()):
+                lines.append(
+                    f"warning: {at}: gid {gid} is group {root_groups[gid]}, whose members "
+                    f"reach the daemon's socket directly; policy {rule.policy} binds none of them"
+                )
+    for entry in entries:
+        if "socket_mode" in entry or "socket_group" in entry:
+            named = entry.get("name")
+            lines.append(
+                f"warning: listeners.{named}: socket_mode and socket_group apply only when the "
+                f"proxy binds the socket; one systemd passes (FileDescriptorName={named}) "
+                "keeps its unit's SocketMode= and SocketGroup="
+            )
+    for name in sorted(used - {FULL}):
+        policy = policies[name]
+        if any(not policy.judge("POST", path, []).denied for path in BUILDKIT):
+            lines.append(
+                f"warning: policy {name} allows BuildKit (/session, /grpc): a build through "
+                "it can run steps in the host's network (--network host travels inside /grpc)"
+            )
+    return lines

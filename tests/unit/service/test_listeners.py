@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from proxy.service.listeners import ListenersError, ListenerSettings, listeners
+from proxy.service.listeners import ListenersError, ListenerSettings, listeners, warnings
 from proxy.wire.peer import ClientRule
+from proxy.wire.policy import policies_from_config
 
 DEFAULT = ListenerSettings("default", "/run/dhp.sock", 0o660, "docker", "full")
 UPSTREAM = "/var/run/docker.sock"
@@ -79,3 +80,41 @@ def test_mistakes_are_one_line_naming_the_key(entries: list[dict[str, Any]], mes
         read(*entries)
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+SHIPPED = policies_from_config({"kit": {"extends": "runner", "allow": ["POST /session"]}})
+
+
+def warned(*entries: dict[str, Any], root: dict[int, str] | None = None) -> list[str]:
+    found = listeners(DEFAULT, entries, UPSTREAM, SHIPPED, lambda group: group in {"ci", "docker"})
+    groups = {1000: frozenset({1000, 999}), 1001: frozenset({1001})}
+    return warnings(found, entries, SHIPPED, root or {999: "docker"}, groups.get)
+
+
+def test_check_warns_of_a_restricted_uid_in_the_docker_group() -> None:
+    rules = [{"uids": [1000, 1001, 4242], "policy": "readonly"}, {"uids": [1000], "policy": "full"}]
+    assert warned(ci(clients=rules)) == [
+        "warning: listeners.ci.clients[0]: uid 1000 is in group docker, which reaches the "
+        "daemon's socket directly; policy readonly does not bind it"
+    ]
+
+
+def test_check_warns_of_a_restricted_gid_or_socket_group_that_is_root_equivalent() -> None:
+    rules = [{"gids": [999, 5], "policy": "runner"}]
+    assert warned(ci(clients=rules, socket_group="docker")) == [
+        "warning: listeners.ci: members of socket_group docker reach the daemon's socket "
+        "directly; policy runner binds none of them",
+        "warning: listeners.ci.clients[0]: gid 999 is group docker, whose members reach the "
+        "daemon's socket directly; policy runner binds none of them",
+        "warning: listeners.ci: socket_mode and socket_group apply only when the proxy binds "
+        "the socket; one systemd passes (FileDescriptorName=ci) keeps its unit's SocketMode= "
+        "and SocketGroup=",
+    ]
+
+
+def test_check_warns_of_a_policy_that_lets_buildkit_through() -> None:
+    assert warned(ci()) == []
+    assert warned(ci(policy="kit")) == [
+        "warning: policy kit allows BuildKit (/session, /grpc): a build through it can run "
+        "steps in the host's network (--network host travels inside /grpc)"
+    ]
