@@ -21,6 +21,10 @@ Rules:
   is spliced whole), so a connection that opens with its preface is refused
   wherever a policy applies: a SETTINGS and a GOAWAY saying why, then close.
 - Denials are counted by route template, never by raw path.
+- A verdict depends on the head's bytes alone (method, target, and a
+  POST's ``Content-Type``), so it is remembered by them, per policy, as
+  ``http1`` remembers heads: a keep-alive client repeating a request pays a
+  dict lookup, not a judgement. The memo is bounded as that one is.
 
 Theory of operation:
 ``Connection.connection_made`` asks ``Gate.at_accept``, which reads the peer
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from .access import AccessRecord, Peer, Verdict
-from .http1 import RequestHead, field_values
+from .http1 import KNOWN_HEADS, KNOWN_SIZE, RequestHead, field_values
 from .peer import SocketLike, read_peer
 
 if TYPE_CHECKING:
@@ -75,12 +79,16 @@ def _answer(status: int, message: str) -> Handler:
 class Gate:
     """One connection's policy, peer and audit record in progress."""
 
-    __slots__ = ("head", "hub", "peer", "policy", "started", "verdict")
+    __slots__ = ("head", "hub", "judged", "peer", "policy", "started", "verdict")
 
     def __init__(self, hub: Hub, peer: Peer | None, policy: Judge | None) -> None:
         self.hub = hub
         self.peer = peer
         self.policy = policy
+        self.judged: dict[bytes, Verdict] = (
+            {} if policy is None else hub.verdicts.setdefault(policy, {})
+        )
+        """The policy's verdicts by head bytes, shared with the listener's other connections."""
         self.head: RequestHead | None = None
         """The request whose record is still to be made (audited hubs only)."""
         self.verdict: Verdict | None = None
@@ -101,9 +109,9 @@ class Gate:
         refused: Handler | None = None
         policy = self.policy
         if policy is not None:
-            method = head.method
-            types = field_values(head, b"content-type") if method == "POST" else None
-            verdict = policy.judge(method, head.target, types)
+            verdict = self.judged.get(head.raw)
+            if verdict is None:
+                verdict = self._judge(policy, head)
             if verdict.denied:
                 if verdict.mode == "enforce":
                     observer = hub.observer
@@ -122,6 +130,17 @@ class Gate:
         if refused is not None:
             return refused
         return None if interceptor is None else interceptor.claim(head)
+
+    def _judge(self, policy: Judge, head: RequestHead) -> Verdict:
+        method = head.method
+        types = field_values(head, b"content-type") if method == "POST" else None
+        verdict = policy.judge(method, head.target, types)
+        raw, judged = head.raw, self.judged
+        if len(raw) <= KNOWN_SIZE:
+            if len(judged) >= KNOWN_HEADS:
+                judged.clear()  # a working set this large is not one of repeats
+            judged[raw] = verdict
+        return verdict
 
     def refuses(self, method: str, target: str) -> str | None:
         """The refusal ``enforce`` gives ``method target``; None when allowed, or only warned of."""

@@ -115,6 +115,8 @@ class Hub:
         """Whether a connection's peer is read at accept: only if something uses it."""
         self.gated = policy is not None or self.reads_peer
         """Whether connections are looked at at all (``gate``)."""
+        self.verdicts: dict[Judge, dict[bytes, Verdict]] = {}
+        """Each policy's verdicts by the head's bytes, shared by its connections (``gate``)."""
         self.connections: set[Connection] = set()
         self.closing = False
         self.idle = asyncio.Event()

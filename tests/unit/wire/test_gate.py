@@ -26,7 +26,7 @@ from proxy.wire.peer import ClientRule
 DENIED = 'docker-heal-proxy: listener "ci": policy "fake" does not allow POST /deny'
 
 
-@dataclass
+@dataclass(eq=False)
 class FakePolicy:
     mode: Mode = "enforce"
     refuse: frozenset[str] = frozenset({"/deny"})
@@ -92,6 +92,19 @@ async def a_refused_head_never_reaches_the_daemon_and_the_connection_goes_on() -
 
 
 @scenario
+async def a_repeated_head_is_judged_once_per_policy_whatever_the_connection() -> None:
+    policy = FakePolicy()
+    async with rig(name="ci", policy=policy) as r:
+        for _ in range(2):
+            reader, writer = await r.client()
+            writer.write(PING * 2)
+            for _ in range(2):
+                assert await read_answer(reader) == ok()
+            await close_client(r, writer)
+        assert policy.judged == ["GET /_ping"]
+
+
+@scenario
 async def a_refused_body_awaited_with_100_continue_is_never_invited() -> None:
     async with rig(name="ci", policy=FakePolicy()) as r:
         reader, writer = await r.client()
@@ -115,7 +128,7 @@ async def a_refusal_comes_before_the_interceptor_and_an_allowed_claim_still_work
         assert (await read_answer(reader)).startswith(b"HTTP/1.1 403 ")
         assert seen == []  # a heal through a refused route never starts
         policy.refuse = frozenset()
-        writer.write(post("/local/heal", b"{}"))
+        writer.write(post("/local/heal", b"{ }"))  # other head bytes: judged afresh
         assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
         assert seen == ["/local/heal"]
         await close_client(r, writer)
