@@ -43,6 +43,16 @@ def plain(row: str, ids: dict[str, str], version: str = "/v1.41") -> tuple[str, 
     return method, version + filled
 
 
+def pattern(row: str) -> re.Pattern[str]:
+    """A row's path as gorilla/mux matches it (``[^/]+`` where a variable names no pattern)."""
+    parts = re.split(r"\{(\w+)(?::([^}]*))?\}", row.partition(" ")[2])  # text, name, pattern...
+    texts, names, patterns = parts[::3], parts[1::3], parts[2::3]
+    variables = [f"(?P<{n}>{p or '[^/]+'})" for n, p in zip(names, patterns, strict=True)]
+    return re.compile(
+        "".join(re.escape(t) + v for t, v in zip(texts, [*variables, ""], strict=True))
+    )
+
+
 def _escape(c: str) -> str:
     return f"%{ord(c):02X}"
 

@@ -8,7 +8,7 @@ from urllib.parse import unquote, unquote_to_bytes
 
 import pytest
 from hostile import ROWS as ROUTE_ROWS
-from hostile import plain, targets
+from hostile import pattern, plain, targets
 from hypothesis import given, settings
 
 from proxy.wire.policy import FULL, SHIPPED, Policy, policies_from_config
@@ -311,15 +311,11 @@ def mux(method: str, target: str) -> str:
     if re.search(r"//|/\.\.?(/|$)", path):
         return "redirect"
     for row in ROUTES[2:]:
-        row_method, _, spelled = row.partition(" ")
-        parts = re.split(r"\{\w+(?::([^}]*))?\}", spelled)  # text, pattern, text, ...
-        pattern = "".join(
-            re.escape(part) if n % 2 == 0 else part or "[^/]+" for n, part in enumerate(parts)
-        )
+        row_method = row.partition(" ")[0]
         if row_method not in (method, "*"):
             continue
         prefixes = [""] if row_method == "*" else ["", "/v[0-9.]+"]
-        if any(re.fullmatch(prefix + pattern, path) for prefix in prefixes):
+        if any(re.fullmatch(prefix + pattern(row).pattern, path) for prefix in prefixes):
             return f"{method if method in METHODS else '*'} {template(row)}"
     return "nowhere"
 
