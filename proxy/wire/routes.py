@@ -242,8 +242,8 @@ def _row(row: str) -> _Row:
     return _Row(method, template(row), re.compile("".join(parts)))
 
 
-def _first_segment(path: str) -> str:
-    return path.split("/", 2)[1] if path.startswith("/") else ""
+def _first_segment(path: str) -> str | None:
+    return path.split("/", 2)[1] if path.startswith("/") else None
 
 
 _OWN = frozenset(tuple(row.split(" ")) for row in ROUTES[:2])
@@ -251,10 +251,16 @@ _ROWS = [_row(row) for row in ROUTES[2:]]
 _ANYWHERE = [r for r in _ROWS if r.template.startswith("/{")]
 """Rows whose first segment is a variable: they belong to every segment's list."""
 _BY_SEGMENT = {
-    segment: [r for r in _ROWS if r in _ANYWHERE or _first_segment(r.template) == segment]
-    for segment in {_first_segment(r.template) for r in _ROWS} - {"{anyroute}"}
+    (method, segment): [
+        r
+        for r in _ROWS
+        if r.method in (method, "*") and (r in _ANYWHERE or _first_segment(r.template) == segment)
+    ]
+    for method in (*METHODS, "*")
+    for segment in {_first_segment(r.template) for r in _ROWS} - {"{anyroute}"} | {None}
 }
-"""The rows a path can fit, by its first segment, still in mux's order."""
+"""The rows a request can fit, by its method (``*`` for any other) and its path's
+first segment (None: one no template starts with), still in mux's order."""
 
 # The templates route() labels a method-less path with: every fixed one, then
 # those ending in a segment of text ahead of those ending in a variable, so
@@ -351,8 +357,9 @@ def locate(method: str, target: str) -> Located:
     endpoint = clean if prefix is None else clean[prefix.end() :]
     version = None if prefix is None else prefix[0][2:]
     label = nowhere.partition(" ")[0]
-    for row in _BY_SEGMENT.get(_first_segment(endpoint), _ANYWHERE):
-        if row.method != method and (row.method != "*" or prefix is not None):
+    rows = _BY_SEGMENT.get((label, _first_segment(endpoint))) or _BY_SEGMENT[(label, None)]
+    for row in rows:
+        if row.method == "*" and prefix is not None:
             continue
         match = row.pattern.fullmatch(endpoint)
         if match is None:
