@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -112,6 +114,24 @@ def test_discovery_refuses_everything_and_lets_it_through() -> None:
     assert verdict.denied and verdict.forward
     assert verdict.route == "POST /containers/create"
     assert verdict.rule is None
+
+
+README = (Path(__file__).parents[3] / "README.md").read_text()
+POLICIES_SECTION = README.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_readme_lists_each_profile_route_by_route(name: str) -> None:
+    assert f"**`{name}`**" in POLICIES_SECTION
+    listed = POLICIES_SECTION.split(f"<!-- profile {name} -->\n```text\n", 1)[1:]
+    routes = listed[0].split("\n```", 1)[0].splitlines() if listed else []
+    assert routes == SHIPPED[name]["allow"]
+
+
+def test_the_readme_policy_example_is_a_valid_policy() -> None:
+    block = POLICIES_SECTION.split("```toml\n", 1)[1].split("\n```", 1)[0]
+    policies = policies_from_config(tomllib.loads(block)["policies"])
+    assert policies["ci"].allow[-2:] == ("POST /build", "GET /images/{name}/history")
 
 
 def test_full_is_no_policy() -> None:
