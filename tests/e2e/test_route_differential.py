@@ -3,19 +3,24 @@
 A policy reads a request as ``routes.locate`` places it; if dockerd took the
 request elsewhere, an allowed route could hide a refused one. So every route
 of the table gets a reference answer from the real daemon, asked on its plain
-target (``/v1.41/containers/ID/json``). Reads name objects that exist (a
-created container, the busybox image, the ``none`` network, a volume), and
+target (``/v1.41/containers/ID/json``), and none may be dockerd's 404 "page
+not found" (a row dockerd does not register). Reads name objects that exist
+(a created container, the busybox image, the ``none`` network, a volume), and
 the query asks for everything a read can say, so that their answers differ
 route by route: a list of containers is not a list of images, an inspect is
-not an export. Writes name objects that do not exist, so nothing changes.
+not an export; under each shipped profile no allowed read answers as a
+refused one does. Writes name objects that do not exist, so nothing changes;
+they answer alike ("No such container"), so among themselves they are told
+apart by the table alone.
 
 Then Hypothesis bends plain targets (``hostile``) and each bent target is sent
-to dockerd as it stands. One ``locate`` places somewhere must get that
-route's reference answer when its ids are the plain ones; with other ids
-(a bend may change one), the answer to the route's plain target with those
-ids. What ``locate`` calls ``other`` every policy refuses, so dockerd may do
-with it what it likes. A mis-routing table fails here: the last test plants
-one and sees it caught.
+to dockerd as it stands. One ``locate`` places on a route must not be routed
+nowhere by dockerd (a redirect, "page not found", Go's 400), and must get
+that route's reference answer when its ids are the plain ones; with other
+ids (a bend may change one), the answer to the route's target written
+cleanly with those ids. What ``locate`` calls ``other`` every policy
+refuses, so dockerd may do with it what it likes. The last test plants a
+mis-route and sees it caught.
 """
 
 from __future__ import annotations
