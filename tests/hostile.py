@@ -22,11 +22,11 @@ import re
 
 from hypothesis import strategies as st
 
-from proxy.wire.routes import ROUTES, template
+from proxy.wire.routes import DOCKERD_ROUTES, template
 
 VARIABLE = re.compile(r"\{(\w+)\}")
 
-ROWS = [row for row in ROUTES[2:] if not row.startswith(("* ", "OPTIONS "))]
+ROWS = [row for row in DOCKERD_ROUTES if not row.startswith(("* ", "OPTIONS "))]
 """dockerd's routes a client names by method (the proxy's own are matched raw)."""
 
 
