@@ -8,9 +8,12 @@ Rules:
   route of ``routes.ROUTES``; an entry naming none is a configuration error,
   not a rule that never matches. The first entry that fits names the rule;
   no entry fitting means denied.
-- API versions below 1.24 are refused under any policy: before 1.24,
-  ``POST /containers/{id}/start`` takes a HostConfig, so "start" could make a
-  container privileged. ``full`` is no policy at all: it is never judged.
+- API versions below 1.24 are refused under any policy, in any mode (the
+  verdict says ``enforce``): before 1.24, ``POST /containers/{id}/start``
+  takes a HostConfig, so "start" could make a container privileged. ``full``
+  is no policy at all: it is never judged.
+- What an allowed route gives beyond its name (a create is root until bodies
+  are checked; BuildKit brings the host's network) is said by ``warnings``.
 - ``POST /build`` with ``networkmode=host`` (or ``container:...``) or a
   ``cgroupparent`` is refused unless the policy says ``build_host_network`` or
   ``build_cgroup_parent``. dockerd reads those parameters from a form body
@@ -125,13 +128,12 @@ class Policy:
         """
         located = locate(method, target)
         verdict = self._allowed.get(located.route)
+        if located.version is not None and _older(located.version):
+            what = f"API version {located.version} (1.24 is the oldest)"
+            return self._refuse(located.route, verdict.rule if verdict else None, what, "enforce")
         if verdict is None:
             why = " (not a route it can be sure of)" if located.route.endswith(" other") else ""
             return self._refuse(located.route, None, f"{located.route}{why}")
-        if located.version is not None and _older(located.version):
-            return self._refuse(
-                located.route, verdict.rule, f"API version {located.version} (1.24 is the oldest)"
-            )
         if located.route == BUILD:
             option = self._forbidden_build_option(target.partition("?")[2], content_types)
             if option:
@@ -147,9 +149,9 @@ class Policy:
             if route in self._allowed
         ]
 
-    def _refuse(self, route: str, rule: str | None, what: str) -> Verdict:
+    def _refuse(self, route: str, rule: str | None, what: str, mode: Mode | None = None) -> Verdict:
         reason = f'policy "{self.name}" does not allow {what}'
-        return Verdict(self.name, self.mode, route, rule, True, reason)
+        return Verdict(self.name, mode or self.mode, route, rule, True, reason)
 
     def _forbidden_build_option(self, query: str, content_types: Sequence[bytes] | None) -> str:
         """The first build option this policy forbids that the request may set, or ""."""

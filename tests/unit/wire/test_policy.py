@@ -195,6 +195,14 @@ def test_api_versions_below_1_24_are_refused(version: str, refused: bool) -> Non
         )
 
 
+def test_old_api_versions_are_refused_in_every_mode() -> None:
+    """A discovery run must not let a HostConfig start through either."""
+    for name in ("discovery", "runner"):
+        verdict = POLICIES[name].judge("POST", "/v1.23/containers/x/start")
+        assert verdict.denied and verdict.mode == "enforce" and not verdict.forward
+    assert POLICIES["discovery"].judge("POST", "/v1.24/containers/x/start").forward
+
+
 def test_no_version_prefix_is_the_daemon_s_own_version() -> None:
     assert not POLICIES["runner"].judge("POST", "/containers/x/start").denied
 
