@@ -12,8 +12,6 @@ Rules:
   verdict says ``enforce``): before 1.24, ``POST /containers/{id}/start``
   takes a HostConfig, so "start" could make a container privileged. ``full``
   is no policy at all: it is never judged.
-- What an allowed route gives beyond its name (a create is root until bodies
-  are checked; BuildKit brings the host's network) is said by ``warnings``.
 - ``POST /build`` with ``networkmode=host`` (or ``container:...``) or a
   ``cgroupparent`` is refused unless the policy says ``build_host_network`` or
   ``build_cgroup_parent``. dockerd reads those parameters from a form body
@@ -70,22 +68,6 @@ def _fits(entry: str, route: str) -> bool:
     return path == route_path and method in ("*", route_method)
 
 
-_ROOT = "request bodies are not checked yet, so it is root on the host"
-GIVES_AWAY = {
-    "POST /containers/create": f"{_ROOT} (--privileged, -v /:/host)",
-    "POST /services/create": f"{_ROOT} (a service's mounts and capabilities)",
-    "POST /services/{id}/update": f"{_ROOT} (a service's mounts and capabilities)",
-    "POST /plugins/pull": f"{_ROOT} (a plugin's privileges)",
-    "POST /plugins/{name}/upgrade": f"{_ROOT} (a plugin's privileges)",
-    "POST /containers/{id}/exec": "an exec can be privileged, in any container it can name",
-    "POST /grpc": (
-        "its BuildKit builds can use the host's network (docker build --network host), "
-        "whatever build_host_network says"
-    ),
-}
-"""Routes that give more than their names say, and what."""
-
-
 @functools.lru_cache(maxsize=256)
 def _older(version: str) -> bool:
     """``version`` < 1.24 as dockerd compares (missing or non-numeric parts are 0)."""
@@ -139,15 +121,6 @@ class Policy:
             if option:
                 return self._refuse(located.route, verdict.rule, f"{BUILD} with {option}")
         return verdict
-
-    def warnings(self) -> list[str]:
-        """What this policy gives away that its entries do not say, one line each,
-        for ``check`` to print where the policy is configured."""
-        return [
-            f'policy "{self.name}" allows {route}: {why}'
-            for route, why in GIVES_AWAY.items()
-            if route in self._allowed
-        ]
 
     def _refuse(self, route: str, rule: str | None, what: str, mode: Mode | None = None) -> Verdict:
         reason = f'policy "{self.name}" does not allow {what}'
