@@ -192,11 +192,11 @@ class AuditSink:
         self._dropped_on_loop = 0
         self._dropped_by_writer = 0
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
-        self._thread.start()
 
     @classmethod
     def open(cls, settings: AuditSettings) -> AuditSink:
-        """The sink ``[audit]`` asks for; raises AuditError when the log cannot be opened."""
+        """The sink ``[audit]`` asks for, its writer not started; raises AuditError
+        when the log cannot be opened."""
         return cls(open_output(settings), settings.buffer, settings.on_full == "refuse")
 
     @property
@@ -221,6 +221,10 @@ class AuditSink:
 
     # -- the app's -------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the writer; lines recorded before wait for it."""
+        self._thread.start()
+
     def reopen(self) -> None:
         """Reopen the file at its path before the next line (SIGHUP)."""
         self._reopen = True
@@ -233,7 +237,8 @@ class AuditSink:
             return
         self._closing.set()
         self._wake.set()
-        self._thread.join(CLOSE_WAIT)
+        if self._thread.ident is not None:
+            self._thread.join(CLOSE_WAIT)
         if self._thread.is_alive():
             log.error("audit log: %d lines not written at exit (stuck)", len(self._queue))
             return

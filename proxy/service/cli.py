@@ -47,7 +47,7 @@ from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .auditlines import allow_list, allow_toml
-from .auditsink import AuditError
+from .auditsink import AuditError, AuditSink
 from .check import CacheReference, Staleness, describe
 from .server import open_listener, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
@@ -142,8 +142,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
     raise_open_files_limit()
+    # A log that cannot be opened stops us before binding too.
+    audit = AuditSink.open(settings.audit) if settings.audit is not None else None
     listener = open_listener(settings)
-    return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
+    return uvloop.run(App(settings, config, loader(args), listener, watchdog, audit).run())
 
 
 def loader(args: argparse.Namespace) -> Callable[[], Config]:
