@@ -47,7 +47,6 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 from ..wire.access import AccessRecord
@@ -173,17 +172,10 @@ class AuditSink:
     """The ``Auditor`` of every listener: ``admits`` and ``record`` on the loop, the rest on
     the writer thread."""
 
-    def __init__(
-        self,
-        output: Output,
-        size: int,
-        refuse_when_full: bool = False,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, output: Output, size: int, refuse_when_full: bool = False) -> None:
         self.output = output
         self.size = size
         self.refuse_when_full = refuse_when_full
-        self.clock = clock
         self._queue: deque[tuple[float, AccessRecord]] = deque()
         self._wake = threading.Event()
         self._reopen = False
@@ -215,7 +207,7 @@ class AuditSink:
         if not self.refuse_when_full and len(self._queue) >= self.size:
             self._dropped_on_loop += 1
             return
-        self._queue.append((self.clock(), record))
+        self._queue.append((time.time(), record))
         if not self._wake.is_set():
             self._wake.set()
 
