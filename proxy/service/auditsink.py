@@ -10,9 +10,9 @@ Rules:
   is a batch the output refused (a full disk). With ``on_full = "refuse"``,
   ``admits`` says no to new exchanges while the queue is full, and nothing
   already admitted is dropped: the queue may pass its size by the exchanges
-  in flight, which the connection limit bounds. A batch the output refused
-  is tried again a second later, keeping the queue full, so the proxy stays
-  closed until the log can be written.
+  in flight, which the connection limit bounds. While the output refuses
+  writes, ``admits`` says no too, and the refused batch is tried again every
+  second, so the proxy stays closed until the log can be written.
 - The file is created mode 0640 (set after the open, as the service's
   ``UMask=0077`` would narrow it), opened ``O_APPEND|O_NOFOLLOW``: a symlink
   at the path is refused, since whoever can plant one could send the log
@@ -199,7 +199,9 @@ class AuditSink:
     # -- the data path's Auditor ---------------------------------------------
 
     def admits(self) -> bool:
-        return not self.refuse_when_full or len(self._queue) < self.size
+        if not self.refuse_when_full:
+            return True
+        return len(self._queue) < self.size and not self._failing
 
     def record(self, record: AccessRecord) -> None:
         if not logged(record):
