@@ -12,11 +12,11 @@ Rules:
   under live connections would drop them): a reload that changes one is
   still taken, and logs that the change waits for a restart. A config the
   next start would refuse is refused whole, keeping the running one.
-- The audit log is opened before anything else starts (a log that cannot be
-  opened stops start-up, as a busy socket does) and is the last thing
-  closed, once the connections whose lines it takes have ended. A SIGHUP
-  reopens it before the config is read, so logrotate's rename is followed
-  even when the reload is refused; ``[audit]`` itself is bound at start-up.
+- The audit log comes opened (a log that cannot be opened stops start-up
+  before any socket is bound); its writer starts first and stops last, once
+  the connections whose lines it takes have ended. A SIGHUP reopens it
+  before the config is read, so logrotate's rename is followed even when the
+  reload is refused; ``[audit]`` itself is bound at start-up.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from ..recipes.config import Config, ConfigError
 from ..wire.hub import Hub, Judge, Observer
 from ..wire.listener import ListenerError
 from ..wire.peer import ClientRule
-from .auditconfig import AuditSettings
-from .auditsink import AuditError, AuditSink
+from .auditsink import AuditSink
 from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
 from .server import Opened, close_listeners, serve
@@ -91,11 +90,13 @@ class App:
         load: Callable[[], Config],
         listeners: list[Opened],
         watchdog: float | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         """``load`` reads the config the way start-up did, so a reload finds the
         same file, or the default file if it has appeared since, and refuses
         what start-up would (it raises ConfigError or SettingsError).
-        ``watchdog`` is systemd's keep-alive interval, read at start."""
+        ``watchdog`` is systemd's keep-alive interval, read at start;
+        ``audit`` the audit log ``[audit]`` asks for, opened, not started."""
         self.settings = settings
         self.config = config
         self.load = load
@@ -105,8 +106,8 @@ class App:
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
         self.stale: StaleTracker | None = None
-        self.audit: AuditSink | None = None
-        """The listeners' ``Auditor`` while running, when ``[audit]`` asks for one."""
+        self.audit = audit
+        """The listeners' ``Auditor``, when ``[audit]`` asks for one."""
 
     def reload(self) -> None:
         if self.audit is not None:
@@ -131,15 +132,13 @@ class App:
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
-        settings = self.settings
-        if settings.audit is not None:
-            self.audit = self._open_audit(settings.audit)
+        if self.audit is None:
+            return await self._run()
+        self.audit.start()
         try:
             return await self._run()
         finally:
-            if self.audit is not None:
-                await asyncio.to_thread(self.audit.close)
-                self.audit = None
+            await asyncio.to_thread(self.audit.close)
 
     async def _run(self) -> int:
         settings = self.settings
@@ -215,14 +214,6 @@ class App:
 
     def _policy(self, name: str) -> Judge | None:
         return None if name == FULL else self.settings.policies[name]
-
-    def _open_audit(self, audit: AuditSettings) -> AuditSink:
-        """Start-up fails whole: a log that cannot be opened gives the sockets back."""
-        try:
-            return AuditSink.open(audit)
-        except AuditError:
-            close_listeners(listener for _, listener in self.listeners)
-            raise
 
     async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
         """Start-up fails whole: a busy port also gives the Docker socket back."""

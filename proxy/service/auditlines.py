@@ -14,8 +14,9 @@ Rules:
   ``HostConfig``). The query is cut off the path and only its parameter
   names kept: ``POST /build?buildargs=...`` carries build arguments, which
   hold tokens as often as ``Env`` does.
-- A path is cut at ``MAX_PATH`` characters (the cut says so), so that a line
-  always fits one journal datagram.
+- A path, and the query's names together, are cut at ``MAX_PATH``
+  characters (the cut says so), so that a line always fits one journal
+  datagram.
 - The route comes from the verdict; on a listener without a policy (``full``)
   it is the request's method and ``routes.route`` of its path, the template
   the metrics use. Either way, ``METHOD other`` is a path no route of
@@ -51,6 +52,7 @@ READS = frozenset(
 """Templates whose GET carries a container's files or an image out."""
 UNLOGGED_METHODS = frozenset({"GET", "HEAD"})
 MAX_PATH = 8192
+CUT = "...(cut)"
 OTHER = "other"
 
 
@@ -82,7 +84,7 @@ def entry(record: AccessRecord, when: float) -> dict[str, Any]:
     """The line's fields; ``when`` is the exchange's end, in Unix time."""
     path, _, query = record.path.partition("?")
     if len(path) > MAX_PATH:
-        path = path[:MAX_PATH] + "...(cut)"
+        path = path[:MAX_PATH] + CUT
     peer, verdict = record.peer, record.verdict
     return {
         "time": datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
@@ -106,9 +108,15 @@ def entry(record: AccessRecord, when: float) -> dict[str, Any]:
 
 
 def _names(query: str) -> list[str]:
-    """The query's parameter names, once each, in order; never a value."""
-    names = (part.partition("=")[0] for part in query.split("&") if part)
-    return list(dict.fromkeys(name[:MAX_PATH] for name in names))
+    """The query's parameter names, once each, in order, cut as a path is; never a value."""
+    names: list[str] = []
+    size = 0
+    for name in dict.fromkeys(part.partition("=")[0] for part in query.split("&") if part):
+        size += len(name) + 1
+        if size > MAX_PATH:
+            return [*names, CUT]
+        names.append(name)
+    return names
 
 
 def encode(record: AccessRecord, when: float) -> bytes:

@@ -10,9 +10,9 @@ Rules:
   is a batch the output refused (a full disk). With ``on_full = "refuse"``,
   ``admits`` says no to new exchanges while the queue is full, and nothing
   already admitted is dropped: the queue may pass its size by the exchanges
-  in flight, which the connection limit bounds. A batch the output refused
-  is tried again a second later, keeping the queue full, so the proxy stays
-  closed until the log can be written.
+  in flight, which the connection limit bounds. While the output refuses
+  writes, ``admits`` says no too, and the refused batch is tried again every
+  second, so the proxy stays closed until the log can be written.
 - The file is created mode 0640 (set after the open, as the service's
   ``UMask=0077`` would narrow it), opened ``O_APPEND|O_NOFOLLOW``: a symlink
   at the path is refused, since whoever can plant one could send the log
@@ -47,7 +47,6 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 from ..wire.access import AccessRecord
@@ -173,17 +172,10 @@ class AuditSink:
     """The ``Auditor`` of every listener: ``admits`` and ``record`` on the loop, the rest on
     the writer thread."""
 
-    def __init__(
-        self,
-        output: Output,
-        size: int,
-        refuse_when_full: bool = False,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, output: Output, size: int, refuse_when_full: bool = False) -> None:
         self.output = output
         self.size = size
         self.refuse_when_full = refuse_when_full
-        self.clock = clock
         self._queue: deque[tuple[float, AccessRecord]] = deque()
         self._wake = threading.Event()
         self._reopen = False
@@ -192,11 +184,11 @@ class AuditSink:
         self._dropped_on_loop = 0
         self._dropped_by_writer = 0
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
-        self._thread.start()
 
     @classmethod
     def open(cls, settings: AuditSettings) -> AuditSink:
-        """The sink ``[audit]`` asks for; raises AuditError when the log cannot be opened."""
+        """The sink ``[audit]`` asks for, its writer not started; raises AuditError
+        when the log cannot be opened."""
         return cls(open_output(settings), settings.buffer, settings.on_full == "refuse")
 
     @property
@@ -207,7 +199,9 @@ class AuditSink:
     # -- the data path's Auditor ---------------------------------------------
 
     def admits(self) -> bool:
-        return not self.refuse_when_full or len(self._queue) < self.size
+        if not self.refuse_when_full:
+            return True
+        return len(self._queue) < self.size and not self._failing
 
     def record(self, record: AccessRecord) -> None:
         if not logged(record):
@@ -215,11 +209,15 @@ class AuditSink:
         if not self.refuse_when_full and len(self._queue) >= self.size:
             self._dropped_on_loop += 1
             return
-        self._queue.append((self.clock(), record))
+        self._queue.append((time.time(), record))
         if not self._wake.is_set():
             self._wake.set()
 
     # -- the app's -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer; lines recorded before wait for it."""
+        self._thread.start()
 
     def reopen(self) -> None:
         """Reopen the file at its path before the next line (SIGHUP)."""
@@ -233,7 +231,8 @@ class AuditSink:
             return
         self._closing.set()
         self._wake.set()
-        self._thread.join(CLOSE_WAIT)
+        if self._thread.ident is not None:
+            self._thread.join(CLOSE_WAIT)
         if self._thread.is_alive():
             log.error("audit log: %d lines not written at exit (stuck)", len(self._queue))
             return

@@ -48,7 +48,7 @@ from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
 from .auditlines import allow_list, allow_toml
-from .auditsink import AuditError
+from .auditsink import AuditError, AuditSink
 from .check import CacheReference, Staleness, describe
 from .listeners import warnings
 from .server import open_listeners, raise_open_files_limit
@@ -144,8 +144,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
     raise_open_files_limit()
+    # A log that cannot be opened stops us before binding too.
+    audit = AuditSink.open(settings.audit) if settings.audit is not None else None
     listeners = open_listeners(settings)
-    return uvloop.run(App(settings, config, loader(args), listeners, watchdog).run())
+    return uvloop.run(App(settings, config, loader(args), listeners, watchdog, audit).run())
 
 
 def loader(args: argparse.Namespace) -> Callable[[], Config]:

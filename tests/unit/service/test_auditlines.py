@@ -155,6 +155,10 @@ def test_a_long_path_is_cut_and_says_so() -> None:
     line = entry(record("POST", "/" + "a" * (2 * MAX_PATH)), WHEN)
     assert len(line["path"]) < MAX_PATH + 16
     assert line["path"].endswith("...(cut)")
+    query = "&".join(f"n{i}=v" for i in range(MAX_PATH))
+    names = entry(record("POST", f"/build?{query}"), WHEN)["query"]
+    assert sum(map(len, names)) < MAX_PATH + 16
+    assert names[:2] == ["n0", "n1"] and names[-1] == "...(cut)"
 
 
 def line(listener: str, route: str) -> str:

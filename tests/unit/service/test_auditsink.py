@@ -43,7 +43,11 @@ def sinks() -> Iterator[list[AuditSink]]:
 
 
 def file_sink(sinks: list[AuditSink], path: Path, size: int = 100) -> AuditSink:
-    sink = AuditSink(FileOutput(str(path)), size)
+    return started(sinks, AuditSink(FileOutput(str(path)), size))
+
+
+def started(sinks: list[AuditSink], sink: AuditSink) -> AuditSink:
+    sink.start()
     sinks.append(sink)
     return sink
 
@@ -172,8 +176,7 @@ def test_a_reopen_that_fails_keeps_writing_to_the_open_file(
 def test_a_full_queue_drops_and_counts(sinks: list[AuditSink]) -> None:
     gate = Gate()
     gate.release.clear()
-    sink = AuditSink(gate, size=3)
-    sinks.append(sink)
+    sink = started(sinks, AuditSink(gate, size=3))
     sink.record(post(0))
     wait_for(gate.entered.is_set, WAIT, "the writer to take the first line")
     for n in range(1, 6):
@@ -189,8 +192,7 @@ def test_a_full_queue_drops_and_counts(sinks: list[AuditSink]) -> None:
 def test_refuse_admits_nothing_while_full_and_drops_nothing(sinks: list[AuditSink]) -> None:
     gate = Gate()
     gate.release.clear()
-    sink = AuditSink(gate, size=2, refuse_when_full=True)
-    sinks.append(sink)
+    sink = started(sinks, AuditSink(gate, size=2, refuse_when_full=True))
     sink.record(post(0))
     wait_for(gate.entered.is_set, WAIT, "the writer to take the first line")
     sink.record(post(1))
@@ -211,8 +213,7 @@ def test_a_refused_write_is_counted_under_drop(
 ) -> None:
     gate = Gate()
     gate.failures = 1
-    sink = AuditSink(gate, size=10)
-    sinks.append(sink)
+    sink = started(sinks, AuditSink(gate, size=10))
     with caplog.at_level(logging.WARNING):
         sink.record(post(0))
         wait_for(lambda: sink.dropped == 1, WAIT, "the failed line to be counted")
@@ -223,29 +224,41 @@ def test_a_refused_write_is_counted_under_drop(
     assert "audit log: writing again" in caplog.text
 
 
-def test_a_refused_write_is_tried_again_under_refuse(
+def test_refuse_admits_nothing_while_the_log_cannot_be_written(
     sinks: list[AuditSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(auditsink, "RETRY", 0.05)
     gate = Gate()
-    gate.failures = 2
-    sink = AuditSink(gate, size=10, refuse_when_full=True)
-    sinks.append(sink)
+    gate.failures = 10**9
+    sink = started(sinks, AuditSink(gate, size=10, refuse_when_full=True))
     sink.record(post(0))
     sink.record(post(1))
-    wait_for(lambda: gate.lines, WAIT, "the lines to be written at last")
+    wait_for(lambda: not sink.admits(), WAIT, "the sink to refuse")
+    gate.failures = 0
+    wait_for(sink.admits, WAIT, "the sink to admit again")
     sink.record(post(2))
     sink.close()
-    assert gate.lines[-1] == "/v1.45/containers/c2/stop"
-    assert sorted(gate.lines) == gate.lines == [f"/v1.45/containers/c{n}/stop" for n in range(3)]
+    assert gate.lines == [f"/v1.45/containers/c{n}/stop" for n in range(3)]
     assert sink.dropped == 0
 
 
-def test_close_closes_the_output() -> None:
+def test_close_closes_the_output_started_or_not() -> None:
+    for start in (True, False):
+        gate = Gate()
+        sink = AuditSink(gate, size=1)
+        if start:
+            sink.start()
+        sink.close()
+        assert gate.closed
+
+
+def test_lines_recorded_before_the_writer_starts_wait_for_it() -> None:
     gate = Gate()
-    sink = AuditSink(gate, size=1)
+    sink = AuditSink(gate, size=10)
+    sink.record(post(1))
+    sink.start()
     sink.close()
-    assert gate.closed
+    assert gate.lines == ["/v1.45/containers/c1/stop"]
 
 
 # -- the journal ---------------------------------------------------------------------
@@ -274,8 +287,7 @@ def test_the_journal_gets_one_datagram_a_line(tmp_path: Path, sinks: list[AuditS
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
         journal.bind(address)
         journal.settimeout(WAIT)
-        sink = AuditSink(JournalOutput(address), size=10)
-        sinks.append(sink)
+        sink = started(sinks, AuditSink(JournalOutput(address), size=10))
         sink.record(post(1, listener="two\nlines"))
         got = fields(journal.recv(65536))
     assert got["SYSLOG_IDENTIFIER"] == "docker-heal-proxy-audit"
