@@ -26,11 +26,11 @@ from bench.schedule import Measure
 
 MEASUREMENTS: tuple[Measure[Bench], ...] = (
     ping.MEASURE,
-    policy.MEASURE,
     save.MEASURE,
     memory.MEASURE,
     profile.MEASURE,
     cpu_split.MEASURE,
+    policy.MEASURE,
     create.MEASURE,
     heal.MEASURE,
     cache.MEASURE,
