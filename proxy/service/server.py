@@ -116,9 +116,10 @@ def startup_line(settings: Settings, listener: Listener, of: ListenerSettings | 
     """Where clients connect, and why there when the default may surprise; a
     socket systemd handed us is where its unit says, so it needs no note."""
     where = listener.path or "<activated socket>"
-    note = settings.listen_note if listener.inode is not None and of is None else ""
     if of is not None and (of.name != DEFAULT or of.policy != FULL):
         note = f" for listener {of.name} (policy {of.policy})"
+    else:  # the default listener: ``listen``, whose place may surprise
+        note = settings.listen_note if listener.inode is not None else ""
     return f"listening on {where}{note}, forwarding to {settings.upstream}"
 
 

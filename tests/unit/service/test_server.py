@@ -37,6 +37,8 @@ def test_a_claimed_socket_says_why_it_is_where_it_is() -> None:
             f"listening on {SETTINGS.listen} (the default for a user without "
             "XDG_RUNTIME_DIR), forwarding to /var/run/docker.sock"
         )
+        default = ListenerSettings("default", SETTINGS.listen, 0o660, None, "full")
+        assert startup_line(SETTINGS, claimed, default) == startup_line(SETTINGS, claimed)
         plain = replace(SETTINGS, listen_note="")
         assert startup_line(plain, claimed) == (
             f"listening on {SETTINGS.listen}, forwarding to /var/run/docker.sock"
