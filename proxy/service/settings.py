@@ -8,6 +8,9 @@ Rules:
   here is testable without touching the host.
 - Only ``unix://`` URLs are accepted, for both sides. A TCP Docker socket
   would need TLS to be safe, and that is a different product.
+- The listeners (``listeners``), the policies (``wire.policy``) and the
+  audit log are resolved here too, so ``check``, ``serve`` and a reload
+  refuse the same mistakes, each in one line.
 """
 
 from __future__ import annotations
