@@ -332,8 +332,9 @@ class Connection(asyncio.Protocol):
                 if not self.used and buf[:24] == H2_PREFACE[: len(buf)]:
                     if len(buf) < len(H2_PREFACE):
                         break  # maybe the preface: wait for the rest of it
-                    if self.gate is not None and self.gate.policy is not None:
-                        self._write_answer(self.gate.h2_refusal())
+                    gate = self.gate
+                    if gate is not None and gate.policy is not None:
+                        self._write_answer(gate.h2_refusal(gate.policy))
                         self.inbuf.clear()
                         self._close()
                         return

@@ -152,16 +152,21 @@ class Gate:
             return None
         return refusal(self.hub.name, verdict)
 
-    def h2_refusal(self) -> bytes:
-        """What a client opening with the HTTP/2 preface reads before the connection closes."""
+    def h2_refusal(self, policy: Judge) -> bytes:
+        """What a client opening with the HTTP/2 preface reads before the connection closes.
+
+        Counted and recorded as the refusal of a request line ``PRI *``, the
+        preface's own: there is no other to name it by.
+        """
         hub = self.hub
-        name = getattr(self.policy, "name", "?")
+        reason = f'policy "{policy.name}" does not allow HTTP/2 with prior knowledge'
         if hub.observer is not None:
-            hub.observer.policy_denied(hub.name, name, H2_ROUTE)
-        message = (
-            f'{PREFIX}listener "{hub.name}": policy "{name}" does not allow HTTP/2 '
-            "with prior knowledge; use HTTP/1.1"
-        )
+            hub.observer.policy_denied(hub.name, policy.name, H2_ROUTE)
+        if hub.auditor is not None:
+            verdict = Verdict(policy.name, "enforce", H2_ROUTE, None, True, reason)
+            record = AccessRecord(hub.name, self.peer, "PRI", "*", verdict, 0, 0.0, False)
+            hub.auditor.record(record)
+        message = f'{PREFIX}listener "{hub.name}": {reason}; use HTTP/1.1'
         goaway = GoAwayFrame(0, last_stream_id=0, error_code=H2_HTTP_1_1_REQUIRED)
         goaway.additional_data = message.encode()
         return bytes(SettingsFrame(0).serialize() + goaway.serialize())

@@ -196,7 +196,8 @@ async def an_exchange_cut_short_is_recorded_without_a_status() -> None:
 
 @scenario
 async def the_http2_preface_is_refused_where_a_policy_applies() -> None:
-    async with rig(name="ci", policy=FakePolicy()) as r:
+    auditor = FakeAuditor()
+    async with rig(name="ci", policy=FakePolicy(), auditor=auditor) as r:
         reader, writer = await r.client()
         writer.write(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         data = await reader.read()
@@ -211,6 +212,8 @@ async def the_http2_preface_is_refused_where_a_policy_applies() -> None:
         assert bytes(r.daemon.received) == b""
         assert r.recorder.denials == [("ci", "fake", "PRI *")]
         assert r.recorder.h2 == 0
+    ((method, path, verdict),) = [(a.method, a.path, a.verdict) for a in auditor.records]
+    assert (method, path) == ("PRI", "*") and verdict is not None and verdict.denied
 
 
 @scenario
