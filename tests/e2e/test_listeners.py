@@ -65,9 +65,8 @@ def refused(args: list[str], env: dict[str, str], listener: str, policy: str, ro
     return said
 
 
-def names(env: dict[str, str], *filters: str) -> list[str]:
-    args = ["ps", "-a", "--format", "{{.Names}}", *(f"--filter={f}" for f in filters)]
-    return docker(args, env=env).stdout.decode().split()
+def names(env: dict[str, str]) -> list[str]:
+    return docker(["ps", "-a", "--format", "{{.Names}}"], env=env).stdout.decode().split()
 
 
 @pytest.fixture
@@ -84,6 +83,7 @@ def test_readonly_reads_and_the_cli_prints_each_refusal(
 ) -> None:
     p = make_proxy(listener(open_folder, "ro", "readonly"))
     env = host(open_folder, "ro")
+    before = names(p.env)
     assert stopped in names(env)
     inspected = json.loads(docker(["inspect", stopped], env=env).stdout)
     assert inspected[0]["Name"] == f"/{stopped}"
@@ -103,7 +103,7 @@ def test_readonly_reads_and_the_cli_prints_each_refusal(
     status = UnixHTTPConnection(f"{open_folder}/ro.sock")
     status.request("GET", "/_heal/status")
     assert status.getresponse().status == 403  # the heal's transcripts are no reader's
-    assert names(p.env, f"ancestor={busybox}") == [stopped]  # nothing was created
+    assert names(p.env) == before  # nothing was created
 
 
 def in_pty(args: list[str], env: dict[str, str], typed: bytes, until: bytes) -> bytes:
