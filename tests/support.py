@@ -680,6 +680,15 @@ REFUSED = [
         '[audit]\npath = "audit.jsonl"\n',
         "[audit] path must be an absolute file path or \"journal\", not 'audit.jsonl'",
     ),
+    (
+        '[[listeners]]\nname = "ci"\nlisten = "unix:///tmp/dhp-ci.sock"\npolicy = "runer"\n',
+        "listeners.ci.policy: no policy 'runer' (known: autoheal, discovery, full, readonly, "
+        "runner, watchtower)",
+    ),
+    (
+        '[policies.ci]\nextends = "nope"\n',
+        'policies.ci.extends: no policy "nope"',
+    ),
 ]
 """Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
 
