@@ -302,12 +302,14 @@ def start_proxy(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    launcher: Sequence[str] = ("-m", "proxy"),
     **popen: object,
 ) -> Proxy:
-    """Run ``python -m proxy serve`` as a user would, and wait until it answers."""
+    """Run ``python -m proxy serve`` as a user would, and wait until it answers.
+    ``launcher`` replaces ``-m proxy`` (``tests/auditfeed.py FEED``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = str(workdir / "proxy.sock")
-    argv = [sys.executable, "-m", "proxy", "serve", f"--listen=unix://{sock}"]
+    argv = [sys.executable, *launcher, "serve", f"--listen=unix://{sock}"]
     argv += [f"--upstream=unix://{upstream}", "--metrics-listen=", "--log-level=debug"]
     if config is not None:
         path = workdir / "config.toml"
@@ -681,6 +683,19 @@ REFUSED = [
         "[security] parse_user 'root' has uid 0: the Dockerfile parser would stay root; "
         'name an unprivileged user (the default is "nobody")',
     ),
+    (
+        '[audit]\npath = "audit.jsonl"\n',
+        "[audit] path must be an absolute file path or \"journal\", not 'audit.jsonl'",
+    ),
+    (
+        '[[listeners]]\nname = "ci"\nlisten = "unix:///tmp/dhp-ci.sock"\npolicy = "runer"\n',
+        "listeners.ci.policy: no policy 'runer' (known: autoheal, discovery, full, readonly, "
+        "runner, watchtower)",
+    ),
+    (
+        '[policies.ci]\nextends = "nope"\n',
+        'policies.ci.extends: no policy "nope"',
+    ),
 ]
 """Configs ``check``, ``serve`` and a reload all refuse, with the reason given."""
 
@@ -763,6 +778,27 @@ def heal_once(healer: Healer, image: str) -> str | None:
     except HealFailed as failure:
         return str(failure)
     return None
+
+
+@dataclass(frozen=True)
+class User:
+    """A user a test made (``make_user``), to run things as."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def argv(self, *argv: str) -> list[str]:
+        """``argv`` run as this user, with no other groups than its own."""
+        return [
+            require("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+            *argv,
+        ]  # fmt: skip
+
+    def can_write(self, path: Path) -> bool:
+        """Whether this user may write ``path``."""
+        result = subprocess.run(self.argv("test", "-w", str(path)), timeout=30, check=False)
+        return result.returncode == 0
 
 
 def fds(proxy: Proxy) -> int:

@@ -7,9 +7,12 @@ clean shutdown (``systemd`` speaks the service protocol). ``metrics`` serves
 Prometheus text and ``/healthz``; ``status``, ``check`` and ``logs`` are what
 people read. ``trust`` decides whether root may run a file someone else could
 change, over the stat facts ``trustscan`` gathers from the config.
+``listeners`` reads ``[[listeners]]`` (sockets, policies, client rules) and
+says what ``check`` warns of about them.
 
 Pure: ``check`` (text from a config), ``settings`` (resolution rules),
-``trust`` (the StrictModes rule); the rest are the program's edges.
+``listeners`` (the listeners' entries), ``trust`` (the StrictModes rule);
+the rest are the program's edges.
 
 May import: every other part. Nothing imports it but its two entry points:
 ``proxy.__main__`` and the ``docker-heal-proxy`` console script (``cli.main``).

@@ -12,6 +12,11 @@ Rules:
   under live connections would drop them): a reload that changes one is
   still taken, and logs that the change waits for a restart. A config the
   next start would refuse is refused whole, keeping the running one.
+- The audit log comes opened (a log that cannot be opened stops start-up
+  before any socket is bound); its writer starts first and stops last, once
+  the connections whose lines it takes have ended. A SIGHUP reopens it
+  before the config is read, so logrotate's rename is followed even when the
+  reload is refused; ``[audit]`` itself is bound at start-up.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ from ..healing.core.healer import Healer
 from ..healing.sources.engine import Engine
 from ..healing.stale.tracker import StaleTracker
 from ..recipes.config import Config, ConfigError
-from ..wire.hub import Hub
-from ..wire.listener import Listener, ListenerError
+from ..wire.hub import Hub, Judge, Observer
+from ..wire.listener import ListenerError
+from ..wire.peer import ClientRule
+from .auditsink import AuditSink
+from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
-from .server import serve
+from .server import Opened, close_listeners, serve
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,10 @@ class RequestLog:
     def session_gave_up(self) -> None:
         self.inner.session_gave_up()
 
+    def policy_denied(self, listener: str, policy: str, route: str) -> None:
+        log.debug("listener %s: policy %s refused %s", listener, policy, route)
+        self.inner.policy_denied(listener, policy, route)
+
 
 RELOADABLE = frozenset({"path", "heal", "security", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
@@ -76,24 +88,30 @@ class App:
         settings: Settings,
         config: Config,
         load: Callable[[], Config],
-        listener: Listener,
+        listeners: list[Opened],
         watchdog: float | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         """``load`` reads the config the way start-up did, so a reload finds the
         same file, or the default file if it has appeared since, and refuses
         what start-up would (it raises ConfigError or SettingsError).
-        ``watchdog`` is systemd's keep-alive interval, read at start."""
+        ``watchdog`` is systemd's keep-alive interval, read at start;
+        ``audit`` the audit log ``[audit]`` asks for, opened, not started."""
         self.settings = settings
         self.config = config
         self.load = load
-        self.listener = listener
+        self.listeners = listeners
         self.watchdog = watchdog
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
         self.stale: StaleTracker | None = None
+        self.audit = audit
+        """The listeners' ``Auditor``, when ``[audit]`` asks for one."""
 
     def reload(self) -> None:
+        if self.audit is not None:
+            self.audit.reopen()
         try:
             config = self.load()
         except (ConfigError, SettingsError) as exc:
@@ -114,6 +132,15 @@ class App:
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
+        if self.audit is None:
+            return await self._run()
+        self.audit.start()
+        try:
+            return await self._run()
+        finally:
+            await asyncio.to_thread(self.audit.close)
+
+    async def _run(self) -> int:
         settings = self.settings
         sweep(settings.state_dir)
         engine = Engine(settings.upstream, self.config.heal.engine_timeout)
@@ -122,6 +149,7 @@ class App:
             lambda: self.proactive,
             lambda: self.stale,
             lambda: interceptor.build.budget.used,
+            lambda: self.audit.dropped if self.audit is not None else 0,
         )
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
@@ -143,7 +171,9 @@ class App:
             stale,
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
-        hub = Hub(settings.upstream, interceptor, observer, sessions=interceptor.sessions)
+        served = [
+            (opened, self._hub(opened[0], interceptor, observer)) for opened in self.listeners
+        ]
         runner: web.AppRunner | None = None
         try:
             if settings.metrics is not None:
@@ -156,7 +186,7 @@ class App:
             self.stale = stale
             await proactive.start()
             self.proactive = proactive
-            return await serve(settings, self.listener, hub, self.reload, self.watchdog)
+            return await serve(settings, served, self.reload, self.watchdog)
         finally:
             self.proactive = self.stale = None
             await proactive.stop()
@@ -167,13 +197,30 @@ class App:
                 await runner.cleanup()
             await engine.close()
 
+    def _hub(self, of: ListenerSettings, interceptor: Interceptor, observer: Observer) -> Hub:
+        """One listener's hub: its policy, and the client rules that pick another by peer."""
+        return Hub(
+            self.settings.upstream,
+            interceptor,
+            observer,
+            sessions=interceptor.sessions,
+            name=of.name,
+            policy=self._policy(of.policy),
+            clients=tuple(
+                ClientRule(rule.uids, rule.gids, self._policy(rule.policy)) for rule in of.clients
+            ),
+            auditor=self.audit,
+        )
+
+    def _policy(self, name: str) -> Judge | None:
+        return None if name == FULL else self.settings.policies[name]
+
     async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
         """Start-up fails whole: a busy port also gives the Docker socket back."""
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
-            self.listener.sock.close()
-            self.listener.remove()
+            close_listeners(listener for _, listener in self.listeners)
             raise ListenerError(
                 f"cannot listen for metrics on {host}:{port}: "
                 f"{os.strerror(exc.errno) if exc.errno else exc}"
