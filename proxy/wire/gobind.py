@@ -169,8 +169,11 @@ VOLUME = Struct(
 
 
 def _siblings(members: gojson.Members, where: str) -> None:
+    keys = [key for key, _ in members]
+    if len({key.casefold() for key in keys}) == len(keys) and _TRICKY.isdisjoint("".join(keys)):
+        return
     seen: set[str] = set()
-    for key, _ in members:
+    for key in keys:
         if not _TRICKY.isdisjoint(key):
             raise Refused(f"key {key!r} in {where} holds a letter decoders fold differently")
         folded = key.casefold()
@@ -186,9 +189,9 @@ def _scan(value: Any, where: str) -> None:
         item = stack.pop()
         if isinstance(item, gojson.Members):
             _siblings(item, f"an object inside {where}")
-            stack.extend(inner for _, inner in item)
+            stack.extend(inner for _, inner in item if isinstance(inner, list))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend(inner for inner in item if isinstance(inner, list))
 
 
 def _strings(value: Any, where: str, what: str) -> list[str]:
@@ -236,11 +239,10 @@ def _bind(value: Any, kind: Kind, where: str) -> Any:
     bound: dict[str, Any] = {}
     for key, item in value:
         name = kind.by_key.get(key.lower())
-        inner = f"{where}.{name}" if where else str(name)
-        if name is None:
+        if name is not None:
+            bound[name] = _bind(item, kind.fields[name], f"{where}.{name}" if where else name)
+        elif isinstance(item, list):  # Members too; a scalar holds no keys
             _scan(item, key)
-        else:
-            bound[name] = _bind(item, kind.fields[name], inner)
     return bound
 
 
