@@ -12,7 +12,9 @@ Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
 span both sides of a connection), ``routes`` (which endpoint a path is),
 ``errors`` (the answers the proxy writes itself), ``gojson`` (client JSON
 read as dockerd's Go decoder reads it), ``gobind`` (bodies bound onto the
-Engine API's Go types, as dockerd binds them), ``sessionrelay`` (reading
+Engine API's Go types, as dockerd binds them), ``bodychecks`` (what a
+policy lets a create, an exec or a volume create do), ``hostpath`` (a bind
+source resolved as the kernel resolves it, in the daemon's root), ``sessionrelay`` (reading
 BuildKit's ``/session`` along and holding a Dockerfile's end) with
 ``grpcmessages`` and ``fsutil`` (the messages and packets it reads). With
 I/O, split as h11 splits state, readers and writers, and connection:

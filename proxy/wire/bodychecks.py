@@ -45,7 +45,7 @@ Rules:
 - A named volume that already exists is not looked into: making one with a
   bind is judged when it is made (``POST /volumes/create``).
 - Pure: the paths and image names the body only names are resolved by the
-  caller's ``Resolver``.
+  caller's ``Resolver`` (paths with ``hostpath.resolve``, in the daemon's root).
 
 Theory of operation: ``create_rules`` reads a ``[policies.NAME.create]``
 table over the rules of the policy it extends; ``judge`` reads a body for
