@@ -35,7 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python bench/bodycheck.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.recipes.reference import InvalidReference, normalize
+from proxy.recipes.reference import full_name
 from proxy.wire import gobind
 from proxy.wire.bodychecks import CREATE, create_rules, judge
 
@@ -78,10 +78,7 @@ class AsIs:
         return path
 
     def image(self, reference: str) -> str | None:
-        try:
-            return normalize(reference)
-        except InvalidReference:
-            return None
+        return full_name(reference)
 
 
 def rows() -> dict[str, Callable[[], object]]:

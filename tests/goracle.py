@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.wire import gojson
-from proxy.wire.gobind import Create, MountSpec
+from proxy.wire.gobind import Create, create_from
 
 
 @dataclass(frozen=True)
@@ -303,58 +303,24 @@ def decode(body: bytes, t: GoType) -> tuple[dict[str, Any] | None, bool]:
     return out, oracle.error
 
 
-def _items(value: Slice | list[str] | None) -> tuple[Any, ...]:
-    if value is None:
-        return ()
-    return tuple(value.items if isinstance(value, Slice) else value)
-
-
-def _paths(value: Slice | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(value.items)
+def plain(value: Any) -> Any:
+    """A decoded Go value in ``gobind``'s shape: embedded structs' fields in their
+    owner (an inner field of the same name stays the owner's), slices as lists."""
+    if isinstance(value, Slice):
+        return [plain(item) for item in value.items]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key.endswith("*"):
+            for inner, inner_value in (plain(item) or {}).items():
+                out.setdefault(inner, inner_value)
+        else:
+            out[key] = plain(item)
+    return out
 
 
 def create_of(w: dict[str, Any]) -> Create:
-    """What dockerd makes of a decoded ``ContainerConfigWrapper`` (``getHostConfig``)."""
-    embedded = w.get("HostConfig*")
-    inner = w.get("HostConfig")
-    hc: dict[str, Any] = (inner if inner is not None else embedded) or {}
-    res = hc.get("Resources*") or {}
-    cfg = w.get("Config*") or {}
-    nets = ((w.get("NetworkingConfig") or {}).get("EndpointsConfig")) or {}
-
-    def mount(m: dict[str, Any]) -> MountSpec:
-        opts = m.get("VolumeOptions") or {}
-        driver = opts.get("DriverConfig")
-        options = (driver or {}).get("Options") or {}
-        return MountSpec(
-            m.get("Type", ""),
-            m.get("Source", ""),
-            None if driver is None else driver.get("Name", ""),
-            tuple(sorted(options.items())),
-        )
-
-    return Create(
-        image=cfg.get("Image", ""),
-        privileged=hc.get("Privileged", False),
-        binds=_items(hc.get("Binds")),
-        mounts=tuple(mount(m) for m in _items(hc.get("Mounts"))),
-        volumes_from=_items(hc.get("VolumesFrom")),
-        network_mode=hc.get("NetworkMode", ""),
-        pid_mode=hc.get("PidMode", ""),
-        ipc_mode=hc.get("IpcMode", ""),
-        uts_mode=hc.get("UTSMode", ""),
-        userns_mode=hc.get("UsernsMode", ""),
-        cgroupns_mode=hc.get("CgroupnsMode", ""),
-        cap_add=_items(hc.get("CapAdd")),
-        security_opt=_items(hc.get("SecurityOpt")),
-        masked_paths=_paths(hc.get("MaskedPaths")),
-        readonly_paths=_paths(hc.get("ReadonlyPaths")),
-        devices=tuple(d.get("PathOnHost", "") for d in _items(res.get("Devices"))),
-        device_requests=tuple(r.get("Driver", "") for r in _items(res.get("DeviceRequests"))),
-        device_cgroup_rules=_items(res.get("DeviceCgroupRules")),
-        runtime=hc.get("Runtime", ""),
-        cgroup_parent=res.get("CgroupParent", ""),
-        sysctls=tuple(sorted((hc.get("Sysctls") or {}).items())),
-        group_add=_items(hc.get("GroupAdd")),
-        networks=tuple(sorted(nets)),
-    )
+    """What dockerd makes of a decoded ``ContainerConfigWrapper``: ``gobind``'s record
+    of it (``create_from`` is ``getHostConfig``, held to the daemon by the e2e test)."""
+    return create_from(plain(w))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.recipes.reference import InvalidReference, normalize
+from proxy.recipes.reference import full_name
 from proxy.wire import gobind
 from proxy.wire.bodychecks import (
     CREATE,
@@ -35,10 +35,7 @@ class Host:
         return path
 
     def image(self, reference: str) -> str | None:
-        try:
-            return normalize(reference)
-        except InvalidReference:
-            return None
+        return full_name(reference)
 
 
 def create(rules: CreateRules = RUNNER, host: Host | None = None, **fields: Any) -> str | None:
