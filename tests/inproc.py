@@ -166,6 +166,7 @@ class Recorder:
         self.hijacks = 0
         self.h2 = 0
         self.sessions_given_up = 0
+        self.denials: list[tuple[str, str, str]] = []
 
     def exchange(self, method: str, path: str, status: int, seconds: float) -> None:
         self.exchanges.append((method, path, status))
@@ -181,6 +182,9 @@ class Recorder:
 
     def session_gave_up(self) -> None:
         self.sessions_given_up += 1
+
+    def policy_denied(self, listener: str, policy: str, route: str) -> None:
+        self.denials.append((listener, policy, route))
 
 
 TASK_OWNERS = ("Connection.", "Daemon.", "Exchange.", "BuildSession.")
@@ -230,13 +234,15 @@ async def rig(
     answer: Answer = ping_answer,
     interceptor: Interceptor | None = None,
     daemon_up: bool = True,
+    **access: Any,
 ) -> AsyncIterator[Rig]:
+    """``access``: the hub's ``name``, ``policy``, ``clients`` and ``auditor``."""
     folder = Path(tempfile.mkdtemp(prefix="ip-", dir="/tmp"))
     daemon = FakeDaemon(str(folder / "d.sock"), answer)
     if daemon_up:
         await daemon.start()
     recorder = Recorder()
-    hub = Hub(daemon.path, interceptor, recorder, strict=True)
+    hub = Hub(daemon.path, interceptor, recorder, strict=True, **access)
     listen = str(folder / "p.sock")
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: Connection(hub), listen)

@@ -16,6 +16,7 @@ from bench.measures import (
     heal,
     memory,
     ping,
+    policy,
     proactive,
     profile,
     save,
@@ -25,6 +26,7 @@ from bench.schedule import Measure
 
 MEASUREMENTS: tuple[Measure[Bench], ...] = (
     ping.MEASURE,
+    policy.MEASURE,
     save.MEASURE,
     memory.MEASURE,
     profile.MEASURE,

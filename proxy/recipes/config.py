@@ -43,6 +43,11 @@ Rules:
   is its archive, and a ``pull`` entry is refused (the registry decides what a
   tag is). ``on_stale`` only means something with ``rebuild_when = "stale"``,
   so it is refused without it.
+- ``[[listeners]]``, ``[policies.NAME]`` and ``[audit]`` are kept here as the
+  raw tables they are (a list of tables, a table of tables, a table): each
+  is read by the part that uses it (``service.settings`` the listeners, the
+  policy module the policies, the audit log its own), with the same one-line
+  errors, so this module only checks that they are tables.
 - A placeholder-free ``depends_on`` must name an image some entry matches
   (otherwise nothing could heal it), and such entries must not form a cycle.
 
@@ -173,6 +178,12 @@ class Config:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     metrics_listen: str | None = "127.0.0.1:9478"
     recipes: tuple[Recipe, ...] = ()
+    listeners: tuple[Mapping[str, Any], ...] = ()
+    """The raw ``[[listeners]]`` entries (see ``service.settings``)."""
+    policies: Mapping[str, Any] = field(default_factory=dict)
+    """The raw ``[policies.NAME]`` tables, by name."""
+    audit: Mapping[str, Any] = field(default_factory=dict)
+    """The raw ``[audit]`` table."""
 
 
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|d|h|m|s))+", re.ASCII)
@@ -199,6 +210,9 @@ _TOP_KEYS = (
     "security",
     "metrics",
     "images",
+    "listeners",
+    "policies",
+    "audit",
 )
 _HEAL_KEYS = (
     "timeout",
@@ -314,6 +328,13 @@ def unix_socket_path(url: str) -> str:
     return rest
 
 
+def parse_socket_mode(value: object) -> int:
+    """An octal string as chmod takes it; raises ValueError for anything else."""
+    if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):
+        raise ValueError(f'expected an octal string like "0660", not {value!r}')
+    return int(value, 8)
+
+
 def host_port(value: str) -> tuple[str, int]:
     """Where a ``HOST:PORT`` listens; an empty host is every address."""
     host, sep, port = value.rpartition(":")
@@ -385,6 +406,15 @@ class _Reader:
             self.fail("images", "expected [[images]] entries")
         recipes = tuple(self.recipe(index, entry, heal) for index, entry in enumerate(images))
         self.check_dependencies(recipes)
+        listeners = data.get("listeners", [])
+        if not isinstance(listeners, list) or not all(
+            isinstance(entry, Mapping) for entry in listeners
+        ):
+            self.fail("listeners", "expected [[listeners]] entries")
+        policies = self.table(data, "policies")
+        for name, policy in policies.items():
+            if not isinstance(policy, Mapping):
+                self.fail(f"policies.{name}", "expected a table")
         return Config(
             listen=self.optional_socket(data, "listen"),
             upstream=self.optional_socket(data, "upstream"),
@@ -411,6 +441,9 @@ class _Reader:
             ),
             metrics_listen=metrics_listen,
             recipes=recipes,
+            listeners=tuple(listeners),
+            policies=policies,
+            audit=self.table(data, "audit"),
         )
 
     def heal(self, table: Mapping[str, Any]) -> HealSettings:
@@ -762,6 +795,7 @@ class _Reader:
             self.fail(_at("heal", key), str(error))
 
     def socket_mode(self, value: object) -> int:
-        if not isinstance(value, str) or not _SOCKET_MODE_RE.fullmatch(value):
-            self.fail("socket_mode", f'expected an octal string like "0660", not {value!r}')
-        return int(value, 8)
+        try:
+            return parse_socket_mode(value)
+        except ValueError as error:
+            self.fail("socket_mode", str(error))

@@ -12,6 +12,11 @@ Rules:
   under live connections would drop them): a reload that changes one is
   still taken, and logs that the change waits for a restart. A config the
   next start would refuse is refused whole, keeping the running one.
+- The audit log is opened before anything else starts (a log that cannot be
+  opened stops start-up, as a busy socket does) and is the last thing
+  closed, once the connections whose lines it takes have ended. A SIGHUP
+  reopens it before the config is read, so logrotate's rename is followed
+  even when the reload is refused; ``[audit]`` itself is bound at start-up.
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ from ..healing.core.healer import Healer
 from ..healing.sources.engine import Engine
 from ..healing.stale.tracker import StaleTracker
 from ..recipes.config import Config, ConfigError
-from ..wire.hub import Hub
-from ..wire.listener import Listener, ListenerError
+from ..wire.hub import Hub, Judge, Observer
+from ..wire.listener import ListenerError
+from ..wire.peer import ClientRule
+from .auditconfig import AuditSettings
+from .auditsink import AuditError, AuditSink
+from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
-from .server import serve
+from .server import Opened, close_listeners, serve
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,10 @@ class RequestLog:
     def session_gave_up(self) -> None:
         self.inner.session_gave_up()
 
+    def policy_denied(self, listener: str, policy: str, route: str) -> None:
+        log.debug("listener %s: policy %s refused %s", listener, policy, route)
+        self.inner.policy_denied(listener, policy, route)
+
 
 RELOADABLE = frozenset({"path", "heal", "security", "recipes"})
 RESTART_ONLY = tuple(f.name for f in fields(Config) if f.name not in RELOADABLE)
@@ -76,7 +89,7 @@ class App:
         settings: Settings,
         config: Config,
         load: Callable[[], Config],
-        listener: Listener,
+        listeners: list[Opened],
         watchdog: float | None = None,
     ) -> None:
         """``load`` reads the config the way start-up did, so a reload finds the
@@ -86,14 +99,18 @@ class App:
         self.settings = settings
         self.config = config
         self.load = load
-        self.listener = listener
+        self.listeners = listeners
         self.watchdog = watchdog
         self.healer: Healer | None = None
         self.metrics: Metrics | None = None
         self.proactive: Proactive | None = None
         self.stale: StaleTracker | None = None
+        self.audit: AuditSink | None = None
+        """The listeners' ``Auditor`` while running, when ``[audit]`` asks for one."""
 
     def reload(self) -> None:
+        if self.audit is not None:
+            self.audit.reopen()
         try:
             config = self.load()
         except (ConfigError, SettingsError) as exc:
@@ -115,6 +132,17 @@ class App:
 
     async def run(self) -> int:
         settings = self.settings
+        if settings.audit is not None:
+            self.audit = self._open_audit(settings.audit)
+        try:
+            return await self._run()
+        finally:
+            if self.audit is not None:
+                await asyncio.to_thread(self.audit.close)
+                self.audit = None
+
+    async def _run(self) -> int:
+        settings = self.settings
         sweep(settings.state_dir)
         engine = Engine(settings.upstream, self.config.heal.engine_timeout)
         metrics = self.metrics = Metrics(
@@ -122,6 +150,7 @@ class App:
             lambda: self.proactive,
             lambda: self.stale,
             lambda: interceptor.build.budget.used,
+            lambda: self.audit.dropped if self.audit is not None else 0,
         )
         metrics.recipes_configured(self.config.recipes)
         healer = self.healer = Healer(
@@ -143,7 +172,9 @@ class App:
             stale,
         )
         observer = RequestLog(metrics) if log.isEnabledFor(logging.DEBUG) else metrics
-        hub = Hub(settings.upstream, interceptor, observer, sessions=interceptor.sessions)
+        served = [
+            (opened, self._hub(opened[0], interceptor, observer)) for opened in self.listeners
+        ]
         runner: web.AppRunner | None = None
         try:
             if settings.metrics is not None:
@@ -156,7 +187,7 @@ class App:
             self.stale = stale
             await proactive.start()
             self.proactive = proactive
-            return await serve(settings, self.listener, hub, self.reload, self.watchdog)
+            return await serve(settings, served, self.reload, self.watchdog)
         finally:
             self.proactive = self.stale = None
             await proactive.stop()
@@ -167,13 +198,38 @@ class App:
                 await runner.cleanup()
             await engine.close()
 
+    def _hub(self, of: ListenerSettings, interceptor: Interceptor, observer: Observer) -> Hub:
+        """One listener's hub: its policy, and the client rules that pick another by peer."""
+        return Hub(
+            self.settings.upstream,
+            interceptor,
+            observer,
+            sessions=interceptor.sessions,
+            name=of.name,
+            policy=self._policy(of.policy),
+            clients=tuple(
+                ClientRule(rule.uids, rule.gids, self._policy(rule.policy)) for rule in of.clients
+            ),
+            auditor=self.audit,
+        )
+
+    def _policy(self, name: str) -> Judge | None:
+        return None if name == FULL else self.settings.policies[name]
+
+    def _open_audit(self, audit: AuditSettings) -> AuditSink:
+        """Start-up fails whole: a log that cannot be opened gives the sockets back."""
+        try:
+            return AuditSink.open(audit)
+        except AuditError:
+            close_listeners(listener for _, listener in self.listeners)
+            raise
+
     async def _listen_metrics(self, runner: web.AppRunner, host: str, port: int) -> None:
         """Start-up fails whole: a busy port also gives the Docker socket back."""
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
-            self.listener.sock.close()
-            self.listener.remove()
+            close_listeners(listener for _, listener in self.listeners)
             raise ListenerError(
                 f"cannot listen for metrics on {host}:{port}: "
                 f"{os.strerror(exc.errno) if exc.errno else exc}"

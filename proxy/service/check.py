@@ -29,7 +29,8 @@ Rules:
 - A ``min_free`` that cannot be checked (the daemon's root folder is not
   visible from here) is said once, under every proactive config.
 - Files root would not trust (``trust``) come first, one line each, as the
-  caller worded them: refused as root, warnings for another user.
+  caller worded them: refused as root, warnings for another user. The
+  listeners' warnings (``listeners.warnings``) follow them.
 
 Theory of operation: ``describe`` only formats; matching, filling in and
 ordering come from ``patterns`` and ``graph``, the same calls the healer
@@ -68,7 +69,8 @@ def describe(
     """The ``check`` report: all recipes, or how ``image`` would be healed.
 
     ``disk`` is a sentence about ``min_free`` (see the rules), or None;
-    ``untrusted`` the lines about files root would not trust; ``staleness``
+    ``untrusted`` the lines about files root would not trust (and the
+    listeners' warnings after them, see ``listeners.warnings``); ``staleness``
     answers for an image of a stale-mode entry (see the rules).
     """
     source = f"config {config.path}" if config.path else "no config file: built-in defaults"

@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
@@ -46,8 +47,11 @@ from ..wire.listener import ListenerError, check_not_self
 from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
 from .app import App
+from .auditlines import allow_list, allow_toml
+from .auditsink import AuditError
 from .check import CacheReference, Staleness, describe
-from .server import open_listener, raise_open_files_limit
+from .listeners import warnings
+from .server import open_listeners, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
 
 DEFAULT_CONFIG = Path("/etc/docker-heal-proxy/config.toml")
@@ -108,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
     check = add("check", "validate the config; with IMAGE, show how it would be healed")
     check.add_argument("image", nargs="?", metavar="IMAGE")
     check.add_argument("--upstream", help="unix:///path of the Docker daemon (cache key, min_free)")
+    check.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="print the allow list the traffic in this audit log needs (- reads stdin)",
+    )
+    check.add_argument("--listener", metavar="NAME", help="with --audit-log: this listener only")
 
     heal = add("heal", "heal an image now, in the running proxy (else in this process)")
     heal.add_argument("image", nargs="?", metavar="IMAGE")
@@ -134,8 +144,8 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     settings = _private_state(settings)  # made and checked once the config is trusted
     watchdog = systemd.watchdog_interval()  # a malformed one stops us before binding
     raise_open_files_limit()
-    listener = open_listener(settings)
-    return uvloop.run(App(settings, config, loader(args), listener, watchdog).run())
+    listeners = open_listeners(settings)
+    return uvloop.run(App(settings, config, loader(args), listeners, watchdog).run())
 
 
 def loader(args: argparse.Namespace) -> Callable[[], Config]:
@@ -272,11 +282,14 @@ def _staleness(args: argparse.Namespace, config: Config) -> Staleness:
 def _check(args: argparse.Namespace, config: Config) -> int:
     """Exit 1 when IMAGE is given but nothing would heal it, so scripts can ask;
     2, as serve would refuse, when root would not trust a file."""
+    if args.audit_log is not None or args.listener is not None:
+        return _allow_from_log(args)
     settings = _settings(args, config)  # what serve would refuse at start, check refuses too
     is_root = os.geteuid() == 0
     untrusted = [
         f"{'refused' if is_root else 'warning'}: {p}" for p in _untrusted(config, settings)
     ]
+    access = _access_warnings(config, settings)
     disk = _min_free_problem(args, config)
     # check parses in its own process: it is no server, and the parser would
     # only be a worker's to load in serve (see healing.core.dockerfileparse).
@@ -285,7 +298,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     named = named_by(read_dockerfile_from_disk, from_images)
     reference = _cache_reference(args, config, named)
     stale = _staleness(args, config)
-    print(describe(config, args.image, named, reference, disk, untrusted, stale))
+    print(describe(config, args.image, named, reference, disk, [*untrusted, *access], stale))
     if is_root and untrusted:
         return 2
     if args.image is None:
@@ -295,6 +308,48 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     except (DependencyCycle, InvalidReference):
         return 1
     return 0 if plan else 1
+
+
+def _groups_of(uid: int) -> frozenset[int] | None:
+    """A user's groups, primary and supplementary, as the group database says."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    members = (group.gr_gid for group in grp.getgrall() if user.pw_name in group.gr_mem)
+    return frozenset({user.pw_gid, *members})
+
+
+def _access_warnings(config: Config, settings: Settings) -> list[str]:
+    """``check``'s warnings about the listeners (see ``listeners.warnings``)."""
+    root_groups: dict[int, str] = {}
+    with contextlib.suppress(KeyError):
+        root_groups[grp.getgrnam("docker").gr_gid] = "docker"
+    with contextlib.suppress(OSError, KeyError):
+        gid = os.stat(settings.upstream).st_gid
+        root_groups.setdefault(gid, grp.getgrgid(gid).gr_name)
+    return warnings(
+        settings.listeners, config.listeners, settings.policies, root_groups, _groups_of
+    )
+
+
+def _allow_from_log(args: argparse.Namespace) -> int:
+    """``check --audit-log``: the ``allow`` list for a policy, from the traffic a
+    log holds (the ``discovery`` profile's purpose); it reads no daemon and no config."""
+    if args.audit_log is None or args.image is not None:
+        print("docker-heal-proxy: check takes IMAGE or --audit-log FILE", file=sys.stderr)
+        return 2
+    try:
+        if args.audit_log == "-":
+            harvest = allow_list(sys.stdin, args.listener)
+        else:
+            with open(args.audit_log, encoding="utf-8", errors="replace") as lines:
+                harvest = allow_list(lines, args.listener)
+    except OSError as exc:
+        print(f"docker-heal-proxy: cannot read {args.audit_log}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(allow_toml(harvest, args.audit_log, args.listener), end="")
+    return 0
 
 
 async def _heal_now(settings: Settings, config: Config, images: list[str], force: bool) -> int:
@@ -416,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 2
-    except (ListenerError, systemd.ActivationError, StateDirError) as exc:
+    except (ListenerError, systemd.ActivationError, StateDirError, AuditError) as exc:
         print(f"docker-heal-proxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -155,6 +155,19 @@ class _StaleState(Collector):
         yield gauge
 
 
+class _AuditDropped(Collector):
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self._dropped = dropped
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            PREFIX + "audit_dropped",
+            "Audit log lines lost: the writer fell behind (on_full = drop) or the log "
+            "refused a write.",
+            value=self._dropped(),
+        )
+
+
 class _HealerState(Collector):
     def __init__(self, healer: Callable[[], HealerView | None]) -> None:
         self._healer = healer
@@ -258,7 +271,9 @@ class Metrics:
         proactive: Callable[[], ProactiveView | None] = lambda: None,
         stale: Callable[[], StaleView | None] = lambda: None,
         spooled: Callable[[], int] = lambda: 0,
+        audit_dropped: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``audit_dropped`` reads the audit log's count of lines lost (0 without one)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self._requests = _Requests()
@@ -279,6 +294,12 @@ class Metrics:
         self.h2_connections = Counter(
             PREFIX + "h2_connections_total",
             "Connections that opened with the HTTP/2 preface, spliced whole to the daemon.",
+            registry=r,
+        )
+        self.policy_denials = Counter(
+            PREFIX + "policy_denials_total",
+            "Requests a listener's policy refused, by listener, policy and route template.",
+            ["listener", "policy", "route"],
             registry=r,
         )
         self.session_fail_open = Counter(
@@ -336,6 +357,7 @@ class Metrics:
         r.register(_HealerState(healer))
         r.register(_ProactiveState(proactive))
         r.register(_StaleState(stale))
+        r.register(_AuditDropped(audit_dropped))
         for kind in UPSTREAM_ERROR_KINDS:
             self.upstream_errors.labels(kind)
         for result in ("present", "missing"):
@@ -358,6 +380,9 @@ class Metrics:
 
     def session_gave_up(self) -> None:
         self.session_fail_open.inc()
+
+    def policy_denied(self, listener: str, policy: str, route: str) -> None:
+        self.policy_denials.labels(listener, policy, route).inc()
 
     # -- healer and interceptor --------------------------------------------------
 

@@ -13,11 +13,14 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..recipes.config import Config, unix_socket_path
 from ..recipes.config import host_port as parse_host_port
+from ..wire.policy import Policy, policies_from_config
+from .auditconfig import AuditSettings, audit_settings
+from .listeners import DEFAULT, FULL, ListenerSettings, listeners
 
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 
@@ -41,6 +44,12 @@ class Settings:
     state_dir: Path
     listen_note: str = ""
     """Why the socket is where it is, when that may surprise (for the start-up line)."""
+    listeners: tuple[ListenerSettings, ...] = ()
+    """Every listener, ``default`` (``listen``, ``socket_mode``, ``socket_group``) first."""
+    policies: Mapping[str, Policy] = field(default_factory=dict)
+    """Every policy by name, shipped ones included; ``full`` is none."""
+    audit: AuditSettings | None = None
+    """The audit log, or None for none."""
 
 
 def unix_path(url: str, what: str) -> str:
@@ -128,13 +137,25 @@ def resolve(
             f"[security] parse_user {parse_user!r} is not a user on this machine "
             "(the Dockerfile parser runs as it)"
         )
+    listen_path = unix_path(listen_url, "listen")
+    upstream_path = unix_path(upstream_url, "upstream")
+    default = ListenerSettings(DEFAULT, listen_path, config.socket_mode, group, FULL)
+    try:
+        policies = policies_from_config(config.policies)
+        every = listeners(default, config.listeners, upstream_path, policies, group_exists)
+        audit = audit_settings(config.audit)
+    except ValueError as exc:  # ListenersError among them
+        raise SettingsError(str(exc)) from None
     return Settings(
-        listen=unix_path(listen_url, "listen"),
-        upstream=unix_path(upstream_url, "upstream"),
+        listen=listen_path,
+        upstream=upstream_path,
         socket_mode=config.socket_mode,
         socket_group=group,
         shutdown_timeout=config.shutdown_timeout,
         metrics=host_port(metrics, "metrics listen") if metrics else None,
         state_dir=config.state_dir or default_state_dir(env, is_root),
         listen_note=note,
+        listeners=every,
+        policies=policies,
+        audit=audit,
     )

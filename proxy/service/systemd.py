@@ -14,6 +14,9 @@ Rules:
   and a passed socket that is not one listening Unix stream socket, stop the
   start with a one-line ``ActivationError`` naming the variable or the socket
   and the fix in the unit, never with a traceback from deep in the event loop.
+- Passed sockets are known by name (``FileDescriptorName=``, which systemd
+  gives every socket of one unit alike), never by their order: which
+  listener a socket serves is the config's word (``service.listeners``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import socket
 from collections.abc import MutableMapping
 
 LISTEN_FDS_START = 3
-_UNIT_FIX = "use one ListenStream=/run/docker-heal-proxy.sock (Accept=no) in the .socket unit"
+_UNIT_FIX = "give each .socket unit one ListenStream=/run/NAME.sock (Accept=no)"
 
 
 class ActivationError(Exception):
@@ -37,52 +40,68 @@ def _number(name: str, text: str, least: int) -> int:
     return int(text)
 
 
-def _listening_unix_stream(sock: socket.socket) -> None:
+def _listening_unix_stream(sock: socket.socket, name: str) -> None:
     """Refuse a passed socket the proxy cannot serve on, saying what it is instead."""
     if sock.family != socket.AF_UNIX:
         address = sock.getsockname()
         where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else repr(address)
         family = getattr(sock.family, "name", sock.family)
         raise ActivationError(
-            f"systemd passed an {family} socket ({where}); "
+            f"systemd passed an {family} socket ({where}, named {name}); "
             f"the proxy serves a Unix stream socket only: {_UNIT_FIX}"
         )
     if sock.type != socket.SOCK_STREAM:
         raise ActivationError(
-            f"systemd passed a Unix socket of type {sock.type.name}, not a stream: {_UNIT_FIX}"
+            f"systemd passed a Unix socket of type {sock.type.name} ({name}), not a stream: "
+            f"{_UNIT_FIX}"
         )
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        raise ActivationError(f"systemd passed a socket that is not listening: {_UNIT_FIX}")
+        raise ActivationError(
+            f"systemd passed a socket that is not listening ({name}): {_UNIT_FIX}"
+        )
 
 
-def activated_socket(env: MutableMapping[str, str] | None = None) -> socket.socket | None:
-    """The listening socket systemd passed us, if it passed one."""
+def activated_sockets(
+    env: MutableMapping[str, str] | None = None,
+) -> list[tuple[str, socket.socket]]:
+    """The listening sockets systemd passed us, each with its ``FileDescriptorName=``.
+
+    Without ``LISTEN_FDNAMES`` every socket is named ``unknown``, as
+    sd_listen_fds_with_names(3) names them. A socket that cannot be served on
+    stops the start, and every socket passed is closed with it.
+    """
     env = os.environ if env is None else env
     pid = env.pop("LISTEN_PID", None)
     count = env.pop("LISTEN_FDS", None)
-    env.pop("LISTEN_FDNAMES", None)
+    names = env.pop("LISTEN_FDNAMES", None)
     if pid is None or count is None:
-        return None
+        return []
     if _number("LISTEN_PID", pid, 1) != os.getpid():
-        return None  # meant for the process that started us
+        return []  # meant for the process that started us
     fds = _number("LISTEN_FDS", count, 0)
-    if fds == 0:
-        return None
-    if fds > 1:
-        raise ActivationError(f"systemd passed {fds} sockets (LISTEN_FDS={fds}): {_UNIT_FIX}")
-    try:
-        sock = socket.socket(fileno=LISTEN_FDS_START)
-    except OSError as exc:
+    labels = names.split(":") if names else ["unknown"] * fds
+    if len(labels) != fds:
         raise ActivationError(
-            f"LISTEN_FDS=1, but fd {LISTEN_FDS_START} is not a socket: {exc.strerror or exc}"
-        ) from None
+            f"LISTEN_FDNAMES={names!r} names {len(labels)} sockets, but LISTEN_FDS={fds}"
+        )
+    passed: list[tuple[str, socket.socket]] = []
     try:
-        _listening_unix_stream(sock)
+        for index, name in enumerate(labels):
+            fd = LISTEN_FDS_START + index
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError as exc:
+                raise ActivationError(
+                    f"LISTEN_FDS={fds}, but fd {fd} ({name}) is not a socket: {exc.strerror or exc}"
+                ) from None
+            passed.append((name, sock))
+            _listening_unix_stream(sock, name)
+            os.set_inheritable(fd, False)
     except ActivationError:
-        sock.close()
+        for _, sock in passed:
+            sock.close()
         raise
-    os.set_inheritable(sock.fileno(), False)
-    return sock
+    return passed
 
 
 def notify(message: str, env: MutableMapping[str, str] | None = None) -> bool:

@@ -23,8 +23,10 @@ I/O, split as h11 splits state, readers and writers, and connection:
 ``daemon`` (opening the daemon connection, bytes waiting for it, its
 going), ``splice`` (raw streams), ``buildsession`` (the splice of a
 ``/session``, read along), ``flow`` (pausing reading, held bytes' water
-marks), ``hub`` (what a listener's connections share) and ``listener``
-(claiming the proxy's own socket).
+marks), ``hub`` (what a listener's connections share), ``gate`` (a
+connection's policy and audit record, judged at each head), ``peer`` (the
+caller as the kernel saw it at accept) and ``listener`` (claiming the
+proxy's own socket).
 
 May import: the standard library only. Nothing else of the project.
 """

@@ -20,6 +20,9 @@ Rules:
   shields it), and nothing is replayed for it. While reading is paused the EOF
   waits behind the unread bytes; in a splice it is a half-close, passed on.
 - Interim answers are never an exchange's status.
+- A listener's policy judges every request head before the interceptor
+  may claim it and before any byte goes upstream (``gate``); a connection
+  without a ``Gate`` pays one ``is None`` per head for it, nothing more.
 
 Theory of operation:
 ``Connection`` is the asyncio protocol of the client side. A connection has
@@ -68,6 +71,7 @@ from . import errors
 from .buildsession import BuildSession
 from .daemon import Daemon, Upstream
 from .flow import HOLD_HIGH, HOLD_LOW, Flow, Held
+from .gate import Gate
 from .http1 import (
     MAX_HEAD,
     Body,
@@ -84,7 +88,7 @@ from .http1 import (
     response_body,
     response_length,
 )
-from .hub import Hub
+from .hub import Hub, Observer
 from .local import CAPTURE_LIMIT, Exchange, hung_up, wants_continue
 from .routes import api_path
 from .rules import (
@@ -135,9 +139,9 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "close_after", "daemon", "eof_held", "head", "hold", "hub", "inbuf", "life", "local",
-        "reading", "req", "req_body", "resp", "resp_body", "resp_buf", "scanned", "splice",
-        "started", "status", "transport", "up", "used",
+        "close_after", "daemon", "eof_held", "gate", "head", "hold", "hub", "inbuf", "life",
+        "local", "observer", "reading", "req", "req_body", "resp", "resp_body", "resp_buf",
+        "scanned", "splice", "started", "status", "transport", "up", "used",
     )  # fmt: skip
 
     def __init__(self, hub: Hub) -> None:
@@ -160,6 +164,10 @@ class Connection(asyncio.Protocol):
         """The open daemon connection; ``daemon`` opens it and sees it go."""
         self.daemon = Daemon(self)
         self.splice: Splice | None = None
+        self.gate: Gate | None = None
+        """The listener's policy and audit log for this peer; None when neither applies."""
+        self.observer: Observer | Gate | None = hub.observer
+        """Where exchanges are counted: the hub's observer, or the gate that records them too."""
         # The current exchange.
         self.head: RequestHead | None = None
         self.started = 0.0
@@ -202,7 +210,12 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is duck-typed
         self.reading.attach(self.transport)
-        self.hub.register(self)
+        hub = self.hub
+        hub.register(self)
+        if hub.gated:
+            gate = self.gate = Gate.at_accept(hub, self.transport.get_extra_info("socket"))
+            if gate is not None and hub.auditor is not None:
+                self.observer = gate
 
     @guarded
     def data_received(self, data: bytes) -> None:
@@ -262,6 +275,8 @@ class Connection(asyncio.Protocol):
             local.task.cancel()
         self.reading.attach(None)
         self.daemon.close()
+        if self.gate is not None:
+            self.gate.lost()
         self.hub.unregister(self)
 
     def pause_writing(self) -> None:
@@ -317,6 +332,11 @@ class Connection(asyncio.Protocol):
                 if not self.used and buf[:24] == H2_PREFACE[: len(buf)]:
                     if len(buf) < len(H2_PREFACE):
                         break  # maybe the preface: wait for the rest of it
+                    if self.gate is not None and self.gate.policy is not None:
+                        self._write_answer(self.gate.h2_refusal())
+                        self.inbuf.clear()
+                        self._close()
+                        return
                     Splice.h2(self)
                     return
                 end = find_head_end(buf, self.scanned)
@@ -396,7 +416,10 @@ class Connection(asyncio.Protocol):
         self.status = 0
         body = request_body(head) if head.chunked or head.content_length else None
         interceptor = self.hub.interceptor
-        handler = None if interceptor is None else interceptor.claim(head)
+        if self.gate is not None:
+            handler = self.gate.admit(head, interceptor)
+        else:
+            handler = None if interceptor is None else interceptor.claim(head)
         if handler is None:
             # The head and as much of the body as has arrived go in one write:
             # each write wakes the daemon, and a create's body comes with its head.
@@ -696,7 +719,7 @@ class Connection(asyncio.Protocol):
     # -- observations ------------------------------------------------------
 
     def _observe_exchange(self) -> None:
-        obs = self.hub.observer
+        obs = self.observer
         head = self.head
         if obs is not None and head is not None:
             obs.exchange(head.method, head.path, self.status, time.perf_counter() - self.started)

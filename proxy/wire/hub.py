@@ -8,6 +8,10 @@ Rules:
   calls upward.
 - Shutting down stops new exchanges: idle and hijacked connections close
   at once, busy ones after their exchange (``rules.close_when_idle``).
+- Access control plugs in the same way: a listener's ``Judge`` (its policy,
+  or one a client rule picks by peer) and its ``Auditor`` (the audit log).
+  A hub with neither is ``gated`` False, and its connections pay nothing
+  for them (see ``gate``).
 
 Theory of operation:
 A listener makes one ``Hub`` and hands it to each ``Connection`` it accepts;
@@ -18,9 +22,12 @@ until none is left (``idle``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from .access import AccessRecord, Peer, Verdict
 from .http1 import RequestHead
+from .peer import ClientRule, choose
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -50,6 +57,30 @@ class Observer(Protocol):
     def hijacked(self, delta: int) -> None: ...
     def h2_spliced(self) -> None: ...
     def session_gave_up(self) -> None: ...
+    def policy_denied(self, listener: str, policy: str, route: str) -> None: ...
+
+
+class Judge(Protocol):
+    """A listener's policy: what it makes of one request line (``policy.Policy``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def judge(
+        self, method: str, target: str, content_types: Sequence[bytes] | None = None
+    ) -> Verdict:
+        """``target`` is the raw request target, query string included;
+        ``content_types`` the ``Content-Type`` values of a POST (a build's
+        options may be in a form body)."""
+
+
+class Auditor(Protocol):
+    """Where each exchange of a listener is reported (the audit log); never blocks."""
+
+    def admits(self) -> bool:
+        """False: the log is full and must not lose a line, so the request is refused."""
+
+    def record(self, record: AccessRecord) -> None: ...
 
 
 class Hub:
@@ -63,6 +94,10 @@ class Hub:
         *,
         sessions: BuildSessions | None = None,
         strict: bool = False,
+        name: str = "default",
+        policy: Judge | None = None,
+        clients: tuple[ClientRule[Judge | None], ...] = (),
+        auditor: Auditor | None = None,
     ) -> None:
         self.upstream_path = upstream_path
         self.interceptor = interceptor
@@ -70,10 +105,25 @@ class Hub:
         self.sessions = sessions
         self.strict = strict
         """Raise on an impossible event instead of logging it (tests)."""
+        self.name = name
+        """The listener's name, as refusals, metrics and the audit log say it."""
+        self.policy = policy
+        """The listener's policy; None is ``full``, never judged."""
+        self.clients = clients
+        self.auditor = auditor
+        self.reads_peer = bool(clients) or auditor is not None
+        """Whether a connection's peer is read at accept: only if something uses it."""
+        self.gated = policy is not None or self.reads_peer
+        """Whether connections are looked at at all (``gate``)."""
+        self.verdicts: dict[Judge, dict[bytes, Verdict]] = {}
+        """Each policy's verdicts by the head's bytes, shared by its connections (``gate``)."""
         self.connections: set[Connection] = set()
         self.closing = False
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def policy_for(self, peer: Peer | None) -> Judge | None:
+        return choose(self.clients, peer, self.policy)
 
     def register(self, conn: Connection) -> None:
         self.connections.add(conn)

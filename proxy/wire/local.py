@@ -331,6 +331,15 @@ class Exchange:
         """Write part of a streamed answer (the head first)."""
         self.respond(data)
 
+    def refusal(self, method: str, target: str) -> str | None:
+        """Why this connection's policy refuses ``method target`` outright, or None.
+
+        For an action a handler would take on the caller's behalf (a heal):
+        it must not do through the proxy what the caller could not ask for.
+        """
+        gate = self._conn.gate
+        return None if gate is None else gate.refuses(method, target)
+
     @property
     def client_gone(self) -> bool:
         """Whether the client can no longer read an answer.

@@ -321,6 +321,7 @@ def test_alert_rules_check_load_and_are_documented(watched: Watched) -> None:
         "DockerHealProxyDown",
         "DockerHealProxyEventsStreamDown",
         "DockerHealProxyCachePushErrors",
+        "DockerHealProxyAuditLinesDropped",
     }
     assert set(loaded) == names
     wait_for(

@@ -73,10 +73,16 @@ def test_units_say_what_the_issue_asks() -> None:
     assert svc["Service.ProtectSystem"] == ["strict"]
     assert svc["Service.ReadWritePaths"] == ["/var/lib/docker-heal-proxy"]
     assert svc["Service.StateDirectory"] == ["docker-heal-proxy"]
+    assert svc["Service.LogsDirectory"] == ["docker-heal-proxy"]  # the audit log's folder
     assert svc["Service.PrivateTmp"] == ["yes"]
     assert svc["Service.LimitNOFILE"] == ["1048576"]
     dropin = unit_entries(UNITS / "host-service-dropin.conf")
     assert dropin["Service.Environment"] == ["DOCKER_HOST=unix:///run/docker-heal-proxy.sock"]
+    second = unit_entries(UNITS / "docker-heal-proxy-ci.socket")
+    assert second["Socket.FileDescriptorName"] == ["ci"]  # the [[listeners]] entry's name
+    assert second["Socket.Service"] == ["docker-heal-proxy.service"]
+    assert second["Socket.ListenStream"] == ["/run/docker-heal-proxy-ci.sock"]
+    assert second["Socket.SocketGroup"] != ["docker"]
 
 
 def analyze(*units: Path) -> subprocess.CompletedProcess[str]:
@@ -98,7 +104,11 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     """
     require("systemd-analyze")
     script = installed_script()
-    for name in ("docker-heal-proxy.socket", "docker-heal-proxy.service"):
+    for name in (
+        "docker-heal-proxy.socket",
+        "docker-heal-proxy-ci.socket",
+        "docker-heal-proxy.service",
+    ):
         text = (UNITS / name).read_text()
         text = text.replace("/opt/docker-heal-proxy/bin/docker-heal-proxy", script)
         (tmp_path / name).write_text(text)
@@ -108,7 +118,12 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     dropins = tmp_path / "dhp-example-host.service.d"
     dropins.mkdir()
     shutil.copy(UNITS / "host-service-dropin.conf", dropins / "docker-heal-proxy.conf")
-    units = [tmp_path / "docker-heal-proxy.socket", tmp_path / "docker-heal-proxy.service", host]
+    units = [
+        tmp_path / "docker-heal-proxy.socket",
+        tmp_path / "docker-heal-proxy-ci.socket",
+        tmp_path / "docker-heal-proxy.service",
+        host,
+    ]
     result = analyze(*units)
     assert result.returncode == 0, result.stdout + result.stderr
     ours = [

@@ -24,6 +24,12 @@ Rules:
   to the old image if the rebuild fails, and ``"strict"``, failing the
   create with the reason), or the create goes on at once and the rebuild
   runs behind it (``"background"``).
+- A heal is an action the caller asks for. Where its listener has a policy,
+  a heal through a create or a pull starts only if that policy also allows
+  what the heal does (``HEAL_NEEDS``: a pull heal ``POST /images/create``, a
+  build heal ``POST /build``, or ``/session`` and ``/grpc`` for BuildKit, a
+  load heal ``POST /images/load``); otherwise 403 says which route it lacks.
+  The request itself was judged before the interceptor saw it.
 - ``/_heal/`` is the one path prefix the proxy answers itself: the status
   (``GET /_heal/status``) and a heal asked for from a shell
   (``POST /_heal/heal?image=IMAGE[&force=1]``, ``docker-heal-proxy heal``),
@@ -45,6 +51,7 @@ from urllib.parse import parse_qs
 
 from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
+from ...recipes.recipe import Kind
 from ...recipes.reference import InvalidReference, normalize
 from ...wire import gobind, gojson
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
@@ -57,6 +64,29 @@ from .buildheal import BuildHeal, build_params
 from .sessionheal import SessionHeal
 
 log = logging.getLogger(__name__)
+
+HEAL_NEEDS: dict[Kind, tuple[tuple[str, ...], ...]] = {
+    "pull": (("POST /images/create",),),
+    "build": (("POST /build",), ("POST /session", "POST /grpc")),
+    "load": (("POST /images/load",),),
+    "command": ((),),
+}
+"""What a caller's policy must allow for a heal of each kind: any one of the route sets."""
+
+
+def heal_refused(exchange: Exchange, kind: Kind, image: str) -> str | None:
+    """Why the caller may not start a heal of ``kind`` (the first route it lacks), or None."""
+    first = None
+    for routes in HEAL_NEEDS[kind]:
+        lacking = [
+            reason
+            for method, _, path in (route.partition(" ") for route in routes)
+            if (reason := exchange.refusal(method, path)) is not None
+        ]
+        if not lacking:
+            return None
+        first = first or lacking[0]
+    return f"{first}, which a {kind} heal of {image} needs"
 
 
 def image_from_create_body(body: bytes, chunked: bool) -> str | None:
@@ -213,6 +243,10 @@ class Interceptor:
                 self._on_used(image)  # the tag exists: worth healing after a prune
             exchange.respond(response)
             return
+        refused = heal_refused(exchange, found[0].kind, image)
+        if refused is not None:
+            exchange.fail(403, refused)
+            return
         try:
             await self._healer.heal(image, trigger="create")
         except HealFailed as failure:
@@ -273,6 +307,11 @@ class Interceptor:
     async def pull(self, exchange: Exchange, reference: str) -> None:
         """Heal a managed tag in place of a pull; the request body has been read."""
         image = normalize(reference)  # valid: claim matched it against a recipe
+        found = find_recipe(self._config().recipes, image)
+        refused = None if found is None else heal_refused(exchange, found[0].kind, image)
+        if refused is not None:
+            exchange.fail(403, refused)
+            return
         exchange.write(PROGRESS_HEAD)
         exchange.write(progress_line({"status": f"Healing {image} (managed by docker-heal-proxy)"}))
         try:

@@ -51,6 +51,17 @@ def test_defaults_without_a_file() -> None:
     assert config.recipes == ()
 
 
+def test_access_tables_are_kept_raw_for_their_readers() -> None:
+    listeners = [{"listen": "unix:///run/ci.sock", "policy": "runner", "clients": []}]
+    policies = {"ci": {"extends": "runner", "allow": ["POST /build"]}}
+    audit = {"path": "journal"}
+    config = parse({"listeners": listeners, "policies": policies, "audit": audit})
+    assert config.listeners == tuple(listeners)
+    assert config.policies == policies
+    assert config.audit == audit
+    assert (Config().listeners, Config().policies, Config().audit) == ((), {}, {})
+
+
 def test_top_level_settings() -> None:
     config = parse(
         {
@@ -188,6 +199,11 @@ def test_braces_in_the_config_folder_stay_literal() -> None:
             "config.toml: metrics.listen: must be HOST:PORT, not '127.0.0.1'",
         ),
         ({"images": {"match": "x"}}, "config.toml: images: expected [[images]] entries"),
+        ({"listeners": {"listen": "x"}}, "config.toml: listeners: expected [[listeners]] entries"),
+        ({"listeners": ["x"]}, "config.toml: listeners: expected [[listeners]] entries"),
+        ({"policies": []}, "config.toml: policies: expected a table"),
+        ({"policies": {"ci": "readonly"}}, "config.toml: policies.ci: expected a table"),
+        ({"audit": "journal"}, "config.toml: audit: expected a table"),
     ],
 )
 def test_top_level_errors(data: dict[str, Any], message: str) -> None:

@@ -13,7 +13,6 @@ from proxy.recipes.config import load_config
 from proxy.service import cli
 from proxy.service.app import App
 from proxy.service.settings import Settings
-from proxy.wire.listener import Listener
 
 ONE = '[[images]]\nmatch = "127.0.0.1:1/a:1"\npull = true\n'
 TWO = ONE + '[[images]]\nmatch = "127.0.0.1:1/b:1"\npull = true\n'
@@ -27,7 +26,7 @@ def app(config_file: Path, config_path: str | None) -> App:
         cast(Settings, unused),
         load_config(config_file),
         cli.loader(cli.parser().parse_args(argv)),
-        cast(Listener, unused),
+        [],
     )
 
 
@@ -99,3 +98,26 @@ def test_reload_refuses_what_a_restart_would(
         running.reload()
     assert running.config is before
     assert reason in caplog.text
+
+
+class Reopens:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def reopen(self) -> None:
+        self.count += 1
+
+
+def test_a_reload_reopens_the_audit_log_taken_or_refused(tmp_path: Path) -> None:
+    """logrotate sends SIGHUP after its rename whatever the config says: a refused
+    reload must not leave the lines going to the rotated file."""
+    path = tmp_path / "config.toml"
+    path.write_text(ONE)
+    running = app(path, str(path))
+    log = Reopens()
+    running.audit = cast(Any, log)
+    running.reload()
+    assert log.count == 1
+    path.write_text(ONE + "bogus = 1\n")
+    running.reload()
+    assert log.count == 2

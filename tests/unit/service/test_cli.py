@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 from support import PYTHON_M_PROXY, REFUSED, REPO, SELF_LOOP, wait_for
 
 from proxy.service import cli
+from proxy.service.auditlines import encode
+from proxy.wire.access import AccessRecord
 
 
 @pytest.mark.parametrize(("text", "reason"), REFUSED)
@@ -83,3 +86,40 @@ def test_status_watch_stops_on_sigint_even_when_started_ignoring_it(tmp_path: Pa
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait()
+
+
+def test_check_turns_an_audit_log_into_an_allow_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def line(listener: str, method: str, path: str) -> bytes:
+        return encode(AccessRecord(listener, None, method, path, None, 200, 0.0, False), 0.0)
+
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(
+        line("ci", "POST", "/v1.45/containers/create?name=x")
+        + line("ci", "POST", "/v1.45/containers/abc/start")
+        + line("web", "POST", "/v1.45/build")
+        + line("ci", "POST", "/v1.45/containers/create")
+    )
+    assert cli.main(["check", f"--audit-log={log}", "--listener=ci"]) == 0
+    out = capsys.readouterr().out
+    assert tomllib.loads(out) == {
+        "allow": ["POST /containers/create", "POST /containers/{id}/start"]
+    }
+    assert out.startswith(f'# 3 lines of {log} (listener "ci"): 2 routes\n')
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["check", "app:1", "--audit-log=/x"], 2, "check takes IMAGE or --audit-log FILE"),
+        (["check", "--listener=ci"], 2, "check takes IMAGE or --audit-log FILE"),
+        (["check", "--audit-log=/nonexistent"], 1, "cannot read /nonexistent: No such file"),
+    ],
+)
+def test_check_audit_log_refusals(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"docker-heal-proxy: {message}") and err.count("\n") == 1, err

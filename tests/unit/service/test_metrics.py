@@ -153,6 +153,14 @@ def test_every_metric_of_the_issue_is_exported() -> None:
     assert got[(p + "build_info", (("version", __version__),))] == 1
 
 
+def test_audit_drops_are_read_from_the_log_at_scrape_time() -> None:
+    dropped = [0]
+    metrics = Metrics(audit_dropped=lambda: dropped[0])
+    assert samples(metrics)[(PREFIX + "audit_dropped_total", ())] == 0
+    dropped[0] = 7
+    assert samples(metrics)[(PREFIX + "audit_dropped_total", ())] == 7
+
+
 def test_healer_gauges_follow_the_healer_at_scrape_time() -> None:
     state = HealerState()
     metrics = Metrics(lambda: cast(Healer, state))
@@ -262,6 +270,7 @@ def test_alerted_series_exist_at_zero_before_anything_happens() -> None:
         assert got[(PREFIX + "upstream_errors_total", (("kind", kind),))] == 0
     for result in ("present", "missing"):
         assert got[(PREFIX + "image_checks_total", (("result", result),))] == 0
+    assert got[(PREFIX + "audit_dropped_total", ())] == 0
 
 
 @dataclass

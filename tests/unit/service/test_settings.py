@@ -171,3 +171,18 @@ def test_only_absolute_unix_urls(url: str) -> None:
 def test_bad_metrics_addresses(value: str) -> None:
     with pytest.raises(SettingsError, match="HOST:PORT"):
         host_port(value, "metrics listen")
+
+
+def test_the_top_level_listen_is_the_default_listener_with_full() -> None:
+    entry = {"name": "ci", "listen": "unix:///run/ci.sock", "policy": "ci"}
+    s = settings(Config(listeners=(entry,), policies={"ci": {}}), groups=("docker",))
+    default, ci = s.listeners
+    assert (default.name, default.listen, default.policy) == ("default", s.listen, "full")
+    assert (default.socket_mode, default.socket_group) == (s.socket_mode, "docker")
+    assert (ci.name, ci.listen, ci.policy) == ("ci", "/run/ci.sock", "ci")
+
+
+def test_a_listener_mistake_is_a_settings_error() -> None:
+    entry = {"name": "ci", "listen": "unix:///run/ci.sock", "policy": "nope"}
+    with pytest.raises(SettingsError, match=r"^listeners\.ci\.policy: no policy 'nope'"):
+        settings(Config(listeners=(entry,)))

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.wire.routes import TEMPLATES, api_path, is_form, pulled_reference, route
+from proxy.wire.routes import (
+    ROUTES,
+    TEMPLATES,
+    api_path,
+    is_form,
+    locate,
+    pulled_reference,
+    route,
+    template,
+)
 
 
 @pytest.mark.parametrize(
@@ -157,3 +166,71 @@ def test_percent_escapes_route_as_the_bytes_they_stand_for(
     encoded += path[len(escape) :]
     assert api_path(encoded) == api_path(path) == endpoint
     assert route(encoded) == route(path)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "route", "version"),
+    [
+        ("GET", "/v1.41/containers/abc/json", "GET /containers/{id}/json", "1.41"),
+        ("GET", "/containers/abc/json?size=1", "GET /containers/{id}/json", None),
+        ("HEAD", "/_ping", "HEAD /_ping", None),
+        ("POST", "/v1.23/containers/x/start", "POST /containers/{id}/start", "1.23"),
+        ("GET", "/v1.41.0/containers/json", "GET /containers/json", "1.41.0"),
+        ("GET", "/v1.41/containers%2Fjson", "GET /containers/json", "1.41"),
+        # The method picks among routes of one path, in dockerd's order.
+        ("DELETE", "/v1.41/plugins/vieux/sshfs:1", "DELETE /plugins/{name}", "1.41"),
+        ("POST", "/v1.41/plugins/vieux/sshfs:1/enable", "POST /plugins/{name}/enable", "1.41"),
+        ("GET", "/images/a/get/json", "GET /images/{name}/json", None),
+        ("GET", "/images/a/json/get", "GET /images/{name}/get", None),
+        (
+            "DELETE",
+            "/containers/a/checkpoints/b",
+            "DELETE /containers/{id}/checkpoints/{checkpoint}",
+            None,
+        ),
+        ("GET", "/networks/", "GET /networks/", None),
+        ("OPTIONS", "/anything/at/all", "OPTIONS /{anyroute}", None),
+        # A method no route of that path takes: dockerd's 404.
+        ("HEAD", "/v1.41/containers/json", "HEAD other", "1.41"),
+        ("POST", "/v1.41/containers/abc/json", "POST other", "1.41"),
+        ("get", "/_ping", "* other", None),
+        ("BREW", "/_ping", "* other", None),
+        # The debug router: any method, never under a version prefix.
+        ("POST", "/debug/vars", "POST /debug/vars", None),
+        ("BREW", "/debug/pprof/heap", "* /debug/pprof/{name}", None),
+        ("GET", "/v1.41/debug/vars", "GET other", "1.41"),
+        # The proxy's own answers: their exact raw path only.
+        ("GET", "/_heal/status", "GET /_heal/status", None),
+        ("POST", "/_heal/heal?image=a", "POST /_heal/heal", None),
+        ("GET", "/v1.41/_heal/status", "GET other", "1.41"),
+        ("POST", "/_heal/status", "POST other", None),
+        # dockerd routes these (a name "a/b", an empty one, a newline in one);
+        # the proxy will not vouch for them.
+        ("GET", "/containers/a%2Fb/json", "GET other", None),
+        ("GET", "/containers/a/export/json", "GET other", None),
+        ("GET", "/volumes/", "GET other", None),
+        ("GET", "/containers/a%0Ab/json", "GET other", None),
+        ("GET", "/containers/json%00", "GET other", None),
+        ("GET", "/containers/json%0A", "GET other", None),
+        # Not routed at all: redirects, 404s, 400s.
+        ("GET", "//containers/json", "GET other", None),
+        ("GET", "/v1.41/../containers/json", "GET other", None),
+        ("GET", "/v1.41/%2e%2e/containers/json", "GET other", None),
+        ("GET", "/V1.41/containers/json", "GET other", None),
+        ("GET", "/v1.41/Containers/json", "GET other", "1.41"),
+        ("GET", "/v1.41/containers/json/", "GET other", "1.41"),
+        ("GET", "/v1.41/v1.41/containers/json", "GET other", "1.41"),
+        ("GET", "/v1.41/containers/json;x", "GET other", "1.41"),
+        ("GET", "/v1.41/containers/json%3Fall=1", "GET other", "1.41"),
+        ("GET", "/v1.41/containers/%zz/json", "GET other", None),
+    ],
+)
+def test_locate_routes_as_dockerd_does(
+    method: str, target: str, route: str, version: str | None
+) -> None:
+    assert locate(method, target) == (route, version)
+
+
+def test_every_route_template_labels_metrics() -> None:
+    """route() knows every template of the table but the OPTIONS catch-all."""
+    assert {template(row) for row in ROUTES} - set(TEMPLATES) == {"/{anyroute}"}

@@ -19,6 +19,7 @@ from proxy.healing.core.healer import Healer
 from proxy.recipes.config import parse_config
 from proxy.wire.flow import STREAM_LIMIT
 from proxy.wire.http1 import RequestHead
+from proxy.wire.policy import Policy
 
 CONFIG = parse_config({"images": [{"match": "app:{tag}", "command": ["true"]}]}, base_dir=Path("/"))
 CREATED = b'{"Id":"c1","Warnings":[]}'
@@ -240,3 +241,39 @@ def test_build_client_gone_while_paused_during_its_heal_is_not_forwarded() -> No
         shutil.rmtree(healer.state_dir)
 
     run(main())
+
+
+def test_a_heal_starts_only_if_the_callers_policy_allows_what_it_does() -> None:
+    """A pull heal needs POST /images/create: a policy allowing the create alone
+    gets 403 naming that route, and nothing is healed; allowing it too heals."""
+    pulled = parse_config({"images": [{"match": "app:{tag}", "pull": True}]}, base_dir=Path("/"))
+    creates = Policy("creates", allow=("POST /containers/create",))
+    pulls = Policy("pulls", allow=("POST /containers/create", "POST /images/create"))
+
+    async def main(policy: Policy) -> tuple[bytes, FakeHealer]:
+        healer = FakeHealer()
+        daemon = Daemon()
+        async with rig(
+            daemon, Interceptor(lambda: pulled, cast(Healer, healer)), policy=policy
+        ) as r:
+            reader, writer = await r.client()
+            head, body = create()
+            writer.write(head + body)
+            if policy is pulls:
+                healing = asyncio.create_task(heal_in_background(r, daemon, healer))
+                answer = await read_answer(reader, "POST")
+                await healing
+            else:
+                answer = await read_answer(reader, "POST")
+            writer.close()
+            await r.settled()
+        return answer, healer
+
+    answer, healer = run(main(creates))
+    assert answer.startswith(b"HTTP/1.1 403 ") and healer.started == []
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["message"] == (
+        'docker-heal-proxy: listener "default": policy "creates" does not allow '
+        "POST /images/create, which a pull heal of app:1 needs"
+    )
+    answer, healer = run(main(pulls))
+    assert answer.startswith(b"HTTP/1.1 201 ") and healer.finished == ["app:1"]

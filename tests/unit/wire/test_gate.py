@@ -1,0 +1,262 @@
+"""gate: a listener's policy and audit log on the data path, in process against a fake daemon.
+
+The policy here is a stand-in that refuses what its ``refuse`` set names (by
+path), so these tests pin the wiring (what is judged when, what a refusal
+looks like on the wire, what the audit log hears) and not any route table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame
+from inproc import ok, read_answer, rig, wait_until
+from scenarios import PING, Claims, close_client, post, scenario, scenario_test
+
+from proxy.wire.access import AccessRecord, Mode, Verdict
+from proxy.wire.connection import H2_PREFACE
+from proxy.wire.gate import refusal
+from proxy.wire.local import Exchange
+from proxy.wire.peer import ClientRule
+
+DENIED = 'docker-heal-proxy: listener "ci": policy "fake" does not allow POST /deny'
+
+
+@dataclass(eq=False)
+class FakePolicy:
+    mode: Mode = "enforce"
+    refuse: frozenset[str] = frozenset({"/deny"})
+    name: str = "fake"
+    judged: list[str] = field(default_factory=list)
+    types: list[Sequence[bytes] | None] = field(default_factory=list)
+
+    def judge(
+        self, method: str, target: str, content_types: Sequence[bytes] | None = None
+    ) -> Verdict:
+        self.judged.append(f"{method} {target}")
+        self.types.append(content_types)
+        path = target.partition("?")[0]
+        denied = path in self.refuse
+        return Verdict(
+            self.name,
+            self.mode,
+            f"{method} {path}",
+            None if denied else f"{method} {path}",
+            denied,
+            f'docker-heal-proxy: policy "{self.name}" does not allow {method} {path}'
+            if denied
+            else "",
+        )
+
+
+@dataclass
+class FakeAuditor:
+    full: bool = False
+    records: list[AccessRecord] = field(default_factory=list)
+
+    def admits(self) -> bool:
+        return not self.full
+
+    def record(self, record: AccessRecord) -> None:
+        self.records.append(record)
+
+
+def claimed_by(seen: list[str]) -> Claims:
+    async def local(exchange: Exchange) -> None:
+        seen.append(exchange.head.path)
+        exchange.reply(200, b"{}")
+
+    return Claims({"heal": local})
+
+
+@scenario
+async def a_refused_head_never_reaches_the_daemon_and_the_connection_goes_on() -> None:
+    policy = FakePolicy()
+    async with rig(name="ci", policy=policy) as r:
+        reader, writer = await r.client()
+        writer.write(post("/deny", b'{"Image":"x"}') + PING)
+        answer = await read_answer(reader)
+        assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"message": DENIED}
+        assert await read_answer(reader) == ok()  # the body was drained, not taken for a head
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+        assert r.recorder.denials == [("ci", "fake", "POST /deny")]
+        assert r.recorder.exchanges == [("POST", "/deny", 403), ("GET", "/_ping", 200)]
+        assert policy.judged == ["POST /deny", "GET /_ping"]
+        assert policy.types == [[], None]  # a POST's Content-Type values: none sent
+
+
+@scenario
+async def a_repeated_head_is_judged_once_per_policy_whatever_the_connection() -> None:
+    policy = FakePolicy()
+    async with rig(name="ci", policy=policy) as r:
+        for _ in range(2):
+            reader, writer = await r.client()
+            writer.write(PING * 2)
+            for _ in range(2):
+                assert await read_answer(reader) == ok()
+            await close_client(r, writer)
+        assert policy.judged == ["GET /_ping"]
+
+
+@scenario
+async def a_refused_body_awaited_with_100_continue_is_never_invited() -> None:
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        writer.write(post("/deny", b"", b"Expect: 100-continue\r\n").replace(
+            b"Content-Length: 0", b"Content-Length: 5"
+        ))  # fmt: skip
+        answer = await read_answer(reader)
+        assert answer.startswith(b"HTTP/1.1 403 ")
+        assert await reader.read() == b""  # closed: the body is never read
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == b""
+
+
+@scenario
+async def a_refusal_comes_before_the_interceptor_and_an_allowed_claim_still_works() -> None:
+    seen: list[str] = []
+    policy = FakePolicy(refuse=frozenset({"/local/heal"}))
+    async with rig(interceptor=claimed_by(seen), name="ci", policy=policy) as r:
+        reader, writer = await r.client()
+        writer.write(post("/local/heal", b"{}"))
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 403 ")
+        assert seen == []  # a heal through a refused route never starts
+        policy.refuse = frozenset()
+        writer.write(post("/local/heal", b"{ }"))  # other head bytes: judged afresh
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
+        assert seen == ["/local/heal"]
+        await close_client(r, writer)
+
+
+@scenario
+async def audit_mode_forwards_and_the_record_says_what_enforce_would_do() -> None:
+    auditor = FakeAuditor()
+    async with rig(name="ci", policy=FakePolicy(mode="audit"), auditor=auditor) as r:
+        reader, writer = await r.client()
+        writer.write(post("/deny?q=secret", b"{}") + PING)
+        assert await read_answer(reader) == ok()
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert r.recorder.denials == []
+        assert r.recorder.exchanges == [("POST", "/deny", 200), ("GET", "/_ping", 200)]
+    first, second = auditor.records
+    assert (first.listener, first.method, first.status) == ("ci", "POST", 200)
+    assert first.path == "/deny?q=secret"  # the target as sent: the audit log cuts the query
+    assert first.verdict is not None and first.verdict.denied and first.verdict.forward
+    assert first.peer is not None and first.peer.uid == os.getuid()
+    assert first.peer.pid == os.getpid()
+    assert second.verdict is not None and not second.verdict.denied
+
+
+@scenario
+async def warn_mode_forwards() -> None:
+    async with rig(name="ci", policy=FakePolicy(mode="warn")) as r:
+        reader, writer = await r.client()
+        writer.write(post("/deny", b"{}"))
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert r.recorder.denials == []
+
+
+@scenario
+async def a_full_audit_log_told_to_refuse_turns_requests_away() -> None:
+    auditor = FakeAuditor(full=True)
+    async with rig(name="ci", auditor=auditor) as r:
+        reader, writer = await r.client()
+        writer.write(PING)
+        answer = await read_answer(reader)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"audit log is full" in answer
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == b""
+    assert [(a.status, a.verdict) for a in auditor.records] == [(503, None)]
+
+
+@scenario
+async def an_exchange_cut_short_is_recorded_without_a_status() -> None:
+    auditor = FakeAuditor()
+
+    async def never(head: object, body: bytes) -> bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+    async with rig(never, name="ci", auditor=auditor) as r:
+        _, writer = await r.client()
+        writer.write(PING)
+        await wait_until(lambda: r.daemon.received, "the request upstream")
+        writer.close()
+        await r.settled()
+    assert [(a.method, a.status) for a in auditor.records] == [("GET", 0)]
+
+
+@scenario
+async def the_http2_preface_is_refused_where_a_policy_applies() -> None:
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        writer.write(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        data = await reader.read()
+        settings, rest = Frame.parse_frame_header(memoryview(data[:9]))
+        assert isinstance(settings, SettingsFrame) and rest == 0
+        goaway, length = Frame.parse_frame_header(memoryview(data[9:18]))
+        assert isinstance(goaway, GoAwayFrame)
+        goaway.parse_body(memoryview(data[18 : 18 + length]))
+        assert goaway.error_code == 0xD
+        assert b'policy "fake" does not allow HTTP/2' in goaway.additional_data
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == b""
+        assert r.recorder.denials == [("ci", "fake", "PRI *")]
+        assert r.recorder.h2 == 0
+
+
+@scenario
+async def a_client_rule_gives_its_caller_another_policy_or_none() -> None:
+    me = frozenset({os.getuid()})
+    policy = FakePolicy()
+    for rule_policy in (None, FakePolicy(refuse=frozenset())):
+        clients = (ClientRule(me, frozenset(), rule_policy),)
+        async with rig(name="ci", policy=policy, clients=clients) as r:
+            reader, writer = await r.client()
+            writer.write(post("/deny", b"{}"))
+            assert await read_answer(reader) == ok()
+            (conn,) = r.hub.connections
+            assert (conn.gate is None) == (rule_policy is None)  # full: nothing to check
+            await close_client(r, writer)
+    others = (ClientRule(frozenset({os.getuid() + 1}), frozenset(), None),)
+    async with rig(name="ci", policy=policy, clients=others) as r:
+        reader, writer = await r.client()
+        writer.write(post("/deny", b"{}"))
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 403 ")
+        await close_client(r, writer)
+
+
+test_scenario = scenario_test(__name__)
+
+
+def test_a_listener_without_policy_or_audit_log_makes_no_gate() -> None:
+    async def check() -> None:
+        async with rig() as r:
+            assert not r.hub.gated and not r.hub.reads_peer
+            reader, writer = await r.client()
+            writer.write(PING)
+            assert await read_answer(reader) == ok()
+            (conn,) = r.hub.connections
+            assert conn.gate is None and conn.observer is r.recorder
+            await close_client(r, writer)
+
+    from inproc import run
+
+    run(check())
+
+
+def test_a_refusal_names_the_listener_before_the_policy() -> None:
+    verdict = FakePolicy().judge("POST", "/deny")
+    assert refusal("ci", verdict) == DENIED
+    bare = Verdict("p", "enforce", "GET other", None, True)
+    assert (
+        refusal("x", bare) == 'docker-heal-proxy: listener "x": policy "p" does not allow GET other'
+    )

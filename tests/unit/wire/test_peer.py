@@ -1,0 +1,99 @@
+"""peer: what the kernel says of the far end of a real Unix socket, and which rule names it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+
+import pytest
+
+from proxy.wire.access import Peer
+from proxy.wire.peer import SO_PEERGROUPS, ClientRule, choose, read_peer
+
+
+def test_a_socket_pair_shows_this_process() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        peer = read_peer(left)
+    assert peer is not None
+    assert (peer.uid, peer.gid, peer.pid) == (os.geteuid(), os.getegid(), os.getpid())
+    assert set(peer.groups) == set(os.getgroups())
+    assert peer.exe == os.path.realpath(sys.executable)
+
+
+def test_a_socket_without_credentials_gives_no_peer() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        assert read_peer(tcp) is None
+    assert read_peer(None) is None
+
+
+class ManyGroups:
+    """A socket whose peer has more groups than the first buffer holds."""
+
+    def __init__(self, groups: int) -> None:
+        self.groups = groups
+        self.asked: list[int] = []
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+        if option == socket.SO_PEERCRED:
+            return b"".join(n.to_bytes(4, sys.byteorder) for n in (1, 1000, 1000))
+        assert option == SO_PEERGROUPS
+        self.asked.append(buflen)
+        if buflen < 4 * self.groups:
+            raise OSError(errno.ERANGE, "Numerical result out of range")
+        return b"".join(n.to_bytes(4, sys.byteorder) for n in range(self.groups))
+
+
+def test_more_groups_than_the_first_buffer_are_read_whole() -> None:
+    sock = ManyGroups(100)
+    peer = read_peer(sock)
+    assert peer is not None and peer.groups == tuple(range(100))
+    assert len(sock.asked) == 2
+    assert (peer.uid, peer.gid, peer.pid) == (1000, 1000, 1)
+
+
+def test_a_kernel_without_peergroups_gives_no_groups() -> None:
+    class Old(ManyGroups):
+        def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+            if option == SO_PEERGROUPS:
+                raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+            return super().getsockopt(level, option, buflen)
+
+    peer = read_peer(Old(0))
+    assert peer is not None and peer.groups == ()
+
+
+def peer(uid: int, gid: int, *groups: int) -> Peer:
+    return Peer(uid=uid, gid=gid, groups=groups, pid=1, exe=None)
+
+
+RULES = (
+    ClientRule(frozenset({1000}), frozenset(), "by-uid"),
+    ClientRule(frozenset(), frozenset({50}), "by-group"),
+    ClientRule(frozenset({0}), frozenset({50}), "root"),
+)
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        (peer(1000, 50), "by-uid"),  # first match wins
+        (peer(2000, 50), "by-group"),  # effective gid
+        (peer(2000, 100, 7, 50), "by-group"),  # supplementary group
+        (peer(0, 0), "root"),
+        (peer(2000, 100, 7), "listener"),
+        (None, "listener"),  # unreadable: no rule names it
+    ],
+)
+def test_rules_are_tried_in_order(who: Peer | None, expected: str) -> None:
+    assert choose(RULES, who, "listener") == expected
+
+
+def test_credentials_refused_give_no_peer() -> None:
+    class Refusing:
+        def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    assert read_peer(Refusing()) is None
