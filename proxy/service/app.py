@@ -41,6 +41,7 @@ from ..wire.listener import ListenerError
 from ..wire.peer import ClientRule
 from .auditconfig import AuditSettings
 from .auditsink import AuditError, AuditSink
+from .daemonview import DaemonView
 from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
 from .server import Opened, close_listeners, serve
@@ -106,6 +107,8 @@ class App:
         self.proactive: Proactive | None = None
         self.stale: StaleTracker | None = None
         self.audit: AuditSink | None = None
+        self.daemon_view: DaemonView | None = None
+        """How the body checks of the listeners' policies see host paths and images."""
         """The listeners' ``Auditor`` while running, when ``[audit]`` asks for one."""
 
     def reload(self) -> None:
@@ -132,6 +135,7 @@ class App:
 
     async def run(self) -> int:
         settings = self.settings
+        self.daemon_view = DaemonView(settings.upstream)
         if settings.audit is not None:
             self.audit = self._open_audit(settings.audit)
         try:
@@ -211,6 +215,7 @@ class App:
                 ClientRule(rule.uids, rule.gids, self._policy(rule.policy)) for rule in of.clients
             ),
             auditor=self.audit,
+            resolver=self.daemon_view,
         )
 
     def _policy(self, name: str) -> Judge | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from proxy.wire.bodychecks import CreateRules
 from proxy.wire.policy import FULL, SHIPPED, Policy, policies_from_config
 
 POLICIES = policies_from_config({})
@@ -274,3 +275,19 @@ def test_wildcard_entries_cover_every_method_of_the_template() -> None:
     assert not policy.judge("HEAD", "/containers/a/archive").denied
     assert not policy.judge("PUT", "/containers/a/archive").denied
     assert policy.judge("POST", "/containers/a/archive").denied  # no such route
+
+
+def test_a_create_table_is_read_over_the_one_it_extends() -> None:
+    policies = policies_from_config(
+        {
+            "agents": {"extends": "runner", "create": {"binds_under": ["/srv/agents"]}},
+            "gpu": {"extends": "agents", "create": {"devices": ["/dev/nvidia0"]}},
+        }
+    )
+    assert policies["runner"].create == CreateRules()
+    assert policies["agents"].create == CreateRules(binds_under=("/srv/agents",))
+    assert policies["gpu"].create == CreateRules(
+        binds_under=("/srv/agents",), devices=("/dev/nvidia0",)
+    )
+    with pytest.raises(ValueError, match=r"^policies\.x\.create\.privilegd: unknown key"):
+        policies_from_config({"x": {"create": {"privilegd": True}}})
