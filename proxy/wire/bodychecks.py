@@ -44,6 +44,9 @@ Rules:
   an ``Env`` value, and reads ``policy "NAME" refuses ...``.
 - A named volume that already exists is not looked into: making one with a
   bind is judged when it is made (``POST /volumes/create``).
+- A symlink can be swapped between the check and the container's start, so
+  ``check`` warns of a ``binds_under`` folder anyone but root can write in
+  (``unsafe_folders``), or whose way down someone else could redirect.
 - Pure: the paths and image names the body only names are resolved by the
   caller's ``Resolver`` (paths with ``hostpath.resolve``, in the daemon's root).
 
@@ -424,3 +427,46 @@ def judge_volume(
     if source is None:
         return None
     return _host_path(policy, rules, source, "DriverOpts.device", resolver)
+
+
+def unsafe_folders(
+    where: str, rules: CreateRules, owner_mode: Callable[[str], tuple[int, int] | None]
+) -> list[str]:
+    """``check``'s warnings of the ``binds_under`` folders a caller could swap a symlink
+    into; ``owner_mode`` gives a path's owner uid and mode (None: not there)."""
+    lines = []
+    for folder in rules.binds_under:
+        found = owner_mode(folder)
+        if found is None:
+            lines.append(f"warning: {where}.binds_under: {folder} does not exist")
+            continue
+        uid, mode = found
+        if uid != 0 or mode & 0o022:
+            lines.append(
+                f"warning: {where}.binds_under: {folder} can be written by others than root "
+                f"(owner uid {uid}, mode {mode & 0o7777:o}): a caller can swap a checked "
+                "folder for a symlink out before the container starts"
+            )
+            continue
+        for above in _ancestors(folder):
+            found = owner_mode(above)
+            if found is not None and (found[0] != 0 or _shared_writable(found[1])):
+                lines.append(
+                    f"warning: {where}.binds_under: {folder} lies under {above}, which others "
+                    "than root can write in: the way to it can be redirected"
+                )
+                break
+    return lines
+
+
+def _ancestors(folder: str) -> list[str]:
+    out = []
+    while folder != "/":
+        folder = posixpath.dirname(folder)
+        out.append(folder)
+    return out
+
+
+def _shared_writable(mode: int) -> bool:
+    """Writable by group or others, without the sticky bit that keeps their entries theirs."""
+    return bool(mode & 0o022) and not mode & 0o1000

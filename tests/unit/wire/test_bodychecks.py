@@ -17,6 +17,7 @@ from proxy.wire.bodychecks import (
     Refusal,
     create_rules,
     judge,
+    unsafe_folders,
 )
 
 RUNNER = create_rules({"binds_under": ["/srv/agents"]}, "policies.runner.create")
@@ -342,3 +343,28 @@ def test_a_table_changes_only_its_keys_of_the_rules_it_extends() -> None:
         privileged=True, binds_under=("/srv/agents",), cap_add=("NET_ADMIN",)
     )
     assert create_rules({}, "c") == CreateRules()
+
+
+def test_check_warns_of_binds_under_folders_others_can_write_in() -> None:
+    tree = {
+        "/": (0, 0o40755),
+        "/srv": (0, 0o40755),
+        "/srv/agents": (0, 0o40755),
+        "/srv/open": (0, 0o40777),
+        "/srv/theirs": (1000, 0o40755),
+        "/tmp": (0, 0o41777),
+        "/tmp/agents": (0, 0o40755),
+        "/home": (1000, 0o40755),
+        "/home/in": (0, 0o40755),
+    }
+    folders = ["/srv/agents", "/srv/open", "/srv/theirs", "/tmp/agents", "/home/in", "/gone"]
+    rules = create_rules({"binds_under": folders}, "x")
+    lines = unsafe_folders("policies.p.create", rules, tree.get)
+    assert [line.split(": ")[2].split(" ")[0] for line in lines] == [
+        "/srv/open",
+        "/srv/theirs",
+        "/home/in",
+        "/gone",
+    ]
+    assert "lies under /home, which others than root can write in" in lines[2]
+    assert "mode 777" in lines[0] and "owner uid 1000" in lines[1]
