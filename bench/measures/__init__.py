@@ -13,6 +13,7 @@ from bench.measures import (
     cache,
     cpu_split,
     create,
+    createpolicy,
     heal,
     memory,
     ping,
@@ -26,12 +27,13 @@ from bench.schedule import Measure
 
 MEASUREMENTS: tuple[Measure[Bench], ...] = (
     ping.MEASURE,
-    policy.MEASURE,
     save.MEASURE,
     memory.MEASURE,
     profile.MEASURE,
     cpu_split.MEASURE,
+    policy.MEASURE,
     create.MEASURE,
+    createpolicy.MEASURE,
     heal.MEASURE,
     cache.MEASURE,
     build.MEASURE,
