@@ -382,6 +382,25 @@ async def the_heal_interceptor_gets_the_body_the_policy_judged() -> None:
         assert bytes(r.daemon.received) == post(CREATE, body, JSON)
 
 
+@scenario
+async def a_judged_body_past_the_collect_limit_before_its_first_read_is_held_not_sent() -> None:
+    """A claimed body that outgrows ``BODY_LIMIT`` before its handler reads goes to the
+    daemon unread; a judged one must not. The limit is lowered so that the bytes that
+    come with the head already pass it, before the check's first read."""
+    padded = PRIVILEGED[:-1] + b',"Labels":{"x":"' + b"y" * 4000 + b'"}}'
+    saved = Exchange.BODY_LIMIT
+    Exchange.BODY_LIMIT = 100
+    try:
+        async with rig(name="ci", policy=FakePolicy()) as r:
+            reader, writer = await r.client()
+            writer.write(post(CREATE, padded, JSON))
+            assert message(await read_answer(reader)) == PRIVILEGED_REFUSED
+            await close_client(r, writer)
+            assert bytes(r.daemon.received) == b""
+    finally:
+        Exchange.BODY_LIMIT = saved
+
+
 test_scenario = scenario_test(__name__)
 
 
