@@ -3,7 +3,9 @@
 Rules:
 - A handler reads the claimed body whole and bounded (``body``, up to
   ``BODY_LIMIT``, then forwarded as it came) or as a stream (``read``: bytes
-  it has not read are held up to ``STREAM_LIMIT``, then reading pauses).
+  it has not read are held up to ``STREAM_LIMIT``, then reading pauses). A
+  body a policy judges (``judged``) is never forwarded unread: past
+  ``BODY_LIMIT`` before its handler's first read, it is held as a stream.
 - It may make round trips to the daemon whose answers a ``Capture`` holds
   instead of forwarding them (up to ``CAPTURE_LIMIT``; a larger one goes
   to the client as it comes and counts as the answer), forward a request
