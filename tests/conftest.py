@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -32,11 +33,13 @@ from support import (
     LongStream,
     Proxy,
     SilentDaemon,
+    User,
     docker,
     label_filter,
     log_problems,
     open_events_with_head,
     private_dockerd,
+    require,
     start_proxy,
 )
 
@@ -98,6 +101,39 @@ def silent(tmp_path: Path) -> Iterator[str]:
     daemon = SilentDaemon(path)
     yield path
     daemon.close()
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A short folder every user can enter (a socket path must be short, and a
+    user's access to what is inside must not be blocked above it)."""
+    path = Path(tempfile.mkdtemp(prefix="o-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_user() -> Iterator[Callable[..., User]]:
+    """``make(*groups)``: a fresh user with a private group, in ``groups`` too; removed after."""
+    if os.geteuid() != 0:
+        pytest.skip("making users needs root")
+    require("useradd")
+    made: list[str] = []
+
+    def make(*groups: str) -> User:
+        name = f"dhpt{uuid.uuid4().hex[:8]}"
+        extra = ["--groups", ",".join(groups)] if groups else []
+        subprocess.run(
+            ["useradd", "--no-create-home", "--user-group", *extra, name], check=True, timeout=30
+        )
+        made.append(name)
+        account = pwd.getpwnam(name)
+        return User(name, account.pw_uid, account.pw_gid)
+
+    yield make
+    for name in made:
+        subprocess.run(["userdel", name], check=False, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -744,6 +744,27 @@ def heal_once(healer: Healer, image: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class User:
+    """A user a test made (``make_user``), to run things as."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def argv(self, *argv: str) -> list[str]:
+        """``argv`` run as this user, with no other groups than its own."""
+        return [
+            require("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+            *argv,
+        ]  # fmt: skip
+
+    def can_write(self, path: Path) -> bool:
+        """Whether this user may write ``path``."""
+        result = subprocess.run(self.argv("test", "-w", str(path)), timeout=30, check=False)
+        return result.returncode == 0
+
+
 def fds(proxy: Proxy) -> int:
     """The proxy's open descriptors."""
     return len(os.listdir(f"/proc/{proxy.proc.pid}/fd"))

@@ -193,9 +193,9 @@ def test_socket_activated_tcp_is_refused_in_one_line(short: Path) -> None:
     assert "Traceback" not in output, output
     said = [line for line in output.splitlines() if "docker-heal-proxy" in line]
     assert said == [
-        f"docker-heal-proxy: systemd passed an AF_INET socket (127.0.0.1:{port}); the proxy "
-        "serves a Unix stream socket only: use one ListenStream=/run/docker-heal-proxy.sock "
-        "(Accept=no) in the .socket unit"
+        f"docker-heal-proxy: systemd passed an AF_INET socket (127.0.0.1:{port}, named "
+        "unknown); the proxy serves a Unix stream socket only: give each .socket unit one "
+        "ListenStream=/run/NAME.sock (Accept=no)"
     ]
     assert not (short / "unused.sock").exists()
 

@@ -12,16 +12,14 @@ import contextlib
 import json
 import os
 import pty
-import pwd
 import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from support import (
     MakeProxy,
     Proxy,
     UnixHTTPConnection,
+    User,
     back_to,
     docker,
     ping,
@@ -45,24 +44,15 @@ NONE = ["--network", "none"]
 """The test daemon has no bridge."""
 
 
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    """Where the listeners' sockets go: short, as a socket path must be, and open to others."""
-    path = Path(tempfile.mkdtemp(prefix="l-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def listener(folder: Path, name: str, policy: str, extra: str = "") -> str:
+def listener(where: Path, name: str, policy: str, extra: str = "") -> str:
     return (
-        f'[[listeners]]\nname = "{name}"\nlisten = "unix://{folder}/{name}.sock"\n'
+        f'[[listeners]]\nname = "{name}"\nlisten = "unix://{where}/{name}.sock"\n'
         f'policy = "{policy}"\nsocket_mode = "0666"\n{extra}\n'
     )
 
 
-def host(folder: Path, name: str) -> dict[str, str]:
-    return {**os.environ, "DOCKER_HOST": f"unix://{folder}/{name}.sock"}
+def host(where: Path, name: str) -> dict[str, str]:
+    return {**os.environ, "DOCKER_HOST": f"unix://{where}/{name}.sock"}
 
 
 def refused(args: list[str], env: dict[str, str], listener: str, policy: str, route: str) -> str:
@@ -90,10 +80,10 @@ def stopped(busybox: str, proxy: Proxy) -> Iterator[str]:
 
 
 def test_readonly_reads_and_the_cli_prints_each_refusal(
-    make_proxy: MakeProxy, folder: Path, stopped: str, busybox: str
+    make_proxy: MakeProxy, open_folder: Path, stopped: str, busybox: str
 ) -> None:
-    p = make_proxy(listener(folder, "ro", "readonly"))
-    env = host(folder, "ro")
+    p = make_proxy(listener(open_folder, "ro", "readonly"))
+    env = host(open_folder, "ro")
     assert stopped in names(env)
     inspected = json.loads(docker(["inspect", stopped], env=env).stdout)
     assert inspected[0]["Name"] == f"/{stopped}"
@@ -110,7 +100,7 @@ def test_readonly_reads_and_the_cli_prints_each_refusal(
         "GET /containers/{id}/archive",
     )
     refused(["save", busybox], env, "ro", "readonly", "GET /images/get")
-    status = UnixHTTPConnection(f"{folder}/ro.sock")
+    status = UnixHTTPConnection(f"{open_folder}/ro.sock")
     status.request("GET", "/_heal/status")
     assert status.getresponse().status == 403  # the heal's transcripts are no reader's
     assert names(p.env, f"ancestor={busybox}") == [stopped]  # nothing was created
@@ -142,10 +132,10 @@ def in_pty(args: list[str], env: dict[str, str], typed: bytes, until: bytes) -> 
 
 
 def test_runner_runs_attached_and_execs_and_refuses_the_rest(
-    make_proxy: MakeProxy, folder: Path, busybox: str, tmp_path: Path
+    make_proxy: MakeProxy, open_folder: Path, busybox: str, tmp_path: Path
 ) -> None:
-    p = make_proxy(listener(folder, "ci", "runner"))
-    env = host(folder, "ci")
+    p = make_proxy(listener(open_folder, "ci", "runner"))
+    env = host(open_folder, "ci")
     said = in_pty(
         ["run", "--rm", "-it", *NONE, busybox, "sh", "-c", "read x; echo got-$x"],
         env,
@@ -177,15 +167,16 @@ def audit_lines(path: Path) -> list[dict[str, object]]:
 
 
 def test_audit_mode_lets_everything_through_and_the_log_says_what_enforce_would_refuse(
-    make_proxy: MakeProxy, folder: Path, stopped: str, tmp_path: Path
+    make_proxy: MakeProxy, open_folder: Path, stopped: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
     config = (
         f'[audit]\npath = "{log}"\n'
-        '[policies.watch]\nextends = "runner"\nmode = "audit"\n' + listener(folder, "ci", "watch")
+        '[policies.watch]\nextends = "runner"\nmode = "audit"\n'
+        + listener(open_folder, "ci", "watch")
     )
     p = make_proxy(config)
-    env = host(folder, "ci")
+    env = host(open_folder, "ci")
     copied = docker(["cp", f"{stopped}:/bin/busybox", "-"], env=env).stdout
     assert len(copied) > 100_000  # a tar of the file
     network = f"dhp-audit-{os.getpid()}"
@@ -221,53 +212,38 @@ def test_audit_mode_lets_everything_through_and_the_log_says_what_enforce_would_
 
 
 def test_peer_rules_give_a_second_user_its_own_policy_on_roots_socket(
-    make_proxy: MakeProxy, folder: Path, busybox: str, proxy: Proxy
+    make_proxy: MakeProxy, open_folder: Path, busybox: str, make_user: Callable[..., User]
 ) -> None:
-    user = f"dhp{os.getpid() % 100000}"
-    subprocess.run(
-        [require("useradd"), "--no-create-home", "--shell", "/bin/false", user], check=True
-    )
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-        gid = pwd.getpwnam(user).pw_gid
-        rules = f'[[listeners.clients]]\nuids = [{uid}]\npolicy = "readonly"\n'
-        p = make_proxy(listener(folder, "shared", "full", rules))
-        env = host(folder, "shared")
-        config = folder / "user-docker-config"
-        config.mkdir(mode=0o755)
-        as_user = [require("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-        user_env = {**env, "DOCKER_CONFIG": str(config), "HOME": str(folder)}
+    user = make_user()
+    rules = f'[[listeners.clients]]\nuids = [{user.uid}]\npolicy = "readonly"\n'
+    p = make_proxy(listener(open_folder, "shared", "full", rules))
+    env = host(open_folder, "shared")
+    config = open_folder / "user-docker-config"
+    config.mkdir(mode=0o755)
+    user_env = {**env, "DOCKER_CONFIG": str(config), "HOME": str(open_folder)}
 
-        def as_them(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [*as_user, shutil.which("docker") or "docker", *args],
-                env=user_env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+    def as_them(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = user.argv(shutil.which("docker") or "docker", *args)
+        return subprocess.run(argv, env=user_env, capture_output=True, text=True, timeout=120)
 
-        listed = as_them("ps", "-a")
-        assert listed.returncode == 0, listed.stderr
-        created = as_them("create", *NONE, busybox, "true")
-        assert created.returncode != 0
-        assert 'listener "shared": policy "readonly" does not allow POST /containers/create' in (
-            created.stderr
-        )
-        name = f"dhp-root-{os.getpid()}"
-        docker(["create", "--name", name, *NONE, busybox, "true"], env=env)  # root: full
-        docker(["rm", name], env=p.env)
-    finally:
-        subprocess.run([require("userdel"), user], check=False)
+    listed = as_them("ps", "-a")
+    assert listed.returncode == 0, listed.stderr
+    created = as_them("create", *NONE, busybox, "true")
+    assert created.returncode != 0
+    said = 'listener "shared": policy "readonly" does not allow POST /containers/create'
+    assert said in created.stderr, created.stderr
+    name = f"dhp-root-{os.getpid()}"
+    docker(["create", "--name", name, *NONE, busybox, "true"], env=env)  # root: full
+    docker(["rm", name], env=p.env)
 
 
 def test_two_listeners_through_socket_activation(
-    dockerd: Dockerd, folder: Path, busybox: str, tmp_path: Path
+    dockerd: Dockerd, open_folder: Path, busybox: str, tmp_path: Path
 ) -> None:
     activate = require("systemd-socket-activate")
     config = tmp_path / "config.toml"
-    config.write_text(listener(folder, "ro", "readonly"))
-    default = f"{folder}/default.sock"
+    config.write_text(listener(open_folder, "ro", "readonly"))
+    default = f"{open_folder}/default.sock"
     log = tmp_path / "proxy.log"
     proc = subprocess.Popen(
         [
@@ -275,7 +251,7 @@ def test_two_listeners_through_socket_activation(
             "-l",
             default,
             "-l",
-            f"{folder}/ro.sock",
+            f"{open_folder}/ro.sock",
             "--fdname=docker-heal-proxy.socket:ro",
             sys.executable,
             "-m",
@@ -298,7 +274,7 @@ def test_two_listeners_through_socket_activation(
             ["create", "--name", name, *NONE, busybox, "true"],
             env={**os.environ, "DOCKER_HOST": f"unix://{default}"},
         )
-        env = host(folder, "ro")
+        env = host(open_folder, "ro")
         assert name in names(env)
         refused(["rm", name], env, "ro", "readonly", "DELETE /containers/{id}")
         docker(["rm", name], env={**os.environ, "DOCKER_HOST": f"unix://{default}"})
@@ -306,8 +282,8 @@ def test_two_listeners_through_socket_activation(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     text = log.read_text()
-    assert f"listening on {folder}/ro.sock for listener ro (policy readonly)" in text, text
-    assert os.path.exists(f"{folder}/ro.sock")  # systemd's socket: left in place
+    assert f"listening on {open_folder}/ro.sock for listener ro (policy readonly)" in text, text
+    assert os.path.exists(f"{open_folder}/ro.sock")  # systemd's socket: left in place
 
 
 def post(path: str, target: str, body: bytes) -> tuple[int, bytes]:
@@ -321,11 +297,11 @@ def post(path: str, target: str, body: bytes) -> tuple[int, bytes]:
 
 
 def test_an_old_api_start_with_a_host_config_is_refused_under_runner(
-    make_proxy: MakeProxy, folder: Path, stopped: str, proxy: Proxy
+    make_proxy: MakeProxy, open_folder: Path, stopped: str, proxy: Proxy
 ) -> None:
-    make_proxy(listener(folder, "ci", "runner"))
+    make_proxy(listener(open_folder, "ci", "runner"))
     body = json.dumps({"Privileged": True, "Binds": ["/:/host"]}).encode()
-    status, answer = post(f"{folder}/ci.sock", f"/v1.23/containers/{stopped}/start", body)
+    status, answer = post(f"{open_folder}/ci.sock", f"/v1.23/containers/{stopped}/start", body)
     assert status == 403, answer
     assert "API version 1.23" in json.loads(answer)["message"]
     inspected = json.loads(docker(["inspect", stopped], env=proxy.env).stdout)[0]
@@ -335,13 +311,13 @@ def test_an_old_api_start_with_a_host_config_is_refused_under_runner(
 
 
 def test_a_host_network_build_is_refused_where_builds_are_allowed(
-    make_proxy: MakeProxy, folder: Path
+    make_proxy: MakeProxy, open_folder: Path
 ) -> None:
     config = '[policies.builder]\nallow = ["* /_ping", "POST /build"]\n' + listener(
-        folder, "b", "builder"
+        open_folder, "b", "builder"
     )
     make_proxy(config)
-    status, answer = post(f"{folder}/b.sock", "/v1.41/build?networkmode=host", b"")
+    status, answer = post(f"{open_folder}/b.sock", "/v1.41/build?networkmode=host", b"")
     assert status == 403, answer
     assert json.loads(answer)["message"] == (
         'docker-heal-proxy: listener "b": policy "builder" does not allow '
@@ -349,9 +325,11 @@ def test_a_host_network_build_is_refused_where_builds_are_allowed(
     )
 
 
-def test_refusals_leave_no_descriptor_or_task_behind(make_proxy: MakeProxy, folder: Path) -> None:
-    p = make_proxy(listener(folder, "ci", "runner"))
-    path = f"{folder}/ci.sock"
+def test_refusals_leave_no_descriptor_or_task_behind(
+    make_proxy: MakeProxy, open_folder: Path
+) -> None:
+    p = make_proxy(listener(open_folder, "ci", "runner"))
+    path = f"{open_folder}/ci.sock"
     baseline = usage(p)
     # A refused upload whose client waits for 100 Continue, one that sends its
     # body anyway and hangs up, the HTTP/2 preface, and a refused hijack.
@@ -369,13 +347,15 @@ def test_refusals_leave_no_descriptor_or_task_behind(make_proxy: MakeProxy, fold
     back_to(p, baseline, "refusals")
 
 
-def test_the_denials_are_counted_by_route(make_proxy: MakeProxy, folder: Path) -> None:
+def test_the_denials_are_counted_by_route(make_proxy: MakeProxy, open_folder: Path) -> None:
     from support import free_port, metric
 
     port = free_port()
-    p = make_proxy(listener(folder, "ci", "runner"), args=[f"--metrics-listen=127.0.0.1:{port}"])
+    p = make_proxy(
+        listener(open_folder, "ci", "runner"), args=[f"--metrics-listen=127.0.0.1:{port}"]
+    )
     for _ in range(2):
-        status, _ = post(f"{folder}/ci.sock", "/v1.41/networks/create", b"{}")
+        status, _ = post(f"{open_folder}/ci.sock", "/v1.41/networks/create", b"{}")
         assert status == 403
     route = "POST /networks/create"
     assert (

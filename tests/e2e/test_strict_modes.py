@@ -10,13 +10,9 @@ named. The README's layout (a checkout owned by an app user in the
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
 import subprocess
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from support import (
     REPO,
     Dockerd,
     MakeProxy,
+    User,
     heal_status,
     proxy_cli,
     require,
@@ -36,79 +33,23 @@ from support import (
 
 
 @dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-    def can_write(self, path: Path) -> bool:
-        """Whether this user, with no other groups than its own, may write ``path``."""
-        result = subprocess.run(
-            [
-                require("setpriv"),
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
-                "--init-groups",
-                "test",
-                "-w",
-                str(path),
-            ],
-            timeout=30,
-            check=False,
-        )
-        return result.returncode == 0
-
-
-@pytest.fixture
-def make_user() -> Iterator[Callable[..., User]]:
-    """``make(*groups)``: a fresh user with a private group, in ``groups`` too."""
-    if os.geteuid() != 0:
-        pytest.skip("making users needs root")
-    require("useradd")
-    made: list[str] = []
-
-    def make(*groups: str) -> User:
-        name = f"dhpt{uuid.uuid4().hex[:8]}"
-        extra = ["--groups", ",".join(groups)] if groups else []
-        subprocess.run(
-            ["useradd", "--no-create-home", "--user-group", *extra, name], check=True, timeout=30
-        )
-        made.append(name)
-        account = pwd.getpwnam(name)
-        return User(name, account.pw_uid, account.pw_gid)
-
-    yield make
-    for name in made:
-        subprocess.run(["userdel", name], check=False, timeout=30)
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A folder every user can enter, so a user's write access is real, not blocked above."""
-    path = Path(tempfile.mkdtemp(prefix="trust-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass(frozen=True)
 class Layout:
     config: Path
     script: Path
     workdir: Path
 
 
-def layout(base: Path, how: str) -> Layout:
+def layout(open_folder: Path, how: str) -> Layout:
     """A root-owned config whose one recipe runs ``script`` in ``workdir``; ``how``
     says how the script is run: as ``command[0]`` or handed to ``bash``."""
-    workdir = base / "work"
+    workdir = open_folder / "work"
     workdir.mkdir()
     workdir.chmod(0o755)
     script = write_script(workdir / "build.sh", "exit 1\n")
     command = [str(script)] if how == "command[0]" else ["bash", str(script)]
-    config = base / "config.toml"
+    config = open_folder / "config.toml"
     config.write_text(
-        f"state_dir = {toml_string(base / 'state')}\n"
+        f"state_dir = {toml_string(open_folder / 'state')}\n"
         f'[[images]]\nmatch = "127.0.0.1:1/dhp/trust:1"\n'
         f"command = [{', '.join(map(toml_string, command))}]\n"
         f"workdir = {toml_string(workdir)}\n"
@@ -146,23 +87,23 @@ def serve_argv(dockerd: Dockerd, config: Path, listen: Path) -> list[str]:
 @pytest.mark.parametrize("way", ["owner", "group"])
 @pytest.mark.parametrize("case", CASES)
 def test_a_path_another_user_can_write_is_refused_by_serve_and_check(
-    dockerd: Dockerd, make_user: Callable[..., User], base: Path, case: str, way: str
+    dockerd: Dockerd, make_user: Callable[..., User], open_folder: Path, case: str, way: str
 ) -> None:
     how, pick, role = CASES[case]
-    lay = layout(base, how)
+    lay = layout(open_folder, how)
     assert proxy_cli("check", f"--config={lay.config}").returncode == 0
     user = make_user()
     path = pick(lay)
     give(path, user, way)
     assert user.can_write(path)
 
-    served = proxy_cli(*serve_argv(dockerd, lay.config, base / "p.sock"), timeout=60)
+    served = proxy_cli(*serve_argv(dockerd, lay.config, open_folder / "p.sock"), timeout=60)
     assert served.returncode == 2, served
     assert served.stdout == ""
     [line] = served.stderr.splitlines()
     assert line.startswith("docker-heal-proxy: root will not run what others can change: ")
     assert f"{path} (" in line and role in line and "; fix: ch" in line
-    assert not (base / "p.sock").exists()
+    assert not (open_folder / "p.sock").exists()
 
     checked = proxy_cli("check", f"--config={lay.config}")
     assert checked.returncode == 2, checked
@@ -206,21 +147,21 @@ def readme_config(checkout: Path, state: Path) -> str:
 
 
 def test_the_readme_layout_is_accepted(
-    dockerd: Dockerd, make_proxy: MakeProxy, make_user: Callable[..., User], base: Path
+    dockerd: Dockerd, make_proxy: MakeProxy, make_user: Callable[..., User], open_folder: Path
 ) -> None:
     """An app checkout owned by the app user, who is in the docker group (root-
     equivalent already), with the files group-writable for the user's own group
     as a umask of 002 leaves them."""
     app = make_user("docker")
-    checkout = base / "opt" / "nanoclaw"
+    checkout = open_folder / "opt" / "nanoclaw"
     (checkout / "container").mkdir(parents=True)
     (checkout / "data").mkdir()
     script = write_script(checkout / "container" / "build.sh", "exit 1\n")
-    for path in (base / "opt", checkout, checkout / "container", checkout / "data", script):
+    for path in (open_folder / "opt", checkout, checkout / "container", checkout / "data", script):
         os.chown(path, app.uid, app.gid)
         path.chmod(path.stat().st_mode | 0o020)
-    config = base / "config.toml"
-    config.write_text(readme_config(checkout, base / "state"))
+    config = open_folder / "config.toml"
+    config.write_text(readme_config(checkout, open_folder / "state"))
     assert app.can_write(script)
 
     checked = proxy_cli("check", f"--config={config}")
@@ -240,9 +181,9 @@ def test_the_readme_layout_is_accepted(
 
 
 def test_check_as_another_user_warns_of_files_neither_root_nor_they_own(
-    make_user: Callable[..., User], base: Path
+    make_user: Callable[..., User], open_folder: Path
 ) -> None:
-    lay = layout(base, "command[0]")
+    lay = layout(open_folder, "command[0]")
     owner, runner = make_user(), make_user()
     os.chown(lay.script, owner.uid, -1)
     result = subprocess.run(
@@ -260,7 +201,7 @@ def test_check_as_another_user_warns_of_files_neither_root_nor_they_own(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "HOME": str(base)},
+        env={**os.environ, "HOME": str(open_folder)},
     )
     assert result.returncode == 0, result
     assert (
