@@ -29,6 +29,8 @@ CPU_PARTS: Parts = (
 PROFILE_PARTS: Parts = (
     ("uvloop", "event loop (epoll, recv, dispatch)"),
     ("http1.py", "framing (http1)"),
+    ("policy.py", "policy (judging a listener's requests)"),
+    ("locate (proxy/wire/routes.py)", "policy (judging a listener's requests)"),
     ("routes.py", "metrics"),
     # The rest of the wire: connection.py and the objects split out of it
     # (local, daemon, flow, splice, hub, rules, states), one part as before.

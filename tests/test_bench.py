@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from bench import bodycheck, exchange, facts
+from bench import bodycheck, exchange, facts, judge
 
 
 def test_versions_of_missing_tools_do_not_raise(
@@ -35,6 +35,16 @@ def test_a_target_that_did_not_start_is_named_not_asked() -> None:
 def test_the_in_process_exchange_passes_every_answer_whole() -> None:
     """It raises when an answer does not reach its client whole."""
     assert asyncio.run(exchange.per_exchange(100, 1)) > 0
+
+
+def test_the_judge_rows_time_the_verdicts_they_are_named_after() -> None:
+    for name, (call, arguments) in judge.rows().items():
+        verdict = call(*arguments[-1])
+        if name.startswith("loop alone"):
+            assert verdict is None
+        else:
+            assert verdict.denied == ("refused" in name), name  # type: ignore[attr-defined]
+        assert judge.per_call(call, arguments, 100, 1) > 0
 
 
 def test_the_header_names_the_daemon_and_its_api_version() -> None:

@@ -8,9 +8,10 @@ Rules:
   route of ``routes.ROUTES``; an entry naming none is a configuration error,
   not a rule that never matches. The first entry that fits names the rule;
   no entry fitting means denied.
-- API versions below 1.24 are refused under any policy: before 1.24,
-  ``POST /containers/{id}/start`` takes a HostConfig, so "start" could make a
-  container privileged. ``full`` is no policy at all: it is never judged.
+- API versions below 1.24 are refused under any policy, in any mode (the
+  verdict says ``enforce``): before 1.24, ``POST /containers/{id}/start``
+  takes a HostConfig, so "start" could make a container privileged. ``full``
+  is no policy at all: it is never judged.
 - ``POST /build`` with ``networkmode=host`` (or ``container:...``) or a
   ``cgroupparent`` is refused unless the policy says ``build_host_network`` or
   ``build_cgroup_parent``. dockerd reads those parameters from a form body
@@ -34,6 +35,7 @@ The refusal a client reads is ``Verdict.reason``; the wiring puts
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +71,7 @@ def _fits(entry: str, route: str) -> bool:
     return path == route_path and method in ("*", route_method)
 
 
+@functools.lru_cache(maxsize=256)
 def _older(version: str) -> bool:
     """``version`` < 1.24 as dockerd compares (missing or non-numeric parts are 0)."""
     parts = tuple(int(p) if p else 0 for p in version.split("."))
@@ -90,17 +93,18 @@ class Policy:
     create: CreateRules = field(default_factory=CreateRules)
     """What a create, an exec or a volume create may ask for (``[policies.NAME.create]``,
     judged on the body by ``bodychecks``); the defaults refuse all host reach."""
-    _rules: dict[str, str] = field(init=False, repr=False, compare=False)
+    _allowed: dict[str, Verdict] = field(init=False, repr=False, compare=False)
+    """The verdict on each route an entry allows, made once: judging is a lookup."""
 
     def __post_init__(self) -> None:
-        rules: dict[str, str] = {}
+        allowed: dict[str, Verdict] = {}
         for entry in self.allow:
             fitting = [route for route in ROUTE_NAMES if _fits(entry, route)]
             if not fitting:
                 raise ValueError(f'"{entry}" is no route of dockerd or the proxy')
             for route in fitting:
-                rules.setdefault(route, entry)
-        object.__setattr__(self, "_rules", rules)
+                allowed.setdefault(route, Verdict(self.name, self.mode, route, entry, False))
+        object.__setattr__(self, "_allowed", allowed)
 
     def judge(
         self, method: str, target: str, content_types: Sequence[bytes] | None = None
@@ -111,23 +115,22 @@ class Policy:
         unknown; only a build needs them (see the module's Rules).
         """
         located = locate(method, target)
-        rule = self._rules.get(located.route)
-        if rule is None:
+        verdict = self._allowed.get(located.route)
+        if located.version is not None and _older(located.version):
+            what = f"API version {located.version} (1.24 is the oldest)"
+            return self._refuse(located.route, verdict.rule if verdict else None, what, "enforce")
+        if verdict is None:
             why = " (not a route it can be sure of)" if located.route.endswith(" other") else ""
             return self._refuse(located.route, None, f"{located.route}{why}")
-        if located.version is not None and _older(located.version):
-            return self._refuse(
-                located.route, rule, f"API version {located.version} (1.24 is the oldest)"
-            )
         if located.route == BUILD:
             option = self._forbidden_build_option(target.partition("?")[2], content_types)
             if option:
-                return self._refuse(located.route, rule, f"{BUILD} with {option}")
-        return Verdict(self.name, self.mode, located.route, rule, False)
+                return self._refuse(located.route, verdict.rule, f"{BUILD} with {option}")
+        return verdict
 
-    def _refuse(self, route: str, rule: str | None, what: str) -> Verdict:
+    def _refuse(self, route: str, rule: str | None, what: str, mode: Mode | None = None) -> Verdict:
         reason = f'policy "{self.name}" does not allow {what}'
-        return Verdict(self.name, self.mode, route, rule, True, reason)
+        return Verdict(self.name, mode or self.mode, route, rule, True, reason)
 
     def _forbidden_build_option(self, query: str, content_types: Sequence[bytes] | None) -> str:
         """The first build option this policy forbids that the request may set, or ""."""

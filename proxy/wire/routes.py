@@ -64,11 +64,11 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
-ROUTES: tuple[str, ...] = (
-    # The proxy's own, answered before dockerd sees them, on their exact raw path only.
-    f"GET {STATUS_PATH}",
-    f"POST {HEAL_PATH}",
-    # dockerd's, as api/server/router/* registers them in 20.10 and 26, in the order
+PROXY_ROUTES = (f"GET {STATUS_PATH}", f"POST {HEAL_PATH}")
+"""The proxy's own, answered before dockerd sees them, on their exact raw path only."""
+
+DOCKERD_ROUTES = (
+    # As api/server/router/* registers them in 20.10 and 26, in the order
     # cmd/dockerd puts the routers: checkpoint (before container, or its DELETE
     # would be masked), container, image, system, volume, build, session, swarm,
     # plugin, distribution, grpc, network.
@@ -196,6 +196,7 @@ ROUTES: tuple[str, ...] = (
     "* /debug/pprof/trace",
     "* /debug/pprof/{name}",
 )
+ROUTES = PROXY_ROUTES + DOCKERD_ROUTES
 """Every route a request can take, ``METHOD /template`` as gorilla/mux spells it.
 
 A variable without a pattern takes ``[^/]+``. The names are the Engine API
@@ -242,19 +243,25 @@ def _row(row: str) -> _Row:
     return _Row(method, template(row), re.compile("".join(parts)))
 
 
-def _first_segment(path: str) -> str:
-    return path.split("/", 2)[1] if path.startswith("/") else ""
+def _first_segment(path: str) -> str | None:
+    return path.split("/", 2)[1] if path.startswith("/") else None
 
 
-_OWN = frozenset(tuple(row.split(" ")) for row in ROUTES[:2])
-_ROWS = [_row(row) for row in ROUTES[2:]]
+_OWN = frozenset(tuple(row.split(" ")) for row in PROXY_ROUTES)
+_ROWS = [_row(row) for row in DOCKERD_ROUTES]
 _ANYWHERE = [r for r in _ROWS if r.template.startswith("/{")]
 """Rows whose first segment is a variable: they belong to every segment's list."""
 _BY_SEGMENT = {
-    segment: [r for r in _ROWS if r in _ANYWHERE or _first_segment(r.template) == segment]
-    for segment in {_first_segment(r.template) for r in _ROWS} - {"{anyroute}"}
+    (method, segment): [
+        r
+        for r in _ROWS
+        if r.method in (method, "*") and (r in _ANYWHERE or _first_segment(r.template) == segment)
+    ]
+    for method in (*METHODS, "*")
+    for segment in {_first_segment(r.template) for r in _ROWS} - {"{anyroute}"} | {None}
 }
-"""The rows a path can fit, by its first segment, still in mux's order."""
+"""The rows a request can fit, by its method (``*`` for any other) and its path's
+first segment (None: one no template starts with), still in mux's order."""
 
 # The templates route() labels a method-less path with: every fixed one, then
 # those ending in a segment of text ahead of those ending in a variable, so
@@ -262,7 +269,7 @@ _BY_SEGMENT = {
 # any path (the OPTIONS catch-all) would label every path, so it is left out.
 TEMPLATES = sorted(
     dict.fromkeys(r.template for r in _ROWS if r not in _ANYWHERE)
-    | {template(row): None for row in ROUTES[:2]},
+    | {template(row): None for row in PROXY_ROUTES},
     key=lambda t: ("{" in t, t.endswith("}")),
 )
 
@@ -351,8 +358,9 @@ def locate(method: str, target: str) -> Located:
     endpoint = clean if prefix is None else clean[prefix.end() :]
     version = None if prefix is None else prefix[0][2:]
     label = nowhere.partition(" ")[0]
-    for row in _BY_SEGMENT.get(_first_segment(endpoint), _ANYWHERE):
-        if row.method != method and (row.method != "*" or prefix is not None):
+    rows = _BY_SEGMENT.get((label, _first_segment(endpoint))) or _BY_SEGMENT[(label, None)]
+    for row in rows:
+        if row.method == "*" and prefix is not None:
             continue
         match = row.pattern.fullmatch(endpoint)
         if match is None:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_to_bytes
 
 import pytest
+from hostile import ROWS as ROUTE_ROWS
+from hostile import pattern, plain, targets
+from hypothesis import given, settings
 
 from proxy.wire.bodychecks import CreateRules
-from proxy.wire.policy import FULL, SHIPPED, Policy, policies_from_config
+from proxy.wire.policy import (
+    FULL,
+    SHIPPED,
+    Policy,
+    policies_from_config,
+)
+from proxy.wire.routes import DOCKERD_ROUTES, METHODS, locate, template
 
 POLICIES = policies_from_config({})
 
@@ -109,6 +122,24 @@ def test_discovery_refuses_everything_and_lets_it_through() -> None:
     assert verdict.rule is None
 
 
+README = (Path(__file__).parents[3] / "README.md").read_text()
+POLICIES_SECTION = README.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_readme_lists_each_profile_route_by_route(name: str) -> None:
+    assert f"**`{name}`**" in POLICIES_SECTION
+    listed = POLICIES_SECTION.split(f"<!-- profile {name} -->\n```text\n", 1)[1:]
+    routes = listed[0].split("\n```", 1)[0].splitlines() if listed else []
+    assert routes == SHIPPED[name]["allow"]
+
+
+def test_the_readme_policy_example_is_a_valid_policy() -> None:
+    block = POLICIES_SECTION.split("```toml\n", 1)[1].split("\n```", 1)[0]
+    policies = policies_from_config(tomllib.loads(block)["policies"])
+    assert policies["ci"].allow[-2:] == ("POST /build", "GET /images/{name}/history")
+
+
 def test_full_is_no_policy() -> None:
     assert FULL not in POLICIES
 
@@ -161,6 +192,14 @@ def test_api_versions_below_1_24_are_refused(version: str, refused: bool) -> Non
         assert verdict.reason == (
             f'policy "runner" does not allow API version {version} (1.24 is the oldest)'
         )
+
+
+def test_old_api_versions_are_refused_in_every_mode() -> None:
+    """A discovery run must not let a HostConfig start through either."""
+    for name in ("discovery", "runner"):
+        verdict = POLICIES[name].judge("POST", "/v1.23/containers/x/start")
+        assert verdict.denied and verdict.mode == "enforce" and not verdict.forward
+    assert POLICIES["discovery"].judge("POST", "/v1.24/containers/x/start").forward
 
 
 def test_no_version_prefix_is_the_daemon_s_own_version() -> None:
@@ -275,6 +314,66 @@ def test_wildcard_entries_cover_every_method_of_the_template() -> None:
     assert not policy.judge("HEAD", "/containers/a/archive").denied
     assert not policy.judge("PUT", "/containers/a/archive").denied
     assert policy.judge("POST", "/containers/a/archive").denied  # no such route
+
+
+IDS = {
+    "containers": "abc",
+    "exec": "e1",
+    "images": "127.0.0.1:5000/team/app:1",
+    "networks": "n1",
+    "volumes": "data",
+    "plugins": "vieux/sshfs:latest",
+    "distribution": "team/app:1",
+    "checkpoints": "cp1",
+    **{kind: "x1" for kind in ("services", "nodes", "tasks", "secrets", "configs")},
+}
+PLAINS = [plain(row, IDS, version) for row in ROUTE_ROWS for version in ("/v1.41", "")]
+
+
+def mux(method: str, target: str) -> str:
+    """dockerd's route for a target, modelled apart from ``routes``: its oracle here.
+
+    Go's request URI: the path up to ``?`` (``#`` stays in it), an absolute
+    form's path, escapes decoded (a bad one is a 400), an unclean path
+    redirected; then gorilla/mux: the first route, in registration order,
+    whose method and pattern fit, tried with and without a version prefix.
+    """
+    path = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*", "", target.split("?", 1)[0])
+    if not path.startswith("/") or re.search("%(?![0-9A-Fa-f]{2})", path):
+        return "nowhere"
+    path = unquote_to_bytes(path).decode("latin-1")
+    if re.search(r"//|/\.\.?(/|$)", path):
+        return "redirect"
+    for row in DOCKERD_ROUTES:
+        row_method = row.partition(" ")[0]
+        if row_method not in (method, "*"):
+            continue
+        prefixes = [""] if row_method == "*" else ["", "/v[0-9.]+"]
+        if any(re.fullmatch(prefix + pattern(row).pattern, path) for prefix in prefixes):
+            return f"{method if method in METHODS else '*'} {template(row)}"
+    return "nowhere"
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True)
+@given(targets(PLAINS))
+def test_a_bent_target_routes_where_dockerd_takes_it_or_nowhere(
+    drawn: tuple[str, str, str],
+) -> None:
+    """The route a policy judges is dockerd's route, or ``other``, which every policy refuses."""
+    method, _, bent = drawn
+    route = locate(method, bent).route
+    assert route.endswith(" other") or route == mux(method, bent)
+    for policy in POLICIES.values():
+        assert policy.judge(method, bent, TAR).denied or route != f"{method} other"
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(targets(PLAINS))
+def test_a_bend_keeping_the_path_keeps_the_route(drawn: tuple[str, str, str]) -> None:
+    """An escaped character, an absolute form or a query trick changes nothing."""
+    method, target, bent = drawn
+    if unquote(bent.partition("?")[0].removeprefix("http://d")) == target.partition("?")[0]:
+        assert locate(method, bent).route == locate(method, target).route
 
 
 def test_a_create_table_is_read_over_the_one_it_extends() -> None:

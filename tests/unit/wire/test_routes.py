@@ -81,6 +81,11 @@ def test_api_path_routes_as_dockerd_does(path: str, expected: str | None) -> Non
         ("/v1.41/containers/%61bc/json", "/containers/{id}/json"),
         ("/v1.41//containers/create", "other"),
         ("/_heal/status", "/_heal/status"),
+        # A template ending in text before one ending in a variable that takes slashes.
+        ("/v1.41/plugins/vieux/sshfs:1/enable", "/plugins/{name}/enable"),
+        ("/v1.41/plugins/vieux/sshfs:1", "/plugins/{name}"),
+        ("/v1.41/images/a/b:1/history", "/images/{name}/history"),
+        ("/v1.41/containers/abc/json\n", "other"),  # Go's $ is the end of the text
     ],
 )
 def test_route_templates(path: str, template: str) -> None:
