@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame
-from inproc import ok, read_answer, rig, wait_until
+from inproc import Rig, ok, read_answer, rig, wait_until
 from scenarios import PING, Claims, close_client, post, scenario, scenario_test
 
 from proxy.wire.access import AccessRecord, Mode, Verdict
@@ -244,6 +244,16 @@ PRIVILEGED = b'{"Image":"a","HostConfig":{"Privileged":true}}'
 PRIVILEGED_REFUSED = 'docker-heal-proxy: listener "ci": policy "fake" refuses privileged containers'
 
 
+async def goes_through(
+    r: Rig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> None:
+    """The daemon answers ``request``, and it is all the daemon got."""
+    writer.write(request)
+    assert await read_answer(reader) == ok()
+    await close_client(r, writer)
+    assert bytes(r.daemon.received) == request
+
+
 def message(answer: bytes) -> str:
     text: str = json.loads(answer.partition(b"\r\n\r\n")[2])["message"]
     return text
@@ -267,11 +277,7 @@ async def a_create_body_the_policy_takes_goes_on_whole() -> None:
     body = b'{"Image":"a","HostConfig":{"Binds":["data:/w"]}}'
     async with rig(name="ci", policy=FakePolicy()) as r:
         reader, writer = await r.client()
-        request = post(CREATE, body, JSON)
-        writer.write(request)
-        assert await read_answer(reader) == ok()
-        await close_client(r, writer)
-        assert bytes(r.daemon.received) == request
+        await goes_through(r, reader, writer, post(CREATE, body, JSON))
 
 
 @scenario
@@ -316,11 +322,7 @@ async def an_exec_body_is_judged_by_the_real_route_table_and_its_own_limit() -> 
             message(answer)
             == 'docker-heal-proxy: listener "ci": policy "p" refuses privileged exec'
         )
-        request = post(path, b'{"Cmd":["sh"],"User":"root"}', JSON)
-        writer.write(request)
-        assert await read_answer(reader) == ok()
-        await close_client(r, writer)
-        assert bytes(r.daemon.received) == request
+        await goes_through(r, reader, writer, post(path, b'{"Cmd":["sh"],"User":"root"}', JSON))
 
 
 @scenario
