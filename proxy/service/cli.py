@@ -51,6 +51,7 @@ from .app import App
 from .auditlines import allow_list, allow_toml
 from .auditsink import AuditError
 from .check import CacheReference, Staleness, describe
+from .daemonview import DaemonView
 from .listeners import warnings
 from .server import open_listeners, raise_open_files_limit
 from .settings import Settings, SettingsError, resolve
@@ -338,6 +339,13 @@ def _access_warnings(config: Config, settings: Settings) -> list[str]:
             f"policies.{name}.create", settings.policies[name].create, _owner_mode
         )
     ]
+    binding = [name for name in sorted(used & settings.policies.keys())
+               if settings.policies[name].create.binds_under]  # fmt: skip
+    if binding and DaemonView(settings.upstream).daemon_root() is None:
+        folders.append(
+            f"warning: cannot read dockerd's root through {settings.upstream}: bind mounts "
+            f"are refused under policies {', '.join(binding)} (run the proxy as root)"
+        )
     return [
         *warnings(settings.listeners, config.listeners, settings.policies, root_groups, _groups_of),
         *folders,

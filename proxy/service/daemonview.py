@@ -8,9 +8,9 @@ Rules:
   namespace still. The pid is read again when the process it named is no
   longer a ``dockerd`` (a restarted daemon).
 - When dockerd's root cannot be read (the proxy is not root, the socket is
-  not a local dockerd's), paths are resolved in the proxy's own root, with
-  one warning: ``check`` should then say which ``binds_under`` folders the
-  proxy does not see as the daemon does.
+  not a local dockerd's), no path is resolved (None): a bind mount is then
+  refused, since the proxy's own root may not be the daemon's. One warning
+  in the log says why, and ``check`` says so before.
 - Image names are spelled as the heal path spells them (``reference``).
 - I/O: ``readlink`` and ``/proc`` reads, a few per bind source, each a
   syscall on the event loop (no disk wait: symlinks are in the dentry cache
@@ -39,8 +39,10 @@ class DaemonView:
         self._pid = 0
         self._warned = False
 
-    def path(self, path: str) -> str:
-        root = self._daemon_root()
+    def path(self, path: str) -> str | None:
+        root = self.daemon_root()
+        if root is None:
+            return None
 
         def readlink(inside: str) -> str | None:
             try:
@@ -53,21 +55,21 @@ class DaemonView:
     def image(self, reference: str) -> str | None:
         return full_name(reference)
 
-    def _daemon_root(self) -> str:
-        """``/proc/PID/root`` of dockerd, or "" (the proxy's own root) if it cannot be had."""
+    def daemon_root(self) -> str | None:
+        """``/proc/PID/root`` of dockerd, or None when it cannot be read."""
         if self._root is not None and _is_dockerd(self._pid):
             return self._root
         pid = _peer_pid(self._upstream)
-        root = f"/proc/{pid}/root" if pid else ""
-        if root and not os.access(root + "/", os.R_OK | os.X_OK):
-            root = ""
-        if not root and not self._warned:
-            self._warned = True
-            log.warning(
-                "cannot see dockerd's root through %s: bind sources are resolved in the "
-                "proxy's own, which may differ (PrivateTmp, another mount namespace)",
-                self._upstream,
-            )
+        root: str | None = f"/proc/{pid}/root"
+        if not pid or not os.access(f"{root}/", os.R_OK | os.X_OK):
+            root = None
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "cannot see dockerd's root through %s: bind mounts under a policy's "
+                    "binds_under are refused (run the proxy as root)",
+                    self._upstream,
+                )
         self._root, self._pid = root, pid
         return root
 
@@ -84,8 +86,6 @@ def _peer_pid(path: str) -> int:
 
 
 def _is_dockerd(pid: int) -> bool:
-    if not pid:
-        return True  # no daemon root to check: the own root stands until one is found
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8") as comm:
             return comm.read().strip() == "dockerd"

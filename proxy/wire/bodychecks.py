@@ -90,8 +90,9 @@ _SHOWN = 60
 class Resolver(Protocol):
     """What the body only names, resolved outside the checks (I/O, or another layer)."""
 
-    def path(self, path: str) -> str:
-        """``path`` (absolute, clean) as the daemon will reach it, symlinks resolved."""
+    def path(self, path: str) -> str | None:
+        """``path`` (absolute, clean) as the daemon will reach it, symlinks resolved;
+        None when the daemon's view cannot be had (a bind is then refused)."""
 
     def image(self, reference: str) -> str | None:
         """``reference`` spelled in full (``docker.io/library/app:latest``), None if no name."""
@@ -235,6 +236,9 @@ def _host_path(
 ) -> Refusal | None:
     clean = _clean(source)
     real = resolver.path(clean)
+    if real is None:
+        what = f"bind mount {clean} (where it leads in dockerd's root cannot be seen)"
+        return _refuse(policy, field, clean, what)
     if any(_under(real, folder) for folder in rules.binds_under):
         return None
     shown = clean if real == clean else f"{clean} (which resolves to {real})"

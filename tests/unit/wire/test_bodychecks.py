@@ -368,3 +368,15 @@ def test_check_warns_of_binds_under_folders_others_can_write_in() -> None:
     ]
     assert "lies under /home, which others than root can write in" in lines[2]
     assert "mode 777" in lines[0] and "owner uid 1000" in lines[1]
+
+
+def test_a_bind_whose_daemon_view_cannot_be_had_is_refused() -> None:
+    class Blind(Host):
+        def path(self, path: str) -> str | None:
+            return None
+
+    assert create(host=Blind(), Binds=["/srv/agents/x:/w"]) == (
+        'policy "runner" refuses bind mount /srv/agents/x '
+        "(where it leads in dockerd's root cannot be seen)"
+    )
+    assert create(host=Blind(), Binds=["data:/w"]) is None
