@@ -177,3 +177,27 @@ def test_a_body_over_the_limit_gets_413_and_nothing_reaches_the_daemon(
     status, _ = post(p.env, "/v1.41/containers/create", body)
     assert status == 201
     docker(["rm", "-f", *names(p.env, f"label={label}")], env=p.env)
+
+
+def test_a_symlink_only_the_daemon_sees_is_followed_in_its_root(
+    make_proxy: MakeProxy, agents: Path, busybox: str
+) -> None:
+    """The proxy's mount namespace hides the folder's content (PrivateTmp does so for
+    /tmp): judged in the proxy's own root, the symlink out would not be there at all."""
+    folder = Path(tempfile.mkdtemp(prefix="l-", dir="/tmp"))
+    try:
+        config = listener(folder, "ci", "agents") + POLICY.replace("{agents}", str(agents))
+        p = make_proxy(
+            config, launcher=(str(Path(__file__).parent.parent / "privateroot.py"), str(agents))
+        )
+        env = host(folder, "ci")
+        seen_by_proxy = Path(f"/proc/{p.proc.pid}/root{agents}")
+        assert not (seen_by_proxy / "escape").is_symlink()  # hidden from the proxy
+        refused(
+            ["run", "--rm", *NONE, "-v", f"{agents}/escape:/w", busybox, "true"],
+            env,
+            f"bind mount {agents}/escape (which resolves to /etc) (allowed: {agents})",
+        )
+        docker(["run", "--rm", *NONE, "-v", f"{agents}/x:/w", busybox, "true"], env=env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
