@@ -11,6 +11,7 @@ the proxy's reader (``gobind``) reads a body at all, it must read what the daemo
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,7 @@ TRICKS = [
 def folder() -> Iterator[Path]:
     FOLDER.mkdir(exist_ok=True)
     yield FOLDER
+    shutil.rmtree(FOLDER, ignore_errors=True)
 
 
 @pytest.mark.parametrize("body", TRICKS)
