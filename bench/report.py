@@ -126,6 +126,7 @@ def render(
         "sudo python bench/soak.py          # 10 minutes, rewrites the soak section only",
         "python bench/exchange.py           # no root: the data path's own cost per ping",
         "python bench/judge.py              # no root: a listener policy's decision per request",
+        "python bench/bodycheck.py          # no root: a policy's create-body checks per body",
         "```",
         "",
         "Exit status: 0 all bars pass, 3 a bar failed, 1 the run was incomplete (the",

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from bench import exchange, facts, judge
+from bench import bodycheck, exchange, facts, judge
 
 
 def test_versions_of_missing_tools_do_not_raise(
@@ -55,3 +55,13 @@ def test_the_header_names_the_daemon_and_its_api_version() -> None:
 
 def test_a_daemon_that_is_not_there_has_no_version(tmp_path: Path) -> None:
     assert facts.daemon_version(tmp_path / "no.sock") == "?"
+
+
+def test_the_body_check_bench_times_the_path_it_names() -> None:
+    """Its CLI body is let through under its rules (else it raises), the privileged one not."""
+    for call in bodycheck.rows().values():
+        assert bodycheck.per_body(call, 10, 1) > 0
+    refused = bodycheck.judge(
+        "r", bodycheck.RULES, "POST /containers/create", bodycheck.PRIVILEGED, bodycheck.AsIs()
+    )
+    assert refused is not None and refused.field == "HostConfig.Privileged"

@@ -159,6 +159,14 @@ def normalize(text: str) -> str:
     return str(parse(text))
 
 
+def full_name(text: str) -> str | None:
+    """``normalize(text)``, or None for text dockerd would not take as an image name."""
+    try:
+        return normalize(text)
+    except InvalidReference:
+        return None
+
+
 def _fault(ref: Reference) -> str | None:
     if not _DOMAIN_RE.fullmatch(ref.domain):
         return f"bad registry {ref.domain!r}"

@@ -40,6 +40,7 @@ from ..wire.hub import Hub, Judge, Observer
 from ..wire.listener import ListenerError
 from ..wire.peer import ClientRule
 from .auditsink import AuditSink
+from .daemonview import DaemonView
 from .listeners import FULL, ListenerSettings
 from .metrics import Metrics, application
 from .server import Opened, close_listeners, serve
@@ -108,6 +109,8 @@ class App:
         self.stale: StaleTracker | None = None
         self.audit = audit
         """The listeners' ``Auditor``, when ``[audit]`` asks for one."""
+        self.daemon_view: DaemonView | None = None
+        """How the body checks of the listeners' policies see host paths and images."""
 
     def reload(self) -> None:
         if self.audit is not None:
@@ -132,6 +135,7 @@ class App:
         log.info("reloaded %s: %d recipes", config.path or "(no file)", len(config.recipes))
 
     async def run(self) -> int:
+        self.daemon_view = DaemonView(self.settings.upstream)
         if self.audit is None:
             return await self._run()
         self.audit.start()
@@ -210,6 +214,7 @@ class App:
                 ClientRule(rule.uids, rule.gids, self._policy(rule.policy)) for rule in of.clients
             ),
             auditor=self.audit,
+            resolver=self.daemon_view,
         )
 
     def _policy(self, name: str) -> Judge | None:

@@ -102,6 +102,8 @@ def entry(record: AccessRecord, when: float) -> dict[str, Any]:
         "policy": verdict.policy if verdict else "full",
         "rule": verdict.rule if verdict else None,
         "mode": verdict.mode if verdict else None,
+        "field": verdict.field if verdict else None,
+        "value": verdict.value if verdict else None,
         "status": record.status,
         "duration": round(record.seconds, 6),
     }

@@ -45,6 +45,7 @@ from ..recipes.graph import DependencyCycle, NamedImages, heal_plan, named_by
 from ..recipes.patterns import Pattern, find_recipe
 from ..recipes.recipe import ConcreteRecipe
 from ..recipes.reference import InvalidReference
+from ..wire.bodychecks import unsafe_folders
 from ..wire.listener import ListenerError, check_not_self
 from ..wire.routes import HEAL_PATH
 from . import logs, proxyclient, systemd, trustscan
@@ -52,6 +53,7 @@ from .app import App
 from .auditlines import allow_list, allow_toml
 from .auditsink import AuditError, AuditSink
 from .check import CacheReference, Staleness, describe
+from .daemonview import DaemonView
 from .listeners import warnings
 from .server import open_listeners
 from .settings import Settings, SettingsError, resolve
@@ -355,9 +357,34 @@ def _access_warnings(config: Config, settings: Settings) -> list[str]:
     with contextlib.suppress(OSError, KeyError):
         gid = os.stat(settings.upstream).st_gid
         root_groups.setdefault(gid, grp.getgrgid(gid).gr_name)
-    return warnings(
-        settings.listeners, config.listeners, settings.policies, root_groups, _groups_of
-    )
+    used = {listener.policy for listener in settings.listeners}
+    used |= {rule.policy for listener in settings.listeners for rule in listener.clients}
+    folders = [
+        line
+        for name in sorted(used & settings.policies.keys())
+        for line in unsafe_folders(
+            f"policies.{name}.create", settings.policies[name].create, _owner_mode
+        )
+    ]
+    binding = [name for name in sorted(used & settings.policies.keys())
+               if settings.policies[name].create.binds_under]  # fmt: skip
+    if binding and DaemonView(settings.upstream).daemon_root() is None:
+        folders.append(
+            f"warning: cannot read dockerd's root through {settings.upstream}: bind mounts "
+            f"are refused under policies {', '.join(binding)} (run the proxy as root)"
+        )
+    return [
+        *warnings(settings.listeners, config.listeners, settings.policies, root_groups, _groups_of),
+        *folders,
+    ]
+
+
+def _owner_mode(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_uid, found.st_mode
 
 
 def _allow_from_log(args: argparse.Namespace) -> int:

@@ -11,7 +11,10 @@ Pure (no I/O, no asyncio; tested without sockets): ``http1`` (framing),
 ``states`` (the data path's state tables), ``rules`` (the decisions that
 span both sides of a connection), ``routes`` (which endpoint a path is),
 ``errors`` (the answers the proxy writes itself), ``gojson`` (client JSON
-read as dockerd's Go decoder reads it), ``sessionrelay`` (reading
+read as dockerd's Go decoder reads it), ``gobind`` (bodies bound onto the
+Engine API's Go types, as dockerd binds them), ``bodychecks`` (what a
+policy lets a create, an exec or a volume create do), ``hostpath`` (a bind
+source resolved as the kernel resolves it, in the daemon's root), ``sessionrelay`` (reading
 BuildKit's ``/session`` along and holding a Dockerfile's end) with
 ``grpcmessages`` and ``fsutil`` (the messages and packets it reads). With
 I/O, split as h11 splits state, readers and writers, and connection:

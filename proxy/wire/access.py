@@ -49,6 +49,10 @@ class Verdict:
     """``enforce`` refuses this request; in another mode it goes on all the same."""
     reason: str = ""
     """For a denied request, the refusal a client reads, naming policy and rule."""
+    field: str | None = None
+    """For a body a policy refuses, where in it (``HostConfig.Privileged``)."""
+    value: str | None = None
+    """And the value refused there, cut short; never an ``Env`` value, never the body."""
 
     @property
     def forward(self) -> bool:

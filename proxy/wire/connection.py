@@ -71,7 +71,7 @@ from . import errors
 from .buildsession import BuildSession
 from .daemon import Daemon, Upstream
 from .flow import HOLD_HIGH, HOLD_LOW, Flow, Held
-from .gate import Gate
+from .gate import BodyCheck, Gate
 from .http1 import (
     MAX_HEAD,
     Body,
@@ -444,7 +444,8 @@ class Connection(asyncio.Protocol):
             self.req_body = body
         else:
             self._req("complete")
-        local = self.local = Exchange(self, head, body is not None and wants_continue(head))
+        expects = body is not None and wants_continue(head)
+        local = self.local = Exchange(self, head, expects, isinstance(handler, BodyCheck))
         local.task = asyncio.get_running_loop().create_task(local.run(handler))
 
     def _body_bytes(self, data: bytes) -> None:

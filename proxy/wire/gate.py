@@ -21,6 +21,15 @@ Rules:
   is spliced whole), so a connection that opens with its preface is refused
   wherever a policy applies: a SETTINGS and a GOAWAY saying why, then close.
 - Denials are counted by route template, never by raw path.
+- The body of a create, an exec or a volume create (``bodychecks.LIMITS``)
+  that the policy lets through is judged too, before any of it goes on
+  (``BodyCheck``): read whole up to the route's limit (413 past it, the rest
+  dropped, never forwarded unread), ``application/json`` only (400
+  otherwise), read as dockerd reads it (400 for a body it cannot be sure of:
+  malformed, too deep, keys that are one to Go). A refusal is 403 naming the
+  field in ``enforce``; ``warn`` and ``audit`` forward the body and the
+  record says ``would_deny`` with the field and value. Then the heal
+  interceptor's handler, if it claims the request, gets the body as read.
 - A verdict depends on the head's bytes alone (method, target, and a
   POST's ``Content-Type``), so it is remembered by them, per policy, as
   ``http1`` remembers heads: a keep-alive client repeating a request pays a
@@ -40,12 +49,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
+from . import bodychecks
 from .access import AccessRecord, Peer, Verdict
-from .http1 import KNOWN_HEADS, KNOWN_SIZE, RequestHead, field_values
+from .http1 import KNOWN_HEADS, KNOWN_SIZE, RequestHead, dechunk, field_values
 from .peer import SocketLike, read_peer
 
 if TYPE_CHECKING:
@@ -129,7 +140,12 @@ class Gate:
                 )
         if refused is not None:
             return refused
-        return None if interceptor is None else interceptor.claim(head)
+        then = None if interceptor is None else interceptor.claim(head)
+        if policy is not None and verdict is not None and not verdict.denied:
+            limit = bodychecks.LIMITS.get(verdict.route)
+            if limit is not None:
+                return BodyCheck(self, policy, verdict, limit, then)
+        return then
 
     def _judge(self, policy: Judge, head: RequestHead) -> Verdict:
         method = head.method
@@ -201,3 +217,100 @@ class Gate:
                 hijacked=status == 101,
             )
         )
+
+
+class AsWritten:
+    """The resolver of a hub given none: paths as written, and no image name
+    known, so that an ``images`` list refuses rather than guesses."""
+
+    def path(self, path: str) -> str:
+        return path
+
+    def image(self, reference: str) -> str | None:
+        return None
+
+
+def _is_json(types: list[bytes]) -> bool:
+    return len(types) == 1 and types[0].partition(b";")[0].strip().lower() == b"application/json"
+
+
+class BodyCheck:
+    """The handler of a request whose body the policy judges (see the rules)."""
+
+    __slots__ = ("gate", "limit", "policy", "then", "verdict")
+
+    def __init__(
+        self, gate: Gate, policy: Judge, verdict: Verdict, limit: int, then: Handler | None
+    ) -> None:
+        self.gate = gate
+        self.policy = policy
+        self.verdict = verdict
+        self.limit = limit
+        self.then = then
+        """The heal interceptor's handler for this request, if it claimed it."""
+
+    async def __call__(self, exchange: Exchange) -> None:
+        hub, verdict, head = self.gate.hub, self.verdict, exchange.head
+        where = f'{PREFIX}listener "{hub.name}": policy "{verdict.policy}"'
+        if not _is_json(field_values(head, b"content-type")):
+            exchange.fail(400, f"{where} takes only an application/json body on {verdict.route}")
+            return
+        raw = await self._whole(exchange, where)
+        if raw is None:
+            return
+        try:
+            found = bodychecks.judge(
+                verdict.policy,
+                self.policy.create,
+                verdict.route,
+                dechunk(raw) if head.chunked else raw,
+                hub.resolver or AsWritten(),
+            )
+        except ValueError as exc:
+            found = bodychecks.Refusal("body", "", f"{where} cannot read this body: {exc}")
+        if found is not None and not self._passes(exchange, found):
+            return
+        exchange.keep(raw)
+        if self.then is not None:
+            await self.then(exchange)
+        else:
+            exchange.forward(head.raw + raw)
+
+    async def _whole(self, exchange: Exchange, where: str) -> bytes | None:
+        """The raw body, or None when it was answered (413) or the client left mid-body."""
+        raw = bytearray()
+        try:
+            while data := await exchange.read():
+                raw += data
+                if len(raw) > self.limit:
+                    exchange.fail(
+                        413,
+                        f"{where} reads at most {self.limit} bytes of a {self.verdict.route} body",
+                    )
+                    return None
+        except ConnectionError:
+            return None
+        return None if data is None else bytes(raw)
+
+    def _passes(self, exchange: Exchange, found: bodychecks.Refusal) -> bool:
+        """Whether a refused body goes on all the same (``warn``, ``audit``); the
+        record says what ``enforce`` would have refused, and where."""
+        gate, verdict = self.gate, self.verdict
+        unread = found.field == "body"
+        reason = found.reason if unread else f"{PREFIX}{found.reason}"
+        denied = replace(
+            verdict, denied=True, reason=reason, field=found.field, value=found.value or None
+        )
+        gate.verdict = denied
+        if verdict.mode == "enforce":
+            if unread:
+                exchange.fail(400, reason)
+                return False
+            observer = gate.hub.observer
+            if observer is not None:
+                observer.policy_denied(gate.hub.name, verdict.policy, verdict.route)
+            exchange.fail(403, refusal(gate.hub.name, denied))
+            return False
+        if verdict.mode == "warn":
+            log.warning("%s (warn mode: forwarded)", refusal(gate.hub.name, denied))
+        return True

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .access import AccessRecord, Peer, Verdict
+from .bodychecks import CreateRules, Resolver
 from .http1 import RequestHead
 from .peer import ClientRule, choose
 from .sessionmemory import DockerfileMemory
@@ -67,6 +68,10 @@ class Judge(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def create(self) -> CreateRules:
+        """What the bodies of ``bodychecks.LIMITS``' routes may ask for."""
+
     def judge(
         self, method: str, target: str, content_types: Sequence[bytes] | None = None
     ) -> Verdict:
@@ -99,6 +104,7 @@ class Hub:
         policy: Judge | None = None,
         clients: tuple[ClientRule[Judge | None], ...] = (),
         auditor: Auditor | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.upstream_path = upstream_path
         self.interceptor = interceptor
@@ -114,6 +120,8 @@ class Hub:
         """The listener's policy; None is ``full``, never judged."""
         self.clients = clients
         self.auditor = auditor
+        self.resolver = resolver
+        """How the body checks see host paths and image names (``bodychecks.Resolver``)."""
         self.reads_peer = bool(clients) or auditor is not None
         """Whether a connection's peer is read at accept: only if something uses it."""
         self.gated = policy is not None or self.reads_peer

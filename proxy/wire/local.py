@@ -3,7 +3,9 @@
 Rules:
 - A handler reads the claimed body whole and bounded (``body``, up to
   ``BODY_LIMIT``, then forwarded as it came) or as a stream (``read``: bytes
-  it has not read are held up to ``STREAM_LIMIT``, then reading pauses).
+  it has not read are held up to ``STREAM_LIMIT``, then reading pauses). A
+  body a policy judges (``judged``) is never forwarded unread: past
+  ``BODY_LIMIT`` before its handler's first read, it is held as a stream.
 - It may make round trips to the daemon whose answers a ``Capture`` holds
   instead of forwarding them (up to ``CAPTURE_LIMIT``; a larger one goes
   to the client as it comes and counts as the answer), forward a request
@@ -112,10 +114,15 @@ class Exchange:
     BODY_LIMIT = 1 << 20
 
     __slots__ = ("_conn", "capture", "collected", "continued", "expects", "head", "hub",
-                 "stream", "task", "waiter", "wrote")  # fmt: skip
+                 "judged", "stream", "task", "waiter", "wrote")  # fmt: skip
 
-    def __init__(self, conn: Connection, head: RequestHead, expects: bool) -> None:
+    def __init__(
+        self, conn: Connection, head: RequestHead, expects: bool, judged: bool = False
+    ) -> None:
         self._conn = conn
+        self.judged = judged
+        """A policy judges the body: past ``BODY_LIMIT`` it is held back, never
+        forwarded unread (the handler reads it as a stream and answers 413)."""
         self.hub = conn.hub
         self.head = head
         self.task: asyncio.Task[None] | None = None
@@ -310,6 +317,11 @@ class Exchange:
         if conn.req is STREAM_BODY:
             conn._req("forward")
 
+    def keep(self, body: bytes) -> None:
+        """A body read whole (``read``) is left for the next handler's ``body``: the one a
+        judging handler hands the exchange on to (the heal interceptor's)."""
+        self.collected[:] = body
+
     def respond(self, raw: bytes) -> None:
         """Write a complete answer: a captured daemon answer, or one of ``reply``'s."""
         conn = self._conn
@@ -358,7 +370,12 @@ class Exchange:
         self.collected += data
         if state is COLLECT_BODY:
             if len(self.collected) > self.BODY_LIMIT:
-                self._overflow()
+                if self.judged:
+                    self._conn._req("stream")  # held, reading paused; the handler decides
+                    self.wake()
+                    self.stream.update(len(self.collected))
+                else:
+                    self._overflow()
         else:
             self.wake()
             self.stream.update(len(self.collected))

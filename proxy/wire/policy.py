@@ -43,6 +43,7 @@ from typing import Any, get_args
 from urllib.parse import unquote_plus
 
 from .access import Mode, Verdict
+from .bodychecks import CreateRules, create_rules
 from .routes import METHODS, ROUTES, locate, template
 
 FULL = "full"
@@ -51,7 +52,9 @@ OLDEST_VERSION = (1, 24)
 BUILD = "POST /build"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_KEYS = frozenset({"allow", "extends", "mode", "build_host_network", "build_cgroup_parent"})
+_KEYS = frozenset(
+    {"allow", "extends", "mode", "build_host_network", "build_cgroup_parent", "create"}
+)
 _MODES: tuple[str, ...] = get_args(Mode)
 
 ROUTE_NAMES = frozenset(
@@ -87,6 +90,9 @@ class Policy:
     steps share the host's (or that container's) network namespace."""
     build_cgroup_parent: bool = False
     """``POST /build?cgroupparent=...``: the build's containers go in a cgroup of its choosing."""
+    create: CreateRules = field(default_factory=CreateRules)
+    """What a create, an exec or a volume create may ask for (``[policies.NAME.create]``,
+    judged on the body by ``bodychecks``); the defaults refuse all host reach."""
     _allowed: dict[str, Verdict] = field(init=False, repr=False, compare=False)
     """The verdict on each route an entry allows, made once: judging is a lookup."""
 
@@ -286,8 +292,12 @@ def _resolve(
         if not isinstance(value, bool):
             raise ValueError(f"{where}.{key}: must be true or false")
         options[key] = value
+    base = parent.create if parent else None
+    create = create_rules(table.get("create", {}), f"{where}.create", base)
     try:
-        policy = Policy(name, mode, (*(parent.allow if parent else ()), *allow), **options)
+        policy = Policy(
+            name, mode, (*(parent.allow if parent else ()), *allow), **options, create=create
+        )
     except ValueError as e:
         raise ValueError(f"{where}.allow: {e}") from None
     resolved[name] = policy

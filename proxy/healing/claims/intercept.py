@@ -53,7 +53,7 @@ from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
 from ...recipes.recipe import Kind
 from ...recipes.reference import InvalidReference, normalize
-from ...wire import gojson
+from ...wire import gobind, gojson
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
 from ...wire.local import Exchange, Handler
 from ...wire.routes import HEAL_PATH, STATUS_PATH, api_path, is_form, pulled_reference
@@ -92,23 +92,18 @@ def heal_refused(exchange: Exchange, kind: Kind, image: str) -> str | None:
 def image_from_create_body(body: bytes, chunked: bool) -> str | None:
     """The ``Image`` of a create request, or None if the daemon should judge it.
 
-    Read as dockerd's Go decoder reads it: a key matches ``Image`` in any case,
-    the last match wins, and a ``null`` leaves the value before it in place.
+    Read by ``gobind``, the reader the body checks of a policy use, so the heal
+    and the checks see one image, dockerd's. A body it refuses (not JSON, two
+    keys that are one to Go, a field of the wrong type) is left to the daemon.
     Raises ``gojson.TooDeep`` for a body nested deeper than Go reads.
     """
     try:
-        data = gojson.loads(dechunk(body) if chunked else body)
+        create = gobind.read_create(dechunk(body) if chunked else body)
     except gojson.TooDeep:
         raise
     except ValueError:
         return None
-    if not isinstance(data, gojson.Members):
-        return None
-    image: Any = None
-    for key, value in data:
-        if key.isascii() and key.lower() == "image" and value is not None:
-            image = value
-    return image if isinstance(image, str) and image else None
+    return create.image or None
 
 
 def is_missing_image(head: ResponseHead, raw: bytes) -> bool:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.recipes.reference import InvalidReference, Reference, normalize, parse
+from proxy.recipes.reference import InvalidReference, Reference, full_name, normalize, parse
 
 SHA = "sha256:" + "0123456789abcdef" * 4
 
@@ -155,3 +155,9 @@ def test_any_text_parses_or_is_invalid(text: str) -> None:
     except InvalidReference:
         return
     assert normalize(str(ref)) == str(ref)
+
+
+def test_full_name_is_normalize_or_none() -> None:
+    assert full_name("app") == "docker.io/library/app:latest"
+    assert full_name("App") is None
+    assert full_name("a" * 64) is None

@@ -90,9 +90,30 @@ def test_a_line_holds_the_record() -> None:
         "policy": "runner",
         "rule": "POST /containers/{id}/start",
         "mode": "enforce",
+        "field": None,
+        "value": None,
         "status": 204,
         "duration": 0.012346,
     }
+
+
+def test_a_body_refusal_names_the_field_and_the_value_only() -> None:
+    refused = Verdict(
+        "runner",
+        "audit",
+        "POST /containers/create",
+        "POST /containers/create",
+        True,
+        'policy "runner" refuses privileged containers',
+        "HostConfig.Privileged",
+        "true",
+    )
+    line = entry(record("POST", "/v1.45/containers/create", refused), WHEN)
+    assert (line["decision"], line["field"], line["value"]) == (
+        "would_deny",
+        "HostConfig.Privileged",
+        "true",
+    )
 
 
 def test_without_a_policy_the_route_is_the_metrics_template() -> None:

@@ -14,14 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame
-from inproc import ok, read_answer, rig, wait_until
+from inproc import Rig, ok, read_answer, rig, wait_until
 from scenarios import PING, Claims, close_client, post, scenario, scenario_test
 
 from proxy.wire.access import AccessRecord, Mode, Verdict
+from proxy.wire.bodychecks import CreateRules
 from proxy.wire.connection import H2_PREFACE
 from proxy.wire.gate import refusal
-from proxy.wire.local import Exchange
+from proxy.wire.http1 import RequestHead
+from proxy.wire.local import Exchange, Handler
 from proxy.wire.peer import ClientRule
+from proxy.wire.policy import Policy
 
 DENIED = 'docker-heal-proxy: listener "ci": policy "fake" does not allow POST /deny'
 
@@ -33,6 +36,7 @@ class FakePolicy:
     name: str = "fake"
     judged: list[str] = field(default_factory=list)
     types: list[Sequence[bytes] | None] = field(default_factory=list)
+    create: CreateRules = field(default_factory=CreateRules)
 
     def judge(
         self, method: str, target: str, content_types: Sequence[bytes] | None = None
@@ -235,6 +239,171 @@ async def a_client_rule_gives_its_caller_another_policy_or_none() -> None:
         writer.write(post("/deny", b"{}"))
         assert (await read_answer(reader)).startswith(b"HTTP/1.1 403 ")
         await close_client(r, writer)
+
+
+JSON = b"Content-Type: application/json\r\n"
+CREATE = "/containers/create"
+PRIVILEGED = b'{"Image":"a","HostConfig":{"Privileged":true}}'
+PRIVILEGED_REFUSED = 'docker-heal-proxy: listener "ci": policy "fake" refuses privileged containers'
+
+
+async def goes_through(
+    r: Rig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> None:
+    """The daemon answers ``request``, and it is all the daemon got."""
+    writer.write(request)
+    assert await read_answer(reader) == ok()
+    await close_client(r, writer)
+    assert bytes(r.daemon.received) == request
+
+
+def message(answer: bytes) -> str:
+    text: str = json.loads(answer.partition(b"\r\n\r\n")[2])["message"]
+    return text
+
+
+@scenario
+async def a_create_body_the_policy_refuses_never_reaches_the_daemon() -> None:
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        writer.write(post(CREATE, PRIVILEGED, JSON) + PING)
+        answer = await read_answer(reader)
+        assert answer.startswith(b"HTTP/1.1 403 ") and message(answer) == PRIVILEGED_REFUSED
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+        assert r.recorder.denials == [("ci", "fake", "POST /containers/create")]
+
+
+@scenario
+async def a_create_body_the_policy_takes_goes_on_whole() -> None:
+    body = b'{"Image":"a","HostConfig":{"Binds":["data:/w"]}}'
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        await goes_through(r, reader, writer, post(CREATE, body, JSON))
+
+
+@scenario
+async def a_chunked_create_is_judged_on_its_dechunked_body() -> None:
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(PRIVILEGED), PRIVILEGED)
+    head = b"POST /containers/create HTTP/1.1\r\nHost: d\r\n%sTransfer-Encoding: chunked\r\n\r\n"
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        writer.write(head % JSON + chunked + PING)
+        assert message(await read_answer(reader)) == PRIVILEGED_REFUSED
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+
+
+@scenario
+async def a_body_over_the_limit_gets_413_and_is_never_forwarded() -> None:
+    """Today's claimed bodies past 1 MiB are forwarded unread: never a judged one."""
+    big = b'{"Image":"a","Labels":{"x":"' + b"y" * (2 << 20) + b'"}}'
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        writer.write(post(CREATE, big, JSON) + PING)
+        answer = await read_answer(reader)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert "reads at most 1048576 bytes" in message(answer)
+        assert await read_answer(reader) == ok()  # the rest was read and dropped
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == PING
+
+
+@scenario
+async def an_exec_body_is_judged_by_the_real_route_table_and_its_own_limit() -> None:
+    policy = Policy("p", allow=("POST /containers/{id}/exec",))
+    async with rig(name="ci", policy=policy) as r:
+        reader, writer = await r.client()
+        path = "/v1.45/containers/c1/exec"
+        writer.write(post(path, b'{"Cmd":["' + b"x" * (64 << 10) + b'"]}', JSON))
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 413 ")
+        writer.write(post(path, b'{"Cmd":["sh"],"Privileged":true}', JSON))
+        answer = await read_answer(reader)
+        assert (
+            message(answer)
+            == 'docker-heal-proxy: listener "ci": policy "p" refuses privileged exec'
+        )
+        await goes_through(r, reader, writer, post(path, b'{"Cmd":["sh"],"User":"root"}', JSON))
+
+
+@scenario
+async def bodies_that_are_not_json_or_cannot_be_read_as_dockerd_reads_them_get_400() -> None:
+    cases = [
+        post(CREATE, b"Image=a", b"Content-Type: application/x-www-form-urlencoded\r\n"),
+        post(CREATE, b'{"Image":"a"}'),
+        post(CREATE, b'{"Image":"a","HostConfig":{"privileged":false,"Privileged":true}}', JSON),
+        post(CREATE, b'{"Image":"a"', JSON),
+    ]
+    async with rig(name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        for request in cases:
+            writer.write(request)
+            answer = await read_answer(reader)
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+            assert message(answer).startswith('docker-heal-proxy: listener "ci": policy "fake" ')
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == b""
+
+
+@scenario
+async def audit_mode_forwards_a_refused_body_and_the_record_names_the_field() -> None:
+    auditor = FakeAuditor()
+    async with rig(name="ci", policy=FakePolicy(mode="audit"), auditor=auditor) as r:
+        reader, writer = await r.client()
+        request = post(CREATE, PRIVILEGED, JSON)
+        writer.write(request)
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert bytes(r.daemon.received) == request
+        (record,) = auditor.records
+        assert record.verdict is not None and record.verdict.denied
+        assert (record.verdict.field, record.verdict.value) == ("HostConfig.Privileged", "true")
+        assert r.recorder.denials == []
+
+
+@scenario
+async def the_heal_interceptor_gets_the_body_the_policy_judged() -> None:
+    seen: list[bytes] = []
+
+    class CreateClaims:
+        def claim(self, head: RequestHead) -> Handler | None:
+            async def create(exchange: Exchange) -> None:
+                body = await exchange.body()
+                assert body is not None
+                seen.append(body)
+                exchange.forward(exchange.head.raw + body)
+
+            return create if head.path == CREATE else None
+
+    body = b'{"Image":"a"}'
+    async with rig(interceptor=CreateClaims(), name="ci", policy=FakePolicy()) as r:
+        reader, writer = await r.client()
+        writer.write(post(CREATE, body, JSON))
+        assert await read_answer(reader) == ok()
+        await close_client(r, writer)
+        assert seen == [body]
+        assert bytes(r.daemon.received) == post(CREATE, body, JSON)
+
+
+@scenario
+async def a_judged_body_past_the_collect_limit_before_its_first_read_is_held_not_sent() -> None:
+    """A claimed body that outgrows ``BODY_LIMIT`` before its handler reads goes to the
+    daemon unread; a judged one must not. The limit is lowered so that the bytes that
+    come with the head already pass it, before the check's first read."""
+    padded = PRIVILEGED[:-1] + b',"Labels":{"x":"' + b"y" * 4000 + b'"}}'
+    saved = Exchange.BODY_LIMIT
+    Exchange.BODY_LIMIT = 100
+    try:
+        async with rig(name="ci", policy=FakePolicy()) as r:
+            reader, writer = await r.client()
+            writer.write(post(CREATE, padded, JSON))
+            assert message(await read_answer(reader)) == PRIVILEGED_REFUSED
+            await close_client(r, writer)
+            assert bytes(r.daemon.received) == b""
+    finally:
+        Exchange.BODY_LIMIT = saved
 
 
 test_scenario = scenario_test(__name__)

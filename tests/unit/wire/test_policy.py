@@ -13,6 +13,7 @@ from hostile import ROWS as ROUTE_ROWS
 from hostile import pattern, plain, targets
 from hypothesis import given, settings
 
+from proxy.wire.bodychecks import CreateRules
 from proxy.wire.policy import (
     FULL,
     SHIPPED,
@@ -373,3 +374,19 @@ def test_a_bend_keeping_the_path_keeps_the_route(drawn: tuple[str, str, str]) ->
     method, target, bent = drawn
     if unquote(bent.partition("?")[0].removeprefix("http://d")) == target.partition("?")[0]:
         assert locate(method, bent).route == locate(method, target).route
+
+
+def test_a_create_table_is_read_over_the_one_it_extends() -> None:
+    policies = policies_from_config(
+        {
+            "agents": {"extends": "runner", "create": {"binds_under": ["/srv/agents"]}},
+            "gpu": {"extends": "agents", "create": {"devices": ["/dev/nvidia0"]}},
+        }
+    )
+    assert policies["runner"].create == CreateRules()
+    assert policies["agents"].create == CreateRules(binds_under=("/srv/agents",))
+    assert policies["gpu"].create == CreateRules(
+        binds_under=("/srv/agents",), devices=("/dev/nvidia0",)
+    )
+    with pytest.raises(ValueError, match=r"^policies\.x\.create\.privilegd: unknown key"):
+        policies_from_config({"x": {"create": {"privilegd": True}}})
