@@ -65,8 +65,9 @@ def refused(args: list[str], env: dict[str, str], listener: str, policy: str, ro
     return said
 
 
-def names(env: dict[str, str]) -> list[str]:
-    return docker(["ps", "-a", "--format", "{{.Names}}"], env=env).stdout.decode().split()
+def names(env: dict[str, str], *filters: str) -> list[str]:
+    args = ["ps", "-a", "--format", "{{.Names}}", *(f"--filter={f}" for f in filters)]
+    return docker(args, env=env).stdout.decode().split()
 
 
 @pytest.fixture
