@@ -135,3 +135,10 @@ def test_the_run_command_needs_no_sudo_and_no_root_owned_folder() -> None:
     assert "/opt" not in command
     assert "apt-get install -y -qq python3-venv" in command
     assert command.endswith("/bin/docker-heal-proxy serve")
+
+
+def test_every_test_module_has_a_name_of_its_own() -> None:
+    """The tests are imported by file name (rootdir, no packages): two files of
+    one name stop the whole run at collection, though each folder runs alone."""
+    names = [path.name for path in (REPO / "tests").rglob("*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []

@@ -20,7 +20,7 @@ from pathlib import Path
 import docker as dockerpy
 import pytest
 from support import MakeProxy, Proxy, UnixHTTPConnection, docker
-from test_listeners import NONE, host, listener, names
+from test_listener_policies import NONE, host, listener, names
 
 pytestmark = pytest.mark.usefixtures("docker_cli")
 
