@@ -605,3 +605,54 @@ def test_a_refusal_gives_back_the_window_of_held_bytes_the_daemon_never_gets() -
     sent = _data_payloads(bytes(run.fed[CLIENT]))
     assert sent - received > MAX_PADDING
     _gives_back(run, received, sent, [])
+
+
+def _refused(run: Run, at: int) -> list[bytes]:
+    """The Dockerfile stream's DATA frames the daemon got from offset ``at`` on, whole."""
+    return [
+        raw
+        for raw in frames(bytes(run.out[CLIENT][at:]), False)
+        if raw[3] == 0 and _on_held(raw)
+    ]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), line=st.sampled_from([100, 900, 1 << 20]))
+def test_a_long_reason_goes_out_in_frames_and_a_window_the_daemon_takes(
+    cached: bool, data: st.DataObject, line: int
+) -> None:
+    """A failed recipe's reason carries its last 20 output lines, each up to 1 MiB. No frame
+    may pass 16 KiB (the largest every peer takes; dockerd's grpc takes no more) and the
+    text must stay within what the daemon's stream window can take: its head and its end
+    (the last lines, where the error is) are kept."""
+    s = data.draw(h2session.session(cached=cached))
+    reason = "docker-heal-proxy: cannot heal base: exit 1\n" + "\n".join(
+        f"  {i:02} " + "x" * line for i in range(20)
+    )
+    run = Run()
+    run.relay = SessionRelay(LIMIT, remembering(s, b"FROM kept\n"), KEY)
+    at = None
+    for side, chunk in data.draw(h2session.deliveries(s)):
+        run.feed(side, chunk)
+        if (hold := run.relay.next_hold()) is not None:
+            at = len(run.out[CLIENT])
+            run.relay.refuse(hold.stream, reason)
+            run.drain()
+    assert at is not None and run.relay.state is RELAYING, run.relay.reason
+    refused = _refused(run, at)
+    assert refused and all(len(raw) - 9 <= 16384 for raw in refused)
+    payloads = []
+    for raw in refused:
+        frame = DataFrame(DOCKERFILE_STREAM)
+        frame.parse_flags(raw[4])
+        frame.parse_body(memoryview(raw[9:]))
+        payloads.append(frame.data)
+    messages = grpcmessages.Deframer(1 << 30).feed(b"".join(payloads))
+    (err,) = [p for _, m in messages if (p := fsutil.read_packet(m)).type == fsutil.ERR]
+    assert len(err.data) <= 8 << 10  # well inside a grpc-go peer's first 64 KiB window
+    assert err.data.startswith(reason[:40].encode())
+    assert err.data.endswith(reason[-200:].encode())
+    received = _data_payloads(bytes(run.out[CLIENT]))
+    sent = _data_payloads(bytes(run.fed[CLIENT]))
+    _gives_back(run, received, sent, [])
