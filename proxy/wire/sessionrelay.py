@@ -66,10 +66,15 @@ the text remembered for it. Holding reorders only DATA frames of one stream behi
 of other streams, which HTTP/2 allows; a header block of that stream would
 break the order the hpack tables depend on, so one makes the relay give up.
 
-A replacement ERR packet is sent in one DATA frame, after the held frame's
-bytes that precede the end packet (whole messages of the Dockerfile). It is
-padded to the size of what it replaces where it can be (up to 255 bytes of
-padding), so the CLI's flow-control window stays in step with the daemon's.
+A replacement ERR packet is sent after the held frame's bytes that precede
+the end packet (whole messages of the Dockerfile), in DATA frames of at most
+16 KiB (``MAX_FRAME``, the most every peer takes; dockerd's takes no more).
+Its text is the reason cut to ``ERR_TEXT`` (its head, what failed, and its
+end, the last lines of output): a heal's reason carries up to 20 lines of a
+recipe's output, and the ERR may be bytes the CLI never spent, which must
+fit the daemon's window. The last frame is padded toward the size of what it
+replaces where it can be (up to 255 bytes of padding), so the CLI's
+flow-control window stays in step with the daemon's.
 Where the two still differ, the connection's window is put right: bytes
 the daemon got that the CLI never sent (a longer reason, or the whole ERR
 when the hold was the daemon's FIN) are a debt taken out of the daemon's
@@ -130,6 +135,11 @@ DEFAULT_NAME = b"Dockerfile"
 MESSAGE_LIMIT = 4 << 20
 """gRPC's default largest message; fsutil sends files in far smaller packets."""
 MAX_PADDING = 255
+MAX_FRAME = 16384
+"""The least SETTINGS_MAX_FRAME_SIZE: a DATA frame this long every peer takes."""
+ERR_TEXT = 8 << 10
+"""The most of a refusal's reason sent: well inside a grpc-go peer's first 64 KiB window."""
+CUT = "\n[...]\n"
 
 RELAYING = "RELAYING"
 SPLICED = "SPLICED"
@@ -336,25 +346,28 @@ class SessionRelay:
         transfer = self._end_hold(stream, "refuse")
         if transfer is None:
             return
-        err = message(fsutil.err_packet(reason))
+        err = message(fsutil.err_packet(_shortened(reason)))
         if transfer.by_daemon:
             # The daemon waits for the CLI's FIN: the ERR comes first, and the
             # CLI's answer to the FIN that now goes on finds the stream failed.
-            self._replace(stream, err, 0, False, 0)
+            self._replace(stream, err, False, 0)
             self._emit(self._daemon, *transfer.held)
         elif transfer.prefix is None:
             self._emit(self._client, *transfer.held)
-            self._replace(stream, err, 0, transfer.end_stream, 0)
+            self._replace(stream, err, transfer.end_stream, 0)
         else:
-            data = transfer.prefix + err
-            padding = min(transfer.flow - len(data) - 1, MAX_PADDING)
-            self._replace(stream, data, padding, transfer.end_stream, transfer.flow)
+            self._replace(stream, transfer.prefix + err, transfer.end_stream, transfer.flow)
 
-    def _replace(self, stream: int, data: bytes, padding: int, end: bool, spent: int) -> None:
-        """Send the daemon a DATA frame in the CLI's name, for ``spent`` held bytes of window."""
-        frame = _data_frame(stream, data, padding, end)
-        self._emit(self._client, frame)
-        sent = len(frame) - FRAME_HEADER
+    def _replace(self, stream: int, data: bytes, end: bool, spent: int) -> None:
+        """Send the daemon ``data`` in the CLI's name, for ``spent`` held bytes of window:
+        in frames of at most ``MAX_FRAME``, the last one padded toward ``spent``."""
+        cuts = range(0, len(data), MAX_FRAME)
+        last = data[cuts[-1] :]
+        padding = min(spent - len(data) - 1, MAX_PADDING, MAX_FRAME - len(last) - 1)
+        frames = [_data_frame(stream, data[at : at + MAX_FRAME], 0, False) for at in cuts[:-1]]
+        frames.append(_data_frame(stream, last, padding, end))
+        self._emit(self._client, *frames)
+        sent = sum(len(frame) - FRAME_HEADER for frame in frames)
         if sent > spent:
             self._debt += sent - spent
         elif spent > sent:
@@ -656,6 +669,16 @@ class SessionRelay:
 def _fire(table: Table, state: str, event: str) -> str:
     """The state ``event`` leads to; a missing row is a bug in the relay (KeyError)."""
     return table[state][event]
+
+
+def _shortened(reason: str) -> str:
+    """``reason`` in at most ``ERR_TEXT`` bytes: its head and its end, the cut marked."""
+    text = reason.encode()
+    if len(text) <= ERR_TEXT:
+        return reason
+    head = ERR_TEXT // 4
+    tail = ERR_TEXT - head - len(CUT)
+    return text[:head].decode(errors="ignore") + CUT + text[-tail:].decode(errors="ignore")
 
 
 def _data_frame(stream: int, data: bytes, padding: int, end_stream: bool) -> bytes:

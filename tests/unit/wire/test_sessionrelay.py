@@ -610,9 +610,7 @@ def test_a_refusal_gives_back_the_window_of_held_bytes_the_daemon_never_gets() -
 def _refused(run: Run, at: int) -> list[bytes]:
     """The Dockerfile stream's DATA frames the daemon got from offset ``at`` on, whole."""
     return [
-        raw
-        for raw in frames(bytes(run.out[CLIENT][at:]), False)
-        if raw[3] == 0 and _on_held(raw)
+        raw for raw in frames(bytes(run.out[CLIENT][at:]), False) if raw[3] == 0 and _on_held(raw)
     ]
 
 
