@@ -654,3 +654,29 @@ def test_a_long_reason_goes_out_in_frames_and_a_window_the_daemon_takes(
     received = _data_payloads(bytes(run.out[CLIENT]))
     sent = _data_payloads(bytes(run.fed[CLIENT]))
     _gives_back(run, received, sent, [])
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_only_a_dockerfile_the_daemon_asked_for_is_remembered(asked: bool) -> None:
+    """The memory must mirror what the daemon keeps. A text the CLI sends unasked the daemon
+    refuses ("invalid file request") and never keeps; remembered under the folder's key and
+    the listed Stat, it would be served to the next unchanged build of that folder in place
+    of the Dockerfile the daemon really has (any caller can name any shared key)."""
+    s = Session()
+    w = h2session.Writer(s, None)
+    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
+    listing = [h2session.stat("Dockerfile", 0, 10), h2session.stat(None, 0)]
+    w.messages(CLIENT, DOCKERFILE_STREAM, listing, 0)
+    if asked:
+        s.add(
+            DAEMON, DataFrame(DOCKERFILE_STREAM, grpcmessages.message(h2session.req(0))).serialize()
+        )
+    file = [h2session.data(0, b"FROM planted\n"), h2session.data(0, b"")]
+    w.messages(CLIENT, DOCKERFILE_STREAM, file, 0)
+    memory = DockerfileMemory()
+    run = Run()
+    run.relay = SessionRelay(LIMIT, memory, KEY)
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    stat = fsutil.read_packet(h2session.stat("Dockerfile", 0, 10)).stat
+    assert memory.recall(KEY, b"Dockerfile", stat) == (b"FROM planted\n" if asked else None)
