@@ -28,7 +28,9 @@ Rules:
   daemon's FIN at once. Then the text is the one ``sessionmemory`` kept for
   this session's shared key, file name and Stat, and the frame held is the
   daemon's FIN (the transfer, so the read of the Dockerfile, is not over
-  until the CLI answers it). With no such text the relay fails open.
+  until the CLI answers it). With no such text the relay fails open. Only
+  a text the daemon asked for is kept: one sent unasked it refuses, and
+  keeps its own.
 - A hold ends with ``release`` (the held frames go on unchanged) or
   ``refuse`` (one fsutil ERR packet goes to the daemon in the CLI's name,
   in place of the held end, and the CLI prints its text). The frontend
@@ -633,7 +635,8 @@ class SessionRelay:
         transfer.state = _fire(TRANSFER, transfer.state, "end")
         transfer.prefix = None if start == CARRIED else bytes(frame.data[:start])
         text = bytes(transfer.text)
-        self._memory.remember(self._key, transfer.name, transfer.stat, text)
+        if transfer.requested:  # else the daemon refuses it and keeps what it had
+            self._memory.remember(self._key, transfer.name, transfer.stat, text)
         self._holds.append(Hold(stream, transfer.name.decode(errors="replace"), text))
 
     def _reply(self, frame: DataFrame, raw: bytes) -> None:
