@@ -12,7 +12,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -680,3 +687,32 @@ def test_only_a_dockerfile_the_daemon_asked_for_is_remembered(asked: bool) -> No
         run.feed(seg.side, seg.raw)
     stat = fsutil.read_packet(h2session.stat("Dockerfile", 0, 10)).stat
     assert memory.recall(KEY, b"Dockerfile", stat) == (b"FROM planted\n" if asked else None)
+
+
+@pytest.mark.parametrize("side", [CLIENT, DAEMON])
+def test_a_header_block_that_never_ends_gives_up_before_it_grows_without_bound(
+    side: str,
+) -> None:
+    """CONTINUATION frames without END_HEADERS, a megabyte of them: the relay must not keep
+    the block for ever (a caller speaking h2c itself can send them as long as it likes)."""
+    run = Run()
+    s = Session()
+    h2session.Writer(s, None)  # the preface and both SETTINGS
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    run.feed(side, HeadersFrame(11, b"\x82").serialize())
+    for _ in range(64):
+        run.feed(side, ContinuationFrame(11, b"\x00" * 16384).serialize())
+    assert run.relay.state is SPLICED
+    assert run.out[side] == run.fed[side]
+
+
+def test_frames_held_behind_the_end_are_bounded() -> None:
+    """A CLI that ignores flow control and keeps sending on the held stream: past a bound the
+    relay flushes and splices (the daemon then sees what it would without the proxy)."""
+    run, _ = _held_with_more(10)
+    chunk = DataFrame(DOCKERFILE_STREAM, b"z" * 16384).serialize()
+    for _ in range(320):  # 5 MiB
+        run.feed(CLIENT, chunk)
+    assert run.relay.state is SPLICED
+    assert run.out[CLIENT] == run.fed[CLIENT]
