@@ -21,7 +21,9 @@ Rules:
   ``Dockerfile``). Until its frame is whole, a DATA frame of that stream
   waits, from either side; every other frame is passed on as its bytes
   come. The held text is capped (the caller's ``limit``); a larger
-  Dockerfile fails open.
+  Dockerfile fails open. So are a header block (``MAX_BLOCK``) and what is
+  held behind an end (``MAX_HELD``: a CLI that ignores flow control could
+  send on for as long as a heal takes).
 - A Dockerfile the daemon does not ask for: dockerd 20.10 keeps the last
   one of each folder and asks (REQ) only for a file whose listed Stat
   changed, so a repeated build lists it and ends the exchange with the
@@ -38,10 +40,10 @@ Rules:
   is complete, so a held end is a build waiting.
 - Fail open. Anything unexpected (a decode error, an unknown frame type or
   packet shape, a compressed gRPC message, HEADERS or RST_STREAM on a held
-  stream, an end of file inside a frame or during a hold) and the caller's
-  own ``give_up`` (a parse timeout) flush everything held or waiting, in
-  order, and the relay becomes a plain splice for the rest of the
-  connection. The build then does exactly what it would without the proxy.
+  stream, an end of file inside a frame or during a hold, a bound passed)
+  and the caller's own ``give_up`` (a parse timeout) flush everything held
+  or waiting, in order, and the relay becomes a plain splice for the rest
+  of the connection. The build then does exactly what it would without the proxy.
 - Pure: no I/O, no asyncio. Bytes go in through ``from_client`` and
   ``from_daemon`` and come out of ``data_for_daemon`` and
   ``data_for_client``; holds come out of ``next_hold``.
@@ -137,6 +139,10 @@ DEFAULT_NAME = b"Dockerfile"
 MESSAGE_LIMIT = 4 << 20
 """gRPC's default largest message; fsutil sends files in far smaller packets."""
 MAX_PADDING = 255
+MAX_BLOCK = 64 << 10
+"""The longest header block kept: hpack decodes no longer list; gRPC's are a few hundred bytes."""
+MAX_HELD = MESSAGE_LIMIT
+"""The most kept behind a held end: fsutil sends only the ignore file's rest and its FIN there."""
 MAX_FRAME = 16384
 """The least SETTINGS_MAX_FRAME_SIZE: a DATA frame this long every peer takes."""
 ERR_TEXT = 8 << 10
@@ -566,6 +572,8 @@ class SessionRelay:
             raise _Unexpected("a CONTINUATION outside its header block")
         assert side.block is not None
         side.block[1].extend(frame.data)
+        if len(side.block[1]) > MAX_BLOCK:
+            raise _Unexpected(f"a header block over {MAX_BLOCK} bytes")
         if "END_HEADERS" not in frame.flags:
             return
         stream, block, end_stream = side.block
@@ -606,6 +614,8 @@ class SessionRelay:
                 if transfer.state is not COLLECTING:
                     break
         if transfer.state is HELD and not transfer.by_daemon:
+            if transfer.flow > MAX_HELD:  # kept so far: this frame goes on with them
+                raise _Unexpected(f"over {MAX_HELD} bytes behind the Dockerfile's end")
             transfer.held.append(raw)
             transfer.flow += len(raw) - FRAME_HEADER
             transfer.end_stream = transfer.end_stream or "END_STREAM" in frame.flags
