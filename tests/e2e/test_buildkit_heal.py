@@ -183,11 +183,18 @@ def test_an_unmanaged_missing_base_fails_as_it_does_direct(case: Case) -> None:
     assert line_count(case.marker) == 0
 
 
+LONG_LINES = "for i in $(seq 20); do echo \"$i $(head -c 2000 /dev/zero | tr '\\0' x)\"; done\n"
+"""Output that makes the reason (its last 20 lines) longer than one HTTP/2 frame may be."""
+
+
+@pytest.mark.parametrize("output", ["", LONG_LINES], ids=["short", "long lines"])
 def test_a_broken_base_recipe_fails_the_build_with_the_proxy_reason(
-    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path, output: str
 ) -> None:
     base = f"dhp/bkbroken:{uuid.uuid4().hex[:12]}"
-    script = write_script(tmp_path / "broken.sh", "echo 'the base recipe broke here' >&2\nexit 3\n")
+    script = write_script(
+        tmp_path / "broken.sh", output + "echo 'the base recipe broke here' >&2\nexit 3\n"
+    )
     proxy = make_proxy(command_config(tmp_path, base, script))
     ctx = context(tmp_path, base)
     baseline = warm_up(proxy, ctx)
