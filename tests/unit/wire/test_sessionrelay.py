@@ -716,3 +716,34 @@ def test_frames_held_behind_the_end_are_bounded() -> None:
         run.feed(CLIENT, chunk)
     assert run.relay.state is SPLICED
     assert run.out[CLIENT] == run.fed[CLIENT]
+
+
+def test_a_refused_end_that_began_in_an_earlier_frame_goes_on_and_then_the_err() -> None:
+    """The end packet's message cut across frames: the frame that completes it cannot be
+    replaced without the start the daemon has, so it goes on, and the ERR follows at once,
+    before the FIN the transfer waits for."""
+    s = Session()
+    w = h2session.Writer(s, None)
+    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
+    listing = [h2session.stat("Dockerfile", 0, 10), h2session.stat(None, 0)]
+    w.messages(CLIENT, DOCKERFILE_STREAM, listing, 0)
+    s.add(DAEMON, DataFrame(DOCKERFILE_STREAM, grpcmessages.message(h2session.req(0))).serialize())
+    file = [h2session.data(0, b"FROM base\n"), h2session.data(0, b"")]
+    w.messages(CLIENT, DOCKERFILE_STREAM, file, 3)
+    run = Run()
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    hold = run.relay.next_hold()
+    assert hold is not None and hold.text == b"FROM base\n"
+    run.relay.refuse(hold.stream, "no")
+    run.drain()
+    payloads = []
+    for raw in frames(bytes(run.out[CLIENT]), False):
+        if raw[3] == 0 and _on_held(raw):
+            payloads.append(raw[9:])
+    messages = grpcmessages.Deframer(1 << 20).feed(b"".join(payloads))
+    packets = [fsutil.read_packet(m) for _, m in messages]
+    assert [(p.type, p.data) for p in packets[-2:]] == [(fsutil.DATA, b""), (fsutil.ERR, b"no")]
+    received = _data_payloads(bytes(run.out[CLIENT]))
+    sent = _data_payloads(bytes(run.fed[CLIENT]))
+    _gives_back(run, received, sent, [])
