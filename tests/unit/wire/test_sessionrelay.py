@@ -18,6 +18,7 @@ from hyperframe.frame import (
     Frame,
     HeadersFrame,
     RstStreamFrame,
+    SettingsFrame,
     WindowUpdateFrame,
 )
 from hypothesis import HealthCheck, given, settings
@@ -747,3 +748,30 @@ def test_a_refused_end_that_began_in_an_earlier_frame_goes_on_and_then_the_err()
     received = _data_payloads(bytes(run.out[CLIENT]))
     sent = _data_payloads(bytes(run.fed[CLIENT]))
     _gives_back(run, received, sent, [])
+
+
+def _listing_then(frame_data: bytes, max_frame: int | None) -> Run:
+    """The Dockerfile's stream opened and listed in part, then one DATA frame of ``frame_data``."""
+    s = Session()
+    w = h2session.Writer(s, None)
+    if max_frame is not None:
+        settings_ = SettingsFrame(0)
+        settings_.settings[SettingsFrame.MAX_FRAME_SIZE] = max_frame
+        s.add(DAEMON, settings_.serialize())
+    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
+    s.add(CLIENT, DataFrame(DOCKERFILE_STREAM, frame_data).serialize())
+    run = Run()
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    return run
+
+
+@pytest.mark.parametrize("announced", [None, 1 << 20])
+def test_a_frame_longer_than_the_receiver_takes_is_not_read(announced: int | None) -> None:
+    """A frame over the receiver's SETTINGS_MAX_FRAME_SIZE (16 KiB unless it says more) is
+    the receiver's protocol error, and must not be read: 16 MiB of 9-byte packets on the
+    Dockerfile's stream cost a list of two million and seconds of the event loop."""
+    other = grpcmessages.message(h2session.stat("other", 1))
+    run = _listing_then(other * (16384 // len(other) + 1), announced)
+    assert run.relay.state is (SPLICED if announced is None else RELAYING), run.relay.reason
+    assert run.out[CLIENT] == run.fed[CLIENT]
