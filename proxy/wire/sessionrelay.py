@@ -8,6 +8,10 @@ Rules:
 - It decodes frames with ``hyperframe`` and header blocks with ``hpack``,
   one decoder for the blocks each side sends, in order, trailers included,
   each allowed the table size the receiving side announced in its SETTINGS.
+  A frame longer than the receiving side announced it takes
+  (``SETTINGS_MAX_FRAME_SIZE``, 16 KiB until it says more) is not read: it
+  is that side's protocol error, and one of 16 MiB on the Dockerfile's
+  stream would be millions of packets decoded in one go.
   It never runs an HTTP/2 connection of its own: it enforces no flow
   control, no stream rules, no limits of the peers.
 - Decode only what it must. Only a ``FileSync/DiffCopy`` stream whose
@@ -233,8 +237,8 @@ class _Side:
     """One direction's reading position in the HTTP/2 byte stream."""
 
     __slots__ = (
-        "block", "body", "decoder", "frame", "head", "mode", "out", "pos", "preface", "queued",
-        "remaining",
+        "block", "body", "decoder", "frame", "head", "max_frame", "mode", "out", "pos", "preface",
+        "queued", "remaining",
     )  # fmt: skip
 
     def __init__(self, preface: bytes) -> None:
@@ -246,6 +250,8 @@ class _Side:
         self.body = bytearray()
         """An inspected frame's payload, or a collected frame's header and payload."""
         self.decoder = Decoder()
+        self.max_frame = MAX_FRAME
+        """The longest frame this side may send: the other side's SETTINGS_MAX_FRAME_SIZE."""
         self.block: tuple[int, bytearray, bool] | None = None
         """A header block still arriving: its stream, its fragments so far, END_STREAM."""
         self.out = _Outbox()
@@ -482,6 +488,8 @@ class SessionRelay:
         if len(side.head) < FRAME_HEADER:
             return
         frame, length = Frame.parse_frame_header(memoryview(bytes(side.head)))
+        if length > side.max_frame:
+            raise _Unexpected(f"a frame of {length} bytes, over the receiver's {side.max_frame}")
         mode = self._mode(side, frame)
         if mode == _COLLECT:
             side.body[:] = side.head
@@ -559,10 +567,14 @@ class SessionRelay:
             self._daemon.out.add(WindowUpdateFrame(0, frame.window_increment - paid).serialize())
 
     def _settings(self, side: _Side, frame: SettingsFrame) -> None:
+        """What ``side`` takes bounds what the other side sends: its header table, its frames."""
+        if "ACK" in frame.flags:
+            return
+        peer = self._daemon if side is self._client else self._client
         size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
-        if size is not None and "ACK" not in frame.flags:
-            peer = self._daemon if side is self._client else self._client
+        if size is not None:
             peer.decoder.max_allowed_table_size = size
+        peer.max_frame = frame.settings.get(SettingsFrame.MAX_FRAME_SIZE, peer.max_frame)
 
     def _fragment(self, side: _Side, frame: Frame) -> None:
         assert isinstance(frame, HeadersFrame | ContinuationFrame)
