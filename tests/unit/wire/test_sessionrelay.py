@@ -664,27 +664,31 @@ def test_a_long_reason_goes_out_in_frames_and_a_window_the_daemon_takes(
     _gives_back(run, received, sent, [])
 
 
-@pytest.mark.parametrize("asked", [True, False])
-def test_only_a_dockerfile_the_daemon_asked_for_is_remembered(asked: bool) -> None:
-    """The memory must mirror what the daemon keeps. A text the CLI sends unasked the daemon
-    refuses ("invalid file request") and never keeps; remembered under the folder's key and
-    the listed Stat, it would be served to the next unchanged build of that folder in place
-    of the Dockerfile the daemon really has (any caller can name any shared key)."""
+def _one_file(text: bytes, asked: bool, cut: int) -> Session:
+    """A Dockerfile transfer up to the file's end: listed, asked for (or not), sent in frames
+    of ``cut`` bytes (0: a frame per packet)."""
     s = Session()
     w = h2session.Writer(s, None)
     w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
     listing = [h2session.stat("Dockerfile", 0, 10), h2session.stat(None, 0)]
     w.messages(CLIENT, DOCKERFILE_STREAM, listing, 0)
     if asked:
-        s.add(
-            DAEMON, DataFrame(DOCKERFILE_STREAM, grpcmessages.message(h2session.req(0))).serialize()
-        )
-    file = [h2session.data(0, b"FROM planted\n"), h2session.data(0, b"")]
-    w.messages(CLIENT, DOCKERFILE_STREAM, file, 0)
+        ask = grpcmessages.message(h2session.req(0))
+        s.add(DAEMON, DataFrame(DOCKERFILE_STREAM, ask).serialize())
+    w.messages(CLIENT, DOCKERFILE_STREAM, [h2session.data(0, text), h2session.data(0, b"")], cut)
+    return s
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_only_a_dockerfile_the_daemon_asked_for_is_remembered(asked: bool) -> None:
+    """The memory must mirror what the daemon keeps. A text the CLI sends unasked the daemon
+    refuses ("invalid file request") and never keeps; remembered under the folder's key and
+    the listed Stat, it would be served to the next unchanged build of that folder in place
+    of the Dockerfile the daemon really has (any caller can name any shared key)."""
     memory = DockerfileMemory()
     run = Run()
     run.relay = SessionRelay(LIMIT, memory, KEY)
-    for seg in s.segments:
+    for seg in _one_file(b"FROM planted\n", asked, 0).segments:
         run.feed(seg.side, seg.raw)
     stat = fsutil.read_packet(h2session.stat("Dockerfile", 0, 10)).stat
     assert memory.recall(KEY, b"Dockerfile", stat) == (b"FROM planted\n" if asked else None)
@@ -723,16 +727,8 @@ def test_a_refused_end_that_began_in_an_earlier_frame_goes_on_and_then_the_err()
     """The end packet's message cut across frames: the frame that completes it cannot be
     replaced without the start the daemon has, so it goes on, and the ERR follows at once,
     before the FIN the transfer waits for."""
-    s = Session()
-    w = h2session.Writer(s, None)
-    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
-    listing = [h2session.stat("Dockerfile", 0, 10), h2session.stat(None, 0)]
-    w.messages(CLIENT, DOCKERFILE_STREAM, listing, 0)
-    s.add(DAEMON, DataFrame(DOCKERFILE_STREAM, grpcmessages.message(h2session.req(0))).serialize())
-    file = [h2session.data(0, b"FROM base\n"), h2session.data(0, b"")]
-    w.messages(CLIENT, DOCKERFILE_STREAM, file, 3)
     run = Run()
-    for seg in s.segments:
+    for seg in _one_file(b"FROM base\n", True, 3).segments:
         run.feed(seg.side, seg.raw)
     hold = run.relay.next_hold()
     assert hold is not None and hold.text == b"FROM base\n"
