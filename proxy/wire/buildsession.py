@@ -8,8 +8,8 @@ Rules:
   ``held``): None releases it, a message refuses it (the build fails with
   that message), an exception gives up (flush and splice). Other streams
   keep flowing meanwhile, BuildKit's health checks among them.
-- The relay remembers each Dockerfile it saw in the hub's ``dockerfiles``
-  under the session's shared key (the ``/session`` request's
+- The relay remembers each Dockerfile the daemon asked for in the hub's
+  ``dockerfiles`` under the session's shared key (the ``/session`` request's
   ``X-Docker-Expose-Session-Sharedkey``), for a later build of the same
   folder whose daemon does not ask for the unchanged file (dockerd 20.10).
 - Giving up is counted (``Observer.session_gave_up``) and logged at debug,

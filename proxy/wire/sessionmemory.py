@@ -6,10 +6,11 @@ Rules:
   changed: a second build of the same folder with an unchanged Dockerfile
   lists it and never asks for it, so the relay sees no text to heal from.
   (dockerd 26 asks for the Dockerfile on every build.)
-- So the relay remembers each Dockerfile it saw whole, under the session's
-  shared key (``X-Docker-Expose-Session-Sharedkey``: buildx derives it from
-  the folder, so it is the same for every build of one folder) and the
-  file's name, with the fsutil Stat it was listed with.
+- So the relay remembers each Dockerfile the daemon asked for and got
+  whole (what the daemon keeps), under the session's shared key
+  (``X-Docker-Expose-Session-Sharedkey``: buildx derives it from the
+  folder, so it is the same for every build of one folder) and the file's
+  name, with the fsutil Stat it was listed with.
 - A text is given back only for the very Stat it was seen with. That is
   fsutil's own test of "unchanged" (the daemon asks again when the listed
   Stat differs from the one it keeps), so the text given back is the one

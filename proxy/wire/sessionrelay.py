@@ -8,6 +8,10 @@ Rules:
 - It decodes frames with ``hyperframe`` and header blocks with ``hpack``,
   one decoder for the blocks each side sends, in order, trailers included,
   each allowed the table size the receiving side announced in its SETTINGS.
+  A frame longer than the receiving side announced it takes
+  (``SETTINGS_MAX_FRAME_SIZE``, 16 KiB until it says more) is not read: it
+  is that side's protocol error, and one of 16 MiB on the Dockerfile's
+  stream would be millions of packets decoded in one go.
   It never runs an HTTP/2 connection of its own: it enforces no flow
   control, no stream rules, no limits of the peers.
 - Decode only what it must. Only a ``FileSync/DiffCopy`` stream whose
@@ -21,14 +25,18 @@ Rules:
   ``Dockerfile``). Until its frame is whole, a DATA frame of that stream
   waits, from either side; every other frame is passed on as its bytes
   come. The held text is capped (the caller's ``limit``); a larger
-  Dockerfile fails open.
+  Dockerfile fails open. So are a header block (``MAX_BLOCK``) and what is
+  held behind an end (``MAX_HELD``: a CLI that ignores flow control could
+  send on for as long as a heal takes).
 - A Dockerfile the daemon does not ask for: dockerd 20.10 keeps the last
   one of each folder and asks (REQ) only for a file whose listed Stat
   changed, so a repeated build lists it and ends the exchange with the
   daemon's FIN at once. Then the text is the one ``sessionmemory`` kept for
   this session's shared key, file name and Stat, and the frame held is the
   daemon's FIN (the transfer, so the read of the Dockerfile, is not over
-  until the CLI answers it). With no such text the relay fails open.
+  until the CLI answers it). With no such text the relay fails open. Only
+  a text the daemon asked for is kept: one sent unasked it refuses, and
+  keeps its own.
 - A hold ends with ``release`` (the held frames go on unchanged) or
   ``refuse`` (one fsutil ERR packet goes to the daemon in the CLI's name,
   in place of the held end, and the CLI prints its text). The frontend
@@ -36,10 +44,10 @@ Rules:
   is complete, so a held end is a build waiting.
 - Fail open. Anything unexpected (a decode error, an unknown frame type or
   packet shape, a compressed gRPC message, HEADERS or RST_STREAM on a held
-  stream, an end of file inside a frame or during a hold) and the caller's
-  own ``give_up`` (a parse timeout) flush everything held or waiting, in
-  order, and the relay becomes a plain splice for the rest of the
-  connection. The build then does exactly what it would without the proxy.
+  stream, an end of file inside a frame or during a hold, a bound passed)
+  and the caller's own ``give_up`` (a parse timeout) flush everything held
+  or waiting, in order, and the relay becomes a plain splice for the rest
+  of the connection. The build then does exactly what it would without the proxy.
 - Pure: no I/O, no asyncio. Bytes go in through ``from_client`` and
   ``from_daemon`` and come out of ``data_for_daemon`` and
   ``data_for_client``; holds come out of ``next_hold``.
@@ -66,10 +74,15 @@ the text remembered for it. Holding reorders only DATA frames of one stream behi
 of other streams, which HTTP/2 allows; a header block of that stream would
 break the order the hpack tables depend on, so one makes the relay give up.
 
-A replacement ERR packet is sent in one DATA frame, after the held frame's
-bytes that precede the end packet (whole messages of the Dockerfile). It is
-padded to the size of what it replaces where it can be (up to 255 bytes of
-padding), so the CLI's flow-control window stays in step with the daemon's.
+A replacement ERR packet is sent after the held frame's bytes that precede
+the end packet (whole messages of the Dockerfile), in DATA frames of at most
+16 KiB (``MAX_FRAME``, the most every peer takes; dockerd's takes no more).
+Its text is the reason cut to ``ERR_TEXT`` (its head, what failed, and its
+end, the last lines of output): a heal's reason carries up to 20 lines of a
+recipe's output, and the ERR may be bytes the CLI never spent, which must
+fit the daemon's window. The last frame is padded toward the size of what it
+replaces where it can be (up to 255 bytes of padding), so the CLI's
+flow-control window stays in step with the daemon's.
 Where the two still differ, the connection's window is put right: bytes
 the daemon got that the CLI never sent (a longer reason, or the whole ERR
 when the hold was the daemon's FIN) are a debt taken out of the daemon's
@@ -130,6 +143,15 @@ DEFAULT_NAME = b"Dockerfile"
 MESSAGE_LIMIT = 4 << 20
 """gRPC's default largest message; fsutil sends files in far smaller packets."""
 MAX_PADDING = 255
+MAX_BLOCK = 64 << 10
+"""The longest header block kept: hpack decodes no longer list; gRPC's are a few hundred bytes."""
+MAX_HELD = MESSAGE_LIMIT
+"""The most kept behind a held end: fsutil sends only the ignore file's rest and its FIN there."""
+MAX_FRAME = 16384
+"""The least SETTINGS_MAX_FRAME_SIZE: a DATA frame this long every peer takes."""
+ERR_TEXT = 8 << 10
+"""The most of a refusal's reason sent: well inside a grpc-go peer's first 64 KiB window."""
+CUT = "\n[...]\n"
 
 RELAYING = "RELAYING"
 SPLICED = "SPLICED"
@@ -215,8 +237,8 @@ class _Side:
     """One direction's reading position in the HTTP/2 byte stream."""
 
     __slots__ = (
-        "block", "body", "decoder", "frame", "head", "mode", "out", "pos", "preface", "queued",
-        "remaining",
+        "block", "body", "decoder", "frame", "head", "max_frame", "mode", "out", "pos", "preface",
+        "queued", "remaining",
     )  # fmt: skip
 
     def __init__(self, preface: bytes) -> None:
@@ -228,6 +250,8 @@ class _Side:
         self.body = bytearray()
         """An inspected frame's payload, or a collected frame's header and payload."""
         self.decoder = Decoder()
+        self.max_frame = MAX_FRAME
+        """The longest frame this side may send: the other side's SETTINGS_MAX_FRAME_SIZE."""
         self.block: tuple[int, bytearray, bool] | None = None
         """A header block still arriving: its stream, its fragments so far, END_STREAM."""
         self.out = _Outbox()
@@ -336,25 +360,28 @@ class SessionRelay:
         transfer = self._end_hold(stream, "refuse")
         if transfer is None:
             return
-        err = message(fsutil.err_packet(reason))
+        err = message(fsutil.err_packet(_shortened(reason)))
         if transfer.by_daemon:
             # The daemon waits for the CLI's FIN: the ERR comes first, and the
             # CLI's answer to the FIN that now goes on finds the stream failed.
-            self._replace(stream, err, 0, False, 0)
+            self._replace(stream, err, False, 0)
             self._emit(self._daemon, *transfer.held)
         elif transfer.prefix is None:
             self._emit(self._client, *transfer.held)
-            self._replace(stream, err, 0, transfer.end_stream, 0)
+            self._replace(stream, err, transfer.end_stream, 0)
         else:
-            data = transfer.prefix + err
-            padding = min(transfer.flow - len(data) - 1, MAX_PADDING)
-            self._replace(stream, data, padding, transfer.end_stream, transfer.flow)
+            self._replace(stream, transfer.prefix + err, transfer.end_stream, transfer.flow)
 
-    def _replace(self, stream: int, data: bytes, padding: int, end: bool, spent: int) -> None:
-        """Send the daemon a DATA frame in the CLI's name, for ``spent`` held bytes of window."""
-        frame = _data_frame(stream, data, padding, end)
-        self._emit(self._client, frame)
-        sent = len(frame) - FRAME_HEADER
+    def _replace(self, stream: int, data: bytes, end: bool, spent: int) -> None:
+        """Send the daemon ``data`` in the CLI's name, for ``spent`` held bytes of window:
+        in frames of at most ``MAX_FRAME``, the last one padded toward ``spent``."""
+        cuts = range(0, len(data), MAX_FRAME)
+        last = data[cuts[-1] :]
+        padding = min(spent - len(data) - 1, MAX_PADDING, MAX_FRAME - len(last) - 1)
+        frames = [_data_frame(stream, data[at : at + MAX_FRAME], 0, False) for at in cuts[:-1]]
+        frames.append(_data_frame(stream, last, padding, end))
+        self._emit(self._client, *frames)
+        sent = sum(len(frame) - FRAME_HEADER for frame in frames)
         if sent > spent:
             self._debt += sent - spent
         elif spent > sent:
@@ -461,6 +488,8 @@ class SessionRelay:
         if len(side.head) < FRAME_HEADER:
             return
         frame, length = Frame.parse_frame_header(memoryview(bytes(side.head)))
+        if length > side.max_frame:
+            raise _Unexpected(f"a frame of {length} bytes, over the receiver's {side.max_frame}")
         mode = self._mode(side, frame)
         if mode == _COLLECT:
             side.body[:] = side.head
@@ -538,10 +567,14 @@ class SessionRelay:
             self._daemon.out.add(WindowUpdateFrame(0, frame.window_increment - paid).serialize())
 
     def _settings(self, side: _Side, frame: SettingsFrame) -> None:
+        """What ``side`` takes bounds what the other side sends: its header table, its frames."""
+        if "ACK" in frame.flags:
+            return
+        peer = self._daemon if side is self._client else self._client
         size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
-        if size is not None and "ACK" not in frame.flags:
-            peer = self._daemon if side is self._client else self._client
+        if size is not None:
             peer.decoder.max_allowed_table_size = size
+        peer.max_frame = frame.settings.get(SettingsFrame.MAX_FRAME_SIZE, peer.max_frame)
 
     def _fragment(self, side: _Side, frame: Frame) -> None:
         assert isinstance(frame, HeadersFrame | ContinuationFrame)
@@ -551,6 +584,8 @@ class SessionRelay:
             raise _Unexpected("a CONTINUATION outside its header block")
         assert side.block is not None
         side.block[1].extend(frame.data)
+        if len(side.block[1]) > MAX_BLOCK:
+            raise _Unexpected(f"a header block over {MAX_BLOCK} bytes")
         if "END_HEADERS" not in frame.flags:
             return
         stream, block, end_stream = side.block
@@ -591,6 +626,8 @@ class SessionRelay:
                 if transfer.state is not COLLECTING:
                     break
         if transfer.state is HELD and not transfer.by_daemon:
+            if transfer.flow > MAX_HELD:  # kept so far: this frame goes on with them
+                raise _Unexpected(f"over {MAX_HELD} bytes behind the Dockerfile's end")
             transfer.held.append(raw)
             transfer.flow += len(raw) - FRAME_HEADER
             transfer.end_stream = transfer.end_stream or "END_STREAM" in frame.flags
@@ -620,7 +657,8 @@ class SessionRelay:
         transfer.state = _fire(TRANSFER, transfer.state, "end")
         transfer.prefix = None if start == CARRIED else bytes(frame.data[:start])
         text = bytes(transfer.text)
-        self._memory.remember(self._key, transfer.name, transfer.stat, text)
+        if transfer.requested:  # else the daemon refuses it and keeps what it had
+            self._memory.remember(self._key, transfer.name, transfer.stat, text)
         self._holds.append(Hold(stream, transfer.name.decode(errors="replace"), text))
 
     def _reply(self, frame: DataFrame, raw: bytes) -> None:
@@ -656,6 +694,16 @@ class SessionRelay:
 def _fire(table: Table, state: str, event: str) -> str:
     """The state ``event`` leads to; a missing row is a bug in the relay (KeyError)."""
     return table[state][event]
+
+
+def _shortened(reason: str) -> str:
+    """``reason`` in at most ``ERR_TEXT`` bytes: its head and its end, the cut marked."""
+    text = reason.encode()
+    if len(text) <= ERR_TEXT:
+        return reason
+    head = ERR_TEXT // 4
+    tail = ERR_TEXT - head - len(CUT)
+    return text[:head].decode(errors="ignore") + CUT + text[-tail:].decode(errors="ignore")
 
 
 def _data_frame(stream: int, data: bytes, padding: int, end_stream: bool) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,11 +184,18 @@ def test_an_unmanaged_missing_base_fails_as_it_does_direct(case: Case) -> None:
     assert line_count(case.marker) == 0
 
 
+LONG_LINES = "for i in $(seq 20); do echo \"$i $(head -c 2000 /dev/zero | tr '\\0' x)\"; done\n"
+"""Output that makes the reason (its last 20 lines) longer than one HTTP/2 frame may be."""
+
+
+@pytest.mark.parametrize("output", ["", LONG_LINES], ids=["short", "long lines"])
 def test_a_broken_base_recipe_fails_the_build_with_the_proxy_reason(
-    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path, output: str
 ) -> None:
     base = f"dhp/bkbroken:{uuid.uuid4().hex[:12]}"
-    script = write_script(tmp_path / "broken.sh", "echo 'the base recipe broke here' >&2\nexit 3\n")
+    script = write_script(
+        tmp_path / "broken.sh", output + "echo 'the base recipe broke here' >&2\nexit 3\n"
+    )
     proxy = make_proxy(command_config(tmp_path, base, script))
     ctx = context(tmp_path, base)
     baseline = warm_up(proxy, ctx)
@@ -230,3 +238,30 @@ def test_twenty_concurrent_builds_heal_the_base_once(
     finally:
         gate.touch()
         remove(dockerd.env, base, *(f"dhp/bkmany-{i}:1" for i in range(20)))
+
+
+def test_a_heal_longer_than_the_session_timeout_still_lets_the_build_go_on(
+    dockerd: Dockerd, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """BuildKit ends a session after 30 s without a health check: the checks must keep
+    flowing while the Dockerfile's end is held, so a 35 s heal is still a build that works."""
+    base = f"dhp/bkslow:{uuid.uuid4().hex[:12]}"
+    marker, gate = tmp_path / "runs", tmp_path / "gate"
+    script = gated_tagging_script(tmp_path / "make.sh", marker, BUSYBOX, base, gate)
+    proxy = make_proxy(command_config(tmp_path, base, script))
+    ctx = context(tmp_path, base)
+    results: list[subprocess.CompletedProcess[bytes]] = []
+    thread = threading.Thread(
+        target=lambda: results.append(run(["docker", "build", str(ctx)], proxy))
+    )
+    try:
+        thread.start()
+        wait_for(lambda: line_count(marker) == 1, 60, "the heal to start")
+        time.sleep(35)  # the hold itself is what is tested: longer than BuildKit's 30 s
+        gate.touch()
+        thread.join(180)
+        assert results and results[0].returncode == 0, results and results[0].stderr.decode()
+        assert line_count(marker) == 1
+    finally:
+        gate.touch()
+        remove(dockerd.env, base)

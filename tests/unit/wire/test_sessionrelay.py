@@ -12,7 +12,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -605,3 +613,166 @@ def test_a_refusal_gives_back_the_window_of_held_bytes_the_daemon_never_gets() -
     sent = _data_payloads(bytes(run.fed[CLIENT]))
     assert sent - received > MAX_PADDING
     _gives_back(run, received, sent, [])
+
+
+def _refused(run: Run, at: int) -> list[bytes]:
+    """The Dockerfile stream's DATA frames the daemon got from offset ``at`` on, whole."""
+    return [
+        raw for raw in frames(bytes(run.out[CLIENT][at:]), False) if raw[3] == 0 and _on_held(raw)
+    ]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), line=st.sampled_from([100, 900, 1 << 20]))
+def test_a_long_reason_goes_out_in_frames_and_a_window_the_daemon_takes(
+    cached: bool, data: st.DataObject, line: int
+) -> None:
+    """A failed recipe's reason carries its last 20 output lines, each up to 1 MiB. No frame
+    may pass 16 KiB (the largest every peer takes; dockerd's grpc takes no more) and the
+    text must stay within what the daemon's stream window can take: its head and its end
+    (the last lines, where the error is) are kept."""
+    s = data.draw(h2session.session(cached=cached))
+    reason = "docker-heal-proxy: cannot heal base: exit 1\n" + "\n".join(
+        f"  {i:02} " + "x" * line for i in range(20)
+    )
+    run = Run()
+    run.relay = SessionRelay(LIMIT, remembering(s, b"FROM kept\n"), KEY)
+    at = None
+    for side, chunk in data.draw(h2session.deliveries(s)):
+        run.feed(side, chunk)
+        if (hold := run.relay.next_hold()) is not None:
+            at = len(run.out[CLIENT])
+            run.relay.refuse(hold.stream, reason)
+            run.drain()
+    assert at is not None and run.relay.state is RELAYING, run.relay.reason
+    refused = _refused(run, at)
+    assert refused and all(len(raw) - 9 <= 16384 for raw in refused)
+    payloads = []
+    for raw in refused:
+        frame = DataFrame(DOCKERFILE_STREAM)
+        frame.parse_flags(raw[4])
+        frame.parse_body(memoryview(raw[9:]))
+        payloads.append(frame.data)
+    # The ERR's message starts a frame of its own (the held end packet had one); frames of
+    # the stream after it may carry the rest of a message begun before the hold.
+    first = next(i for i, data in enumerate(payloads) if data[5:7] == b"\x08\x04")
+    deframer = grpcmessages.Deframer(1 << 30)
+    (_, message), *_ = next(m for data in payloads[first:] if (m := deframer.feed(data)))
+    err = fsutil.read_packet(message)
+    assert err.type == fsutil.ERR
+    assert len(err.data) <= 8 << 10  # well inside a grpc-go peer's first 64 KiB window
+    assert err.data.startswith(reason[:40].encode())
+    assert err.data.endswith(reason[-200:].encode())
+    received = _data_payloads(bytes(run.out[CLIENT]))
+    sent = _data_payloads(bytes(run.fed[CLIENT]))
+    _gives_back(run, received, sent, [])
+
+
+def _one_file(text: bytes, asked: bool, cut: int) -> Session:
+    """A Dockerfile transfer up to the file's end: listed, asked for (or not), sent in frames
+    of ``cut`` bytes (0: a frame per packet)."""
+    s = Session()
+    w = h2session.Writer(s, None)
+    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
+    listing = [h2session.stat("Dockerfile", 0, 10), h2session.stat(None, 0)]
+    w.messages(CLIENT, DOCKERFILE_STREAM, listing, 0)
+    if asked:
+        ask = grpcmessages.message(h2session.req(0))
+        s.add(DAEMON, DataFrame(DOCKERFILE_STREAM, ask).serialize())
+    w.messages(CLIENT, DOCKERFILE_STREAM, [h2session.data(0, text), h2session.data(0, b"")], cut)
+    return s
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_only_a_dockerfile_the_daemon_asked_for_is_remembered(asked: bool) -> None:
+    """The memory must mirror what the daemon keeps. A text the CLI sends unasked the daemon
+    refuses ("invalid file request") and never keeps; remembered under the folder's key and
+    the listed Stat, it would be served to the next unchanged build of that folder in place
+    of the Dockerfile the daemon really has (any caller can name any shared key)."""
+    memory = DockerfileMemory()
+    run = Run()
+    run.relay = SessionRelay(LIMIT, memory, KEY)
+    for seg in _one_file(b"FROM planted\n", asked, 0).segments:
+        run.feed(seg.side, seg.raw)
+    stat = fsutil.read_packet(h2session.stat("Dockerfile", 0, 10)).stat
+    assert memory.recall(KEY, b"Dockerfile", stat) == (b"FROM planted\n" if asked else None)
+
+
+@pytest.mark.parametrize("side", [CLIENT, DAEMON])
+def test_a_header_block_that_never_ends_gives_up_before_it_grows_without_bound(
+    side: str,
+) -> None:
+    """CONTINUATION frames without END_HEADERS, a megabyte of them: the relay must not keep
+    the block for ever (a caller speaking h2c itself can send them as long as it likes)."""
+    run = Run()
+    s = Session()
+    h2session.Writer(s, None)  # the preface and both SETTINGS
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    run.feed(side, HeadersFrame(11, b"\x82").serialize())
+    for _ in range(64):
+        run.feed(side, ContinuationFrame(11, b"\x00" * 16384).serialize())
+    assert run.relay.state is SPLICED
+    assert run.out[side] == run.fed[side]
+
+
+def test_frames_held_behind_the_end_are_bounded() -> None:
+    """A CLI that ignores flow control and keeps sending on the held stream: past a bound the
+    relay flushes and splices (the daemon then sees what it would without the proxy)."""
+    run, _ = _held_with_more(10)
+    chunk = DataFrame(DOCKERFILE_STREAM, b"z" * 16384).serialize()
+    for _ in range(320):  # 5 MiB
+        run.feed(CLIENT, chunk)
+    assert run.relay.state is SPLICED
+    assert run.out[CLIENT] == run.fed[CLIENT]
+
+
+def test_a_refused_end_that_began_in_an_earlier_frame_goes_on_and_then_the_err() -> None:
+    """The end packet's message cut across frames: the frame that completes it cannot be
+    replaced without the start the daemon has, so it goes on, and the ERR follows at once,
+    before the FIN the transfer waits for."""
+    run = Run()
+    for seg in _one_file(b"FROM base\n", True, 3).segments:
+        run.feed(seg.side, seg.raw)
+    hold = run.relay.next_hold()
+    assert hold is not None and hold.text == b"FROM base\n"
+    run.relay.refuse(hold.stream, "no")
+    run.drain()
+    payloads = []
+    for raw in frames(bytes(run.out[CLIENT]), False):
+        if raw[3] == 0 and _on_held(raw):
+            payloads.append(raw[9:])
+    messages = grpcmessages.Deframer(1 << 20).feed(b"".join(payloads))
+    packets = [fsutil.read_packet(m) for _, m in messages]
+    assert [(p.type, p.data) for p in packets[-2:]] == [(fsutil.DATA, b""), (fsutil.ERR, b"no")]
+    received = _data_payloads(bytes(run.out[CLIENT]))
+    sent = _data_payloads(bytes(run.fed[CLIENT]))
+    _gives_back(run, received, sent, [])
+
+
+def _listing_then(frame_data: bytes, max_frame: int | None) -> Run:
+    """The Dockerfile's stream opened and listed in part, then one DATA frame of ``frame_data``."""
+    s = Session()
+    w = h2session.Writer(s, None)
+    if max_frame is not None:
+        settings_ = SettingsFrame(0)
+        settings_.settings[SettingsFrame.MAX_FRAME_SIZE] = max_frame
+        s.add(DAEMON, settings_.serialize())
+    w.call(DOCKERFILE_STREAM, h2session.DIFFCOPY, [("dir-name", "dockerfile")])
+    s.add(CLIENT, DataFrame(DOCKERFILE_STREAM, frame_data).serialize())
+    run = Run()
+    for seg in s.segments:
+        run.feed(seg.side, seg.raw)
+    return run
+
+
+@pytest.mark.parametrize("announced", [None, 1 << 20])
+def test_a_frame_longer_than_the_receiver_takes_is_not_read(announced: int | None) -> None:
+    """A frame over the receiver's SETTINGS_MAX_FRAME_SIZE (16 KiB unless it says more) is
+    the receiver's protocol error, and must not be read: 16 MiB of 9-byte packets on the
+    Dockerfile's stream cost a list of two million and seconds of the event loop."""
+    other = grpcmessages.message(h2session.stat("other", 1))
+    run = _listing_then(other * (16384 // len(other) + 1), announced)
+    assert run.relay.state is (SPLICED if announced is None else RELAYING), run.relay.reason
+    assert run.out[CLIENT] == run.fed[CLIENT]
