@@ -120,6 +120,37 @@ def test_mounts(mount: dict[str, Any], refused: bool) -> None:
     assert reason is None or reason.startswith('policy "runner" refuses bind mount /')
 
 
+KERNEL_VOLUMES = [
+    {"type": "proc", "device": "proc"},  # the host's /proc, /proc/sys writable
+    {"type": "sysfs", "device": "sysfs"},
+    {"type": "cgroup2", "device": "cgroup2"},  # the host's cgroup root
+    {"type": "overlay", "device": "overlay", "o": "lowerdir=/etc:/usr"},  # host folders
+    {"device": "proc"},
+]
+"""Local volumes that mount the host's own filesystems without a device path: each
+showed the host's processes, interfaces, cgroups or /etc in a container on both daemons."""
+
+
+@pytest.mark.parametrize("options", KERNEL_VOLUMES)
+def test_a_local_volume_of_a_host_filesystem_is_refused(options: dict[str, str]) -> None:
+    kind = options.get("type", "")
+    assert create(Mounts=[volume_mount(options)]) == (
+        f'policy "runner" refuses local volume of type {kind!r} (allowed: tmpfs, nfs, nfs4, cifs)'
+    )
+    body = json.dumps({"Name": "v", "DriverOpts": options}).encode()
+    refusal = judge("runner", RUNNER, VOLUME, body, Host())
+    assert refusal is not None and refusal.field == "DriverOpts.type"
+    assert refusal.value == kind
+    plugin = json.dumps({"Driver": "someplugin", "DriverOpts": options}).encode()
+    assert judge("runner", RUNNER, VOLUME, plugin, Host()) is None
+
+
+def test_a_bind_flag_makes_any_local_volume_a_bind() -> None:
+    """``o=bind`` is ``MS_BIND``: the kernel then ignores the type and binds the device."""
+    reason = create(Mounts=[volume_mount({"type": "tmpfs", "o": "bind", "device": "/"})])
+    assert reason == 'policy "runner" refuses bind mount / (allowed: /srv/agents)'
+
+
 def test_volumes_from() -> None:
     assert create(VolumesFrom=["other:ro"]) == 'policy "runner" refuses VolumesFrom other:ro'
 
