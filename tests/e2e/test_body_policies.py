@@ -128,6 +128,27 @@ def test_docker_py_mounts_and_local_bind_volumes_are_judged_as_binds(
         full.close()
 
 
+def test_a_local_volume_of_the_hosts_proc_is_refused(
+    ci: tuple[Proxy, dict[str, str]], busybox: str
+) -> None:
+    """Mounted by dockerd in its own namespaces, ``type=proc`` is the host's /proc."""
+    p, env = ci
+    name = f"dhp-proc-{time.monotonic_ns()}"
+    proc = {"type": "proc", "device": "proc"}
+    body = {"Name": name, "Driver": "local", "DriverOpts": proc}
+    status, message = post(env, "/v1.41/volumes/create", json.dumps(body).encode())
+    assert status == 403, message
+    assert message.endswith("refuses local volume of type 'proc' (allowed: tmpfs, nfs, nfs4, cifs)")
+    label = f"dhp-proc-{time.monotonic_ns()}"
+    mount = {"Type": "volume", "Source": name, "Target": "/v"}
+    mount["VolumeOptions"] = {"DriverConfig": {"Name": "local", "Options": proc}}
+    create = {"Image": busybox, "Labels": {label: "1"}, "HostConfig": {"Mounts": [mount]}}
+    status, message = post(env, "/v1.41/containers/create", json.dumps(create).encode())
+    assert status == 403, message
+    assert names(p.env, f"label={label}") == []
+    assert docker(["volume", "ls", "-q", "-f", f"name={name}"], env=p.env).stdout == b""
+
+
 def post(env: dict[str, str], path: str, body: bytes) -> tuple[int, str]:
     conn = UnixHTTPConnection(env["DOCKER_HOST"].removeprefix("unix://"), timeout=60)
     try:

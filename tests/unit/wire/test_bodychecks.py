@@ -126,6 +126,7 @@ KERNEL_VOLUMES = [
     {"type": "cgroup2", "device": "cgroup2"},  # the host's cgroup root
     {"type": "overlay", "device": "overlay", "o": "lowerdir=/etc:/usr"},  # host folders
     {"device": "proc"},
+    {"type": "overlay", "device": "/srv/agents/v", "o": "lowerdir=/etc:/usr"},  # device allowed
 ]
 """Local volumes that mount the host's own filesystems without a device path: each
 showed the host's processes, interfaces, cgroups or /etc in a container on both daemons."""
