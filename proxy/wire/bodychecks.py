@@ -16,6 +16,11 @@ Rules:
     ``path.Clean`` cleans it and then resolved by the injected ``Resolver``
     as the daemon will reach it, so a symlink inside a folder cannot lead
     out. No folders, no bind mounts;
+  - a local volume with mount options of a ``type`` other than those of
+    ``VOLUME_TYPES`` (and not a bind): dockerd mounts it in its own
+    namespaces, so ``proc``, ``sysfs`` or ``cgroup2`` is the host's own, and
+    an ``overlay``'s ``lowerdir`` is a host folder (each showed the host's in
+    a container on both daemons);
   - ``VolumesFrom``, always (the other container's mounts are not judged here);
   - ``NetworkMode`` (and a network of ``EndpointsConfig``) ``host`` or
     ``container:...`` unless ``network_modes`` lists ``host`` or ``container``;
@@ -80,6 +85,8 @@ _NAMESPACES = frozenset(
 _NO_NEW_PRIVILEGES = frozenset(
     {"no-new-privileges", "no-new-privileges=true", "no-new-privileges:true"}
 )
+VOLUME_TYPES = ("tmpfs", "nfs", "nfs4", "cifs")
+"""The types a local volume may mount without a bind: memory, or a network share."""
 _HEX = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 _STAR = "zqstarzq"
 """Stands for ``*`` while a pattern is normalised: valid in every part of a reference."""
@@ -246,16 +253,33 @@ def _host_path(
     return _refuse(policy, field, clean, f"bind mount {shown} (allowed: {allowed})")
 
 
-def _volume_device(driver: str | None, options: Iterable[tuple[str, str]]) -> str | None:
-    """The host path a local volume's options mount, if they mount one."""
+def _local_volume(
+    policy: str,
+    rules: CreateRules,
+    driver: str | None,
+    options: Iterable[tuple[str, str]],
+    field: str,
+    resolver: Resolver,
+) -> Refusal | None:
+    """The refusal of a local volume's mount options, if they reach the host."""
     if driver not in (None, "", "local"):
         return None  # a plugin's options mean what the plugin says
     opts = dict(options)
-    device = opts.get("device")
-    if device is None:
-        return None
-    binding = any(o.strip() in ("bind", "rbind") for o in opts.get("o", "").split(","))
-    return device if device.startswith("/") or binding else None
+    if not opts.keys() & {"type", "device", "o"}:
+        return None  # a folder of dockerd's own
+    device = opts.get("device", "")
+    if any(o.strip() in ("bind", "rbind") for o in opts.get("o", "").split(",")):
+        # MS_BIND: the kernel binds the device whatever the type says
+        return _host_path(policy, rules, device, f"{field}.device", resolver)
+    if device.startswith("/"):
+        refusal = _host_path(policy, rules, device, f"{field}.device", resolver)
+        if refusal:
+            return refusal
+    kind = opts.get("type", "")
+    if kind not in VOLUME_TYPES:  # an overlay's lowerdir is in o, not in device
+        what = f"local volume of type {kind!r} (allowed: {', '.join(VOLUME_TYPES)})"
+        return _refuse(policy, f"{field}.type", kind, what)
+    return None
 
 
 def _mounts(
@@ -270,14 +294,14 @@ def _mounts(
     for n, mount in enumerate(create.mounts):
         field = f"HostConfig.Mounts[{n}]"
         if mount.type == "bind":
-            source: str | None = mount.source
+            refusal = _host_path(policy, rules, mount.source, field, resolver)
         else:
-            source = _volume_device(mount.driver, mount.options)
-            field += ".VolumeOptions.DriverConfig.Options.device"
-        if source is not None:
-            refusal = _host_path(policy, rules, source, field, resolver)
-            if refusal:
-                return refusal
+            options = f"{field}.VolumeOptions.DriverConfig.Options"
+            refusal = _local_volume(
+                policy, rules, mount.driver, mount.options, options, resolver
+            )
+        if refusal:
+            return refusal
     if create.volumes_from:
         value = create.volumes_from[0]
         return _refuse(policy, "HostConfig.VolumesFrom", value, f"VolumesFrom {value}")
@@ -427,10 +451,7 @@ def judge_exec(policy: str, rules: CreateRules, exec_: gobind.Exec) -> Refusal |
 def judge_volume(
     policy: str, rules: CreateRules, volume: gobind.Volume, resolver: Resolver
 ) -> Refusal | None:
-    source = _volume_device(volume.driver, volume.options)
-    if source is None:
-        return None
-    return _host_path(policy, rules, source, "DriverOpts.device", resolver)
+    return _local_volume(policy, rules, volume.driver, volume.options, "DriverOpts", resolver)
 
 
 def unsafe_folders(
