@@ -302,12 +302,14 @@ def start_proxy(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    launcher: Sequence[str] = ("-m", "proxy"),
     **popen: object,
 ) -> Proxy:
-    """Run ``python -m proxy serve`` as a user would, and wait until it answers."""
+    """Run ``python -m proxy serve`` as a user would, and wait until it answers.
+    ``launcher`` replaces ``-m proxy`` (``tests/privateroot.py FOLDER``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = str(workdir / "proxy.sock")
-    argv = [sys.executable, "-m", "proxy", "serve", f"--listen=unix://{sock}"]
+    argv = [sys.executable, *launcher, "serve", f"--listen=unix://{sock}"]
     argv += [f"--upstream=unix://{upstream}", "--metrics-listen=", "--log-level=debug"]
     if config is not None:
         path = workdir / "config.toml"
