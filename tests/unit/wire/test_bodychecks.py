@@ -288,6 +288,8 @@ def test_exec(body: bytes, reason: str | None) -> None:
     ("user", "refused"),
     [
         *[("root", True), ("0", True), ("00", True), ("root:root", True), ("0:1000", True)],
+        # Go's strconv.Atoi takes a sign: runc ran each of these as uid 0 on both daemons.
+        *[("+0", True), ("-0", True), ("+00:+0", True)],
         *[("", False), ("1000", False), ("1000:0", False), ("rooty", False)],
     ],
 )
