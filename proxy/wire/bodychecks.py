@@ -43,8 +43,10 @@ Rules:
     a short id (``2b972d``: dockerd 26 takes a prefix) or a reference with
     a digest (a digest can name any local image by id) only when listed
     word for word;
-  - with ``exec_user_root = false``, an exec whose ``User`` is ``0`` or
-    ``root`` (an empty ``User`` runs as the container's, which its create set).
+  - with ``exec_user_root = false``, an exec whose ``User`` is ``0`` (as
+    Go reads a number: ``+0``, ``-0`` and ``00`` too) or ``root`` (an
+    empty ``User`` runs as the container's, which its create set; another
+    name the image's ``/etc/passwd`` gives uid 0 is not known here).
 - The first refusal is the answer; it names the field and the value, never
   an ``Env`` value, and reads ``policy "NAME" refuses ...``.
 - A named volume that already exists is not looked into: making one with a
@@ -435,9 +437,13 @@ def judge_create(
     )
 
 
+_UID = re.compile(r"[+-]?[0-9]+")
+"""A uid as Go's ``strconv.Atoi`` reads it, for runc's user lookup: ``+0`` and ``-0`` are 0."""
+
+
 def _is_root(user: str) -> bool:
     name = user.partition(":")[0].strip()
-    return name == "root" or (name.isdigit() and int(name) == 0)
+    return name == "root" or (_UID.fullmatch(name) is not None and int(name) == 0)
 
 
 def judge_exec(policy: str, rules: CreateRules, exec_: gobind.Exec) -> Refusal | None:
