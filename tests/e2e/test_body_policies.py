@@ -128,6 +128,36 @@ def test_docker_py_mounts_and_local_bind_volumes_are_judged_as_binds(
         full.close()
 
 
+def test_a_folder_a_container_can_write_in_is_no_bind_source(
+    ci: tuple[Proxy, dict[str, str]], agents: Path, busybox: str
+) -> None:
+    """dockerd follows a bind source's symlinks at start, not at create: a container
+    the policy lets write in ``x`` swaps ``x/d`` for a symlink to /etc in between."""
+    p, env = ci
+    (agents / "x" / "d").mkdir()
+    name = f"dhp-swap-{os.getpid()}-{time.monotonic_ns()}"
+    made = docker(
+        ["create", "--name", name, *NONE, "-v", f"{agents}/x/d:/w", busybox, "ls", "/w"],
+        env=env,
+        check=False,
+    )
+    try:
+        swap = "rm -r /x/d && ln -s /etc /x/d"
+        docker(["run", "--rm", *NONE, "-v", f"{agents}/x:/x", busybox, "sh", "-c", swap], env=env)
+        if made.returncode == 0:
+            started = docker(["start", "-a", name], env=env, check=False)
+            assert b"passwd" not in started.stdout, "the host's /etc was mounted"
+        said = (made.stdout + made.stderr).decode()
+        assert made.returncode != 0 and f"refuses bind mount {agents}/x/d (only " in said, said
+        refused(
+            ["run", "--rm", *NONE, "-v", f"{agents}:/w", busybox, "true"],
+            env,
+            f"bind mount {agents} (only ",
+        )
+    finally:
+        docker(["rm", "-f", name], env=p.env, check=False)
+
+
 def test_a_local_volume_of_the_hosts_proc_is_refused(
     ci: tuple[Proxy, dict[str, str]], busybox: str
 ) -> None:
