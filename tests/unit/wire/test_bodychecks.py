@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any
 
 import pytest
@@ -60,8 +61,8 @@ def test_privileged() -> None:
     ("binds", "refused"),
     [
         (["/srv/agents/x:/w"], None),
-        (["/srv/agents:/w:ro"], None),
         (["//srv/agents/x:/w"], None),
+        (["/srv/agents/x/:/w"], None),
         (["data:/w", "/w"], None),  # a named and an anonymous volume
         (["/etc:/host"], "/etc"),
         (["/:/host"], "/"),
@@ -73,6 +74,26 @@ def test_privileged() -> None:
 def test_binds_are_judged_by_their_cleaned_source(binds: list[str], refused: str | None) -> None:
     expected = refused and f'policy "runner" refuses bind mount {refused} (allowed: /srv/agents)'
     assert create(Binds=binds) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["/srv/agents", "/srv/agents/x/d", "/srv/agents/x/d/e", "/srv/agents/x/.."],
+)
+def test_only_a_folder_directly_in_a_binds_under_folder_is_a_bind_source(source: str) -> None:
+    """A container with ``x`` mounted can write in it, and dockerd follows symlinks again
+    at start: ``x/d``, checked at create, can be a symlink out by then."""
+    for binds in ([f"{source}:/w"], [f"{source}:/w:ro"]):
+        reason = create(Binds=binds)
+        assert reason is not None and reason.startswith(
+            f'policy "runner" refuses bind mount {posixpath.normpath(source)} (only folders '
+            "directly in /srv/agents:"
+        ), reason
+    assert create(Mounts=[{"Type": "bind", "Source": source}]) == reason
+    rules = create_rules({"binds_under": ["/srv/agents", "/srv/agents/x/d"]}, "x")
+    assert create(rules, Binds=["/srv/agents/x/d/y:/w"]) is None
+    # x holds a binds_under folder: a container writing in x could swap d
+    assert create(rules, Binds=["/srv/agents/x:/w"]) is not None
 
 
 def test_no_binds_under_means_no_bind_mounts() -> None:
