@@ -12,10 +12,14 @@ Rules:
     source, ``Mounts`` of type ``bind``, and a local volume whose options
     name an absolute ``device`` or a ``bind`` (``type=none,o=bind``): in a
     create's ``Mounts`` and in a ``POST /volumes/create`` body. Each source
-    must lie in a ``binds_under`` folder; it is cleaned as Go's
-    ``path.Clean`` cleans it and then resolved by the injected ``Resolver``
-    as the daemon will reach it, so a symlink inside a folder cannot lead
-    out. No folders, no bind mounts;
+    must be a folder directly in a ``binds_under`` folder (not the folder
+    itself, nor deeper, nor one holding another ``binds_under`` folder): a
+    container writes in the folder it mounts, and dockerd follows symlinks
+    again at start, so what lies below a mounted folder can be swapped for
+    a symlink out between a create and its start (it was, on both
+    daemons). The source is cleaned as Go's ``path.Clean`` cleans it and
+    then resolved by the injected ``Resolver`` as the daemon will reach it,
+    so a symlink inside a folder cannot lead out. No folders, no bind mounts;
   - a local volume with mount options of a ``type`` other than those of
     ``VOLUME_TYPES`` (and not a bind): dockerd mounts it in its own
     namespaces, so ``proc``, ``sysfs`` or ``cgroup2`` is the host's own, and
@@ -236,10 +240,6 @@ def _refuse(policy: str, field: str, value: str, what: str) -> Refusal:
     return Refusal(field, _cut(value), f'policy "{policy}" refuses {what}')
 
 
-def _under(path: str, folder: str) -> bool:
-    return folder == "/" or path == folder or path.startswith(folder + "/")
-
-
 def _host_path(
     policy: str, rules: CreateRules, source: str, field: str, resolver: Resolver
 ) -> Refusal | None:
@@ -248,11 +248,19 @@ def _host_path(
     if real is None:
         what = f"bind mount {clean} (where it leads in dockerd's root cannot be seen)"
         return _refuse(policy, field, clean, what)
-    if any(_under(real, folder) for folder in rules.binds_under):
-        return None
     shown = clean if real == clean else f"{clean} (which resolves to {real})"
-    allowed = ", ".join(rules.binds_under) or "none"
-    return _refuse(policy, field, clean, f"bind mount {shown} (allowed: {allowed})")
+    inside = [f for f in rules.binds_under if real.startswith(f.rstrip("/") + "/") or real == f]
+    if not inside:
+        allowed = ", ".join(rules.binds_under) or "none"
+        return _refuse(policy, field, clean, f"bind mount {shown} (allowed: {allowed})")
+    swappable = real in rules.binds_under or posixpath.dirname(real) not in inside
+    if swappable or any(f.startswith(real + "/") for f in rules.binds_under):
+        what = (
+            f"bind mount {shown} (only folders directly in {', '.join(inside)}: a container "
+            "can write in the folder it mounts, and dockerd follows symlinks at start)"
+        )
+        return _refuse(policy, field, clean, what)
+    return None
 
 
 def _local_volume(
