@@ -307,9 +307,7 @@ def _mounts(
             refusal = _host_path(policy, rules, mount.source, field, resolver)
         else:
             options = f"{field}.VolumeOptions.DriverConfig.Options"
-            refusal = _local_volume(
-                policy, rules, mount.driver, mount.options, options, resolver
-            )
+            refusal = _local_volume(policy, rules, mount.driver, mount.options, options, resolver)
         if refusal:
             return refusal
     if create.volumes_from:
