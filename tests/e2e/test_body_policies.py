@@ -158,6 +158,33 @@ def test_a_folder_a_container_can_write_in_is_no_bind_source(
         docker(["rm", "-f", name], env=p.env, check=False)
 
 
+def test_a_volume_device_is_resolved_as_the_kernel_does_not_cleaned_first(
+    ci: tuple[Proxy, dict[str, str]], agents: Path, busybox: str
+) -> None:
+    """dockerd hands a local volume's ``device`` to mount(2) as written: ``x/d/..`` is
+    where the symlink ``d`` leads, then up (cleaned first, it was ``x``, allowed)."""
+    p, env = ci
+    link = "ln -s /etc/ssl /x/d"
+    docker(["run", "--rm", *NONE, "-v", f"{agents}/x:/x", busybox, "sh", "-c", link], env=env)
+    # A bind source, though, dockerd cleans (path.Clean) before it mounts: x itself.
+    up = ["run", "--rm", *NONE, "-v", f"{agents}/x/d/..:/w", busybox, "ls", "/w"]
+    assert docker(up, env=env).stdout == b"d\n"
+    name = f"dhp-up-{time.monotonic_ns()}"
+    opts = {"type": "none", "o": "bind", "device": f"{agents}/x/d/.."}
+    body = {"Name": name, "Driver": "local", "DriverOpts": opts}
+    try:
+        status, message = post(env, "/v1.41/volumes/create", json.dumps(body).encode())
+        if status == 201:
+            seen = docker(["run", "--rm", *NONE, "-v", f"{name}:/v", busybox, "ls", "/v"], env=env)
+            assert b"passwd" not in seen.stdout, "the host's /etc was mounted"
+        assert status == 403, message
+        assert message.endswith(
+            f"refuses bind mount {agents}/x/d/.. (which resolves to /etc) (allowed: {agents})"
+        ), message
+    finally:
+        docker(["volume", "rm", "-f", name], env=p.env, check=False)
+
+
 def test_a_local_volume_of_the_hosts_proc_is_refused(
     ci: tuple[Proxy, dict[str, str]], busybox: str
 ) -> None:
