@@ -20,6 +20,7 @@ from proxy.wire.bodychecks import (
     judge,
     unsafe_folders,
 )
+from proxy.wire.hostpath import resolve
 
 RUNNER = create_rules({"binds_under": ["/srv/agents"]}, "policies.runner.create")
 
@@ -171,6 +172,29 @@ def test_a_bind_flag_makes_any_local_volume_a_bind() -> None:
     """``o=bind`` is ``MS_BIND``: the kernel then ignores the type and binds the device."""
     reason = create(Mounts=[volume_mount({"type": "tmpfs", "o": "bind", "device": "/"})])
     assert reason == 'policy "runner" refuses bind mount / (allowed: /srv/agents)'
+
+
+class Kernel(Host):
+    """Paths resolved as the kernel resolves them: ``..`` after a symlink from where it led."""
+
+    def path(self, path: str) -> str:
+        return resolve(path, self.links.get)
+
+
+def test_a_volume_device_is_resolved_as_written_and_a_bind_source_cleaned_first() -> None:
+    """dockerd cleans a bind source (``path.Clean``) but hands a local volume's
+    ``device`` to mount(2) as it is, which follows ``d`` before it goes up."""
+    kernel = Kernel({"/srv/agents/x/d": "/etc/ssl"})
+    options = {"type": "none", "o": "bind", "device": "/srv/agents/x/d/.."}
+    expected = (
+        'policy "runner" refuses bind mount /srv/agents/x/d/.. (which resolves to /etc) '
+        "(allowed: /srv/agents)"
+    )
+    assert create(host=kernel, Mounts=[volume_mount(options)]) == expected
+    body = json.dumps({"Name": "v", "DriverOpts": options}).encode()
+    refusal = judge("runner", RUNNER, VOLUME, body, kernel)
+    assert refusal is not None and refusal.reason == expected
+    assert create(host=kernel, Binds=["/srv/agents/x/d/..:/w"]) is None  # x itself
 
 
 def test_volumes_from() -> None:
