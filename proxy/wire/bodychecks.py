@@ -17,9 +17,11 @@ Rules:
     container writes in the folder it mounts, and dockerd follows symlinks
     again at start, so what lies below a mounted folder can be swapped for
     a symlink out between a create and its start (it was, on both
-    daemons). The source is cleaned as Go's ``path.Clean`` cleans it and
-    then resolved by the injected ``Resolver`` as the daemon will reach it,
-    so a symlink inside a folder cannot lead out. No folders, no bind mounts;
+    daemons). A bind source is cleaned as Go's ``path.Clean`` cleans it
+    (dockerd does), a volume's ``device`` is not (mount(2) gets it as
+    written, and takes ``..`` after the symlink before it), and then each is
+    resolved by the injected ``Resolver`` as the daemon will reach it, so a
+    symlink inside a folder cannot lead out. No folders, no bind mounts;
   - a local volume with mount options of a ``type`` other than those of
     ``VOLUME_TYPES`` (and not a bind): dockerd mounts it in its own
     namespaces, so ``proc``, ``sysfs`` or ``cgroup2`` is the host's own, and
@@ -104,8 +106,9 @@ class Resolver(Protocol):
     """What the body only names, resolved outside the checks (I/O, or another layer)."""
 
     def path(self, path: str) -> str | None:
-        """``path`` (absolute, clean) as the daemon will reach it, symlinks resolved;
-        None when the daemon's view cannot be had (a bind is then refused)."""
+        """``path`` (absolute; ``..`` taken after symlinks, as the kernel takes it) as
+        the daemon will reach it, symlinks resolved; None when the daemon's view
+        cannot be had (a bind is then refused)."""
 
     def image(self, reference: str) -> str | None:
         """``reference`` spelled in full (``docker.io/library/app:latest``), None if no name."""
@@ -161,6 +164,12 @@ def _capability(name: str) -> str:
 def _clean(path: str) -> str:
     """An absolute path as Go's ``path.Clean`` leaves it (one leading ``/``)."""
     return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def _absolute(path: str) -> str:
+    """A local volume's ``device`` as mount(2) takes it, from dockerd's working
+    directory (``/``), its ``..`` left for the kernel to take after symlinks."""
+    return path if path.startswith("/") else "/" + path
 
 
 def _check_binds_under(value: tuple[str, ...], where: str) -> tuple[str, ...]:
@@ -241,9 +250,10 @@ def _refuse(policy: str, field: str, value: str, what: str) -> Refusal:
 
 
 def _host_path(
-    policy: str, rules: CreateRules, source: str, field: str, resolver: Resolver
+    policy: str, rules: CreateRules, clean: str, field: str, resolver: Resolver
 ) -> Refusal | None:
-    clean = _clean(source)
+    """The refusal of a host path mounted as ``clean`` (absolute; as dockerd hands it
+    to the kernel, cleaned or not), if it does not lead where ``binds_under`` allows."""
     real = resolver.path(clean)
     if real is None:
         what = f"bind mount {clean} (where it leads in dockerd's root cannot be seen)"
@@ -280,7 +290,7 @@ def _local_volume(
     device = opts.get("device", "")
     if any(o.strip() in ("bind", "rbind") for o in opts.get("o", "").split(",")):
         # MS_BIND: the kernel binds the device whatever the type says
-        return _host_path(policy, rules, device, f"{field}.device", resolver)
+        return _host_path(policy, rules, _absolute(device), f"{field}.device", resolver)
     if device.startswith("/"):
         refusal = _host_path(policy, rules, device, f"{field}.device", resolver)
         if refusal:
@@ -298,13 +308,14 @@ def _mounts(
     for n, bind in enumerate(create.binds):
         parts = bind.split(":", 3)
         if len(parts) > 1 and parts[0].startswith("/"):
-            refusal = _host_path(policy, rules, parts[0], f"HostConfig.Binds[{n}]", resolver)
+            source = _clean(parts[0])
+            refusal = _host_path(policy, rules, source, f"HostConfig.Binds[{n}]", resolver)
             if refusal:
                 return refusal
     for n, mount in enumerate(create.mounts):
         field = f"HostConfig.Mounts[{n}]"
         if mount.type == "bind":
-            refusal = _host_path(policy, rules, mount.source, field, resolver)
+            refusal = _host_path(policy, rules, _clean(mount.source), field, resolver)
         else:
             options = f"{field}.VolumeOptions.DriverConfig.Options"
             refusal = _local_volume(policy, rules, mount.driver, mount.options, options, resolver)
