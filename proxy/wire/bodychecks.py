@@ -12,10 +12,21 @@ Rules:
     source, ``Mounts`` of type ``bind``, and a local volume whose options
     name an absolute ``device`` or a ``bind`` (``type=none,o=bind``): in a
     create's ``Mounts`` and in a ``POST /volumes/create`` body. Each source
-    must lie in a ``binds_under`` folder; it is cleaned as Go's
-    ``path.Clean`` cleans it and then resolved by the injected ``Resolver``
-    as the daemon will reach it, so a symlink inside a folder cannot lead
-    out. No folders, no bind mounts;
+    must be a folder directly in a ``binds_under`` folder (not the folder
+    itself, nor deeper, nor one holding another ``binds_under`` folder): a
+    container writes in the folder it mounts, and dockerd follows symlinks
+    again at start, so what lies below a mounted folder can be swapped for
+    a symlink out between a create and its start (it was, on both
+    daemons). A bind source is cleaned as Go's ``path.Clean`` cleans it
+    (dockerd does), a volume's ``device`` is not (mount(2) gets it as
+    written, and takes ``..`` after the symlink before it), and then each is
+    resolved by the injected ``Resolver`` as the daemon will reach it, so a
+    symlink inside a folder cannot lead out. No folders, no bind mounts;
+  - a local volume with mount options of a ``type`` other than those of
+    ``VOLUME_TYPES`` (and not a bind): dockerd mounts it in its own
+    namespaces, so ``proc``, ``sysfs`` or ``cgroup2`` is the host's own, and
+    an ``overlay``'s ``lowerdir`` is a host folder (each showed the host's in
+    a container on both daemons);
   - ``VolumesFrom``, always (the other container's mounts are not judged here);
   - ``NetworkMode`` (and a network of ``EndpointsConfig``) ``host`` or
     ``container:...`` unless ``network_modes`` lists ``host`` or ``container``;
@@ -38,8 +49,10 @@ Rules:
     a short id (``2b972d``: dockerd 26 takes a prefix) or a reference with
     a digest (a digest can name any local image by id) only when listed
     word for word;
-  - with ``exec_user_root = false``, an exec whose ``User`` is ``0`` or
-    ``root`` (an empty ``User`` runs as the container's, which its create set).
+  - with ``exec_user_root = false``, an exec whose ``User`` is ``0`` (as
+    Go reads a number: ``+0``, ``-0`` and ``00`` too) or ``root`` (an
+    empty ``User`` runs as the container's, which its create set; another
+    name the image's ``/etc/passwd`` gives uid 0 is not known here).
 - The first refusal is the answer; it names the field and the value, never
   an ``Env`` value, and reads ``policy "NAME" refuses ...``.
 - A named volume that already exists is not looked into: making one with a
@@ -80,6 +93,8 @@ _NAMESPACES = frozenset(
 _NO_NEW_PRIVILEGES = frozenset(
     {"no-new-privileges", "no-new-privileges=true", "no-new-privileges:true"}
 )
+VOLUME_TYPES = ("tmpfs", "nfs", "nfs4", "cifs")
+"""The types a local volume may mount without a bind: memory, or a network share."""
 _HEX = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 _STAR = "zqstarzq"
 """Stands for ``*`` while a pattern is normalised: valid in every part of a reference."""
@@ -91,8 +106,9 @@ class Resolver(Protocol):
     """What the body only names, resolved outside the checks (I/O, or another layer)."""
 
     def path(self, path: str) -> str | None:
-        """``path`` (absolute, clean) as the daemon will reach it, symlinks resolved;
-        None when the daemon's view cannot be had (a bind is then refused)."""
+        """``path`` (absolute; ``..`` taken after symlinks, as the kernel takes it) as
+        the daemon will reach it, symlinks resolved; None when the daemon's view
+        cannot be had (a bind is then refused)."""
 
     def image(self, reference: str) -> str | None:
         """``reference`` spelled in full (``docker.io/library/app:latest``), None if no name."""
@@ -148,6 +164,12 @@ def _capability(name: str) -> str:
 def _clean(path: str) -> str:
     """An absolute path as Go's ``path.Clean`` leaves it (one leading ``/``)."""
     return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def _absolute(path: str) -> str:
+    """A local volume's ``device`` as mount(2) takes it, from dockerd's working
+    directory (``/``), its ``..`` left for the kernel to take after symlinks."""
+    return path if path.startswith("/") else "/" + path
 
 
 def _check_binds_under(value: tuple[str, ...], where: str) -> tuple[str, ...]:
@@ -227,35 +249,57 @@ def _refuse(policy: str, field: str, value: str, what: str) -> Refusal:
     return Refusal(field, _cut(value), f'policy "{policy}" refuses {what}')
 
 
-def _under(path: str, folder: str) -> bool:
-    return folder == "/" or path == folder or path.startswith(folder + "/")
-
-
 def _host_path(
-    policy: str, rules: CreateRules, source: str, field: str, resolver: Resolver
+    policy: str, rules: CreateRules, clean: str, field: str, resolver: Resolver
 ) -> Refusal | None:
-    clean = _clean(source)
+    """The refusal of a host path mounted as ``clean`` (absolute; as dockerd hands it
+    to the kernel, cleaned or not), if it does not lead where ``binds_under`` allows."""
     real = resolver.path(clean)
     if real is None:
         what = f"bind mount {clean} (where it leads in dockerd's root cannot be seen)"
         return _refuse(policy, field, clean, what)
-    if any(_under(real, folder) for folder in rules.binds_under):
-        return None
     shown = clean if real == clean else f"{clean} (which resolves to {real})"
-    allowed = ", ".join(rules.binds_under) or "none"
-    return _refuse(policy, field, clean, f"bind mount {shown} (allowed: {allowed})")
+    inside = [f for f in rules.binds_under if real.startswith(f.rstrip("/") + "/") or real == f]
+    if not inside:
+        allowed = ", ".join(rules.binds_under) or "none"
+        return _refuse(policy, field, clean, f"bind mount {shown} (allowed: {allowed})")
+    swappable = real in rules.binds_under or posixpath.dirname(real) not in inside
+    if swappable or any(f.startswith(real + "/") for f in rules.binds_under):
+        what = (
+            f"bind mount {shown} (only folders directly in {', '.join(inside)}: a container "
+            "can write in the folder it mounts, and dockerd follows symlinks at start)"
+        )
+        return _refuse(policy, field, clean, what)
+    return None
 
 
-def _volume_device(driver: str | None, options: Iterable[tuple[str, str]]) -> str | None:
-    """The host path a local volume's options mount, if they mount one."""
+def _local_volume(
+    policy: str,
+    rules: CreateRules,
+    driver: str | None,
+    options: Iterable[tuple[str, str]],
+    field: str,
+    resolver: Resolver,
+) -> Refusal | None:
+    """The refusal of a local volume's mount options, if they reach the host."""
     if driver not in (None, "", "local"):
         return None  # a plugin's options mean what the plugin says
     opts = dict(options)
-    device = opts.get("device")
-    if device is None:
-        return None
-    binding = any(o.strip() in ("bind", "rbind") for o in opts.get("o", "").split(","))
-    return device if device.startswith("/") or binding else None
+    if not opts.keys() & {"type", "device", "o"}:
+        return None  # a folder of dockerd's own
+    device = opts.get("device", "")
+    if any(o.strip() in ("bind", "rbind") for o in opts.get("o", "").split(",")):
+        # MS_BIND: the kernel binds the device whatever the type says
+        return _host_path(policy, rules, _absolute(device), f"{field}.device", resolver)
+    if device.startswith("/"):
+        refusal = _host_path(policy, rules, device, f"{field}.device", resolver)
+        if refusal:
+            return refusal
+    kind = opts.get("type", "")
+    if kind not in VOLUME_TYPES:  # an overlay's lowerdir is in o, not in device
+        what = f"local volume of type {kind!r} (allowed: {', '.join(VOLUME_TYPES)})"
+        return _refuse(policy, f"{field}.type", kind, what)
+    return None
 
 
 def _mounts(
@@ -264,20 +308,19 @@ def _mounts(
     for n, bind in enumerate(create.binds):
         parts = bind.split(":", 3)
         if len(parts) > 1 and parts[0].startswith("/"):
-            refusal = _host_path(policy, rules, parts[0], f"HostConfig.Binds[{n}]", resolver)
+            source = _clean(parts[0])
+            refusal = _host_path(policy, rules, source, f"HostConfig.Binds[{n}]", resolver)
             if refusal:
                 return refusal
     for n, mount in enumerate(create.mounts):
         field = f"HostConfig.Mounts[{n}]"
         if mount.type == "bind":
-            source: str | None = mount.source
+            refusal = _host_path(policy, rules, _clean(mount.source), field, resolver)
         else:
-            source = _volume_device(mount.driver, mount.options)
-            field += ".VolumeOptions.DriverConfig.Options.device"
-        if source is not None:
-            refusal = _host_path(policy, rules, source, field, resolver)
-            if refusal:
-                return refusal
+            options = f"{field}.VolumeOptions.DriverConfig.Options"
+            refusal = _local_volume(policy, rules, mount.driver, mount.options, options, resolver)
+        if refusal:
+            return refusal
     if create.volumes_from:
         value = create.volumes_from[0]
         return _refuse(policy, "HostConfig.VolumesFrom", value, f"VolumesFrom {value}")
@@ -411,9 +454,13 @@ def judge_create(
     )
 
 
+_UID = re.compile(r"[+-]?[0-9]+")
+"""A uid as Go's ``strconv.Atoi`` reads it, for runc's user lookup: ``+0`` and ``-0`` are 0."""
+
+
 def _is_root(user: str) -> bool:
     name = user.partition(":")[0].strip()
-    return name == "root" or (name.isdigit() and int(name) == 0)
+    return name == "root" or (_UID.fullmatch(name) is not None and int(name) == 0)
 
 
 def judge_exec(policy: str, rules: CreateRules, exec_: gobind.Exec) -> Refusal | None:
@@ -427,10 +474,7 @@ def judge_exec(policy: str, rules: CreateRules, exec_: gobind.Exec) -> Refusal |
 def judge_volume(
     policy: str, rules: CreateRules, volume: gobind.Volume, resolver: Resolver
 ) -> Refusal | None:
-    source = _volume_device(volume.driver, volume.options)
-    if source is None:
-        return None
-    return _host_path(policy, rules, source, "DriverOpts.device", resolver)
+    return _local_volume(policy, rules, volume.driver, volume.options, "DriverOpts", resolver)
 
 
 def unsafe_folders(

@@ -13,7 +13,9 @@ Rules:
 - Grammar: RFC 8259 as Go takes it: one value, whitespace (space, tab, LF,
   CR) around it; no ``NaN``/``Infinity``, no trailing commas, no control
   characters in strings. Bytes are UTF-8; an invalid sequence becomes
-  U+FFFD, as Go's decoder does in strings.
+  U+FFFD, as Go's decoder does in strings, and so does a ``\\u`` escape of
+  a lone surrogate (Python's ``json`` keeps it, and ``os`` would write
+  ``\\udcff`` as the byte 0xff: another path than the one dockerd mounts).
 - Objects are ``Members``: their (key, value) pairs in order, duplicates
   kept. Go matches a struct field's key case-insensitively and the last
   match wins, so the caller, who knows the field, applies that rule.
@@ -27,7 +29,9 @@ same grammar without recursion: one regular expression takes the next token
 containers being read are an explicit stack, and ``_ACCEPTS`` is the table
 of which tokens each state takes, so the depth is a list's length rather
 than the interpreter's stack. Both give the same values for the same text
-(a property test holds them to it).
+(a property test holds them to it). A text with a surrogate escape in it, and
+only such a text, is walked once more (an explicit stack) to replace the
+lone ones.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ _TOKEN_RE = re.compile(
     r"|(?P<literal>true|false|null))"
 )
 _WHITESPACE_RE = re.compile(r"[ \t\n\r]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A ``\\u`` escape of a surrogate, lone or in a pair: only then is there one to replace."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _LITERALS: dict[str, bool | None] = {"true": True, "false": False, "null": None}
 _scanstring = cast(Callable[[str, int, bool], tuple[str, int]], vars(json.decoder)["scanstring"])
 """``json``'s own string reader (in C): escapes and control characters as ``json.loads``."""
@@ -101,9 +108,35 @@ def loads(data: bytes | str) -> Any:
     """The value in ``data``; raises ValueError (``TooDeep`` past ``MAX_DEPTH``)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     try:
-        return json.loads(text, object_pairs_hook=Members, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=Members, parse_constant=_refuse_constant)
     except RecursionError:
-        return _read(text)
+        value = _read(text)
+    return _no_lone_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
+
+
+def _no_lone_surrogates(value: Any) -> Any:
+    """``value`` with U+FFFD for each lone surrogate in its strings and keys, as Go
+    decodes them (a pair is one character by now); containers are changed in place."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    stack = [value] if isinstance(value, list) else []
+    while stack:
+        items = stack.pop()
+        for n, item in enumerate(items):
+            if isinstance(items, Members):
+                key, inner = item
+                items[n] = (_SURROGATE.sub("\ufffd", key), _no_lone_surrogates_in(inner, stack))
+            else:
+                items[n] = _no_lone_surrogates_in(item, stack)
+    return value
+
+
+def _no_lone_surrogates_in(item: Any, stack: list[list[Any]]) -> Any:
+    if isinstance(item, str):
+        return _SURROGATE.sub("\ufffd", item)
+    if isinstance(item, list):
+        stack.append(item)
+    return item
 
 
 def _read(text: str, max_depth: int = MAX_DEPTH) -> Any:

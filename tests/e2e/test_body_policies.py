@@ -128,6 +128,84 @@ def test_docker_py_mounts_and_local_bind_volumes_are_judged_as_binds(
         full.close()
 
 
+def test_a_folder_a_container_can_write_in_is_no_bind_source(
+    ci: tuple[Proxy, dict[str, str]], agents: Path, busybox: str
+) -> None:
+    """dockerd follows a bind source's symlinks at start, not at create: a container
+    the policy lets write in ``x`` swaps ``x/d`` for a symlink to /etc in between."""
+    p, env = ci
+    (agents / "x" / "d").mkdir()
+    name = f"dhp-swap-{os.getpid()}-{time.monotonic_ns()}"
+    made = docker(
+        ["create", "--name", name, *NONE, "-v", f"{agents}/x/d:/w", busybox, "ls", "/w"],
+        env=env,
+        check=False,
+    )
+    try:
+        swap = "rm -r /x/d && ln -s /etc /x/d"
+        docker(["run", "--rm", *NONE, "-v", f"{agents}/x:/x", busybox, "sh", "-c", swap], env=env)
+        if made.returncode == 0:
+            started = docker(["start", "-a", name], env=env, check=False)
+            assert b"passwd" not in started.stdout, "the host's /etc was mounted"
+        said = (made.stdout + made.stderr).decode()
+        assert made.returncode != 0 and f"refuses bind mount {agents}/x/d (only " in said, said
+        refused(
+            ["run", "--rm", *NONE, "-v", f"{agents}:/w", busybox, "true"],
+            env,
+            f"bind mount {agents} (only ",
+        )
+    finally:
+        docker(["rm", "-f", name], env=p.env, check=False)
+
+
+def test_a_volume_device_is_resolved_as_the_kernel_does_not_cleaned_first(
+    ci: tuple[Proxy, dict[str, str]], agents: Path, busybox: str
+) -> None:
+    """dockerd hands a local volume's ``device`` to mount(2) as written: ``x/d/..`` is
+    where the symlink ``d`` leads, then up (cleaned first, it was ``x``, allowed)."""
+    p, env = ci
+    link = "ln -s /etc/ssl /x/d"
+    docker(["run", "--rm", *NONE, "-v", f"{agents}/x:/x", busybox, "sh", "-c", link], env=env)
+    # A bind source, though, dockerd cleans (path.Clean) before it mounts: x itself.
+    up = ["run", "--rm", *NONE, "-v", f"{agents}/x/d/..:/w", busybox, "ls", "/w"]
+    assert docker(up, env=env).stdout == b"d\n"
+    name = f"dhp-up-{time.monotonic_ns()}"
+    opts = {"type": "none", "o": "bind", "device": f"{agents}/x/d/.."}
+    body = {"Name": name, "Driver": "local", "DriverOpts": opts}
+    try:
+        status, message = post(env, "/v1.41/volumes/create", json.dumps(body).encode())
+        if status == 201:
+            seen = docker(["run", "--rm", *NONE, "-v", f"{name}:/v", busybox, "ls", "/v"], env=env)
+            assert b"passwd" not in seen.stdout, "the host's /etc was mounted"
+        assert status == 403, message
+        assert message.endswith(
+            f"refuses bind mount {agents}/x/d/.. (which resolves to /etc) (allowed: {agents})"
+        ), message
+    finally:
+        docker(["volume", "rm", "-f", name], env=p.env, check=False)
+
+
+def test_a_local_volume_of_the_hosts_proc_is_refused(
+    ci: tuple[Proxy, dict[str, str]], busybox: str
+) -> None:
+    """Mounted by dockerd in its own namespaces, ``type=proc`` is the host's /proc."""
+    p, env = ci
+    name = f"dhp-proc-{time.monotonic_ns()}"
+    proc = {"type": "proc", "device": "proc"}
+    body = {"Name": name, "Driver": "local", "DriverOpts": proc}
+    status, message = post(env, "/v1.41/volumes/create", json.dumps(body).encode())
+    assert status == 403, message
+    assert message.endswith("refuses local volume of type 'proc' (allowed: tmpfs, nfs, nfs4, cifs)")
+    label = f"dhp-proc-{time.monotonic_ns()}"
+    mount = {"Type": "volume", "Source": name, "Target": "/v"}
+    mount["VolumeOptions"] = {"DriverConfig": {"Name": "local", "Options": proc}}
+    create = {"Image": busybox, "Labels": {label: "1"}, "HostConfig": {"Mounts": [mount]}}
+    status, message = post(env, "/v1.41/containers/create", json.dumps(create).encode())
+    assert status == 403, message
+    assert names(p.env, f"label={label}") == []
+    assert docker(["volume", "ls", "-q", "-f", f"name={name}"], env=p.env).stdout == b""
+
+
 def post(env: dict[str, str], path: str, body: bytes) -> tuple[int, str]:
     conn = UnixHTTPConnection(env["DOCKER_HOST"].removeprefix("unix://"), timeout=60)
     try:

@@ -158,3 +158,26 @@ def test_check_audit_log_refusals(
     assert cli.main(argv) == code
     err = capsys.readouterr().err
     assert err.startswith(f"docker-heal-proxy: {message}") and err.count("\n") == 1, err
+
+
+def test_check_warns_of_bind_folders_a_caller_could_swap_and_a_daemon_root_it_cannot_see(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's two ``check`` warnings for ``binds_under``, through ``check`` itself."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'upstream = "unix://{tmp_path}/nowhere.sock"\n'
+        f'[[listeners]]\nname = "ci"\nlisten = "unix://{tmp_path}/ci.sock"\npolicy = "agents"\n'
+        f'[policies.agents]\nextends = "runner"\n'
+        f'[policies.agents.create]\nbinds_under = ["{shared}"]\n'
+    )
+    cli.main(["check", f"--config={path}"])
+    out = capsys.readouterr().out
+    assert f"warning: policies.agents.create.binds_under: {shared} can be written by" in out, out
+    assert (
+        f"warning: cannot read dockerd's root through {tmp_path}/nowhere.sock: bind mounts "
+        "are refused under policies agents (run the proxy as root)"
+    ) in out, out

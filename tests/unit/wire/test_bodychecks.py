@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from proxy.wire.bodychecks import (
     judge,
     unsafe_folders,
 )
+from proxy.wire.hostpath import resolve
 
 RUNNER = create_rules({"binds_under": ["/srv/agents"]}, "policies.runner.create")
 
@@ -60,8 +62,8 @@ def test_privileged() -> None:
     ("binds", "refused"),
     [
         (["/srv/agents/x:/w"], None),
-        (["/srv/agents:/w:ro"], None),
         (["//srv/agents/x:/w"], None),
+        (["/srv/agents/x/:/w"], None),
         (["data:/w", "/w"], None),  # a named and an anonymous volume
         (["/etc:/host"], "/etc"),
         (["/:/host"], "/"),
@@ -73,6 +75,26 @@ def test_privileged() -> None:
 def test_binds_are_judged_by_their_cleaned_source(binds: list[str], refused: str | None) -> None:
     expected = refused and f'policy "runner" refuses bind mount {refused} (allowed: /srv/agents)'
     assert create(Binds=binds) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["/srv/agents", "/srv/agents/x/d", "/srv/agents/x/d/e", "/srv/agents/x/.."],
+)
+def test_only_a_folder_directly_in_a_binds_under_folder_is_a_bind_source(source: str) -> None:
+    """A container with ``x`` mounted can write in it, and dockerd follows symlinks again
+    at start: ``x/d``, checked at create, can be a symlink out by then."""
+    for binds in ([f"{source}:/w"], [f"{source}:/w:ro"]):
+        reason = create(Binds=binds)
+        assert reason is not None and reason.startswith(
+            f'policy "runner" refuses bind mount {posixpath.normpath(source)} (only folders '
+            "directly in /srv/agents:"
+        ), reason
+    assert create(Mounts=[{"Type": "bind", "Source": source}]) == reason
+    rules = create_rules({"binds_under": ["/srv/agents", "/srv/agents/x/d"]}, "x")
+    assert create(rules, Binds=["/srv/agents/x/d/y:/w"]) is None
+    # x holds a binds_under folder: a container writing in x could swap d
+    assert create(rules, Binds=["/srv/agents/x:/w"]) is not None
 
 
 def test_no_binds_under_means_no_bind_mounts() -> None:
@@ -118,6 +140,61 @@ def test_mounts(mount: dict[str, Any], refused: bool) -> None:
     reason = create(Mounts=[mount])
     assert (reason is not None) == refused
     assert reason is None or reason.startswith('policy "runner" refuses bind mount /')
+
+
+KERNEL_VOLUMES = [
+    {"type": "proc", "device": "proc"},  # the host's /proc, /proc/sys writable
+    {"type": "sysfs", "device": "sysfs"},
+    {"type": "cgroup2", "device": "cgroup2"},  # the host's cgroup root
+    {"type": "overlay", "device": "overlay", "o": "lowerdir=/etc:/usr"},  # host folders
+    {"device": "proc"},
+    {"type": "overlay", "device": "/srv/agents/v", "o": "lowerdir=/etc:/usr"},  # device allowed
+]
+"""Local volumes that mount the host's own filesystems without a device path: each
+showed the host's processes, interfaces, cgroups or /etc in a container on both daemons."""
+
+
+@pytest.mark.parametrize("options", KERNEL_VOLUMES)
+def test_a_local_volume_of_a_host_filesystem_is_refused(options: dict[str, str]) -> None:
+    kind = options.get("type", "")
+    assert create(Mounts=[volume_mount(options)]) == (
+        f'policy "runner" refuses local volume of type {kind!r} (allowed: tmpfs, nfs, nfs4, cifs)'
+    )
+    body = json.dumps({"Name": "v", "DriverOpts": options}).encode()
+    refusal = judge("runner", RUNNER, VOLUME, body, Host())
+    assert refusal is not None and refusal.field == "DriverOpts.type"
+    assert refusal.value == kind
+    plugin = json.dumps({"Driver": "someplugin", "DriverOpts": options}).encode()
+    assert judge("runner", RUNNER, VOLUME, plugin, Host()) is None
+
+
+def test_a_bind_flag_makes_any_local_volume_a_bind() -> None:
+    """``o=bind`` is ``MS_BIND``: the kernel then ignores the type and binds the device."""
+    reason = create(Mounts=[volume_mount({"type": "tmpfs", "o": "bind", "device": "/"})])
+    assert reason == 'policy "runner" refuses bind mount / (allowed: /srv/agents)'
+
+
+class Kernel(Host):
+    """Paths resolved as the kernel resolves them: ``..`` after a symlink from where it led."""
+
+    def path(self, path: str) -> str:
+        return resolve(path, self.links.get)
+
+
+def test_a_volume_device_is_resolved_as_written_and_a_bind_source_cleaned_first() -> None:
+    """dockerd cleans a bind source (``path.Clean``) but hands a local volume's
+    ``device`` to mount(2) as it is, which follows ``d`` before it goes up."""
+    kernel = Kernel({"/srv/agents/x/d": "/etc/ssl"})
+    options = {"type": "none", "o": "bind", "device": "/srv/agents/x/d/.."}
+    expected = (
+        'policy "runner" refuses bind mount /srv/agents/x/d/.. (which resolves to /etc) '
+        "(allowed: /srv/agents)"
+    )
+    assert create(host=kernel, Mounts=[volume_mount(options)]) == expected
+    body = json.dumps({"Name": "v", "DriverOpts": options}).encode()
+    refusal = judge("runner", RUNNER, VOLUME, body, kernel)
+    assert refusal is not None and refusal.reason == expected
+    assert create(host=kernel, Binds=["/srv/agents/x/d/..:/w"]) is None  # x itself
 
 
 def test_volumes_from() -> None:
@@ -256,6 +333,8 @@ def test_exec(body: bytes, reason: str | None) -> None:
     ("user", "refused"),
     [
         *[("root", True), ("0", True), ("00", True), ("root:root", True), ("0:1000", True)],
+        # Go's strconv.Atoi takes a sign: runc ran each of these as uid 0 on both daemons.
+        *[("+0", True), ("-0", True), ("+00:+0", True)],
         *[("", False), ("1000", False), ("1000:0", False), ("rooty", False)],
     ],
 )

@@ -133,6 +133,21 @@ def test_nesting_to_go_depth_is_read_and_one_more_refused() -> None:
         read_create(f'{{"Image":"a","X":[{deep}]}}'.encode())
 
 
+def test_a_lone_surrogate_is_read_as_go_reads_it() -> None:
+    """Go decodes ``\\udcff`` alone to U+FFFD; Python keeps the surrogate, which ``os``
+    then writes as the byte 0xff: the proxy would resolve another path than dockerd mounts."""
+    body = rb'{"Image":"a\ud800","HostConfig":{"Binds":["/srv/agents/x/\udcff:/w"],'
+    body += rb'"Sysctls":{"net.\udcffx":"1"},"CapAdd":"\ud800"}}'
+    create = read_create(body)
+    assert create.image == "a\ufffd"
+    assert create.binds == ("/srv/agents/x/\ufffd:/w",)
+    assert create.sysctls == (("net.\ufffdx", "1"),)
+    assert create.cap_add == ("\ufffd",)
+    assert read_exec(rb'{"User":"\udc80"}').user == "\ufffd"
+    pair = read_create(rb'{"Image":"a","Binds":["/srv/agents/\ud83d\ude00:/w"]}')
+    assert pair.binds == ("/srv/agents/\U0001f600:/w",)  # a pair is one character, as in Go
+
+
 def test_exec_and_volume_bodies() -> None:
     assert read_exec(b'{"user":"root","PRIVILEGED":true,"Env":["A=1"]}') == gobind.Exec(
         "root", True

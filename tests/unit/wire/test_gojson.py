@@ -61,6 +61,16 @@ def test_invalid_utf8_becomes_the_replacement_character() -> None:
     assert loads(b'"a\xffb"') == "a\ufffdb"
 
 
+def test_a_lone_surrogate_escape_becomes_the_replacement_character() -> None:
+    """As in Go; Python's ``json`` keeps it, and ``os`` writes ``\\udcff`` as the byte 0xff."""
+    assert loads(rb'"\udcff"') == "\ufffd"
+    deep = "[" * 2_000 + r'{"a\ud800b":"\udfff","p":"\ud83d\ude00"}' + "]" * 2_000
+    value = loads(deep)
+    for _ in range(2_000):
+        value = value[0]
+    assert value == Members([("a\ufffdb", "\ufffd"), ("p", "\U0001f600")])
+
+
 @pytest.mark.parametrize(
     "text",
     [
