@@ -363,6 +363,35 @@ def read_create(body: bytes) -> Create:
     return create_from(bind(body, CREATE))
 
 
+def create_image(body: bytes) -> str:
+    """The image a create names, as dockerd reads it, and nothing else of the body.
+
+    The heal path's question on a listener that judges no body: it must heal
+    every create dockerd would run from a missing image, so it does not
+    refuse what ``bind`` refuses to let a policy through (two keys folding
+    together, tricky letters, fields it does not read). Go binds ``Image``
+    from each key that folds to it (only ASCII case can, for this name), in
+    order, a ``null`` keeping the value before. Raises Refused for a body that
+    is not a JSON object or whose image is not a string (dockerd answers 400),
+    and ``gojson.TooDeep`` as ``bind`` does.
+    """
+    try:
+        value = gojson.loads(body)
+    except gojson.TooDeep:
+        raise
+    except ValueError as exc:
+        raise Refused(f"invalid JSON: {exc}") from None
+    if not isinstance(value, gojson.Members):
+        raise Refused("invalid JSON: expected an object")
+    image = ""
+    for key, item in value:
+        if key.isascii() and key.lower() == "image" and item is not None:
+            if not isinstance(item, str):
+                raise Refused("Image: expected a string")
+            image = item
+    return image
+
+
 @dataclass(frozen=True)
 class Exec:
     user: str = ""

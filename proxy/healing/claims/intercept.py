@@ -93,17 +93,17 @@ def image_from_create_body(body: bytes, chunked: bool) -> str | None:
     """The ``Image`` of a create request, or None if the daemon should judge it.
 
     Read by ``gobind``, the reader the body checks of a policy use, so the heal
-    and the checks see one image, dockerd's. A body it refuses (not JSON, two
-    keys that are one to Go, a field of the wrong type) is left to the daemon.
-    Raises ``gojson.TooDeep`` for a body nested deeper than Go reads.
+    and the checks see one image, dockerd's; on a listener whose policy reads
+    bodies, a body the checks refuse never gets here. A body dockerd would
+    refuse (not JSON, an image not a string) is left to the daemon. Raises
+    ``gojson.TooDeep`` for a body nested deeper than Go reads.
     """
     try:
-        create = gobind.read_create(dechunk(body) if chunked else body)
+        return gobind.create_image(dechunk(body) if chunked else body) or None
     except gojson.TooDeep:
         raise
     except ValueError:
         return None
-    return create.image or None
 
 
 def is_missing_image(head: ResponseHead, raw: bytes) -> bool:
