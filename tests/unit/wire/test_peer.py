@@ -65,6 +65,34 @@ def test_a_kernel_without_peergroups_gives_no_groups() -> None:
     assert peer is not None and peer.groups == ()
 
 
+class OtherPidNamespace(ManyGroups):
+    """A peer the kernel cannot give a pid for: it is in no pid namespace the
+    proxy sees (the proxy in a container, a host client), so ``SO_PEERCRED``
+    says pid 0, with its uid and gid all the same (checked on Linux 6.x with
+    ``unshare --pid --fork``)."""
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+        if option == socket.SO_PEERCRED:
+            return b"".join(n.to_bytes(4, sys.byteorder) for n in (0, 1000, 1000))
+        return super().getsockopt(level, option, buflen)
+
+
+def test_a_peer_outside_the_pid_namespace_keeps_its_uid() -> None:
+    """Dropped, it would fall through every client rule to the listener's own
+    policy: a uid given ``runner`` on a ``full`` listener would get ``full``."""
+    found = read_peer(OtherPidNamespace(2))
+    assert found is not None
+    assert (found.uid, found.gid, found.groups, found.pid, found.exe) == (
+        1000,
+        1000,
+        (0, 1),
+        0,
+        None,
+    )
+    rules = (ClientRule(frozenset({1000}), frozenset(), "runner"),)
+    assert choose(rules, found, "full") == "runner"
+
+
 def peer(uid: int, gid: int, *groups: int) -> Peer:
     return Peer(uid=uid, gid=gid, groups=groups, pid=1, exe=None)
 
