@@ -267,6 +267,7 @@ def test_a_heal_starts_only_if_the_callers_policy_allows_what_it_does() -> None:
 
     async def main(policy: Policy) -> tuple[bytes, FakeHealer]:
         healer = FakeHealer()
+        healer.recipes = pulled.recipes
         daemon = Daemon()
         async with rig(
             daemon, Interceptor(lambda: pulled, cast(Healer, healer)), policy=policy
@@ -326,7 +327,7 @@ def test_a_heal_needs_what_every_step_of_its_plan_does() -> None:
     assert healer.started == []
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["message"] == (
         'docker-heal-proxy: listener "default": policy "creates" does not allow '
-        "POST /images/load, which a load heal of base:1 (for app:1) needs"
+        "POST /images/load, which a load heal of docker.io/library/base:1 (for app:1) needs"
     )
 
 
