@@ -384,3 +384,34 @@ def test_a_stale_rebuild_needs_what_the_rebuild_does() -> None:
     answer, healer = run(main())
     assert healer.rebuilt == []
     assert answer.startswith(b"HTTP/1.1 201 "), answer
+
+
+def test_a_builds_base_is_healed_only_if_the_callers_policy_allows_its_kind() -> None:
+    """A policy allowing ``POST /build`` alone builds FROM app:1, but a pull
+    recipe makes app:1, and a pull heal needs POST /images/create: 403, no heal."""
+    pulled = parse_config({"images": [{"match": "app:{tag}", "pull": True}]}, base_dir=Path("/"))
+    builds = Policy("builds", allow=("POST /build",))
+
+    async def main() -> tuple[bytes, FakeHealer]:
+        healer = FakeHealer()
+        healer.recipes = pulled.recipes
+        healer.state_dir = Path(tempfile.mkdtemp(prefix="ic-", dir="/tmp"))
+        interceptor = Interceptor(lambda: pulled, cast(Healer, healer))
+        async with rig(Daemon(), interceptor, policy=builds) as r:
+            reader, writer = await r.client()
+            writer.write(build_request(1000))
+            answer = await read_answer(reader, "POST")
+            writer.close()
+            await r.settled()
+            assert r.daemon.received == b""
+        await healer.parser.aclose()
+        shutil.rmtree(healer.state_dir)
+        return answer, healer
+
+    answer, healer = run(main())
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert healer.started == []
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["message"] == (
+        'docker-heal-proxy: listener "default": policy "builds" does not allow '
+        "POST /images/create, which a pull heal of docker.io/library/app:1 needs"
+    )
