@@ -19,6 +19,11 @@ Rules:
   or any of its groups (effective or supplementary) is. Rules are tried in
   order, and a caller no rule names gets the listener's own policy. A rule
   never matches a caller whose identity could not be read.
+
+Theory of operation: ``read_peer`` asks the accepted socket for
+``SO_PEERCRED`` (one ``struct ucred``), then ``SO_PEERGROUPS`` (a buffer of
+64 groups first, the most a peer can have when the kernel says ERANGE), and
+reads ``/proc/PID/exe``; ``choose`` walks a listener's ``ClientRule``s.
 """
 
 from __future__ import annotations

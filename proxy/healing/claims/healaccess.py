@@ -17,6 +17,13 @@ Rules:
   kind of heal, no plan is worked out.
 - A plan that cannot be worked out (a bad reference, a cycle) is no reason
   here: the heal fails on that very plan and says why.
+
+Theory of operation: ``heal_refused`` first asks the caller's policy, through
+``refusal`` (the connection's ``Gate.refuses``), for each kind's routes
+(``kind_refused``); only if some kind is refused does it work out the plan
+(``Healer.plan``) and walk its steps, bases first, for the first step of a
+refused kind. The heal then works the plan out again itself: a policed
+caller's heal pays one plan more, a caller without a policy none.
 """
 
 from __future__ import annotations
