@@ -295,6 +295,27 @@ def test_a_heal_starts_only_if_the_callers_policy_allows_what_it_does() -> None:
     assert answer.startswith(b"HTTP/1.1 201 ") and healer.finished == ["app:1"]
 
 
+CREATES = Policy("creates", allow=("POST /containers/create",))
+
+
+async def through(
+    policy: Policy, interceptor: Interceptor, request: bytes, daemon: Daemon | None = None
+) -> tuple[bytes, bytes]:
+    """The answer to one request on a listener with ``policy``, and what the daemon got."""
+    async with rig(daemon or Daemon(), interceptor, policy=policy) as r:
+        reader, writer = await r.client()
+        writer.write(request)
+        answer = await read_answer(reader, "POST")
+        writer.close()
+        await r.settled()
+        return answer, bytes(r.daemon.received)
+
+
+def refusal_of(answer: bytes) -> str:
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    return str(json.loads(answer.partition(b"\r\n\r\n")[2])["message"])
+
+
 def test_a_heal_needs_what_every_step_of_its_plan_does() -> None:
     """A command heal needs no route, but its base's load heal needs
     POST /images/load: a caller allowed only the create starts neither."""
@@ -307,25 +328,12 @@ def test_a_heal_needs_what_every_step_of_its_plan_does() -> None:
         },
         base_dir=Path("/"),
     )
-    creates = Policy("creates", allow=("POST /containers/create",))
-
-    async def main() -> tuple[bytes, FakeHealer]:
-        healer = FakeHealer()
-        healer.recipes = chain.recipes
-        interceptor = Interceptor(lambda: chain, cast(Healer, healer))
-        async with rig(Daemon(), interceptor, policy=creates) as r:
-            reader, writer = await r.client()
-            head, body = create()
-            writer.write(head + body)
-            answer = await read_answer(reader, "POST")
-            writer.close()
-            await r.settled()
-        return answer, healer
-
-    answer, healer = run(main())
-    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    healer = FakeHealer()
+    healer.recipes = chain.recipes
+    interceptor = Interceptor(lambda: chain, cast(Healer, healer))
+    answer, _ = run(through(CREATES, interceptor, b"".join(create())))
     assert healer.started == []
-    assert json.loads(answer.partition(b"\r\n\r\n")[2])["message"] == (
+    assert refusal_of(answer) == (
         'docker-heal-proxy: listener "default": policy "creates" does not allow '
         "POST /images/load, which a load heal of docker.io/library/base:1 (for app:1) needs"
     )
@@ -350,38 +358,15 @@ class StaleTags:
 def test_a_stale_rebuild_needs_what_the_rebuild_does() -> None:
     """A caller allowed the create but not POST /build starts no rebuild of a
     stale build-recipe image: the create goes on with the image as it is."""
-    built = parse_config(
-        {
-            "images": [
-                {
-                    "match": "app:{tag}",
-                    "build": {"context": "."},
-                    "inputs": ["src"],
-                    "rebuild_when": "stale",
-                }
-            ]
-        },
-        base_dir=Path("/"),
-    )
-    creates = Policy("creates", allow=("POST /containers/create",))
-
-    async def main() -> tuple[bytes, FakeHealer]:
-        healer = FakeHealer()
-        healer.recipes = built.recipes
-        daemon = Daemon()
-        daemon.healed = True  # the image is there, only stale
-        stale = cast(StaleTracker, StaleTags())
-        interceptor = Interceptor(lambda: built, cast(Healer, healer), stale=stale)
-        async with rig(daemon, interceptor, policy=creates) as r:
-            reader, writer = await r.client()
-            head, body = create()
-            writer.write(head + body)
-            answer = await read_answer(reader, "POST")
-            writer.close()
-            await r.settled()
-        return answer, healer
-
-    answer, healer = run(main())
+    entry = {"match": "app:{tag}", "build": {"context": "."}, "inputs": ["src"]}
+    built = parse_config({"images": [{**entry, "rebuild_when": "stale"}]}, base_dir=Path("/"))
+    healer = FakeHealer()
+    healer.recipes = built.recipes
+    daemon = Daemon()
+    daemon.healed = True  # the image is there, only stale
+    stale = cast(StaleTracker, StaleTags())
+    interceptor = Interceptor(lambda: built, cast(Healer, healer), stale=stale)
+    answer, _ = run(through(CREATES, interceptor, b"".join(create()), daemon))
     assert healer.rebuilt == []
     assert answer.startswith(b"HTTP/1.1 201 "), answer
 
@@ -390,28 +375,22 @@ def test_a_builds_base_is_healed_only_if_the_callers_policy_allows_its_kind() ->
     """A policy allowing ``POST /build`` alone builds FROM app:1, but a pull
     recipe makes app:1, and a pull heal needs POST /images/create: 403, no heal."""
     pulled = parse_config({"images": [{"match": "app:{tag}", "pull": True}]}, base_dir=Path("/"))
+    healer = FakeHealer()
+    healer.recipes = pulled.recipes
+    healer.state_dir = Path(tempfile.mkdtemp(prefix="ic-", dir="/tmp"))
+    interceptor = Interceptor(lambda: pulled, cast(Healer, healer))
     builds = Policy("builds", allow=("POST /build",))
 
-    async def main() -> tuple[bytes, FakeHealer]:
-        healer = FakeHealer()
-        healer.recipes = pulled.recipes
-        healer.state_dir = Path(tempfile.mkdtemp(prefix="ic-", dir="/tmp"))
-        interceptor = Interceptor(lambda: pulled, cast(Healer, healer))
-        async with rig(Daemon(), interceptor, policy=builds) as r:
-            reader, writer = await r.client()
-            writer.write(build_request(1000))
-            answer = await read_answer(reader, "POST")
-            writer.close()
-            await r.settled()
-            assert r.daemon.received == b""
-        await healer.parser.aclose()
-        shutil.rmtree(healer.state_dir)
-        return answer, healer
+    async def main() -> tuple[bytes, bytes]:
+        try:
+            return await through(builds, interceptor, build_request(1000))
+        finally:
+            await healer.parser.aclose()
+            shutil.rmtree(healer.state_dir)
 
-    answer, healer = run(main())
-    assert answer.startswith(b"HTTP/1.1 403 "), answer
-    assert healer.started == []
-    assert json.loads(answer.partition(b"\r\n\r\n")[2])["message"] == (
+    answer, upstream = run(main())
+    assert upstream == b"" and healer.started == []
+    assert refusal_of(answer) == (
         'docker-heal-proxy: listener "default": policy "builds" does not allow '
         "POST /images/create, which a pull heal of docker.io/library/app:1 needs"
     )
