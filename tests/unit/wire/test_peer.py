@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +128,43 @@ def test_credentials_refused_give_no_peer() -> None:
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     assert read_peer(Refusing()) is None
+
+
+WHO_CALLED = """
+import socket, sys
+from proxy.wire.peer import read_peer
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+print("ready", flush=True)
+conn, _ = server.accept()
+peer = read_peer(conn)
+print(None if peer is None else (peer.uid, peer.pid), flush=True)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+def test_the_kernel_gives_a_peer_in_no_visible_pid_namespace_pid_0_and_its_uid(
+    tmp_path: Path,
+) -> None:
+    """The fact ``OtherPidNamespace`` stands for, on this kernel: the listener in a
+    pid namespace of its own (as in a container), the client outside it."""
+    path = str(tmp_path / "s.sock")
+    root = str(Path(__file__).resolve().parents[3])
+    listener = subprocess.Popen(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", WHO_CALLED, path],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            said = listener.stdout.readline()
+    finally:
+        listener.kill()
+        listener.wait()
+    assert said == f"({os.geteuid()}, 0)\n"
