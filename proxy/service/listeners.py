@@ -14,6 +14,8 @@ Rules:
   are tried in order, and a caller none names gets the listener's policy.
 - Names and socket paths are unique, none is the daemon's socket, and every
   policy named exists: each mistake is one line naming the entry and key.
+  No entry takes a name an activated socket of the default listener has
+  (``DEFAULT_NAMES``): that socket would be served ``full``.
 - ``check`` warns of what a config cannot enforce: a restricted uid or gid
   that is in ``docker`` (or the daemon socket's group) reaches the daemon
   without the proxy; ``socket_mode`` and ``socket_group`` are the unit's
@@ -34,6 +36,9 @@ from ..wire.peer import ClientRule
 from ..wire.policy import Policy
 
 DEFAULT = "default"
+DEFAULT_NAMES = frozenset({DEFAULT, "docker-heal-proxy.socket", "unknown"})
+"""Activated sockets the default listener takes: the shipped unit's, or unnamed ones.
+No other listener may be named so, or its socket would be served ``full``."""
 FULL = "full"
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """A ``FileDescriptorName=`` (no ``:``), short enough for a metric label."""
@@ -113,10 +118,11 @@ def _entry(
 ) -> ListenerSettings:
     _known(entry, _KEYS, where)
     name = _string(entry, "name", where)
-    if not _NAME.fullmatch(name) or name == DEFAULT:
+    if not _NAME.fullmatch(name) or name in DEFAULT_NAMES:
         raise _fail(
             f"{where}.name",
-            f"{name!r} must be 1-64 letters, digits, '.', '_' or '-', and not {DEFAULT!r}",
+            f"{name!r} must be 1-64 letters, digits, '.', '_' or '-', and not "
+            f"{', '.join(sorted(DEFAULT_NAMES))} (the default listener's socket names)",
         )
     where = f"listeners.{name}"
     url = _string(entry, "listen", where)

@@ -31,11 +31,8 @@ from ..wire.connection import Connection
 from ..wire.hub import Hub
 from ..wire.listener import Listener, adopt, check_upstream_peer, claim
 from . import systemd
-from .listeners import DEFAULT, FULL, ListenerSettings
+from .listeners import DEFAULT, DEFAULT_NAMES, FULL, ListenerSettings
 from .settings import Settings
-
-DEFAULT_NAMES = frozenset({DEFAULT, "docker-heal-proxy.socket", "unknown"})
-"""Activated sockets the default listener takes: the shipped unit's, or unnamed ones."""
 
 Opened = tuple[ListenerSettings, Listener]
 

@@ -5,8 +5,10 @@ Rules:
   (the healing part's); every other upgrade is a plain ``Splice``.
 - Everything ``sessionrelay`` lets through is written at once; what it
   holds waits for the healing part's verdict on the held Dockerfile (its
-  ``held``): None releases it, a message refuses it (the build fails with
-  that message), an exception gives up (flush and splice). Other streams
+  ``held``, told the connection's policy, since a heal it starts must be
+  one the caller could ask for): None releases it, a message refuses it
+  (the build fails with that message), an exception gives up (flush and
+  splice). Other streams
   keep flowing meanwhile, BuildKit's health checks among them.
 - The relay remembers each Dockerfile the daemon asked for in the hub's
   ``dockerfiles`` under the session's shared key (the ``/session`` request's
@@ -41,6 +43,12 @@ if TYPE_CHECKING:
     from .hub import BuildSessions
 
 log = logging.getLogger(__name__)
+
+
+def _allowed(method: str, target: str) -> None:
+    """The refusals of a connection without a policy: none."""
+    return None
+
 
 SHARED_KEY = b"x-docker-expose-session-sharedkey"
 """The session's shared key: the folder's, under which the relay remembers its Dockerfile."""
@@ -105,7 +113,8 @@ class BuildSession(Splice):
 
     async def _verdict(self, hold: Hold) -> None:
         try:
-            reason = await self.sessions.held(hold.text)
+            gate = self.conn.gate
+            reason = await self.sessions.held(hold.text, _allowed if gate is None else gate.refuses)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -333,11 +333,13 @@ class Connection(asyncio.Protocol):
                     if len(buf) < len(H2_PREFACE):
                         break  # maybe the preface: wait for the rest of it
                     gate = self.gate
-                    if gate is not None and gate.policy is not None:
-                        self._write_answer(gate.h2_refusal(gate.policy))
-                        self.inbuf.clear()
-                        self._close()
-                        return
+                    if gate is not None:
+                        if gate.policy is not None:
+                            self._write_answer(gate.h2_refusal(gate.policy))
+                            self.inbuf.clear()
+                            self._close()
+                            return
+                        gate.h2_spliced()
                     Splice.h2(self)
                     return
                 end = find_head_end(buf, self.scanned)

@@ -20,6 +20,8 @@ Rules:
 - HTTP/2 with prior knowledge cannot be judged request by request here (it
   is spliced whole), so a connection that opens with its preface is refused
   wherever a policy applies: a SETTINGS and a GOAWAY saying why, then close.
+  Where none does (``full``), an audit log still gets a line for it, as for
+  a hijack: nothing said over it is recorded otherwise.
 - Denials are counted by route template, never by raw path.
 - The body of a create, an exec or a volume create (``bodychecks.LIMITS``)
   that the policy lets through is judged too, before any of it goes on
@@ -186,6 +188,14 @@ class Gate:
         goaway = GoAwayFrame(0, last_stream_id=0, error_code=H2_HTTP_1_1_REQUIRED)
         goaway.additional_data = message.encode()
         return bytes(SettingsFrame(0).serialize() + goaway.serialize())
+
+    def h2_spliced(self) -> None:
+        """An HTTP/2 connection spliced whole (no policy here): what goes on inside
+        is no request the proxy reads, so, like a hijack, the connection gets a
+        line of its own, ``PRI *`` (its one request line)."""
+        auditor = self.hub.auditor
+        if auditor is not None:
+            auditor.record(AccessRecord(self.hub.name, self.peer, "PRI", "*", None, 0, 0.0, True))
 
     # -- the audit log: the connection's exchange observer when there is one --
 

@@ -22,7 +22,7 @@ until none is left (``idle``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .access import AccessRecord, Peer, Verdict
@@ -47,8 +47,11 @@ class BuildSessions(Protocol):
     limit: int
     """The largest Dockerfile read along, in bytes; a larger one is not held."""
 
-    async def held(self, text: bytes) -> str | None:
-        """None lets the build read its Dockerfile; a message fails the build with it."""
+    async def held(self, text: bytes, refusal: Callable[[str, str], str | None]) -> str | None:
+        """None lets the build read its Dockerfile; a message fails the build with it.
+
+        ``refusal`` is the caller's policy (``Gate.refuses``): a heal the build
+        would start must be one it could ask for."""
 
 
 class Observer(Protocol):

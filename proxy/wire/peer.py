@@ -9,13 +9,21 @@ Rules:
   Python's ``socket`` does not name) gives its supplementary groups, which
   ``SO_PEERCRED`` leaves out. ``/proc/PID/exe`` names the program; a peer in
   another pid namespace, or gone already, has none we can read (None).
-- A socket that says nothing (not a Unix socket, a kernel without
-  ``SO_PEERGROUPS``, credentials of pid 0) gives less, never a guess: no
-  peer, or no groups.
+- A socket that says nothing (not a Unix socket, or never connected: uid
+  and gid (uid_t)-1; a kernel without ``SO_PEERGROUPS``) gives less, never a
+  guess: no peer, or no groups. A pid of 0 with real ids is a peer in a pid
+  namespace the proxy cannot see: its ids are the kernel's word all the
+  same, and dropping them would give it the listener's policy instead of
+  the one its rule names.
 - A client rule names uids and gids; a caller matches when its uid is listed
   or any of its groups (effective or supplementary) is. Rules are tried in
   order, and a caller no rule names gets the listener's own policy. A rule
   never matches a caller whose identity could not be read.
+
+Theory of operation: ``read_peer`` asks the accepted socket for
+``SO_PEERCRED`` (one ``struct ucred``), then ``SO_PEERGROUPS`` (a buffer of
+64 groups first, the most a peer can have when the kernel says ERANGE), and
+reads ``/proc/PID/exe``; ``choose`` walks a listener's ``ClientRule``s.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ SO_PEERGROUPS = 59
 """Linux's ``SO_PEERGROUPS`` (since 4.13): the peer's supplementary groups."""
 _CREDS = struct.Struct("i2I")
 """``struct ucred``: pid_t pid, uid_t uid, gid_t gid."""
+_NO_ID = 0xFFFFFFFF
+"""The uid and gid ``SO_PEERCRED`` gives for a socket without credentials ((uid_t)-1)."""
 _GROUPS_FIRST = 64 * 4
 """Room for 64 groups first; the kernel says ERANGE when the peer has more."""
 _GROUPS_MOST = 65536 * 4
@@ -76,9 +86,11 @@ def read_peer(sock: SocketLike | None) -> Peer | None:
     except OSError:
         return None
     pid, uid, gid = _CREDS.unpack(raw)
-    if pid == 0:
+    if uid == _NO_ID:
         return None  # no credentials: a socket that was never connected, or not Unix
-    return Peer(uid=uid, gid=gid, groups=_groups(sock), pid=pid, exe=_exe(pid))
+    # pid 0 with an id is a peer in a pid namespace the proxy does not see
+    # (the proxy in a container, the client on the host): its ids still count.
+    return Peer(uid=uid, gid=gid, groups=_groups(sock), pid=pid, exe=_exe(pid) if pid else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,9 @@ Rules:
 - A client that left during the heal gets nothing sent upstream for it.
 - A failed heal answers 500 with the reason, after the rest of the body has
   been read: a client still writing a body it cannot finish would report a
-  broken pipe instead of the reason.
+  broken pipe instead of the reason. A heal the caller's policy does not
+  allow (``healaccess``: the build is allowed, but a base's recipe pulls or
+  loads) answers 403 the same way, and nothing is healed or built.
 - A spool that fails (a full disk) does not fail the build: what reached the
   spool, then the piece in hand, then the rest go upstream unhealed. So does
   a piece the total budget of all builds' spools cannot take
@@ -56,6 +58,7 @@ from ...wire.local import Exchange
 from ..core.dockerfileparse import ParseFailed, dockerfile_images
 from ..core.healer import Healer, HealFailed
 from .contextscan import DockerfileScan
+from .healaccess import heal_refused
 from .spool import Budget, Spool, write_all
 
 log = logging.getLogger(__name__)
@@ -198,6 +201,10 @@ class BuildHeal:
             log.warning("build of %s forwarded unhealed: unparsed Dockerfile: %s", name, exc)
             return True
         for image in managed(self._config().recipes, images):
+            refused = await heal_refused(exchange.refusal, self._healer, image)
+            if refused is not None:
+                await self._refuse(exchange, refused, 403)
+                return False
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:
@@ -206,14 +213,14 @@ class BuildHeal:
         return True
 
     @staticmethod
-    async def _refuse(exchange: Exchange, message: str) -> None:
-        """Answer 500 once the body is over, so the client reads it (see the rules)."""
+    async def _refuse(exchange: Exchange, message: str, status: int = 500) -> None:
+        """Answer once the body is over, so the client reads it (see the rules)."""
         try:
             while await exchange.read():
                 pass
         except ConnectionError:
             pass
-        exchange.fail(500, message)
+        exchange.fail(status, message)
 
     async def _forward(
         self, exchange: Exchange, spool: Spool | None, end: int | None = None, held: bytes = b""

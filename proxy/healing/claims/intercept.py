@@ -25,11 +25,11 @@ Rules:
   create with the reason), or the create goes on at once and the rebuild
   runs behind it (``"background"``).
 - A heal is an action the caller asks for. Where its listener has a policy,
-  a heal through a create or a pull starts only if that policy also allows
-  what the heal does (``HEAL_NEEDS``: a pull heal ``POST /images/create``, a
-  build heal ``POST /build``, or ``/session`` and ``/grpc`` for BuildKit, a
-  load heal ``POST /images/load``); otherwise 403 says which route it lacks.
-  The request itself was judged before the interceptor saw it.
+  a heal through a create or a pull, and a stale rebuild before a create,
+  start only if that policy also allows what every step of the heal does
+  (``healaccess``); otherwise a heal gets 403 saying which route it lacks,
+  and a stale image is used as it is (``on_stale = "strict"``: 403). The
+  request itself was judged before the interceptor saw it.
 - ``/_heal/`` is the one path prefix the proxy answers itself: the status
   (``GET /_heal/status``) and a heal asked for from a shell
   (``POST /_heal/heal?image=IMAGE[&force=1]``, ``docker-heal-proxy heal``),
@@ -51,7 +51,6 @@ from urllib.parse import parse_qs
 
 from ...recipes.config import Config
 from ...recipes.patterns import find_recipe
-from ...recipes.recipe import Kind
 from ...recipes.reference import InvalidReference, normalize
 from ...wire import gobind, gojson
 from ...wire.http1 import RequestHead, ResponseHead, dechunk, field_values
@@ -61,32 +60,10 @@ from ..core.healer import Healer, HealFailed
 from ..stale.decision import Stale, Unknown
 from ..stale.tracker import StaleTracker
 from .buildheal import BuildHeal, build_params
+from .healaccess import heal_refused
 from .sessionheal import SessionHeal
 
 log = logging.getLogger(__name__)
-
-HEAL_NEEDS: dict[Kind, tuple[tuple[str, ...], ...]] = {
-    "pull": (("POST /images/create",),),
-    "build": (("POST /build",), ("POST /session", "POST /grpc")),
-    "load": (("POST /images/load",),),
-    "command": ((),),
-}
-"""What a caller's policy must allow for a heal of each kind: any one of the route sets."""
-
-
-def heal_refused(exchange: Exchange, kind: Kind, image: str) -> str | None:
-    """Why the caller may not start a heal of ``kind`` (the first route it lacks), or None."""
-    first = None
-    for routes in HEAL_NEEDS[kind]:
-        lacking = [
-            reason
-            for method, _, path in (route.partition(" ") for route in routes)
-            if (reason := exchange.refusal(method, path)) is not None
-        ]
-        if not lacking:
-            return None
-        first = first or lacking[0]
-    return f"{first}, which a {kind} heal of {image} needs"
 
 
 def image_from_create_body(body: bytes, chunked: bool) -> str | None:
@@ -243,7 +220,7 @@ class Interceptor:
                 self._on_used(image)  # the tag exists: worth healing after a prune
             exchange.respond(response)
             return
-        refused = heal_refused(exchange, found[0].kind, image)
+        refused = await heal_refused(exchange.refusal, self._healer, image)
         if refused is not None:
             exchange.fail(403, refused)
             return
@@ -273,6 +250,13 @@ class Interceptor:
         found = find_recipe(self._config().recipes, tag)
         on_stale = found[0].on_stale if found is not None else "rebuild"
         log.info("%s is stale (%s): %s", tag, decision.reason, on_stale)
+        refused = await heal_refused(exchange.refusal, self._healer, tag)
+        if refused is not None:
+            if on_stale == "strict":
+                exchange.fail(403, refused)
+                return False
+            log.info("%s is used as it is, not rebuilt for this caller: %s", tag, refused)
+            return True
         if on_stale == "background":
             task = asyncio.get_running_loop().create_task(self._rebuild_behind(tag))
             self._behind.add(task)
@@ -307,8 +291,7 @@ class Interceptor:
     async def pull(self, exchange: Exchange, reference: str) -> None:
         """Heal a managed tag in place of a pull; the request body has been read."""
         image = normalize(reference)  # valid: claim matched it against a recipe
-        found = find_recipe(self._config().recipes, image)
-        refused = None if found is None else heal_refused(exchange, found[0].kind, image)
+        refused = await heal_refused(exchange.refusal, self._healer, image)
         if refused is not None:
             exchange.fail(403, refused)
             return

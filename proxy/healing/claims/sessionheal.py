@@ -15,9 +15,12 @@ Rules:
   with ``trigger="build"``: twenty builds of one pruned base heal it once,
   and share a heal with a create of the same base.
 - A failed heal fails the build with the heal's reason, the text a failed
-  create heal answers with. A parse that fails (too long, too slow, the
-  worker crashed) raises, and the wire splices the session as it is: the
-  build goes on as it would without the proxy.
+  create heal answers with. So does a heal the caller's policy does not
+  allow (``healaccess``: a base a pull or load recipe makes, on a listener
+  allowing only BuildKit's routes); nothing is healed then. A parse that
+  fails (too long, too slow, the worker crashed) raises, and the wire
+  splices the session as it is: the build goes on as it would without the
+  proxy.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ...recipes.config import Config
 from ..core.dockerfileparse import MAX_PARSED, dockerfile_images
 from ..core.healer import Healer, HealFailed
 from .buildheal import managed
+from .healaccess import Refusal, heal_refused
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class SessionHeal:
         self._config = config
         self._healer = healer
 
-    async def held(self, text: bytes) -> str | None:
+    async def held(self, text: bytes, refusal: Refusal) -> str | None:
         recipes = self._config().recipes
         if not recipes:
             return None
@@ -51,6 +55,10 @@ class SessionHeal:
         needed = managed(recipes, images)
         log.debug("a BuildKit build's Dockerfile is held; managed images: %s", needed or "none")
         for image in needed:
+            refused = await heal_refused(refusal, self._healer, image)
+            if refused is not None:
+                log.info("BuildKit build FROM %s refused: %s", image, refused)
+                return refused
             try:
                 await self._healer.ensure(image, trigger="build")
             except HealFailed as failure:

@@ -57,6 +57,9 @@ def test_a_listeners_socket_is_for_its_owner_alone_unless_told() -> None:
         ([{"listen": "unix:///run/ci.sock", "policy": "runner"}], "listeners[0].name: missing"),
         ([ci(name="a:b")], "listeners[0].name: 'a:b' must be 1-64 letters"),
         ([ci(name="default")], "listeners[0].name: 'default' must be"),
+        # Names systemd gives a socket the default listener (``full``) takes.
+        ([ci(name="unknown")], "listeners[0].name: 'unknown' must be"),
+        ([ci(name="docker-heal-proxy.socket")], "'docker-heal-proxy.socket' must be"),
         ([ci(port=1)], "listeners[0]: unknown key 'port'"),
         ([ci(listen="/run/ci.sock")], "listeners.ci.listen: must be a unix:///absolute/path URL"),
         ([ci(listen=None)], "listeners.ci.listen: missing"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ class Verdicts:
         self.texts: list[bytes] = []
         self.gate = asyncio.Event()
 
-    async def held(self, text: bytes) -> str | None:
+    async def held(self, text: bytes, refusal: Callable[[str, str], str | None]) -> str | None:
         self.texts.append(text)
         await self.gate.wait()
         if isinstance(self.answer, Exception):

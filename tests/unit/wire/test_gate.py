@@ -221,6 +221,24 @@ async def the_http2_preface_is_refused_where_a_policy_applies() -> None:
 
 
 @scenario
+async def an_http2_connection_spliced_on_an_audited_listener_gets_its_line() -> None:
+    """Without a policy (``full``) the preface is spliced whole, and what goes
+    on inside is no request the proxy reads: like a hijack, the connection
+    itself gets a line, or every change made over HTTP/2 would go unrecorded."""
+    auditor = FakeAuditor()
+    # The daemon down: the fake one reads HTTP/1.1 only, and the line is made at the splice.
+    async with rig(daemon_up=False, name="ci", auditor=auditor) as r:
+        reader, writer = await r.client()
+        writer.write(H2_PREFACE)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close_client(r, writer)
+    ((method, path, verdict, hijacked),) = [
+        (a.method, a.path, a.verdict, a.hijacked) for a in auditor.records
+    ]
+    assert (method, path, verdict, hijacked) == ("PRI", "*", None, True)
+
+
+@scenario
 async def a_client_rule_gives_its_caller_another_policy_or_none() -> None:
     me = frozenset({os.getuid()})
     policy = FakePolicy()

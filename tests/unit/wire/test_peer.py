@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +68,34 @@ def test_a_kernel_without_peergroups_gives_no_groups() -> None:
     assert peer is not None and peer.groups == ()
 
 
+class OtherPidNamespace(ManyGroups):
+    """A peer the kernel cannot give a pid for: it is in no pid namespace the
+    proxy sees (the proxy in a container, a host client), so ``SO_PEERCRED``
+    says pid 0, with its uid and gid all the same (checked on Linux 6.x with
+    ``unshare --pid --fork``)."""
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+        if option == socket.SO_PEERCRED:
+            return b"".join(n.to_bytes(4, sys.byteorder) for n in (0, 1000, 1000))
+        return super().getsockopt(level, option, buflen)
+
+
+def test_a_peer_outside_the_pid_namespace_keeps_its_uid() -> None:
+    """Dropped, it would fall through every client rule to the listener's own
+    policy: a uid given ``runner`` on a ``full`` listener would get ``full``."""
+    found = read_peer(OtherPidNamespace(2))
+    assert found is not None
+    assert (found.uid, found.gid, found.groups, found.pid, found.exe) == (
+        1000,
+        1000,
+        (0, 1),
+        0,
+        None,
+    )
+    rules = (ClientRule(frozenset({1000}), frozenset(), "runner"),)
+    assert choose(rules, found, "full") == "runner"
+
+
 def peer(uid: int, gid: int, *groups: int) -> Peer:
     return Peer(uid=uid, gid=gid, groups=groups, pid=1, exe=None)
 
@@ -97,3 +128,43 @@ def test_credentials_refused_give_no_peer() -> None:
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     assert read_peer(Refusing()) is None
+
+
+WHO_CALLED = """
+import socket, sys
+from proxy.wire.peer import read_peer
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+print("ready", flush=True)
+conn, _ = server.accept()
+peer = read_peer(conn)
+print(None if peer is None else (peer.uid, peer.pid), flush=True)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+def test_the_kernel_gives_a_peer_in_no_visible_pid_namespace_pid_0_and_its_uid(
+    tmp_path: Path,
+) -> None:
+    """The fact ``OtherPidNamespace`` stands for, on this kernel: the listener in a
+    pid namespace of its own (as in a container), the client outside it."""
+    path = str(tmp_path / "s.sock")
+    root = str(Path(__file__).resolve().parents[3])
+    listener = subprocess.Popen(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", WHO_CALLED, path],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            said = listener.stdout.readline()
+    finally:
+        listener.kill()
+        listener.wait()
+    assert said == f"({os.geteuid()}, 0)\n"

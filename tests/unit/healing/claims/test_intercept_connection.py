@@ -16,7 +16,12 @@ from inproc import Rig, read_answer, rig, run, wait_until
 from proxy.healing.claims.intercept import Interceptor
 from proxy.healing.core.dockerfileparse import ParseProcess
 from proxy.healing.core.healer import Healer
+from proxy.healing.core.planner import Planner
+from proxy.healing.stale.decision import Stale
+from proxy.healing.stale.tracker import StaleTracker
 from proxy.recipes.config import parse_config
+from proxy.recipes.graph import HealPlan
+from proxy.recipes.recipe import Recipe
 from proxy.wire.flow import STREAM_LIMIT
 from proxy.wire.http1 import RequestHead
 from proxy.wire.policy import Policy
@@ -39,6 +44,8 @@ class FakeHealer:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.ensured: list[tuple[str, str, bool]] = []
         self.parser = ParseProcess()  # started only by a build, which closes it
+        self.rebuilt: list[str] = []
+        self.recipes: tuple[Recipe, ...] = CONFIG.recipes
 
     async def _heal(self, image: str) -> None:
         self.started.append(image)
@@ -59,6 +66,14 @@ class FakeHealer:
         self.ensured.append((image, trigger, force))
         await self.heal(image, trigger=trigger)
         return "healed"
+
+    async def rebuild(self, image: str, *, trigger: str) -> bool:
+        self.rebuilt.append(image)
+        return True
+
+    async def plan(self, image: str) -> HealPlan:
+        """The real plan of ``recipes`` (none here builds, so no Dockerfile is read)."""
+        return await Planner(self.parser).plan(image, self.recipes)
 
     def snapshot(self) -> dict[str, Any]:
         return {"waiters": self.waiters}
@@ -252,6 +267,7 @@ def test_a_heal_starts_only_if_the_callers_policy_allows_what_it_does() -> None:
 
     async def main(policy: Policy) -> tuple[bytes, FakeHealer]:
         healer = FakeHealer()
+        healer.recipes = pulled.recipes
         daemon = Daemon()
         async with rig(
             daemon, Interceptor(lambda: pulled, cast(Healer, healer)), policy=policy
@@ -277,3 +293,104 @@ def test_a_heal_starts_only_if_the_callers_policy_allows_what_it_does() -> None:
     )
     answer, healer = run(main(pulls))
     assert answer.startswith(b"HTTP/1.1 201 ") and healer.finished == ["app:1"]
+
+
+CREATES = Policy("creates", allow=("POST /containers/create",))
+
+
+async def through(
+    policy: Policy, interceptor: Interceptor, request: bytes, daemon: Daemon | None = None
+) -> tuple[bytes, bytes]:
+    """The answer to one request on a listener with ``policy``, and what the daemon got."""
+    async with rig(daemon or Daemon(), interceptor, policy=policy) as r:
+        reader, writer = await r.client()
+        writer.write(request)
+        answer = await read_answer(reader, "POST")
+        writer.close()
+        await r.settled()
+        return answer, bytes(r.daemon.received)
+
+
+def refusal_of(answer: bytes) -> str:
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    return str(json.loads(answer.partition(b"\r\n\r\n")[2])["message"])
+
+
+def test_a_heal_needs_what_every_step_of_its_plan_does() -> None:
+    """A command heal needs no route, but its base's load heal needs
+    POST /images/load: a caller allowed only the create starts neither."""
+    chain = parse_config(
+        {
+            "images": [
+                {"match": "app:{tag}", "command": ["true"], "depends_on": ["base:1"]},
+                {"match": "base:1", "load": "base.tar"},
+            ]
+        },
+        base_dir=Path("/"),
+    )
+    healer = FakeHealer()
+    healer.recipes = chain.recipes
+    interceptor = Interceptor(lambda: chain, cast(Healer, healer))
+    answer, _ = run(through(CREATES, interceptor, b"".join(create())))
+    assert healer.started == []
+    assert refusal_of(answer) == (
+        'docker-heal-proxy: listener "default": policy "creates" does not allow '
+        "POST /images/load, which a load heal of docker.io/library/base:1 (for app:1) needs"
+    )
+
+
+class StaleTags:
+    """A stale tracker that finds every tag stale."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def tag(self, reference: str) -> str:
+        return reference
+
+    def decide(self, tag: str) -> Stale:
+        return Stale("its inputs changed")
+
+    def failed(self, tag: str, reason: str) -> None:
+        self.failures.append(reason)
+
+
+def test_a_stale_rebuild_needs_what_the_rebuild_does() -> None:
+    """A caller allowed the create but not POST /build starts no rebuild of a
+    stale build-recipe image: the create goes on with the image as it is."""
+    entry = {"match": "app:{tag}", "build": {"context": "."}, "inputs": ["src"]}
+    built = parse_config({"images": [{**entry, "rebuild_when": "stale"}]}, base_dir=Path("/"))
+    healer = FakeHealer()
+    healer.recipes = built.recipes
+    daemon = Daemon()
+    daemon.healed = True  # the image is there, only stale
+    stale = cast(StaleTracker, StaleTags())
+    interceptor = Interceptor(lambda: built, cast(Healer, healer), stale=stale)
+    answer, _ = run(through(CREATES, interceptor, b"".join(create()), daemon))
+    assert healer.rebuilt == []
+    assert answer.startswith(b"HTTP/1.1 201 "), answer
+
+
+def test_a_builds_base_is_healed_only_if_the_callers_policy_allows_its_kind() -> None:
+    """A policy allowing ``POST /build`` alone builds FROM app:1, but a pull
+    recipe makes app:1, and a pull heal needs POST /images/create: 403, no heal."""
+    pulled = parse_config({"images": [{"match": "app:{tag}", "pull": True}]}, base_dir=Path("/"))
+    healer = FakeHealer()
+    healer.recipes = pulled.recipes
+    healer.state_dir = Path(tempfile.mkdtemp(prefix="ic-", dir="/tmp"))
+    interceptor = Interceptor(lambda: pulled, cast(Healer, healer))
+    builds = Policy("builds", allow=("POST /build",))
+
+    async def main() -> tuple[bytes, bytes]:
+        try:
+            return await through(builds, interceptor, build_request(1000))
+        finally:
+            await healer.parser.aclose()
+            shutil.rmtree(healer.state_dir)
+
+    answer, upstream = run(main())
+    assert upstream == b"" and healer.started == []
+    assert refusal_of(answer) == (
+        'docker-heal-proxy: listener "default": policy "builds" does not allow '
+        "POST /images/create, which a pull heal of docker.io/library/app:1 needs"
+    )

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from proxy.healing.claims.healaccess import Refusal
 from proxy.healing.claims.sessionheal import SessionHeal
 from proxy.healing.core.dockerfileparse import MAX_PARSED, ParseFailed, ParseProcess
 from proxy.healing.core.healer import HealFailed
-from proxy.recipes.config import parse_config
+from proxy.healing.core.planner import Planner
+from proxy.recipes.config import Config, parse_config
+from proxy.recipes.graph import HealPlan
+from proxy.recipes.recipe import Recipe
 
 CONFIG = parse_config(
     {
@@ -28,17 +32,29 @@ class FakeHealer:
         self.parser = ParseProcess()
         self.ensured: list[tuple[str, str]] = []
         self.failing = failing
+        self.recipes: tuple[Recipe, ...] = ()
 
     async def ensure(self, image: str, trigger: str) -> None:
         self.ensured.append((image, trigger))
         if image == self.failing:
             raise HealFailed(f"docker-heal-proxy: cannot heal {image}: the recipe broke")
 
+    async def plan(self, image: str) -> HealPlan:
+        return await Planner(self.parser).plan(image, self.recipes)
 
-def verdict(text: str, healer: FakeHealer, config: object = CONFIG) -> str | None:
+
+def allowed(method: str, route: str) -> str | None:
+    return None
+
+
+def verdict(
+    text: str, healer: FakeHealer, config: Config = CONFIG, refusal: Refusal = allowed
+) -> str | None:
+    healer.recipes = config.recipes
+
     async def main() -> str | None:
         try:
-            return await SessionHeal(lambda: config, healer).held(text.encode())  # type: ignore[arg-type,return-value]
+            return await SessionHeal(lambda: config, healer).held(text.encode(), refusal)  # type: ignore[arg-type]
         finally:
             await healer.parser.aclose()
 
@@ -89,3 +105,17 @@ def test_a_dockerfile_the_parser_will_not_take_raises_for_the_wire_to_splice() -
 
 def test_the_limit_is_the_parser_s() -> None:
     assert SessionHeal.limit == MAX_PARSED
+
+
+def test_a_base_is_healed_only_if_the_callers_policy_allows_its_kind() -> None:
+    """A BuildKit build is allowed (/session, /grpc), but a pull recipe makes
+    its base, and a pull heal needs POST /images/create: the build fails saying so."""
+    pulled = parse_config({"images": [{"match": "base:{tag}", "pull": True}]}, base_dir=Path("/"))
+
+    def no_pulls(method: str, route: str) -> str | None:
+        return f"no {method} {route}" if route == "/images/create" else None
+
+    healer = FakeHealer()
+    reason = verdict("FROM base:1\n", healer, pulled, no_pulls)
+    assert reason == "no POST /images/create, which a pull heal of docker.io/library/base:1 needs"
+    assert healer.ensured == []
