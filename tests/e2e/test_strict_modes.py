@@ -211,21 +211,21 @@ def test_check_as_another_user_warns_of_files_neither_root_nor_they_own(
 
 
 def test_a_path_folder_another_user_can_write_before_the_program_is_refused(
-    dockerd: Dockerd, make_user: Callable[..., User], base: Path
+    dockerd: Dockerd, make_user: Callable[..., User], open_folder: Path
 ) -> None:
     """``command = ["tool"]`` finds a root-owned ``tool`` in a later PATH folder;
     the user who can write an earlier one could drop a ``tool`` there, and the
     next heal would run theirs as root."""
-    early, real = base / "early", base / "real"
+    early, real = open_folder / "early", open_folder / "real"
     for folder in (early, real):
         folder.mkdir()
         folder.chmod(0o755)
     write_script(real / "tool", "exit 1\n")
-    config = base / "config.toml"
+    config = open_folder / "config.toml"
     config.write_text(
-        f"state_dir = {toml_string(base / 'state')}\n"
+        f"state_dir = {toml_string(open_folder / 'state')}\n"
         f'[[images]]\nmatch = "127.0.0.1:1/dhp/trust:1"\ncommand = ["tool"]\n'
-        f"workdir = {toml_string(base)}\n"
+        f"workdir = {toml_string(open_folder)}\n"
         f"env = {{ PATH = {toml_string(f'{early}:{real}')} }}\n"
     )
     assert proxy_cli("check", f"--config={config}").returncode == 0
@@ -233,7 +233,7 @@ def test_a_path_folder_another_user_can_write_before_the_program_is_refused(
     os.chown(early, user.uid, -1)
     assert user.can_write(early)
 
-    served = proxy_cli(*serve_argv(dockerd, config, base / "p.sock"), timeout=60)
+    served = proxy_cli(*serve_argv(dockerd, config, open_folder / "p.sock"), timeout=60)
     assert served.returncode == 2, served
     [line] = served.stderr.splitlines()
     assert line.startswith(
@@ -247,19 +247,19 @@ def test_a_path_folder_another_user_can_write_before_the_program_is_refused(
 
 
 def test_a_script_not_there_yet_in_a_sticky_folder_is_refused(
-    dockerd: Dockerd, make_user: Callable[..., User], base: Path
+    dockerd: Dockerd, make_user: Callable[..., User], open_folder: Path
 ) -> None:
     """``/tmp`` is sticky: no one may rename root's entries in it, but anyone
     may make one that is not there, here the script the next heal would run."""
-    shared = base / "tmp"
+    shared = open_folder / "tmp"
     shared.mkdir()
     shared.chmod(0o1777)
     script = shared / "build.sh"
-    config = base / "config.toml"
+    config = open_folder / "config.toml"
     config.write_text(
-        f"state_dir = {toml_string(base / 'state')}\n"
+        f"state_dir = {toml_string(open_folder / 'state')}\n"
         f'[[images]]\nmatch = "127.0.0.1:1/dhp/trust:1"\n'
-        f"command = [{toml_string(script)}]\nworkdir = {toml_string(base)}\n"
+        f"command = [{toml_string(script)}]\nworkdir = {toml_string(open_folder)}\n"
     )
     assert make_user().can_write(shared)
     checked = proxy_cli("check", f"--config={config}")
