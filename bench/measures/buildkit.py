@@ -40,8 +40,13 @@ def change(ctx: Path, n: int) -> None:
 
 
 def buildx_env(b: Bench, target: str) -> dict[str, str]:
-    """The target's CLI environment with buildx as the builder (the CLI's default)."""
+    """The target's CLI environment with buildx as the builder (the CLI's default).
+
+    A CLI config folder of its own: in the run's shared one, the plugin would
+    make every later row's ``docker build`` a BuildKit build, whose ``RUN``
+    finds no network bridge on the bench's daemon."""
     env = b.docker_env(target)
+    env["DOCKER_CONFIG"] = str(b.tmp / "cli-config-buildx")
     plugins = Path(env["DOCKER_CONFIG"]) / "cli-plugins"
     if not plugins.exists():
         plugins.parent.mkdir(parents=True, exist_ok=True)
