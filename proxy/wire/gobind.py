@@ -252,6 +252,12 @@ def bind(body: bytes, kind: Struct) -> dict[str, Any]:
     Raises Refused, or ``gojson.TooDeep`` (also a ValueError) for a body nested
     deeper than Go reads, which the heal path answers where it refuses nothing else.
     """
+    bound: dict[str, Any] = _bind(_object(body), kind, "")
+    return bound
+
+
+def _object(body: bytes) -> gojson.Members:
+    """The body's top-level JSON object; raises Refused, or ``gojson.TooDeep``."""
     try:
         value = gojson.loads(body)
     except gojson.TooDeep:
@@ -260,8 +266,7 @@ def bind(body: bytes, kind: Struct) -> dict[str, Any]:
         raise Refused(f"invalid JSON: {exc}") from None
     if not isinstance(value, gojson.Members):
         raise Refused("invalid JSON: expected an object")
-    bound: dict[str, Any] = _bind(value, kind, "")
-    return bound
+    return value
 
 
 @dataclass(frozen=True)
@@ -375,16 +380,8 @@ def create_image(body: bytes) -> str:
     is not a JSON object or whose image is not a string (dockerd answers 400),
     and ``gojson.TooDeep`` as ``bind`` does.
     """
-    try:
-        value = gojson.loads(body)
-    except gojson.TooDeep:
-        raise
-    except ValueError as exc:
-        raise Refused(f"invalid JSON: {exc}") from None
-    if not isinstance(value, gojson.Members):
-        raise Refused("invalid JSON: expected an object")
     image = ""
-    for key, item in value:
+    for key, item in _object(body):
         if key.isascii() and key.lower() == "image" and item is not None:
             if not isinstance(item, str):
                 raise Refused("Image: expected a string")
